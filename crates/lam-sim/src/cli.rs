@@ -1,0 +1,241 @@
+//! Command-line interface of the suite: `lam sim record`, `lam sim show`,
+//! `lam sim bench`. The `lam` binary nests [`SimCommand`] under `sim` and
+//! calls [`run`].
+
+use crate::domain::Domain;
+use crate::env::{Env, EnvConfig};
+use crate::expert::{ExpertConfig, expert_rollout};
+use crate::lerobot::Dataset;
+use crate::look::NuisanceConfig;
+use crate::policy::{PolicyKind, RandomPolicy};
+use crate::record::{RecordConfig, record};
+use crate::strip::{spread, write_strip};
+use crate::tasks::Task;
+use clap::{Args, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Commands of the simulated suite.
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Record episodes into a LeRobot v3 dataset (parquet + mp4).
+    Record(RecordArgs),
+    /// Write a strip of frames of one recorded episode as a PNG.
+    Show(ShowArgs),
+    /// Measure simulator speed (steps/s with rendering, one core) and expert success.
+    Bench(BenchArgs),
+}
+
+/// Whether the in-the-wild nuisances are on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Nuisances {
+    /// The domain's default: on for `human`, off for the robots.
+    Default,
+    /// All on.
+    On,
+    /// All off.
+    Off,
+}
+
+impl Nuisances {
+    fn config(self) -> Option<NuisanceConfig> {
+        match self {
+            Nuisances::Default => None,
+            Nuisances::On => Some(NuisanceConfig::on()),
+            Nuisances::Off => Some(NuisanceConfig::off()),
+        }
+    }
+}
+
+/// Arguments of `lam sim record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Task: reach, push, pusht or sort.
+    #[arg(long)]
+    pub task: Task,
+    /// Embodiment: robot, robot-polar or human.
+    #[arg(long, default_value = "robot")]
+    pub domain: Domain,
+    /// Number of episodes.
+    #[arg(long, default_value_t = 10)]
+    pub episodes: usize,
+    /// Output dataset folder (must not exist yet).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Frame side in pixels (even, 16 to 512).
+    #[arg(long, default_value_t = 64)]
+    pub size: u32,
+    /// Seed of the first episode; episode i uses seed + i.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Policy: expert, random or mixed.
+    #[arg(long, default_value = "expert")]
+    pub policy: PolicyKind,
+    /// In-the-wild nuisances (colours, texture, distractors, camera).
+    #[arg(long, value_enum, default_value_t = Nuisances::Default)]
+    pub nuisances: Nuisances,
+    /// Standard deviation of the expert's action noise (fraction of top speed).
+    #[arg(long, default_value_t = 0.1)]
+    pub expert_noise: f32,
+    /// Episodes per data/video file.
+    #[arg(long, default_value_t = 50)]
+    pub episodes_per_file: usize,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Arguments of `lam sim show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Dataset folder.
+    pub dir: PathBuf,
+    /// Episode index.
+    #[arg(long, default_value_t = 0)]
+    pub episode: usize,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of frames in the strip (spread evenly over the episode).
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// Integer upscaling; 0 picks one that makes frames at least 128 pixels.
+    #[arg(long, default_value_t = 0)]
+    pub zoom: u32,
+}
+
+/// Arguments of `lam sim bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Task to measure; all tasks when left out.
+    #[arg(long)]
+    pub task: Option<Task>,
+    /// Embodiment.
+    #[arg(long, default_value = "robot")]
+    pub domain: Domain,
+    /// Frame side.
+    #[arg(long, default_value_t = 64)]
+    pub size: u32,
+    /// Steps timed per task (random policy, rendering every step).
+    #[arg(long, default_value_t = 20000)]
+    pub steps: u32,
+    /// Expert episodes per task for the success rate (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub expert_episodes: u64,
+}
+
+/// Runs a command.
+pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
+    match cmd {
+        SimCommand::Record(a) => run_record(a),
+        SimCommand::Show(a) => run_show(a),
+        SimCommand::Bench(a) => run_bench(a),
+    }
+}
+
+fn run_record(a: RecordArgs) -> anyhow::Result<()> {
+    let cfg = RecordConfig {
+        task: a.task,
+        domain: a.domain,
+        episodes: a.episodes,
+        seed: a.seed,
+        policy: a.policy,
+        env: EnvConfig {
+            size: a.size,
+            nuisances: a.nuisances.config(),
+            ..Default::default()
+        },
+        expert: ExpertConfig {
+            noise: a.expert_noise,
+            ..Default::default()
+        },
+        episodes_per_file: a.episodes_per_file,
+        ..Default::default()
+    };
+    let (root, success) = record(&cfg, &a.out, !a.quiet)?;
+    println!(
+        "wrote {} episodes of {} / {} ({} policy, video {}) to {}; goal met in {:.0}% of episodes",
+        a.episodes,
+        a.task,
+        a.domain,
+        a.policy,
+        crate::video::output_codec(),
+        root.display(),
+        100.0 * success
+    );
+    Ok(())
+}
+
+fn run_show(a: ShowArgs) -> anyhow::Result<()> {
+    let ds = Dataset::open(&a.dir)?;
+    let ep = ds.read_episode(a.episode)?;
+    let idx = spread(ep.frames.len(), a.frames);
+    let frames: Vec<&[u8]> = idx.iter().map(|&i| ep.frames[i].as_slice()).collect();
+    let zoom = if a.zoom > 0 {
+        a.zoom
+    } else {
+        128u32.div_ceil(ep.width).max(1)
+    };
+    write_strip(&a.out, &frames, ep.width, ep.height, zoom)?;
+    println!(
+        "episode {} ({} frames, \"{}\"): frames {:?} -> {}",
+        a.episode,
+        ep.frames.len(),
+        ep.task,
+        idx,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+    let tasks: Vec<Task> = a
+        .task
+        .map(|t| vec![t])
+        .unwrap_or_else(|| Task::ALL.to_vec());
+    for task in tasks {
+        let mut env = Env::new(task, a.domain, 0, a.size)?;
+        let mut policy = RandomPolicy::new(0);
+        let mut frame = vec![0u8; (a.size * a.size * 3) as usize];
+        let mut episode = 0u64;
+        let t0 = Instant::now();
+        for _ in 0..a.steps {
+            let action = policy.act(&env);
+            let info = env.step(&action)?;
+            env.render_into(&mut frame);
+            if info.truncated {
+                episode += 1;
+                env.reset(episode);
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        print!(
+            "{task:6} {}: {:.0} steps/s with {}x{} rendering ({} steps, {:.2} s)",
+            a.domain,
+            a.steps as f64 / secs,
+            a.size,
+            a.size,
+            a.steps,
+            secs
+        );
+        if a.expert_episodes > 0 {
+            let mut ok = 0;
+            let mut steps = 0;
+            for seed in 0..a.expert_episodes {
+                let (s, k) = expert_rollout(task, a.domain, seed, &ExpertConfig::default())?;
+                if s {
+                    ok += 1;
+                    steps += k;
+                }
+            }
+            print!(
+                "; expert success {ok}/{} ({:.0}%), mean {:.1} steps",
+                a.expert_episodes,
+                100.0 * ok as f64 / a.expert_episodes as f64,
+                steps as f64 / ok.max(1) as f64
+            );
+        }
+        println!();
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! # lam-sim: the built-in simulated manipulation suite of lam
+//!
+//! A 2-D tabletop on real rigid-body physics (rapier2d), rendered to RGB
+//! frames with an anti-aliased rasteriser (tiny-skia), with scripted experts,
+//! a random exploration policy, LeRobot v3 recordings and a fixed
+//! evaluation protocol.
+//!
+//! * [`Env`] plays one [`Task`] (reach, push, pusht, sort) with one
+//!   [`Domain`] (robot, robot-polar, human); `reset(seed)`, `step(action)`,
+//!   `render()`, `state()`, `success()`.
+//! * [`Expert`] and [`RandomPolicy`] act in any task and domain.
+//! * [`eval_protocol`] lists the fixed evaluation episodes (start state, goal
+//!   image 25 steps ahead on an expert trajectory, 50-step budget).
+//! * [`lerobot`] writes and reads LeRobot v3 datasets; the `human` domain's
+//!   true actions and states go to a separate ground-truth file.
+//! * [`cli`] holds the `lam sim record` and `lam sim show` commands.
+//!
+//! Determinism: the same seed gives bit-identical frames and states.
+
+pub mod cli;
+pub mod domain;
+pub mod env;
+pub mod expert;
+pub mod lerobot;
+pub mod look;
+pub mod policy;
+pub mod protocol;
+pub mod record;
+pub mod render;
+pub mod rng;
+pub mod scene;
+pub mod strip;
+pub mod table;
+pub mod tasks;
+pub mod video;
+pub mod world;
+
+pub use domain::{ActionSpace, AgentParams, AgentShape, Domain};
+pub use env::{Env, EnvConfig, StepInfo};
+pub use expert::{Expert, ExpertConfig, expert_rollout};
+pub use lerobot::{Dataset, DatasetSpec, DatasetWriter, EpisodeData, EpisodeRecord, GroundTruth};
+pub use look::NuisanceConfig;
+pub use policy::{MixedPolicy, Policy, PolicyKind, RandomPolicy};
+pub use protocol::{BUDGET, EVAL_SEED_BASE, EvalEpisode, EvalOutcome, GOAL_OFFSET, eval_protocol};
+pub use record::{RecordConfig, record, record_episode};
+pub use scene::{BodyState, Goal, Layout, ObjectTarget, PointTarget, SimState};
+pub use tasks::Task;
+pub use world::PhysicsConfig;
