@@ -1,0 +1,39 @@
+//! lam-ingest: from video files and LeRobot datasets to preprocessed clips.
+//!
+//! No tensor library here: clips are plain `Vec<f32>` in a documented layout
+//! (see [`Clip`]: `[T, 3, H, W]`, row-major, RGB, normalised), ready to be
+//! wrapped by whatever encoder consumes them.
+//!
+//! - [`decode`]: FFmpeg decoding and resampling to a frame rate by timestamps.
+//! - [`preprocess`]: short-side resize (swscale), centre crop, normalisation.
+//! - [`ClipSpec`]: fps, frames per clip, size, stride, normalisation.
+//! - [`ClipSource`]: the interface of data sources; [`VideoFolder`] and
+//!   [`lerobot::LeRobotDataset`] implement it.
+//! - [`run`]: reads a whole source, skipping and reporting bad files
+//!   ([`IngestReport`]); [`Split`] picks train or validation items.
+
+pub mod clip;
+pub mod decode;
+pub mod error;
+pub mod folder;
+pub mod lerobot;
+pub mod preprocess;
+pub mod report;
+pub mod run;
+pub mod source;
+pub mod spec;
+pub mod split;
+pub mod video;
+
+pub use clip::{Clip, ClipAssembler, Frame};
+pub use decode::{DecodeOptions, VideoInfo, VideoReader, Window};
+pub use error::{IngestError, Result};
+pub use folder::{FolderOptions, VideoFolder};
+pub use lerobot::{EpisodeData, LeRobotDataset, LeRobotOptions};
+pub use preprocess::{Geometry, Preprocessor};
+pub use report::IngestReport;
+pub use run::{RunOptions, run};
+pub use source::{ClipSource, Item};
+pub use spec::{ClipSpec, Normalization};
+pub use split::{Split, Subset};
+pub use video::{ItemStats, for_each_video_clip, for_each_video_frame};

@@ -1,0 +1,283 @@
+//! Decoding, resampling and preprocessing of real encoded videos.
+
+mod common;
+
+use common::*;
+use lam_ingest::*;
+use std::path::Path;
+
+fn spec(fps: f64, frames: usize, size: u32) -> ClipSpec {
+    ClipSpec {
+        fps,
+        frames,
+        size,
+        stride: frames,
+        ..ClipSpec::default()
+    }
+}
+
+fn all_frames(path: &Path, spec: &ClipSpec) -> Vec<Frame> {
+    let mut out = Vec::new();
+    for_each_video_frame(
+        path,
+        Window::ALL,
+        spec,
+        &DecodeOptions::default(),
+        &mut |f| {
+            out.push(f);
+            Ok(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
+fn check_resampling(codec: Codec) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(path) = make_video(dir.path(), "t", "testsrc=size=64x48:rate=10", 2.0, codec) else {
+        return;
+    };
+    let info = VideoReader::open(&path, &DecodeOptions::default())
+        .unwrap()
+        .info()
+        .clone();
+    assert_eq!((info.width, info.height), (64, 48), "{codec:?}");
+    // 2 s at 4 fps: grid times 0, 0.25, ..., 1.75.
+    let frames = all_frames(&path, &spec(4.0, 8, 32));
+    assert_eq!(frames.len(), 8, "{codec:?}");
+    for (k, f) in frames.iter().enumerate() {
+        assert_eq!(f.position, k);
+        assert!((f.time - k as f64 * 0.25).abs() < 1e-9);
+        assert_eq!(f.data.len(), 3 * 32 * 32);
+    }
+    // Up-sampling repeats frames: 2 s at 15 fps gives 30 frames.
+    assert_eq!(all_frames(&path, &spec(15.0, 1, 16)).len(), 30, "{codec:?}");
+    // Clips of 4 with stride 4: two clips [4, 3, 32, 32].
+    let mut clips = Vec::new();
+    for_each_video_clip(
+        &path,
+        Window::ALL,
+        "t",
+        &spec(4.0, 4, 32),
+        &DecodeOptions::default(),
+        &mut |c| {
+            clips.push(c);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(clips.len(), 2);
+    assert_eq!(clips[1].shape(), [4, 3, 32, 32]);
+    assert_eq!(clips[1].positions, vec![4, 5, 6, 7]);
+    assert_eq!(
+        clips[1].data,
+        frames[4..8]
+            .iter()
+            .flat_map(|f| f.data.clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn h264_mp4_resamples_by_timestamp() {
+    check_resampling(Codec::H264);
+}
+
+#[test]
+fn vp9_webm_resamples_by_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(p) = make_video(
+        dir.path(),
+        "t",
+        "testsrc=size=64x48:rate=10",
+        1.0,
+        Codec::Vp9,
+    ) {
+        // WebM declares no frame count; resampling works from timestamps.
+        let info = VideoReader::open(&p, &DecodeOptions::default())
+            .unwrap()
+            .info()
+            .clone();
+        assert_eq!(info.frames, None);
+        assert_eq!(info.codec, "vp9");
+    }
+    check_resampling(Codec::Vp9);
+}
+
+#[test]
+fn av1_mp4_resamples_by_timestamp() {
+    check_resampling(Codec::Av1);
+}
+
+#[test]
+fn known_colour_normalises_to_imagenet_values() {
+    let dir = tempfile::tempdir().unwrap();
+    // Odd output size: RGB rows of 30 * 3 bytes are padded by swscale.
+    for (name, codec) in [("red", Codec::H264), ("redvp9", Codec::Vp9)] {
+        let Some(path) = make_video(
+            dir.path(),
+            name,
+            "color=c=red:size=66x50:rate=10",
+            1.0,
+            codec,
+        ) else {
+            continue;
+        };
+        let frames = all_frames(&path, &spec(4.0, 1, 30));
+        assert_eq!(frames.len(), 4);
+        for f in &frames {
+            for (c, v) in [255.0, 0.0, 0.0].into_iter().enumerate() {
+                let want = imagenet(c, v);
+                let plane = &f.data[c * 900..(c + 1) * 900];
+                for (i, &x) in plane.iter().enumerate() {
+                    assert!(
+                        (x - want).abs() <= tol(c, 4.0),
+                        "{name} channel {c} pixel {i}: {x} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn frames_follow_timestamps_across_a_colour_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.mp4");
+    let p = path.to_string_lossy().to_string();
+    // 1 s red then 1 s blue at 10 fps, x264 with B-frames (reordered output).
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:size=64x48:rate=10:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=blue:size=64x48:rate=10:duration=1",
+        "-filter_complex",
+        "[0:v][1:v]concat=n=2:v=1[v]",
+        "-map",
+        "[v]",
+        "-c:v",
+        "libx264",
+        "-bf",
+        "3",
+        "-pix_fmt",
+        "yuv420p",
+        &p,
+    ]);
+    let frames = all_frames(&path, &spec(4.0, 1, 8));
+    assert_eq!(frames.len(), 8);
+    for f in &frames {
+        let red = f.data[0] > 0.0;
+        assert_eq!(red, f.time < 1.0, "frame at {} s", f.time);
+    }
+}
+
+#[test]
+fn centre_crop_keeps_the_middle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bands.mp4");
+    let p = path.to_string_lossy().to_string();
+    // 96x48: blue | red | green bands of 32 columns each.
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=blue:size=32x48:rate=10:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:size=32x48:rate=10:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=0x00FF00:size=32x48:rate=10:duration=1",
+        "-filter_complex",
+        "[0:v][1:v][2:v]hstack=inputs=3[v]",
+        "-map",
+        "[v]",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv444p",
+        "-qp",
+        "0",
+        &p,
+    ]);
+    // Short side 48 -> 24, so 96x48 -> 48x24; the crop keeps columns 12..36
+    // of the resized picture, i.e. 24..72 of the source: 8 blue, 32 red, 8 green.
+    let geo = Geometry::new(96, 48, 24);
+    assert_eq!(
+        (geo.scaled_width, geo.scaled_height, geo.crop_x, geo.crop_y),
+        (48, 24, 12, 0)
+    );
+    let frames = all_frames(&path, &spec(4.0, 1, 24));
+    let f = &frames[0];
+    let px = |c: usize, x: usize| f.data[c * 576 + 12 * 24 + x];
+    let is = |x: usize, rgb: [f32; 3]| {
+        (0..3).all(|c| (px(c, x) - imagenet(c, rgb[c])).abs() <= tol(c, 6.0))
+    };
+    for x in [0, 1, 2] {
+        assert!(is(x, [0.0, 0.0, 255.0]), "column {x} should be blue");
+    }
+    for x in [6, 12, 17] {
+        assert!(is(x, [255.0, 0.0, 0.0]), "column {x} should be red");
+    }
+    for x in [22, 23] {
+        assert!(is(x, [0.0, 255.0, 0.0]), "column {x} should be green");
+    }
+}
+
+#[test]
+fn window_seeks_inside_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.mp4");
+    let p = path.to_string_lossy().to_string();
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:size=64x48:rate=10:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=blue:size=64x48:rate=10:duration=1",
+        "-filter_complex",
+        "[0:v][1:v]concat=n=2:v=1[v]",
+        "-map",
+        "[v]",
+        "-c:v",
+        "libx264",
+        "-g",
+        "5",
+        "-pix_fmt",
+        "yuv420p",
+        &p,
+    ]);
+    let mut frames = Vec::new();
+    let window = Window {
+        start: Some(0.8),
+        end: Some(1.6),
+    };
+    for_each_video_frame(
+        &path,
+        window,
+        &spec(10.0, 1, 8),
+        &DecodeOptions::default(),
+        &mut |f| {
+            frames.push(f);
+            Ok(())
+        },
+    )
+    .unwrap();
+    // Grid 0.8, 0.9, ..., 1.5 (times relative to the window start).
+    assert_eq!(frames.len(), 8);
+    assert!((frames[2].time - 0.2).abs() < 1e-9);
+    let red: Vec<bool> = frames.iter().map(|f| f.data[0] > 0.0).collect();
+    assert_eq!(
+        red,
+        vec![true, true, false, false, false, false, false, false]
+    );
+}
