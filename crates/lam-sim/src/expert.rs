@@ -62,6 +62,10 @@ pub struct Expert {
 
 type V = [f32; 2];
 
+/// Distance behind a contact point (along its normal) where the agent lines
+/// up before moving in.
+const STAGE: f32 = 0.6;
+
 fn sub(a: V, b: V) -> V {
     [a[0] - b[0], a[1] - b[1]]
 }
@@ -247,21 +251,38 @@ impl Expert {
             return clamp_len(v, max);
         }
         plan.approach_steps += 1;
-        // Walk around the object on a circle until the contact is in front.
+        // Line up behind the contact (at `stage`, out along the normal), then
+        // move in along the normal, so the agent never sweeps across the object.
+        let stage = add(pre, scale(n_world, STAGE));
+        let along = to_pre[0] * n_world[0] + to_pre[1] * n_world[1];
+        let lateral = norm(sub(to_pre, scale(n_world, along)));
+        if along <= 0.0 && along >= -(STAGE + 0.1) && lateral < 0.15 {
+            return Self::go_to(env, pre, false);
+        }
+        // Walk around the object on a circle until the stage point is in front.
         let shape = env.layout().objects[target.index].shape;
         let orbit = shape.bounding_radius() + agent.shape.bounding_radius() + 0.15;
         let from_obj = sub(state.agent.pos, obj.pos);
-        let pre_from_obj = sub(pre, obj.pos);
-        let delta = wrap(pre_from_obj[1].atan2(pre_from_obj[0]) - from_obj[1].atan2(from_obj[0]));
+        let stage_from_obj = sub(stage, obj.pos);
+        let delta =
+            wrap(stage_from_obj[1].atan2(stage_from_obj[0]) - from_obj[1].atan2(from_obj[0]));
+        let lo = WALL + agent.shape.bounding_radius() + 0.05;
+        let hi = ARENA - lo;
+        let inside = |w: V| [w[0].clamp(lo, hi), w[1].clamp(lo, hi)];
         if delta.abs() > 0.45 {
-            let r = norm(from_obj).max(orbit);
+            let r = norm(from_obj);
+            if r < orbit - 0.1 {
+                // Too close to walk around: step straight out first.
+                return Self::go_to(
+                    env,
+                    inside(add(obj.pos, scale(from_obj, orbit / r.max(1e-3)))),
+                    true,
+                );
+            }
             let a = from_obj[1].atan2(from_obj[0]) + delta.signum() * delta.abs().min(0.9);
-            let lo = WALL + agent.shape.bounding_radius() + 0.05;
-            let hi = ARENA - lo;
-            let w = add(obj.pos, [r * a.cos(), r * a.sin()]);
-            return Self::go_to(env, [w[0].clamp(lo, hi), w[1].clamp(lo, hi)], true);
+            return Self::go_to(env, inside(add(obj.pos, [r * a.cos(), r * a.sin()])), true);
         }
-        Self::go_to(env, pre, norm(to_pre) > 1.0)
+        Self::go_to(env, inside(stage), norm(sub(stage, state.agent.pos)) > 1.0)
     }
 
     /// Tries every contact and push length in a scratch world and returns the
@@ -283,7 +304,9 @@ impl Expert {
         for (contact, normal) in contacts(shape) {
             let n_world = rot(normal, obj.angle);
             let pre = add(add(obj.pos, rot(contact, obj.angle)), scale(n_world, reach));
-            if pre[0] < lo || pre[0] > hi || pre[1] < lo || pre[1] > hi {
+            let stage = add(pre, scale(n_world, STAGE));
+            let outside = |p: V| p[0] < lo || p[0] > hi || p[1] < lo || p[1] > hi;
+            if outside(pre) || outside(stage) {
                 continue;
             }
             let blocked = state.objects.iter().enumerate().any(|(i, o)| {

@@ -160,6 +160,9 @@ impl VideoWriter {
         let mut packet = ffmpeg::Packet::empty();
         while self.encoder.receive_packet(&mut packet).is_ok() {
             packet.set_stream(0);
+            // Every frame lasts one tick; without a duration the MP4 edit
+            // list would end at the last frame's start and hide that frame.
+            packet.set_duration(1);
             packet.rescale_ts(self.enc_tb, self.ost_tb);
             packet
                 .write_interleaved(&mut self.octx)

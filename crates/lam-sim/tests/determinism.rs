@@ -52,7 +52,7 @@ fn reset_and_restored_state_replay_identically() {
     let actions: Vec<Vec<f32>> = (0..15)
         .map(|i| vec![(i as f32 * 0.3).sin(), (i as f32 * 0.2).cos()])
         .collect();
-    let mut run = |env: &mut Env| {
+    let run = |env: &mut Env| {
         env.set_state(&saved).unwrap();
         for a in &actions {
             env.step(a).unwrap();
