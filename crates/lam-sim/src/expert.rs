@@ -66,6 +66,10 @@ type V = [f32; 2];
 /// up before moving in.
 const STAGE: f32 = 0.6;
 
+/// Steps without command simulated after a trial push, so that the planner
+/// judges where the object comes to rest rather than where it is mid-slide.
+const COAST: u32 = 3;
+
 fn sub(a: V, b: V) -> V {
     [a[0] - b[0], a[1] - b[1]]
 }
@@ -256,7 +260,7 @@ impl Expert {
         let stage = add(pre, scale(n_world, STAGE));
         let along = to_pre[0] * n_world[0] + to_pre[1] * n_world[1];
         let lateral = norm(sub(to_pre, scale(n_world, along)));
-        if along <= 0.0 && along >= -(STAGE + 0.1) && lateral < 0.15 {
+        if (-(STAGE + 0.1)..=0.0).contains(&along) && lateral < 0.15 {
             return Self::go_to(env, pre, false);
         }
         // Walk around the object on a circle until the stage point is in front.
@@ -329,6 +333,10 @@ impl Expert {
                     let nw = rot(normal, o.angle);
                     let v = scale(nw, -self.cfg.push_speed * agent.max_speed);
                     world.step(v);
+                }
+                // Let the object coast to rest before judging the push.
+                for _ in 0..COAST {
+                    world.step([0.0, 0.0]);
                 }
                 world.read(&mut s);
                 let score = goal.distance(&s) + 0.03 * travel + 0.01 * steps as f32;

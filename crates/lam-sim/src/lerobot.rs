@@ -149,7 +149,7 @@ pub struct DatasetWriter {
     rows: FileRows,
     video: Option<VideoWriter>,
     video_frames: u64,
-    episodes: Vec<(i64, String, i64, usize, i64, i64, f64, f64)>,
+    episodes: Vec<EpisodeMeta>,
     tasks: Vec<String>,
     total_frames: i64,
     gt_episode: Vec<i64>,
@@ -343,16 +343,16 @@ impl DatasetWriter {
         }
         self.video_frames += n as u64;
         let to_ts = self.video_frames as f64 / fps;
-        self.episodes.push((
+        let (chunk_i, file_i) = (chunk as i64, file as i64);
+        self.episodes.push(EpisodeMeta {
             episode_index,
-            ep.task.clone(),
-            n as i64,
-            self.file_index,
-            self.total_frames,
-            self.total_frames + n as i64,
-            from_ts,
-            to_ts,
-        ));
+            tasks: vec![ep.task.clone()],
+            length: n as i64,
+            data_file: (chunk_i, file_i),
+            dataset_range: (self.total_frames, self.total_frames + n as i64),
+            video_file: (chunk_i, file_i),
+            video_range: (from_ts, to_ts),
+        });
         let mut info = ep.info.clone();
         if let Value::Object(m) = &mut info {
             m.insert("episode_index".into(), json!(episode_index));
@@ -412,32 +412,20 @@ impl DatasetWriter {
         // Episodes.
         let mut t = TableBuilder::new();
         let eps = &self.episodes;
-        let col_i = |f: &dyn Fn(&(i64, String, i64, usize, i64, i64, f64, f64)) -> i64| {
-            eps.iter().map(f).collect::<Vec<i64>>()
-        };
-        t.i64("episode_index", col_i(&|e| e.0))
-            .str_list("tasks", eps.iter().map(|e| vec![e.1.clone()]).collect())
-            .i64("length", col_i(&|e| e.2))
-            .i64("data/chunk_index", col_i(&|e| chunk_file(e.3).0 as i64))
-            .i64("data/file_index", col_i(&|e| chunk_file(e.3).1 as i64))
-            .i64("dataset_from_index", col_i(&|e| e.4))
-            .i64("dataset_to_index", col_i(&|e| e.5))
-            .i64(
-                &format!("videos/{VIDEO_KEY}/chunk_index"),
-                col_i(&|e| chunk_file(e.3).0 as i64),
-            )
-            .i64(
-                &format!("videos/{VIDEO_KEY}/file_index"),
-                col_i(&|e| chunk_file(e.3).1 as i64),
-            )
-            .f64(
-                &format!("videos/{VIDEO_KEY}/from_timestamp"),
-                eps.iter().map(|e| e.6).collect(),
-            )
-            .f64(
-                &format!("videos/{VIDEO_KEY}/to_timestamp"),
-                eps.iter().map(|e| e.7).collect(),
-            )
+        let col_i = |f: &dyn Fn(&EpisodeMeta) -> i64| eps.iter().map(f).collect::<Vec<i64>>();
+        let col_f = |f: &dyn Fn(&EpisodeMeta) -> f64| eps.iter().map(f).collect::<Vec<f64>>();
+        let vk = |s: &str| format!("videos/{VIDEO_KEY}/{s}");
+        t.i64("episode_index", col_i(&|e| e.episode_index))
+            .str_list("tasks", eps.iter().map(|e| e.tasks.clone()).collect())
+            .i64("length", col_i(&|e| e.length))
+            .i64("data/chunk_index", col_i(&|e| e.data_file.0))
+            .i64("data/file_index", col_i(&|e| e.data_file.1))
+            .i64("dataset_from_index", col_i(&|e| e.dataset_range.0))
+            .i64("dataset_to_index", col_i(&|e| e.dataset_range.1))
+            .i64(&vk("chunk_index"), col_i(&|e| e.video_file.0))
+            .i64(&vk("file_index"), col_i(&|e| e.video_file.1))
+            .f64(&vk("from_timestamp"), col_f(&|e| e.video_range.0))
+            .f64(&vk("to_timestamp"), col_f(&|e| e.video_range.1))
             .i64("meta/episodes/chunk_index", vec![0; n_ep])
             .i64("meta/episodes/file_index", vec![0; n_ep]);
         t.write(&self.tmp.join("meta/episodes/chunk-000/file-000.parquet"))?;

@@ -15,7 +15,7 @@ pub const MAX_SIZE: u32 = 512;
 /// Checks a frame side: even (video encoders need it) and within bounds.
 pub fn check_size(size: u32) -> anyhow::Result<()> {
     anyhow::ensure!(
-        (MIN_SIZE..=MAX_SIZE).contains(&size) && size % 2 == 0,
+        (MIN_SIZE..=MAX_SIZE).contains(&size) && size.is_multiple_of(2),
         "frame size {size} is not supported: it must be even and between {MIN_SIZE} and {MAX_SIZE}"
     );
     Ok(())

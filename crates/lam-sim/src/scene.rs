@@ -204,20 +204,20 @@ fn dist(a: [f32; 2], b: [f32; 2]) -> f32 {
 impl Goal {
     /// The success test on a physical state.
     pub fn satisfied(&self, s: &SimState) -> bool {
-        if let Some(t) = &self.agent {
-            if dist(s.agent.pos, t.pos) > t.tol {
-                return false;
-            }
+        if let Some(t) = &self.agent
+            && dist(s.agent.pos, t.pos) > t.tol
+        {
+            return false;
         }
         if let Some(t) = &self.object {
             let o = &s.objects[t.index];
             if dist(o.pos, t.pos) > t.pos_tol {
                 return false;
             }
-            if let Some(a) = t.angle {
-                if angle_diff(o.angle, a) > t.angle_tol {
-                    return false;
-                }
+            if let Some(a) = t.angle
+                && angle_diff(o.angle, a) > t.angle_tol
+            {
+                return false;
             }
         }
         true

@@ -281,8 +281,9 @@ fn pusht(rng: &mut Rng, agent_r: f32) -> Layout {
 }
 
 fn sort(rng: &mut Rng, agent_r: f32) -> Layout {
-    // Two zones in different quadrants near the walls.
-    let corners = [[2.0, 2.0], [8.0, 2.0], [8.0, 8.0], [2.0, 8.0]];
+    // Two zones in different quadrants, far enough from the walls that an
+    // overshooting object does not get stuck in a corner.
+    let corners = [[2.5, 2.5], [7.5, 2.5], [7.5, 7.5], [2.5, 7.5]];
     let first = rng.below(4);
     let second = (first + 1 + rng.below(3)) % 4;
     let zone_colors = {
@@ -294,7 +295,7 @@ fn sort(rng: &mut Rng, agent_r: f32) -> Layout {
         .iter()
         .zip(zone_colors)
         .map(|(&c, (name, color))| {
-            let j = [rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4)];
+            let j = [rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3)];
             Zone {
                 center: [corners[c][0] + j[0], corners[c][1] + j[1]],
                 radius: 0.9,

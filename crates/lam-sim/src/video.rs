@@ -54,7 +54,7 @@ impl VideoWriter {
     pub fn create(path: &Path, width: u32, height: u32, fps: u32) -> anyhow::Result<Self> {
         init();
         anyhow::ensure!(
-            width % 2 == 0 && height % 2 == 0,
+            width.is_multiple_of(2) && height.is_multiple_of(2),
             "video {}: frame size {width}x{height} must be even",
             path.display()
         );
@@ -235,10 +235,10 @@ pub fn read_video(path: &Path, range: Option<(f64, f64)>) -> anyhow::Result<Deco
             let mut decoded = Frame::empty();
             while decoder.receive_frame(&mut decoded).is_ok() {
                 let t = decoded.timestamp().or(decoded.pts()).unwrap_or(0) as f64 * tb;
-                if let Some((from, to)) = range {
-                    if t < from - 1e-6 || t >= to - 1e-6 {
-                        continue;
-                    }
+                if let Some((from, to)) = range
+                    && (t < from - 1e-6 || t >= to - 1e-6)
+                {
+                    continue;
                 }
                 let mut rgb = Frame::empty();
                 scaler.run(&decoded, &mut rgb)?;
@@ -253,13 +253,13 @@ pub fn read_video(path: &Path, range: Option<(f64, f64)>) -> anyhow::Result<Deco
             }
             Ok(())
         };
-    if let Some((from, _)) = range {
-        if from > 0.0 {
-            let ts = (from * 1.0e6) as i64;
-            // FFmpeg seeks in microseconds here. Seek to the keyframe at or before `from`; decoding from there
-            // reaches the wanted frames. A failed seek falls back to a full scan.
-            let _ = ictx.seek(ts, ..ts + 1);
-        }
+    if let Some((from, _)) = range
+        && from > 0.0
+    {
+        let ts = (from * 1.0e6) as i64;
+        // FFmpeg seeks in microseconds here. Seek to the keyframe at or before `from`; decoding from there
+        // reaches the wanted frames. A failed seek falls back to a full scan.
+        let _ = ictx.seek(ts, ..ts + 1);
     }
     for (s, packet) in ictx.packets() {
         if s.index() == index {
@@ -269,10 +269,10 @@ pub fn read_video(path: &Path, range: Option<(f64, f64)>) -> anyhow::Result<Deco
             take(&mut decoder, &mut out)?;
             // Without B-frames packets arrive in presentation order: stop
             // once they are well past the range.
-            if let Some((_, to)) = range {
-                if packet.pts().is_some_and(|p| p as f64 * tb >= to + 1.0) {
-                    break;
-                }
+            if let Some((_, to)) = range
+                && packet.pts().is_some_and(|p| p as f64 * tb >= to + 1.0)
+            {
+                break;
             }
         }
     }
