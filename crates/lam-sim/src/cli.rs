@@ -1,5 +1,5 @@
 //! Command-line interface of the suite: `lam sim record`, `lam sim show`,
-//! `lam sim bench`. The `lam` binary nests [`SimCommand`] under `sim` and
+//! `lam sim bench`, `lam sim protocol`. The `lam` binary nests [`SimCommand`] under `sim` and
 //! calls [`run`].
 
 use crate::domain::Domain;
@@ -8,9 +8,11 @@ use crate::expert::{ExpertConfig, expert_rollout};
 use crate::lerobot::Dataset;
 use crate::look::NuisanceConfig;
 use crate::policy::{PolicyKind, RandomPolicy};
+use crate::protocol::eval_protocol;
 use crate::record::{RecordConfig, record};
 use crate::strip::{spread, write_strip};
 use crate::tasks::Task;
+use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,6 +26,9 @@ pub enum SimCommand {
     Show(ShowArgs),
     /// Measure simulator speed (steps/s with rendering, one core) and expert success.
     Bench(BenchArgs),
+    /// Write the fixed evaluation episodes (start | goal pictures and a JSON
+    /// list) and score the reference policies on them.
+    Protocol(ProtocolArgs),
 }
 
 /// Whether the in-the-wild nuisances are on.
@@ -124,13 +129,91 @@ pub struct BenchArgs {
     pub expert_episodes: u64,
 }
 
+/// Arguments of `lam sim protocol`.
+#[derive(Debug, Args)]
+pub struct ProtocolArgs {
+    /// Task: reach, push, pusht or sort.
+    #[arg(long)]
+    pub task: Task,
+    /// Embodiment.
+    #[arg(long, default_value = "robot")]
+    pub domain: Domain,
+    /// Number of evaluation episodes.
+    #[arg(long, default_value_t = 20)]
+    pub episodes: usize,
+    /// Frame side.
+    #[arg(long, default_value_t = 64)]
+    pub size: u32,
+    /// Output folder for `episodes.json` and `episode_KKK.png` (start | goal).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 /// Runs a command.
 pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
     match cmd {
         SimCommand::Record(a) => run_record(a),
         SimCommand::Show(a) => run_show(a),
         SimCommand::Bench(a) => run_bench(a),
+        SimCommand::Protocol(a) => run_protocol(a),
     }
+}
+
+fn run_protocol(a: ProtocolArgs) -> anyhow::Result<()> {
+    let episodes = eval_protocol(a.task, a.domain, a.episodes, a.size)?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let (mut replay_ok, mut idle_ok, mut random_ok) = (0, 0, 0);
+    let mut listing = Vec::new();
+    for (k, ep) in episodes.iter().enumerate() {
+        let png = a.out.join(format!("episode_{k:03}.png"));
+        write_strip(
+            &png,
+            &[&ep.start_frame, &ep.goal_frame],
+            a.size,
+            a.size,
+            128u32.div_ceil(a.size).max(1),
+        )?;
+        let mut t = 0;
+        let replay = ep.run(|env| {
+            let act = ep
+                .expert_actions
+                .get(t)
+                .cloned()
+                .unwrap_or_else(|| env.action_space().zero());
+            t += 1;
+            Ok(act)
+        })?;
+        let idle = ep.run(|env| Ok(env.action_space().zero()))?;
+        let mut random = RandomPolicy::new(ep.seed);
+        let rand = ep.run(|env| Ok(random.act(env)))?;
+        replay_ok += replay.success as usize;
+        idle_ok += idle.success as usize;
+        random_ok += rand.success as usize;
+        listing.push(serde_json::json!({"seed": ep.seed, "instruction": ep.instruction, "goal": ep.goal,
+            "start_state": ep.start_state, "goal_state": ep.goal_state, "picture": png.file_name().map(|f| f.to_string_lossy().to_string()),
+            "expert_replay": replay, "idle": idle, "random": rand}));
+    }
+    let json_path = a.out.join("episodes.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&listing)?)
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    let n = episodes.len().max(1) as f64;
+    println!(
+        "{} evaluation episodes of {} / {} (goal {} steps ahead, budget {} steps) -> {}",
+        episodes.len(),
+        a.task,
+        a.domain,
+        crate::protocol::GOAL_OFFSET,
+        crate::protocol::BUDGET,
+        a.out.display()
+    );
+    println!(
+        "success: expert replay {:.0}%, random {:.0}%, idle {:.0}%",
+        100.0 * replay_ok as f64 / n,
+        100.0 * random_ok as f64 / n,
+        100.0 * idle_ok as f64 / n
+    );
+    Ok(())
 }
 
 fn run_record(a: RecordArgs) -> anyhow::Result<()> {
