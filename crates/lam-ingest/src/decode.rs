@@ -213,7 +213,11 @@ impl VideoReader {
             codec,
             width: decoder.width(),
             height: decoder.height(),
-            pixel_format: format!("{:?}", decoder.format()).to_lowercase(),
+            pixel_format: decoder
+                .format()
+                .descriptor()
+                .map(|d| d.name().to_string())
+                .unwrap_or_else(|| format!("{:?}", decoder.format()).to_lowercase()),
             duration,
             frame_rate,
             frames: (stream.frames() > 0).then(|| stream.frames() as u64),
@@ -261,13 +265,13 @@ impl VideoReader {
                 "fps must be positive, got {fps}"
             )));
         }
-        if let (Some(s), Some(e)) = (window.start, window.end) {
-            if e <= s {
-                return Err(IngestError::video(
-                    &self.path,
-                    format!("empty time window {s:.3}..{e:.3} s"),
-                ));
-            }
+        if let (Some(s), Some(e)) = (window.start, window.end)
+            && e <= s
+        {
+            return Err(IngestError::video(
+                &self.path,
+                format!("empty time window {s:.3}..{e:.3} s"),
+            ));
         }
         self.rewind(window.start)?;
         let mut grid = Grid {
@@ -476,11 +480,11 @@ impl Grid {
                 return Ok(());
             }
             let t = self.time(self.k);
-            if let Some(e) = self.end {
-                if t >= e - TIMESTAMP_TOLERANCE {
-                    self.stopped = true;
-                    return Ok(());
-                }
+            if let Some(e) = self.end
+                && t >= e - TIMESTAMP_TOLERANCE
+            {
+                self.stopped = true;
+                return Ok(());
             }
             if t + TIMESTAMP_TOLERANCE >= next_t {
                 return Ok(());

@@ -109,10 +109,10 @@ fn walk(
     problems: &mut Vec<(PathBuf, String)>,
     seen: &mut std::collections::HashSet<PathBuf>,
 ) {
-    if let Ok(canon) = dir.canonicalize() {
-        if !seen.insert(canon) {
-            return;
-        }
+    if let Ok(canon) = dir.canonicalize()
+        && !seen.insert(canon)
+    {
+        return;
     }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,

@@ -173,7 +173,7 @@ impl Preprocessor {
             // static tables owned by libswscale.
             unsafe {
                 let src = ffmpeg::ffi::sws_getCoefficients(key.color_space);
-                let dst = ffmpeg::ffi::sws_getCoefficients(ffmpeg::ffi::SWS_CS_DEFAULT as i32);
+                let dst = ffmpeg::ffi::sws_getCoefficients(ffmpeg::ffi::SWS_CS_DEFAULT);
                 ffmpeg::ffi::sws_setColorspaceDetails(
                     ctx.as_mut_ptr(),
                     src,

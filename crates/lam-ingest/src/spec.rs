@@ -117,7 +117,7 @@ impl ClipSpec {
         }
         for c in 0..3 {
             let s = self.norm.std[c];
-            if !(s.is_finite() && s > 0.0) || !self.norm.mean[c].is_finite() {
+            if !(s.is_finite() && s > 0.0 && self.norm.mean[c].is_finite()) {
                 return Err(IngestError::Spec(format!(
                     "normalisation of channel {c} must have finite mean and positive std, got mean {} std {}",
                     self.norm.mean[c], s
@@ -135,10 +135,10 @@ impl ClipSpec {
     /// Whether resampled frame `k` belongs to at least one clip that will be
     /// emitted (frames in stride gaps or past `max_clips` are not).
     pub fn frame_needed(&self, k: usize) -> bool {
-        if let Some(m) = self.max_clips {
-            if k >= (m - 1) * self.stride + self.frames {
-                return false;
-            }
+        if let Some(m) = self.max_clips
+            && k >= (m - 1) * self.stride + self.frames
+        {
+            return false;
         }
         self.stride <= self.frames || k % self.stride < self.frames
     }

@@ -194,10 +194,10 @@ impl LeRobotDataset {
     fn table(&self, path: &Path) -> Result<Arc<FrameTable>> {
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((p, t)) = cache.as_ref() {
-                if p == path {
-                    return Ok(t.clone());
-                }
+            if let Some((p, t)) = cache.as_ref()
+                && p == path
+            {
+                return Ok(t.clone());
             }
         }
         let table = Arc::new(FrameTable::read(
