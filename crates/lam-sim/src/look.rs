@@ -62,7 +62,8 @@ pub enum Texture {
     Stripes { width: f32, color: [u8; 3] },
 }
 
-/// A distractor: a disc or square that drifts and bounces off the borders.
+/// A distractor: a disc or square in a muted colour that drifts and bounces
+/// off the borders.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DistractorSpec {
     /// Radius (disc) or half side (square), world units.
@@ -170,11 +171,12 @@ impl Look {
             let spec = DistractorSpec {
                 size: rng.uniform(0.2, 0.4),
                 square: rng.chance(0.5),
-                color: [
-                    rng.below(256) as u8,
-                    rng.below(256) as u8,
-                    rng.below(256) as u8,
-                ],
+                // Muted colours, so a distractor is never mistaken for a
+                // named (red, green, blue, yellow) object.
+                color: {
+                    let g = rng.uniform(90.0, 200.0);
+                    jitter(&mut rng, [g as u8; 3], 35.0)
+                },
             };
             let speed = rng.uniform(0.5, 1.5);
             let dir = rng.uniform(0.0, std::f32::consts::TAU);
