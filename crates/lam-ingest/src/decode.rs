@@ -289,17 +289,46 @@ impl VideoReader {
         let mut cur = frame::Video::empty();
         let mut packet = ffmpeg::Packet::empty();
         let mut eof = false;
+        // A packet the decoder refused with EAGAIN (its output queue is full):
+        // frames are drained below, then the packet is sent again.
+        let mut resend = 0usize;
         while !grid.stopped {
-            if !eof {
+            if resend > 0 {
+                match self.decoder.send_packet(&packet) {
+                    Ok(()) => resend = 0,
+                    Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {
+                        resend += 1;
+                        if resend > 64 {
+                            return Err(IngestError::video(
+                                &self.path,
+                                "decoder stuck: accepts no input and gives no frames",
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        resend = 0;
+                        self.bad(&mut stats, &format!("decode error: {e}"))?;
+                        continue;
+                    }
+                }
+            } else if !eof {
                 self.progress.store(clock(), Ordering::Relaxed);
                 match packet.read(&mut self.input) {
                     Ok(()) => {
                         if packet.stream() != self.stream {
                             continue;
                         }
-                        if let Err(e) = self.decoder.send_packet(&packet) {
-                            self.bad(&mut stats, &format!("decode error: {e}"))?;
-                            continue;
+                        match self.decoder.send_packet(&packet) {
+                            Ok(()) => {}
+                            Err(ffmpeg::Error::Other { errno })
+                                if errno == ffmpeg::util::error::EAGAIN =>
+                            {
+                                resend = 1;
+                            }
+                            Err(e) => {
+                                self.bad(&mut stats, &format!("decode error: {e}"))?;
+                                continue;
+                            }
                         }
                     }
                     Err(ffmpeg::Error::Eof) => {
@@ -402,7 +431,7 @@ impl VideoReader {
                             return Err(IngestError::video(
                                 &self.path,
                                 format!(
-                                    "truncated: frames stop at {:.3} s of a declared {:.3} s",
+                                    "truncated or damaged: frames stop at {:.3} s of a declared {:.3} s",
                                     stats.end_time - self.info.start_time,
                                     d
                                 ),

@@ -268,3 +268,41 @@ fn missing_folder_is_an_error_naming_it() {
         .unwrap();
     assert!(err.to_string().contains("/nonexistent/videos"), "{err}");
 }
+
+#[test]
+fn damaged_middles_never_kill_or_stall_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut damaged = vec![testsrc(dir.path(), "h", 64, 48, 10, 4.0)];
+    if let Some(w) = make_video(
+        dir.path(),
+        "w",
+        "testsrc=size=64x48:rate=10",
+        4.0,
+        Codec::Vp9,
+    ) {
+        damaged.push(w);
+    }
+    for p in &damaged {
+        let mut bytes = std::fs::read(p).unwrap();
+        let (mid, n) = (bytes.len() / 2, 2048.min(bytes.len() / 4));
+        for (i, b) in bytes[mid..mid + n].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+        }
+        std::fs::write(p, bytes).unwrap();
+    }
+    let folder = VideoFolder::open(dir.path(), &FolderOptions::default()).unwrap();
+    let start = std::time::Instant::now();
+    let report = run(
+        &folder,
+        &small_spec(),
+        &RunOptions::default(),
+        &mut |_, _| Ok(()),
+    )
+    .unwrap();
+    eprintln!("{report}");
+    // Each file is either read (decoders conceal damage) or skipped with a
+    // reason; nothing panics or hangs.
+    assert_eq!(report.ok + report.skipped.len(), damaged.len());
+    assert!(report.skipped.iter().all(|(_, r)| !r.is_empty()));
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+}
