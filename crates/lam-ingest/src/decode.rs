@@ -74,7 +74,7 @@ pub struct VideoInfo {
 
 /// The part of a file to read, in seconds of the file's timeline
 /// (presentation timestamps).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     /// First grid time; `None` starts at the first decoded frame.
     pub start: Option<f64>,

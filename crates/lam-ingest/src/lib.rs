@@ -11,6 +11,28 @@
 //!   [`lerobot::LeRobotDataset`] implement it.
 //! - [`run`]: reads a whole source, skipping and reporting bad files
 //!   ([`IngestReport`]); [`Split`] picks train or validation items.
+//!
+//! ```no_run
+//! use lam_ingest::{ClipSpec, FolderOptions, RunOptions, Split, Subset, VideoFolder, run};
+//!
+//! let folder = VideoFolder::open("videos/", &FolderOptions::default())?;
+//! // Paper defaults: 4 fps, 8 frames, 224 x 224, ImageNet normalisation.
+//! let spec = ClipSpec::default();
+//! let options = RunOptions {
+//!     split: Some((Split::default(), Subset::Train)),
+//!     ..RunOptions::default()
+//! };
+//! let report = run(&folder, &spec, &options, &mut |item, clips| {
+//!     for clip in &clips {
+//!         assert_eq!(clip.shape(), [8, 3, 224, 224]);
+//!         // clip.data: [T, 3, H, W] row-major f32, ready for an encoder
+//!     }
+//!     println!("{}: {} clips", item.id, clips.len());
+//!     Ok(())
+//! })?;
+//! println!("{report}"); // counts, then every skipped file with its reason
+//! # Ok::<(), lam_ingest::IngestError>(())
+//! ```
 
 pub mod clip;
 pub mod decode;

@@ -22,7 +22,6 @@ pub struct Item {
     /// The file clips are decoded from.
     pub path: PathBuf,
     /// The part of the file that belongs to the item (file timeline).
-    #[serde(skip)]
     pub window: Window,
     /// LeRobot episode index, if any.
     pub episode: Option<u64>,

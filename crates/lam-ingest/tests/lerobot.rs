@@ -301,6 +301,12 @@ fn check_dataset(root: &Path, layout: Layout) {
                     data.frame_index[row],
                     (c.times[t] * FPS + 1e-6).floor() as i64
                 );
+                // Rows between two frames 0.25 s apart at 10 fps: 2 or 3.
+                if t + 1 < 4 {
+                    let rows = data.rows_between(c.times[t], c.times[t + 1]);
+                    assert_eq!(rows.start, (c.times[t] * FPS - 1e-6).ceil() as usize);
+                    assert!((2..=3).contains(&rows.len()), "{rows:?}");
+                }
             }
         }
         per_item.push((item.id.clone(), clips.len()));

@@ -68,6 +68,18 @@ impl EpisodeData {
             .partition_point(|&ts| ts <= t + TIMESTAMP_TOLERANCE);
         n.checked_sub(1)
     }
+
+    /// Rows with `t0 <= timestamp < t1` (within [`TIMESTAMP_TOLERANCE`]):
+    /// the actions taken between two clip frames at times `t0` and `t1`.
+    pub fn rows_between(&self, t0: f64, t1: f64) -> std::ops::Range<usize> {
+        let a = self
+            .timestamps
+            .partition_point(|&ts| ts < t0 - TIMESTAMP_TOLERANCE);
+        let b = self
+            .timestamps
+            .partition_point(|&ts| ts < t1 - TIMESTAMP_TOLERANCE);
+        a..b.max(a)
+    }
 }
 
 /// All rows of a data file, projected to the columns lam uses.
