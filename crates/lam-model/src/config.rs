@@ -1,0 +1,408 @@
+//! Run configuration: plain structs with documented defaults, named presets, TOML files and
+//! `section.field=value` overrides from the command line.
+//!
+//! Unknown keys are errors (every struct denies unknown fields), so a typo in a config file or
+//! an override names the key instead of being silently ignored.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+/// Everything a stage-1 run needs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LamConfig {
+    pub model: ModelConfig,
+    pub regularizer: RegularizerConfig,
+    pub optim: OptimConfig,
+    pub train: TrainConfig,
+}
+
+/// Sizes of the inverse-dynamics model and the world model.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Channels per encoder token, D. Taken from the shard index by `lam train`.
+    pub embed_dim: usize,
+    /// Token grid `[rows, cols]` of one frame (N = rows * cols). From the shard index.
+    pub grid: [usize; 2],
+    /// Frames per clip, T. From the shard index.
+    pub frames: usize,
+    /// Latent action dimension d (paper: 128).
+    pub latent_dim: usize,
+    /// IDM hidden width (paper: 1024). The IDM is a 3-layer GELU MLP on the two frames'
+    /// mean-pooled tokens.
+    pub idm_hidden: usize,
+    /// World-model width (paper, ViT-B: 768).
+    pub wm_dim: usize,
+    /// World-model blocks (ViT-B: 12).
+    pub wm_depth: usize,
+    /// Attention heads (ViT-B: 12).
+    pub wm_heads: usize,
+    /// MLP hidden width as a multiple of `wm_dim` (4.0).
+    pub wm_mlp_ratio: f64,
+    /// RoPE base frequency (10000).
+    pub rope_theta: f64,
+    /// Probability of replacing z_t by zeros during training (paper: 0.15).
+    pub action_dropout: f64,
+}
+
+impl ModelConfig {
+    pub fn tokens(&self) -> usize {
+        self.grid[0] * self.grid[1]
+    }
+}
+
+/// Which regulariser keeps z an action rather than a copy of the next frame.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RegularizerKind {
+    Sparse,
+    Noisy,
+    Vq,
+}
+
+impl std::str::FromStr for RegularizerKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sparse" => Ok(Self::Sparse),
+            "noisy" => Ok(Self::Noisy),
+            "vq" => Ok(Self::Vq),
+            _ => bail!("unknown regularizer `{s}` (expected sparse, noisy or vq)"),
+        }
+    }
+}
+
+/// Regulariser settings; only the fields of the selected `kind` are used.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegularizerConfig {
+    /// `sparse`, `noisy` or `vq` (default `sparse`).
+    pub kind: RegularizerKind,
+    /// sparse: weight of the VCM variance hinge, mean_j max(0, 1 - std_j) (1.0).
+    pub vcm_variance: f64,
+    /// sparse: weight of the VCM covariance term, sum_{i != j} C_ij^2 / d (1.0).
+    pub vcm_covariance: f64,
+    /// sparse: weight of the VCM mean term, mean_j (batch mean_j)^2 (1.0).
+    pub vcm_mean: f64,
+    /// sparse: lambda_l1 of the energy; capacity knob, 0.1 high / 0.5 low (0.1).
+    pub l1: f64,
+    /// sparse: lambda_l2 of the energy hinge max(sqrt(d) - |z|_2, 0) (1.0).
+    pub l2: f64,
+    /// noisy: beta of the KL to N(0, I); capacity knob, 0.001 high / 0.01 low (0.001).
+    pub beta: f64,
+    /// vq: codebook size k; capacity knob, 16 or 64 (16).
+    pub codebook_size: usize,
+    /// vq: commitment weight (0.25).
+    pub commitment: f64,
+    /// vq: a code unused for this many steps is reset to a random encoder output (100).
+    pub dead_code_steps: usize,
+}
+
+/// Optimisers and schedule.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Muon peak learning rate for 2-D weight matrices of the IDM and world model (8e-3).
+    pub muon_lr: f64,
+    /// Muon momentum, Nesterov (0.95).
+    pub muon_momentum: f64,
+    /// Muon decoupled weight decay (0: the paper gives weight decay for AdamW only).
+    pub muon_weight_decay: f64,
+    /// AdamW peak learning rate for every other parameter (3e-4).
+    pub adamw_lr: f64,
+    /// AdamW decoupled weight decay (0.04).
+    pub weight_decay: f64,
+    /// AdamW betas (0.9, 0.999).
+    pub adamw_betas: [f64; 2],
+    /// AdamW epsilon (1e-8).
+    pub adamw_eps: f64,
+    /// Fraction of steps of linear warmup before cosine decay (0.1).
+    pub warmup_fraction: f64,
+    /// Cosine floor as a fraction of the peak learning rate (0.0).
+    pub min_lr_fraction: f64,
+    /// Clip each parameter's gradient to this L2 norm (burn's `GradientClipping::Norm`);
+    /// 0 disables (0: the paper does not clip).
+    pub grad_clip: f64,
+}
+
+/// Training loop settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimiser steps (paper: 10,000).
+    pub steps: usize,
+    /// Clips per batch (paper: 256 frozen encoder).
+    pub batch_size: usize,
+    /// Seed of initialisation, batch sampling, dropout and noise (0).
+    pub seed: u64,
+    /// Log train metrics every this many steps (10).
+    pub log_every: usize,
+    /// Run validation every this many steps; 0 disables (100).
+    pub val_every: usize,
+    /// Validation batches per validation run (4).
+    pub val_batches: usize,
+    /// Write a checkpoint every this many steps (and at the end); 0 = only at the end (200).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept on disk, newest first (3).
+    pub keep_checkpoints: usize,
+}
+
+impl LamConfig {
+    /// A named preset: `tiny` (CPU tests and demos) or `paper` (the paper's sizes).
+    pub fn preset(name: &str) -> Result<Self> {
+        let regularizer = RegularizerConfig {
+            kind: RegularizerKind::Sparse,
+            vcm_variance: 1.0,
+            vcm_covariance: 1.0,
+            vcm_mean: 1.0,
+            l1: 0.1,
+            l2: 1.0,
+            beta: 0.001,
+            codebook_size: 16,
+            commitment: 0.25,
+            dead_code_steps: 100,
+        };
+        let optim = OptimConfig {
+            muon_lr: 8e-3,
+            muon_momentum: 0.95,
+            muon_weight_decay: 0.0,
+            adamw_lr: 3e-4,
+            weight_decay: 0.04,
+            adamw_betas: [0.9, 0.999],
+            adamw_eps: 1e-8,
+            warmup_fraction: 0.1,
+            min_lr_fraction: 0.0,
+            grad_clip: 0.0,
+        };
+        match name {
+            "tiny" => Ok(Self {
+                model: ModelConfig {
+                    embed_dim: 32,
+                    grid: [4, 4],
+                    frames: 8,
+                    latent_dim: 16,
+                    idm_hidden: 128,
+                    wm_dim: 64,
+                    wm_depth: 2,
+                    wm_heads: 4,
+                    wm_mlp_ratio: 4.0,
+                    rope_theta: 10000.0,
+                    action_dropout: 0.15,
+                },
+                regularizer,
+                optim,
+                train: TrainConfig {
+                    steps: 400,
+                    batch_size: 32,
+                    seed: 0,
+                    log_every: 10,
+                    val_every: 100,
+                    val_batches: 4,
+                    checkpoint_every: 100,
+                    keep_checkpoints: 3,
+                },
+            }),
+            "paper" => Ok(Self {
+                model: ModelConfig {
+                    embed_dim: 768,
+                    grid: [14, 14],
+                    frames: 8,
+                    latent_dim: 128,
+                    idm_hidden: 1024,
+                    wm_dim: 768,
+                    wm_depth: 12,
+                    wm_heads: 12,
+                    wm_mlp_ratio: 4.0,
+                    rope_theta: 10000.0,
+                    action_dropout: 0.15,
+                },
+                regularizer,
+                optim,
+                train: TrainConfig {
+                    steps: 10_000,
+                    batch_size: 256,
+                    seed: 0,
+                    log_every: 10,
+                    val_every: 500,
+                    val_batches: 8,
+                    checkpoint_every: 1000,
+                    keep_checkpoints: 3,
+                },
+            }),
+            other => bail!("unknown preset `{other}` (expected `tiny` or `paper`)"),
+        }
+    }
+
+    /// Loads a TOML file. Missing sections or fields are filled from `base_preset`
+    /// (the file's `preset = "..."` key when present, else `tiny`).
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut table: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("config {} is not valid TOML", path.display()))?;
+        let preset = match table.remove("preset") {
+            Some(toml::Value::String(s)) => s,
+            Some(other) => bail!("{}: `preset` must be a string, got {other}", path.display()),
+            None => "tiny".to_string(),
+        };
+        let base = Self::preset(&preset)?;
+        let merged = merge(to_table(&base)?, table);
+        from_table(merged).with_context(|| format!("in config {}", path.display()))
+    }
+
+    /// Applies `section.field=value` overrides (value parsed as TOML, else taken as a string).
+    pub fn with_overrides(self, overrides: &[String]) -> Result<Self> {
+        let mut table = to_table(&self)?;
+        for item in overrides {
+            let (key, value) = item
+                .split_once('=')
+                .with_context(|| format!("override `{item}` must look like section.field=value"))?;
+            let parts: Vec<&str> = key.trim().split('.').collect();
+            ensure!(
+                parts.len() == 2,
+                "override key `{key}` must be section.field (e.g. train.steps)"
+            );
+            let section = table
+                .get_mut(parts[0])
+                .and_then(|v| v.as_table_mut())
+                .with_context(|| {
+                    format!("unknown config section `{}` in override `{item}`", parts[0])
+                })?;
+            ensure!(
+                section.contains_key(parts[1]),
+                "unknown config key `{key}` in override `{item}`"
+            );
+            let parsed: toml::Value =
+                toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or_else(|| toml::Value::String(value.trim().to_string()));
+            section.insert(parts[1].to_string(), parsed);
+        }
+        from_table(table).context("after applying command-line overrides")
+    }
+
+    /// Checks values that serde cannot: ranges and divisibility.
+    pub fn validate(&self) -> Result<()> {
+        let m = &self.model;
+        ensure!(
+            m.wm_dim % m.wm_heads == 0,
+            "model.wm_dim ({}) must be divisible by model.wm_heads ({})",
+            m.wm_dim,
+            m.wm_heads
+        );
+        ensure!(
+            (m.wm_dim / m.wm_heads) % 2 == 0,
+            "model head dim (wm_dim / wm_heads = {}) must be even for RoPE",
+            m.wm_dim / m.wm_heads
+        );
+        ensure!(m.frames >= 2, "model.frames must be >= 2, got {}", m.frames);
+        ensure!(
+            (0.0..1.0).contains(&m.action_dropout),
+            "model.action_dropout must be in [0, 1), got {}",
+            m.action_dropout
+        );
+        ensure!(
+            m.latent_dim > 0 && m.idm_hidden > 0 && m.wm_depth > 0,
+            "model sizes must be positive"
+        );
+        ensure!(self.train.steps > 0, "train.steps must be > 0");
+        ensure!(
+            self.train.batch_size >= 2,
+            "train.batch_size must be >= 2 (VCM needs batch statistics), got {}",
+            self.train.batch_size
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.optim.warmup_fraction),
+            "optim.warmup_fraction must be in [0, 1)"
+        );
+        if self.regularizer.kind == RegularizerKind::Vq {
+            ensure!(
+                self.regularizer.codebook_size >= 2,
+                "regularizer.codebook_size must be >= 2"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+fn to_table(cfg: &LamConfig) -> Result<toml::Table> {
+    Ok(toml::Table::try_from(cfg)?)
+}
+
+fn from_table(table: toml::Table) -> Result<LamConfig> {
+    let cfg: LamConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Overlays `top` on `base`, section by section; keys absent from `base` are kept so that
+/// deserialisation reports them as unknown.
+fn merge(mut base: toml::Table, top: toml::Table) -> toml::Table {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => {
+                for (k2, v2) in t {
+                    b.insert(k2, v2);
+                }
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+    base
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid() {
+        LamConfig::preset("tiny").unwrap().validate().unwrap();
+        LamConfig::preset("paper").unwrap().validate().unwrap();
+        assert!(LamConfig::preset("huge").is_err());
+    }
+
+    #[test]
+    fn overrides_apply_and_unknown_keys_are_named() {
+        let cfg = LamConfig::preset("tiny")
+            .unwrap()
+            .with_overrides(&["train.steps=7".into(), "regularizer.kind=vq".into()])
+            .unwrap();
+        assert_eq!(cfg.train.steps, 7);
+        assert_eq!(cfg.regularizer.kind, RegularizerKind::Vq);
+        let err = LamConfig::preset("tiny")
+            .unwrap()
+            .with_overrides(&["train.stepz=7".into()]);
+        assert!(format!("{:#}", err.unwrap_err()).contains("train.stepz"));
+    }
+
+    #[test]
+    fn toml_file_with_unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(
+            &path,
+            "preset = \"tiny\"\n[model]\nlatent_dim = 8\nwidth = 3\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", LamConfig::from_toml_file(&path).unwrap_err());
+        assert!(err.contains("width") && err.contains("run.toml"), "{err}");
+        std::fs::write(&path, "[model]\nlatent_dim = 8\n").unwrap();
+        assert_eq!(
+            LamConfig::from_toml_file(&path).unwrap().model.latent_dim,
+            8
+        );
+    }
+}

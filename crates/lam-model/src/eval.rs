@@ -1,0 +1,208 @@
+//! Stage-1 evaluations of the paper: the leakage (scene-cut) ratio and the transfer /
+//! cycle-consistency test.
+//!
+//! **Leakage.** For clip A and another clip B, at every transition c the IDM sees
+//! (s^A_c, s^B_c+1), an artificial scene cut. The world model rolls A's frames 0..c with A's
+//! own latents before c and the cut latent at c; `E_cut` is the L1 error of its prediction
+//! against s^B_c+1. `E_normal` is the error on A's real transition. Ratio `E_cut / (E_normal +
+//! 1e-8)`: ~1 means z copies the next frame (leak), ~2 or more means z carries an action.
+//! `E_cut_no_action` (z = 0 at the cut) shows how far B's frame is from A's continuation.
+//!
+//! **Transfer.** z^A from clip A is applied to clip B's context; the IDM re-infers z' from
+//! (s^B_t, predicted s^B_t+1); z' is applied back to A. Reported: A's original error with z^A,
+//! the transfer error with z', their ratio (1 = the action survives the round trip), and the
+//! cosine between z^A and z'.
+
+use anyhow::{Result, ensure};
+use burn::prelude::*;
+use lam_data::ShardSet;
+use serde::Serialize;
+
+use crate::config::LamConfig;
+use crate::idm::Idm;
+use crate::lam::LatentActionModel;
+use crate::train::clips_tensor;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LeakageReport {
+    pub clips: usize,
+    pub e_normal: f64,
+    pub e_cut: f64,
+    pub e_cut_no_action: f64,
+    pub ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferReport {
+    pub clips: usize,
+    pub original_error: f64,
+    pub transfer_error: f64,
+    pub ratio: f64,
+    pub latent_cosine: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub leakage: LeakageReport,
+    pub transfer: TransferReport,
+}
+
+impl EvalReport {
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let l = &self.leakage;
+        let t = &self.transfer;
+        format!(
+            "leakage (scene cut), {} clips\n  E_normal          {:>10.5}\n  E_cut             {:>10.5}\n  E_cut (z = 0)     {:>10.5}\n  ratio             {:>10.3}\n\
+             transfer (cycle), {} clips\n  original error    {:>10.5}\n  transfer error    {:>10.5}\n  ratio             {:>10.3}\n  cos(z, z')        {:>10.3}\n",
+            l.clips,
+            l.e_normal,
+            l.e_cut,
+            l.e_cut_no_action,
+            l.ratio,
+            t.clips,
+            t.original_error,
+            t.transfer_error,
+            t.ratio,
+            t.latent_cosine
+        )
+    }
+}
+
+fn l1_per_position(pred: Tensor<4>, target: Tensor<4>) -> Tensor<2> {
+    // [B, T', N, D] -> [B, T']
+    let [b, t, _, _] = pred.dims();
+    (pred - target).abs().mean_dims(&[2, 3]).reshape([b, t])
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
+}
+
+/// Runs both evaluations on up to `max_clips` clips of `val` in batches of `batch`.
+pub fn evaluate(
+    cfg: &LamConfig,
+    model: &LatentActionModel,
+    val: &ShardSet,
+    device: &Device,
+    max_clips: usize,
+    batch: usize,
+) -> Result<EvalReport> {
+    let n = val.len().min(max_clips);
+    ensure!(
+        n >= 2,
+        "evaluation needs at least 2 clips, {} has {}",
+        val.dir.display(),
+        val.len()
+    );
+    let t = cfg.model.frames;
+    let reg = &cfg.regularizer;
+    let (mut e_normal, mut e_cut, mut e_zero) = (0.0, 0.0, 0.0);
+    let (mut orig, mut transfer, mut cos) = (0.0, 0.0, 0.0);
+    let mut seen = 0usize;
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch.max(2)).min(n);
+        let a_idx: Vec<usize> = (start..end).collect();
+        // Partner clip: the next clip of the evaluation set (wrapping), so every pair differs.
+        let b_idx: Vec<usize> = a_idx.iter().map(|i| (i + 1) % n).collect();
+        let a = clips_tensor(val, &a_idx, device);
+        let bclip = clips_tensor(val, &b_idx, device);
+        let m = a_idx.len();
+        let ctx_a = a.clone().slice(s![.., 0..t - 1, .., ..]);
+        let next_a = a.clone().slice(s![.., 1..t, .., ..]);
+        let ctx_b = bclip.clone().slice(s![.., 0..t - 1, .., ..]);
+        let next_b = bclip.clone().slice(s![.., 1..t, .., ..]);
+
+        let pooled_a = Idm::pool(a.clone());
+        let pooled_b = Idm::pool(bclip.clone());
+        let z_a = model
+            .infer(
+                reg,
+                pooled_a.clone().slice(s![.., 0..t - 1, ..]),
+                pooled_a.clone().slice(s![.., 1..t, ..]),
+                &[],
+            )
+            .z;
+        let pred_a = model.world_model.forward(ctx_a.clone(), z_a.clone());
+        let err_normal = l1_per_position(pred_a.clone(), next_a.clone()); // [m, T-1]
+        e_normal += scalar(err_normal.clone().mean()) * m as f64;
+
+        // Scene cut at every position c.
+        let z_cut = model
+            .infer(
+                reg,
+                pooled_a.clone().slice(s![.., 0..t - 1, ..]),
+                pooled_b.clone().slice(s![.., 1..t, ..]),
+                &[],
+            )
+            .z;
+        let d = z_a.dims()[2];
+        let (mut cut_sum, mut zero_sum) = (0.0, 0.0);
+        for c in 0..t - 1 {
+            let mut parts = vec![z_a.clone().slice(s![.., 0..c, ..])];
+            parts.push(z_cut.clone().slice(s![.., c..c + 1, ..]));
+            if c + 1 < t - 1 {
+                parts.push(z_a.clone().slice(s![.., c + 1..t - 1, ..]));
+            }
+            let parts: Vec<_> = parts.into_iter().filter(|p| p.dims()[1] > 0).collect();
+            let z_seq = Tensor::cat(parts, 1);
+            let pred = model.world_model.forward(ctx_a.clone(), z_seq.clone());
+            let target = next_b.clone().slice(s![.., c..c + 1, .., ..]);
+            cut_sum += scalar(
+                (pred.slice(s![.., c..c + 1, .., ..]) - target.clone())
+                    .abs()
+                    .mean(),
+            );
+            let zero_at_c = z_seq
+                .clone()
+                .slice_assign(s![.., c..c + 1, ..], Tensor::zeros([m, 1, d], device));
+            let pred0 = model.world_model.forward(ctx_a.clone(), zero_at_c);
+            zero_sum += scalar(
+                (pred0.slice(s![.., c..c + 1, .., ..]) - target)
+                    .abs()
+                    .mean(),
+            );
+        }
+        e_cut += cut_sum / (t - 1) as f64 * m as f64;
+        e_zero += zero_sum / (t - 1) as f64 * m as f64;
+
+        // Transfer: A's latents on B's context, re-inferred, applied back to A.
+        let pred_b = model.world_model.forward(ctx_b.clone(), z_a.clone());
+        let z_back = model
+            .infer(
+                reg,
+                pooled_b.clone().slice(s![.., 0..t - 1, ..]),
+                Idm::pool(pred_b),
+                &[],
+            )
+            .z;
+        let pred_a2 = model.world_model.forward(ctx_a.clone(), z_back.clone());
+        orig += scalar(err_normal.mean()) * m as f64;
+        transfer += scalar(l1_per_position(pred_a2, next_a).mean()) * m as f64;
+        let dot = (z_a.clone() * z_back.clone()).sum_dim(2);
+        let norms = (z_a.square().sum_dim(2) * z_back.square().sum_dim(2)).sqrt() + 1e-12;
+        cos += scalar((dot / norms).mean()) * m as f64;
+        seen += m;
+        start = end;
+    }
+    let k = seen as f64;
+    let (e_normal, e_cut, e_zero) = (e_normal / k, e_cut / k, e_zero / k);
+    let (orig, transfer, cos) = (orig / k, transfer / k, cos / k);
+    Ok(EvalReport {
+        leakage: LeakageReport {
+            clips: seen,
+            e_normal,
+            e_cut,
+            e_cut_no_action: e_zero,
+            ratio: e_cut / (e_normal + 1e-8),
+        },
+        transfer: TransferReport {
+            clips: seen,
+            original_error: orig,
+            transfer_error: transfer,
+            ratio: transfer / (orig + 1e-8),
+            latent_cosine: cos,
+        },
+    })
+}

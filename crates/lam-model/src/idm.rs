@@ -1,0 +1,77 @@
+//! Inverse-dynamics model: z_t = g(s_t, s_t+1).
+//!
+//! Each frame's patch tokens are mean-pooled to one D-vector; the pooled pair
+//! [pool(s_t), pool(s_t+1)] goes through a 3-layer GELU MLP (Linear-GELU-Linear-GELU-Linear).
+//! For the `noisy` regulariser the last layer outputs 2d values, read as (mu, log sigma^2).
+//! The IDM sees the future frame on purpose: it labels transitions for the world model.
+
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+
+#[derive(Module, Debug)]
+pub struct Idm {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub fc3: Linear,
+}
+
+/// What the IDM's head outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdmHead {
+    /// z directly (sparse, vq).
+    Point,
+    /// mu and log sigma^2 (noisy).
+    Gaussian,
+}
+
+impl Idm {
+    pub fn new(
+        embed_dim: usize,
+        hidden: usize,
+        latent_dim: usize,
+        head: IdmHead,
+        device: &Device,
+    ) -> Self {
+        let out = match head {
+            IdmHead::Point => latent_dim,
+            IdmHead::Gaussian => 2 * latent_dim,
+        };
+        Self {
+            fc1: LinearConfig::new(2 * embed_dim, hidden).init(device),
+            fc2: LinearConfig::new(hidden, hidden).init(device),
+            fc3: LinearConfig::new(hidden, out).init(device),
+        }
+    }
+
+    /// Mean over the token axis: `[B, T, N, D] -> [B, T, D]`.
+    pub fn pool(frames: Tensor<4>) -> Tensor<3> {
+        frames.mean_dim(2).squeeze_dim(2)
+    }
+
+    /// Raw head output for every consecutive pair of pooled frames:
+    /// `[B, T, D] -> [B, T - 1, out]`.
+    pub fn forward_pooled(&self, pooled: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = pooled.dims();
+        let now = pooled.clone().slice(s![.., 0..t - 1, ..]);
+        let next = pooled.slice(s![.., 1..t, ..]);
+        self.forward_pair(now, next, b, t - 1, d)
+    }
+
+    /// Raw head output for explicit pairs `(s_t, s_t+1)`, each `[B, K, D]` pooled.
+    pub fn forward_pair(
+        &self,
+        now: Tensor<3>,
+        next: Tensor<3>,
+        b: usize,
+        k: usize,
+        d: usize,
+    ) -> Tensor<3> {
+        let x = Tensor::cat(vec![now, next], 2).reshape([b * k, 2 * d]);
+        let x = gelu(self.fc1.forward(x));
+        let x = gelu(self.fc2.forward(x));
+        let out = self.fc3.forward(x);
+        let o = out.dims()[1];
+        out.reshape([b, k, o])
+    }
+}

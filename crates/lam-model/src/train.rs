@@ -1,0 +1,436 @@
+//! The stage-1 training loop: batches from shards, the two-group optimiser, metrics,
+//! validation, checkpoints and exact resumption.
+//!
+//! Every random draw of step s (batch indices, action-dropout mask, Gaussian noise, dead-code
+//! resets) comes from a generator seeded with (seed, s), so a resumed run repeats exactly the
+//! draws of an uninterrupted one and only the tensors in the checkpoint need restoring.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::Param;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use lam_data::ShardSet;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use serde_json::{Map, Value, json};
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::{LamConfig, RegularizerKind};
+use crate::lam::{LatentActionModel, StepNoise};
+use crate::optim::{self, stable_param_ids};
+use crate::stats::latent_stats;
+
+/// Where a run writes and how chatty it is.
+pub struct TrainOptions {
+    /// Run folder: `config.toml`, `metrics.jsonl`, `checkpoints/`.
+    pub run_dir: PathBuf,
+    /// Continue from the run's latest checkpoint.
+    pub resume: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Stop after this many steps of this invocation (the run's `train.steps` is unchanged);
+    /// used to interrupt runs in tests.
+    pub stop_after: Option<usize>,
+}
+
+/// What a finished (or stopped) invocation reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub steps_done: usize,
+    pub final_train_loss: f32,
+    pub final_val: Option<Map<String, Value>>,
+    pub steps_per_sec: f64,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+fn step_rng(seed: u64, step: usize, stream: u64) -> StdRng {
+    let mix = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+        .wrapping_add(stream.wrapping_mul(0x94D0_49BB_1331_11EB));
+    StdRng::seed_from_u64(mix)
+}
+
+/// Clip indices of a step: consecutive slices of per-epoch permutations of the data.
+pub fn batch_indices(seed: u64, step: usize, batch: usize, len: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(batch);
+    let mut cached: Option<(usize, Vec<usize>)> = None;
+    for pos in step * batch..(step + 1) * batch {
+        let epoch = pos / len;
+        if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut perm: Vec<usize> = (0..len).collect();
+            perm.shuffle(&mut step_rng(seed, epoch, 1));
+            cached = Some((epoch, perm));
+        }
+        out.push(cached.as_ref().unwrap().1[pos % len]);
+    }
+    out
+}
+
+/// Host-side noise of one step.
+pub fn step_noise(cfg: &LamConfig, step: usize, transitions: usize) -> StepNoise {
+    let mut rng = step_rng(cfg.train.seed, step, 2);
+    let p = cfg.model.action_dropout;
+    let keep = (0..transitions)
+        .map(|_| if rng.random::<f64>() < p { 0.0 } else { 1.0 })
+        .collect();
+    let eps = if cfg.regularizer.kind == RegularizerKind::Noisy {
+        (0..transitions * cfg.model.latent_dim)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    StepNoise { keep, eps }
+}
+
+/// Uploads clips `[B, T, N, D]` to the device.
+pub fn clips_tensor(data: &ShardSet, indices: &[usize], device: &Device) -> Tensor<4> {
+    let idx = &data.index;
+    let values = data.batch(indices);
+    Tensor::from_data(
+        TensorData::new(values, [indices.len(), idx.frames, idx.tokens, idx.dim]),
+        device,
+    )
+}
+
+/// Checks that the model config matches the data.
+pub fn check_data(cfg: &LamConfig, data: &ShardSet) -> Result<()> {
+    let idx = &data.index;
+    ensure!(
+        cfg.model.embed_dim == idx.dim
+            && cfg.model.grid == idx.grid
+            && cfg.model.frames == idx.frames,
+        "model expects clips of T={} frames, grid {:?}, D={}, but shards in {} hold T={}, grid {:?}, D={}",
+        cfg.model.frames,
+        cfg.model.grid,
+        cfg.model.embed_dim,
+        data.dir.display(),
+        idx.frames,
+        idx.grid,
+        idx.dim
+    );
+    ensure!(
+        !data.is_empty(),
+        "no clips in {} for this split",
+        data.dir.display()
+    );
+    Ok(())
+}
+
+/// Builds a model with stable parameter ids on `device`.
+pub fn init_model(cfg: &LamConfig, device: &Device) -> LatentActionModel {
+    device.seed(cfg.train.seed);
+    stable_param_ids(LatentActionModel::new(cfg, device))
+}
+
+/// Mean validation losses over `cfg.train.val_batches` fixed batches (no dropout, no noise).
+pub fn validate(
+    cfg: &LamConfig,
+    model: &LatentActionModel,
+    val: &ShardSet,
+    device: &Device,
+) -> Map<String, Value> {
+    let b = cfg.train.batch_size.min(val.len()).max(2.min(val.len()));
+    let batches = cfg.train.val_batches.max(1);
+    let mut sums: Vec<(&'static str, f64)> = Vec::new();
+    let mut count = 0;
+    for k in 0..batches {
+        let indices: Vec<usize> = (0..b).map(|i| (k * b + i) % val.len()).collect();
+        let clips = clips_tensor(val, &indices, device);
+        let out = model.forward_loss(cfg, clips, &StepNoise::default());
+        for (i, (name, v)) in out.terms.named().into_iter().enumerate() {
+            if sums.len() <= i {
+                sums.push((name, 0.0));
+            }
+            sums[i].1 += v as f64;
+        }
+        count += 1;
+        if (k + 1) * b >= val.len() {
+            break;
+        }
+    }
+    sums.into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v / count as f64)))
+        .collect()
+}
+
+/// Replaces codes unused for `dead_code_steps` steps by random encoder outputs of the batch.
+fn reset_dead_codes(
+    model: LatentActionModel,
+    cfg: &LamConfig,
+    step: usize,
+    last_used: &mut [usize],
+    z: &[f32],
+) -> (LatentActionModel, usize) {
+    let d = cfg.model.latent_dim;
+    let dead: Vec<usize> = (0..last_used.len())
+        .filter(|&c| step.saturating_sub(last_used[c]) >= cfg.regularizer.dead_code_steps)
+        .collect();
+    let rows = z.len() / d;
+    if dead.is_empty() || rows == 0 {
+        return (model, 0);
+    }
+    let mut rng = step_rng(cfg.train.seed, step, 3);
+    let Some(param) = model.codebook.clone() else {
+        return (model, 0);
+    };
+    let device = param.val().device();
+    let mut book: Vec<f32> = param
+        .val()
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("f32 codebook");
+    for &c in &dead {
+        let r = rng.random_range(0..rows);
+        book[c * d..(c + 1) * d].copy_from_slice(&z[r * d..(r + 1) * d]);
+        last_used[c] = step;
+    }
+    let k = last_used.len();
+    let fresh = Tensor::<2>::from_data(TensorData::new(book, [k, d]), &device).require_grad();
+    let mut model = model;
+    model.codebook = Some(Param::initialized(param.id, fresh));
+    (model, dead.len())
+}
+
+struct MetricsLog {
+    file: fs::File,
+}
+
+impl MetricsLog {
+    /// Opens `metrics.jsonl`, dropping lines past `keep_until_step` (a resumed run rewrites
+    /// what came after its checkpoint).
+    fn open(path: &Path, keep_until_step: Option<usize>) -> Result<Self> {
+        if let Some(limit) = keep_until_step
+            && path.exists()
+        {
+            let text = fs::read_to_string(path)?;
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(Value::as_u64))
+                        .is_some_and(|s| s as usize <= limit)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            lam_data::shards::write_atomic(path, kept.as_bytes())?;
+        } else if keep_until_step.is_none() && path.exists() {
+            fs::remove_file(path)?;
+        }
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self { file })
+    }
+
+    fn write(&mut self, record: &Value) -> Result<()> {
+        writeln!(self.file, "{record}")?;
+        Ok(())
+    }
+}
+
+/// Trains (or resumes) a run. `device` is the plain device; autodiff is added here.
+pub fn train(
+    cfg: &LamConfig,
+    data: &ShardSet,
+    val: Option<&ShardSet>,
+    device: &Device,
+    opts: &TrainOptions,
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    check_data(cfg, data)?;
+    if let Some(v) = val {
+        check_data(cfg, v)?;
+    }
+    fs::create_dir_all(&opts.run_dir)
+        .with_context(|| format!("cannot create {}", opts.run_dir.display()))?;
+    let ad = device.clone().autodiff();
+    let total = cfg.train.steps;
+    let mut model = init_model(cfg, &ad);
+    let built = optim::build(&model, &cfg.optim, total)?;
+    let (mut optimizer, mut scheduler) = (built.optimizer, built.scheduler);
+    let mut start = 0usize;
+    let mut code_last_used = vec![0usize; cfg.regularizer.codebook_size];
+
+    let resume_from = if opts.resume {
+        checkpoint::latest(&opts.run_dir)?
+    } else {
+        None
+    };
+    if opts.resume && resume_from.is_none() {
+        bail!(
+            "--resume: {} has no checkpoint to resume from",
+            opts.run_dir.display()
+        );
+    }
+    if let Some(ckpt) = &resume_from {
+        let state = checkpoint::load_state(ckpt)?;
+        ensure!(
+            state.config == *cfg,
+            "{}: the checkpoint was made with a different configuration; resume with the run's \
+             config.toml (lam train --resume uses it when no --config/--set is given)",
+            ckpt.display()
+        );
+        model = checkpoint::load_weights(model, &ckpt.join("model.safetensors"))?;
+        (optimizer, scheduler) = checkpoint::load_optim(ckpt, optimizer, scheduler)?;
+        start = state.step;
+        if !state.code_last_used.is_empty() {
+            code_last_used = state.code_last_used;
+        }
+    } else {
+        lam_data::shards::write_atomic(
+            &opts.run_dir.join("config.toml"),
+            cfg.to_toml()?.as_bytes(),
+        )?;
+    }
+    let mut log = MetricsLog::open(
+        &opts.run_dir.join("metrics.jsonl"),
+        resume_from.as_ref().map(|_| start),
+    )?;
+    if start == 0 {
+        log.write(&json!({"step": 0, "split": "params", "counts": built.counts, "num_params": model.num_params()}))?;
+    }
+
+    let end = opts.stop_after.map_or(total, |n| (start + n).min(total));
+    let bar = if opts.progress {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(start as u64);
+    let (t, b) = (cfg.model.frames, cfg.train.batch_size);
+    let mut last_loss = f32::NAN;
+    let mut final_val = None;
+    let mut last_ckpt = None;
+    let started = Instant::now();
+    let mut window = Instant::now();
+    let mut window_steps = 0usize;
+    let mut steps_per_sec: f64;
+    for step in start..end {
+        let indices = batch_indices(cfg.train.seed, step, b, data.len());
+        let clips = clips_tensor(data, &indices, &ad);
+        let noise = step_noise(cfg, step, b * (t - 1));
+        let lr = scheduler.step();
+        let out = model.forward_loss(cfg, clips, &noise);
+        let loss = out.terms.total.clone().into_scalar::<f32>();
+        if !loss.is_finite() {
+            let terms: Vec<String> = out
+                .terms
+                .named()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            bail!(
+                "non-finite loss at step {step} ({}); the last good checkpoint is kept in {}",
+                terms.join(", "),
+                checkpoint::checkpoints_dir(&opts.run_dir).display()
+            );
+        }
+        last_loss = loss;
+        let log_now = (step + 1) % cfg.train.log_every.max(1) == 0 || step + 1 == end;
+        let named = log_now.then(|| out.terms.named());
+        let z_host: Vec<f32> = out
+            .z
+            .clone()
+            .inner()
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32 latents");
+        let grads = GradientsParams::from_grads(out.terms.total.backward(), &model);
+        model = optimizer.step(lr.clone(), model, grads);
+
+        let mut resets = 0;
+        if cfg.regularizer.kind == RegularizerKind::Vq {
+            for &c in &out.codes {
+                code_last_used[c] = step + 1;
+            }
+            (model, resets) = reset_dead_codes(model, cfg, step + 1, &mut code_last_used, &z_host);
+        }
+        window_steps += 1;
+        bar.inc(1);
+        if let Some(named) = named {
+            let secs = window.elapsed().as_secs_f64();
+            steps_per_sec = window_steps as f64 / secs.max(1e-9);
+            window = Instant::now();
+            window_steps = 0;
+            let mut rec: Map<String, Value> = named
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            rec.insert("step".into(), json!(step + 1));
+            rec.insert("split".into(), json!("train"));
+            rec.insert("lr_adamw".into(), json!(lr.base()));
+            rec.insert("steps_per_sec".into(), json!(steps_per_sec));
+            let stats = latent_stats(
+                &z_host,
+                cfg.model.latent_dim,
+                (cfg.regularizer.kind == RegularizerKind::Vq)
+                    .then_some((&out.codes[..], cfg.regularizer.codebook_size)),
+            );
+            rec.extend(stats);
+            if resets > 0 {
+                rec.insert("codes_reset".into(), json!(resets));
+            }
+            log.write(&Value::Object(rec))?;
+            bar.set_message(format!(
+                "loss {loss:.4} pred {:.4} {steps_per_sec:.1} steps/s",
+                named[1].1
+            ));
+        }
+        let done = step + 1;
+        if let Some(val) = val
+            && cfg.train.val_every > 0
+            && (done % cfg.train.val_every == 0 || done == total)
+        {
+            let mut rec = validate(cfg, &model.valid(), val, device);
+            rec.insert("step".into(), json!(done));
+            rec.insert("split".into(), json!("val"));
+            log.write(&Value::Object(rec.clone()))?;
+            final_val = Some(rec);
+        }
+        let ckpt_now = (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0)
+            || done == end;
+        if ckpt_now {
+            let state = TrainState {
+                step: done,
+                seed: cfg.train.seed,
+                code_last_used: code_last_used.clone(),
+                config: cfg.clone(),
+            };
+            last_ckpt = Some(checkpoint::save(
+                &opts.run_dir,
+                &model,
+                &optimizer,
+                &scheduler,
+                &state,
+                cfg.train.keep_checkpoints,
+            )?);
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let overall = (end - start) as f64 / elapsed.max(1e-9);
+    Ok(TrainSummary {
+        steps_done: end,
+        final_train_loss: last_loss,
+        final_val,
+        steps_per_sec: overall,
+        last_checkpoint: last_ckpt,
+    })
+}

@@ -1,0 +1,306 @@
+//! Behaviour of the stage-1 model: AdaLN-zero, frame causality, learning, resumption, errors.
+
+use std::path::Path;
+
+use burn::nn::LinearConfig;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use lam_data::synthetic::{SyntheticConfig, write_synthetic};
+use lam_data::{ShardSet, Split};
+use lam_model::config::{LamConfig, RegularizerKind};
+use lam_model::eval::evaluate;
+use lam_model::train::{TrainOptions, init_model, train};
+use lam_model::world_model::WorldModel;
+
+fn tiny() -> LamConfig {
+    LamConfig::preset("tiny").unwrap()
+}
+
+fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+#[test]
+fn adaln_zero_prediction_ignores_z_at_init() {
+    let dev = Device::flex();
+    dev.seed(1);
+    let cfg = tiny();
+    let wm = WorldModel::new(&cfg.model, &dev);
+    let frames = Tensor::<4>::random([2, 5, 16, 32], Distribution::Normal(0.0, 1.0), &dev);
+    let z1 = Tensor::<3>::random([2, 5, 16], Distribution::Normal(0.0, 1.0), &dev);
+    let z2 = Tensor::<3>::random([2, 5, 16], Distribution::Normal(0.0, 3.0), &dev);
+    let p1 = wm.forward(frames.clone(), z1);
+    let p2 = wm.forward(frames.clone(), z2);
+    assert_eq!(
+        max_abs_diff(p1.clone(), p2),
+        0.0,
+        "at initialisation z must have no effect"
+    );
+    // ...but the prediction does depend on the frames.
+    let p3 = wm.forward(frames.clone() * 2.0, Tensor::zeros([2, 5, 16], &dev));
+    assert!(max_abs_diff(p1, p3) > 1e-3);
+}
+
+#[test]
+fn predictions_are_frame_causal() {
+    let dev = Device::flex();
+    dev.seed(2);
+    let cfg = tiny();
+    let mut wm = WorldModel::new(&cfg.model, &dev);
+    // Give the AdaLN heads non-zero weights so that z reaches every block.
+    for block in wm.blocks.iter_mut() {
+        block.ada = LinearConfig::new(64, 6 * 64).init(&dev);
+    }
+    wm.final_ada = LinearConfig::new(64, 2 * 64).init(&dev);
+    let t = 6;
+    let frames = Tensor::<4>::random([2, t, 16, 32], Distribution::Normal(0.0, 1.0), &dev);
+    let z = Tensor::<3>::random([2, t, 16], Distribution::Normal(0.0, 1.0), &dev);
+    let base = wm.forward(frames.clone(), z.clone());
+    for k in 1..t {
+        // Change frame k and latent k (and everything after): positions < k must not move.
+        let noise = Tensor::<4>::random([2, t - k, 16, 32], Distribution::Normal(0.0, 1.0), &dev);
+        let f2 = frames.clone().slice_assign(s![.., k..t, .., ..], noise);
+        let z2 = z.clone().slice_assign(
+            s![.., k..t, ..],
+            Tensor::random([2, t - k, 16], Distribution::Normal(0.0, 1.0), &dev),
+        );
+        let out = wm.forward(f2, z2);
+        let before = max_abs_diff(
+            base.clone().slice(s![.., 0..k, .., ..]),
+            out.clone().slice(s![.., 0..k, .., ..]),
+        );
+        assert!(
+            before < 1e-5,
+            "changing frame {k} moved an earlier prediction by {before}"
+        );
+        let at = max_abs_diff(
+            base.clone().slice(s![.., k..k + 1, .., ..]),
+            out.slice(s![.., k..k + 1, .., ..]),
+        );
+        assert!(
+            at > 1e-3,
+            "changing frame {k} did not change the prediction at {k}"
+        );
+    }
+}
+
+fn synthetic(dir: &Path, clips: usize) -> SyntheticConfig {
+    let cfg = SyntheticConfig {
+        clips,
+        val_fraction: 0.25,
+        ..Default::default()
+    };
+    write_synthetic(dir, &cfg).unwrap();
+    cfg
+}
+
+fn quiet(run: &Path) -> TrainOptions {
+    TrainOptions {
+        run_dir: run.to_path_buf(),
+        resume: false,
+        progress: false,
+        stop_after: None,
+    }
+}
+
+fn read_metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn tiny_model_overfits_one_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    // 16 training clips and batch 16: every step sees the same batch.
+    synthetic(&data_dir, 22);
+    let data = ShardSet::open(&data_dir, Some(Split::Train)).unwrap();
+    assert_eq!(data.len(), 16);
+    let mut cfg = tiny();
+    cfg.train.batch_size = 16;
+    cfg.train.steps = 150;
+    cfg.train.log_every = 1;
+    cfg.train.val_every = 0;
+    cfg.train.checkpoint_every = 0;
+    cfg.model.action_dropout = 0.0;
+    let run = tmp.path().join("run");
+    train(&cfg, &data, None, &Device::flex(), &quiet(&run)).unwrap();
+    let m = read_metrics(&run);
+    let pred: Vec<f64> = m
+        .iter()
+        .filter(|r| r["split"] == "train")
+        .map(|r| r["pred"].as_f64().unwrap())
+        .collect();
+    let (first, last) = (pred[0], *pred.last().unwrap());
+    assert!(
+        last < first / 4.0,
+        "prediction loss fell only from {first} to {last}"
+    );
+}
+
+/// Every tensor of a run's latest weights, by name.
+fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let ckpt = lam_model::checkpoint::latest(run).unwrap().unwrap();
+    let bytes = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            (
+                name,
+                t.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn kill_and_resume_matches_uninterrupted_run() {
+    for kind in [
+        RegularizerKind::Sparse,
+        RegularizerKind::Noisy,
+        RegularizerKind::Vq,
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        synthetic(&data_dir, 40);
+        let data = ShardSet::open(&data_dir, Some(Split::Train)).unwrap();
+        let mut cfg = tiny();
+        cfg.regularizer.kind = kind;
+        cfg.regularizer.dead_code_steps = 3;
+        cfg.train.batch_size = 8;
+        cfg.train.steps = 12;
+        cfg.train.checkpoint_every = 3;
+        cfg.train.val_every = 0;
+        let dev = Device::flex();
+
+        let full = tmp.path().join("full");
+        train(&cfg, &data, None, &dev, &quiet(&full)).unwrap();
+
+        let split = tmp.path().join("split");
+        let mut first = quiet(&split);
+        first.stop_after = Some(7); // killed after step 7: the last checkpoint is at step 6
+        train(&cfg, &data, None, &dev, &first).unwrap();
+        // Simulate the kill: drop the step-7 checkpoint written at the interruption.
+        let ck = lam_model::checkpoint::checkpoints_dir(&split);
+        std::fs::remove_dir_all(ck.join("step-0000007")).unwrap();
+        lam_data::shards::write_atomic(&ck.join("latest"), b"step-0000006").unwrap();
+        let resumed = TrainOptions {
+            resume: true,
+            ..quiet(&split)
+        };
+        let summary = train(&cfg, &data, None, &dev, &resumed).unwrap();
+        assert_eq!(summary.steps_done, 12);
+
+        let a = weights(&full);
+        let b = weights(&split);
+        assert_eq!(a.len(), b.len());
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            let worst = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 1e-6,
+                "{kind:?}: {name} differs by {worst} between the resumed and the uninterrupted run"
+            );
+        }
+        // The metrics log has exactly one record per logged step.
+        let steps: Vec<u64> = read_metrics(&split)
+            .iter()
+            .filter(|r| r["split"] == "train")
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, vec![10, 12], "{kind:?}");
+    }
+}
+
+#[test]
+fn training_learns_actions_not_frames() {
+    // On synthetic data with hidden actions, the trained model's scene-cut error must exceed
+    // its error on real transitions (the latent carries an action, not the next frame).
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    synthetic(&data_dir, 200);
+    let train_set = ShardSet::open(&data_dir, Some(Split::Train)).unwrap();
+    let val_set = ShardSet::open(&data_dir, Some(Split::Val)).unwrap();
+    let mut cfg = tiny();
+    cfg.train.steps = 200;
+    cfg.train.val_every = 100;
+    let run = tmp.path().join("run");
+    let dev = Device::flex();
+    let summary = train(&cfg, &train_set, Some(&val_set), &dev, &quiet(&run)).unwrap();
+    assert!(summary.final_val.is_some());
+    let model = lam_model::checkpoint::load_weights(
+        init_model(&cfg, &dev),
+        &summary.last_checkpoint.unwrap().join("model.safetensors"),
+    )
+    .unwrap();
+    let report = evaluate(&cfg, &model, &val_set, &dev, 50, 25).unwrap();
+    assert!(
+        report.leakage.ratio > 1.2,
+        "leakage ratio {}",
+        report.leakage.ratio
+    );
+    assert!(report.leakage.e_cut_no_action > report.leakage.e_normal);
+}
+
+#[test]
+fn mismatched_data_and_missing_checkpoint_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut syn = SyntheticConfig {
+        clips: 10,
+        dim: 24,
+        ..Default::default()
+    };
+    syn.val_fraction = 0.0;
+    write_synthetic(&data_dir, &syn).unwrap();
+    let data = ShardSet::open(&data_dir, Some(Split::Train)).unwrap();
+    let cfg = tiny(); // expects D = 32
+    let err = train(
+        &cfg,
+        &data,
+        None,
+        &Device::flex(),
+        &quiet(&tmp.path().join("run")),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("D=32") && err.contains("D=24") && err.contains("data"),
+        "{err}"
+    );
+
+    let mut cfg = tiny();
+    cfg.model.embed_dim = 24;
+    let opts = TrainOptions {
+        resume: true,
+        ..quiet(&tmp.path().join("fresh"))
+    };
+    let err = train(&cfg, &data, None, &Device::flex(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no checkpoint") && err.contains("fresh"),
+        "{err}"
+    );
+
+    let err = lam_model::checkpoint::load_weights(
+        init_model(&cfg, &Device::flex()),
+        &tmp.path().join("nope.safetensors"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nope.safetensors"), "{err}");
+}

@@ -1,0 +1,157 @@
+//! `lam`: latent-action world models from unlabeled video, one binary.
+
+mod bench;
+mod demo;
+mod plot;
+mod stage1;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lam",
+    version,
+    about = "Latent-action world models: learn from unlabeled video, control robots"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline on built-in data and write a report folder.
+    Demo(demo::DemoArgs),
+    /// Train the stage-1 latent action model (IDM + world model) on embedding shards.
+    Train(stage1::TrainArgs),
+    /// Leakage (scene-cut) and transfer evaluations of a trained model.
+    Eval(stage1::EvalArgs),
+    /// Make or inspect embedding shards.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Benchmarks against PyTorch twins of the same computation.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Plot a run's metrics to PNG.
+    Plot(PlotArgs),
+    /// The simulated manipulation suite: record datasets, show episodes, benchmark.
+    #[command(subcommand)]
+    Sim(lam_sim::cli::SimCommand),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Write synthetic shards with hidden 2-D actions (for tests and quick runs).
+    Synthetic(SyntheticArgs),
+    /// Print a shard folder's index summary.
+    Info {
+        /// Shard folder.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct SyntheticArgs {
+    /// Output shard folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of clips.
+    #[arg(long, default_value_t = 512)]
+    clips: usize,
+    /// Frames per clip.
+    #[arg(long, default_value_t = 8)]
+    frames: usize,
+    /// Token grid side (N = side * side).
+    #[arg(long, default_value_t = 4)]
+    grid: usize,
+    /// Channels per token.
+    #[arg(long, default_value_t = 32)]
+    dim: usize,
+    /// Also write the hidden actions (a labeled set).
+    #[arg(long)]
+    labeled: bool,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Run folder (reads metrics.jsonl).
+    run: PathBuf,
+    /// Output PNG (default RUN/loss.png).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Train(args) => stage1::train(args),
+        Command::Eval(args) => stage1::eval(args),
+        Command::Data(DataCommand::Synthetic(a)) => {
+            let cfg = lam_data::synthetic::SyntheticConfig {
+                clips: a.clips,
+                frames: a.frames,
+                grid: [a.grid, a.grid],
+                dim: a.dim,
+                labeled: a.labeled,
+                seed: a.seed,
+                ..Default::default()
+            };
+            let index = lam_data::synthetic::write_synthetic(&a.out, &cfg)?;
+            println!(
+                "wrote {} clips ({} shards) of [T={}, N={}, D={}] to {}",
+                a.clips,
+                index.shards.len(),
+                index.frames,
+                index.tokens,
+                index.dim,
+                a.out.display()
+            );
+            Ok(())
+        }
+        Command::Data(DataCommand::Info { dir }) => {
+            let index = lam_data::ShardIndex::load(&dir)?;
+            let train = lam_data::ShardSet::open(&dir, Some(lam_data::Split::Train))?.len();
+            let val = lam_data::ShardSet::open(&dir, Some(lam_data::Split::Val))?.len();
+            println!(
+                "{}: T={} N={} (grid {:?}) D={} action_dim={:?}\n  train clips {train}, val clips {val}, {} shards\n  source {:?}",
+                dir.display(),
+                index.frames,
+                index.tokens,
+                index.grid,
+                index.dim,
+                index.action_dim,
+                index.shards.len(),
+                index.source
+            );
+            Ok(())
+        }
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Sim(cmd) => lam_sim::cli::run(cmd),
+        Command::Plot(a) => {
+            let out = a.out.unwrap_or_else(|| a.run.join("loss.png"));
+            plot::plot_run(&a.run, &out)?;
+            println!("{}", out.display());
+            Ok(())
+        }
+    }
+}
