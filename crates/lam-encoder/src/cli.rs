@@ -1,0 +1,309 @@
+//! Command-line front ends: `lam encoder pretrain|info` and `lam embed`.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use burn::prelude::Device;
+use clap::{Args, Subcommand, ValueEnum};
+use lam_ingest::{ClipSpec, Normalization};
+
+use crate::embed::{EmbedOptions, Source, embed};
+use crate::encoder::{Encoder, Pooling};
+use crate::pretrain::{PretrainConfig, frames_from_source, pretrain, synthetic_frames};
+use crate::sim::SimEncoderConfig;
+use crate::vjepa2::FrameMode;
+
+#[derive(Subcommand)]
+pub enum EncoderCommand {
+    /// Pretrain the small sim encoder (SIGReg-regularised JEPA) on unlabeled frames.
+    Pretrain(PretrainArgs),
+    /// Describe an encoder folder (Hugging Face model or sim-encoder checkpoint).
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// Frames from this source: a lam-sim recording, a LeRobot dataset or a video folder.
+    #[arg(long, conflicts_with = "synthetic")]
+    pub data: Option<PathBuf>,
+    /// Instead of --data, this many generated episodes of moving shapes (40 frames each).
+    #[arg(long)]
+    pub synthetic: Option<usize>,
+    /// Output folder: encoder/ (the checkpoint), metrics.jsonl, summary.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Frame rate frames are sampled at from --data.
+    #[arg(long, default_value_t = 10.0)]
+    pub fps: f64,
+    /// At most this many frames are loaded.
+    #[arg(long, default_value_t = 4000)]
+    pub max_frames: usize,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 600)]
+    pub steps: usize,
+    /// Frame pairs per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// SIGReg weight.
+    #[arg(long, default_value_t = 1.0)]
+    pub sigreg_weight: f64,
+    /// Frame side (the encoder's input).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Patch side (token grid = size / patch).
+    #[arg(long, default_value_t = 8)]
+    pub patch: usize,
+    /// Token channels D.
+    #[arg(long, default_value_t = 64)]
+    pub dim: usize,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 2)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cpu (or cuda / cuda:N in a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// Encoder folder.
+    pub path: PathBuf,
+    /// Show the token grid for frames of this side (default: the encoder's).
+    #[arg(long)]
+    pub size: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FrameModeArg {
+    /// Each frame encoded alone (repeated to fill a tubelet).
+    PerFrame,
+    /// The clip encoded at once; both frames of a tubelet share its tokens.
+    Tubelet,
+}
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// Source: a folder of videos, a LeRobot dataset, or a lam-sim recording.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Encoder folder: a Hugging Face model (config.json + *.safetensors) or a sim-encoder
+    /// checkpoint (from `lam encoder pretrain`).
+    #[arg(long)]
+    pub encoder: PathBuf,
+    /// Output shard folder (resumed if it already holds shards of the same settings).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Clip frame rate.
+    #[arg(long, default_value_t = 4.0)]
+    pub fps: f64,
+    /// Frames per clip.
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// Frame side in pixels (default: the encoder's training size, e.g. 224 for DINOv2).
+    #[arg(long)]
+    pub size: Option<u32>,
+    /// Resampled frames between clip starts (default: --frames, no overlap).
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Clips encoded together.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Clips per shard file.
+    #[arg(long, default_value_t = 256)]
+    pub clips_per_shard: usize,
+    /// Fraction of videos / episodes in the validation split.
+    #[arg(long, default_value_t = 0.02)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// At most this many clips per video / episode camera.
+    #[arg(long)]
+    pub max_clips_per_item: Option<usize>,
+    /// Token pooling per frame.
+    #[arg(long, value_enum, default_value = "none")]
+    pub pooling: Pooling,
+    /// V-JEPA 2: how frames map to tubelet tokens.
+    #[arg(long, value_enum, default_value = "per-frame")]
+    pub frame_mode: FrameModeArg,
+    /// Videos decoded in parallel.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// LeRobot camera (video feature) to take; repeat for several (default: all).
+    #[arg(long = "camera")]
+    pub cameras: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" | "flex" => Ok(Device::flex()),
+        s if s == "cuda" || s.starts_with("cuda:") => cuda(s),
+        other => bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(spec: &str) -> Result<Device> {
+    let index = match spec.strip_prefix("cuda:") {
+        Some(n) => n
+            .parse::<usize>()
+            .map_err(|_| anyhow::anyhow!("bad CUDA device index in `{spec}`"))?,
+        None => 0,
+    };
+    Ok(Device::cuda(index))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(spec: &str) -> Result<Device> {
+    bail!("device `{spec}` needs a lam built with `--features cuda`")
+}
+
+pub fn run_encoder(cmd: EncoderCommand) -> Result<()> {
+    match cmd {
+        EncoderCommand::Pretrain(a) => run_pretrain(a),
+        EncoderCommand::Info(a) => run_info(a),
+    }
+}
+
+fn run_pretrain(a: PretrainArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let cfg = PretrainConfig {
+        encoder: SimEncoderConfig {
+            image_size: a.size,
+            patch_size: a.patch,
+            dim: a.dim,
+            depth: a.depth,
+            ..SimEncoderConfig::default()
+        },
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        sigreg_weight: a.sigreg_weight,
+        seed: a.seed,
+        ..PretrainConfig::default()
+    };
+    cfg.validate()?;
+    let norm = Normalization::IMAGENET;
+    let frames = match (&a.data, a.synthetic) {
+        (Some(path), _) => {
+            let source = Source::open(path, None)?;
+            let spec = ClipSpec {
+                fps: a.fps,
+                frames: 8,
+                size: a.size as u32,
+                stride: 8,
+                norm,
+                max_clips: None,
+            };
+            let (frames, report) =
+                frames_from_source(source.as_clip_source(), &spec, a.max_frames)?;
+            eprintln!("{report}");
+            frames
+        }
+        (None, Some(runs)) => synthetic_frames(runs, 40, a.size, &norm, a.seed),
+        (None, None) => bail!("give --data SRC or --synthetic EPISODES"),
+    };
+    eprintln!(
+        "pretraining on {} frames ({} consecutive pairs)",
+        frames.len(),
+        frames.pairs.len()
+    );
+    let s = pretrain(&cfg, &frames, norm, &device, &a.out, !a.quiet)?;
+    println!(
+        "{} steps in {:.1}s: loss {:.4} (prediction {:.4}, sigreg {:.4})",
+        s.steps, s.seconds, s.final_loss, s.final_prediction, s.final_sigreg
+    );
+    for (name, st) in [("before", &s.before), ("after", &s.after)] {
+        println!(
+            "{name}: tokens std {:.3} eff. rank {:.1}/{}; frame means std {:.3} eff. rank {:.1}/{}",
+            st.tokens.mean_std,
+            st.tokens.effective_rank,
+            st.tokens.dim,
+            st.frames.mean_std,
+            st.frames.effective_rank,
+            st.frames.dim
+        );
+    }
+    println!("checkpoint: {}", s.checkpoint.display());
+    Ok(())
+}
+
+fn run_info(a: InfoArgs) -> Result<()> {
+    let encoder = Encoder::load(&a.path, &Device::flex())?;
+    let size = a.size.unwrap_or(encoder.info.default_size);
+    encoder.check_size(size)?;
+    let grid = encoder.grid(size);
+    let info = &encoder.info;
+    println!("{} ({})", info.path.display(), info.architecture);
+    println!(
+        "  D = {}, patch {} px, {} parameters",
+        info.dim, info.patch_size, info.params
+    );
+    println!(
+        "  frames of {size}x{size} -> {}x{} = {} tokens per frame",
+        grid[0],
+        grid[1],
+        grid[0] * grid[1]
+    );
+    println!(
+        "  normalisation mean {:?} std {:?}",
+        info.norm.mean, info.norm.std
+    );
+    println!("  config: {}", info.config);
+    Ok(())
+}
+
+pub fn run_embed(a: EmbedArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let opts = EmbedOptions {
+        fps: a.fps,
+        frames: a.frames,
+        size: a.size,
+        stride: a.stride,
+        batch: a.batch,
+        clips_per_shard: a.clips_per_shard,
+        val_fraction: a.val_fraction,
+        split_seed: a.split_seed,
+        max_clips_per_item: a.max_clips_per_item,
+        pooling: a.pooling,
+        frame_mode: match a.frame_mode {
+            FrameModeArg::PerFrame => FrameMode::PerFrame,
+            FrameModeArg::Tubelet => FrameMode::Tubelet,
+        },
+        workers: a.workers,
+        cameras: (!a.cameras.is_empty()).then_some(a.cameras),
+        progress: !a.quiet,
+        ..EmbedOptions::new(a.data, a.encoder, a.out.clone())
+    };
+    let s = embed(&opts, &device)?;
+    println!(
+        "{} clips written ({} already done) in {:.1}s: {:.2} clips/s, {:.1} frames/s",
+        s.written, s.resumed, s.seconds, s.clips_per_sec, s.frames_per_sec
+    );
+    println!("{}", s.report);
+    println!(
+        "shards: {} ({} files, T={}, grid {:?}, D={}{})",
+        a.out.display(),
+        s.index.shards.len(),
+        s.index.frames,
+        s.index.grid,
+        s.index.dim,
+        s.index
+            .action_dim
+            .map_or(String::new(), |d| format!(", actions A={d}"))
+    );
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! From a data source through an encoder to the embedding shards `lam train` reads.
+//!
+//! ```text
+//! source (video folder | LeRobot dataset | lam-sim recording)
+//!   -> clips [T, 3, S, S] (lam-ingest: fps, frames, size, stride, normalisation)
+//!   -> encoder, B clips at a time -> [T, N, D] per clip
+//!   -> shards in OUT (lam-data ShardWriter; train / val by episode or video, 98/2 default)
+//! ```
+//!
+//! Output folder:
+//!
+//! - `index.json`, `shard-NNNNN.safetensors`: the shard set; the index's `source` map records
+//!   the encoder, data and clip settings;
+//! - `report.json`: the run's [`lam_ingest::IngestReport`] (items read, clips, every skipped
+//!   file with its reason) plus clip counts of this invocation;
+//! - `ids.json`: clip id -> item id (video path or `episode_NNNNNN/camera`).
+//!
+//! Every file is written to a temporary name and renamed. Resuming: shards listed in an
+//! existing index are kept; the clips they hold (counted per split, in the source's
+//! deterministic order) are skipped without encoding, and the clips of an interrupted shard
+//! are encoded again. The settings recorded in the index must match the new run's.
+//!
+//! Labeled sources: when a LeRobot dataset has an action feature of shape `[A]`, the shards
+//! carry `actions [clips, T-1, A]`: for clip frame t (t < T-1), the action row in effect at the
+//! frame's time (`EpisodeData::row_at`), the action taken between frames t and t+1.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use lam_data::shards::{INDEX_FILE, ShardIndex, ShardWriter, write_atomic};
+use lam_data::{Split as ShardSplit, shards::Clip as ShardClip};
+use lam_ingest::{
+    Clip, ClipSource, ClipSpec, EpisodeData, FolderOptions, IngestError, IngestReport, Item,
+    LeRobotDataset, LeRobotOptions, RunOptions, Split, Subset, VideoFolder,
+};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::encoder::{Encoder, Pooling};
+use crate::vjepa2::FrameMode;
+
+/// Settings of one embedding job.
+#[derive(Clone, Debug)]
+pub struct EmbedOptions {
+    /// Source: a folder of videos, or a LeRobot dataset folder (has `meta/info.json`; lam-sim
+    /// recordings are such datasets).
+    pub data: PathBuf,
+    /// Encoder folder (Hugging Face model or sim-encoder checkpoint).
+    pub encoder: PathBuf,
+    /// Output shard folder.
+    pub out: PathBuf,
+    /// Clip frame rate. Default 4.
+    pub fps: f64,
+    /// Frames per clip T. Default 8.
+    pub frames: usize,
+    /// Frame side; `None` takes the encoder's training size.
+    pub size: Option<u32>,
+    /// Resampled frames between clip starts; `None` = `frames` (no overlap).
+    pub stride: Option<usize>,
+    /// Clips encoded together. Default 8.
+    pub batch: usize,
+    /// Clips per shard file. Default 256.
+    pub clips_per_shard: usize,
+    /// Validation fraction of the split by video / episode. Default 0.02.
+    pub val_fraction: f64,
+    /// Split seed. Default 0.
+    pub split_seed: u64,
+    /// At most this many clips per item.
+    pub max_clips_per_item: Option<usize>,
+    /// Token pooling. Default none.
+    pub pooling: Pooling,
+    /// V-JEPA 2 frame mapping. Default per-frame.
+    pub frame_mode: FrameMode,
+    /// Items decoded in parallel. Default 2.
+    pub workers: usize,
+    /// LeRobot cameras to take (default all).
+    pub cameras: Option<Vec<String>>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl EmbedOptions {
+    pub fn new(data: PathBuf, encoder: PathBuf, out: PathBuf) -> Self {
+        Self {
+            data,
+            encoder,
+            out,
+            fps: 4.0,
+            frames: 8,
+            size: None,
+            stride: None,
+            batch: 8,
+            clips_per_shard: 256,
+            val_fraction: 0.02,
+            split_seed: 0,
+            max_clips_per_item: None,
+            pooling: Pooling::None,
+            frame_mode: FrameMode::PerFrame,
+            workers: 2,
+            cameras: None,
+            progress: false,
+        }
+    }
+}
+
+/// What a job did.
+#[derive(Clone, Debug, Serialize)]
+pub struct EmbedSummary {
+    /// Clips encoded and written by this invocation.
+    pub written: usize,
+    /// Clips already in finished shards, skipped.
+    pub resumed: usize,
+    /// Clips left out because their actions could not be read.
+    pub without_actions: usize,
+    pub seconds: f64,
+    /// Clips encoded per second (decode included).
+    pub clips_per_sec: f64,
+    pub frames_per_sec: f64,
+    pub report: IngestReport,
+    pub index: ShardIndex,
+}
+
+/// The sources `lam embed` reads.
+pub enum Source {
+    Folder(VideoFolder),
+    LeRobot(LeRobotDataset),
+}
+
+impl Source {
+    /// A LeRobot dataset when `path/meta/info.json` exists, else a folder of videos.
+    pub fn open(path: &Path, cameras: Option<Vec<String>>) -> Result<Self> {
+        if path.join("meta/info.json").exists() {
+            let opts = LeRobotOptions {
+                cameras,
+                ..LeRobotOptions::default()
+            };
+            Ok(Source::LeRobot(LeRobotDataset::open(path, &opts)?))
+        } else {
+            ensure!(
+                path.is_dir(),
+                "data source {} is not a folder (expected a folder of videos or a LeRobot \
+                 dataset with meta/info.json)",
+                path.display()
+            );
+            Ok(Source::Folder(VideoFolder::open(
+                path,
+                &FolderOptions::default(),
+            )?))
+        }
+    }
+
+    pub fn as_clip_source(&self) -> &dyn ClipSource {
+        match self {
+            Source::Folder(f) => f,
+            Source::LeRobot(d) => d,
+        }
+    }
+
+    /// Action dimension of a labeled LeRobot dataset (a 1-D action feature).
+    pub fn action_dim(&self) -> Option<usize> {
+        match self {
+            Source::LeRobot(d) => match d.action_shape() {
+                Some([a]) if *a > 0 => Some(*a),
+                _ => None,
+            },
+            Source::Folder(_) => None,
+        }
+    }
+}
+
+struct Pending {
+    split: ShardSplit,
+    id: i64,
+    data: Vec<f32>,
+    actions: Option<Vec<f32>>,
+}
+
+/// Runs an embedding job (see the module docs).
+pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
+    ensure!(
+        opts.frames >= 2,
+        "--frames must be at least 2 (shards hold transitions), got {}",
+        opts.frames
+    );
+    ensure!(opts.batch > 0, "--batch must be at least 1");
+    let encoder = Encoder::load(&opts.encoder, device)?
+        .with_pooling(opts.pooling)
+        .with_frame_mode(opts.frame_mode);
+    let size = opts.size.unwrap_or(encoder.info.default_size as u32);
+    encoder.check_size(size as usize)?;
+    let spec = ClipSpec {
+        fps: opts.fps,
+        frames: opts.frames,
+        size,
+        stride: opts.stride.unwrap_or(opts.frames),
+        norm: encoder.info.norm,
+        max_clips: opts.max_clips_per_item,
+    };
+    spec.validate()?;
+    let source = Source::open(&opts.data, opts.cameras.clone())?;
+    let clip_source = source.as_clip_source();
+    let action_dim = source.action_dim();
+    let grid = encoder.grid(size as usize);
+    let dim = encoder.info.dim;
+
+    let settings: BTreeMap<String, String> = [
+        ("encoder", opts.encoder.display().to_string()),
+        ("architecture", encoder.info.architecture.clone()),
+        ("data", opts.data.display().to_string()),
+        ("fps", spec.fps.to_string()),
+        ("size", spec.size.to_string()),
+        ("stride", spec.stride.to_string()),
+        ("max_clips_per_item", format!("{:?}", spec.max_clips)),
+        ("pooling", format!("{:?}", opts.pooling).to_lowercase()),
+        ("frame_mode", format!("{:?}", opts.frame_mode)),
+        ("val_fraction", opts.val_fraction.to_string()),
+        ("split_seed", opts.split_seed.to_string()),
+        ("cameras", format!("{:?}", opts.cameras)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    remove_temporaries(&opts.out)?;
+    let mut done = BTreeMap::from([(ShardSplit::Train, 0usize), (ShardSplit::Val, 0usize)]);
+    if opts.out.join(INDEX_FILE).exists() {
+        let old = ShardIndex::load(&opts.out)?;
+        for (k, v) in &settings {
+            let was = old.source.get(k);
+            if was != Some(v) {
+                bail!(
+                    "{}: cannot resume: it was made with {k} = {}, this run has {k} = {v}; \
+                     use another --out or delete the folder",
+                    opts.out.join(INDEX_FILE).display(),
+                    was.map_or("(unset)", |s| s.as_str())
+                );
+            }
+        }
+        for e in &old.shards {
+            *done.get_mut(&e.split).expect("two splits") += e.clips;
+        }
+    }
+    let mut writer = ShardWriter::create(
+        &opts.out,
+        opts.frames,
+        grid,
+        dim,
+        action_dim,
+        opts.clips_per_shard,
+    )?;
+    for (k, v) in &settings {
+        writer.set_source(k, v);
+    }
+    let split = Split {
+        val_fraction: opts.val_fraction,
+        seed: opts.split_seed,
+    };
+    let item_index: BTreeMap<&str, usize> = clip_source
+        .items()
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.id.as_str(), i))
+        .collect();
+    let bar = if opts.progress {
+        ProgressBar::new(clip_source.items().len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} items {msg}",
+        )
+        .expect("valid template"),
+    );
+    let started = Instant::now();
+    let mut seen = BTreeMap::from([(ShardSplit::Train, 0usize), (ShardSplit::Val, 0usize)]);
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut written = 0usize;
+    let mut resumed = 0usize;
+    let mut ids: BTreeMap<i64, String> = BTreeMap::new();
+    let mut no_actions: Vec<(PathBuf, String)> = Vec::new();
+    let mut episode_cache: Option<(u64, Arc<EpisodeData>)> = None;
+    let (t, s) = (opts.frames, size as usize);
+    let flush =
+        |pending: &mut Vec<Pending>, writer: &mut ShardWriter, written: &mut usize| -> Result<()> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let b = pending.len();
+            let mut data = Vec::with_capacity(b * t * 3 * s * s);
+            for p in pending.iter() {
+                data.extend_from_slice(&p.data);
+            }
+            let out = encoder.encode_host(data, [b, t, 3, s, s], device)?;
+            let per = out.len() / b;
+            for (i, p) in pending.drain(..).enumerate() {
+                writer.push(
+                    p.split,
+                    ShardClip {
+                        embeddings: out[i * per..(i + 1) * per].to_vec(),
+                        actions: p.actions,
+                        id: p.id,
+                    },
+                )?;
+                *written += 1;
+            }
+            Ok(())
+        };
+    let report = lam_ingest::run(
+        clip_source,
+        &spec,
+        &RunOptions {
+            split: None,
+            workers: opts.workers.max(1),
+        },
+        &mut |item: &Item, clips: Vec<Clip>| {
+            let side = match split.subset(&item.group) {
+                Subset::Train => ShardSplit::Train,
+                Subset::Val => ShardSplit::Val,
+            };
+            let id = item
+                .episode
+                .map_or_else(|| item_index[item.id.as_str()] as i64, |e| e as i64);
+            ids.insert(id, item.group.clone());
+            let episode = match (&source, action_dim, item.episode) {
+                (Source::LeRobot(d), Some(_), Some(ep)) => match &episode_cache {
+                    Some((e, data)) if *e == ep => Some(data.clone()),
+                    _ => match d.episode_data(ep) {
+                        Ok(data) => {
+                            let data = Arc::new(data);
+                            episode_cache = Some((ep, data.clone()));
+                            Some(data)
+                        }
+                        Err(e) => {
+                            no_actions.push((item.path.clone(), e.to_string()));
+                            bar.inc(1);
+                            return Ok(());
+                        }
+                    },
+                },
+                _ => None,
+            };
+            for clip in clips {
+                let count = seen.get_mut(&side).expect("two splits");
+                *count += 1;
+                if *count <= done[&side] {
+                    resumed += 1;
+                    continue;
+                }
+                let actions = match (&episode, action_dim) {
+                    (Some(ep), Some(a)) => match clip_actions(ep, &clip, a) {
+                        Ok(v) => Some(v),
+                        Err(reason) => {
+                            no_actions.push((item.path.clone(), format!("{reason} ({})", item.id)));
+                            continue;
+                        }
+                    },
+                    _ => None,
+                };
+                pending.push(Pending {
+                    split: side,
+                    id,
+                    data: clip.data,
+                    actions,
+                });
+                if pending.len() >= opts.batch {
+                    flush(&mut pending, &mut writer, &mut written)
+                        .map_err(|e| IngestError::sink(format!("{e:#}")))?;
+                }
+            }
+            bar.inc(1);
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "{written} clips, {:.1} clips/s",
+                written as f64 / secs
+            ));
+            Ok(())
+        },
+    )?;
+    flush(&mut pending, &mut writer, &mut written)?;
+    let index = writer.finish()?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let mut report = report;
+    let without_actions = no_actions.len();
+    for (p, r) in no_actions {
+        report.skip(p, r);
+    }
+    let clips_per_sec = written as f64 / seconds.max(1e-9);
+    let summary = EmbedSummary {
+        written,
+        resumed,
+        without_actions,
+        seconds,
+        clips_per_sec,
+        frames_per_sec: clips_per_sec * opts.frames as f64,
+        report,
+        index,
+    };
+    write_atomic(
+        &opts.out.join("report.json"),
+        serde_json::to_string_pretty(&json!({
+            "source": clip_source.describe(),
+            "encoder": encoder.info.path,
+            "written": summary.written,
+            "resumed": summary.resumed,
+            "seconds": summary.seconds,
+            "clips_per_sec": summary.clips_per_sec,
+            "report": summary.report,
+        }))?
+        .as_bytes(),
+    )?;
+    let mut all_ids: BTreeMap<i64, String> = match fs::read_to_string(opts.out.join("ids.json")) {
+        Ok(text) => serde_json::from_str(&text).unwrap_or_default(),
+        Err(_) => BTreeMap::new(),
+    };
+    all_ids.extend(ids);
+    write_atomic(
+        &opts.out.join("ids.json"),
+        serde_json::to_string_pretty(&all_ids)?.as_bytes(),
+    )?;
+    Ok(summary)
+}
+
+/// Actions `[T-1, A]` of a clip: for each frame but the last, the row in effect at its time.
+fn clip_actions(ep: &EpisodeData, clip: &Clip, a: usize) -> Result<Vec<f32>, String> {
+    let m = ep
+        .actions
+        .as_ref()
+        .ok_or_else(|| format!("episode {} has no action column", ep.episode))?;
+    if m.cols != a {
+        return Err(format!(
+            "episode {} has actions of width {}, info.json says {a}",
+            ep.episode, m.cols
+        ));
+    }
+    let mut out = Vec::with_capacity((clip.frames - 1) * a);
+    for &time in &clip.times[..clip.frames - 1] {
+        let row = ep.row_at(time).ok_or_else(|| {
+            format!(
+                "episode {}: no data row at or before t = {time:.3}s",
+                ep.episode
+            )
+        })?;
+        let values = m.row(row);
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(format!(
+                "episode {}: non-finite action in row {row}",
+                ep.episode
+            ));
+        }
+        out.extend_from_slice(values);
+    }
+    Ok(out)
+}
+
+/// Removes temporary files an interrupted job left (`*.tmp-PID`).
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+        if name.is_some_and(|n| n.contains(".tmp-")) && path.is_file() {
+            fs::remove_file(&path)
+                .with_context(|| format!("cannot remove stale {}", path.display()))?;
+        }
+    }
+    Ok(())
+}

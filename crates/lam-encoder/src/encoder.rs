@@ -1,0 +1,245 @@
+//! One type for every encoder lam can embed frames with, chosen from what a path holds:
+//!
+//! - a Hugging Face folder (`config.json` + `*.safetensors`) whose architecture is
+//!   `Dinov2Model`, `Dinov2WithRegistersModel` or `VJEPA2Model` (or a task model nesting one:
+//!   `*ForImageClassification`, `VJEPA2ForVideoClassification`; or only `model_type`);
+//! - a sim-encoder checkpoint folder (`encoder.json` + `model.safetensors`, written by
+//!   `lam encoder pretrain`).
+//!
+//! [`Encoder::encode`] maps clips `[B, T, 3, H, W]` (normalised as [`Encoder::norm`] says) to
+//! per-frame patch tokens `[B, T, N, D]`, row-major over the `rows x cols` patch grid, or with
+//! [`Pooling::Mean`] to `[B, T, 1, D]`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use lam_ingest::Normalization;
+use serde::Serialize;
+
+use crate::dinov2::Dinov2;
+use crate::hf::HfFolder;
+use crate::sim::{self, SimEncoder};
+use crate::vjepa2::{FrameMode, VJepa2};
+
+/// How the tokens of a frame are reduced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum Pooling {
+    /// All patch tokens: `[T, rows * cols, D]`. Default.
+    #[default]
+    None,
+    /// The mean patch token: `[T, 1, D]`.
+    Mean,
+}
+
+/// The loaded model.
+#[derive(Debug)]
+pub enum Model {
+    Dinov2(Dinov2),
+    VJepa2(VJepa2, FrameMode),
+    Sim(SimEncoder),
+}
+
+/// Facts about an encoder, printed by `lam encoder info` and stored in shard indexes.
+#[derive(Clone, Debug, Serialize)]
+pub struct EncoderInfo {
+    /// The folder loaded.
+    pub path: PathBuf,
+    /// `Dinov2Model`, `Dinov2WithRegistersModel`, `VJEPA2Model` or `lam-sim-encoder`.
+    pub architecture: String,
+    /// Token channels D.
+    pub dim: usize,
+    /// Pixels per patch side.
+    pub patch_size: usize,
+    /// The input side the encoder was trained at (DINOv2: 224, the usual evaluation size;
+    /// V-JEPA 2: `crop_size`; sim: `image_size`).
+    pub default_size: usize,
+    /// Whether any input side is accepted (ViTs with resizable positions or RoPE) or only
+    /// `default_size` (the sim encoder).
+    pub any_size: bool,
+    /// Normalisation the encoder expects.
+    pub norm: Normalization,
+    /// Number of parameters.
+    pub params: usize,
+    /// The architecture's own config, as read.
+    pub config: serde_json::Value,
+}
+
+pub struct Encoder {
+    pub model: Model,
+    pub info: EncoderInfo,
+    pub pooling: Pooling,
+}
+
+impl Encoder {
+    /// Loads the encoder at `path` (see the module docs), V-JEPA 2 in its default
+    /// [`FrameMode::PerFrame`], no pooling.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if path.join(sim::META_FILE).exists() {
+            let (model, meta) = sim::load_checkpoint(path, device)?;
+            let info = EncoderInfo {
+                path: path.to_path_buf(),
+                architecture: sim::ARCHITECTURE.into(),
+                dim: meta.config.dim,
+                patch_size: meta.config.patch_size,
+                default_size: meta.config.image_size,
+                any_size: false,
+                norm: meta.norm,
+                params: model.num_params(),
+                config: serde_json::to_value(&meta.config)?,
+            };
+            return Ok(Self {
+                model: Model::Sim(model),
+                info,
+                pooling: Pooling::None,
+            });
+        }
+        if !path.join("config.json").exists() {
+            bail!(
+                "{} is not an encoder folder: it has neither config.json (a Hugging Face \
+                 model) nor {} (a sim-encoder checkpoint)",
+                path.display(),
+                sim::META_FILE
+            );
+        }
+        let mut folder = HfFolder::open(path)?;
+        let arch = folder.architecture()?;
+        let (model, architecture, dim, patch_size, default_size, config, params) =
+            match arch.as_str() {
+                "Dinov2Model"
+                | "Dinov2ForImageClassification"
+                | "dinov2"
+                | "Dinov2WithRegistersModel"
+                | "Dinov2WithRegistersForImageClassification"
+                | "dinov2_with_registers" => {
+                    let (m, cfg) = Dinov2::load(&mut folder, device)?;
+                    let name = if cfg.num_register_tokens > 0 || arch.contains("egisters") {
+                        "Dinov2WithRegistersModel"
+                    } else {
+                        "Dinov2Model"
+                    };
+                    let params = m.num_params();
+                    (
+                        Model::Dinov2(m),
+                        name,
+                        cfg.hidden_size,
+                        cfg.patch_size,
+                        224,
+                        serde_json::to_value(&cfg)?,
+                        params,
+                    )
+                }
+                "VJEPA2Model" | "VJEPA2ForVideoClassification" | "vjepa2" => {
+                    let (m, cfg) = VJepa2::load(&mut folder, device)?;
+                    let params = m.num_params();
+                    (
+                        Model::VJepa2(m, FrameMode::PerFrame),
+                        "VJEPA2Model",
+                        cfg.hidden_size,
+                        cfg.patch_size,
+                        cfg.crop_size,
+                        serde_json::to_value(&cfg)?,
+                        params,
+                    )
+                }
+                other => bail!(
+                    "{}: unknown architecture `{other}`; lam-encoder loads Dinov2Model, \
+                     Dinov2WithRegistersModel and VJEPA2Model",
+                    folder.config_path().display()
+                ),
+            };
+        Ok(Self {
+            model,
+            info: EncoderInfo {
+                path: path.to_path_buf(),
+                architecture: architecture.into(),
+                dim,
+                patch_size,
+                default_size,
+                any_size: true,
+                norm: Normalization::IMAGENET,
+                params,
+                config,
+            },
+            pooling: Pooling::None,
+        })
+    }
+
+    /// Sets how V-JEPA 2 maps frames to tokens (no effect on other encoders).
+    pub fn with_frame_mode(mut self, mode: FrameMode) -> Self {
+        if let Model::VJepa2(_, m) = &mut self.model {
+            *m = mode;
+        }
+        self
+    }
+
+    pub fn with_pooling(mut self, pooling: Pooling) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
+    /// Checks that frames of side `size` are accepted.
+    pub fn check_size(&self, size: usize) -> Result<()> {
+        if !self.info.any_size && size != self.info.default_size {
+            bail!(
+                "{} ({}) takes {s}x{s} frames only, got size {size}",
+                self.info.path.display(),
+                self.info.architecture,
+                s = self.info.default_size
+            );
+        }
+        if size < self.info.patch_size {
+            bail!(
+                "size {size} is smaller than one patch ({} px) of {}",
+                self.info.patch_size,
+                self.info.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Token grid `[rows, cols]` of a `size x size` frame, after pooling.
+    pub fn grid(&self, size: usize) -> [usize; 2] {
+        match self.pooling {
+            Pooling::Mean => [1, 1],
+            Pooling::None => [size / self.info.patch_size, size / self.info.patch_size],
+        }
+    }
+
+    /// Per-frame tokens `[B, T, N, D]` of clips `[B, T, 3, H, W]`.
+    pub fn encode(&self, clips: Tensor<5>) -> Tensor<4> {
+        let [b, t, c, h, w] = clips.dims();
+        let tokens = match &self.model {
+            Model::Dinov2(m) => {
+                let out = m.patch_tokens(clips.reshape([b * t, c, h, w]));
+                let [_, n, d] = out.dims();
+                out.reshape([b, t, n, d])
+            }
+            Model::Sim(m) => {
+                let out = m.forward(clips.reshape([b * t, c, h, w]));
+                let [_, n, d] = out.dims();
+                out.reshape([b, t, n, d])
+            }
+            Model::VJepa2(m, mode) => m.frame_tokens(clips, *mode),
+        };
+        match self.pooling {
+            Pooling::None => tokens,
+            Pooling::Mean => tokens.mean_dim(2),
+        }
+    }
+
+    /// [`Encoder::encode`] on host data: `clips` is `[B, T, 3, H, W]` row-major; returns
+    /// `[B, T, N, D]` row-major.
+    pub fn encode_host(
+        &self,
+        clips: Vec<f32>,
+        shape: [usize; 5],
+        device: &Device,
+    ) -> Result<Vec<f32>> {
+        let x = Tensor::<5>::from_data(TensorData::new(clips, shape), device);
+        self.encode(x)
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading embeddings back: {e:?}"))
+    }
+}

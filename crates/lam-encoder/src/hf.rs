@@ -1,0 +1,442 @@
+//! Hugging Face model folders: `config.json` plus one or more `*.safetensors` files, and the
+//! building blocks the ViT loaders share (linear and layer-norm layers filled from named
+//! checkpoint tensors, multi-head attention, activations).
+//!
+//! Weights are memory-mapped; F32, F16 and BF16 tensors are read (converted to f32). Every
+//! error names the folder or file and the tensor or config key concerned.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, gelu_approximate, relu, silu, softmax};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+/// An opened Hugging Face folder.
+pub struct HfFolder {
+    /// The folder.
+    pub dir: PathBuf,
+    /// `config.json`, parsed.
+    pub config: Value,
+    files: Vec<(PathBuf, Mmap)>,
+    /// Tensor name -> index into `files`.
+    names: BTreeMap<String, usize>,
+    /// Prefix added to every name asked for (e.g. `dinov2.` for a classification checkpoint).
+    prefix: String,
+}
+
+impl HfFolder {
+    /// Opens `dir`: reads `config.json` and indexes the tensors of every `*.safetensors` file.
+    pub fn open(dir: &Path) -> Result<Self> {
+        ensure!(
+            dir.is_dir(),
+            "encoder folder {} does not exist or is not a folder",
+            dir.display()
+        );
+        let config_path = dir.join("config.json");
+        let text = fs::read_to_string(&config_path).with_context(|| {
+            format!(
+                "missing {}: a Hugging Face model folder needs config.json next to its *.safetensors",
+                config_path.display()
+            )
+        })?;
+        let config: Value = serde_json::from_str(&text)
+            .with_context(|| format!("malformed JSON in {}", config_path.display()))?;
+        let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        paths.sort();
+        ensure!(
+            !paths.is_empty(),
+            "no *.safetensors weights in {} (PyTorch .bin checkpoints are not read; convert them \
+             with `safetensors` first)",
+            dir.display()
+        );
+        let mut files = Vec::new();
+        let mut names = BTreeMap::new();
+        for path in paths {
+            let file =
+                fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            // SAFETY: the weights are read-only inputs; nothing in lam writes to them.
+            let map = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("cannot map {}", path.display()))?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| {
+                anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display())
+            })?;
+            for name in st.names() {
+                names.insert(name.to_string(), files.len());
+            }
+            files.push((path, map));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            files,
+            names,
+            prefix: String::new(),
+        })
+    }
+
+    /// The architecture named by `config.json`: `architectures[0]`, else `model_type`.
+    pub fn architecture(&self) -> Result<String> {
+        if let Some(a) = self.config["architectures"].get(0).and_then(Value::as_str) {
+            return Ok(a.to_string());
+        }
+        if let Some(m) = self.config["model_type"].as_str() {
+            return Ok(m.to_string());
+        }
+        bail!(
+            "{}: config.json names no architecture (neither `architectures` nor `model_type`)",
+            self.config_path().display()
+        )
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    /// Picks the first of `prefixes` under which `probe` exists (checkpoints of task models nest
+    /// the backbone, e.g. `dinov2.embeddings...`). Errors list what was tried.
+    pub fn select_prefix(&mut self, prefixes: &[&str], probe: &str) -> Result<()> {
+        for p in prefixes {
+            if self.names.contains_key(&format!("{p}{probe}")) {
+                self.prefix = p.to_string();
+                return Ok(());
+            }
+        }
+        bail!(
+            "{}: no tensor `{probe}` (tried prefixes {:?}); is this the right architecture? \
+             First tensors in the folder: {:?}",
+            self.dir.display(),
+            prefixes,
+            self.names.keys().take(5).collect::<Vec<_>>()
+        )
+    }
+
+    /// Whether tensor `name` (under the selected prefix) exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.names.contains_key(&format!("{}{name}", self.prefix))
+    }
+
+    /// Shape of tensor `name`.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let (file, st) = self.lookup(name)?;
+        let full = format!("{}{name}", self.prefix);
+        let view = st
+            .tensor(&full)
+            .map_err(|e| anyhow::anyhow!("{}: tensor `{full}`: {e}", file.display()))?;
+        Ok(view.shape().to_vec())
+    }
+
+    fn lookup(&self, name: &str) -> Result<(&Path, SafeTensors<'_>)> {
+        let full = format!("{}{name}", self.prefix);
+        let &i = self.names.get(&full).with_context(|| {
+            format!(
+                "{}: missing tensor `{full}` in the *.safetensors files",
+                self.dir.display()
+            )
+        })?;
+        let (path, map) = &self.files[i];
+        let st = SafeTensors::deserialize(map)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok((path, st))
+    }
+
+    /// Values of tensor `name` as f32, after checking its shape is `want`.
+    pub fn values(&self, name: &str, want: &[usize]) -> Result<Vec<f32>> {
+        let (file, st) = self.lookup(name)?;
+        let full = format!("{}{name}", self.prefix);
+        let view = st
+            .tensor(&full)
+            .map_err(|e| anyhow::anyhow!("{}: tensor `{full}`: {e}", file.display()))?;
+        ensure!(
+            view.shape() == want,
+            "{}: weight shape mismatch for `{full}`: file has {:?}, the config implies {:?}",
+            file.display(),
+            view.shape(),
+            want
+        );
+        let bytes = view.data();
+        let out = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            other => bail!(
+                "{}: tensor `{full}` has dtype {other:?}; only F32, F16 and BF16 weights are read",
+                file.display()
+            ),
+        };
+        Ok(out)
+    }
+
+    /// Tensor `name` with shape `want` on `device`.
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        want: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        let v = self.values(name, &want)?;
+        Ok(Tensor::from_data(TensorData::new(v, want), device))
+    }
+
+    /// A linear layer from `{name}.weight` (PyTorch layout `[out, in]`, transposed here to
+    /// burn's `[in, out]`) and, when `bias`, `{name}.bias`.
+    pub fn linear(
+        &self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        device: &Device,
+    ) -> Result<Linear> {
+        let w = self.tensor(&format!("{name}.weight"), [d_out, d_in], device)?;
+        let b = if bias {
+            Some(Param::from_tensor(self.tensor(
+                &format!("{name}.bias"),
+                [d_out],
+                device,
+            )?))
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(w.transpose()),
+            bias: b,
+        })
+    }
+
+    /// A layer norm from `{name}.weight` and `{name}.bias`.
+    pub fn layer_norm(&self, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
+        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
+        ln.gamma = Param::from_tensor(self.tensor(&format!("{name}.weight"), [d], device)?);
+        ln.beta = Some(Param::from_tensor(self.tensor(
+            &format!("{name}.bias"),
+            [d],
+            device,
+        )?));
+        Ok(ln)
+    }
+
+    /// A patch-embedding convolution with kernel = stride, as a linear layer over flattened
+    /// patches: the weight `[out, c, k...]` becomes `[c * prod(k), out]`, so a patch flattened
+    /// channel-major (then the kernel axes in order) maps exactly as the convolution does.
+    pub fn patch_linear(
+        &self,
+        name: &str,
+        kernel_shape: &[usize],
+        d_out: usize,
+        device: &Device,
+    ) -> Result<Linear> {
+        let mut want = vec![d_out];
+        want.extend_from_slice(kernel_shape);
+        let w = self.values(&format!("{name}.weight"), &want)?;
+        let d_in: usize = kernel_shape.iter().product();
+        let w = Tensor::<2>::from_data(TensorData::new(w, [d_out, d_in]), device);
+        let b = self.tensor(&format!("{name}.bias"), [d_out], device)?;
+        Ok(Linear {
+            weight: Param::from_tensor(w.transpose()),
+            bias: Some(Param::from_tensor(b)),
+        })
+    }
+
+    /// Integer config value `key`, or `default` when absent.
+    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        match &self.config[key] {
+            Value::Null => Ok(default),
+            v => v.as_u64().map(|x| x as usize).with_context(|| {
+                format!(
+                    "{}: `{key}` must be a non-negative integer, got {v}",
+                    self.config_path().display()
+                )
+            }),
+        }
+    }
+
+    /// An integer or a `[h, w]` pair with h == w (image and patch sizes); `default` when absent.
+    pub fn square_or(&self, key: &str, default: usize) -> Result<usize> {
+        match &self.config[key] {
+            Value::Array(a) if a.len() == 2 && a[0] == a[1] => a[0].as_u64().map(|x| x as usize),
+            Value::Null => Some(default),
+            v => v.as_u64().map(|x| x as usize),
+        }
+        .with_context(|| {
+            format!(
+                "{}: `{key}` must be an integer or a square [n, n] pair, got {}",
+                self.config_path().display(),
+                self.config[key]
+            )
+        })
+    }
+
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match &self.config[key] {
+            Value::Null => Ok(default),
+            v => v.as_f64().with_context(|| {
+                format!(
+                    "{}: `{key}` must be a number, got {v}",
+                    self.config_path().display()
+                )
+            }),
+        }
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match &self.config[key] {
+            Value::Null => Ok(default),
+            v => v.as_bool().with_context(|| {
+                format!(
+                    "{}: `{key}` must be true or false, got {v}",
+                    self.config_path().display()
+                )
+            }),
+        }
+    }
+
+    pub fn activation_or(&self, key: &str, default: Activation) -> Result<Activation> {
+        match &self.config[key] {
+            Value::Null => Ok(default),
+            Value::String(s) => Activation::parse(s).with_context(|| {
+                format!(
+                    "{}: unsupported activation `{key}` = \"{s}\" (supported: gelu, \
+                     gelu_pytorch_tanh, gelu_new, silu, swish, relu)",
+                    self.config_path().display()
+                )
+            }),
+            v => bail!(
+                "{}: `{key}` must be a string, got {v}",
+                self.config_path().display()
+            ),
+        }
+    }
+}
+
+/// IEEE half precision to f32.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: value = f * 2^-24.
+            let v = f as f32 * (1.0 / 16_777_216.0);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Activation functions named in Hugging Face configs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Activation {
+    /// Exact GELU (erf), `gelu`.
+    Gelu,
+    /// Tanh-approximated GELU, `gelu_pytorch_tanh` / `gelu_new`.
+    GeluTanh,
+    Silu,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "gelu" => Activation::Gelu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+            "silu" | "swish" => Activation::Silu,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Gelu => gelu(x),
+            Activation::GeluTanh => gelu_approximate(x),
+            Activation::Silu => silu(x),
+            Activation::Relu => relu(x),
+        }
+    }
+}
+
+/// Splits `[B, L, H * Dh]` into heads `[B, H, L, Dh]`.
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, l, w] = x.dims();
+    x.reshape([b, l, heads, w / heads]).swap_dims(1, 2)
+}
+
+/// Scaled dot-product attention over heads: `q, k, v` `[B, H, L, Dh]` -> `[B, L, H * Dh]`.
+pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
+    let [b, h, l, dh] = q.dims();
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(1.0 / (dh as f64).sqrt());
+    softmax(scores, 3)
+        .matmul(v)
+        .swap_dims(1, 2)
+        .reshape([b, l, h * dh])
+}
+
+/// Cuts `[B, C, H, W]` images into non-overlapping `p x p` patches, `[B, (H/p) * (W/p), C*p*p]`,
+/// patches row-major over the grid and each patch flattened channel, row, column (the order
+/// of a convolution weight `[out, C, p, p]`). Rows and columns past a multiple of `p` are
+/// dropped, as a strided convolution does.
+pub fn patchify(x: Tensor<4>, p: usize) -> Tensor<3> {
+    let [b, c, h, w] = x.dims();
+    let (gh, gw) = (h / p, w / p);
+    let x = if gh * p != h || gw * p != w {
+        x.slice(s![.., .., 0..gh * p, 0..gw * p])
+    } else {
+        x
+    };
+    x.reshape([b, c, gh, p, gw, p])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([b, gh * gw, c * p * p])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+
+    #[test]
+    fn patch_order_matches_convolution_layout() {
+        let device = Device::flex();
+        // One image, 2 channels, 4x4, patch 2: value = c * 100 + y * 10 + x.
+        let data: Vec<f32> = (0..2 * 16)
+            .map(|i| ((i / 16) * 100 + (i % 16) / 4 * 10 + i % 4) as f32)
+            .collect();
+        let x = Tensor::<4>::from_data(TensorData::new(data, [1, 2, 4, 4]), &device);
+        let p = patchify(x, 2).into_data().try_into_vec::<f32>().unwrap();
+        // Patch 1 (grid row 0, col 1): channel 0 rows 0-1 cols 2-3, then channel 1.
+        assert_eq!(&p[8..16], &[2., 3., 12., 13., 102., 103., 112., 113.]);
+    }
+}

@@ -1,0 +1,25 @@
+//! lam-encoder: frame encoders and the path from data sources to embedding shards.
+//!
+//! - [`encoder::Encoder`]: one type over every encoder, loaded from a folder by what it holds;
+//!   `encode` maps clips `[B, T, 3, H, W]` to per-frame tokens `[B, T, N, D]`.
+//! - [`dinov2`] (DINOv2, with and without registers) and [`vjepa2`] (V-JEPA 2): Hugging Face
+//!   folders (`config.json` + `*.safetensors`, read by [`hf`]), matching `transformers`.
+//! - [`sim`]: the small trainable encoder of the simulated suite; [`pretrain`] trains it
+//!   (SIGReg-regularised JEPA) and [`stats`] reports embedding std and effective rank.
+//! - [`embed`]: source -> clips -> encoder -> shards (`lam embed`), resumable.
+//! - [`cli`]: `lam encoder pretrain|info` and `lam embed`.
+//! - [`resize`]: bicubic resizing of position embeddings.
+
+pub mod cli;
+pub mod dinov2;
+pub mod embed;
+pub mod encoder;
+pub mod hf;
+pub mod pretrain;
+pub mod resize;
+pub mod sim;
+pub mod stats;
+pub mod vjepa2;
+
+pub use encoder::{Encoder, EncoderInfo, Pooling};
+pub use vjepa2::FrameMode;

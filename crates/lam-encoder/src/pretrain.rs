@@ -1,0 +1,574 @@
+//! Self-supervised pretraining of the sim encoder: a JEPA regularised by SIGReg, after
+//! LeWorldModel.
+//!
+//! For a pair of consecutive frames (x_t, x_t+1) the encoder gives token grids s_t, s_t+1
+//! `[N, D]`; a small transformer predictor maps s_t to a guess of s_t+1. The loss is
+//!
+//! ```text
+//! L = mean |pred(s_t) - s_t+1|^2  +  lambda * SIGReg({tokens of s_t and s_t+1 in the batch})
+//! ```
+//!
+//! with gradients through both branches (no stop-gradient, no EMA target). Prediction alone
+//! is minimised by a constant encoder; SIGReg (Sketched Isotropic Gaussian Regulariser) rules
+//! that out by pushing the token distribution towards an isotropic standard Gaussian: the
+//! tokens are projected on `directions` random unit vectors (redrawn every step), and for each
+//! 1-D projection the Epps-Pulley statistic compares its empirical characteristic function
+//! with the Gaussian's, `integral over t of w(t) |mean_n exp(i t u_n) - exp(-t^2/2)|^2` with the
+//! window `w(t) = exp(-t^2/2)`, by the trapezoid rule on `knots` points of [-t_max, t_max]
+//! (using the integrand's symmetry, on [0, t_max] doubled). The statistic is averaged over
+//! directions. A collapsed encoder (all tokens equal) scores about 0.5; a Gaussian one 0.
+//!
+//! Collapse stays visible: the per-channel std and effective rank of the tokens and of the
+//! per-frame mean tokens of a fixed evaluation set are logged before, during and after
+//! training (see [`crate::stats`]).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use lam_ingest::{ClipSource, ClipSpec, IngestReport, Normalization, RunOptions};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::sim::{ARCHITECTURE, SimBlock, SimCheckpointMeta, SimEncoder, SimEncoderConfig};
+use crate::stats::{EmbeddingStats, embedding_stats};
+
+/// Pretraining settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// The encoder to train.
+    pub encoder: SimEncoderConfig,
+    /// Optimiser steps. Default 600.
+    pub steps: usize,
+    /// Frame pairs per step. Default 32.
+    pub batch: usize,
+    /// AdamW peak learning rate. Default 1e-3.
+    pub lr: f64,
+    /// AdamW weight decay. Default 0.01.
+    pub weight_decay: f64,
+    /// Fraction of steps of linear warmup before the cosine decay (to 10% of the peak).
+    /// Default 0.1.
+    pub warmup_fraction: f64,
+    /// SIGReg weight lambda. Default 1.0.
+    pub sigreg_weight: f64,
+    /// Random projection directions per step. Default 64.
+    pub sigreg_directions: usize,
+    /// Quadrature points on [0, t_max]. Default 17.
+    pub sigreg_knots: usize,
+    /// Integration bound. Default 3.0.
+    pub sigreg_t_max: f64,
+    /// Predictor width. Default 64.
+    pub predictor_dim: usize,
+    /// Predictor transformer blocks. Default 1.
+    pub predictor_depth: usize,
+    /// Frames of the fixed evaluation set for the collapse statistics. Default 256.
+    pub eval_frames: usize,
+    /// Steps between metric lines. Default 50.
+    pub log_every: usize,
+    /// Seed of initialisation, batches and projections. Default 0.
+    pub seed: u64,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        Self {
+            encoder: SimEncoderConfig::default(),
+            steps: 600,
+            batch: 32,
+            lr: 1e-3,
+            weight_decay: 0.01,
+            warmup_fraction: 0.1,
+            sigreg_weight: 1.0,
+            sigreg_directions: 64,
+            sigreg_knots: 17,
+            sigreg_t_max: 3.0,
+            predictor_dim: 64,
+            predictor_depth: 1,
+            eval_frames: 256,
+            log_every: 50,
+            seed: 0,
+        }
+    }
+}
+
+impl PretrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.encoder.validate()?;
+        ensure!(self.steps > 0, "pretrain: steps must be > 0");
+        ensure!(self.batch > 0, "pretrain: batch must be > 0");
+        ensure!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "pretrain: lr must be positive"
+        );
+        ensure!(
+            self.sigreg_weight >= 0.0,
+            "pretrain: sigreg_weight must be >= 0"
+        );
+        ensure!(
+            self.sigreg_directions > 0 && self.sigreg_knots >= 2 && self.sigreg_t_max > 0.0,
+            "pretrain: SIGReg needs directions > 0, knots >= 2, t_max > 0"
+        );
+        ensure!(
+            self.predictor_dim > 0 && self.predictor_dim % self.encoder.heads == 0,
+            "pretrain: predictor_dim {} must be a positive multiple of the encoder's heads {}",
+            self.predictor_dim,
+            self.encoder.heads
+        );
+        Ok(())
+    }
+}
+
+/// Frames in memory, `[3, S, S]` each, and the consecutive pairs (index of x_t, of x_t+1).
+#[derive(Clone, Debug, Default)]
+pub struct Frames {
+    /// Side S.
+    pub size: usize,
+    /// `count x 3 x S x S` normalised values.
+    pub data: Vec<f32>,
+    pub pairs: Vec<(usize, usize)>,
+}
+
+impl Frames {
+    pub fn len(&self) -> usize {
+        self.data.len() / self.frame_len().max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn frame_len(&self) -> usize {
+        3 * self.size * self.size
+    }
+
+    pub fn frame(&self, i: usize) -> &[f32] {
+        let n = self.frame_len();
+        &self.data[i * n..(i + 1) * n]
+    }
+
+    /// Appends a run of consecutive frames (one clip or episode); pairs link neighbours.
+    pub fn push_run(&mut self, frames: &[f32]) {
+        let n = self.frame_len();
+        let start = self.len();
+        let count = frames.len() / n;
+        self.data.extend_from_slice(&frames[..count * n]);
+        self.pairs
+            .extend((start..start + count.saturating_sub(1)).map(|i| (i, i + 1)));
+    }
+
+    /// Stacks frames `indices` into `[B, 3, S, S]`.
+    pub fn tensor(&self, indices: &[usize], device: &Device) -> Tensor<4> {
+        let mut v = Vec::with_capacity(indices.len() * self.frame_len());
+        for &i in indices {
+            v.extend_from_slice(self.frame(i));
+        }
+        Tensor::from_data(
+            TensorData::new(v, [indices.len(), 3, self.size, self.size]),
+            device,
+        )
+    }
+}
+
+/// Reads frames from any clip source (a lam-sim recording, a LeRobot dataset, a video folder):
+/// clips of `spec` (size must be the encoder's), at most `max_frames` frames in all.
+pub fn frames_from_source(
+    source: &dyn ClipSource,
+    spec: &ClipSpec,
+    max_frames: usize,
+) -> Result<(Frames, IngestReport)> {
+    let mut frames = Frames {
+        size: spec.size as usize,
+        ..Frames::default()
+    };
+    let report = lam_ingest::run(source, spec, &RunOptions::default(), &mut |_, clips| {
+        for clip in clips {
+            if frames.len() + clip.frames <= max_frames {
+                frames.push_run(&clip.data);
+            }
+        }
+        Ok(())
+    })
+    .with_context(|| format!("reading frames from {}", source.describe()))?;
+    Ok((frames, report))
+}
+
+/// Frames of simple moving scenes for tests and quick runs without a recording: on a
+/// coloured background, a disc and a square move at constant velocity and bounce off the
+/// borders. `runs` episodes of `steps` frames, side `size`, normalised with `norm`.
+pub fn synthetic_frames(
+    runs: usize,
+    steps: usize,
+    size: usize,
+    norm: &Normalization,
+    seed: u64,
+) -> Frames {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut frames = Frames {
+        size,
+        ..Frames::default()
+    };
+    let s = size as f32;
+    for _ in 0..runs {
+        let bg: [f32; 3] = std::array::from_fn(|_| rng.random::<f32>() * 0.4);
+        let mut objects: Vec<([f32; 2], [f32; 2], [f32; 3], bool, f32)> = (0..2)
+            .map(|k| {
+                let pos = [
+                    rng.random::<f32>() * s * 0.6 + s * 0.2,
+                    rng.random::<f32>() * s * 0.6 + s * 0.2,
+                ];
+                let vel = [
+                    (rng.random::<f32>() - 0.5) * s * 0.12,
+                    (rng.random::<f32>() - 0.5) * s * 0.12,
+                ];
+                let colour = std::array::from_fn(|_| 0.5 + rng.random::<f32>() * 0.5);
+                let radius = s * (0.08 + rng.random::<f32>() * 0.08);
+                (pos, vel, colour, k == 0, radius)
+            })
+            .collect();
+        let mut run = Vec::with_capacity(steps * 3 * size * size);
+        for _ in 0..steps {
+            let mut rgb = vec![0.0f32; 3 * size * size];
+            for y in 0..size {
+                for x in 0..size {
+                    let mut c = bg;
+                    for (pos, _, colour, disc, r) in &objects {
+                        let (dx, dy) = (x as f32 + 0.5 - pos[0], y as f32 + 0.5 - pos[1]);
+                        let inside = if *disc {
+                            dx * dx + dy * dy <= r * r
+                        } else {
+                            dx.abs() <= *r && dy.abs() <= *r
+                        };
+                        if inside {
+                            c = *colour;
+                        }
+                    }
+                    for ch in 0..3 {
+                        rgb[(ch * size + y) * size + x] =
+                            norm.apply(ch, (c[ch] * 255.0).round() as u8);
+                    }
+                }
+            }
+            run.extend(rgb);
+            for (pos, vel, _, _, r) in &mut objects {
+                for a in 0..2 {
+                    pos[a] += vel[a];
+                    if pos[a] < *r || pos[a] > s - *r {
+                        vel[a] = -vel[a];
+                        pos[a] = pos[a].clamp(*r, s - *r);
+                    }
+                }
+            }
+        }
+        frames.push_run(&run);
+    }
+    frames
+}
+
+/// Predicts the tokens of the next frame from the current frame's tokens.
+#[derive(Module, Debug)]
+pub struct Predictor {
+    pub input: Linear,
+    pub blocks: Vec<SimBlock>,
+    pub output: Linear,
+    pub heads: usize,
+}
+
+impl Predictor {
+    pub fn new(d: usize, width: usize, depth: usize, heads: usize, device: &Device) -> Self {
+        Predictor {
+            input: LinearConfig::new(d, width).init(device),
+            blocks: (0..depth)
+                .map(|_| SimBlock::new(width, 2.0, device))
+                .collect(),
+            output: LinearConfig::new(width, d).init(device),
+            heads,
+        }
+    }
+
+    pub fn forward(&self, tokens: Tensor<3>) -> Tensor<3> {
+        let mut x = self.input.forward(tokens);
+        for b in &self.blocks {
+            x = b.forward(x, self.heads);
+        }
+        self.output.forward(x)
+    }
+}
+
+/// Encoder and predictor, optimised together.
+#[derive(Module, Debug)]
+pub struct Jepa {
+    pub encoder: SimEncoder,
+    pub predictor: Predictor,
+}
+
+/// SIGReg statistic of the rows of `x` `[N, D]` along the unit columns of `directions`
+/// `[D, M]`; `t` are the quadrature points `[K]` and `w` their weights (window included).
+pub fn sigreg(x: Tensor<2>, directions: Tensor<2>, t: Tensor<1>, w: Tensor<1>) -> Tensor<1> {
+    let [k] = t.dims();
+    let proj = x.matmul(directions); // [N, M]
+    let arg = proj.unsqueeze_dim::<3>(2) * t.clone().reshape([1, 1, k]);
+    let re = arg.clone().cos().mean_dim(0); // [1, M, K]
+    let im = arg.sin().mean_dim(0);
+    let gauss = (t.clone() * t).mul_scalar(-0.5).exp().reshape([1, 1, k]);
+    let d = re - gauss;
+    let err = d.clone() * d + im.clone() * im;
+    (err * w.reshape([1, 1, k])).sum_dim(2).mean()
+}
+
+/// Quadrature points on [0, t_max] and weights for the symmetric integral over
+/// [-t_max, t_max] with the window exp(-t^2/2).
+pub fn sigreg_knots(knots: usize, t_max: f64) -> (Vec<f32>, Vec<f32>) {
+    let h = t_max / (knots - 1) as f64;
+    let t: Vec<f64> = (0..knots).map(|i| i as f64 * h).collect();
+    let w = t
+        .iter()
+        .enumerate()
+        .map(|(i, &ti)| {
+            let trap = if i == 0 || i == knots - 1 { 0.5 } else { 1.0 };
+            (2.0 * h * trap * (-ti * ti / 2.0).exp()) as f32
+        })
+        .collect();
+    (t.iter().map(|&v| v as f32).collect(), w)
+}
+
+/// Random unit directions `[D, M]`.
+fn directions(rng: &mut StdRng, d: usize, m: usize, device: &Device) -> Tensor<2> {
+    let mut v: Vec<f32> = (0..d * m).map(|_| gaussian(rng)).collect();
+    for j in 0..m {
+        let norm = (0..d)
+            .map(|i| v[i * m + j] * v[i * m + j])
+            .sum::<f32>()
+            .sqrt()
+            .max(1e-12);
+        for i in 0..d {
+            v[i * m + j] /= norm;
+        }
+    }
+    Tensor::from_data(TensorData::new(v, [d, m]), device)
+}
+
+/// A standard normal draw (Box-Muller).
+fn gaussian(rng: &mut StdRng) -> f32 {
+    let u1 = rng.random::<f64>().max(1e-300);
+    let u2 = rng.random::<f64>();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// Learning rate at `step`: linear warmup, then cosine to 10% of the peak.
+pub fn lr_at(cfg: &PretrainConfig, step: usize) -> f64 {
+    let warm = ((cfg.steps as f64 * cfg.warmup_fraction).round() as usize).max(1);
+    if step < warm {
+        return cfg.lr * (step + 1) as f64 / warm as f64;
+    }
+    let span = (cfg.steps - warm).max(1) as f64;
+    let progress = ((step - warm) as f64 / span).min(1.0);
+    let min = 0.1 * cfg.lr;
+    min + (cfg.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// Collapse statistics of `encoder` on frames `indices`: over all tokens, and over the
+/// per-frame mean tokens.
+#[derive(Clone, Debug, Serialize)]
+pub struct CollapseStats {
+    pub tokens: EmbeddingStats,
+    pub frames: EmbeddingStats,
+}
+
+pub fn collapse_stats(
+    encoder: &SimEncoder,
+    frames: &Frames,
+    indices: &[usize],
+    device: &Device,
+) -> CollapseStats {
+    let mut tokens = Vec::new();
+    let mut pooled = Vec::new();
+    let mut d = 0;
+    for chunk in indices.chunks(64) {
+        let out = encoder.forward(frames.tensor(chunk, device));
+        let [_, _, dim] = out.dims();
+        d = dim;
+        pooled.extend(
+            out.clone()
+                .mean_dim(1)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32"),
+        );
+        tokens.extend(out.into_data().try_into_vec::<f32>().expect("f32"));
+    }
+    CollapseStats {
+        tokens: embedding_stats(&tokens, d),
+        frames: embedding_stats(&pooled, d),
+    }
+}
+
+/// What [`pretrain`] reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct PretrainSummary {
+    pub steps: usize,
+    pub frames: usize,
+    pub pairs: usize,
+    pub seconds: f64,
+    pub final_loss: f64,
+    pub final_prediction: f64,
+    pub final_sigreg: f64,
+    pub before: CollapseStats,
+    pub after: CollapseStats,
+    /// The checkpoint folder written.
+    pub checkpoint: PathBuf,
+}
+
+/// Trains a sim encoder on `frames` and writes the checkpoint folder `out/encoder` plus
+/// `out/metrics.jsonl` (one JSON object per line: `split` = `train` with losses and lr, or
+/// `eval` with the collapse statistics) and `out/summary.json`.
+pub fn pretrain(
+    cfg: &PretrainConfig,
+    frames: &Frames,
+    norm: Normalization,
+    device: &Device,
+    out: &Path,
+    progress: bool,
+) -> Result<PretrainSummary> {
+    cfg.validate()?;
+    ensure!(
+        frames.size == cfg.encoder.image_size,
+        "frames are {}x{} but the encoder takes {}x{}",
+        frames.size,
+        frames.size,
+        cfg.encoder.image_size,
+        cfg.encoder.image_size
+    );
+    ensure!(
+        !frames.pairs.is_empty(),
+        "no pairs of consecutive frames to train on (need clips of at least 2 frames)"
+    );
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = fs::File::create(&metrics_path)
+        .with_context(|| format!("cannot create {}", metrics_path.display()))?;
+    let mut log = |v: serde_json::Value| -> Result<()> {
+        writeln!(metrics, "{v}").with_context(|| format!("writing {}", metrics_path.display()))
+    };
+
+    let ad = device.clone().autodiff();
+    ad.seed(cfg.seed);
+    let enc = &cfg.encoder;
+    let mut model = Jepa {
+        encoder: SimEncoder::new(enc, &ad),
+        predictor: Predictor::new(
+            enc.dim,
+            cfg.predictor_dim,
+            cfg.predictor_depth,
+            enc.heads,
+            &ad,
+        ),
+    };
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .init();
+    let eval_count = cfg.eval_frames.min(frames.len()).max(1);
+    let eval_idx: Vec<usize> = (0..eval_count)
+        .map(|i| i * frames.len() / eval_count)
+        .collect();
+    let before = collapse_stats(&model.encoder.valid(), frames, &eval_idx, device);
+    log(json!({"step": 0, "split": "eval", "stats": before}))?;
+
+    let (t, w) = sigreg_knots(cfg.sigreg_knots, cfg.sigreg_t_max);
+    let k = t.len();
+    let t = Tensor::<1>::from_data(TensorData::new(t, [k]), &ad);
+    let w = Tensor::<1>::from_data(TensorData::new(w, [k]), &ad);
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5151_6E0C);
+    let bar = if progress {
+        ProgressBar::new(cfg.steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    let (mut last, mut last_pred, mut last_reg) = (f64::NAN, f64::NAN, f64::NAN);
+    let n = enc.grid() * enc.grid();
+    for step in 0..cfg.steps {
+        let pairs: Vec<(usize, usize)> = (0..cfg.batch)
+            .map(|_| frames.pairs[rng.random_range(0..frames.pairs.len())])
+            .collect();
+        let mut idx: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+        idx.extend(pairs.iter().map(|p| p.1));
+        let b = cfg.batch;
+        let s = model.encoder.forward(frames.tensor(&idx, &ad)); // [2B, N, D]
+        let s_now = s.clone().slice(s![0..b, .., ..]);
+        let s_next = s.clone().slice(s![b..2 * b, .., ..]);
+        let diff = model.predictor.forward(s_now) - s_next;
+        let pred_loss = (diff.clone() * diff).mean();
+        let dirs = directions(&mut rng, enc.dim, cfg.sigreg_directions, &ad);
+        let reg = sigreg(s.reshape([2 * b * n, enc.dim]), dirs, t.clone(), w.clone());
+        let loss = pred_loss.clone() + reg.clone().mul_scalar(cfg.sigreg_weight);
+        let scalar = |x: &Tensor<1>| -> f64 {
+            x.clone().into_data().try_into_vec::<f32>().expect("f32")[0] as f64
+        };
+        last = scalar(&loss);
+        ensure!(
+            last.is_finite(),
+            "non-finite pretraining loss at step {step}"
+        );
+        last_pred = scalar(&pred_loss);
+        last_reg = scalar(&reg);
+        let lr = lr_at(cfg, step);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(lr, model, grads);
+        bar.inc(1);
+        if (step + 1) % cfg.log_every.max(1) == 0 || step + 1 == cfg.steps {
+            bar.set_message(format!(
+                "loss {last:.4} (pred {last_pred:.4}, sigreg {last_reg:.4})"
+            ));
+            log(json!({"step": step + 1, "split": "train", "loss": last,
+                "prediction": last_pred, "sigreg": last_reg, "lr": lr}))?;
+        }
+        if (step + 1) % (cfg.log_every.max(1) * 4) == 0 && step + 1 != cfg.steps {
+            let stats = collapse_stats(&model.encoder.valid(), frames, &eval_idx, device);
+            log(json!({"step": step + 1, "split": "eval", "stats": stats}))?;
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let encoder = model.encoder.valid();
+    let after = collapse_stats(&encoder, frames, &eval_idx, device);
+    log(json!({"step": cfg.steps, "split": "eval", "stats": after}))?;
+    let checkpoint = out.join("encoder");
+    let summary = PretrainSummary {
+        steps: cfg.steps,
+        frames: frames.len(),
+        pairs: frames.pairs.len(),
+        seconds,
+        final_loss: last,
+        final_prediction: last_pred,
+        final_sigreg: last_reg,
+        before,
+        after,
+        checkpoint: checkpoint.clone(),
+    };
+    let meta = SimCheckpointMeta {
+        architecture: ARCHITECTURE.into(),
+        config: cfg.encoder.clone(),
+        norm,
+        pretrain: json!({"config": cfg, "summary": &summary}),
+    };
+    crate::sim::save_checkpoint(&checkpoint, &encoder, &meta)?;
+    lam_data::shards::write_atomic(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    Ok(summary)
+}

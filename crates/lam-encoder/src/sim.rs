@@ -1,0 +1,263 @@
+//! The small trainable encoder of the simulated suite: a ViT over 64 x 64 frames giving an
+//! 8 x 8 grid of 64-channel tokens by default. No pretrained weights ship with lam; it is
+//! trained by [`crate::pretrain`].
+//!
+//! Read top to bottom:
+//!
+//! 1. Patch embedding: `p x p` patches (default 8) flattened channel-major and mapped to D by
+//!    a linear layer; a learned position embedding per grid cell is added.
+//! 2. `depth` pre-norm transformer blocks (multi-head attention, GELU MLP of width
+//!    `mlp_ratio * D`).
+//! 3. A final layer norm and a linear head: the head is left unnormalised so that the
+//!    pretraining regulariser can shape the token distribution (a layer norm as the last
+//!    operation would pin every token to the unit sphere of mean zero).
+//!
+//! A checkpoint is a folder: `encoder.json` ([`SimCheckpointMeta`]: architecture name, config,
+//! normalisation, pretraining summary) and `model.safetensors` (weights named by module path).
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::activation::gelu;
+use lam_ingest::Normalization;
+use serde::{Deserialize, Serialize};
+
+use crate::hf::{attend, patchify, split_heads};
+
+/// Value of [`SimCheckpointMeta::architecture`].
+pub const ARCHITECTURE: &str = "lam-sim-encoder";
+/// Metadata file of a sim-encoder checkpoint folder.
+pub const META_FILE: &str = "encoder.json";
+/// Weights file of a sim-encoder checkpoint folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Shape of the sim encoder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimEncoderConfig {
+    /// Input side in pixels (frames are square). Default 64 (the suite's frame size).
+    pub image_size: usize,
+    /// Patch side; the token grid is `image_size / patch_size` per side. Default 8 (8 x 8).
+    pub patch_size: usize,
+    /// Token channels D. Default 64.
+    pub dim: usize,
+    /// Transformer blocks. Default 2.
+    pub depth: usize,
+    /// Attention heads. Default 4.
+    pub heads: usize,
+    /// MLP width over D. Default 2.0.
+    pub mlp_ratio: f64,
+}
+
+impl Default for SimEncoderConfig {
+    fn default() -> Self {
+        Self {
+            image_size: 64,
+            patch_size: 8,
+            dim: 64,
+            depth: 2,
+            heads: 4,
+            mlp_ratio: 2.0,
+        }
+    }
+}
+
+impl SimEncoderConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.patch_size > 0 && self.image_size % self.patch_size == 0,
+            "sim encoder: image_size {} must be a multiple of patch_size {}",
+            self.image_size,
+            self.patch_size
+        );
+        ensure!(
+            self.heads > 0 && self.dim % self.heads == 0,
+            "sim encoder: dim {} must be a multiple of heads {}",
+            self.dim,
+            self.heads
+        );
+        ensure!(
+            self.depth > 0 && self.mlp_ratio > 0.0,
+            "sim encoder: depth and mlp_ratio must be positive"
+        );
+        Ok(())
+    }
+
+    /// Token grid side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct SimEncoder {
+    pub patch_embed: Linear,
+    /// `[N, D]`.
+    pub pos_embed: Param<Tensor<2>>,
+    pub blocks: Vec<SimBlock>,
+    pub norm: LayerNorm,
+    pub head: Linear,
+    pub heads: usize,
+    pub patch_size: usize,
+    pub image_size: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct SimBlock {
+    pub norm1: LayerNorm,
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub norm2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl SimBlock {
+    pub fn new(d: usize, mlp_ratio: f64, device: &Device) -> Self {
+        let h = (d as f64 * mlp_ratio).round() as usize;
+        SimBlock {
+            norm1: LayerNormConfig::new(d).init(device),
+            qkv: LinearConfig::new(d, 3 * d).init(device),
+            proj: LinearConfig::new(d, d).init(device),
+            norm2: LayerNormConfig::new(d).init(device),
+            fc1: LinearConfig::new(d, h).init(device),
+            fc2: LinearConfig::new(h, d).init(device),
+        }
+    }
+
+    /// Pre-norm block over `[B, L, D]`.
+    pub fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
+        let [b, l, d] = x.dims();
+        let qkv = self.qkv.forward(self.norm1.forward(x.clone()));
+        let q = split_heads(qkv.clone().slice(s![.., .., 0..d]), heads);
+        let k = split_heads(qkv.clone().slice(s![.., .., d..2 * d]), heads);
+        let v = split_heads(qkv.slice(s![.., .., 2 * d..3 * d]), heads);
+        let x = x + self.proj.forward(attend(q, k, v)).reshape([b, l, d]);
+        let h = self
+            .fc2
+            .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
+        x + h
+    }
+}
+
+impl SimEncoder {
+    pub fn new(cfg: &SimEncoderConfig, device: &Device) -> Self {
+        let (d, p) = (cfg.dim, cfg.patch_size);
+        let n = cfg.grid() * cfg.grid();
+        SimEncoder {
+            patch_embed: LinearConfig::new(3 * p * p, d).init(device),
+            pos_embed: Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            }
+            .init([n, d], device),
+            blocks: (0..cfg.depth)
+                .map(|_| SimBlock::new(d, cfg.mlp_ratio, device))
+                .collect(),
+            norm: LayerNormConfig::new(d).init(device),
+            head: LinearConfig::new(d, d).init(device),
+            heads: cfg.heads,
+            patch_size: p,
+            image_size: cfg.image_size,
+        }
+    }
+
+    /// Tokens `[B, N, D]` of frames `[B, 3, S, S]` (S = `image_size`), row-major over the grid.
+    pub fn forward(&self, frames: Tensor<4>) -> Tensor<3> {
+        let [_, c, h, w] = frames.dims();
+        assert!(
+            c == 3 && h == self.image_size && w == self.image_size,
+            "sim encoder expects frames [B, 3, {s}, {s}], got [.., {c}, {h}, {w}]",
+            s = self.image_size
+        );
+        let x = self.patch_embed.forward(patchify(frames, self.patch_size))
+            + self.pos_embed.val().unsqueeze::<3>();
+        let mut x = x;
+        for block in &self.blocks {
+            x = block.forward(x, self.heads);
+        }
+        self.head.forward(self.norm.forward(x))
+    }
+}
+
+/// `encoder.json` of a sim-encoder checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimCheckpointMeta {
+    /// Always [`ARCHITECTURE`].
+    pub architecture: String,
+    pub config: SimEncoderConfig,
+    /// Normalisation the encoder was trained with (frames must be prepared the same way).
+    pub norm: Normalization,
+    /// What pretraining reported (steps, losses, embedding statistics before and after).
+    #[serde(default)]
+    pub pretrain: serde_json::Value,
+}
+
+/// Writes `model` and `meta` to the folder `dir`, atomically: a temporary folder renamed.
+pub fn save_checkpoint(dir: &Path, model: &SimEncoder, meta: &SimCheckpointMeta) -> Result<()> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = dir
+        .file_name()
+        .with_context(|| format!("{} has no folder name", dir.display()))?
+        .to_string_lossy()
+        .to_string();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir_all(&tmp)?;
+    let mut store = SafetensorsStore::from_file(tmp.join(WEIGHTS_FILE)).overwrite(true);
+    model
+        .save_into(&mut store)
+        .with_context(|| format!("cannot write {}", tmp.join(WEIGHTS_FILE).display()))?;
+    fs::write(tmp.join(META_FILE), serde_json::to_string_pretty(meta)?)?;
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+    }
+    fs::rename(&tmp, dir)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
+    Ok(())
+}
+
+/// Reads a checkpoint folder written by [`save_checkpoint`].
+pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<(SimEncoder, SimCheckpointMeta)> {
+    let meta_path = dir.join(META_FILE);
+    let text = fs::read_to_string(&meta_path)
+        .with_context(|| format!("cannot read {}", meta_path.display()))?;
+    let meta: SimCheckpointMeta = serde_json::from_str(&text)
+        .with_context(|| format!("malformed {}", meta_path.display()))?;
+    ensure!(
+        meta.architecture == ARCHITECTURE,
+        "{}: architecture is `{}`, expected `{ARCHITECTURE}`",
+        meta_path.display(),
+        meta.architecture
+    );
+    meta.config
+        .validate()
+        .with_context(|| format!("in {}", meta_path.display()))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    ensure!(weights.exists(), "missing weights {}", weights.display());
+    let mut model = SimEncoder::new(&meta.config, device);
+    let mut store = SafetensorsStore::from_file(&weights);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", weights.display()))?;
+    ensure!(
+        result.errors.is_empty() && result.missing.is_empty(),
+        "{} does not fit the config in {}: missing {:?}, errors {:?}",
+        weights.display(),
+        meta_path.display(),
+        result.missing.iter().map(|m| &m.0).collect::<Vec<_>>(),
+        result.errors
+    );
+    Ok((model, meta))
+}

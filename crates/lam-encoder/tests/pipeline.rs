@@ -1,0 +1,236 @@
+//! Loading errors, sim-encoder pretraining, and `embed` from lam-sim recordings and video
+//! folders to shards (with actions, resumption, pooling).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::prelude::*;
+use lam_data::{ShardIndex, ShardSet};
+use lam_encoder::embed::{EmbedOptions, embed};
+use lam_encoder::pretrain::{PretrainConfig, pretrain, synthetic_frames};
+use lam_encoder::sim::SimEncoderConfig;
+use lam_encoder::{Encoder, Pooling};
+use lam_ingest::Normalization;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+fn load_err(path: &Path) -> String {
+    format!("{:#}", Encoder::load(path, &Device::flex()).err().unwrap())
+}
+
+#[test]
+fn load_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let err = load_err(&empty);
+    assert!(err.contains("config.json"), "{err}");
+
+    let model = dir.path().join("model");
+    copy_dir(&fixture("dinov2"), &model);
+    let config = model.join("config.json");
+    let original = fs::read_to_string(&config).unwrap();
+
+    fs::write(&config, original.replace("Dinov2Model", "FancyNetModel")).unwrap();
+    let err = load_err(&model);
+    assert!(
+        err.contains("FancyNetModel") && err.contains("config.json"),
+        "{err}"
+    );
+
+    fs::write(
+        &config,
+        original.replace("\"hidden_size\": 32", "\"hidden_size\": 48"),
+    )
+    .unwrap();
+    let err = load_err(&model);
+    assert!(
+        err.contains("shape mismatch") && err.contains("embeddings.") && err.contains("48"),
+        "{err}"
+    );
+
+    fs::write(
+        &config,
+        original.replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"mish\""),
+    )
+    .unwrap();
+    let err = load_err(&model);
+    assert!(err.contains("hidden_act") && err.contains("mish"), "{err}");
+
+    fs::write(&config, &original).unwrap();
+    fs::remove_file(model.join("model.safetensors")).unwrap();
+    let err = load_err(&model);
+    assert!(err.contains("no *.safetensors"), "{err}");
+}
+
+fn small_sim_config() -> PretrainConfig {
+    PretrainConfig {
+        encoder: SimEncoderConfig {
+            image_size: 32,
+            patch_size: 8,
+            dim: 32,
+            depth: 1,
+            heads: 4,
+            mlp_ratio: 2.0,
+        },
+        steps: 60,
+        batch: 16,
+        lr: 2e-3,
+        sigreg_weight: std::env::var("SIGW")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(10.0),
+        predictor_dim: 32,
+        eval_frames: 128,
+        log_every: 20,
+        ..PretrainConfig::default()
+    }
+}
+
+#[test]
+fn pretrain_then_embed_a_sim_recording_with_actions_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pretrain a tiny encoder on generated frames.
+    let frames = synthetic_frames(12, 16, 32, &Normalization::IMAGENET, 1);
+    let run = dir.path().join("pretrain");
+    let cfg = small_sim_config();
+    let s = pretrain(
+        &cfg,
+        &frames,
+        Normalization::IMAGENET,
+        &Device::flex(),
+        &run,
+        false,
+    )
+    .unwrap();
+    println!(
+        "before {:?}\nafter {:?}\nloss {} in {:.1}s",
+        s.before, s.after, s.final_loss, s.seconds
+    );
+    assert!(s.final_loss.is_finite());
+    assert!(
+        s.after.tokens.mean_std > 0.2 && s.after.tokens.effective_rank > 8.0,
+        "token embeddings collapsed: {:?}",
+        s.after.tokens
+    );
+    assert!(
+        s.after.frames.effective_rank > 2.0,
+        "frame embeddings collapsed: {:?}",
+        s.after.frames
+    );
+    let metrics = fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(metrics.lines().count() >= 4 && metrics.contains("effective_rank"));
+
+    // Record a small labeled sim dataset (LeRobot v3) and embed it with the checkpoint.
+    let rec = dir.path().join("rec");
+    let rcfg = lam_sim::RecordConfig {
+        episodes: 4,
+        ..lam_sim::RecordConfig::default()
+    };
+    lam_sim::record(&rcfg, &rec, false).unwrap();
+    let out = dir.path().join("shards");
+    let mut opts = EmbedOptions::new(rec.clone(), s.checkpoint.clone(), out.clone());
+    opts.fps = 5.0;
+    opts.frames = 4;
+    opts.batch = 3;
+    opts.clips_per_shard = 2;
+    opts.val_fraction = 0.3;
+    let full = embed(&opts, &Device::flex()).unwrap();
+    let index = &full.index;
+    assert!(full.written >= 4, "{full:?}");
+    assert_eq!(
+        (index.frames, index.grid, index.dim),
+        (4, [4, 4], 32),
+        "{index:?}"
+    );
+    let a = index
+        .action_dim
+        .expect("a robot-domain recording is labeled");
+    let set = ShardSet::open(&out, None).unwrap();
+    assert_eq!(set.len(), full.written);
+    let acts = set.actions(0).unwrap();
+    assert_eq!(acts.len(), 3 * a);
+    assert!(acts.iter().all(|v| v.is_finite()));
+    assert!(out.join("report.json").exists() && out.join("ids.json").exists());
+    let last = set.clip(set.len() - 1);
+
+    // Interrupt: keep only the first shard in the index, leave a stale temporary file.
+    let mut cut: ShardIndex = ShardIndex::load(&out).unwrap();
+    let kept = cut.shards[0].clips;
+    for e in &cut.shards[1..] {
+        fs::remove_file(out.join(&e.file)).unwrap();
+    }
+    cut.shards.truncate(1);
+    fs::write(
+        out.join("index.json"),
+        serde_json::to_string_pretty(&cut).unwrap(),
+    )
+    .unwrap();
+    fs::write(out.join("shard-00001.safetensors.tmp-999"), b"half").unwrap();
+    let again = embed(&opts, &Device::flex()).unwrap();
+    assert_eq!(again.resumed, kept);
+    assert_eq!(again.written + kept, full.written);
+    assert!(!out.join("shard-00001.safetensors.tmp-999").exists());
+    let set = ShardSet::open(&out, None).unwrap();
+    assert_eq!(set.len(), full.written);
+    let mut same_last = false;
+    for i in 0..set.len() {
+        if set.clip(i) == last {
+            same_last = true;
+        }
+    }
+    assert!(same_last, "the resumed run re-encodes the same clips");
+
+    // Other settings refuse to append.
+    opts.fps = 2.0;
+    let err = format!("{:#}", embed(&opts, &Device::flex()).unwrap_err());
+    assert!(
+        err.contains("cannot resume") && err.contains("fps"),
+        "{err}"
+    );
+}
+
+#[test]
+fn video_folder_to_pooled_dinov2_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let videos = dir.path().join("videos");
+    fs::create_dir_all(&videos).unwrap();
+    for (name, pattern) in [("a", "testsrc"), ("b", "testsrc2")] {
+        let status = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
+            .args(["-i", &format!("{pattern}=size=64x48:rate=10"), "-t", "2"])
+            .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+            .arg(videos.join(format!("{name}.mp4")))
+            .status()
+            .expect("the ffmpeg command-line tool is needed by this test");
+        assert!(status.success());
+    }
+    fs::write(videos.join("broken.mp4"), b"not a video").unwrap();
+    let out = dir.path().join("shards");
+    let mut opts = EmbedOptions::new(videos, fixture("dinov2"), out.clone());
+    opts.size = Some(32);
+    opts.frames = 2;
+    opts.pooling = Pooling::Mean;
+    let s = embed(&opts, &Device::flex()).unwrap();
+    // 2 s at 4 fps = 8 frames = 4 clips of 2 frames per video.
+    assert_eq!(s.written, 8, "{s:?}");
+    assert_eq!(
+        (s.index.grid, s.index.dim, s.index.action_dim),
+        ([1, 1], 32, None)
+    );
+    assert_eq!(s.report.skipped.len(), 1, "{}", s.report);
+    let report = fs::read_to_string(out.join("report.json")).unwrap();
+    assert!(report.contains("broken.mp4"), "{report}");
+}
