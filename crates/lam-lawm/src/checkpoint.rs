@@ -1,0 +1,151 @@
+//! Checkpoints: one folder per saved step, written under a temporary name and renamed.
+//!
+//! ```text
+//! RUN/checkpoints/step-0000500/policy.safetensors       the policy's weights
+//! RUN/checkpoints/step-0000500/world_model.safetensors  the RSSM (pretraining stage only)
+//! RUN/checkpoints/step-0000500/state.json               stage, step, config, action dim,
+//!                                                       action normalisation
+//! RUN/checkpoints/latest                                name of the newest complete one
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use burn::module::Module;
+use burn::prelude::*;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use serde::{Deserialize, Serialize};
+
+use crate::config::LawmConfig;
+use crate::data::ActionNorm;
+use crate::policy::Policy;
+
+/// What a checkpoint's policy head emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// World-model pretraining: latent chunks, no labels.
+    Pretrain,
+    /// Supervised policy training on labeled actions (the "supervised pretraining" baseline,
+    /// finetuning, and training from scratch).
+    Policy,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub stage: Stage,
+    pub step: usize,
+    pub config: LawmConfig,
+    /// Output dimension of the policy head (latent dim after pretraining).
+    pub action_dim: usize,
+    /// Normalisation of the real actions (policy stage only).
+    pub action_norm: Option<ActionNorm>,
+    /// Dataset folders the stage trained on.
+    pub data: Vec<PathBuf>,
+    /// Training throughput of the run so far, samples per second.
+    pub samples_per_sec: f64,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes a module's weights to a safetensors file.
+pub fn save_weights<M: Module + ModuleSnapshot>(model: &M, path: &Path) -> Result<()> {
+    let mut store = SafetensorsStore::from_file(path).overwrite(true);
+    model
+        .save_into(&mut store)
+        .with_context(|| format!("cannot write weights {}", path.display()))
+}
+
+/// Loads safetensors weights; every tensor of the module must be in the file.
+pub fn load_weights<M: Module + ModuleSnapshot>(mut model: M, path: &Path) -> Result<M> {
+    ensure!(
+        path.exists(),
+        "weights file {} does not exist",
+        path.display()
+    );
+    let mut store = SafetensorsStore::from_file(path);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| anyhow::anyhow!("cannot load weights {}: {e}", path.display()))?;
+    ensure!(
+        result.errors.is_empty() && result.missing.is_empty(),
+        "weights {} do not fit the model: missing {:?}, errors {:?}",
+        path.display(),
+        result.missing.iter().map(|m| &m.0).collect::<Vec<_>>(),
+        result.errors
+    );
+    Ok(model)
+}
+
+/// Saves a checkpoint folder and points `latest` at it; returns the folder.
+pub fn save(
+    run: &Path,
+    policy: &Policy,
+    world_model: Option<&crate::rssm::Rssm>,
+    state: &CheckpointState,
+) -> Result<PathBuf> {
+    let dir = run.join("checkpoints");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = format!("step-{:07}", state.step);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let final_dir = dir.join(&name);
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir_all(&tmp)?;
+    save_weights(policy, &tmp.join("policy.safetensors"))?;
+    if let Some(wm) = world_model {
+        save_weights(wm, &tmp.join("world_model.safetensors"))?;
+    }
+    fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir)?;
+    }
+    fs::rename(&tmp, &final_dir)?;
+    write_atomic(&dir.join("latest"), name.as_bytes())?;
+    Ok(final_dir)
+}
+
+/// A checkpoint folder from a checkpoint folder or a run folder (its latest checkpoint).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join("state.json").exists() {
+        return Ok(path.to_path_buf());
+    }
+    let pointer = path.join("checkpoints").join("latest");
+    let name = fs::read_to_string(&pointer).with_context(|| {
+        format!(
+            "{} is neither a checkpoint folder nor a run folder with checkpoints",
+            path.display()
+        )
+    })?;
+    let dir = path.join("checkpoints").join(name.trim());
+    ensure!(
+        dir.is_dir(),
+        "{} names {}, which does not exist",
+        pointer.display(),
+        dir.display()
+    );
+    Ok(dir)
+}
+
+pub fn load_state(ckpt: &Path) -> Result<CheckpointState> {
+    let path = ckpt.join("state.json");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
+}
+
+/// The policy of a checkpoint (a run folder or a checkpoint folder) on `device`.
+pub fn load_policy(path: &Path, device: &Device) -> Result<(Policy, CheckpointState)> {
+    let ckpt = resolve(path)?;
+    let state = load_state(&ckpt)?;
+    let policy = Policy::new(&state.config.policy, state.action_dim, device);
+    let policy = load_weights(policy, &ckpt.join("policy.safetensors"))?;
+    Ok((policy, state))
+}

@@ -1,0 +1,307 @@
+//! `lam lawm ...`: pretrain, finetune, eval, cca, compare.
+//!
+//! ```text
+//! lam lawm pretrain --data data/reach-human --out runs/wm [--steps 500] [--head mlp|diffusion]
+//! lam lawm finetune --data data/reach-demos --init runs/wm --out runs/ft [--demos 10]
+//! lam lawm eval --checkpoint runs/ft --task reach,push [--episodes 20]
+//! lam lawm cca --checkpoint runs/wm --data data/reach-human
+//! lam lawm compare --tasks reach,push,sort --out runs/compare
+//! ```
+//!
+//! Training runs on the CPU (burn's flex backend).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, ensure};
+use burn::prelude::*;
+use clap::{Args, Subcommand};
+use lam_sim::{Domain, Task};
+
+use crate::cca::latent_cca;
+use crate::compare::{CompareOptions, compare, table};
+use crate::config::{HeadKind, LawmConfig};
+use crate::data::{FrameData, Labels, check_dirs};
+use crate::eval::{EvalOptions, evaluate};
+use crate::instruction::InstructionEmbedder;
+use crate::train::{PolicyInit, RunOptions, pretrain, train_policy};
+
+#[derive(Subcommand, Debug)]
+pub enum LawmCommand {
+    /// World-model pretraining of the policy on unlabeled video (no actions read).
+    Pretrain(PretrainArgs),
+    /// Supervised policy training on labeled demos: finetuning from a checkpoint (action
+    /// layer re-initialised, world model dropped), or from scratch without --init.
+    Finetune(FinetuneArgs),
+    /// Closed-loop success with the simulator's evaluation protocol.
+    Eval(EvalArgs),
+    /// First canonical correlation between latent actions and hidden true actions.
+    Cca(CcaArgs),
+    /// The paper's Figure-4 comparison on the simulated suite.
+    Compare(CompareArgs),
+}
+
+/// Model and optimisation settings shared by the training commands (defaults: see
+/// `LawmConfig::default`).
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Input frame side (multiple of 8).
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// Observation history length.
+    #[arg(long, default_value_t = 2)]
+    pub history: usize,
+    /// Actions per chunk.
+    #[arg(long, default_value_t = 10)]
+    pub chunk: usize,
+    /// Latent action dimension.
+    #[arg(long, default_value_t = 7)]
+    pub latent_dim: usize,
+    /// Action head: mlp or diffusion.
+    #[arg(long, default_value = "mlp")]
+    pub head: HeadKind,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 500)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl ModelArgs {
+    pub fn config(&self) -> LawmConfig {
+        let mut c = LawmConfig::default();
+        c.policy.image_size = self.size;
+        c.policy.history = self.history;
+        c.policy.chunk = self.chunk;
+        c.policy.latent_dim = self.latent_dim;
+        c.policy.head = self.head;
+        c.train.steps = self.steps;
+        c.train.batch_size = self.batch_size;
+        c.train.lr = self.lr;
+        c.train.seed = self.seed;
+        c
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    /// Recording folders (LeRobot v3), any domain; repeat or comma-separate.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub data: Vec<PathBuf>,
+    /// Run folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Episodes per folder (all by default).
+    #[arg(long)]
+    pub max_episodes: Option<usize>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// Labeled robot demonstration folders; repeat or comma-separate.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub data: Vec<PathBuf>,
+    /// Checkpoint to start from (run or checkpoint folder); from scratch without it.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Run folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Labeled demos used per folder (all by default).
+    #[arg(long)]
+    pub demos: Option<usize>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Finetuned checkpoint (run or checkpoint folder).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Tasks, comma-separated.
+    #[arg(long, default_value = "reach")]
+    pub task: String,
+    #[arg(long, default_value = "robot")]
+    pub domain: String,
+    /// Protocol episodes per task.
+    #[arg(long, default_value_t = 20)]
+    pub episodes: usize,
+    /// Chunk actions played before planning again.
+    #[arg(long, default_value_t = 1)]
+    pub execute: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CcaArgs {
+    /// Pretraining checkpoint (run or checkpoint folder).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Recordings with ground truth, one result per folder; repeat or comma-separate.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub data: Vec<PathBuf>,
+    /// Frames used per folder.
+    #[arg(long, default_value_t = 4000)]
+    pub max_frames: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Tasks, comma-separated.
+    #[arg(long, default_value = "reach,push,sort")]
+    pub tasks: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Robot and human video episodes per task.
+    #[arg(long, default_value_t = 40)]
+    pub video_episodes: usize,
+    /// Labeled demos per task for finetuning.
+    #[arg(long, default_value_t = 10)]
+    pub demos: usize,
+    /// Finetuning steps (--steps sets the pretraining steps).
+    #[arg(long, default_value_t = 300)]
+    pub finetune_steps: usize,
+    /// Protocol episodes per task.
+    #[arg(long, default_value_t = 20)]
+    pub eval_episodes: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Parses a comma-separated task list; the error names the bad value.
+pub fn parse_tasks(s: &str) -> Result<Vec<Task>> {
+    let tasks = s
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<Task>())
+        .collect::<Result<Vec<_>>>()?;
+    ensure!(!tasks.is_empty(), "no task given in {s:?}");
+    Ok(tasks)
+}
+
+pub fn run(cmd: LawmCommand) -> Result<()> {
+    let device = Device::flex();
+    match cmd {
+        LawmCommand::Pretrain(a) => {
+            check_dirs(&a.data)?;
+            let cfg = a.model.config();
+            cfg.validate()?;
+            let emb = InstructionEmbedder::new(cfg.policy.instruction_dim);
+            let data = FrameData::load(
+                &a.data,
+                cfg.policy.image_size,
+                &emb,
+                Labels::None,
+                a.max_episodes,
+            )?;
+            let opts = RunOptions {
+                run_dir: a.out.clone(),
+                progress: !a.model.quiet,
+            };
+            let s = pretrain(&cfg, &data, &device, &opts)?;
+            println!(
+                "pretrained {} steps on {} episodes: loss {:.3} -> {:.3}, {:.1} samples/s; checkpoint {}",
+                s.steps,
+                data.episodes.len(),
+                s.first_loss,
+                s.final_loss,
+                s.samples_per_sec,
+                s.checkpoint.display()
+            );
+        }
+        LawmCommand::Finetune(a) => {
+            check_dirs(&a.data)?;
+            let mut cfg = a.model.config();
+            let init = match &a.init {
+                Some(p) => {
+                    // The architecture (and thus the frame size) is the checkpoint's.
+                    let state = crate::checkpoint::load_state(&crate::checkpoint::resolve(p)?)?;
+                    cfg.policy = state.config.policy;
+                    PolicyInit::From(p.clone())
+                }
+                None => PolicyInit::Scratch,
+            };
+            let emb = InstructionEmbedder::new(cfg.policy.instruction_dim);
+            let data = FrameData::load(
+                &a.data,
+                cfg.policy.image_size,
+                &emb,
+                Labels::Actions,
+                a.demos,
+            )?;
+            let opts = RunOptions {
+                run_dir: a.out.clone(),
+                progress: !a.model.quiet,
+            };
+            let s = train_policy(&cfg, &data, &init, &device, &opts)?;
+            println!(
+                "trained the policy {} steps on {} labeled demos: loss {:.4} -> {:.4}, {:.1} samples/s; checkpoint {}",
+                s.steps,
+                data.episodes.len(),
+                s.first_loss,
+                s.final_loss,
+                s.samples_per_sec,
+                s.checkpoint.display()
+            );
+        }
+        LawmCommand::Eval(a) => {
+            let opts = EvalOptions {
+                tasks: parse_tasks(&a.task)?,
+                domain: a.domain.parse::<Domain>()?,
+                episodes: a.episodes,
+                execute: a.execute,
+            };
+            let results = evaluate(&a.checkpoint, &opts, &device)?;
+            for r in &results {
+                println!(
+                    "{:6} success {:5.1}% ({}/{}), mean final distance {:.2}",
+                    r.task,
+                    100.0 * r.success_rate,
+                    r.successes,
+                    r.episodes,
+                    r.mean_final_distance
+                );
+            }
+            if let Some(p) = a.json {
+                std::fs::write(&p, serde_json::to_string_pretty(&results)?)?;
+            }
+        }
+        LawmCommand::Cca(a) => {
+            check_dirs(&a.data)?;
+            for c in latent_cca(&a.checkpoint, &a.data, a.max_frames, &device)? {
+                println!(
+                    "{:6} {:12} {:6} frames  first canonical correlation {:.4}",
+                    c.task, c.domain, c.samples, c.correlation
+                );
+            }
+        }
+        LawmCommand::Compare(a) => {
+            let tasks = parse_tasks(&a.tasks)?;
+            let opts = CompareOptions {
+                tasks: tasks.clone(),
+                out: a.out,
+                video_episodes: a.video_episodes,
+                demos: a.demos,
+                config: a.model.config(),
+                finetune_steps: a.finetune_steps,
+                eval_episodes: a.eval_episodes,
+                progress: !a.model.quiet,
+            };
+            let arms = compare(&opts, &device)?;
+            print!("{}", table(&tasks, &arms));
+        }
+    }
+    Ok(())
+}

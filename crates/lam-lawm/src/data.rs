@@ -1,0 +1,308 @@
+//! Episodes from lam-sim recordings (LeRobot v3), held in memory as u8 frames.
+//!
+//! - Pretraining loads frames and instructions only ([`Labels::None`]): the action column,
+//!   if the dataset has one, is discarded as soon as an episode is decoded.
+//! - Finetuning loads the exported actions ([`Labels::Actions`]) and fails, naming the
+//!   folder, when the dataset has none (e.g. the `human` domain).
+//! - The CCA analysis loads the hidden true actions from `ground_truth/`
+//!   ([`Labels::GroundTruth`]); training never does.
+//!
+//! Frames are stored channel-first; a recording larger than the model's input is reduced by
+//! box averaging when its side is a multiple of the model's side. Pixel values enter the
+//! networks as `x / 255 - 0.5`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::prelude::*;
+use lam_sim::{Dataset, Domain, Task};
+
+use crate::instruction::{InstructionEmbedder, conditioning_text};
+
+/// Which action labels to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Labels {
+    None,
+    Actions,
+    GroundTruth,
+}
+
+/// One episode in memory.
+#[derive(Clone, Debug)]
+pub struct Episode {
+    /// `len` frames of `3 * S * S` bytes, channel-first.
+    pub frames: Vec<u8>,
+    pub len: usize,
+    /// Instruction embedding the policy is conditioned on.
+    pub instruction: Vec<f32>,
+    /// Actions per frame (exported or ground truth, as asked).
+    pub actions: Option<Vec<Vec<f32>>>,
+    pub task: Option<Task>,
+    pub domain: Option<Domain>,
+}
+
+/// Per-dimension action normalisation `(a - mean) / std`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActionNorm {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl ActionNorm {
+    pub fn normalize(&self, a: &[f32]) -> Vec<f32> {
+        a.iter()
+            .zip(self.mean.iter().zip(&self.std))
+            .map(|(v, (m, s))| (v - m) / s)
+            .collect()
+    }
+
+    pub fn denormalize(&self, a: &[f32]) -> Vec<f32> {
+        a.iter()
+            .zip(self.mean.iter().zip(&self.std))
+            .map(|(v, (m, s))| v * s + m)
+            .collect()
+    }
+}
+
+/// Episodes of one or more datasets.
+pub struct FrameData {
+    pub episodes: Vec<Episode>,
+    pub size: usize,
+    pub action_dim: Option<usize>,
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Task and domain a lam-sim recording declares in `meta/info.json`.
+pub fn provenance(ds: &Dataset) -> (Option<Task>, Option<Domain>) {
+    let p = &ds.info()["lam_sim"]["provenance"];
+    let task = serde_json::from_value::<Task>(p["task"].clone()).ok();
+    let domain = serde_json::from_value::<Domain>(p["domain"].clone()).ok();
+    (task, domain)
+}
+
+/// Converts an HWC RGB frame of side `from` to CHW bytes of side `to` (box average).
+pub fn to_chw(rgb: &[u8], from: usize, to: usize) -> Vec<u8> {
+    let f = from / to;
+    let mut out = vec![0u8; 3 * to * to];
+    for c in 0..3 {
+        for y in 0..to {
+            for x in 0..to {
+                let mut acc = 0u32;
+                for dy in 0..f {
+                    for dx in 0..f {
+                        acc += rgb[((y * f + dy) * from + x * f + dx) * 3 + c] as u32;
+                    }
+                }
+                out[(c * to + y) * to + x] = ((acc + (f * f / 2) as u32) / (f * f) as u32) as u8;
+            }
+        }
+    }
+    out
+}
+
+impl FrameData {
+    /// Loads up to `max_episodes` episodes (all when `None`) from each folder of `dirs`.
+    pub fn load(
+        dirs: &[PathBuf],
+        size: usize,
+        embedder: &InstructionEmbedder,
+        labels: Labels,
+        max_episodes: Option<usize>,
+    ) -> Result<Self> {
+        ensure!(!dirs.is_empty(), "no dataset folder given");
+        let mut episodes = Vec::new();
+        let mut action_dim = None;
+        for dir in dirs {
+            let ds = Dataset::open(dir)
+                .with_context(|| format!("cannot open dataset {}", dir.display()))?;
+            ensure!(!ds.is_empty(), "dataset {} has no episodes", dir.display());
+            let (task, domain) = provenance(&ds);
+            let n = max_episodes.map_or(ds.len(), |m| m.min(ds.len()));
+            for meta in &ds.episodes()[..n] {
+                let k = meta.episode_index as usize;
+                let ep = ds.read_episode(k)?;
+                let (w, h) = (ep.width as usize, ep.height as usize);
+                ensure!(
+                    w == h && w >= size && w.is_multiple_of(size),
+                    "{}: frames are {w}x{h}, which cannot be reduced to the model's {size}x{size} \
+                     (need square frames whose side is a multiple of {size})",
+                    dir.display()
+                );
+                let actions = match labels {
+                    Labels::None => None,
+                    Labels::Actions => Some(ep.actions.clone().with_context(|| {
+                        format!(
+                            "dataset {} has no action column (its domain hides actions); \
+                             finetuning needs labeled demonstrations",
+                            dir.display()
+                        )
+                    })?),
+                    Labels::GroundTruth => Some(ds.read_ground_truth(k)?.actions),
+                };
+                if let Some(a) = &actions {
+                    ensure!(
+                        a.len() == ep.frames.len(),
+                        "{}: episode {k} has {} frames but {} actions",
+                        dir.display(),
+                        ep.frames.len(),
+                        a.len()
+                    );
+                    let d = a.first().map_or(0, Vec::len);
+                    if let Some(prev) = action_dim
+                        && prev != d
+                    {
+                        bail!(
+                            "{}: actions have {d} dimensions, earlier datasets have {prev}",
+                            dir.display()
+                        );
+                    }
+                    action_dim = Some(d);
+                }
+                let mut frames = Vec::with_capacity(ep.frames.len() * 3 * size * size);
+                for f in &ep.frames {
+                    frames.extend(to_chw(f, w, size));
+                }
+                let text = conditioning_text(task, &ep.task);
+                episodes.push(Episode {
+                    len: ep.frames.len(),
+                    frames,
+                    instruction: embedder.embed(&text),
+                    actions,
+                    task,
+                    domain,
+                });
+            }
+        }
+        Ok(Self {
+            episodes,
+            size,
+            action_dim,
+            dirs: dirs.to_vec(),
+        })
+    }
+
+    /// `(episode, t)` pairs that have `chunk` frames (and actions) after t.
+    pub fn windows(&self, chunk: usize) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (e, ep) in self.episodes.iter().enumerate() {
+            for t in 0..ep.len.saturating_sub(chunk) {
+                out.push((e, t));
+            }
+        }
+        out
+    }
+
+    fn frame(&self, e: usize, t: usize) -> &[u8] {
+        let n = 3 * self.size * self.size;
+        &self.episodes[e].frames[t * n..(t + 1) * n]
+    }
+
+    /// Frames `[B, K, 3, S, S]` with frame indices given per sample (already clamped).
+    fn frames_tensor(&self, picks: &[(usize, Vec<usize>)], device: &Device) -> Tensor<5> {
+        let k = picks.first().map_or(0, |p| p.1.len());
+        let mut data = Vec::with_capacity(picks.len() * k * 3 * self.size * self.size);
+        for (e, ts) in picks {
+            for &t in ts {
+                data.extend(self.frame(*e, t).iter().map(|&v| v as f32 / 255.0 - 0.5));
+            }
+        }
+        Tensor::from_data(
+            TensorData::new(data, [picks.len(), k, 3, self.size, self.size]),
+            device,
+        )
+    }
+
+    /// Observation histories `[B, H, 3, S, S]` ending at each sample's t (the first frame
+    /// repeated before an episode's start).
+    pub fn history(&self, samples: &[(usize, usize)], h: usize, device: &Device) -> Tensor<5> {
+        let picks: Vec<(usize, Vec<usize>)> = samples
+            .iter()
+            .map(|&(e, t)| (e, (0..h).map(|j| (t + j + 1).saturating_sub(h)).collect()))
+            .collect();
+        self.frames_tensor(&picks, device)
+    }
+
+    /// Frames t..t+n `[B, n+1, 3, S, S]`.
+    pub fn future(&self, samples: &[(usize, usize)], n: usize, device: &Device) -> Tensor<5> {
+        let picks: Vec<(usize, Vec<usize>)> = samples
+            .iter()
+            .map(|&(e, t)| (e, (t..=t + n).collect()))
+            .collect();
+        self.frames_tensor(&picks, device)
+    }
+
+    /// Instruction embeddings `[B, I]`.
+    pub fn instructions(&self, samples: &[(usize, usize)], device: &Device) -> Tensor<2> {
+        let i = self.episodes[0].instruction.len();
+        let data: Vec<f32> = samples
+            .iter()
+            .flat_map(|&(e, _)| self.episodes[e].instruction.clone())
+            .collect();
+        Tensor::from_data(TensorData::new(data, [samples.len(), i]), device)
+    }
+
+    /// Normalised action chunks a_t..a_t+n-1 `[B, n, d]`.
+    pub fn action_chunks(
+        &self,
+        samples: &[(usize, usize)],
+        n: usize,
+        norm: &ActionNorm,
+        device: &Device,
+    ) -> Tensor<3> {
+        let d = self.action_dim.expect("actions loaded");
+        let mut data = Vec::with_capacity(samples.len() * n * d);
+        for &(e, t) in samples {
+            let acts = self.episodes[e].actions.as_ref().expect("actions loaded");
+            for a in &acts[t..t + n] {
+                data.extend(norm.normalize(a));
+            }
+        }
+        Tensor::from_data(TensorData::new(data, [samples.len(), n, d]), device)
+    }
+
+    /// Mean and standard deviation of every action dimension (std floored at 1e-3).
+    pub fn action_norm(&self) -> Result<ActionNorm> {
+        let d = self.action_dim.context("no actions loaded to normalise")?;
+        let mut sum = vec![0f64; d];
+        let mut sq = vec![0f64; d];
+        let mut n = 0f64;
+        for ep in &self.episodes {
+            for a in ep.actions.iter().flatten() {
+                for i in 0..d {
+                    sum[i] += a[i] as f64;
+                    sq[i] += (a[i] as f64).powi(2);
+                }
+                n += 1.0;
+            }
+        }
+        ensure!(n > 0.0, "no actions loaded to normalise");
+        let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+        let std: Vec<f32> = (0..d)
+            .map(|i| ((sq[i] / n - (sum[i] / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3))
+            .collect();
+        Ok(ActionNorm { mean, std })
+    }
+
+    /// Tasks present, in first-seen order.
+    pub fn tasks(&self) -> Vec<Task> {
+        let mut out = Vec::new();
+        for t in self.episodes.iter().filter_map(|e| e.task) {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out
+    }
+}
+
+/// Checks that every folder exists before any work starts (a clear error naming it).
+pub fn check_dirs(dirs: &[PathBuf]) -> Result<()> {
+    for d in dirs {
+        ensure!(
+            Path::new(d).is_dir(),
+            "dataset folder {} does not exist",
+            d.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! Training loops of the two stages.
+//!
+//! - [`pretrain`]: policy + RSSM jointly on unlabeled frames (the loss of [`crate::model`]).
+//! - [`train_policy`]: the policy alone on labeled action chunks, from scratch
+//!   ([`PolicyInit::Scratch`]) or from a checkpoint whose action layers are re-initialised
+//!   to the real action dimension ([`PolicyInit::From`]): supervised pretraining,
+//!   finetuning after world-model pretraining, and the from-scratch baseline all use it.
+//!   MLP head: mean squared error on normalised actions (the NLL of a fixed-variance
+//!   Gaussian, BAKU's objective); diffusion head: the noise-prediction loss (eq. 7).
+//!
+//! Every random draw of step s (batch, diffusion noise and levels, Gumbel noise) comes from
+//! a generator seeded with (seed, s), so a run is reproducible from its config alone. Each
+//! run writes `config.json`, `metrics.jsonl` (one JSON object per logged step) and
+//! checkpoints.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use serde_json::{Value, json};
+
+use crate::checkpoint::{self, CheckpointState, Stage};
+use crate::config::{HeadKind, LawmConfig};
+use crate::data::FrameData;
+use crate::model::{Lawm, PretrainNoise};
+use crate::policy::Policy;
+
+/// Where a run writes and whether it shows a progress bar.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    pub progress: bool,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub steps: usize,
+    /// Mean loss over the first 10% of steps and over the last 10%.
+    pub first_loss: f32,
+    pub final_loss: f32,
+    pub samples_per_sec: f64,
+    pub checkpoint: PathBuf,
+}
+
+/// Generator of step `step`, stream `stream`, of a run seeded with `seed`.
+pub fn step_rng(seed: u64, step: usize, stream: u64) -> StdRng {
+    let mix = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+        .wrapping_add(stream.wrapping_mul(0x94D0_49BB_1331_11EB));
+    StdRng::seed_from_u64(mix)
+}
+
+/// Samples of a step, drawn uniformly with replacement from `windows`.
+pub fn batch(windows: &[(usize, usize)], seed: u64, step: usize, b: usize) -> Vec<(usize, usize)> {
+    let mut rng = step_rng(seed, step, 1);
+    (0..b)
+        .map(|_| windows[rng.random_range(0..windows.len())])
+        .collect()
+}
+
+pub fn normals(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| StandardNormal.sample(rng)).collect()
+}
+
+pub fn gumbels(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u: f64 = rng.random::<f64>().clamp(1e-12, 1.0 - 1e-12);
+            (-(-u.ln()).ln()) as f32
+        })
+        .collect()
+}
+
+fn optimizer(cfg: &LawmConfig) -> burn::optim::ModuleOptimizer {
+    let clip = (cfg.train.grad_clip > 0.0)
+        .then(|| GradientClippingConfig::Norm(cfg.train.grad_clip as f32));
+    AdamWConfig::new()
+        .with_weight_decay(cfg.train.weight_decay as f32)
+        .with_grad_clipping(clip)
+        .init()
+}
+
+struct Log {
+    file: fs::File,
+    bar: ProgressBar,
+    losses: Vec<f32>,
+    started: Instant,
+}
+
+impl Log {
+    fn open(cfg: &LawmConfig, opts: &RunOptions, stage: &str) -> Result<Self> {
+        fs::create_dir_all(&opts.run_dir)
+            .with_context(|| format!("cannot create {}", opts.run_dir.display()))?;
+        fs::write(
+            opts.run_dir.join("config.json"),
+            serde_json::to_string_pretty(&json!({"stage": stage, "config": cfg}))?,
+        )?;
+        let path = opts.run_dir.join("metrics.jsonl");
+        let file =
+            fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let bar = if opts.progress {
+            ProgressBar::new(cfg.train.steps as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} lawm {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_prefix(stage.to_string());
+        Ok(Self {
+            file,
+            bar,
+            losses: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    fn samples_per_sec(&self, cfg: &LawmConfig) -> f64 {
+        (self.losses.len() * cfg.train.batch_size) as f64
+            / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    fn record(
+        &mut self,
+        cfg: &LawmConfig,
+        step: usize,
+        loss: f32,
+        terms: &[(&str, f32)],
+        lr: f64,
+    ) -> Result<()> {
+        ensure!(
+            loss.is_finite(),
+            "non-finite loss at step {step} ({terms:?}); lower the learning rate"
+        );
+        self.losses.push(loss);
+        self.bar.inc(1);
+        let done = step + 1;
+        if done % cfg.train.log_every.max(1) == 0 || done == cfg.train.steps {
+            let sps = self.samples_per_sec(cfg);
+            let mut rec = serde_json::Map::new();
+            rec.insert("step".into(), json!(done));
+            rec.insert("loss".into(), json!(loss));
+            for (k, v) in terms {
+                rec.insert((*k).into(), json!(v));
+            }
+            rec.insert("lr".into(), json!(lr));
+            rec.insert("samples_per_sec".into(), json!(sps));
+            writeln!(self.file, "{}", Value::Object(rec))?;
+            self.bar
+                .set_message(format!("loss {loss:.4} {sps:.1} samples/s"));
+        }
+        Ok(())
+    }
+
+    fn summary(&self, cfg: &LawmConfig, checkpoint: PathBuf) -> RunSummary {
+        self.bar.finish_and_clear();
+        let k = (self.losses.len() / 10).max(1);
+        let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len().max(1) as f32;
+        RunSummary {
+            steps: self.losses.len(),
+            first_loss: mean(&self.losses[..k]),
+            final_loss: mean(&self.losses[self.losses.len() - k..]),
+            samples_per_sec: self.samples_per_sec(cfg),
+            checkpoint,
+        }
+    }
+}
+
+fn host_values(t: Tensor<1>) -> f32 {
+    t.into_scalar::<f32>()
+}
+
+/// World-model pretraining of a fresh policy + RSSM on `data` (no labels).
+pub fn pretrain(
+    cfg: &LawmConfig,
+    data: &FrameData,
+    device: &Device,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    cfg.validate()?;
+    ensure!(
+        data.size == cfg.policy.image_size,
+        "data loaded at {0}x{0}, the model expects {1}x{1}",
+        data.size,
+        cfg.policy.image_size
+    );
+    let (n, h) = (cfg.policy.chunk, cfg.policy.history);
+    let windows = data.windows(n);
+    ensure!(
+        !windows.is_empty(),
+        "no episode of {:?} is longer than the chunk ({n} steps)",
+        data.dirs
+    );
+    let ad = device.clone().autodiff();
+    ad.seed(cfg.train.seed);
+    let mut model = Lawm::new(cfg, &ad);
+    let mut optim = optimizer(cfg);
+    let mut log = Log::open(cfg, opts, "pretrain")?;
+    let b = cfg.train.batch_size;
+    let wm = &cfg.world_model;
+    let mut last = None;
+    for step in 0..cfg.train.steps {
+        let samples = batch(&windows, cfg.train.seed, step, b);
+        let mut rng = step_rng(cfg.train.seed, step, 2);
+        let noise = PretrainNoise {
+            policy: if cfg.policy.head == HeadKind::Diffusion {
+                normals(&mut rng, b * n * cfg.policy.latent_dim)
+            } else {
+                Vec::new()
+            },
+            gumbel: gumbels(&mut rng, b * (n + 1) * wm.groups * wm.classes),
+        };
+        let out = model.forward_loss(
+            cfg,
+            data.history(&samples, h, &ad),
+            data.instructions(&samples, &ad),
+            data.future(&samples, n, &ad),
+            &noise,
+        );
+        let terms = [
+            ("recon", host_values(out.recon.clone())),
+            ("mse", host_values(out.mse.clone())),
+            ("kl_dyn", host_values(out.dyn_kl.clone())),
+            ("kl_rep", host_values(out.rep_kl.clone())),
+            ("kl", host_values(out.raw_kl.clone())),
+        ];
+        let loss = host_values(out.loss.clone());
+        let lr = cfg.train.lr_at(step);
+        log.record(cfg, step, loss, &terms, lr)?;
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        model = optim.step(lr, model, grads);
+        let done = step + 1;
+        if done == cfg.train.steps
+            || (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0)
+        {
+            let state = CheckpointState {
+                stage: Stage::Pretrain,
+                step: done,
+                config: cfg.clone(),
+                action_dim: cfg.policy.latent_dim,
+                action_norm: None,
+                data: data.dirs.clone(),
+                samples_per_sec: log.samples_per_sec(cfg),
+            };
+            let valid = model.valid();
+            last = Some(checkpoint::save(
+                &opts.run_dir,
+                &valid.policy,
+                Some(&valid.world_model),
+                &state,
+            )?);
+        }
+    }
+    Ok(log.summary(cfg, last.expect("the last step saves")))
+}
+
+/// Where [`train_policy`] starts from.
+#[derive(Clone, Debug)]
+pub enum PolicyInit {
+    /// Fresh weights with `cfg.policy`.
+    Scratch,
+    /// A checkpoint (run or checkpoint folder): its architecture and weights, with the
+    /// action layers re-initialised to the data's action dimension.
+    From(PathBuf),
+}
+
+/// Supervised training of the policy on the labeled action chunks of `data`. `cfg.policy`
+/// is replaced by the checkpoint's when starting from one.
+pub fn train_policy(
+    cfg: &LawmConfig,
+    data: &FrameData,
+    init: &PolicyInit,
+    device: &Device,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    let mut cfg = cfg.clone();
+    let ad = device.clone().autodiff();
+    ad.seed(cfg.train.seed);
+    let action_dim = data
+        .action_dim
+        .with_context(|| format!("{:?} hold no actions to train the policy on", data.dirs))?;
+    let mut policy = match init {
+        PolicyInit::Scratch => Policy::new(&cfg.policy, action_dim, &ad),
+        PolicyInit::From(path) => {
+            let (p, state) = checkpoint::load_policy(path, &ad)?;
+            cfg.policy = state.config.policy.clone();
+            p.reinit_action_layers(&cfg.policy, action_dim, &ad)
+        }
+    };
+    cfg.validate()?;
+    if data.size != cfg.policy.image_size {
+        bail!(
+            "data loaded at {0}x{0}, the policy expects {1}x{1}",
+            data.size,
+            cfg.policy.image_size
+        );
+    }
+    let (n, h) = (cfg.policy.chunk, cfg.policy.history);
+    let windows = data.windows(n);
+    ensure!(
+        !windows.is_empty(),
+        "no episode of {:?} is longer than the chunk ({n} steps)",
+        data.dirs
+    );
+    let norm = data.action_norm()?;
+    let mut optim = optimizer(&cfg);
+    let mut log = Log::open(&cfg, opts, "policy")?;
+    let b = cfg.train.batch_size;
+    let mut last = None;
+    for step in 0..cfg.train.steps {
+        let samples = batch(&windows, cfg.train.seed, step, b);
+        let frames = data.history(&samples, h, &ad);
+        let instr = data.instructions(&samples, &ad);
+        let target = data.action_chunks(&samples, n, &norm, &ad);
+        let loss = match cfg.policy.head {
+            HeadKind::Mlp => (policy.chunk(&cfg.policy, frames, instr, &[]) - target)
+                .powi_scalar(2)
+                .mean(),
+            HeadKind::Diffusion => {
+                let mut rng = step_rng(cfg.train.seed, step, 3);
+                let k: Vec<usize> = (0..b)
+                    .map(|_| rng.random_range(0..cfg.policy.diffusion_steps))
+                    .collect();
+                let eps = normals(&mut rng, b * n * action_dim);
+                policy.diffusion_loss(&cfg.policy, frames, instr, target, &k, &eps)
+            }
+        };
+        let value = host_values(loss.clone());
+        let lr = cfg.train.lr_at(step);
+        log.record(&cfg, step, value, &[], lr)?;
+        let grads = GradientsParams::from_grads(loss.backward(), &policy);
+        policy = optim.step(lr, policy, grads);
+        let done = step + 1;
+        if done == cfg.train.steps
+            || (cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0)
+        {
+            let state = CheckpointState {
+                stage: Stage::Policy,
+                step: done,
+                config: cfg.clone(),
+                action_dim,
+                action_norm: Some(norm.clone()),
+                data: data.dirs.clone(),
+                samples_per_sec: log.samples_per_sec(&cfg),
+            };
+            last = Some(checkpoint::save(
+                &opts.run_dir,
+                &policy.valid(),
+                None,
+                &state,
+            )?);
+        }
+    }
+    Ok(log.summary(&cfg, last.expect("the last step saves")))
+}
+
+/// Reads a run's `metrics.jsonl` back (for tests and reports).
+pub fn read_metrics(run: &Path) -> Result<Vec<Value>> {
+    let path = run.join("metrics.jsonl");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l).with_context(|| format!("malformed line in {}", path.display()))
+        })
+        .collect()
+}

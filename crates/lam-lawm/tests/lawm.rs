@@ -1,0 +1,509 @@
+//! Tests of the LAWM branch on tiny shapes (32x32 frames, small widths).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use burn::prelude::*;
+use lam_lawm::cca::{first_canonical_correlation, latent_cca};
+use lam_lawm::checkpoint::{Stage, load_policy, load_state, resolve};
+use lam_lawm::config::{HeadKind, LawmConfig};
+use lam_lawm::data::{FrameData, Labels};
+use lam_lawm::eval::{EvalOptions, evaluate};
+use lam_lawm::instruction::InstructionEmbedder;
+use lam_lawm::model::{Lawm, PretrainNoise};
+use lam_lawm::rssm::kl_balanced;
+use lam_lawm::train::{
+    PolicyInit, RunOptions, gumbels, pretrain, read_metrics, step_rng, train_policy,
+};
+use lam_lawm::{Policy, Rssm};
+use lam_sim::{Domain, PolicyKind, RecordConfig, Task, record};
+
+fn tiny() -> LawmConfig {
+    let mut c = LawmConfig::default();
+    c.policy.image_size = 32;
+    c.policy.chunk = 4;
+    c.policy.latent_dim = 3;
+    c.policy.instruction_dim = 8;
+    c.policy.channels = 4;
+    c.policy.d_model = 16;
+    c.policy.heads = 2;
+    c.policy.layers = 1;
+    c.policy.head_hidden = 16;
+    c.world_model.channels = 4;
+    c.world_model.embed = 16;
+    c.world_model.deter = 16;
+    c.world_model.hidden = 16;
+    c.world_model.groups = 4;
+    c.world_model.classes = 4;
+    c.train.batch_size = 4;
+    c.train.lr = 2e-3;
+    c.train.log_every = 1;
+    c
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    robot: PathBuf,
+    human: PathBuf,
+}
+
+fn rec(dir: &Path, name: &str, task: Task, domain: Domain, episodes: usize, seed: u64) -> PathBuf {
+    let mut cfg = RecordConfig {
+        task,
+        domain,
+        episodes,
+        seed,
+        policy: PolicyKind::Expert,
+        ..Default::default()
+    };
+    cfg.env.size = 32;
+    let out = dir.join(name);
+    record(&cfg, &out, false).unwrap();
+    out
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let robot = rec(dir.path(), "reach-robot", Task::Reach, Domain::Robot, 3, 0);
+        let human = rec(dir.path(), "reach-human", Task::Reach, Domain::Human, 2, 50);
+        Fixture {
+            _dir: dir,
+            robot,
+            human,
+        }
+    })
+}
+
+fn dev() -> Device {
+    Device::flex()
+}
+
+#[test]
+fn policy_and_world_model_shapes() {
+    let cfg = tiny();
+    let d = dev();
+    for head in [HeadKind::Mlp, HeadKind::Diffusion] {
+        let mut pc = cfg.policy.clone();
+        pc.head = head;
+        let policy = Policy::new(&pc, pc.latent_dim, &d);
+        let frames = Tensor::<5>::zeros([2, pc.history, 3, 32, 32], &d);
+        let instr = Tensor::<2>::ones([2, pc.instruction_dim], &d);
+        let noise = vec![0.1f32; 2 * pc.chunk * pc.latent_dim];
+        let z = policy.chunk(&pc, frames, instr, &noise);
+        assert_eq!(z.dims(), [2, pc.chunk, pc.latent_dim]);
+    }
+    let wm = Rssm::new(&cfg.world_model, 32, cfg.policy.latent_dim, &d);
+    let (g, c) = (cfg.world_model.groups, cfg.world_model.classes);
+    let t = cfg.policy.chunk + 1;
+    let frames = Tensor::<5>::zeros([2, t, 3, 32, 32], &d);
+    let actions = Tensor::<3>::zeros([2, t - 1, cfg.policy.latent_dim], &d);
+    let g_noise = gumbels(&mut step_rng(0, 0, 0), 2 * t * g * c);
+    let obs = wm.observe(frames, actions, &g_noise);
+    assert_eq!(obs.recon.dims(), [2, t, 3, 32, 32]);
+    assert_eq!(obs.post_logp.dims(), [2, t, g, c]);
+    assert_eq!(obs.prior_logp.dims(), [2, t, g, c]);
+}
+
+#[test]
+fn rssm_step_prior_posterior_and_straight_through_sample() {
+    let cfg = tiny();
+    let d = dev();
+    let wm = Rssm::new(&cfg.world_model, 32, 3, &d);
+    let (g, c, h) = (
+        cfg.world_model.groups,
+        cfg.world_model.classes,
+        cfg.world_model.deter,
+    );
+    let h0 = Tensor::<2>::zeros([3, h], &d);
+    let s0 = Tensor::<2>::zeros([3, g * c], &d);
+    let a = Tensor::<2>::ones([3, 3], &d);
+    let h1 = wm.step(h0, s0, a);
+    assert_eq!(h1.dims(), [3, h]);
+    let prior = wm.prior_logp(h1.clone());
+    let e = Tensor::<2>::ones([3, cfg.world_model.embed], &d);
+    let post = wm.posterior_logp(h1, e);
+    for lp in [prior, post.clone()] {
+        let p: Vec<f32> = lp.exp().sum_dim(2).into_data().try_into_vec().unwrap();
+        assert!(p.iter().all(|v| (v - 1.0).abs() < 1e-5), "{p:?}");
+        // unimix: every class keeps at least 1%/C probability.
+    }
+    let min_p: f32 = post.clone().exp().min().into_scalar();
+    assert!(min_p >= 0.01 / c as f32 - 1e-6);
+    let s = wm.sample_st(post, &gumbels(&mut step_rng(1, 0, 0), 3 * g * c));
+    let v: Vec<f32> = s.reshape([3 * g, c]).into_data().try_into_vec().unwrap();
+    for row in v.chunks(c) {
+        let ones = row.iter().filter(|x| (**x - 1.0).abs() < 1e-5).count();
+        let zeros = row.iter().filter(|x| x.abs() < 1e-5).count();
+        assert_eq!(
+            (ones, zeros),
+            (1, c - 1),
+            "forward value is one-hot: {row:?}"
+        );
+    }
+}
+
+/// KL with free bits and balancing against a hand computation.
+#[test]
+fn kl_balancing_and_free_bits_match_hand_computation() {
+    let d = dev().autodiff();
+    // B = 1, T = 2, G = 2, C = 3.
+    let post: [[[f64; 3]; 2]; 2] = [
+        [[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]],
+        [[0.34, 0.33, 0.33], [0.3, 0.4, 0.3]],
+    ];
+    let prior: [[[f64; 3]; 2]; 2] = [
+        [[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]],
+        [[0.3, 0.35, 0.35], [0.3, 0.35, 0.35]],
+    ];
+    let kl: Vec<f64> = (0..2)
+        .map(|t| {
+            (0..2)
+                .map(|g| {
+                    (0..3)
+                        .map(|k| post[t][g][k] * (post[t][g][k] / prior[t][g][k]).ln())
+                        .sum::<f64>()
+                })
+                .sum()
+        })
+        .collect();
+    let free = 0.5;
+    assert!(
+        kl[0] > free && kl[1] < free,
+        "one step clipped, one not: {kl:?}"
+    );
+    let clipped: f64 = kl.iter().map(|k| k.max(free)).sum::<f64>() / 2.0;
+    let to_tensor = |p: [[[f64; 3]; 2]; 2]| {
+        let v: Vec<f32> = p
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|x| x.ln() as f32)
+            .collect();
+        Tensor::<4>::from_data(TensorData::new(v, [1, 2, 2, 3]), &d).require_grad()
+    };
+    let (post_t, prior_t) = (to_tensor(post), to_tensor(prior));
+    let terms = kl_balanced(post_t.clone(), prior_t.clone(), free, 0.5, 0.1);
+    let loss: f32 = terms.loss.clone().into_scalar();
+    assert!(
+        (loss as f64 - 0.6 * clipped).abs() < 1e-5,
+        "{loss} vs {}",
+        0.6 * clipped
+    );
+    let raw: f32 = terms.raw_kl.into_scalar();
+    assert!((raw as f64 - (kl[0] + kl[1]) / 2.0).abs() < 1e-5);
+    // Balancing: the dynamics term trains only the prior, the representation term only the
+    // posterior, so with rep_scale = 0 the posterior gets no gradient.
+    let only_dyn = kl_balanced(post_t.clone(), prior_t.clone(), free, 0.5, 0.0);
+    let grads = only_dyn.loss.backward();
+    let gp: Vec<f32> = post_t
+        .grad(&grads)
+        .map_or(vec![0.0], |g| g.into_data().try_into_vec().unwrap());
+    assert!(gp.iter().all(|v| v.abs() < 1e-9));
+    let gq: Vec<f32> = prior_t
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    // Clipped step (t = 1) gets no gradient at all; t = 0 does: d/dlogq = -0.5 * p / (B*T).
+    assert!(gq[6..].iter().all(|v| v.abs() < 1e-9));
+    let expect = -0.5 * post[0][0][0] / 2.0;
+    assert!(
+        (gq[0] as f64 - expect).abs() < 1e-5,
+        "{} vs {expect}",
+        gq[0]
+    );
+}
+
+#[test]
+fn tiny_pretrain_reconstruction_falls_and_no_actions_are_read() {
+    let f = fixture();
+    let mut cfg = tiny();
+    cfg.train.steps = 40;
+    let emb = InstructionEmbedder::new(cfg.policy.instruction_dim);
+    let data =
+        FrameData::load(std::slice::from_ref(&f.robot), 32, &emb, Labels::None, None).unwrap();
+    assert!(data.episodes.iter().all(|e| e.actions.is_none()));
+    assert_eq!(data.action_dim, None);
+    let run = tempfile::tempdir().unwrap();
+    let s = pretrain(
+        &cfg,
+        &data,
+        &dev(),
+        &RunOptions {
+            run_dir: run.path().into(),
+            progress: false,
+        },
+    )
+    .unwrap();
+    let m = read_metrics(run.path()).unwrap();
+    assert_eq!(m.len(), 40);
+    let recon = |r: &serde_json::Value| r["recon"].as_f64().unwrap();
+    let first: f64 = m[..5].iter().map(recon).sum::<f64>() / 5.0;
+    let last: f64 = m[35..].iter().map(recon).sum::<f64>() / 5.0;
+    assert!(last < 0.7 * first, "reconstruction {first} -> {last}");
+    assert!(s.samples_per_sec > 0.0);
+    let ckpt = resolve(run.path()).unwrap();
+    assert!(
+        ckpt.join("policy.safetensors").exists() && ckpt.join("world_model.safetensors").exists()
+    );
+    assert_eq!(load_state(&ckpt).unwrap().stage, Stage::Pretrain);
+}
+
+#[test]
+fn joint_loss_reaches_the_policy() {
+    let cfg = tiny();
+    let d = dev().autodiff();
+    let model = Lawm::new(&cfg, &d);
+    let (n, g, c) = (
+        cfg.policy.chunk,
+        cfg.world_model.groups,
+        cfg.world_model.classes,
+    );
+    let frames = Tensor::<5>::random(
+        [2, 2, 3, 32, 32],
+        burn::tensor::Distribution::Uniform(-0.5, 0.5),
+        &d,
+    );
+    let future = Tensor::<5>::random(
+        [2, n + 1, 3, 32, 32],
+        burn::tensor::Distribution::Uniform(-0.5, 0.5),
+        &d,
+    );
+    let instr = Tensor::<2>::ones([2, 8], &d);
+    let noise = PretrainNoise {
+        policy: vec![],
+        gumbel: gumbels(&mut step_rng(0, 0, 0), 2 * (n + 1) * g * c),
+    };
+    let out = model.forward_loss(&cfg, frames, instr, future, &noise);
+    let grads = out.loss.backward();
+    let head = &model.policy.mlp_head.as_ref().unwrap().action_out.weight;
+    let gsum: f32 = head.grad(&grads).unwrap().abs().sum().into_scalar();
+    assert!(
+        gsum > 0.0,
+        "the world model's loss must train the policy end to end"
+    );
+}
+
+#[test]
+fn finetune_replaces_head_with_action_dim_and_eval_runs() {
+    let f = fixture();
+    let mut cfg = tiny();
+    cfg.train.steps = 3;
+    let emb = InstructionEmbedder::new(cfg.policy.instruction_dim);
+    let frames =
+        FrameData::load(std::slice::from_ref(&f.human), 32, &emb, Labels::None, None).unwrap();
+    let pre = tempfile::tempdir().unwrap();
+    let p = pretrain(
+        &cfg,
+        &frames,
+        &dev(),
+        &RunOptions {
+            run_dir: pre.path().into(),
+            progress: false,
+        },
+    )
+    .unwrap();
+    let (latent_policy, _) = load_policy(&p.checkpoint, &dev()).unwrap();
+    assert_eq!(latent_policy.action_dim, 3);
+
+    let demos = FrameData::load(
+        std::slice::from_ref(&f.robot),
+        32,
+        &emb,
+        Labels::Actions,
+        Some(2),
+    )
+    .unwrap();
+    assert_eq!(demos.episodes.len(), 2);
+    assert_eq!(demos.action_dim, Some(2));
+    let ft = tempfile::tempdir().unwrap();
+    let mut ft_cfg = cfg.clone();
+    ft_cfg.policy.d_model = 999; // ignored: the checkpoint's architecture is used
+    let s = train_policy(
+        &ft_cfg,
+        &demos,
+        &PolicyInit::From(pre.path().into()),
+        &dev(),
+        &RunOptions {
+            run_dir: ft.path().into(),
+            progress: false,
+        },
+    )
+    .unwrap();
+    let (policy, state) = load_policy(&s.checkpoint, &dev()).unwrap();
+    assert_eq!(state.stage, Stage::Policy);
+    assert_eq!(policy.action_dim, 2);
+    let head = policy.mlp_head.as_ref().unwrap();
+    assert_eq!(
+        head.action_out.weight.dims(),
+        [cfg.policy.head_hidden, cfg.policy.chunk * 2]
+    );
+    // Re-initialisation keeps everything below the action layer.
+    let (pre_policy, _) = load_policy(&p.checkpoint, &dev()).unwrap();
+    let swapped = pre_policy.reinit_action_layers(&cfg.policy, 2, &dev());
+    let a: Vec<f32> = swapped
+        .encoder
+        .proj
+        .weight
+        .val()
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let b: Vec<f32> = latent_policy
+        .encoder
+        .proj
+        .weight
+        .val()
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        swapped.mlp_head.as_ref().unwrap().action_out.weight.dims(),
+        [cfg.policy.head_hidden, cfg.policy.chunk * 2]
+    );
+    assert!(
+        !resolve(ft.path())
+            .unwrap()
+            .join("world_model.safetensors")
+            .exists(),
+        "world model dropped"
+    );
+
+    let opts = EvalOptions {
+        tasks: vec![Task::Reach],
+        domain: Domain::Robot,
+        episodes: 2,
+        execute: 2,
+    };
+    let r = evaluate(ft.path(), &opts, &dev()).unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].episodes, 2);
+    assert!(r[0].success_rate >= 0.0 && r[0].success_rate <= 1.0);
+    // A pretraining checkpoint cannot be evaluated: its head emits latents.
+    let err = evaluate(pre.path(), &opts, &dev()).unwrap_err().to_string();
+    assert!(err.contains("latent"), "{err}");
+    // CCA of the latent actions against the human domain's hidden true actions.
+    let cca = latent_cca(pre.path(), std::slice::from_ref(&f.human), 200, &dev()).unwrap();
+    assert_eq!(cca[0].task, "reach");
+    assert_eq!(cca[0].domain, "human");
+    assert!((0.0..=1.0).contains(&cca[0].correlation));
+}
+
+#[test]
+fn diffusion_head_finetunes() {
+    let f = fixture();
+    let mut cfg = tiny();
+    cfg.policy.head = HeadKind::Diffusion;
+    cfg.train.steps = 2;
+    let emb = InstructionEmbedder::new(cfg.policy.instruction_dim);
+    let demos = FrameData::load(
+        std::slice::from_ref(&f.robot),
+        32,
+        &emb,
+        Labels::Actions,
+        Some(1),
+    )
+    .unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let s = train_policy(
+        &cfg,
+        &demos,
+        &PolicyInit::Scratch,
+        &dev(),
+        &RunOptions {
+            run_dir: run.path().into(),
+            progress: false,
+        },
+    )
+    .unwrap();
+    assert!(s.final_loss.is_finite());
+    let (p, _) = load_policy(run.path(), &dev()).unwrap();
+    assert_eq!(
+        p.diffusion_head.as_ref().unwrap().chunk_in.weight.dims(),
+        [cfg.policy.chunk * 2, cfg.policy.head_hidden]
+    );
+}
+
+#[test]
+fn cca_matches_scikit_learn_fixture() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cca_sklearn.json"
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows = |m: &serde_json::Value| -> Vec<Vec<f64>> {
+        m.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    for case in v["cases"].as_array().unwrap() {
+        let rho = first_canonical_correlation(&rows(&case["x"]), &rows(&case["y"])).unwrap();
+        let want = case["rho"].as_f64().unwrap();
+        assert!((rho - want).abs() < 1e-6, "{rho} vs sklearn {want}");
+    }
+}
+
+#[test]
+fn bad_inputs_name_the_value() {
+    let f = fixture();
+    let emb = InstructionEmbedder::new(8);
+    let missing = PathBuf::from("/nonexistent/lawm-data");
+    let err = format!(
+        "{:#}",
+        FrameData::load(std::slice::from_ref(&missing), 32, &emb, Labels::None, None)
+            .err()
+            .unwrap()
+    );
+    assert!(err.contains("/nonexistent/lawm-data"), "{err}");
+    let err = lam_lawm::data::check_dirs(std::slice::from_ref(&missing))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/lawm-data"), "{err}");
+    // The human domain hides its actions: finetuning on it must say so.
+    let err = format!(
+        "{:#}",
+        FrameData::load(
+            std::slice::from_ref(&f.human),
+            32,
+            &emb,
+            Labels::Actions,
+            None
+        )
+        .err()
+        .unwrap()
+    );
+    assert!(
+        err.contains(&f.human.display().to_string()) && err.contains("no action column"),
+        "{err}"
+    );
+    let err = lam_lawm::cli::parse_tasks("reach,fly")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fly"), "{err}");
+    // Frames that cannot be reduced to the model's side.
+    let err = format!(
+        "{:#}",
+        FrameData::load(std::slice::from_ref(&f.robot), 24, &emb, Labels::None, None)
+            .err()
+            .unwrap()
+    );
+    assert!(err.contains("32x32") && err.contains("24"), "{err}");
+    let err = load_policy(Path::new("/nonexistent/run"), &dev())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("/nonexistent/run"), "{err}");
+}
