@@ -39,7 +39,7 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 4000)]
     pub max_frames: usize,
     /// Optimiser steps.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 400)]
     pub steps: usize,
     /// Frame pairs per step.
     #[arg(long, default_value_t = 32)]
@@ -47,9 +47,12 @@ pub struct PretrainArgs {
     /// Peak learning rate (AdamW).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    /// SIGReg weight.
+    /// SIGReg weight on the tokens.
     #[arg(long, default_value_t = 1.0)]
     pub sigreg_weight: f64,
+    /// SIGReg weight on the per-frame mean tokens.
+    #[arg(long, default_value_t = 1.0)]
+    pub sigreg_frame_weight: f64,
     /// Frame side (the encoder's input).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
@@ -192,6 +195,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         batch: a.batch,
         lr: a.lr,
         sigreg_weight: a.sigreg_weight,
+        sigreg_frame_weight: a.sigreg_frame_weight,
         seed: a.seed,
         ..PretrainConfig::default()
     };
