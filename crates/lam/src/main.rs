@@ -40,6 +40,9 @@ enum Command {
     /// The simulated manipulation suite: record datasets, show episodes, benchmark.
     #[command(subcommand)]
     Sim(lam_sim::cli::SimCommand),
+    /// LAWM: pretrain an imitation policy through a recurrent world model, finetune on actions.
+    #[command(subcommand)]
+    Lawm(lam_lawm::cli::LawmCommand),
 }
 
 #[derive(Subcommand)]
@@ -147,6 +150,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(cmd) => bench::run(cmd),
         Command::Sim(cmd) => lam_sim::cli::run(cmd),
+        Command::Lawm(cmd) => lam_lawm::cli::run(cmd),
         Command::Plot(a) => {
             let out = a.out.unwrap_or_else(|| a.run.join("loss.png"));
             plot::plot_run(&a.run, &out)?;
