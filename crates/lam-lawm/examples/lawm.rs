@@ -4,10 +4,7 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    name = "lawm",
-    about = "LAWM branch: world-model pretraining of an imitation policy"
-)]
+#[command(name = "lawm", about = "LAWM branch: world-model pretraining of an imitation policy")]
 struct Cli {
     #[command(subcommand)]
     command: lam_lawm::cli::LawmCommand,

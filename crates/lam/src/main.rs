@@ -40,6 +40,11 @@ enum Command {
     /// The simulated manipulation suite: record datasets, show episodes, benchmark.
     #[command(subcommand)]
     Sim(lam_sim::cli::SimCommand),
+    /// Frame encoders: pretrain the sim encoder, describe an encoder folder.
+    #[command(subcommand)]
+    Encoder(lam_encoder::cli::EncoderCommand),
+    /// Embed a video folder, LeRobot dataset or sim recording into shards through an encoder.
+    Embed(lam_encoder::cli::EmbedArgs),
     /// LAWM: pretrain an imitation policy through a recurrent world model, finetune on actions.
     #[command(subcommand)]
     Lawm(lam_lawm::cli::LawmCommand),
@@ -150,6 +155,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(cmd) => bench::run(cmd),
         Command::Sim(cmd) => lam_sim::cli::run(cmd),
+        Command::Encoder(cmd) => lam_encoder::cli::run_encoder(cmd),
+        Command::Embed(args) => lam_encoder::cli::run_embed(args),
         Command::Lawm(cmd) => lam_lawm::cli::run(cmd),
         Command::Plot(a) => {
             let out = a.out.unwrap_or_else(|| a.run.join("loss.png"));
