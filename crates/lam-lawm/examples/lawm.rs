@@ -4,7 +4,10 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "lawm", about = "LAWM branch: world-model pretraining of an imitation policy")]
+#[command(
+    name = "lawm",
+    about = "LAWM branch: world-model pretraining of an imitation policy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: lam_lawm::cli::LawmCommand,
