@@ -3,9 +3,11 @@
 //! Each clip is a scene on a `rows x cols` token grid. A per-clip random background gives
 //! every token its own embedding; an agent moves over the grid by a hidden 2-D velocity
 //! action `a_t` in `[-1, 1]^2` (`p_t+1 = clamp(p_t + step * a_t)`), and its presence adds a
-//! Gaussian bump along a fixed "agent" direction to the tokens near it. A learner that sees
-//! only the embeddings must recover `a_t` from consecutive frames; the actions are written to
-//! the shards only when `labeled` is set (as for robot data).
+//! Gaussian bump to the tokens near it, along a fixed "agent" direction plus a fixed code of
+//! the token's cell (as a ViT token mixes content and position), so the agent's position
+//! survives mean pooling over tokens. A learner that sees only the embeddings must recover
+//! `a_t` from consecutive frames; the actions are written to the shards only when `labeled`
+//! is set (as for robot data).
 
 use std::path::Path;
 
@@ -56,9 +58,11 @@ impl Default for SyntheticConfig {
 }
 
 /// Generates one clip: embeddings `[T, N, D]` and actions `[T - 1, 2]`.
+/// `agent_dir`: `[D]`; `cell_codes`: `[N, D]`.
 pub fn generate_clip(
     cfg: &SyntheticConfig,
     agent_dir: &[f32],
+    cell_codes: &[f32],
     rng: &mut StdRng,
 ) -> (Vec<f32>, Vec<f32>) {
     let [rows, cols] = cfg.grid;
@@ -81,9 +85,8 @@ pub fn generate_clip(
                 let presence = 2.0 * (-dist2 / sigma2).exp();
                 let tok = r * cols + c;
                 for k in 0..d {
-                    emb.push(
-                        background[tok * d + k] + presence * agent_dir[k] + cfg.noise * normal(rng),
-                    );
+                    let agent = agent_dir[k] + cell_codes[tok * d + k];
+                    emb.push(background[tok * d + k] + presence * agent + cfg.noise * normal(rng));
                 }
             }
         }
@@ -114,13 +117,16 @@ pub fn write_synthetic(dir: &Path, cfg: &SyntheticConfig) -> Result<ShardIndex> 
             .map(|x| x / norm * (cfg.dim as f32).sqrt())
             .collect()
     };
+    let cell_codes: Vec<f32> = (0..cfg.grid[0] * cfg.grid[1] * cfg.dim)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
     let action_dim = cfg.labeled.then_some(2);
     let mut writer = ShardWriter::create(dir, cfg.frames, cfg.grid, cfg.dim, action_dim, 256)?;
     writer.set_source("kind", "synthetic");
     writer.set_source("seed", &cfg.seed.to_string());
     let n_val = ((cfg.clips as f32) * cfg.val_fraction).round() as usize;
     for id in 0..cfg.clips {
-        let (emb, actions) = generate_clip(cfg, &agent_dir, &mut rng);
+        let (emb, actions) = generate_clip(cfg, &agent_dir, &cell_codes, &mut rng);
         let split = if id >= cfg.clips - n_val {
             Split::Val
         } else {

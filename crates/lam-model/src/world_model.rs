@@ -91,12 +91,26 @@ impl WorldModel {
     /// z_0..z_T-1. Returns `[B, T, N, D]` where position t is the prediction of s_t+1 given
     /// s_0..t and z_t.
     pub fn forward(&self, frames: Tensor<4>, z: Tensor<3>) -> Tensor<4> {
+        self.run(frames, z, None).0
+    }
+
+    /// Runs frames that follow the cached ones (none when `past` is `None`): their tokens
+    /// attend to every cached token and frame-causally among themselves. Returns the
+    /// predictions and, per block, the keys and values of cached + new frames.
+    fn run(
+        &self,
+        frames: Tensor<4>,
+        z: Tensor<3>,
+        past: Option<&KvCache>,
+    ) -> (Tensor<4>, Vec<(Tensor<4>, Tensor<4>)>) {
         let [b, t, n, _] = frames.dims();
         let device = frames.device();
         let w = self.in_proj.weight.dims()[1];
+        let t0 = past.map_or(0, |p| p.position);
         // Action embedding, once per frame: [B, T, W] (SiLU applied for the modulation heads).
         let c = silu(self.cond_out.forward(silu(self.cond_in.forward(z))));
         let rope = Rope::new(
+            t0,
             t,
             self.grid_rows,
             self.grid_cols,
@@ -104,14 +118,113 @@ impl WorldModel {
             self.rope_theta,
             &device,
         );
-        let mask = frame_causal_bias(t, n, &device);
+        let cached = past.map_or(0, |p| p.frames());
+        // A single new frame sees everything: no mask needed.
+        let mask = (t > 1).then(|| frame_causal_bias(cached, t, n, &device));
         let mut x = self.in_proj.forward(frames);
-        for block in &self.blocks {
-            x = block.forward(x, c.clone(), &rope, mask.clone(), self.heads);
+        let mut kv = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (next, layer_kv) = block.forward(
+                x,
+                c.clone(),
+                &rope,
+                mask.clone(),
+                self.heads,
+                past.map(|p| &p.layers[i]),
+            );
+            x = next;
+            kv.push(layer_kv);
         }
         let [shift, scale] = modulation::<2>(self.final_ada.forward(c), b, t, w);
         let x = modulate(self.final_norm.forward(x), shift, scale);
-        self.out_proj.forward(x)
+        (self.out_proj.forward(x), kv)
+    }
+
+    /// Caches the keys and values of context frames `[B, T, N, D]` acted on by `z`
+    /// `[B, T, d]`, for rollouts with [`step`](Self::step). At most `window` frames are kept.
+    pub fn prefill(&self, frames: Tensor<4>, z: Tensor<3>, window: usize) -> KvCache {
+        let [_, t, n, _] = frames.dims();
+        let (_, layers) = self.run(frames, z, None);
+        KvCache {
+            layers,
+            tokens: n,
+            position: t,
+            window: window.max(1),
+        }
+        .trimmed()
+    }
+
+    /// One rollout step: the current frame `[B, N, D]` under action `z` `[B, d]` attends to
+    /// the cached frames (none at the start of an episode); returns the predicted next frame
+    /// `[B, N, D]` and the cache extended by the current frame, keeping at most `window`
+    /// frames.
+    pub fn step(
+        &self,
+        cache: Option<&KvCache>,
+        frame: Tensor<3>,
+        z: Tensor<2>,
+        window: usize,
+    ) -> (Tensor<3>, KvCache) {
+        let [_, n, _] = frame.dims();
+        let (pred, layers) = self.run(frame.unsqueeze_dim(1), z.unsqueeze_dim(1), cache);
+        let position = cache.map_or(0, |c| c.position) + 1;
+        let next = KvCache {
+            layers,
+            tokens: n,
+            position,
+            window: window.max(1),
+        };
+        (pred.squeeze_dim(1), next.trimmed())
+    }
+}
+
+/// Keys (rotated) and values of already-seen frames, per block: `[B, heads, frames * N, Dh]`.
+///
+/// RoPE makes attention depend on position differences only, so dropping the oldest frames
+/// keeps later frames' scores unchanged; `position` keeps counting absolute frames.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    pub layers: Vec<(Tensor<4>, Tensor<4>)>,
+    /// Tokens per frame.
+    pub tokens: usize,
+    /// Absolute frame index of the next frame.
+    pub position: usize,
+    /// Most frames kept.
+    pub window: usize,
+}
+
+impl KvCache {
+    /// Frames currently cached.
+    pub fn frames(&self) -> usize {
+        self.layers
+            .first()
+            .map_or(0, |(k, _)| k.dims()[2] / self.tokens)
+    }
+
+    fn trimmed(mut self) -> Self {
+        let frames = self.frames();
+        if frames > self.window {
+            let drop = (frames - self.window) * self.tokens;
+            let len = frames * self.tokens;
+            for (k, v) in self.layers.iter_mut() {
+                *k = k.clone().slice(s![.., .., drop..len, ..]);
+                *v = v.clone().slice(s![.., .., drop..len, ..]);
+            }
+        }
+        self
+    }
+
+    /// Repeats a batch-1 cache `n` times (one copy per planning candidate).
+    pub fn repeat(&self, n: usize) -> Self {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| (k.clone().repeat_dim(0, n), v.clone().repeat_dim(0, n)))
+            .collect();
+        Self {
+            layers,
+            ..self.clone()
+        }
     }
 }
 
@@ -121,25 +234,31 @@ impl Block {
         x: Tensor<4>,
         c: Tensor<3>,
         rope: &Rope,
-        mask: Tensor<2>,
+        mask: Option<Tensor<2>>,
         heads: usize,
-    ) -> Tensor<4> {
+        past: Option<&(Tensor<4>, Tensor<4>)>,
+    ) -> (Tensor<4>, (Tensor<4>, Tensor<4>)) {
         let [b, t, n, w] = x.dims();
         let [shift_a, scale_a, gate_a, shift_m, scale_m, gate_m] =
             modulation::<6>(self.ada.forward(c), b, t, w);
         let h = modulate(self.norm1.forward(x.clone()), shift_a, scale_a);
-        let h = self
-            .attention(h.reshape([b, t * n, w]), rope, mask, heads)
-            .reshape([b, t, n, w]);
-        let x = x + h * gate_a;
+        let (h, kv) = self.attention(h.reshape([b, t * n, w]), rope, mask, heads, past);
+        let x = x + h.reshape([b, t, n, w]) * gate_a;
         let h = modulate(self.norm2.forward(x.clone()), shift_m, scale_m);
         let h = self.fc2.forward(gelu(self.fc1.forward(h)));
-        x + h * gate_m
+        (x + h * gate_m, kv)
     }
 
-    /// Multi-head attention over `[B, L, W]` with RoPE on queries and keys and an additive
-    /// frame-causal bias `[L, L]`.
-    fn attention(&self, x: Tensor<3>, rope: &Rope, mask: Tensor<2>, heads: usize) -> Tensor<3> {
+    /// Multi-head attention of `[B, L, W]` queries over the cached keys/values plus their
+    /// own, with RoPE on queries and keys and an optional additive bias `[L, L_past + L]`.
+    fn attention(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        mask: Option<Tensor<2>>,
+        heads: usize,
+        past: Option<&(Tensor<4>, Tensor<4>)>,
+    ) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
         let [b, l, w] = x.dims();
         let dh = w / heads;
         let qkv = self
@@ -148,14 +267,23 @@ impl Block {
             .reshape([b, l, 3, heads, dh])
             .permute([2, 0, 3, 1, 4]);
         let q = rope.apply(qkv.clone().slice(s![0..1]).squeeze_dim::<4>(0));
-        let k = rope.apply(qkv.clone().slice(s![1..2]).squeeze_dim::<4>(0));
-        let v = qkv.slice(s![2..3]).squeeze_dim::<4>(0);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
+        let mut k = rope.apply(qkv.clone().slice(s![1..2]).squeeze_dim::<4>(0));
+        let mut v = qkv.slice(s![2..3]).squeeze_dim::<4>(0);
+        if let Some((pk, pv)) = past {
+            k = Tensor::cat(vec![pk.clone(), k], 2);
+            v = Tensor::cat(vec![pv.clone(), v], 2);
+        }
+        let mut scores = q
+            .matmul(k.clone().swap_dims(2, 3))
             .mul_scalar(1.0 / (dh as f64).sqrt());
-        let scores = scores + mask.unsqueeze::<4>();
-        let out = softmax(scores, 3).matmul(v);
-        self.proj.forward(out.swap_dims(1, 2).reshape([b, l, w]))
+        if let Some(mask) = mask {
+            scores = scores + mask.unsqueeze::<4>();
+        }
+        let out = softmax(scores, 3).matmul(v.clone());
+        (
+            self.proj.forward(out.swap_dims(1, 2).reshape([b, l, w])),
+            (k, v),
+        )
     }
 }
 
@@ -169,20 +297,28 @@ fn modulate(x: Tensor<4>, shift: Tensor<4>, scale: Tensor<4>) -> Tensor<4> {
     x * (scale + 1.0) + shift
 }
 
-/// Additive attention bias for frame-causal attention: 0 where the key's frame is <= the
-/// query's frame, a large negative number elsewhere. Tokens are ordered frame-major.
-pub fn frame_causal_bias(frames: usize, tokens: usize, device: &Device) -> Tensor<2> {
-    let l = frames * tokens;
-    let data: Vec<f32> = (0..l * l)
+/// Additive attention bias for frame-causal attention of `frames` new frames that follow
+/// `cached` frames: `[frames * N, (cached + frames) * N]`, 0 where the key's frame is <= the
+/// query's frame, -inf elsewhere (exact zeros after softmax; every query sees its own frame,
+/// so no row is all -inf). Tokens are ordered frame-major.
+pub fn frame_causal_bias(
+    cached: usize,
+    frames: usize,
+    tokens: usize,
+    device: &Device,
+) -> Tensor<2> {
+    let rows = frames * tokens;
+    let cols = (cached + frames) * tokens;
+    let data: Vec<f32> = (0..rows * cols)
         .map(|i| {
-            if (i % l) / tokens <= (i / l) / tokens {
+            if (i % cols) / tokens <= cached + (i / cols) / tokens {
                 0.0
             } else {
-                -1e9
+                f32::NEG_INFINITY
             }
         })
         .collect();
-    Tensor::from_data(TensorData::new(data, [l, l]), device)
+    Tensor::from_data(TensorData::new(data, [rows, cols]), device)
 }
 
 /// Rotary position tables for frame-major tokens on a `rows x cols` patch grid.
@@ -191,12 +327,18 @@ pub fn frame_causal_bias(frames: usize, tokens: usize, device: &Device) -> Tenso
 /// floor(P/3)` pairs rotate with the patch row and column, the remaining pairs with time.
 /// Within each axis, pair k has frequency theta^(-k / pairs_of_axis).
 pub struct Rope {
+    /// `[1, 1, L, Dh]`: cos of each pair's angle, repeated for both halves.
     cos: Tensor<4>,
+    /// `[1, 1, L, Dh]`: sin of each pair's angle, negated on the first half.
     sin: Tensor<4>,
+    /// `[Dh, Dh]` permutation swapping the halves: `x @ swap = [x2, x1]`.
+    swap: Tensor<2>,
 }
 
 impl Rope {
+    /// Tables for `frames` frames starting at absolute frame `first`.
     pub fn new(
+        first: usize,
         frames: usize,
         rows: usize,
         cols: usize,
@@ -216,7 +358,7 @@ impl Rope {
         let l = frames * rows * cols;
         let mut cos = Vec::with_capacity(l * pairs);
         let mut sin = Vec::with_capacity(l * pairs);
-        for f in 0..frames {
+        for f in first..first + frames {
             for r in 0..rows {
                 for c in 0..cols {
                     let angles = ft
@@ -231,21 +373,43 @@ impl Rope {
                 }
             }
         }
-        let cos = Tensor::<2>::from_data(TensorData::new(cos, [l, pairs]), device);
-        let sin = Tensor::<2>::from_data(TensorData::new(sin, [l, pairs]), device);
+        // Full-width tables: [cos, cos] and [-sin, sin], so that
+        // rotate(x) = x * cos + swap_halves(x) * sin in three elementwise ops and one small matmul.
+        let dh = 2 * pairs;
+        let mut cos_full = Vec::with_capacity(l * dh);
+        let mut sin_full = Vec::with_capacity(l * dh);
+        for i in 0..l {
+            let (c, s) = (
+                &cos[i * pairs..(i + 1) * pairs],
+                &sin[i * pairs..(i + 1) * pairs],
+            );
+            cos_full.extend_from_slice(c);
+            cos_full.extend_from_slice(c);
+            sin_full.extend(s.iter().map(|v| -v));
+            sin_full.extend_from_slice(s);
+        }
+        let swap: Vec<f32> = (0..dh * dh)
+            .map(|i| {
+                if i % dh == (i / dh + pairs) % dh {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         Self {
-            cos: cos.unsqueeze::<4>(),
-            sin: sin.unsqueeze::<4>(),
+            cos: Tensor::<2>::from_data(TensorData::new(cos_full, [l, dh]), device)
+                .unsqueeze::<4>(),
+            sin: Tensor::<2>::from_data(TensorData::new(sin_full, [l, dh]), device)
+                .unsqueeze::<4>(),
+            swap: Tensor::from_data(TensorData::new(swap, [dh, dh]), device),
         }
     }
 
-    /// Rotates `[B, H, L, Dh]`.
+    /// Rotates `[B, H, L, Dh]`: pair (i, i + Dh/2) becomes
+    /// (x_i cos - x_i+Dh/2 sin, x_i+Dh/2 cos + x_i sin).
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let dh = x.dims()[3];
-        let x1 = x.clone().slice(s![.., .., .., 0..dh / 2]);
-        let x2 = x.slice(s![.., .., .., dh / 2..dh]);
-        let r1 = x1.clone() * self.cos.clone() - x2.clone() * self.sin.clone();
-        let r2 = x2 * self.cos.clone() + x1 * self.sin.clone();
-        Tensor::cat(vec![r1, r2], 3)
+        let swapped = x.clone().matmul(self.swap.clone().unsqueeze::<4>());
+        x * self.cos.clone() + swapped * self.sin.clone()
     }
 }

@@ -304,3 +304,78 @@ fn mismatched_data_and_missing_checkpoint_are_clear_errors() {
     .to_string();
     assert!(err.contains("nope.safetensors"), "{err}");
 }
+
+#[test]
+fn cached_rollout_matches_full_forward() {
+    let dev = Device::flex();
+    dev.seed(3);
+    let cfg = tiny();
+    let mut wm = WorldModel::new(&cfg.model, &dev);
+    for block in wm.blocks.iter_mut() {
+        block.ada = LinearConfig::new(64, 6 * 64).init(&dev);
+    }
+    let t = 6;
+    let frames = Tensor::<4>::random([2, t, 16, 32], Distribution::Normal(0.0, 1.0), &dev);
+    let z = Tensor::<3>::random([2, t, 16], Distribution::Normal(0.0, 1.0), &dev);
+    let full = wm.forward(frames.clone(), z.clone());
+    let frame = |k: usize| {
+        frames
+            .clone()
+            .slice(s![.., k..k + 1, .., ..])
+            .squeeze_dim::<3>(1)
+    };
+    let zk = |k: usize| z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1);
+    let mut cache = wm.prefill(
+        frames.clone().slice(s![.., 0..3, .., ..]),
+        z.clone().slice(s![.., 0..3, ..]),
+        16,
+    );
+    for k in 3..t {
+        let (pred, next) = wm.step(Some(&cache), frame(k), zk(k), 16);
+        let want = full
+            .clone()
+            .slice(s![.., k..k + 1, .., ..])
+            .squeeze_dim::<3>(1);
+        let diff = (pred - want).abs().max().into_scalar::<f32>();
+        assert!(
+            diff < 1e-4,
+            "cached step at frame {k} differs from the full forward by {diff}"
+        );
+        cache = next;
+    }
+    // A window of 2 frames equals a full forward over the last 3 frames (RoPE is relative).
+    let mut cache = wm.prefill(
+        frames.clone().slice(s![.., 0..3, .., ..]),
+        z.clone().slice(s![.., 0..3, ..]),
+        2,
+    );
+    assert_eq!(cache.frames(), 2);
+    let (_, next) = wm.step(Some(&cache), frame(3), zk(3), 2);
+    cache = next;
+    let (pred, _) = wm.step(Some(&cache), frame(4), zk(4), 2);
+    let short = wm.forward(
+        frames.clone().slice(s![.., 2..5, .., ..]),
+        z.clone().slice(s![.., 2..5, ..]),
+    );
+    let want = short.slice(s![.., 2..3, .., ..]).squeeze_dim::<3>(1);
+    let diff = (pred - want).abs().max().into_scalar::<f32>();
+    assert!(
+        diff < 1e-4,
+        "windowed cache differs from the shortened forward by {diff}"
+    );
+    // Starting from no cache equals a one-frame forward.
+    let (pred, cache) = wm.step(None, frame(0), zk(0), 4);
+    assert_eq!(cache.frames(), 1);
+    let one = wm.forward(
+        frames.clone().slice(s![.., 0..1, .., ..]),
+        z.clone().slice(s![.., 0..1, ..]),
+    );
+    let diff = (pred - one.squeeze_dim::<3>(1))
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(
+        diff < 1e-5,
+        "first step differs from a one-frame forward by {diff}"
+    );
+}

@@ -22,6 +22,52 @@ use serde_json::{Value, json};
 pub enum BenchCommand {
     /// Time the stage-1 training step against the PyTorch twin (tools/reference/lam_twin.py).
     Train(TrainBenchArgs),
+    /// Time one CEM plan (300 x 30, horizon 5) against the PyTorch twin
+    /// (tools/reference/plan_twin.py), with and without the key/value cache.
+    Plan(PlanBenchArgs),
+}
+
+#[derive(Args)]
+pub struct PlanBenchArgs {
+    /// Preset whose world-model sizes are timed.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Overrides, as for `lam train`.
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
+    pub overrides: Vec<String>,
+    /// Candidates per CEM iteration.
+    #[arg(long, default_value_t = 300)]
+    pub samples: usize,
+    /// Elites per iteration.
+    #[arg(long, default_value_t = 30)]
+    pub elites: usize,
+    /// CEM iterations.
+    #[arg(long, default_value_t = 30)]
+    pub iterations: usize,
+    /// Planning horizon.
+    #[arg(long, default_value_t = 5)]
+    pub horizon: usize,
+    /// Context frames before the current one.
+    #[arg(long, default_value_t = 2)]
+    pub history: usize,
+    /// Timed plans per variant (the fastest is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Threads for PyTorch (0: its default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Python interpreter with torch and safetensors.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// cpu, cuda or cuda:N (the twin always runs on the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Skip the twin.
+    #[arg(long)]
+    pub rust_only: bool,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -58,31 +104,67 @@ pub struct TrainBenchArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Train(args) => bench_train(args),
+        BenchCommand::Plan(args) => bench_plan(args),
     }
 }
 
-fn twin_script() -> Result<PathBuf> {
+fn twin_script(name: &str) -> Result<PathBuf> {
     let candidates = [
-        PathBuf::from("tools/reference/lam_twin.py"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/lam_twin.py"),
+        PathBuf::from("tools/reference").join(name),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tools/reference")
+            .join(name),
     ];
     candidates
         .into_iter()
         .find(|p| p.exists())
-        .context("tools/reference/lam_twin.py not found (run from the repository root)")
+        .with_context(|| format!("tools/reference/{name} not found (run from the repository root)"))
 }
 
-fn write_batch(path: &Path, clips: &Tensor<4>) -> Result<()> {
-    let shape = clips.dims().to_vec();
-    let values: Vec<f32> = clips
-        .clone()
-        .into_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = TensorView::new(Dtype::F32, shape, &bytes)?;
-    std::fs::write(path, safetensors::serialize([("clips", view)], None)?)?;
+/// Writes named tensors of any rank to a safetensors file.
+fn write_tensors(path: &Path, tensors: Vec<(&str, Vec<usize>, Vec<f32>)>) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, shape, values)| {
+            (
+                name.to_string(),
+                shape,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, b)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::write(path, safetensors::serialize(views, None)?)?;
     Ok(())
+}
+
+fn host<const D: usize>(t: &Tensor<D>) -> (Vec<usize>, Vec<f32>) {
+    (
+        t.dims().to_vec(),
+        t.clone()
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32 tensor"),
+    )
+}
+
+/// Runs a twin script and parses the JSON it prints.
+fn run_twin(python: &str, script: &str, args: &[String]) -> Result<Value> {
+    let output = Command::new(python)
+        .arg(twin_script(script)?)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot start `{python}` for the PyTorch twin"))?;
+    if !output.status.success() {
+        bail!(
+            "PyTorch twin {script} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    serde_json::from_slice(&output.stdout).with_context(|| format!("{script} printed no JSON"))
 }
 
 fn bench_train(args: TrainBenchArgs) -> Result<()> {
@@ -107,7 +189,11 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     // Hand the twin the same initial weights and batch.
     let dir = tempfile::tempdir()?;
     checkpoint::save_weights(&model, &dir.path().join("model.safetensors"))?;
-    write_batch(&dir.path().join("batch.safetensors"), &clips)?;
+    let (shape, values) = host(&clips);
+    write_tensors(
+        &dir.path().join("batch.safetensors"),
+        vec![("clips", shape, values)],
+    )?;
     std::fs::write(dir.path().join("config.json"), serde_json::to_string(&cfg)?)?;
     let parity: Vec<(&str, f32)> = model
         .valid()
@@ -153,26 +239,20 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     );
     println!("  lam (burn, {})      {rust_ms:>9.2} ms/step", args.device);
     if !args.rust_only {
-        let script = twin_script()?;
-        let output = Command::new(&args.python)
-            .arg(&script)
-            .args(["--dir", &dir.path().display().to_string()])
-            .args([
-                "--steps",
-                &args.steps.to_string(),
-                "--warmup",
-                &args.warmup.to_string(),
-            ])
-            .args(["--threads", &args.threads.to_string()])
-            .output()
-            .with_context(|| format!("cannot start `{}` for the PyTorch twin", args.python))?;
-        if !output.status.success() {
-            bail!(
-                "PyTorch twin failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let twin: Value = serde_json::from_slice(&output.stdout).context("twin printed no JSON")?;
+        let twin = run_twin(
+            &args.python,
+            "lam_twin.py",
+            &[
+                "--dir".into(),
+                dir.path().display().to_string(),
+                "--steps".into(),
+                args.steps.to_string(),
+                "--warmup".into(),
+                args.warmup.to_string(),
+                "--threads".into(),
+                args.threads.to_string(),
+            ],
+        )?;
         let torch_ms = twin["ms_per_step"]
             .as_f64()
             .context("twin JSON lacks ms_per_step")?;
@@ -206,6 +286,181 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         );
         result["parity_torch"] = twin["parity"].clone();
         result["parity_worst_relative_error"] = json!(worst);
+    }
+    if let Some(out) = args.out {
+        lam_data::shards::write_atomic(&out, serde_json::to_string_pretty(&result)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn bench_plan(args: PlanBenchArgs) -> Result<()> {
+    use lam_control::planner::{PlannerConfig, Problem, SearchSpace, plan, rollout};
+    let cfg = LamConfig::preset(&args.preset)?.with_overrides(&args.overrides)?;
+    let device = parse_device(&args.device)?;
+    device.seed(cfg.train.seed);
+    let m = &cfg.model;
+    let mut wm = lam_model::world_model::WorldModel::new(m, &device);
+    // A trained model's AdaLN heads are not zero: give them ordinary weights so that the
+    // latent actions change the rollout (and the parity check covers them).
+    for block in wm.blocks.iter_mut() {
+        block.ada = burn::nn::LinearConfig::new(m.wm_dim, 6 * m.wm_dim).init(&device);
+    }
+    wm.final_ada = burn::nn::LinearConfig::new(m.wm_dim, 2 * m.wm_dim).init(&device);
+    let (n, dd, d) = (m.tokens(), m.embed_dim, m.latent_dim);
+    let window = m.frames - 1;
+    let normal = Distribution::Normal(0.0, 1.0);
+    let history = Tensor::<4>::random([1, args.history, n, dd], normal, &device);
+    let history_z = Tensor::<3>::random([1, args.history, d], normal, &device);
+    let current = Tensor::<3>::random([1, n, dd], normal, &device);
+    let goal = Tensor::<3>::random([1, n, dd], normal, &device);
+    let cache = wm.prefill(history.clone(), history_z.clone(), window);
+    let pcfg = PlannerConfig {
+        samples: args.samples,
+        elites: args.elites,
+        iterations: args.iterations,
+        horizon: args.horizon,
+        ..PlannerConfig::default()
+    };
+    let space = SearchSpace::Latent { dim: d };
+    let problem = |use_cache: bool| Problem {
+        world_model: &wm,
+        cache: Some(&cache),
+        window,
+        history: Some((history.clone(), history_z.clone())),
+        use_cache,
+        current: current.clone(),
+        goal: goal.clone(),
+    };
+    // Fixed candidates for the rollout parity check.
+    let seqs_t = Tensor::<3>::random([16, args.horizon, d], normal, &device);
+    let (_, seqs) = host(&seqs_t);
+    let finals = rollout(&problem(true), &space, &seqs, 16, args.horizon);
+    let finals_re = rollout(&problem(false), &space, &seqs, 16, args.horizon);
+    let self_diff = (finals.clone() - finals_re)
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+
+    let time_plan = |use_cache: bool| -> f64 {
+        let p = problem(use_cache);
+        let _ = plan(&pcfg, &p, &space);
+        (0..args.repeats.max(1))
+            .map(|_| {
+                let t0 = Instant::now();
+                let _ = plan(&pcfg, &p, &space);
+                let _ = device.sync();
+                t0.elapsed().as_secs_f64() * 1000.0
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let rust_cached = time_plan(true);
+    let rust_recompute = time_plan(false);
+    println!(
+        "CEM {}x{} horizon {}, {} context frames, world model {} blocks x {} wide, N={} D={}",
+        args.samples,
+        args.iterations,
+        args.horizon,
+        args.history + 1,
+        m.wm_depth,
+        m.wm_dim,
+        n,
+        dd
+    );
+    println!("  lam, key/value cache        {rust_cached:>10.1} ms/plan");
+    println!(
+        "  lam, recompute history      {rust_recompute:>10.1} ms/plan   (cache speed-up {:.2}x)",
+        rust_recompute / rust_cached
+    );
+    println!("  lam: cached vs recomputed rollout max abs difference {self_diff:.2e}");
+    let mut result = json!({
+        "bench": "plan_cem",
+        "preset": args.preset,
+        "overrides": args.overrides,
+        "planner": {"samples": args.samples, "elites": args.elites, "iterations": args.iterations, "horizon": args.horizon, "history": args.history},
+        "device": args.device,
+        "rust_ms_per_plan_cached": rust_cached,
+        "rust_ms_per_plan_recompute": rust_recompute,
+        "rust_cache_speedup": rust_recompute / rust_cached,
+        "rust_cache_vs_recompute_max_abs": self_diff,
+    });
+    if !args.rust_only {
+        let dir = tempfile::tempdir()?;
+        checkpoint::save_weights(&wm, &dir.path().join("model.safetensors"))?;
+        // The twin loads the world model under the same names as in a full stage-1 model.
+        let lam = init_model(&cfg, &device);
+        let mut lam = lam;
+        lam.world_model = wm.clone();
+        checkpoint::save_weights(&lam, &dir.path().join("model.safetensors"))?;
+        let (s_h, v_h) = host(&history);
+        let (s_hz, v_hz) = host(&history_z);
+        let (s_c, v_c) = host(&current);
+        let (s_g, v_g) = host(&goal);
+        let (s_s, _) = host(&seqs_t);
+        let (s_f, v_f) = host(&finals);
+        write_tensors(
+            &dir.path().join("problem.safetensors"),
+            vec![
+                ("history", s_h, v_h),
+                ("history_z", s_hz, v_hz),
+                ("current", s_c, v_c),
+                ("goal", s_g, v_g),
+                ("seqs", s_s, seqs.clone()),
+                ("finals", s_f, v_f),
+            ],
+        )?;
+        let mut twin_cfg = serde_json::to_value(&cfg)?;
+        twin_cfg["window"] = json!(window);
+        twin_cfg["planner"] = json!({"samples": args.samples, "elites": args.elites, "iterations": args.iterations,
+                                     "horizon": args.horizon, "min_std": pcfg.min_std});
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_string(&twin_cfg)?,
+        )?;
+        let twin = run_twin(
+            &args.python,
+            "plan_twin.py",
+            &[
+                "--dir".into(),
+                dir.path().display().to_string(),
+                "--repeats".into(),
+                args.repeats.to_string(),
+                "--threads".into(),
+                args.threads.to_string(),
+            ],
+        )?;
+        let t_re = twin["ms_per_plan_recompute"]
+            .as_f64()
+            .context("twin JSON lacks ms_per_plan_recompute")?;
+        let t_c = twin["ms_per_plan_cached"]
+            .as_f64()
+            .context("twin JSON lacks ms_per_plan_cached")?;
+        println!(
+            "  PyTorch, recompute history  {t_re:>10.1} ms/plan   ({} threads)",
+            twin["threads"]
+        );
+        println!("  PyTorch, key/value cache    {t_c:>10.1} ms/plan");
+        println!(
+            "  lam (cache) vs PyTorch (recompute)  {:>6.2}x faster",
+            t_re / rust_cached
+        );
+        println!(
+            "  lam (cache) vs PyTorch (cache)      {:>6.2}x faster",
+            t_c / rust_cached
+        );
+        println!(
+            "  parity: final frames of 16 fixed candidates, max abs difference {:.2e} (PyTorch cached) / {:.2e} (recomputed)",
+            twin["parity_cached_max_abs"].as_f64().unwrap_or(f64::NAN),
+            twin["parity_recompute_max_abs"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        );
+        result["torch_ms_per_plan_recompute"] = json!(t_re);
+        result["torch_ms_per_plan_cached"] = json!(t_c);
+        result["speedup_vs_torch_recompute"] = json!(t_re / rust_cached);
+        result["speedup_vs_torch_cached"] = json!(t_c / rust_cached);
+        result["parity"] = json!({"cached": twin["parity_cached_max_abs"], "recompute": twin["parity_recompute_max_abs"]});
+        result["torch"] = twin["torch"].clone();
+        result["torch_threads"] = twin["threads"].clone();
     }
     if let Some(out) = args.out {
         lam_data::shards::write_atomic(&out, serde_json::to_string_pretty(&result)?.as_bytes())?;

@@ -1,6 +1,7 @@
 //! `lam`: latent-action world models from unlabeled video, one binary.
 
 mod bench;
+mod control;
 mod demo;
 mod plot;
 mod stage1;
@@ -29,6 +30,9 @@ enum Command {
     Train(stage1::TrainArgs),
     /// Leakage (scene-cut) and transfer evaluations of a trained model.
     Eval(stage1::EvalArgs),
+    /// Controller between robot actions and latent actions (stage 2).
+    #[command(subcommand)]
+    Control(control::ControlCommand),
     /// Make or inspect embedding shards.
     #[command(subcommand)]
     Data(DataCommand),
@@ -154,6 +158,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Control(cmd) => control::run(cmd),
         Command::Sim(cmd) => lam_sim::cli::run(cmd),
         Command::Encoder(cmd) => lam_encoder::cli::run_encoder(cmd),
         Command::Embed(args) => lam_encoder::cli::run_embed(args),

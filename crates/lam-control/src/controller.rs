@@ -1,0 +1,309 @@
+//! Controller g_ctrl: a_t -> z_t and inverse controller z_t -> a_t.
+//!
+//! Both are 3-layer GELU MLPs. They are fitted on labeled robot clips with the latent action
+//! model frozen: the IDM labels every transition (s_t, s_t+1) with a pseudo-latent z_t (the
+//! mean for `noisy`, the chosen code for `vq`); the controller regresses z_t from the robot
+//! action a_t (MSE), the inverse controller regresses a_t from z_t (MSE).
+//! Reported on held-out clips: mean cosine(g_ctrl(a_t), z_t) and the inverse MSE.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+use lam_data::ShardSet;
+use lam_model::LatentActionModel;
+use lam_model::config::LamConfig;
+use lam_model::idm::Idm;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+/// Controller training settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Hidden width of both MLPs (256).
+    pub hidden: usize,
+    /// Optimiser steps (2000; the paper trains 10,000 on DROID).
+    pub steps: usize,
+    /// Transitions per batch (256).
+    pub batch_size: usize,
+    /// AdamW learning rate (1e-3).
+    pub lr: f64,
+    /// Seed (0).
+    pub seed: u64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            hidden: 256,
+            steps: 2000,
+            batch_size: 256,
+            lr: 1e-3,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub fc3: Linear,
+}
+
+impl Mlp {
+    pub fn new(d_in: usize, hidden: usize, d_out: usize, device: &Device) -> Self {
+        Self {
+            fc1: LinearConfig::new(d_in, hidden).init(device),
+            fc2: LinearConfig::new(hidden, hidden).init(device),
+            fc3: LinearConfig::new(hidden, d_out).init(device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.fc3
+            .forward(gelu(self.fc2.forward(gelu(self.fc1.forward(x)))))
+    }
+}
+
+/// Both directions between robot actions and latent actions.
+#[derive(Module, Debug)]
+pub struct Controller {
+    /// a -> z.
+    pub forward: Mlp,
+    /// z -> a.
+    pub inverse: Mlp,
+}
+
+impl Controller {
+    pub fn new(action_dim: usize, latent_dim: usize, hidden: usize, device: &Device) -> Self {
+        Self {
+            forward: Mlp::new(action_dim, hidden, latent_dim, device),
+            inverse: Mlp::new(latent_dim, hidden, action_dim, device),
+        }
+    }
+}
+
+/// Pseudo-labelled transitions: actions `[M, A]` and IDM latents `[M, d]`, row-major on host.
+pub struct Transitions {
+    pub actions: Vec<f32>,
+    pub latents: Vec<f32>,
+    pub action_dim: usize,
+    pub latent_dim: usize,
+}
+
+impl Transitions {
+    pub fn len(&self) -> usize {
+        self.actions.len() / self.action_dim
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Labels every transition of a labeled shard set with the frozen IDM.
+pub fn pseudo_label(
+    cfg: &LamConfig,
+    lam: &LatentActionModel,
+    data: &ShardSet,
+    device: &Device,
+    batch: usize,
+) -> Result<Transitions> {
+    let a = data.index.action_dim.with_context(|| {
+        format!(
+            "{} has no actions: the controller needs a labeled (robot) shard set",
+            data.dir.display()
+        )
+    })?;
+    let idx = &data.index;
+    let (t, d) = (idx.frames, cfg.model.latent_dim);
+    let mut actions = Vec::new();
+    let mut latents = Vec::new();
+    for chunk in (0..data.len()).collect::<Vec<_>>().chunks(batch.max(1)) {
+        let clips = Tensor::<4>::from_data(
+            TensorData::new(data.batch(chunk), [chunk.len(), t, idx.tokens, idx.dim]),
+            device,
+        );
+        let pooled = Idm::pool(clips);
+        let z = lam
+            .infer(
+                &cfg.regularizer,
+                pooled.clone().slice(s![.., 0..t - 1, ..]),
+                pooled.slice(s![.., 1..t, ..]),
+                &[],
+            )
+            .z;
+        latents.extend(
+            z.into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+        for &i in chunk {
+            actions.extend(data.actions(i).expect("labeled set has actions"));
+        }
+    }
+    ensure!(
+        latents.len() / d == actions.len() / a,
+        "pseudo-labels and actions disagree in count"
+    );
+    Ok(Transitions {
+        actions,
+        latents,
+        action_dim: a,
+        latent_dim: d,
+    })
+}
+
+/// Held-out metrics of a controller.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControllerReport {
+    pub train_transitions: usize,
+    pub val_transitions: usize,
+    /// Mean cosine similarity between g_ctrl(a) and the IDM pseudo-label.
+    pub cosine: f64,
+    /// Mean squared error of the inverse controller's actions.
+    pub inverse_mse: f64,
+    /// Variance of the true actions (what a constant predictor's MSE would be).
+    pub action_variance: f64,
+}
+
+fn rows(v: &[f32], dim: usize, idx: &[usize], device: &Device) -> Tensor<2> {
+    let data: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| v[i * dim..(i + 1) * dim].iter().copied())
+        .collect();
+    Tensor::from_data(TensorData::new(data, [idx.len(), dim]), device)
+}
+
+/// Mean cosine of row pairs.
+pub fn mean_cosine(a: Tensor<2>, b: Tensor<2>) -> f64 {
+    let dot = (a.clone() * b.clone()).sum_dim(1);
+    let norm = (a.square().sum_dim(1) * b.square().sum_dim(1)).sqrt() + 1e-12;
+    (dot / norm).mean().into_scalar::<f32>() as f64
+}
+
+/// Evaluates a controller on transitions.
+pub fn evaluate(ctrl: &Controller, data: &Transitions, device: &Device) -> (f64, f64) {
+    let all: Vec<usize> = (0..data.len()).collect();
+    let a = rows(&data.actions, data.action_dim, &all, device);
+    let z = rows(&data.latents, data.latent_dim, &all, device);
+    let cos = mean_cosine(ctrl.forward.forward(a.clone()), z.clone());
+    let mse = (ctrl.inverse.forward(z) - a)
+        .square()
+        .mean()
+        .into_scalar::<f32>() as f64;
+    (cos, mse)
+}
+
+/// Fits both MLPs on `train`; reports on `val`.
+pub fn fit(
+    cfg: &ControllerConfig,
+    train: &Transitions,
+    val: &Transitions,
+    device: &Device,
+) -> Result<(Controller, ControllerReport)> {
+    ensure!(
+        !train.is_empty(),
+        "no training transitions for the controller"
+    );
+    ensure!(
+        !val.is_empty(),
+        "no held-out transitions for the controller"
+    );
+    let ad = device.clone().autodiff();
+    ad.seed(cfg.seed);
+    let mut ctrl = Controller::new(train.action_dim, train.latent_dim, cfg.hidden, &ad);
+    let mut opt = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut pos = order.len();
+    for _ in 0..cfg.steps {
+        let b = cfg.batch_size.min(train.len());
+        if pos + b > order.len() {
+            order.shuffle(&mut rng);
+            pos = 0;
+        }
+        let idx = &order[pos..pos + b];
+        pos += b;
+        let a = rows(&train.actions, train.action_dim, idx, &ad);
+        let z = rows(&train.latents, train.latent_dim, idx, &ad);
+        let loss = (ctrl.forward.forward(a.clone()) - z.clone())
+            .square()
+            .mean()
+            + (ctrl.inverse.forward(z) - a).square().mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &ctrl);
+        ctrl = opt.step(cfg.lr, ctrl, grads);
+    }
+    let ctrl = ctrl.valid();
+    let (cosine, inverse_mse) = evaluate(&ctrl, val, device);
+    let mean: Vec<f64> = (0..val.action_dim)
+        .map(|j| {
+            (0..val.len())
+                .map(|i| val.actions[i * val.action_dim + j] as f64)
+                .sum::<f64>()
+                / val.len() as f64
+        })
+        .collect();
+    let action_variance = (0..val.len())
+        .flat_map(|i| (0..val.action_dim).map(move |j| (i, j)))
+        .map(|(i, j)| (val.actions[i * val.action_dim + j] as f64 - mean[j]).powi(2))
+        .sum::<f64>()
+        / (val.len() * val.action_dim) as f64;
+    Ok((
+        ctrl,
+        ControllerReport {
+            train_transitions: train.len(),
+            val_transitions: val.len(),
+            cosine,
+            inverse_mse,
+            action_variance,
+        },
+    ))
+}
+
+/// Saves a controller (weights in safetensors) with its dimensions.
+pub fn save(
+    ctrl: &Controller,
+    dir: &Path,
+    report: &ControllerReport,
+    cfg: &ControllerConfig,
+    action_dim: usize,
+    latent_dim: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    lam_model::checkpoint::save_weights(ctrl, &dir.join("controller.safetensors"))?;
+    let meta = serde_json::json!({"action_dim": action_dim, "latent_dim": latent_dim, "config": cfg, "report": report});
+    lam_data::shards::write_atomic(
+        &dir.join("controller.json"),
+        serde_json::to_string_pretty(&meta)?.as_bytes(),
+    )
+}
+
+/// Loads a controller saved by [`save`].
+pub fn load(dir: &Path, device: &Device) -> Result<Controller> {
+    let meta_path = dir.join("controller.json");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&meta_path)
+            .with_context(|| format!("cannot read {}", meta_path.display()))?,
+    )
+    .with_context(|| format!("malformed {}", meta_path.display()))?;
+    let get = |k: &str| {
+        meta[k]
+            .as_u64()
+            .map(|v| v as usize)
+            .with_context(|| format!("{}: missing `{k}`", meta_path.display()))
+    };
+    let hidden = meta["config"]["hidden"]
+        .as_u64()
+        .context("controller.json: missing config.hidden")? as usize;
+    let ctrl = Controller::new(get("action_dim")?, get("latent_dim")?, hidden, device);
+    lam_model::checkpoint::load_weights(ctrl, &dir.join("controller.safetensors"))
+}

@@ -1,0 +1,451 @@
+//! MPC planners through the world model toward a goal embedding.
+//!
+//! One interface, [`plan`], over two search spaces:
+//! - **latent**: sequences of latent actions z (then the inverse controller gives the robot
+//!   action), the paper's way;
+//! - **action**: sequences of robot actions a mapped through the controller g_ctrl(a) -> z
+//!   (the in-the-wild paper's way), or fed directly to an action-conditioned world model.
+//!
+//! Candidates are rolled out in one batch: the context frames are cached once (keys/values
+//! of every block) and repeated per candidate, and each rollout step runs only the newest
+//! frame's tokens against the cache.
+//!
+//! Planners: random shooting (N samples from the prior, best final cost), CEM (Gaussian
+//! refit to the elites each iteration), iCEM (CEM with temporally coloured noise, a
+//! population that shrinks each iteration, and elites carried over), MPPI (exponentially
+//! weighted mean update).
+
+use burn::prelude::*;
+use lam_model::world_model::{KvCache, WorldModel};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::controller::Controller;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlannerKind {
+    RandomShooting,
+    Cem,
+    Icem,
+    Mppi,
+}
+
+impl std::str::FromStr for PlannerKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "random" | "random-shooting" => Self::RandomShooting,
+            "cem" => Self::Cem,
+            "icem" => Self::Icem,
+            "mppi" => Self::Mppi,
+            _ => {
+                anyhow::bail!("unknown planner `{s}` (expected random-shooting, cem, icem or mppi)")
+            }
+        })
+    }
+}
+
+/// Distance of a predicted frame to the goal frame.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CostKind {
+    /// 1 - cosine similarity.
+    Cosine,
+    /// Mean absolute difference.
+    L1,
+    /// Mean squared difference.
+    Mse,
+}
+
+/// Planner settings; defaults are the CEM used by DINO-WM / LeWorldModel.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlannerConfig {
+    pub kind: PlannerKind,
+    /// Steps planned ahead (5).
+    pub horizon: usize,
+    /// Candidates per iteration (300; random shooting in the paper: 512).
+    pub samples: usize,
+    /// Elites kept by CEM / iCEM (30).
+    pub elites: usize,
+    /// Refinement iterations (30; random shooting uses 1).
+    pub iterations: usize,
+    /// Cost of the final predicted frame against the goal (cosine).
+    pub cost: CostKind,
+    /// Compare mean-pooled frames (true) or token by token (false).
+    pub pooled: bool,
+    /// MPPI temperature (0.1, in units of cost).
+    pub temperature: f64,
+    /// iCEM coloured-noise exponent beta (2.0) and population decay (1.25) per iteration.
+    pub icem_beta: f64,
+    pub icem_decay: f64,
+    /// Fraction of elites carried to the next iCEM iteration (0.3).
+    pub icem_keep: f64,
+    /// Lower bound of the sampling std (0.05).
+    pub min_std: f64,
+    /// Seed of the sampler (0).
+    pub seed: u64,
+    /// Reuse cached keys/values of past frames in rollouts (true); false recomputes the whole
+    /// frame history at every step (for comparison).
+    pub kv_cache: bool,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        Self {
+            kind: PlannerKind::Cem,
+            horizon: 5,
+            samples: 300,
+            elites: 30,
+            iterations: 30,
+            cost: CostKind::Cosine,
+            pooled: true,
+            temperature: 0.1,
+            icem_beta: 2.0,
+            icem_decay: 1.25,
+            icem_keep: 0.3,
+            min_std: 0.05,
+            seed: 0,
+            kv_cache: true,
+        }
+    }
+}
+
+impl PlannerConfig {
+    /// The paper's random shooting: 512 latent sequences from N(0, I), best final cosine.
+    pub fn random_shooting() -> Self {
+        Self {
+            kind: PlannerKind::RandomShooting,
+            samples: 512,
+            iterations: 1,
+            ..Self::default()
+        }
+    }
+}
+
+/// Where candidates live.
+pub enum SearchSpace<'a> {
+    /// Latent actions of dimension d, prior N(0, I).
+    Latent { dim: usize },
+    /// Robot actions in a box, mapped to latents by the controller (or used directly when
+    /// `controller` is `None`, for an action-conditioned world model).
+    Action {
+        low: Vec<f32>,
+        high: Vec<f32>,
+        controller: Option<&'a Controller>,
+    },
+}
+
+impl SearchSpace<'_> {
+    fn dim(&self) -> usize {
+        match self {
+            Self::Latent { dim } => *dim,
+            Self::Action { low, .. } => low.len(),
+        }
+    }
+
+    fn init(&self, horizon: usize) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Self::Latent { dim } => (vec![0.0; horizon * dim], vec![1.0; horizon * dim]),
+            Self::Action { low, high, .. } => {
+                let mean: Vec<f32> = (0..horizon)
+                    .flat_map(|_| low.iter().zip(high).map(|(l, h)| 0.5 * (l + h)))
+                    .collect();
+                let std: Vec<f32> = (0..horizon)
+                    .flat_map(|_| low.iter().zip(high).map(|(l, h)| 0.5 * (h - l)))
+                    .collect();
+                (mean, std)
+            }
+        }
+    }
+
+    fn clamp(&self, x: &mut [f32]) {
+        if let Self::Action { low, high, .. } = self {
+            let a = low.len();
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = v.clamp(low[i % a], high[i % a]);
+            }
+        }
+    }
+}
+
+/// The planning problem at one time step.
+pub struct Problem<'a> {
+    pub world_model: &'a WorldModel,
+    /// Keys/values of the history before the current frame (batch 1); `None` at the start
+    /// of an episode.
+    pub cache: Option<&'a KvCache>,
+    /// Frames the rollout keeps in its cache (the model's training context minus one).
+    pub window: usize,
+    /// The history itself, frames `[1, K, N, D]` and their latents `[1, K, d]`, for rollouts
+    /// without the cache.
+    pub history: Option<(Tensor<4>, Tensor<3>)>,
+    /// Whether rollouts use the cache.
+    pub use_cache: bool,
+    /// Current frame `[1, N, D]`.
+    pub current: Tensor<3>,
+    /// Goal frame `[1, N, D]`.
+    pub goal: Tensor<3>,
+}
+
+/// The chosen plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    /// Best sequence in the search space, `[horizon, dim]` row-major.
+    pub sequence: Vec<f32>,
+    pub dim: usize,
+    /// Its cost.
+    pub cost: f32,
+    /// Cosine similarity of its final predicted frame to the goal (pooled).
+    pub confidence: f32,
+    /// Candidates rolled out in total.
+    pub rollouts: usize,
+}
+
+impl Plan {
+    /// Step k of the sequence.
+    pub fn step(&self, k: usize) -> &[f32] {
+        &self.sequence[k * self.dim..(k + 1) * self.dim]
+    }
+}
+
+/// Rolls `seqs` (`[C, H, dim]` row-major, in the search space) through the world model and
+/// returns the final predicted frames `[C, N, D]`.
+pub fn rollout(
+    problem: &Problem,
+    space: &SearchSpace,
+    seqs: &[f32],
+    c: usize,
+    h: usize,
+) -> Tensor<3> {
+    let device = problem.current.device();
+    let dim = space.dim();
+    let x = Tensor::<2>::from_data(TensorData::new(seqs.to_vec(), [c * h, dim]), &device);
+    let z = match space {
+        SearchSpace::Action {
+            controller: Some(ctrl),
+            ..
+        } => ctrl.forward.forward(x),
+        _ => x,
+    };
+    let d = z.dims()[1];
+    let z = z.reshape([c, h, d]);
+    if !problem.use_cache {
+        return rollout_recompute(problem, z);
+    }
+    let mut cache = problem.cache.map(|c0| c0.repeat(c));
+    let [_, n, dd] = problem.current.dims();
+    let mut frame = problem.current.clone().expand([c, n, dd]);
+    for k in 0..h {
+        let zk = z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1);
+        let (pred, next) = problem
+            .world_model
+            .step(cache.as_ref(), frame, zk, problem.window);
+        frame = pred;
+        cache = Some(next);
+    }
+    frame
+}
+
+/// Rollout that runs the whole history plus the frames so far at every step (the window of
+/// the cache is kept, so both rollouts see the same frames).
+fn rollout_recompute(problem: &Problem, z: Tensor<3>) -> Tensor<3> {
+    let [c, h, d] = z.dims();
+    let [_, n, dd] = problem.current.dims();
+    let mut frames: Vec<Tensor<4>> = Vec::new();
+    let mut lats: Vec<Tensor<3>> = Vec::new();
+    if let Some((f, l)) = &problem.history {
+        let k = f.dims()[1];
+        frames.push(f.clone().expand([c, k, n, dd]));
+        lats.push(l.clone().expand([c, k, d]));
+    }
+    let mut frame = problem.current.clone().expand([c, n, dd]);
+    for k in 0..h {
+        frames.push(frame.unsqueeze_dim(1));
+        lats.push(z.clone().slice(s![.., k..k + 1, ..]));
+        let all_f = Tensor::cat(frames.clone(), 1);
+        let all_z = Tensor::cat(lats.clone(), 1);
+        let t = all_f.dims()[1];
+        let keep = (problem.window + 1).min(t);
+        let pred = problem.world_model.forward(
+            all_f.slice(s![.., t - keep..t, .., ..]),
+            all_z.slice(s![.., t - keep..t, ..]),
+        );
+        frame = pred
+            .slice(s![.., keep - 1..keep, .., ..])
+            .squeeze_dim::<3>(1);
+    }
+    frame
+}
+
+fn pooled_cosine(a: Tensor<3>, goal: Tensor<3>) -> Tensor<1> {
+    let a = a.mean_dim(1).squeeze_dim::<2>(1);
+    let g = goal.mean_dim(1).squeeze_dim::<2>(1);
+    let dot = (a.clone() * g.clone()).sum_dim(1);
+    let norm = (a.square().sum_dim(1) * g.square().sum_dim(1)).sqrt() + 1e-12;
+    (dot / norm).squeeze_dim::<1>(1)
+}
+
+/// Cost per candidate `[C]` of final frames `[C, N, D]` against the goal `[1, N, D]`.
+pub fn cost(kind: CostKind, pooled: bool, finals: Tensor<3>, goal: Tensor<3>) -> Tensor<1> {
+    let [c, _, d] = finals.dims();
+    let (a, g) = if pooled {
+        (finals.mean_dim(1), goal.mean_dim(1))
+    } else {
+        (finals, goal)
+    };
+    let [_, m, _] = a.dims();
+    let g = g.expand([c, m, d]);
+    match kind {
+        CostKind::Cosine => {
+            let dot = (a.clone() * g.clone()).sum_dim(2);
+            let norm = (a.square().sum_dim(2) * g.square().sum_dim(2)).sqrt() + 1e-12;
+            (dot / norm).neg().add_scalar(1.0).mean_dim(1).reshape([c])
+        }
+        CostKind::L1 => (a - g).abs().mean_dims(&[1, 2]).reshape([c]),
+        CostKind::Mse => (a - g).square().mean_dims(&[1, 2]).reshape([c]),
+    }
+}
+
+fn host(t: Tensor<1>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().expect("f32 costs")
+}
+
+/// Power-law ("coloured") Gaussian noise over the horizon for `rows` sequences of `dim`
+/// channels: spectrum amplitude f^(-beta/2), inverse real DFT, unit variance per channel.
+fn coloured_noise(rng: &mut StdRng, rows: usize, h: usize, dim: usize, beta: f64) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * h * dim];
+    let normal = |rng: &mut StdRng| -> f64 { StandardNormal.sample(rng) };
+    for r in 0..rows {
+        for j in 0..dim {
+            let mut series = vec![0.0f64; h];
+            for f in 1..=h / 2 + h % 2 {
+                let amp = (f as f64).powf(-beta / 2.0);
+                let (re, im) = (normal(rng) * amp, normal(rng) * amp);
+                for (t, v) in series.iter_mut().enumerate() {
+                    let phase = 2.0 * std::f64::consts::PI * f as f64 * t as f64 / h as f64;
+                    *v += re * phase.cos() - im * phase.sin();
+                }
+            }
+            let mean = series.iter().sum::<f64>() / h as f64;
+            let var = series.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / h as f64;
+            let scale = if var > 1e-12 { var.sqrt() } else { 1.0 };
+            for t in 0..h {
+                out[(r * h + t) * dim + j] = if h > 1 {
+                    ((series[t] - mean) / scale) as f32
+                } else {
+                    normal(rng) as f32
+                };
+            }
+        }
+    }
+    out
+}
+
+/// Plans with the configured planner; returns the best sequence found.
+pub fn plan(cfg: &PlannerConfig, problem: &Problem, space: &SearchSpace) -> Plan {
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let (h, dim) = (cfg.horizon, space.dim());
+    let width = h * dim;
+    let (mut mean, mut std) = space.init(h);
+    let mut best: (f32, Vec<f32>) = (f32::INFINITY, mean.clone());
+    let mut carried: Vec<Vec<f32>> = Vec::new();
+    let mut rollouts = 0;
+    let iterations = match cfg.kind {
+        PlannerKind::RandomShooting => 1,
+        _ => cfg.iterations.max(1),
+    };
+    for it in 0..iterations {
+        let c = match cfg.kind {
+            PlannerKind::Icem => {
+                ((cfg.samples as f64 / cfg.icem_decay.powi(it as i32)) as usize).max(2 * cfg.elites)
+            }
+            _ => cfg.samples,
+        };
+        let noise: Vec<f32> = match cfg.kind {
+            PlannerKind::Icem => coloured_noise(&mut rng, c, h, dim, cfg.icem_beta),
+            _ => (0..c * width)
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect(),
+        };
+        let mut seqs: Vec<f32> = (0..c * width)
+            .map(|i| mean[i % width] + std[i % width] * noise[i])
+            .collect();
+        // iCEM: carried-over elites replace the first samples; the mean joins at the end.
+        for (k, e) in carried.iter().enumerate().take(c) {
+            seqs[k * width..(k + 1) * width].copy_from_slice(e);
+        }
+        if cfg.kind == PlannerKind::Icem && it + 1 == iterations {
+            seqs[(c - 1) * width..].copy_from_slice(&mean);
+        }
+        space.clamp(&mut seqs);
+        let finals = rollout(problem, space, &seqs, c, h);
+        let costs = host(cost(cfg.cost, cfg.pooled, finals, problem.goal.clone()));
+        rollouts += c;
+        let mut order: Vec<usize> = (0..c).collect();
+        order.sort_by(|&a, &b| costs[a].total_cmp(&costs[b]));
+        if costs[order[0]] < best.0 {
+            best = (
+                costs[order[0]],
+                seqs[order[0] * width..(order[0] + 1) * width].to_vec(),
+            );
+        }
+        match cfg.kind {
+            PlannerKind::RandomShooting => {}
+            PlannerKind::Cem | PlannerKind::Icem => {
+                let k = cfg.elites.min(c);
+                let elites = &order[..k];
+                for j in 0..width {
+                    let m = elites.iter().map(|&e| seqs[e * width + j]).sum::<f32>() / k as f32;
+                    let v = elites
+                        .iter()
+                        .map(|&e| (seqs[e * width + j] - m).powi(2))
+                        .sum::<f32>()
+                        / k as f32;
+                    mean[j] = m;
+                    std[j] = v.sqrt().max(cfg.min_std as f32);
+                }
+                if cfg.kind == PlannerKind::Icem {
+                    let keep = ((k as f64) * cfg.icem_keep).round() as usize;
+                    carried = elites[..keep]
+                        .iter()
+                        .map(|&e| seqs[e * width..(e + 1) * width].to_vec())
+                        .collect();
+                }
+            }
+            PlannerKind::Mppi => {
+                let cmin = costs[order[0]];
+                let w: Vec<f64> = costs
+                    .iter()
+                    .map(|&x| (-((x - cmin) as f64) / cfg.temperature).exp())
+                    .collect();
+                let total: f64 = w.iter().sum();
+                for j in 0..width {
+                    let m = (0..c)
+                        .map(|i| w[i] * seqs[i * width + j] as f64)
+                        .sum::<f64>()
+                        / total;
+                    let v = (0..c)
+                        .map(|i| w[i] * (seqs[i * width + j] as f64 - m).powi(2))
+                        .sum::<f64>()
+                        / total;
+                    mean[j] = m as f32;
+                    std[j] = (v.sqrt() as f32).max(cfg.min_std as f32);
+                }
+            }
+        }
+    }
+    // Confidence of the chosen plan: cosine of its final frame to the goal.
+    let finals = rollout(problem, space, &best.1, 1, h);
+    let confidence = host(pooled_cosine(finals, problem.goal.clone()))[0];
+    Plan {
+        sequence: best.1,
+        dim,
+        cost: best.0,
+        confidence,
+        rollouts,
+    }
+}

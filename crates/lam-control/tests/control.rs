@@ -1,0 +1,247 @@
+//! Planners and controller on tiny models.
+
+use burn::nn::LinearConfig;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use lam_control::controller::{ControllerConfig, fit, pseudo_label};
+use lam_control::planner::{PlannerConfig, PlannerKind, Problem, SearchSpace, cost, plan, rollout};
+use lam_data::synthetic::{SyntheticConfig, write_synthetic};
+use lam_data::{ShardSet, Split};
+use lam_model::config::LamConfig;
+use lam_model::train::{TrainOptions, train};
+use lam_model::world_model::WorldModel;
+
+/// A tiny world model whose AdaLN heads are not zero, so actions matter.
+fn acting_world_model(cfg: &LamConfig, dev: &Device) -> WorldModel {
+    dev.seed(7);
+    let mut wm = WorldModel::new(&cfg.model, dev);
+    let w = cfg.model.wm_dim;
+    for block in wm.blocks.iter_mut() {
+        block.ada = LinearConfig::new(w, 6 * w).init(dev);
+    }
+    wm.final_ada = LinearConfig::new(w, 2 * w).init(dev);
+    wm
+}
+
+#[test]
+fn cached_and_recomputed_rollouts_agree() {
+    let cfg = LamConfig::preset("tiny").unwrap();
+    let dev = Device::flex();
+    let wm = acting_world_model(&cfg, &dev);
+    let normal = Distribution::Normal(0.0, 1.0);
+    let history = Tensor::<4>::random([1, 2, 16, 32], normal, &dev);
+    let history_z = Tensor::<3>::random([1, 2, 16], normal, &dev);
+    let cache = wm.prefill(history.clone(), history_z.clone(), 7);
+    let current = Tensor::<3>::random([1, 16, 32], normal, &dev);
+    let problem = |use_cache| Problem {
+        world_model: &wm,
+        cache: Some(&cache),
+        window: 7,
+        history: Some((history.clone(), history_z.clone())),
+        use_cache,
+        current: current.clone(),
+        goal: current.clone(),
+    };
+    let space = SearchSpace::Latent { dim: 16 };
+    let seqs: Vec<f32> = Tensor::<3>::random([6, 5, 16], normal, &dev)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let a = rollout(&problem(true), &space, &seqs, 6, 5);
+    let b = rollout(&problem(false), &space, &seqs, 6, 5);
+    let diff = (a - b).abs().max().into_scalar::<f32>();
+    assert!(
+        diff < 1e-4,
+        "cached and recomputed rollouts differ by {diff}"
+    );
+}
+
+#[test]
+fn planners_reach_a_reachable_goal() {
+    let cfg = LamConfig::preset("tiny").unwrap();
+    let dev = Device::flex();
+    let wm = acting_world_model(&cfg, &dev);
+    let normal = Distribution::Normal(0.0, 1.0);
+    let current = Tensor::<3>::random([1, 16, 32], normal, &dev);
+    let space = SearchSpace::Latent { dim: 16 };
+    // The goal is where a known latent sequence leads.
+    let target: Vec<f32> = Tensor::<3>::random([1, 3, 16], normal, &dev)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let base = Problem {
+        world_model: &wm,
+        cache: None,
+        window: 7,
+        history: None,
+        use_cache: true,
+        current: current.clone(),
+        goal: current.clone(),
+    };
+    let goal = rollout(&base, &space, &target, 1, 3);
+    let problem = Problem {
+        goal: goal.clone(),
+        ..base
+    };
+    // What a random sequence achieves on average.
+    let random: Vec<f32> = Tensor::<3>::random([64, 3, 16], normal, &dev)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let random_cost = cost(
+        lam_control::planner::CostKind::Cosine,
+        true,
+        rollout(&problem, &space, &random, 64, 3),
+        goal.clone(),
+    )
+    .mean()
+    .into_scalar::<f32>();
+    for kind in [
+        PlannerKind::RandomShooting,
+        PlannerKind::Cem,
+        PlannerKind::Icem,
+        PlannerKind::Mppi,
+    ] {
+        let cfg = PlannerConfig {
+            kind,
+            horizon: 3,
+            samples: 64,
+            elites: 8,
+            iterations: 6,
+            ..PlannerConfig::default()
+        };
+        let p = plan(&cfg, &problem, &space);
+        assert_eq!(p.sequence.len(), 3 * 16);
+        assert!(
+            p.cost < random_cost,
+            "{kind:?}: plan cost {} not below the random mean {random_cost}",
+            p.cost
+        );
+        assert!(p.confidence > 0.9, "{kind:?}: confidence {}", p.confidence);
+        if kind != PlannerKind::RandomShooting {
+            assert!(
+                p.cost < 0.5 * random_cost,
+                "{kind:?}: plan cost {} vs random {random_cost}",
+                p.cost
+            );
+        }
+    }
+}
+
+#[test]
+fn action_space_plans_stay_in_bounds() {
+    let cfg = LamConfig::preset("tiny").unwrap();
+    let dev = Device::flex();
+    let wm = acting_world_model(&cfg, &dev);
+    let ctrl = lam_control::controller::Controller::new(2, 16, 32, &dev);
+    let current = Tensor::<3>::random([1, 16, 32], Distribution::Normal(0.0, 1.0), &dev);
+    let problem = Problem {
+        world_model: &wm,
+        cache: None,
+        window: 7,
+        history: None,
+        use_cache: true,
+        current: current.clone(),
+        goal: current * 0.5,
+    };
+    let space = SearchSpace::Action {
+        low: vec![-1.0, -0.5],
+        high: vec![1.0, 0.5],
+        controller: Some(&ctrl),
+    };
+    let cfg = PlannerConfig {
+        horizon: 4,
+        samples: 32,
+        elites: 4,
+        iterations: 3,
+        ..PlannerConfig::default()
+    };
+    let p = plan(&cfg, &problem, &space);
+    for k in 0..4 {
+        let a = p.step(k);
+        assert!(
+            (-1.0..=1.0).contains(&a[0]) && (-0.5..=0.5).contains(&a[1]),
+            "step {k}: {a:?}"
+        );
+    }
+}
+
+#[test]
+fn controller_aligns_with_pseudo_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_synthetic(
+        &data,
+        &SyntheticConfig {
+            clips: 160,
+            labeled: true,
+            val_fraction: 0.2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let train_set = ShardSet::open(&data, Some(Split::Train)).unwrap();
+    let val_set = ShardSet::open(&data, Some(Split::Val)).unwrap();
+    let mut cfg = LamConfig::preset("tiny").unwrap();
+    cfg.train.steps = 120;
+    cfg.train.val_every = 0;
+    let dev = Device::flex();
+    let run = tmp.path().join("run");
+    let summary = train(
+        &cfg,
+        &train_set,
+        None,
+        &dev,
+        &TrainOptions {
+            run_dir: run.clone(),
+            resume: false,
+            progress: false,
+            stop_after: None,
+        },
+    )
+    .unwrap();
+    let lam = lam_model::checkpoint::load_weights(
+        lam_model::train::init_model(&cfg, &dev),
+        &summary.last_checkpoint.unwrap().join("model.safetensors"),
+    )
+    .unwrap();
+    let tr = pseudo_label(&cfg, &lam, &train_set, &dev, 32).unwrap();
+    let va = pseudo_label(&cfg, &lam, &val_set, &dev, 32).unwrap();
+    assert_eq!(tr.len(), 128 * 7);
+    let (_, report) = fit(
+        &ControllerConfig {
+            steps: 400,
+            hidden: 64,
+            ..Default::default()
+        },
+        &tr,
+        &va,
+        &dev,
+    )
+    .unwrap();
+    assert!(report.cosine > 0.5, "controller cosine {}", report.cosine);
+    assert!(
+        report.inverse_mse < report.action_variance,
+        "inverse MSE {} vs action variance {}",
+        report.inverse_mse,
+        report.action_variance
+    );
+    // Unlabeled shards are refused with the folder's name.
+    let unl = tmp.path().join("unlabeled");
+    write_synthetic(
+        &unl,
+        &SyntheticConfig {
+            clips: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = pseudo_label(&cfg, &lam, &ShardSet::open(&unl, None).unwrap(), &dev, 8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("unlabeled") && err.contains("no actions"),
+        "{err}"
+    );
+}
