@@ -188,15 +188,52 @@ def load_burn_weights(model, path):
     model.load_state_dict(state, strict=True)
 
 
-def optimizers(model, o, steps):
+class MuonF32(torch.optim.Optimizer):
+    """torch.optim.Muon's update with Newton-Schulz in float32 instead of bfloat16 (the math
+    lam's Muon runs; CPUs without bf16 matrix units run bf16 matmuls slowly)."""
+
+    def __init__(self, params, lr, momentum, weight_decay, ns=(3.4445, -4.775, 2.0315), steps=5, eps=1e-7):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.ns, self.steps, self.eps = ns, steps, eps
+
+    @torch.no_grad()
+    def step(self):
+        a, b, c = self.ns
+        for group in self.param_groups:
+            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                buf = st.setdefault("buf", torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - mom)
+                x = p.grad.lerp(buf, mom)
+                tr = x.size(0) > x.size(1)
+                if tr:
+                    x = x.T
+                x = x / x.norm().clamp(min=self.eps)
+                for _ in range(self.steps):
+                    gram = x @ x.T
+                    x = a * x + (b * gram + c * gram @ gram) @ x
+                if tr:
+                    x = x.T
+                A, B = p.shape[:2]
+                p.mul_(1 - lr * wd)
+                p.add_(x, alpha=-lr * math.sqrt(max(1, A / B)))
+
+
+def optimizers(model, o, steps, muon_f32=False):
     muon_params, adamw_params = [], []
     for name, p in model.named_parameters():
         if p.ndim == 2 and name.endswith("weight"):
             muon_params.append(p)
         else:
             adamw_params.append(p)
-    muon = torch.optim.Muon(muon_params, lr=o["muon_lr"], momentum=o["muon_momentum"], nesterov=True,
-                            weight_decay=o["muon_weight_decay"])
+    if muon_f32:
+        muon = MuonF32(muon_params, lr=o["muon_lr"], momentum=o["muon_momentum"], weight_decay=o["muon_weight_decay"])
+    else:
+        muon = torch.optim.Muon(muon_params, lr=o["muon_lr"], momentum=o["muon_momentum"], nesterov=True,
+                                weight_decay=o["muon_weight_decay"])
     adamw = torch.optim.AdamW(adamw_params, lr=o["adamw_lr"], betas=tuple(o["adamw_betas"]),
                               eps=o["adamw_eps"], weight_decay=o["weight_decay"])
     warm = min(round(steps * o["warmup_fraction"]), steps - 1)
@@ -217,6 +254,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--muon-f32", action="store_true", help="Newton-Schulz in float32 (lam's math) instead of torch.optim.Muon's bfloat16")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -229,7 +267,7 @@ def main():
     with torch.no_grad():
         parity = {k: float(v) for k, v in loss_terms(model, clips, cfg, 0.0).items()}
 
-    opts, scheds = optimizers(model, cfg["optim"], args.warmup + args.steps)
+    opts, scheds = optimizers(model, cfg["optim"], args.warmup + args.steps, args.muon_f32)
 
     def step():
         for o in opts:
@@ -249,7 +287,7 @@ def main():
     for _ in range(args.steps):
         last = step()
     ms = (time.perf_counter() - t0) * 1000 / args.steps
-    print(json.dumps({"parity": parity, "ms_per_step": ms, "final_loss": last,
+    print(json.dumps({"parity": parity, "ms_per_step": ms, "final_loss": last, "muon": "f32" if args.muon_f32 else "torch.optim.Muon (bf16)",
                       "threads": torch.get_num_threads(), "torch": torch.__version__}))
 
 

@@ -96,6 +96,10 @@ pub struct TrainBenchArgs {
     /// Skip the twin (Rust timing only).
     #[arg(long)]
     pub rust_only: bool,
+    /// Let the twin run Muon's Newton-Schulz in float32 (lam's math) instead of
+    /// torch.optim.Muon's bfloat16.
+    #[arg(long)]
+    pub twin_muon_f32: bool,
     /// Also write the result as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -239,20 +243,20 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     );
     println!("  lam (burn, {})      {rust_ms:>9.2} ms/step", args.device);
     if !args.rust_only {
-        let twin = run_twin(
-            &args.python,
-            "lam_twin.py",
-            &[
-                "--dir".into(),
-                dir.path().display().to_string(),
-                "--steps".into(),
-                args.steps.to_string(),
-                "--warmup".into(),
-                args.warmup.to_string(),
-                "--threads".into(),
-                args.threads.to_string(),
-            ],
-        )?;
+        let mut twin_args: Vec<String> = vec![
+            "--dir".into(),
+            dir.path().display().to_string(),
+            "--steps".into(),
+            args.steps.to_string(),
+            "--warmup".into(),
+            args.warmup.to_string(),
+            "--threads".into(),
+            args.threads.to_string(),
+        ];
+        if args.twin_muon_f32 {
+            twin_args.push("--muon-f32".into());
+        }
+        let twin = run_twin(&args.python, "lam_twin.py", &twin_args)?;
         let torch_ms = twin["ms_per_step"]
             .as_f64()
             .context("twin JSON lacks ms_per_step")?;
@@ -278,6 +282,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         result["speed_ratio_vs_torch"] = json!(ratio);
         result["torch"] = twin["torch"].clone();
         result["torch_threads"] = twin["threads"].clone();
+        result["torch_muon"] = twin["muon"].clone();
         result["parity_lam"] = json!(
             parity
                 .iter()
