@@ -2,8 +2,8 @@
 //! CPU and writes a report folder.
 //!
 //! Current pipeline: synthetic frame-embedding shards with hidden actions -> stage-1 training
-//! (tiny preset, sparse regulariser) -> leakage and transfer evaluation -> plots and a
-//! markdown summary.
+//! (tiny preset, sparse regulariser) -> leakage and transfer evaluation -> controller fitted
+//! on a small labeled set -> plots and a markdown summary.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let data = args.out.join("data");
     info!(
-        "1/4 writing {} clips of built-in data to {}",
+        "1/5 writing {} clips of built-in data to {}",
         args.clips,
         data.display()
     );
@@ -54,7 +54,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     let run = args.out.join("lam");
     info!(
-        "2/4 training the latent action model ({} steps) in {}",
+        "2/5 training the latent action model ({} steps) in {}",
         args.steps,
         run.display()
     );
@@ -74,7 +74,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let summary = train_run(&train_args)?;
     let train_secs = t_train.elapsed().as_secs_f64();
 
-    info!("3/4 evaluating leakage and transfer");
+    info!("3/5 evaluating leakage and transfer");
     let (report, eval_json) = eval_run(&EvalArgs {
         run: run.clone(),
         data: data.clone(),
@@ -84,7 +84,23 @@ pub fn run(args: DemoArgs) -> Result<()> {
         device: args.device.clone(),
     })?;
 
-    info!("4/4 writing plots and summary");
+    let labeled = args.out.join("data-labeled");
+    info!("4/5 fitting the controller on {} labeled clips in {}", args.clips / 4, labeled.display());
+    if labeled.exists() {
+        std::fs::remove_dir_all(&labeled)?;
+    }
+    write_synthetic(&labeled, &SyntheticConfig { clips: args.clips / 4, labeled: true, seed: 1, ..Default::default() })?;
+    let ctrl_dir = args.out.join("controller");
+    let ctrl = crate::control::fit(&crate::control::FitArgs {
+        run: run.clone(),
+        data: labeled,
+        out: ctrl_dir.clone(),
+        steps: 2000,
+        hidden: 256,
+        device: args.device.clone(),
+    })?;
+
+    info!("5/5 writing plots and summary");
     let loss_png = args.out.join("loss.png");
     plot::plot_run(&run, &loss_png)?;
     let total_secs = started.elapsed().as_secs_f64();
@@ -92,6 +108,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "train": {"steps": summary.steps_done, "steps_per_sec": summary.steps_per_sec, "seconds": train_secs,
                   "final_train_loss": summary.final_train_loss, "final_val": summary.final_val},
         "eval": report,
+        "controller": ctrl,
         "wall_seconds": total_secs,
     });
     lam_data::shards::write_atomic(
@@ -126,9 +143,21 @@ pub fn run(args: DemoArgs) -> Result<()> {
         md,
         "A leakage ratio well above 1 means the latent encodes the action rather than copying the next frame.\n"
     )?;
+    writeln!(md, "## Stage 2: controller\n")?;
+    writeln!(md, "- fitted on {} labeled transitions, held out {}", ctrl.train_transitions, ctrl.val_transitions)?;
+    writeln!(
+        md,
+        "- cosine(g_ctrl(a), z) = {:.3}; inverse-controller MSE {:.4} (action variance {:.4})",
+        ctrl.cosine, ctrl.inverse_mse, ctrl.action_variance
+    )?;
+    writeln!(md, "- weights: `controller/`\n")?;
     writeln!(md, "Wall time: {total_secs:.1} s.")?;
     lam_data::shards::write_atomic(&args.out.join("summary.md"), md.as_bytes())?;
     print!("{}", report.table());
+    println!(
+        "controller: cosine(g_ctrl(a), z) = {:.3}, inverse MSE {:.4} (action variance {:.4})",
+        ctrl.cosine, ctrl.inverse_mse, ctrl.action_variance
+    );
     println!(
         "demo finished in {total_secs:.1} s; report: {} (summary.md, metrics.json, loss.png, eval: {})",
         args.out.display(),
