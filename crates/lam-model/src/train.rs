@@ -126,8 +126,17 @@ pub fn check_data(cfg: &LamConfig, data: &ShardSet) -> Result<()> {
     Ok(())
 }
 
-/// Builds a model with stable parameter ids on `device`.
+/// Serialises use of the backend's global random generator: `device.seed(s)` followed by
+/// draws gives the same numbers only if no other thread draws in between.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Builds a model with stable parameter ids on `device`; the same seed gives the same
+/// weights, also when other threads use the backend's generator.
 pub fn init_model(cfg: &LamConfig, device: &Device) -> LatentActionModel {
+    let _guard = rng_lock();
     device.seed(cfg.train.seed);
     stable_param_ids(LatentActionModel::new(cfg, device))
 }

@@ -12,6 +12,13 @@ use lam_model::eval::evaluate;
 use lam_model::train::{TrainOptions, init_model, train};
 use lam_model::world_model::WorldModel;
 
+/// Training tests run one at a time: rayon splits reductions adaptively, so float results
+/// of a run depend (at the 1e-6 level) on what else competes for the two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn tiny() -> LamConfig {
     LamConfig::preset("tiny").unwrap()
 }
@@ -22,6 +29,8 @@ fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
 
 #[test]
 fn adaln_zero_prediction_ignores_z_at_init() {
+    let _serial = serial();
+    let _rng = lam_model::train::rng_lock();
     let dev = Device::flex();
     dev.seed(1);
     let cfg = tiny();
@@ -43,6 +52,8 @@ fn adaln_zero_prediction_ignores_z_at_init() {
 
 #[test]
 fn predictions_are_frame_causal() {
+    let _serial = serial();
+    let _rng = lam_model::train::rng_lock();
     let dev = Device::flex();
     dev.seed(2);
     let cfg = tiny();
@@ -113,6 +124,7 @@ fn read_metrics(run: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn tiny_model_overfits_one_batch() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
     // 16 training clips and batch 16: every step sees the same batch.
@@ -165,6 +177,7 @@ fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn kill_and_resume_matches_uninterrupted_run() {
+    let _serial = serial();
     for kind in [
         RegularizerKind::Sparse,
         RegularizerKind::Noisy,
@@ -227,6 +240,7 @@ fn kill_and_resume_matches_uninterrupted_run() {
 
 #[test]
 fn training_learns_actions_not_frames() {
+    let _serial = serial();
     // On synthetic data with hidden actions, the trained model's scene-cut error must exceed
     // its error on real transitions (the latent carries an action, not the next frame).
     let tmp = tempfile::tempdir().unwrap();
@@ -257,6 +271,7 @@ fn training_learns_actions_not_frames() {
 
 #[test]
 fn mismatched_data_and_missing_checkpoint_are_clear_errors() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
     let mut syn = SyntheticConfig {
@@ -307,6 +322,8 @@ fn mismatched_data_and_missing_checkpoint_are_clear_errors() {
 
 #[test]
 fn cached_rollout_matches_full_forward() {
+    let _serial = serial();
+    let _rng = lam_model::train::rng_lock();
     let dev = Device::flex();
     dev.seed(3);
     let cfg = tiny();
