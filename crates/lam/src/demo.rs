@@ -23,8 +23,9 @@ pub struct DemoArgs {
     /// Report folder (everything the demo makes goes here).
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
-    /// Training steps of the latent action model.
-    #[arg(long, default_value_t = 400)]
+    /// Training steps of the latent action model (on the built-in data the world model starts
+    /// to use the latent after roughly 1,000 steps).
+    #[arg(long, default_value_t = 1500)]
     pub steps: usize,
     /// Clips of built-in data.
     #[arg(long, default_value_t = 1024)]
