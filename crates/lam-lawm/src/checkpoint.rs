@@ -12,9 +12,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
-use burn::module::Module;
 use burn::prelude::*;
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use lam_model::checkpoint::{load_weights, save_weights};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LawmConfig;
@@ -52,35 +51,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
     Ok(())
-}
-
-/// Writes a module's weights to a safetensors file.
-pub fn save_weights<M: Module + ModuleSnapshot>(model: &M, path: &Path) -> Result<()> {
-    let mut store = SafetensorsStore::from_file(path).overwrite(true);
-    model
-        .save_into(&mut store)
-        .with_context(|| format!("cannot write weights {}", path.display()))
-}
-
-/// Loads safetensors weights; every tensor of the module must be in the file.
-pub fn load_weights<M: Module + ModuleSnapshot>(mut model: M, path: &Path) -> Result<M> {
-    ensure!(
-        path.exists(),
-        "weights file {} does not exist",
-        path.display()
-    );
-    let mut store = SafetensorsStore::from_file(path);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| anyhow::anyhow!("cannot load weights {}: {e}", path.display()))?;
-    ensure!(
-        result.errors.is_empty() && result.missing.is_empty(),
-        "weights {} do not fit the model: missing {:?}, errors {:?}",
-        path.display(),
-        result.missing.iter().map(|m| &m.0).collect::<Vec<_>>(),
-        result.errors
-    );
-    Ok(model)
 }
 
 /// Saves a checkpoint folder and points `latest` at it; returns the folder.
