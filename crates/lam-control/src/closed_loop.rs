@@ -1,17 +1,20 @@
-//! Closed-loop MPC in the simulated suite with the fixed evaluation protocol.
+//! Closed-loop MPC: a per-episode session that turns observations into actions, and its use
+//! on the simulated suite's fixed evaluation protocol.
 //!
-//! At each replanning step the agent encodes the rendered frame, labels the last transition
-//! with the IDM (so the history the world model sees carries the latents that actually
-//! happened), caches the history, plans toward the encoded goal image, and executes the
-//! first `replan_every` actions of the plan (latent plans go through the inverse
-//! controller). Every method is scored on the same seeded episodes.
+//! [`MpcSession::act`] takes the encoded current frame. It labels the last transition (with
+//! the IDM for a latent-action world model, with the action actually sent for an
+//! action-conditioned one) so that the history the world model sees carries what happened,
+//! caches that history's keys/values, and, when the previous plan's actions are used up,
+//! plans toward the goal and queues the first `replan_every` actions of the plan (latent plans
+//! go through the inverse controller). Every method is scored on the same seeded episodes.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Result, bail, ensure};
 use burn::prelude::*;
 use lam_model::LatentActionModel;
-use lam_model::config::LamConfig;
+use lam_model::config::{Conditioning, LamConfig};
 use lam_sim::protocol::EvalEpisode;
 use serde::Serialize;
 
@@ -23,11 +26,26 @@ pub type FrameEncoder<'a> = dyn Fn(&[u8]) -> Result<Tensor<3>> + 'a;
 
 /// Which space the planner searches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Latent actions; the inverse controller turns the first into a robot action.
     Latent,
-    /// Robot actions through the controller.
+    /// Robot actions mapped to latents through the controller.
     Action,
+    /// Robot actions fed to an action-conditioned world model directly.
+    ActionConditioned,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "latent" => Self::Latent,
+            "action" => Self::Action,
+            "action-conditioned" => Self::ActionConditioned,
+            _ => bail!("unknown search space `{s}` (expected latent, action or action-conditioned)"),
+        })
+    }
 }
 
 /// What one episode did.
@@ -39,17 +57,33 @@ pub struct EpisodeResult {
     pub final_distance: f32,
     pub plans: usize,
     pub mean_plan_ms: f64,
+    /// Mean over plans of the pooled cosine between the plan's final predicted frame and the
+    /// goal.
     pub mean_confidence: f64,
-    /// Mean L1 between the planned next frame and the frame actually reached.
+    /// Mean L1 between the predicted next frame and the frame actually reached.
     pub mean_planning_error: f64,
+    /// Frames seen, for strips (only when asked for).
+    #[serde(skip)]
+    pub trace: Option<Trace>,
 }
 
-/// A latent-action MPC agent.
+/// Frames of an episode for a strip: each observation (RGB) and, for each, the index of the
+/// observed frame closest (pooled cosine) to what the world model predicted for it.
+#[derive(Clone, Debug, Default)]
+pub struct Trace {
+    pub frames: Vec<Vec<u8>>,
+    /// For step k >= 1: index into `frames` (or `frames.len()` for the goal) of the frame
+    /// nearest to the prediction made at step k - 1.
+    pub nearest_to_prediction: Vec<usize>,
+    pub goal: Vec<u8>,
+}
+
+/// An MPC agent: the world model, how its actions map to the robot, and the planner.
 pub struct Agent<'a> {
     pub cfg: &'a LamConfig,
     pub lam: &'a LatentActionModel,
-    pub controller: &'a Controller,
-    pub encoder: &'a FrameEncoder<'a>,
+    /// Needed by [`Mode::Latent`] and [`Mode::Action`].
+    pub controller: Option<&'a Controller>,
     pub planner: PlannerConfig,
     pub mode: Mode,
     /// Actions executed per plan (5).
@@ -59,102 +93,142 @@ pub struct Agent<'a> {
     pub high: Vec<f32>,
 }
 
-fn l1(a: Tensor<3>, b: Tensor<3>) -> f64 {
-    (a - b).abs().mean().into_scalar::<f32>() as f64
+/// One action from [`MpcSession::act`].
+#[derive(Clone, Debug)]
+pub struct ActStep {
+    /// The robot action to execute.
+    pub action: Vec<f32>,
+    /// Whether a new plan was made for this call.
+    pub planned: bool,
+    /// Milliseconds spent planning in this call (0 when the plan was reused).
+    pub plan_ms: f64,
+    /// Confidence of the plan this action comes from.
+    pub confidence: f32,
+    /// Cost of that plan.
+    pub cost: f32,
+    /// The frame the world model predicts after this action, `[1, N, D]`.
+    pub predicted: Tensor<3>,
 }
 
-impl Agent<'_> {
-    /// Runs one protocol episode.
-    pub fn run_episode(&self, episode: &EvalEpisode) -> Result<EpisodeResult> {
-        let window = self.cfg.model.frames - 1;
-        let goal = (self.encoder)(&episode.goal_frame)?;
-        let wm = &self.lam.world_model;
-        let reg = &self.cfg.regularizer;
-        let mut frames: Vec<Tensor<3>> = Vec::new();
-        let mut latents: Vec<Tensor<2>> = Vec::new();
-        let mut queue: std::collections::VecDeque<(Vec<f32>, Tensor<3>)> = Default::default();
+impl<'a> Agent<'a> {
+    /// Checks that the pieces fit together.
+    pub fn check(&self) -> Result<()> {
+        let conditioning = self.cfg.model.conditioning;
+        match self.mode {
+            Mode::ActionConditioned => ensure!(
+                conditioning == Conditioning::Action,
+                "the action-conditioned search space needs a world model trained with \
+                 model.conditioning = \"action\"; this one is conditioned on {conditioning:?}"
+            ),
+            Mode::Latent | Mode::Action => {
+                ensure!(
+                    conditioning == Conditioning::Latent,
+                    "search space {:?} needs a latent-action world model; this one is \
+                     action-conditioned (use the action-conditioned space)",
+                    self.mode
+                );
+                let Some(c) = self.controller else {
+                    bail!("search space {:?} needs a controller (lam control fit)", self.mode)
+                };
+                ensure!(
+                    c.latent_dim() == self.cfg.model.latent_dim,
+                    "controller maps to {}-D latents but the world model takes {}-D",
+                    c.latent_dim(),
+                    self.cfg.model.latent_dim
+                );
+                ensure!(
+                    c.action_dim() == self.low.len(),
+                    "controller takes {}-D actions but the action space has {}",
+                    c.action_dim(),
+                    self.low.len()
+                );
+            }
+        }
+        if self.mode == Mode::ActionConditioned {
+            ensure!(
+                self.cfg.model.latent_dim == self.low.len(),
+                "the action-conditioned world model takes {}-D actions but the action space \
+                 has {}",
+                self.cfg.model.latent_dim,
+                self.low.len()
+            );
+        }
+        ensure!(
+            self.low.len() == self.high.len() && !self.low.is_empty(),
+            "action bounds: {} lows, {} highs",
+            self.low.len(),
+            self.high.len()
+        );
+        Ok(())
+    }
+
+    /// A session toward `goal` (`[1, N, D]`); `seed` varies the planner's sampling.
+    pub fn session(&'a self, goal: Tensor<3>, seed: u64) -> MpcSession<'a> {
+        MpcSession {
+            agent: self,
+            goal,
+            seed,
+            frames: Vec::new(),
+            latents: Vec::new(),
+            queue: VecDeque::new(),
+            last_action: None,
+            plans: 0,
+        }
+    }
+
+    /// Runs one protocol episode, encoding rendered frames with `encoder`; with `trace`, keeps
+    /// the frames for a strip.
+    pub fn run_episode(
+        &self,
+        episode: &EvalEpisode,
+        encoder: &FrameEncoder,
+        trace: bool,
+    ) -> Result<EpisodeResult> {
+        self.check()?;
+        let goal = encoder(&episode.goal_frame)?;
+        let mut session = self.session(goal.clone(), episode.seed);
         let (mut plans, mut plan_ms, mut conf, mut err, mut err_n) =
             (0usize, 0.0, 0.0, 0.0, 0usize);
-        let mut pending_prediction: Option<Tensor<3>> = None;
+        let mut pending: Option<Tensor<3>> = None;
+        let mut seen: Vec<Tensor<3>> = Vec::new();
+        let mut predictions: Vec<Tensor<3>> = Vec::new();
+        let mut frames_rgb: Vec<Vec<u8>> = Vec::new();
         let outcome = episode.run(|env| {
-            let s = (self.encoder)(&env.render())?;
-            if let Some(prev) = frames.last() {
-                let z = self
-                    .lam
-                    .infer(reg, prev.clone().mean_dim(1), s.clone().mean_dim(1), &[])
-                    .z;
-                latents.push(z.squeeze_dim::<2>(1));
-            }
-            if let Some(p) = pending_prediction.take() {
-                err += l1(p, s.clone());
+            let rgb = env.render();
+            let s = encoder(&rgb)?;
+            if let Some(p) = pending.take() {
+                err += (p - s.clone()).abs().mean().into_scalar::<f32>() as f64;
                 err_n += 1;
             }
-            if queue.is_empty() {
-                let cache = (!frames.is_empty()).then(|| {
-                    let k = frames.len().min(window);
-                    let f = Tensor::stack::<4>(frames[frames.len() - k..].to_vec(), 1);
-                    let z = Tensor::stack::<3>(latents[latents.len() - k..].to_vec(), 1);
-                    wm.prefill(f, z, window)
-                });
-                let problem = Problem {
-                    world_model: wm,
-                    cache: cache.as_ref(),
-                    window,
-                    history: None,
-                    use_cache: true,
-                    current: s.clone(),
-                    goal: goal.clone(),
-                };
-                let space = match self.mode {
-                    Mode::Latent => SearchSpace::Latent {
-                        dim: self.cfg.model.latent_dim,
-                    },
-                    Mode::Action => SearchSpace::Action {
-                        low: self.low.clone(),
-                        high: self.high.clone(),
-                        controller: Some(self.controller),
-                    },
-                };
-                let t0 = Instant::now();
-                let mut pcfg = self.planner.clone();
-                pcfg.seed = self.planner.seed ^ (episode.seed.wrapping_mul(31) + plans as u64);
-                let p: Plan = plan(&pcfg, &problem, &space);
-                plan_ms += t0.elapsed().as_secs_f64() * 1000.0;
-                conf += p.confidence as f64;
+            let step = session.act(s.clone())?;
+            if step.planned {
                 plans += 1;
-                let device = s.device();
-                let steps = self.replan_every.clamp(1, pcfg.horizon);
-                // Predicted frames along the plan, for the planning error.
-                let mut cache_p = cache;
-                let mut frame_p = s.clone();
-                for k in 0..steps {
-                    let x = Tensor::<2>::from_data(
-                        TensorData::new(p.step(k).to_vec(), [1, p.dim]),
-                        &device,
-                    );
-                    let (z, action) = match self.mode {
-                        Mode::Latent => (x.clone(), self.controller.inverse.forward(x)),
-                        Mode::Action => (self.controller.forward.forward(x.clone()), x),
-                    };
-                    let (pred, next) = wm.step(cache_p.as_ref(), frame_p, z, window);
-                    cache_p = Some(next);
-                    frame_p = pred.clone();
-                    let a: Vec<f32> = action
-                        .into_data()
-                        .try_into_vec::<f32>()
-                        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                    queue.push_back((a, pred));
-                }
+                plan_ms += step.plan_ms;
+                conf += step.confidence as f64;
             }
-            let (a, pred) = queue.pop_front().expect("plan filled the queue");
-            frames.push(s);
-            if frames.len() > window + 1 {
-                frames.remove(0);
-                latents.remove(0);
+            pending = Some(step.predicted.clone());
+            if trace {
+                frames_rgb.push(rgb);
+                seen.push(s);
+                predictions.push(step.predicted);
             }
-            pending_prediction = Some(pred);
-            Ok(a)
+            Ok(step.action)
         })?;
+        let trace = trace.then(|| {
+            // Candidates: every observed frame and the goal.
+            seen.push(goal);
+            let bank = Tensor::cat(seen.iter().map(|t| t.clone().mean_dim(1)).collect(), 0);
+            let nearest = predictions
+                .iter()
+                .take(predictions.len().saturating_sub(1))
+                .map(|p| nearest_index(&bank, p.clone().mean_dim(1)))
+                .collect();
+            Trace {
+                frames: frames_rgb,
+                nearest_to_prediction: nearest,
+                goal: episode.goal_frame.clone(),
+            }
+        });
         Ok(EpisodeResult {
             seed: episode.seed,
             success: outcome.success,
@@ -164,6 +238,167 @@ impl Agent<'_> {
             mean_plan_ms: plan_ms / plans.max(1) as f64,
             mean_confidence: conf / plans.max(1) as f64,
             mean_planning_error: err / err_n.max(1) as f64,
+            trace,
+        })
+    }
+}
+
+/// Row of `bank` (`[M, 1, D]`) with the highest cosine to `x` (`[1, 1, D]`).
+fn nearest_index(bank: &Tensor<3>, x: Tensor<3>) -> usize {
+    let m = bank.dims()[0];
+    let b = bank.clone().squeeze_dim::<2>(1);
+    let x = x.squeeze_dim::<2>(1).expand([m, b.dims()[1]]);
+    let dot = (b.clone() * x.clone()).sum_dim(1);
+    let norm = (b.square().sum_dim(1) * x.square().sum_dim(1)).sqrt() + 1e-12;
+    let cos: Vec<f32> = (dot / norm)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    cos.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+/// One episode of MPC toward a fixed goal. Not `Send`-bound to a thread: one per connection
+/// or episode.
+pub struct MpcSession<'a> {
+    agent: &'a Agent<'a>,
+    goal: Tensor<3>,
+    seed: u64,
+    /// The last `window + 1` frames seen, `[1, N, D]` each, and the latent or action of each
+    /// transition between them (`[1, d]`).
+    frames: Vec<Tensor<3>>,
+    latents: Vec<Tensor<2>>,
+    /// Actions of the current plan still to execute, with their predicted frames and the
+    /// plan's confidence and cost.
+    queue: VecDeque<(Vec<f32>, Tensor<3>, f32, f32)>,
+    last_action: Option<Vec<f32>>,
+    plans: usize,
+}
+
+impl MpcSession<'_> {
+    /// Plans made so far.
+    pub fn plans(&self) -> usize {
+        self.plans
+    }
+
+    /// The next action given the current frame's tokens `[1, N, D]`.
+    pub fn act(&mut self, s: Tensor<3>) -> Result<ActStep> {
+        let agent = self.agent;
+        let cfg = agent.cfg;
+        let [one, n, d] = s.dims();
+        let [_, gn, gd] = self.goal.dims();
+        ensure!(
+            one == 1 && n == gn && d == gd,
+            "frame tokens {:?} do not match the goal's [1, {gn}, {gd}]",
+            s.dims()
+        );
+        let window = cfg.model.frames - 1;
+        let wm = &agent.lam.world_model;
+        let device = s.device();
+        if let Some(prev) = self.frames.last() {
+            let label = match agent.mode {
+                Mode::ActionConditioned => {
+                    let a = self.last_action.clone().unwrap_or_default();
+                    let dim = a.len();
+                    Tensor::<2>::from_data(TensorData::new(a, [1, dim]), &device)
+                }
+                Mode::Latent | Mode::Action => agent
+                    .lam
+                    .infer(
+                        &cfg.regularizer,
+                        prev.clone().mean_dim(1),
+                        s.clone().mean_dim(1),
+                        &[],
+                    )
+                    .z
+                    .squeeze_dim::<2>(1),
+            };
+            self.latents.push(label);
+        }
+        let mut planned = false;
+        let mut plan_ms = 0.0;
+        if self.queue.is_empty() {
+            planned = true;
+            let cache = (!self.frames.is_empty()).then(|| {
+                let k = self.frames.len().min(window);
+                let f = Tensor::stack::<4>(self.frames[self.frames.len() - k..].to_vec(), 1);
+                let z = Tensor::stack::<3>(self.latents[self.latents.len() - k..].to_vec(), 1);
+                wm.prefill(f, z, window)
+            });
+            let problem = Problem {
+                world_model: wm,
+                cache: cache.as_ref(),
+                window,
+                history: None,
+                use_cache: true,
+                current: s.clone(),
+                goal: self.goal.clone(),
+            };
+            let space = match agent.mode {
+                Mode::Latent => SearchSpace::Latent {
+                    dim: cfg.model.latent_dim,
+                },
+                Mode::Action => SearchSpace::Action {
+                    low: agent.low.clone(),
+                    high: agent.high.clone(),
+                    controller: agent.controller,
+                },
+                Mode::ActionConditioned => SearchSpace::Action {
+                    low: agent.low.clone(),
+                    high: agent.high.clone(),
+                    controller: None,
+                },
+            };
+            let t0 = Instant::now();
+            let mut pcfg = agent.planner.clone();
+            pcfg.seed = agent.planner.seed ^ (self.seed.wrapping_mul(31) + self.plans as u64);
+            let p: Plan = plan(&pcfg, &problem, &space);
+            plan_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            self.plans += 1;
+            let steps = agent.replan_every.clamp(1, pcfg.horizon);
+            // Predicted frames along the plan, for the planning error.
+            let mut cache_p = cache;
+            let mut frame_p = s.clone();
+            for k in 0..steps {
+                let x = Tensor::<2>::from_data(
+                    TensorData::new(p.step(k).to_vec(), [1, p.dim]),
+                    &device,
+                );
+                let (z, action) = match (agent.mode, agent.controller) {
+                    (Mode::Latent, Some(c)) => (x.clone(), c.inverse.forward(x)),
+                    (Mode::Action, Some(c)) => (c.forward.forward(x.clone()), x),
+                    _ => (x.clone(), x),
+                };
+                let (pred, next) = wm.step(cache_p.as_ref(), frame_p, z, window);
+                cache_p = Some(next);
+                frame_p = pred.clone();
+                let mut a: Vec<f32> = action
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("reading the planned action: {e:?}"))?;
+                for (i, v) in a.iter_mut().enumerate() {
+                    *v = v.clamp(agent.low[i], agent.high[i]);
+                }
+                self.queue.push_back((a, pred, p.confidence, p.cost));
+            }
+        }
+        let (action, predicted, confidence, cost) =
+            self.queue.pop_front().expect("a plan filled the queue");
+        self.frames.push(s);
+        if self.frames.len() > window + 1 {
+            self.frames.remove(0);
+            self.latents.remove(0);
+        }
+        self.last_action = Some(action.clone());
+        Ok(ActStep {
+            action,
+            planned,
+            plan_ms,
+            confidence,
+            cost,
+            predicted,
         })
     }
 }

@@ -89,6 +89,16 @@ impl Controller {
             inverse: Mlp::new(latent_dim, hidden, action_dim, device),
         }
     }
+
+    /// Robot action dimension A.
+    pub fn action_dim(&self) -> usize {
+        self.forward.fc1.weight.dims()[0]
+    }
+
+    /// Latent action dimension d.
+    pub fn latent_dim(&self) -> usize {
+        self.forward.fc3.weight.dims()[1]
+    }
 }
 
 /// Pseudo-labelled transitions: actions `[M, A]` and IDM latents `[M, d]`, row-major on host.

@@ -3,4 +3,5 @@
 
 pub mod closed_loop;
 pub mod controller;
+pub mod gradient;
 pub mod planner;

@@ -31,6 +31,8 @@ pub enum PlannerKind {
     Cem,
     Icem,
     Mppi,
+    /// Adam on the sequences through the world model ([`crate::gradient`]).
+    Gradient,
 }
 
 impl std::str::FromStr for PlannerKind {
@@ -41,9 +43,10 @@ impl std::str::FromStr for PlannerKind {
             "cem" => Self::Cem,
             "icem" => Self::Icem,
             "mppi" => Self::Mppi,
-            _ => {
-                anyhow::bail!("unknown planner `{s}` (expected random-shooting, cem, icem or mppi)")
-            }
+            "gradient" | "grad" => Self::Gradient,
+            _ => anyhow::bail!(
+                "unknown planner `{s}` (expected random-shooting, cem, icem, mppi or gradient)"
+            ),
         })
     }
 }
@@ -91,6 +94,14 @@ pub struct PlannerConfig {
     /// Reuse cached keys/values of past frames in rollouts (true); false recomputes the whole
     /// frame history at every step (for comparison).
     pub kv_cache: bool,
+    /// Gradient planner: Adam step size in units of the prior's standard deviation (0.1);
+    /// `samples` sequences are optimised in parallel for `iterations` steps.
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+}
+
+fn default_learning_rate() -> f64 {
+    0.1
 }
 
 impl Default for PlannerConfig {
@@ -110,6 +121,7 @@ impl Default for PlannerConfig {
             min_std: 0.05,
             seed: 0,
             kv_cache: true,
+            learning_rate: default_learning_rate(),
         }
     }
 }
@@ -140,14 +152,14 @@ pub enum SearchSpace<'a> {
 }
 
 impl SearchSpace<'_> {
-    fn dim(&self) -> usize {
+    pub(crate) fn dim(&self) -> usize {
         match self {
             Self::Latent { dim } => *dim,
             Self::Action { low, .. } => low.len(),
         }
     }
 
-    fn init(&self, horizon: usize) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn init(&self, horizon: usize) -> (Vec<f32>, Vec<f32>) {
         match self {
             Self::Latent { dim } => (vec![0.0; horizon * dim], vec![1.0; horizon * dim]),
             Self::Action { low, high, .. } => {
@@ -162,7 +174,7 @@ impl SearchSpace<'_> {
         }
     }
 
-    fn clamp(&self, x: &mut [f32]) {
+    pub(crate) fn clamp(&self, x: &mut [f32]) {
         if let Self::Action { low, high, .. } = self {
             let a = low.len();
             for (i, v) in x.iter_mut().enumerate() {
@@ -281,7 +293,8 @@ fn rollout_recompute(problem: &Problem, z: Tensor<3>) -> Tensor<3> {
     frame
 }
 
-fn pooled_cosine(a: Tensor<3>, goal: Tensor<3>) -> Tensor<1> {
+/// Cosine `[C]` between mean-pooled frames `[C, N, D]` and the pooled goal `[1, N, D]`.
+pub fn pooled_cosine(a: Tensor<3>, goal: Tensor<3>) -> Tensor<1> {
     let a = a.mean_dim(1).squeeze_dim::<2>(1);
     let g = goal.mean_dim(1).squeeze_dim::<2>(1);
     let dot = (a.clone() * g.clone()).sum_dim(1);
@@ -347,6 +360,9 @@ fn coloured_noise(rng: &mut StdRng, rows: usize, h: usize, dim: usize, beta: f64
 
 /// Plans with the configured planner; returns the best sequence found.
 pub fn plan(cfg: &PlannerConfig, problem: &Problem, space: &SearchSpace) -> Plan {
+    if cfg.kind == PlannerKind::Gradient {
+        return crate::gradient::plan(cfg, problem, space);
+    }
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let (h, dim) = (cfg.horizon, space.dim());
     let width = h * dim;
@@ -394,7 +410,7 @@ pub fn plan(cfg: &PlannerConfig, problem: &Problem, space: &SearchSpace) -> Plan
             );
         }
         match cfg.kind {
-            PlannerKind::RandomShooting => {}
+            PlannerKind::RandomShooting | PlannerKind::Gradient => {}
             PlannerKind::Cem | PlannerKind::Icem => {
                 let k = cfg.elites.min(c);
                 let elites = &order[..k];

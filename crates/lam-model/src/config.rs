@@ -46,6 +46,23 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     /// Probability of replacing z_t by zeros during training (paper: 0.15).
     pub action_dropout: f64,
+    /// What the world model is conditioned on: `latent` (z_t from the IDM, default) or
+    /// `action` (the true robot actions of labeled shards; `latent_dim` must then equal the
+    /// action dimension, and the IDM and regulariser are not used). `action` is the
+    /// action-conditioned baseline the latent-action world model is compared with.
+    #[serde(default)]
+    pub conditioning: Conditioning,
+}
+
+/// What conditions the world model's AdaLN-zero blocks.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Conditioning {
+    /// Latent actions inferred by the IDM from the frames themselves.
+    #[default]
+    Latent,
+    /// True robot actions read from labeled shards.
+    Action,
 }
 
 impl ModelConfig {
@@ -191,6 +208,7 @@ impl LamConfig {
                     wm_mlp_ratio: 4.0,
                     rope_theta: 10000.0,
                     action_dropout: 0.15,
+                    conditioning: Conditioning::Latent,
                 },
                 regularizer,
                 optim,
@@ -218,6 +236,7 @@ impl LamConfig {
                     wm_mlp_ratio: 4.0,
                     rope_theta: 10000.0,
                     action_dropout: 0.15,
+                    conditioning: Conditioning::Latent,
                 },
                 regularizer,
                 optim,

@@ -16,7 +16,7 @@ use burn::module::{Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use crate::config::{LamConfig, RegularizerConfig, RegularizerKind};
+use crate::config::{Conditioning, LamConfig, RegularizerConfig, RegularizerKind};
 use crate::idm::{Idm, IdmHead};
 use crate::regularizer::{energy, kl_standard_normal, vcm, vector_quantize};
 use crate::world_model::WorldModel;
@@ -175,13 +175,35 @@ impl LatentActionModel {
         }
     }
 
-    /// Training forward pass and loss on clips `[B, T, N, D]`.
+    /// Training forward pass and loss on clips `[B, T, N, D]` of a latent-action model.
     pub fn forward_loss(&self, cfg: &LamConfig, clips: Tensor<4>, noise: &StepNoise) -> StepOutput {
+        self.forward_loss_with(cfg, clips, None, noise)
+    }
+
+    /// Training forward pass and loss. With `model.conditioning = "action"` the world model is
+    /// conditioned on `actions` `[B, T-1, A]` (required) instead of IDM latents, and the loss
+    /// is the prediction loss alone.
+    pub fn forward_loss_with(
+        &self,
+        cfg: &LamConfig,
+        clips: Tensor<4>,
+        actions: Option<Tensor<3>>,
+        noise: &StepNoise,
+    ) -> StepOutput {
         let reg = &cfg.regularizer;
         let [b, t, _, _] = clips.dims();
         let device = clips.device();
         let zero = || Tensor::<1>::zeros([1], &device);
-        let latents = self.infer_clip(reg, clips.clone(), &noise.eps);
+        let conditioned_on_actions = cfg.model.conditioning == Conditioning::Action;
+        let latents = if conditioned_on_actions {
+            Latents {
+                z: actions.expect("an action-conditioned world model needs the clips' actions"),
+                mu_logvar: None,
+                vq: None,
+            }
+        } else {
+            self.infer_clip(reg, clips.clone(), &noise.eps)
+        };
         let d = latents.z.dims()[2];
         let z_flat = latents.z.clone().reshape([b * (t - 1), d]);
 
@@ -202,6 +224,7 @@ impl LatentActionModel {
             (zero(), zero(), zero(), zero());
         let mut codes = Vec::new();
         let reg_total = match reg.kind {
+            _ if conditioned_on_actions => zero(),
             RegularizerKind::Sparse => {
                 let v = vcm(z_flat.clone());
                 vcm_variance = v.variance;

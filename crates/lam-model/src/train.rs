@@ -23,7 +23,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde_json::{Map, Value, json};
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::{LamConfig, RegularizerKind};
+use crate::config::{Conditioning, LamConfig, RegularizerKind};
 use crate::lam::{LatentActionModel, StepNoise};
 use crate::optim::{self, stable_param_ids};
 use crate::stats::latent_stats;
@@ -102,6 +102,39 @@ pub fn clips_tensor(data: &ShardSet, indices: &[usize], device: &Device) -> Tens
     )
 }
 
+/// Uploads the actions `[B, T-1, A]` of clips of a labeled shard set.
+pub fn actions_tensor(data: &ShardSet, indices: &[usize], device: &Device) -> Result<Tensor<3>> {
+    let a = data.index.action_dim.with_context(|| {
+        format!("shards in {} carry no actions", data.dir.display())
+    })?;
+    let t = data.index.frames - 1;
+    let mut values = Vec::with_capacity(indices.len() * t * a);
+    for &i in indices {
+        values.extend(data.actions(i).with_context(|| {
+            format!("clip {i} of {} has no actions", data.dir.display())
+        })?);
+    }
+    Ok(Tensor::from_data(
+        TensorData::new(values, [indices.len(), t, a]),
+        device,
+    ))
+}
+
+/// Clips and, for an action-conditioned model, their actions.
+fn batch_inputs(
+    cfg: &LamConfig,
+    data: &ShardSet,
+    indices: &[usize],
+    device: &Device,
+) -> Result<(Tensor<4>, Option<Tensor<3>>)> {
+    let clips = clips_tensor(data, indices, device);
+    let actions = match cfg.model.conditioning {
+        Conditioning::Latent => None,
+        Conditioning::Action => Some(actions_tensor(data, indices, device)?),
+    };
+    Ok((clips, actions))
+}
+
 /// Checks that the model config matches the data.
 pub fn check_data(cfg: &LamConfig, data: &ShardSet) -> Result<()> {
     let idx = &data.index;
@@ -123,6 +156,21 @@ pub fn check_data(cfg: &LamConfig, data: &ShardSet) -> Result<()> {
         "no clips in {} for this split",
         data.dir.display()
     );
+    if cfg.model.conditioning == Conditioning::Action {
+        let a = idx.action_dim.with_context(|| {
+            format!(
+                "model.conditioning = \"action\" needs labeled shards (with actions); {} has none",
+                data.dir.display()
+            )
+        })?;
+        ensure!(
+            a == cfg.model.latent_dim,
+            "model.conditioning = \"action\": model.latent_dim ({}) must equal the action \
+             dimension of {} ({a}); pass --set model.latent_dim={a}",
+            cfg.model.latent_dim,
+            data.dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -147,15 +195,15 @@ pub fn validate(
     model: &LatentActionModel,
     val: &ShardSet,
     device: &Device,
-) -> Map<String, Value> {
+) -> Result<Map<String, Value>> {
     let b = cfg.train.batch_size.min(val.len()).max(2.min(val.len()));
     let batches = cfg.train.val_batches.max(1);
     let mut sums: Vec<(&'static str, f64)> = Vec::new();
     let mut count = 0;
     for k in 0..batches {
         let indices: Vec<usize> = (0..b).map(|i| (k * b + i) % val.len()).collect();
-        let clips = clips_tensor(val, &indices, device);
-        let out = model.forward_loss(cfg, clips, &StepNoise::default());
+        let (clips, actions) = batch_inputs(cfg, val, &indices, device)?;
+        let out = model.forward_loss_with(cfg, clips, actions, &StepNoise::default());
         for (i, (name, v)) in out.terms.named().into_iter().enumerate() {
             if sums.len() <= i {
                 sums.push((name, 0.0));
@@ -167,9 +215,10 @@ pub fn validate(
             break;
         }
     }
-    sums.into_iter()
+    Ok(sums
+        .into_iter()
         .map(|(k, v)| (k.to_string(), json!(v / count as f64)))
-        .collect()
+        .collect())
 }
 
 /// Replaces codes unused for `dead_code_steps` steps by random encoder outputs of the batch.
@@ -333,10 +382,10 @@ pub fn train(
     let mut steps_per_sec: f64;
     for step in start..end {
         let indices = batch_indices(cfg.train.seed, step, b, data.len());
-        let clips = clips_tensor(data, &indices, &ad);
+        let (clips, actions) = batch_inputs(cfg, data, &indices, &ad)?;
         let noise = step_noise(cfg, step, b * (t - 1));
         let lr = scheduler.step();
-        let out = model.forward_loss(cfg, clips, &noise);
+        let out = model.forward_loss_with(cfg, clips, actions, &noise);
         let loss = out.terms.total.clone().into_scalar::<f32>();
         if !loss.is_finite() {
             let terms: Vec<String> = out
@@ -407,7 +456,7 @@ pub fn train(
             && cfg.train.val_every > 0
             && (done % cfg.train.val_every == 0 || done == total)
         {
-            let mut rec = validate(cfg, &model.valid(), val, device);
+            let mut rec = validate(cfg, &model.valid(), val, device)?;
             rec.insert("step".into(), json!(done));
             rec.insert("split".into(), json!("val"));
             log.write(&Value::Object(rec.clone()))?;
