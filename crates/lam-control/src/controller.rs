@@ -35,8 +35,34 @@ pub struct ControllerConfig {
     pub batch_size: usize,
     /// AdamW learning rate (1e-3).
     pub lr: f64,
+    /// AdamW weight decay (0.01).
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Early stopping: the last `selection_fraction` of the training transitions (whole
+    /// clips, 0.1) are held out, the weights with the lowest held-out loss are kept, and
+    /// training stops after `patience` (5) checks every `check_every` (100) steps without
+    /// improvement. 0 disables it.
+    #[serde(default = "default_selection_fraction")]
+    pub selection_fraction: f64,
+    #[serde(default = "default_check_every")]
+    pub check_every: usize,
+    #[serde(default = "default_patience")]
+    pub patience: usize,
     /// Seed (0).
     pub seed: u64,
+}
+
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_selection_fraction() -> f64 {
+    0.1
+}
+fn default_check_every() -> usize {
+    100
+}
+fn default_patience() -> usize {
+    5
 }
 
 impl Default for ControllerConfig {
@@ -46,6 +72,10 @@ impl Default for ControllerConfig {
             steps: 2000,
             batch_size: 256,
             lr: 1e-3,
+            weight_decay: default_weight_decay(),
+            selection_fraction: default_selection_fraction(),
+            check_every: default_check_every(),
+            patience: default_patience(),
             seed: 0,
         }
     }
@@ -177,6 +207,12 @@ pub fn pseudo_label(
 pub struct ControllerReport {
     pub train_transitions: usize,
     pub val_transitions: usize,
+    /// Steps run (fewer than configured when early stopping ended training) and the step
+    /// whose weights were kept.
+    #[serde(default)]
+    pub steps_run: usize,
+    #[serde(default)]
+    pub best_step: usize,
     /// Mean cosine similarity between g_ctrl(a) and the IDM pseudo-label.
     pub cosine: f64,
     /// Mean squared error of the inverse controller's actions.
@@ -228,15 +264,38 @@ pub fn fit(
         !val.is_empty(),
         "no held-out transitions for the controller"
     );
+    // Early-stopping split: the last transitions (the order is clip by clip).
+    let n_sel = if cfg.selection_fraction > 0.0 && train.len() >= 20 {
+        ((train.len() as f64 * cfg.selection_fraction).round() as usize).clamp(1, train.len() / 2)
+    } else {
+        0
+    };
+    let n_fit = train.len() - n_sel;
+    let selection: Vec<usize> = (n_fit..train.len()).collect();
     let ad = device.clone().autodiff();
     ad.seed(cfg.seed);
     let mut ctrl = Controller::new(train.action_dim, train.latent_dim, cfg.hidden, &ad);
-    let mut opt = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut opt = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .init();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut order: Vec<usize> = (0..n_fit).collect();
     let mut pos = order.len();
-    for _ in 0..cfg.steps {
-        let b = cfg.batch_size.min(train.len());
+    let loss_of = |ctrl: &Controller, a: Tensor<2>, z: Tensor<2>| {
+        (ctrl.forward.forward(a.clone()) - z.clone())
+            .square()
+            .mean()
+            + (ctrl.inverse.forward(z) - a).square().mean()
+    };
+    let (sel_a, sel_z) = (
+        rows(&train.actions, train.action_dim, &selection, device),
+        rows(&train.latents, train.latent_dim, &selection, device),
+    );
+    let mut best: Option<(f32, usize, Controller)> = None;
+    let mut since_best = 0usize;
+    let mut steps_run = 0usize;
+    for step in 0..cfg.steps {
+        let b = cfg.batch_size.min(n_fit);
         if pos + b > order.len() {
             order.shuffle(&mut rng);
             pos = 0;
@@ -245,14 +304,35 @@ pub fn fit(
         pos += b;
         let a = rows(&train.actions, train.action_dim, idx, &ad);
         let z = rows(&train.latents, train.latent_dim, idx, &ad);
-        let loss = (ctrl.forward.forward(a.clone()) - z.clone())
-            .square()
-            .mean()
-            + (ctrl.inverse.forward(z) - a).square().mean();
+        let loss = loss_of(&ctrl, a, z);
         let grads = GradientsParams::from_grads(loss.backward(), &ctrl);
         ctrl = opt.step(cfg.lr, ctrl, grads);
+        steps_run = step + 1;
+        let check = n_sel > 0
+            && cfg.check_every > 0
+            && (steps_run % cfg.check_every == 0 || steps_run == cfg.steps);
+        if check {
+            let valid = ctrl.valid();
+            let l = loss_of(&valid, sel_a.clone(), sel_z.clone()).into_scalar::<f32>();
+            ensure!(
+                l.is_finite(),
+                "controller loss became {l} at step {steps_run}; lower --lr"
+            );
+            if best.as_ref().is_none_or(|(b, _, _)| l < *b) {
+                best = Some((l, steps_run, valid));
+                since_best = 0;
+            } else {
+                since_best += 1;
+                if cfg.patience > 0 && since_best >= cfg.patience {
+                    break;
+                }
+            }
+        }
     }
-    let ctrl = ctrl.valid();
+    let (ctrl, best_step) = match best {
+        Some((_, s, c)) => (c, s),
+        None => (ctrl.valid(), steps_run),
+    };
     let (cosine, inverse_mse) = evaluate(&ctrl, val, device);
     let mean: Vec<f64> = (0..val.action_dim)
         .map(|j| {
@@ -272,6 +352,8 @@ pub fn fit(
         ControllerReport {
             train_transitions: train.len(),
             val_transitions: val.len(),
+            steps_run,
+            best_step,
             cosine,
             inverse_mse,
             action_variance,

@@ -3,6 +3,7 @@
 mod bench;
 mod control;
 mod demo;
+mod plan;
 mod plot;
 mod stage1;
 
@@ -33,6 +34,9 @@ enum Command {
     /// Controller between robot actions and latent actions (stage 2).
     #[command(subcommand)]
     Control(control::ControlCommand),
+    /// Closed-loop MPC through the world model on the simulator's evaluation protocol.
+    #[command(subcommand)]
+    Plan(plan::PlanCommand),
     /// Make or inspect embedding shards.
     #[command(subcommand)]
     Data(DataCommand),
@@ -161,6 +165,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Control(cmd) => control::run(cmd),
         Command::Sim(cmd) => lam_sim::cli::run(cmd),
         Command::Encoder(cmd) => lam_encoder::cli::run_encoder(cmd),
+        Command::Plan(cmd) => plan::run(cmd),
         Command::Embed(args) => lam_encoder::cli::run_embed(args),
         Command::Lawm(cmd) => lam_lawm::cli::run(cmd),
         Command::Plot(a) => {

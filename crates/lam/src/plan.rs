@@ -1,0 +1,449 @@
+//! `lam plan eval`: closed-loop MPC on the simulated suite's fixed evaluation protocol, with
+//! every planner, the action-conditioned baseline and the reference policies on the same
+//! seeded episodes; a table, JSON and PNG strips.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use burn::prelude::*;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lam_control::closed_loop::{Agent, EpisodeResult, EvalSummary, Mode, Trace, summarize};
+use lam_control::controller;
+use lam_control::planner::{CostKind, PlannerConfig, PlannerKind};
+use lam_encoder::Encoder;
+use lam_model::config::{Conditioning, LamConfig};
+use lam_model::device::parse_device;
+use lam_sim::domain::Domain;
+use lam_sim::protocol::{EvalEpisode, eval_protocol};
+use lam_sim::tasks::Task;
+use lam_sim::{Expert, ExpertConfig};
+use serde::Serialize;
+use tracing::info;
+
+use crate::stage1::load_checkpoint;
+
+#[derive(Subcommand)]
+pub enum PlanCommand {
+    /// Closed-loop success on the simulator's evaluation protocol.
+    Eval(PlanEvalArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct PlanEvalArgs {
+    /// Latent-action world model: run folder (latest checkpoint) or checkpoint folder.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Encoder the run's shards were embedded with (sim-encoder or Hugging Face folder).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// Controller folder (`lam control fit`), for the latent and action search spaces.
+    #[arg(long)]
+    pub controller: Option<PathBuf>,
+    /// Action-conditioned world model run (`lam train --set model.conditioning=action`);
+    /// adds a row planned with CEM in action space.
+    #[arg(long)]
+    pub action_run: Option<PathBuf>,
+    /// Task: reach, push, pusht or sort.
+    #[arg(long, default_value = "reach")]
+    pub task: Task,
+    /// Embodiment the episodes are played in.
+    #[arg(long, default_value = "robot")]
+    pub domain: Domain,
+    /// Episodes (the protocol's first N seeds).
+    #[arg(long, default_value_t = 10)]
+    pub episodes: usize,
+    /// Planners for the latent-action world model, comma-separated:
+    /// random-shooting, cem, icem, mppi, gradient.
+    #[arg(long, default_value = "cem", value_delimiter = ',')]
+    pub planner: Vec<PlannerKind>,
+    /// Search space of the latent-action world model: latent (then the inverse controller)
+    /// or action (through the controller).
+    #[arg(long, default_value = "latent")]
+    pub space: Mode,
+    /// Also score the random policy and the scripted expert.
+    #[arg(long)]
+    pub baselines: bool,
+    /// Candidates per iteration (random shooting: --samples too).
+    #[arg(long, default_value_t = PlannerConfig::default().samples)]
+    pub samples: usize,
+    /// Refinement iterations (Adam steps for the gradient planner).
+    #[arg(long, default_value_t = PlannerConfig::default().iterations)]
+    pub iterations: usize,
+    /// Elites (CEM, iCEM).
+    #[arg(long, default_value_t = PlannerConfig::default().elites)]
+    pub elites: usize,
+    /// Planning horizon.
+    #[arg(long, default_value_t = PlannerConfig::default().horizon)]
+    pub horizon: usize,
+    /// Actions executed per plan.
+    #[arg(long, default_value_t = 5)]
+    pub replan_every: usize,
+    /// Cost: cosine, l1 or mse.
+    #[arg(long, default_value = "cosine")]
+    pub cost: String,
+    /// Compare token by token instead of mean-pooled frames.
+    #[arg(long)]
+    pub per_token: bool,
+    /// Gradient planner step size (units of the prior's std).
+    #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
+    pub learning_rate: f64,
+    /// Frame side rendered by the simulator (default: the encoder's input size).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Output folder: plan_eval_<task>.json, plan_eval_<task>.md and strips/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Episodes per method drawn as PNG strips.
+    #[arg(long, default_value_t = 2)]
+    pub strips: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Everything `lam plan eval` writes to JSON.
+#[derive(Serialize)]
+pub struct PlanEvalReport {
+    pub task: String,
+    pub domain: String,
+    pub episodes: usize,
+    pub planner_settings: PlannerConfig,
+    pub replan_every: usize,
+    pub summaries: Vec<EvalSummary>,
+    pub results: Vec<(String, Vec<EpisodeResult>)>,
+    pub wall_seconds: f64,
+}
+
+impl PlanEvalReport {
+    /// The comparison as a markdown table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "| method | success | mean steps | plan ms/step | confidence | planning error |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for m in &self.summaries {
+            let planned = m.mean_plan_ms > 0.0;
+            let dash = |v: String| if planned { v } else { "-".into() };
+            let _ = writeln!(
+                s,
+                "| {} | {:.0}% ({}/{}) | {:.1} | {} | {} | {} |",
+                m.method,
+                100.0 * m.success_rate,
+                (m.success_rate * m.episodes as f64).round() as usize,
+                m.episodes,
+                m.mean_steps,
+                dash(format!("{:.0}", m.mean_plan_ms / self.replan_every as f64)),
+                dash(format!("{:.3}", m.mean_confidence)),
+                dash(format!("{:.3}", m.mean_planning_error)),
+            );
+        }
+        s
+    }
+}
+
+pub fn run(cmd: PlanCommand) -> Result<()> {
+    match cmd {
+        PlanCommand::Eval(args) => {
+            let report = eval(&args)?;
+            print!("{}", report.table());
+            println!(
+                "written to {}",
+                args.out
+                    .join(format!("plan_eval_{}.md", report.task))
+                    .display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn parse_cost(s: &str) -> Result<CostKind> {
+    Ok(match s {
+        "cosine" => CostKind::Cosine,
+        "l1" => CostKind::L1,
+        "mse" => CostKind::Mse,
+        other => anyhow::bail!("unknown cost `{other}` (expected cosine, l1 or mse)"),
+    })
+}
+
+/// Loads a world-model run and checks it against the encoder's tokens.
+fn load_world_model(
+    path: &Path,
+    encoder: &Encoder,
+    size: usize,
+    device: &Device,
+) -> Result<(LamConfig, lam_model::LatentActionModel)> {
+    let (cfg, lam, ckpt) = load_checkpoint(path, device)?;
+    let grid = encoder.grid(size);
+    ensure!(
+        cfg.model.grid == grid && cfg.model.embed_dim == encoder.info.dim,
+        "{} was trained on tokens of grid {:?} x {} channels, but {} gives {:?} x {} at size \
+         {size}; pass the encoder the run's shards were embedded with",
+        ckpt.display(),
+        cfg.model.grid,
+        cfg.model.embed_dim,
+        encoder.info.path.display(),
+        grid,
+        encoder.info.dim
+    );
+    Ok((cfg, lam))
+}
+
+/// Runs every requested method on the same episodes.
+pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
+    let started = Instant::now();
+    let device = parse_device(&args.device)?;
+    ensure!(args.episodes > 0, "--episodes must be at least 1");
+    ensure!(
+        args.run.is_some() || args.action_run.is_some() || args.baselines,
+        "nothing to evaluate: give --run (with --controller), --action-run, or --baselines"
+    );
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let encoder = match &args.encoder {
+        Some(p) => Some(Encoder::load(p, &device)?),
+        None => None,
+    };
+    let size = args
+        .size
+        .or(encoder.as_ref().map(|e| e.info.default_size))
+        .unwrap_or(64);
+    let episodes = eval_protocol(args.task, args.domain, args.episodes, size as u32)?;
+    let space = episodes[0].env()?.action_space();
+    let planner = PlannerConfig {
+        samples: args.samples,
+        iterations: args.iterations,
+        elites: args.elites,
+        horizon: args.horizon,
+        cost: parse_cost(&args.cost)?,
+        pooled: !args.per_token,
+        learning_rate: args.learning_rate,
+        ..PlannerConfig::default()
+    };
+    let mut results: Vec<(String, Vec<EpisodeResult>)> = Vec::new();
+
+    if args.baselines {
+        results.push((
+            "scripted expert".into(),
+            run_policy(&episodes, "expert", |ep| {
+                let mut expert = Expert::new(ExpertConfig::default(), ep.seed);
+                Box::new(move |env| Ok(expert.act(env)))
+            })?,
+        ));
+        results.push((
+            "random policy".into(),
+            run_policy(&episodes, "random", |ep| {
+                let mut policy = lam_sim::policy::RandomPolicy::new(ep.seed);
+                Box::new(move |env| Ok(policy.act(env)))
+            })?,
+        ));
+    }
+
+    let world_models = [
+        (args.run.as_ref(), Conditioning::Latent),
+        (args.action_run.as_ref(), Conditioning::Action),
+    ];
+    for (path, conditioning) in world_models {
+        let Some(path) = path else { continue };
+        let encoder = encoder
+            .as_ref()
+            .context("planning with a world model needs --encoder")?;
+        let (cfg, lam) = load_world_model(path, encoder, size, &device)?;
+        ensure!(
+            cfg.model.conditioning == conditioning,
+            "{} is conditioned on {:?}; pass it as {}",
+            path.display(),
+            cfg.model.conditioning,
+            if cfg.model.conditioning == Conditioning::Action {
+                "--action-run"
+            } else {
+                "--run"
+            }
+        );
+        let ctrl = match (&args.controller, conditioning) {
+            (Some(p), Conditioning::Latent) => Some(controller::load(p, &device)?),
+            (None, Conditioning::Latent) => {
+                anyhow::bail!("--run needs --controller (fit one with lam control fit)")
+            }
+            _ => None,
+        };
+        let (mode, kinds) = match conditioning {
+            Conditioning::Latent => (args.space, args.planner.clone()),
+            Conditioning::Action => (Mode::ActionConditioned, vec![PlannerKind::Cem]),
+        };
+        let frame_encoder = |rgb: &[u8]| encoder.encode_rgb(rgb, size, size, size, &device);
+        for kind in kinds {
+            let agent = Agent {
+                cfg: &cfg,
+                lam: &lam,
+                controller: ctrl.as_ref(),
+                planner: PlannerConfig {
+                    kind,
+                    ..planner.clone()
+                },
+                mode,
+                replan_every: args.replan_every,
+                low: space.low.clone(),
+                high: space.high.clone(),
+            };
+            agent.check()?;
+            let name = match conditioning {
+                Conditioning::Latent => format!("latent-action WM + {} ({mode:?} space)", kind_name(kind)),
+                Conditioning::Action => "action-conditioned WM + CEM".to_string(),
+            };
+            let bar = progress(&name, episodes.len());
+            let mut rs = Vec::new();
+            for (i, ep) in episodes.iter().enumerate() {
+                let r = agent.run_episode(ep, &frame_encoder, i < args.strips)?;
+                bar.inc(1);
+                rs.push(r);
+            }
+            bar.finish_and_clear();
+            let s = summarize(&name, &rs);
+            info!(
+                "{name}: success {:.0}%, {:.0} ms per plan",
+                100.0 * s.success_rate,
+                s.mean_plan_ms
+            );
+            write_strips(&args.out, args.task, &name, &rs, size)?;
+            results.push((name, rs));
+        }
+    }
+    let summaries = results.iter().map(|(n, r)| summarize(n, r)).collect();
+    let report = PlanEvalReport {
+        task: args.task.to_string(),
+        domain: args.domain.to_string(),
+        episodes: args.episodes,
+        planner_settings: planner,
+        replan_every: args.replan_every,
+        summaries,
+        results,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    let stem = format!("plan_eval_{}", report.task);
+    lam_data::shards::write_atomic(
+        &args.out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    let md = format!(
+        "# Closed-loop planning: {} ({}), {} episodes\n\nPlanner: {} samples x {} iterations, \
+         horizon {}, {} actions per plan, cost {:?}{}.\n\n{}",
+        report.task,
+        report.domain,
+        report.episodes,
+        report.planner_settings.samples,
+        report.planner_settings.iterations,
+        report.planner_settings.horizon,
+        report.replan_every,
+        report.planner_settings.cost,
+        if report.planner_settings.pooled { " (pooled)" } else { " (per token)" },
+        report.table()
+    );
+    lam_data::shards::write_atomic(&args.out.join(format!("{stem}.md")), md.as_bytes())?;
+    Ok(report)
+}
+
+fn kind_name(kind: PlannerKind) -> &'static str {
+    match kind {
+        PlannerKind::RandomShooting => "random shooting",
+        PlannerKind::Cem => "CEM",
+        PlannerKind::Icem => "iCEM",
+        PlannerKind::Mppi => "MPPI",
+        PlannerKind::Gradient => "gradient",
+    }
+}
+
+fn progress(name: &str, n: usize) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    bar.set_message(name.to_string());
+    bar
+}
+
+type Policy<'a> = Box<dyn FnMut(&mut lam_sim::Env) -> Result<Vec<f32>> + 'a>;
+
+/// Scores a policy that needs no model.
+fn run_policy(
+    episodes: &[EvalEpisode],
+    name: &str,
+    make: impl Fn(&EvalEpisode) -> Policy<'static>,
+) -> Result<Vec<EpisodeResult>> {
+    let mut out = Vec::new();
+    for ep in episodes {
+        let mut policy = make(ep);
+        let o = ep
+            .run(|env| policy(env))
+            .with_context(|| format!("{name} policy, episode seed {}", ep.seed))?;
+        out.push(EpisodeResult {
+            seed: ep.seed,
+            success: o.success,
+            steps: o.steps,
+            final_distance: o.final_distance,
+            plans: 0,
+            mean_plan_ms: 0.0,
+            mean_confidence: 0.0,
+            mean_planning_error: 0.0,
+            trace: None,
+        });
+    }
+    Ok(out)
+}
+
+/// One PNG per traced episode: a column per plan step, the observation on top and, below, the
+/// observed frame (or goal) closest to what the world model predicted for that step; the goal
+/// last.
+fn write_strips(
+    out: &Path,
+    task: Task,
+    method: &str,
+    results: &[EpisodeResult],
+    size: usize,
+) -> Result<()> {
+    let slug: String = method
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect::<String>()
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    for r in results {
+        let Some(Trace {
+            frames,
+            nearest_to_prediction,
+            goal,
+        }) = &r.trace
+        else {
+            continue;
+        };
+        let steps = lam_sim::strip::spread(frames.len(), 10);
+        let column = |top: &[u8], bottom: &[u8]| [top, bottom].concat();
+        let mut cols: Vec<Vec<u8>> = steps
+            .iter()
+            .map(|&k| {
+                let predicted = if k == 0 {
+                    &frames[0]
+                } else {
+                    let j = nearest_to_prediction[k - 1];
+                    if j < frames.len() { &frames[j] } else { goal }
+                };
+                column(&frames[k], predicted)
+            })
+            .collect();
+        cols.push(column(goal, goal));
+        let refs: Vec<&[u8]> = cols.iter().map(|c| c.as_slice()).collect();
+        let path = out
+            .join("strips")
+            .join(format!("{task}_{slug}_seed{}.png", r.seed));
+        lam_sim::strip::write_strip(&path, &refs, size as u32, 2 * size as u32, 2)?;
+    }
+    Ok(())
+}
