@@ -52,6 +52,13 @@ pub struct ModelConfig {
     /// action-conditioned baseline the latent-action world model is compared with.
     #[serde(default)]
     pub conditioning: Conditioning,
+    /// Predict the change of the frame instead of the frame: s^_t+1 = s_t + out(...), with
+    /// `out_proj` zero-initialised so the untrained model copies the last frame (false, the
+    /// paper's parameterisation). On embeddings that change little between frames (the
+    /// simulated suite), the tiny model otherwise spends its first thousand steps learning to
+    /// copy and never starts using z; the loss is the same L1 either way.
+    #[serde(default)]
+    pub residual: bool,
 }
 
 /// What conditions the world model's AdaLN-zero blocks.
@@ -209,6 +216,7 @@ impl LamConfig {
                     rope_theta: 10000.0,
                     action_dropout: 0.15,
                     conditioning: Conditioning::Latent,
+                    residual: false,
                 },
                 regularizer,
                 optim,
@@ -237,6 +245,7 @@ impl LamConfig {
                     rope_theta: 10000.0,
                     action_dropout: 0.15,
                     conditioning: Conditioning::Latent,
+                    residual: false,
                 },
                 regularizer,
                 optim,

@@ -12,7 +12,8 @@
 //!    Queries and keys carry **3-D RoPE**: the head's rotation pairs are split between time,
 //!    patch row and patch column.
 //! 4. The final layer norm is modulated the same way (shift, scale from a zero-initialised
-//!    linear) and `out_proj` maps back to D. Output position t predicts frame t + 1.
+//!    linear) and `out_proj` maps back to D. Output position t predicts frame t + 1 (with
+//!    `model.residual`, frame t plus that output, `out_proj` zero-initialised).
 //!
 //! Training uses teacher forcing: the inputs are the true frames 0..T-2 and the targets the
 //! frames 1..T-1, all predicted in one pass.
@@ -38,6 +39,8 @@ pub struct WorldModel {
     pub rope_theta: f64,
 }
 
+    /// Predict s_t + out(...) instead of out(...) (`model.residual`).
+    pub residual: bool,
 #[derive(Module, Debug)]
 pub struct Block {
     pub norm1: LayerNorm,
@@ -77,13 +80,18 @@ impl WorldModel {
             blocks,
             final_norm: LayerNormConfig::new(w).init(device),
             final_ada: zero_linear(w, 2 * w, device),
-            out_proj: LinearConfig::new(w, cfg.embed_dim).init(device),
+            out_proj: if cfg.residual {
+                zero_linear(w, cfg.embed_dim, device)
+            } else {
+                LinearConfig::new(w, cfg.embed_dim).init(device)
+            },
             heads: cfg.wm_heads,
             grid_rows: cfg.grid[0],
             grid_cols: cfg.grid[1],
             rope_theta: cfg.rope_theta,
         }
     }
+            residual: cfg.residual,
 
     /// Predicts the next frame for every input frame.
     ///
@@ -123,6 +131,7 @@ impl WorldModel {
         let mask = (t > 1).then(|| frame_causal_bias(cached, t, n, &device));
         let mut x = self.in_proj.forward(frames);
         let mut kv = Vec::with_capacity(self.blocks.len());
+        let input = self.residual.then(|| frames.clone());
         for (i, block) in self.blocks.iter().enumerate() {
             let (next, layer_kv) = block.forward(
                 x,
@@ -137,7 +146,8 @@ impl WorldModel {
         }
         let [shift, scale] = modulation::<2>(self.final_ada.forward(c), b, t, w);
         let x = modulate(self.final_norm.forward(x), shift, scale);
-        (self.out_proj.forward(x), kv)
+        let out = self.out_proj.forward(x);
+        (input.map_or(out.clone(), |s| s + out), kv)
     }
 
     /// Caches the keys and values of context frames `[B, T, N, D]` acted on by `z`

@@ -463,3 +463,46 @@ fn action_conditioned_world_model_trains_on_true_actions() {
     assert!((last["loss"].as_f64().unwrap() - pred(last)).abs() < 1e-6);
     assert_eq!(last["energy"].as_f64().unwrap(), 0.0);
 }
+
+#[test]
+fn residual_world_model_starts_as_copy_and_its_cpu_rollout_matches_steps() {
+    let _serial = serial();
+    let _rng = lam_model::train::rng_lock();
+    let dev = Device::flex();
+    dev.seed(3);
+    let mut cfg = tiny().model;
+    cfg.residual = true;
+    let mut wm = WorldModel::new(&cfg, &dev);
+    let normal = Distribution::Normal(0.0, 1.0);
+    let frames = Tensor::<4>::random([2, 4, 16, 32], normal, &dev);
+    let z = Tensor::<3>::random([2, 4, 16], normal, &dev);
+    // Untrained: the prediction of frame t + 1 is frame t.
+    assert!(max_abs_diff(wm.forward(frames.clone(), z.clone()), frames.clone()) == 0.0);
+    // With every head non-zero, the batched CPU rollout equals step-by-step rollouts.
+    let w = cfg.wm_dim;
+    for block in wm.blocks.iter_mut() {
+        block.ada = LinearConfig::new(w, 6 * w).init(&dev);
+    }
+    wm.final_ada = LinearConfig::new(w, 2 * w).init(&dev);
+    wm.out_proj = LinearConfig::new(w, 32).init(&dev);
+    let cache = wm.prefill(
+        frames.clone().slice(s![0..1, .., .., ..]),
+        z.clone().slice(s![0..1, .., ..]),
+        7,
+    );
+    let current = Tensor::<3>::random([1, 16, 32], normal, &dev);
+    let zs = Tensor::<3>::random([5, 3, 16], normal, &dev);
+    let got = wm
+        .rollout_shared(Some(&cache), current.clone(), zs.clone(), 7)
+        .expect("CPU path");
+    let mut c = Some(cache.repeat(5));
+    let mut frame = current.expand([5, 16, 32]);
+    for k in 0..3 {
+        let zk = zs.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1);
+        let (pred, next) = wm.step(c.as_ref(), frame, zk, 7);
+        frame = pred;
+        c = Some(next);
+    }
+    let diff = (got - frame).abs().max().into_scalar::<f32>();
+    assert!(diff < 2e-5, "CPU rollout differs from step() by {diff}");
+}
