@@ -56,6 +56,8 @@ enum Command {
     /// LAWM: pretrain an imitation policy through a recurrent world model, finetune on actions.
     #[command(subcommand)]
     Lawm(lam_lawm::cli::LawmCommand),
+    /// Serve an MPC planner or a LAWM policy over WebSocket (msgpack) to Python robot loops.
+    Serve(lam_serve::cli::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -163,11 +165,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(cmd) => bench::run(cmd),
         Command::Control(cmd) => control::run(cmd),
+        Command::Plan(cmd) => plan::run(cmd),
         Command::Sim(cmd) => lam_sim::cli::run(cmd),
         Command::Encoder(cmd) => lam_encoder::cli::run_encoder(cmd),
-        Command::Plan(cmd) => plan::run(cmd),
         Command::Embed(args) => lam_encoder::cli::run_embed(args),
         Command::Lawm(cmd) => lam_lawm::cli::run(cmd),
+        Command::Serve(args) => lam_serve::cli::run(args),
         Command::Plot(a) => {
             let out = a.out.unwrap_or_else(|| a.run.join("loss.png"));
             plot::plot_run(&a.run, &out)?;

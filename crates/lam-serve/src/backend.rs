@@ -1,0 +1,539 @@
+//! What the server serves: MPC through a stage-1 world model (goal images), or a LAWM policy
+//! (instructions). Each is loaded once and shared by every connection; each connection owns a
+//! [`Session`] (one episode at a time).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::prelude::*;
+use lam_control::closed_loop::{Agent, MpcSession};
+use lam_encoder::Encoder;
+use lam_lawm::checkpoint::CheckpointState;
+use lam_lawm::config::HeadKind;
+use lam_lawm::data::ActionNorm;
+use lam_lawm::instruction::InstructionEmbedder;
+use lam_lawm::policy::Policy;
+use rmpv::Value;
+use serde_json::json;
+
+use crate::protocol::{self, Image};
+
+/// Milliseconds since `t0`.
+pub fn ms(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Converts a JSON value into a msgpack value (for replies assembled with `json!`).
+pub fn to_msgpack(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::Boolean(*b),
+        serde_json::Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else {
+                Value::F64(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        serde_json::Value::Array(a) => Value::Array(a.iter().map(to_msgpack).collect()),
+        serde_json::Value::Object(o) => Value::Map(
+            o.iter()
+                .map(|(k, v)| (Value::from(k.as_str()), to_msgpack(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// MPC toward a goal image through a stage-1 world model.
+pub struct MpcBackend<'a> {
+    pub agent: Agent<'a>,
+    pub encoder: &'a Encoder,
+    /// Side of the square the encoder sees.
+    pub size: usize,
+    pub device: Device,
+    /// The stage-1 checkpoint folder served.
+    pub checkpoint: PathBuf,
+    /// Names of the action components, when known.
+    pub action_names: Option<Vec<String>>,
+}
+
+/// A LAWM policy checkpoint (policy stage).
+pub struct LawmBackend {
+    pub policy: Policy,
+    pub state: CheckpointState,
+    pub norm: ActionNorm,
+    pub embedder: InstructionEmbedder,
+    pub device: Device,
+    pub checkpoint: PathBuf,
+    /// Chunk actions played before the policy is queried again.
+    pub execute: usize,
+    /// Instruction used when `reset` names none.
+    pub default_instruction: Option<String>,
+    /// Optional action bounds the de-normalised actions are clipped to.
+    pub bounds: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+pub enum Backend<'a> {
+    Mpc(MpcBackend<'a>),
+    Lawm(LawmBackend),
+}
+
+/// One connection's episode state.
+pub enum Session<'a> {
+    /// No `reset` yet (or the last call failed inside the model and cleared it).
+    Idle,
+    Mpc {
+        session: MpcSession<'a>,
+        steps: u64,
+    },
+    Lawm {
+        instruction: Vec<f32>,
+        history: VecDeque<Vec<u8>>,
+        pending: VecDeque<Vec<f32>>,
+        seed: u64,
+        steps: u64,
+    },
+}
+
+/// The reply fields of a successful call (the envelope is added by the server).
+pub type Fields = Vec<(&'static str, Value)>;
+
+/// Takes the named fields out of a request, rejecting any other.
+fn take_fields(
+    call: &str,
+    fields: Vec<(String, Value)>,
+    allowed: &[&str],
+) -> Result<Vec<Option<Value>>, String> {
+    let mut out: Vec<Option<Value>> = vec![None; allowed.len()];
+    for (k, v) in fields {
+        match allowed.iter().position(|a| *a == k) {
+            Some(i) => out[i] = Some(v),
+            None => {
+                let expected = if allowed.is_empty() {
+                    "it takes no fields".to_string()
+                } else {
+                    format!("expected {}", allowed.join(", "))
+                };
+                return Err(format!("`{call}` has an unknown field `{k}` ({expected})"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn optional_seed(v: Option<Value>) -> Result<u64, String> {
+    match v {
+        None | Some(Value::Nil) => Ok(0),
+        Some(v) => v.as_u64().ok_or_else(|| match &v {
+            Value::Integer(i) => format!("`seed` must be a non-negative integer, got {i}"),
+            other => format!(
+                "`seed` must be a non-negative integer, got {}",
+                protocol::kind(other)
+            ),
+        }),
+    }
+}
+
+fn optional_string(field: &str, v: Option<Value>) -> Result<Option<String>, String> {
+    match v {
+        None | Some(Value::Nil) => Ok(None),
+        Some(Value::String(s)) if s.as_str().is_some() => Ok(s.into_str()),
+        Some(v) => Err(format!(
+            "`{field}` must be a string, got {}",
+            protocol::kind(&v)
+        )),
+    }
+}
+
+/// Bytes of an image flattened to `size x size` CHW for the LAWM policy: the box filter the
+/// policy was trained with when the frame is a square multiple of `size`, otherwise the
+/// short side resized (antialiased bicubic) and the centre square cut out.
+pub fn lawm_frame(img: &Image, size: usize) -> Vec<u8> {
+    if img.width == img.height && img.width % size == 0 {
+        return lam_lawm::data::to_chw(&img.rgb, img.width, size);
+    }
+    let hwc = lam_encoder::resize::square_crop_rgb(&img.rgb, img.width, img.height, size);
+    let mut chw = vec![0u8; 3 * size * size];
+    for (i, px) in hwc.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            chw[c * size * size + i] = px[c].round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    chw
+}
+
+impl<'a> Backend<'a> {
+    /// Which calls take what, for the `info` reply.
+    pub fn info(&self, max_message: usize) -> serde_json::Value {
+        match self {
+            Backend::Mpc(m) => {
+                let cfg = m.agent.cfg;
+                let info = &m.encoder.info;
+                let p = &m.agent.planner;
+                json!({
+                    "model": "mpc",
+                    "checkpoint": m.checkpoint.display().to_string(),
+                    "world_model": {
+                        "frames": cfg.model.frames,
+                        "grid": cfg.model.grid,
+                        "embed_dim": cfg.model.embed_dim,
+                        "latent_dim": cfg.model.latent_dim,
+                        "conditioning": format!("{:?}", cfg.model.conditioning).to_lowercase(),
+                    },
+                    "planner": {
+                        "kind": p.kind,
+                        "search_space": m.agent.mode,
+                        "horizon": p.horizon,
+                        "samples": p.samples,
+                        "elites": p.elites,
+                        "iterations": p.iterations,
+                        "cost": p.cost,
+                        "replan_every": m.agent.replan_every,
+                    },
+                    "encoder": {
+                        "path": info.path.display().to_string(),
+                        "architecture": info.architecture,
+                        "dim": info.dim,
+                        "patch_size": info.patch_size,
+                    },
+                    "image": {
+                        "size": m.size,
+                        "layout": "RGB [height, width, 3], uint8 0..255 or float 0..1, any size",
+                        "preprocessing": format!(
+                            "short side resized to {s} (antialiased bicubic), centre {s}x{s} crop, then (x / 255 - mean) / std per channel", s = m.size),
+                        "mean": info.norm.mean,
+                        "std": info.norm.std,
+                    },
+                    "action": {
+                        "dim": m.agent.low.len(),
+                        "low": m.agent.low,
+                        "high": m.agent.high,
+                        "names": m.action_names,
+                        "chunk": 1,
+                    },
+                    "reset": {"goal": "required", "instruction": "not used", "seed": "optional"},
+                    "act": {"image": "required", "state": "optional, not used by this model"},
+                    "max_message_bytes": max_message,
+                    "protocol": protocol::PROTOCOL_VERSION,
+                })
+            }
+            Backend::Lawm(l) => {
+                let pc = &l.state.config.policy;
+                json!({
+                    "model": "lawm",
+                    "checkpoint": l.checkpoint.display().to_string(),
+                    "policy": {
+                        "head": pc.head,
+                        "history": pc.history,
+                        "chunk": pc.chunk,
+                        "execute": l.execute,
+                        "step": l.state.step,
+                        "instruction_dim": pc.instruction_dim,
+                    },
+                    "image": {
+                        "size": pc.image_size,
+                        "layout": "RGB [height, width, 3], uint8 0..255 or float 0..1, any size",
+                        "preprocessing": format!(
+                            "a square frame whose side is a multiple of {s}: box-filtered to {s}x{s}; otherwise short side resized to {s} (antialiased bicubic) and centre {s}x{s} crop; then x / 255 - 0.5", s = pc.image_size),
+                        "mean": [0.5, 0.5, 0.5],
+                        "std": [1.0, 1.0, 1.0],
+                        "scale": 255.0,
+                    },
+                    "action": {
+                        "dim": l.policy.action_dim,
+                        "low": l.bounds.as_ref().map(|b| b.0.clone()),
+                        "high": l.bounds.as_ref().map(|b| b.1.clone()),
+                        "chunk": pc.chunk,
+                        "normalisation": {"mean": l.norm.mean, "std": l.norm.std},
+                    },
+                    "reset": {
+                        "goal": "not used",
+                        "instruction": if l.default_instruction.is_some() { "optional" } else { "required" },
+                        "default_instruction": l.default_instruction,
+                        "seed": "optional",
+                    },
+                    "act": {"image": "required", "state": "optional, not used by this model"},
+                    "max_message_bytes": max_message,
+                    "protocol": protocol::PROTOCOL_VERSION,
+                })
+            }
+        }
+    }
+
+    /// Starts an episode. Errors are messages for the client.
+    pub fn reset(
+        &'a self,
+        session: &mut Session<'a>,
+        fields: Vec<(String, Value)>,
+    ) -> Result<Fields, String> {
+        let t0 = Instant::now();
+        let mut f = take_fields("reset", fields, &["goal", "instruction", "seed"])?.into_iter();
+        let (goal, instruction, seed) =
+            (f.next().flatten(), f.next().flatten(), f.next().flatten());
+        let seed = optional_seed(seed)?;
+        let instruction = optional_string("instruction", instruction)?;
+        match self {
+            Backend::Mpc(m) => {
+                if instruction.is_some() {
+                    return Err("this server plans toward a goal image (MPC): `reset` takes `goal`, not `instruction`".into());
+                }
+                let goal = match goal {
+                    None | Some(Value::Nil) => {
+                        return Err(
+                            "`reset` needs a `goal` image: the MPC planner plans toward it".into(),
+                        );
+                    }
+                    Some(v) => protocol::image("goal", v)?,
+                };
+                let te = Instant::now();
+                let tokens = m
+                    .encoder
+                    .encode_rgb(&goal.rgb, goal.width, goal.height, m.size, &m.device)
+                    .map_err(|e| format!("encoding `goal`: {e:#}"))?;
+                let encode_ms = ms(te);
+                *session = Session::Mpc {
+                    session: m.agent.session(tokens, seed),
+                    steps: 0,
+                };
+                Ok(vec![(
+                    "timing",
+                    to_msgpack(&json!({"encode_ms": encode_ms, "total_ms": ms(t0)})),
+                )])
+            }
+            Backend::Lawm(l) => {
+                if !matches!(goal, None | Some(Value::Nil)) {
+                    return Err("this server runs a LAWM policy conditioned on an instruction: `reset` takes `instruction`, not `goal`".into());
+                }
+                let text = match (instruction, &l.default_instruction) {
+                    (Some(t), _) => t,
+                    (None, Some(d)) => d.clone(),
+                    (None, None) => {
+                        return Err("`reset` needs an `instruction` for the LAWM policy (e.g. \"reach\", or the episode's sentence for sort); the server has no --instruction default".into());
+                    }
+                };
+                let unknown: Vec<String> = lam_lawm::instruction::words(&text)
+                    .into_iter()
+                    .filter(|w| !lam_lawm::instruction::VOCAB.contains(&w.as_str()))
+                    .collect();
+                if !unknown.is_empty() {
+                    tracing::warn!(
+                        "instruction {text:?}: words outside the policy's vocabulary {unknown:?} map to <unk>"
+                    );
+                }
+                *session = Session::Lawm {
+                    instruction: l.embedder.embed(&text),
+                    history: VecDeque::new(),
+                    pending: VecDeque::new(),
+                    seed,
+                    steps: 0,
+                };
+                Ok(vec![(
+                    "timing",
+                    to_msgpack(&json!({"encode_ms": 0.0, "total_ms": ms(t0)})),
+                )])
+            }
+        }
+    }
+
+    /// One observation in, one action out. Errors are messages for the client.
+    pub fn act(
+        &'a self,
+        session: &mut Session<'a>,
+        fields: Vec<(String, Value)>,
+    ) -> Result<Fields, String> {
+        let t0 = Instant::now();
+        let mut f = take_fields("act", fields, &["image", "state"])?.into_iter();
+        let (image, state) = (f.next().flatten(), f.next().flatten());
+        let image = match image {
+            None | Some(Value::Nil) => {
+                return Err("`act` needs an `image` (the current observation)".into());
+            }
+            Some(v) => protocol::image("image", v)?,
+        };
+        if let Some(s) = state.filter(|v| !v.is_nil()) {
+            protocol::vector("state", s)?;
+        }
+        match (self, session) {
+            (_, Session::Idle) => {
+                Err("`act` before `reset`: start an episode with reset first".into())
+            }
+            (Backend::Mpc(m), Session::Mpc { session, steps }) => {
+                let te = Instant::now();
+                let tokens = m
+                    .encoder
+                    .encode_rgb(&image.rgb, image.width, image.height, m.size, &m.device)
+                    .map_err(|e| format!("encoding `image`: {e:#}"))?;
+                let encode_ms = ms(te);
+                let tm = Instant::now();
+                let step = session
+                    .act(tokens)
+                    .map_err(|e| format!("planning: {e:#}"))?;
+                let model_ms = ms(tm);
+                *steps += 1;
+                let a = step.action.len();
+                Ok(vec![
+                    ("action", protocol::f32_array(&[a], &step.action)),
+                    ("planned", Value::Boolean(step.planned)),
+                    ("confidence", Value::F64(step.confidence as f64)),
+                    ("cost", Value::F64(step.cost as f64)),
+                    ("step", Value::from(*steps)),
+                    (
+                        "timing",
+                        to_msgpack(&json!({
+                            "encode_ms": encode_ms,
+                            "plan_ms": step.plan_ms,
+                            "model_ms": model_ms,
+                            "total_ms": ms(t0),
+                        })),
+                    ),
+                ])
+            }
+            (
+                Backend::Lawm(l),
+                Session::Lawm {
+                    instruction,
+                    history,
+                    pending,
+                    seed,
+                    steps,
+                },
+            ) => {
+                let pc = &l.state.config.policy;
+                let size = pc.image_size;
+                let te = Instant::now();
+                let frame = lawm_frame(&image, size);
+                if history.is_empty() {
+                    history.extend(std::iter::repeat_n(frame.clone(), pc.history));
+                } else {
+                    history.pop_front();
+                    history.push_back(frame);
+                }
+                let encode_ms = ms(te);
+                let d = l.policy.action_dim;
+                let mut chunk_out = None;
+                let tm = Instant::now();
+                if pending.is_empty() {
+                    let mut frames = Vec::with_capacity(pc.history * 3 * size * size);
+                    for f in history.iter() {
+                        frames.extend(f.iter().map(|&v| v as f32 / 255.0 - 0.5));
+                    }
+                    let frames = Tensor::<5>::from_data(
+                        TensorData::new(frames, [1, pc.history, 3, size, size]),
+                        &l.device,
+                    );
+                    let ins = Tensor::<2>::from_data(
+                        TensorData::new(instruction.clone(), [1, pc.instruction_dim]),
+                        &l.device,
+                    );
+                    let noise = if pc.head == HeadKind::Diffusion {
+                        lam_lawm::train::normals(
+                            &mut lam_lawm::train::step_rng(*seed, *steps as usize, 9),
+                            pc.chunk * d,
+                        )
+                    } else {
+                        Vec::new()
+                    };
+                    let chunk: Vec<f32> = l
+                        .policy
+                        .chunk(pc, frames, ins, &noise)
+                        .into_data()
+                        .try_into_vec::<f32>()
+                        .map_err(|e| format!("reading the policy's chunk: {e:?}"))?;
+                    let mut actions = Vec::with_capacity(chunk.len());
+                    for k in 0..pc.chunk {
+                        let mut a = l.norm.denormalize(&chunk[k * d..(k + 1) * d]);
+                        if let Some((lo, hi)) = &l.bounds {
+                            for (i, v) in a.iter_mut().enumerate() {
+                                *v = v.clamp(lo[i], hi[i]);
+                            }
+                        }
+                        if k < l.execute.min(pc.chunk) {
+                            pending.push_back(a.clone());
+                        }
+                        actions.extend(a);
+                    }
+                    chunk_out = Some(actions);
+                }
+                let model_ms = ms(tm);
+                let action = pending.pop_front().expect("a chunk filled the queue");
+                *steps += 1;
+                let mut out = vec![
+                    ("action", protocol::f32_array(&[d], &action)),
+                    ("planned", Value::Boolean(chunk_out.is_some())),
+                    ("confidence", Value::Nil),
+                    ("step", Value::from(*steps)),
+                ];
+                if let Some(c) = chunk_out {
+                    out.push(("chunk", protocol::f32_array(&[pc.chunk, d], &c)));
+                }
+                out.push((
+                    "timing",
+                    to_msgpack(&json!({
+                        "encode_ms": encode_ms,
+                        "model_ms": model_ms,
+                        "total_ms": ms(t0),
+                    })),
+                ));
+                Ok(out)
+            }
+            _ => Err("the session does not belong to this server's model".into()),
+        }
+    }
+}
+
+/// Loads a LAWM policy checkpoint for serving.
+pub fn load_lawm(
+    path: &std::path::Path,
+    device: &Device,
+    execute: usize,
+    default_instruction: Option<String>,
+    bounds: Option<(Vec<f32>, Vec<f32>)>,
+) -> Result<LawmBackend> {
+    let ckpt = lam_lawm::checkpoint::resolve(path)?;
+    let (policy, state) = lam_lawm::checkpoint::load_policy(&ckpt, device)?;
+    ensure!(
+        state.stage == lam_lawm::checkpoint::Stage::Policy,
+        "{} is a world-model pretraining checkpoint; its head emits latent actions. \
+         Finetune it on labeled demonstrations first (lam lawm finetune)",
+        ckpt.display()
+    );
+    let norm = state
+        .action_norm
+        .clone()
+        .with_context(|| format!("{} has no action normalisation", ckpt.display()))?;
+    ensure!(
+        norm.mean.len() == policy.action_dim && norm.std.len() == policy.action_dim,
+        "{}: action normalisation has {} values for {}-D actions",
+        ckpt.display(),
+        norm.mean.len(),
+        policy.action_dim
+    );
+    ensure!(execute >= 1, "--execute must be at least 1");
+    if let Some((lo, hi)) = &bounds {
+        if lo.len() != policy.action_dim || hi.len() != policy.action_dim {
+            bail!(
+                "action bounds have {} lows and {} highs but the policy emits {}-D actions",
+                lo.len(),
+                hi.len(),
+                policy.action_dim
+            );
+        }
+    }
+    let embedder = InstructionEmbedder::new(state.config.policy.instruction_dim);
+    Ok(LawmBackend {
+        policy,
+        state,
+        norm,
+        embedder,
+        device: device.clone(),
+        checkpoint: ckpt,
+        execute,
+        default_instruction,
+        bounds,
+    })
+}

@@ -1,0 +1,241 @@
+//! `lam serve`: arguments and start-up (load the model once, then serve).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{ArgGroup, Args};
+use lam_control::closed_loop::{Agent, Mode};
+use lam_control::planner::{PlannerConfig, PlannerKind};
+use lam_encoder::Encoder;
+use lam_model::device::parse_device;
+use tracing::info;
+
+use crate::backend::{Backend, MpcBackend, load_lawm};
+use crate::server::{ServerOptions, serve};
+
+/// Serve MPC through a stage-1 run (`--run` + `--encoder`) or a LAWM policy (`--lawm`) over
+/// WebSocket with msgpack messages (protocol: the lam-serve crate docs; client:
+/// clients/python).
+#[derive(Args, Clone, Debug)]
+#[command(group(ArgGroup::new("model").required(true).args(["run", "lawm"])))]
+pub struct ServeArgs {
+    /// Stage-1 run folder (its latest checkpoint) or checkpoint folder: plan toward goal images.
+    #[arg(long, requires = "encoder")]
+    pub run: Option<PathBuf>,
+    /// Encoder whose tokens the run was trained on (sim-encoder checkpoint or Hugging Face
+    /// folder); observations are encoded with it.
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// Controller folder (lam control fit), needed by the latent and action search spaces.
+    #[arg(long)]
+    pub controller: Option<PathBuf>,
+    /// Planner: cem, icem, mppi or random-shooting.
+    #[arg(long, default_value = "cem")]
+    pub planner: PlannerKind,
+    /// Search space: latent (inverse controller to actions), action (through the controller)
+    /// or action-conditioned (an action-conditioned world model).
+    #[arg(long, default_value = "latent")]
+    pub search_space: Mode,
+    /// Planning horizon.
+    #[arg(long, default_value_t = PlannerConfig::default().horizon)]
+    pub horizon: usize,
+    /// Candidate sequences per iteration.
+    #[arg(long, default_value_t = PlannerConfig::default().samples)]
+    pub samples: usize,
+    /// Elites kept per iteration (CEM, iCEM).
+    #[arg(long, default_value_t = PlannerConfig::default().elites)]
+    pub elites: usize,
+    /// Planner iterations.
+    #[arg(long, default_value_t = PlannerConfig::default().iterations)]
+    pub iterations: usize,
+    /// Actions of a plan executed before planning again.
+    #[arg(long, default_value_t = 5)]
+    pub replan_every: usize,
+    /// Planner seed (mixed with each reset's `seed`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Side of the square frames the encoder sees (default: the encoder's own size).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Use the action bounds of this simulated-suite domain (robot, robot-polar, human).
+    #[arg(long, conflicts_with_all = ["action_low", "action_high"])]
+    pub domain: Option<lam_sim::Domain>,
+    /// Lower action bounds, comma separated (with --action-high).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        requires = "action_high"
+    )]
+    pub action_low: Option<Vec<f32>>,
+    /// Upper action bounds, comma separated (with --action-low).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        requires = "action_low"
+    )]
+    pub action_high: Option<Vec<f32>>,
+    /// LAWM policy run folder or checkpoint folder (policy stage): act from instructions.
+    #[arg(long, conflicts_with_all = ["run", "controller"])]
+    pub lawm: Option<PathBuf>,
+    /// LAWM: chunk actions played before the policy is queried again.
+    #[arg(long, default_value_t = 1)]
+    pub execute: usize,
+    /// LAWM: instruction used when a reset names none.
+    #[arg(long)]
+    pub instruction: Option<String>,
+    /// Address to bind (localhost unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port (0: any free port; the chosen one is printed).
+    #[arg(long, default_value_t = 8765)]
+    pub port: u16,
+    /// Largest request accepted, in MiB.
+    #[arg(long, default_value_t = 16.0)]
+    pub max_message_mb: f64,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn bounds(args: &ServeArgs) -> Result<Option<(Vec<f32>, Vec<f32>, Option<Vec<String>>)>> {
+    if let Some(d) = args.domain {
+        let s = d.action_space();
+        return Ok(Some((s.low, s.high, Some(s.names))));
+    }
+    match (&args.action_low, &args.action_high) {
+        (Some(lo), Some(hi)) => {
+            ensure!(
+                lo.len() == hi.len(),
+                "--action-low has {} values, --action-high {}",
+                lo.len(),
+                hi.len()
+            );
+            for (i, (l, h)) in lo.iter().zip(hi).enumerate() {
+                ensure!(
+                    l.is_finite() && h.is_finite() && l < h,
+                    "action bound {i}: low {l} must be below high {h}"
+                );
+            }
+            Ok(Some((lo.clone(), hi.clone(), None)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Loads what `args` names and serves until the process is stopped.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    ensure!(
+        args.max_message_mb > 0.0 && args.max_message_mb.is_finite(),
+        "--max-message-mb must be positive, got {}",
+        args.max_message_mb
+    );
+    ensure!(
+        args.max_connections >= 1,
+        "--max-connections must be at least 1"
+    );
+    let opts = ServerOptions {
+        max_message: (args.max_message_mb * 1024.0 * 1024.0) as usize,
+        max_connections: args.max_connections,
+    };
+    let addr = SocketAddr::new(args.host, args.port);
+    if !args.host.is_loopback() {
+        tracing::warn!(
+            "binding {} : the server is reachable from other machines and has no authentication",
+            args.host
+        );
+    }
+    let bounds = bounds(&args)?;
+    if let Some(path) = &args.lawm {
+        let backend = Backend::Lawm(load_lawm(
+            path,
+            &device,
+            args.execute,
+            args.instruction.clone(),
+            bounds.map(|(lo, hi, _)| (lo, hi)),
+        )?);
+        info!("LAWM policy loaded from {}", path.display());
+        return serve(&backend, addr, &opts);
+    }
+    let run = args.run.as_ref().context("--run or --lawm is required")?;
+    let enc_path = args
+        .encoder
+        .as_ref()
+        .context("--run needs --encoder (the encoder the run's tokens came from)")?;
+    let ckpt = lam_model::checkpoint::resolve(run)?;
+    let state = lam_model::checkpoint::load_state(&ckpt)?;
+    let cfg = state.config;
+    let lam = lam_model::checkpoint::load_weights(
+        lam_model::train::init_model(&cfg, &device),
+        &ckpt.join("model.safetensors"),
+    )?;
+    let encoder = Encoder::load(enc_path, &device)?;
+    let size = args.size.unwrap_or(encoder.info.default_size);
+    encoder.check_size(size)?;
+    let grid = encoder.grid(size);
+    ensure!(
+        grid == cfg.model.grid && encoder.info.dim == cfg.model.embed_dim,
+        "{} gives a {grid:?} grid of {}-D tokens at size {size}, but {} was trained on a {:?} grid of {}-D tokens",
+        enc_path.display(),
+        encoder.info.dim,
+        ckpt.display(),
+        cfg.model.grid,
+        cfg.model.embed_dim
+    );
+    let controller = match &args.controller {
+        Some(p) => Some(lam_control::controller::load(p, &device)?),
+        None => None,
+    };
+    let (low, high, names) = match bounds {
+        Some(b) => b,
+        None => bail!(
+            "give the robot's action bounds: --domain robot|robot-polar|human (the simulated \
+             suite's), or --action-low and --action-high"
+        ),
+    };
+    let planner = PlannerConfig {
+        kind: args.planner,
+        horizon: args.horizon,
+        samples: args.samples,
+        elites: args.elites,
+        iterations: args.iterations,
+        seed: args.seed,
+        ..PlannerConfig::default()
+    };
+    ensure!(args.replan_every >= 1, "--replan-every must be at least 1");
+    let agent = Agent {
+        cfg: &cfg,
+        lam: &lam,
+        controller: controller.as_ref(),
+        planner,
+        mode: args.search_space,
+        replan_every: args.replan_every,
+        low,
+        high,
+    };
+    agent.check()?;
+    info!(
+        "MPC: {} with {}, planner {:?} ({} samples x {} iterations, horizon {})",
+        ckpt.display(),
+        enc_path.display(),
+        args.planner,
+        args.samples,
+        args.iterations,
+        args.horizon
+    );
+    let backend = Backend::Mpc(MpcBackend {
+        agent,
+        encoder: &encoder,
+        size,
+        device: device.clone(),
+        checkpoint: ckpt,
+        action_names: names,
+    });
+    serve(&backend, addr, &opts)
+}
