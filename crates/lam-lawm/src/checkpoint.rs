@@ -3,15 +3,25 @@
 //! ```text
 //! RUN/checkpoints/step-0000500/policy.safetensors       the policy's weights
 //! RUN/checkpoints/step-0000500/world_model.safetensors  the RSSM (pretraining stage only)
+//! RUN/checkpoints/step-0000500/optimizer.bpk            AdamW state (burn's burnpack, the
+//!                                                       only serialisation burn offers for
+//!                                                       it), so that a run resumes exactly
 //! RUN/checkpoints/step-0000500/state.json               stage, step, config, action dim,
 //!                                                       action normalisation
 //! RUN/checkpoints/latest                                name of the newest complete one
 //! ```
+//!
+//! The layout and the weight files are lam-model's ([`lam_model::checkpoint`]); parameter ids
+//! are hashes of module paths ([`lam_model::optim::stable_param_ids`]), so the optimiser
+//! state saved by one process finds its parameters in the next. The learning rate is a
+//! function of the step ([`crate::config::TrainConfig::lr_at`]), so no scheduler state is
+//! needed; batches and noise are drawn from generators seeded with (seed, step).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use lam_model::checkpoint::{load_weights, save_weights};
 use serde::{Deserialize, Serialize};
@@ -46,6 +56,22 @@ pub struct CheckpointState {
     pub samples_per_sec: f64,
 }
 
+/// File of a checkpoint folder holding the optimiser's state.
+pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+
+/// Restores an optimiser's state from a checkpoint folder.
+pub fn load_optimizer(ckpt: &Path, optimizer: ModuleOptimizer) -> Result<ModuleOptimizer> {
+    let path = ckpt.join(OPTIMIZER_FILE);
+    ensure!(
+        path.exists(),
+        "{} has no optimizer state ({OPTIMIZER_FILE}); it cannot be resumed exactly",
+        ckpt.display()
+    );
+    optimizer
+        .load(&path)
+        .map_err(|e| anyhow::anyhow!("cannot load optimizer state {}: {e:?}", path.display()))
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -53,11 +79,22 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Saves a checkpoint folder and points `latest` at it; returns the folder.
+/// Saves a checkpoint folder (weights only) and points `latest` at it; returns the folder.
 pub fn save(
     run: &Path,
     policy: &Policy,
     world_model: Option<&crate::rssm::Rssm>,
+    state: &CheckpointState,
+) -> Result<PathBuf> {
+    save_with_optimizer(run, policy, world_model, None, state)
+}
+
+/// [`save`], with the optimiser's state when given (what training saves, to resume from).
+pub fn save_with_optimizer(
+    run: &Path,
+    policy: &Policy,
+    world_model: Option<&crate::rssm::Rssm>,
+    optimizer: Option<&ModuleOptimizer>,
     state: &CheckpointState,
 ) -> Result<PathBuf> {
     let dir = run.join("checkpoints");
@@ -72,6 +109,10 @@ pub fn save(
     save_weights(policy, &tmp.join("policy.safetensors"))?;
     if let Some(wm) = world_model {
         save_weights(wm, &tmp.join("world_model.safetensors"))?;
+    }
+    if let Some(o) = optimizer {
+        o.save(tmp.join(OPTIMIZER_FILE))
+            .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
     }
     fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
     if final_dir.exists() {

@@ -68,6 +68,16 @@ pub struct ModelArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Random-shift augmentation of the policy's input, pixels (0 disables).
+    #[arg(long, default_value_t = 2)]
+    pub augment_shift: usize,
+    /// Checkpoint every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// Continue the run in --out from its latest checkpoint (weights, optimizer state and
+    /// step), with the same settings.
+    #[arg(long)]
+    pub resume: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -85,6 +95,8 @@ impl ModelArgs {
         c.train.batch_size = self.batch_size;
         c.train.lr = self.lr;
         c.train.seed = self.seed;
+        c.train.augment_shift = self.augment_shift;
+        c.train.checkpoint_every = self.checkpoint_every;
         c
     }
 }
@@ -170,8 +182,12 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 10)]
     pub demos: usize,
     /// Finetuning steps (--steps sets the pretraining steps).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 2000)]
     pub finetune_steps: usize,
+    /// Learning rate of supervised policy training (finetuning and the supervised arm's
+    /// pretraining; --lr sets the world-model pretraining's).
+    #[arg(long, default_value_t = 1e-3)]
+    pub finetune_lr: f64,
     /// Protocol episodes per task.
     #[arg(long, default_value_t = 20)]
     pub eval_episodes: usize,
@@ -209,6 +225,7 @@ pub fn run(cmd: LawmCommand) -> Result<()> {
             let opts = RunOptions {
                 run_dir: a.out.clone(),
                 progress: !a.model.quiet,
+                resume: a.model.resume,
             };
             let s = pretrain(&cfg, &data, &device, &opts)?;
             println!(
@@ -244,6 +261,7 @@ pub fn run(cmd: LawmCommand) -> Result<()> {
             let opts = RunOptions {
                 run_dir: a.out.clone(),
                 progress: !a.model.quiet,
+                resume: a.model.resume,
             };
             let s = train_policy(&cfg, &data, &init, &device, &opts)?;
             println!(
@@ -289,6 +307,10 @@ pub fn run(cmd: LawmCommand) -> Result<()> {
         }
         LawmCommand::Compare(a) => {
             let tasks = parse_tasks(&a.tasks)?;
+            ensure!(
+                !a.model.resume,
+                "compare runs every stage afresh; --resume applies to pretrain and finetune"
+            );
             let opts = CompareOptions {
                 tasks: tasks.clone(),
                 out: a.out,
@@ -296,6 +318,7 @@ pub fn run(cmd: LawmCommand) -> Result<()> {
                 demos: a.demos,
                 config: a.model.config(),
                 finetune_steps: a.finetune_steps,
+                finetune_lr: a.finetune_lr,
                 eval_episodes: a.eval_episodes,
                 progress: !a.model.quiet,
             };

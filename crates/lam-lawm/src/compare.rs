@@ -49,8 +49,11 @@ pub struct CompareOptions {
     pub demos: usize,
     /// Model and pretraining settings (`train` is the pretraining stage's).
     pub config: LawmConfig,
-    /// Finetuning steps (other finetuning settings follow `config.train`) [300].
+    /// Finetuning steps (other finetuning settings follow `config.train`) [2000].
     pub finetune_steps: usize,
+    /// Peak learning rate of supervised policy training: finetuning, and the supervised
+    /// arm's pretraining (which runs `config.train.steps` steps) [1e-3].
+    pub finetune_lr: f64,
     /// Protocol episodes per task [20].
     pub eval_episodes: usize,
     /// Show progress bars [true].
@@ -66,6 +69,10 @@ pub struct ArmResult {
     pub results: Vec<TaskResult>,
     pub pretrain_samples_per_sec: Option<f64>,
     pub finetune_samples_per_sec: f64,
+    /// Mean loss over the first and the last 10% of the pretraining steps.
+    pub pretrain_loss: Option<(f32, f32)>,
+    /// Mean loss over the first and the last 10% of the finetuning steps.
+    pub finetune_loss: (f32, f32),
     pub cca: Vec<TaskCca>,
 }
 
@@ -144,6 +151,9 @@ pub fn compare(opts: &CompareOptions, device: &Device) -> Result<Vec<ArmResult>>
     let demo_data = FrameData::load(&demos, size, &embedder, Labels::Actions, None)?;
     let mut ft_cfg = opts.config.clone();
     ft_cfg.train.steps = opts.finetune_steps;
+    ft_cfg.train.lr = opts.finetune_lr;
+    let mut sup_cfg = opts.config.clone();
+    sup_cfg.train.lr = opts.finetune_lr;
     let eval_opts = EvalOptions {
         tasks: opts.tasks.clone(),
         domain: Domain::Robot,
@@ -153,6 +163,7 @@ pub fn compare(opts: &CompareOptions, device: &Device) -> Result<Vec<ArmResult>>
     let run = |name: &str| RunOptions {
         run_dir: opts.out.join("runs").join(name),
         progress: opts.progress,
+        resume: false,
     };
     let finetune = |name: &str, init: PolicyInit| -> Result<(RunSummary, Vec<TaskResult>)> {
         let s = train_policy(&ft_cfg, &demo_data, &init, device, &run(name))?;
@@ -169,12 +180,14 @@ pub fn compare(opts: &CompareOptions, device: &Device) -> Result<Vec<ArmResult>>
         results: r,
         pretrain_samples_per_sec: None,
         finetune_samples_per_sec: s.samples_per_sec,
+        pretrain_loss: None,
+        finetune_loss: (s.first_loss, s.final_loss),
         cca: vec![],
     });
 
     let labeled = FrameData::load(&robot, size, &embedder, Labels::Actions, None)?;
     let p = train_policy(
-        &opts.config,
+        &sup_cfg,
         &labeled,
         &PolicyInit::Scratch,
         device,
@@ -189,6 +202,8 @@ pub fn compare(opts: &CompareOptions, device: &Device) -> Result<Vec<ArmResult>>
         results: r,
         pretrain_samples_per_sec: Some(p.samples_per_sec),
         finetune_samples_per_sec: s.samples_per_sec,
+        pretrain_loss: Some((p.first_loss, p.final_loss)),
+        finetune_loss: (s.first_loss, s.final_loss),
         cca: vec![],
     });
 
@@ -213,6 +228,8 @@ pub fn compare(opts: &CompareOptions, device: &Device) -> Result<Vec<ArmResult>>
             results: r,
             pretrain_samples_per_sec: Some(p.samples_per_sec),
             finetune_samples_per_sec: s.samples_per_sec,
+            pretrain_loss: Some((p.first_loss, p.final_loss)),
+            finetune_loss: (s.first_loss, s.final_loss),
             cca,
         });
     }
@@ -221,7 +238,8 @@ pub fn compare(opts: &CompareOptions, device: &Device) -> Result<Vec<ArmResult>>
         serde_json::to_string_pretty(
             &json!({"tasks": opts.tasks.iter().map(|t| t.name()).collect::<Vec<_>>(),
             "video_episodes": opts.video_episodes, "demos_per_task": opts.demos,
-            "finetune_steps": opts.finetune_steps, "eval_episodes": opts.eval_episodes,
+            "finetune_steps": opts.finetune_steps, "finetune_lr": opts.finetune_lr,
+            "eval_episodes": opts.eval_episodes,
             "config": opts.config, "arms": arms}),
         )?,
     )?;

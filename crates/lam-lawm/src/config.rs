@@ -147,6 +147,11 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Checkpoint every this many steps; the last step is always saved [0 = only the end].
     pub checkpoint_every: usize,
+    /// Random-shift augmentation of the policy's input frames: every sample's history is
+    /// translated by up to this many pixels in x and y, edges replicated (BAKU and DrQ use
+    /// the same pad-and-crop) [2; 0 disables].
+    #[serde(default)]
+    pub augment_shift: usize,
 }
 
 impl Default for TrainConfig {
@@ -161,6 +166,7 @@ impl Default for TrainConfig {
             seed: 0,
             log_every: 10,
             checkpoint_every: 0,
+            augment_shift: 2,
         }
     }
 }

@@ -100,6 +100,21 @@ pub fn to_chw(rgb: &[u8], from: usize, to: usize) -> Vec<u8> {
     out
 }
 
+/// A CHW frame of side `s` translated by `(dx, dy)` pixels, the uncovered border filled by
+/// repeating the edge pixels (DrQ's pad-and-crop with replicate padding).
+pub fn shift_frame(f: &[u8], s: usize, (dx, dy): (i32, i32)) -> impl Iterator<Item = u8> + '_ {
+    let last = s as i32 - 1;
+    (0..3).flat_map(move |c| {
+        (0..s as i32).flat_map(move |y| {
+            let sy = (y - dy).clamp(0, last) as usize;
+            (0..s as i32).map(move |x| {
+                let sx = (x - dx).clamp(0, last) as usize;
+                f[(c * s + sy) * s + sx]
+            })
+        })
+    })
+}
+
 impl FrameData {
     /// Loads up to `max_episodes` episodes (all when `None`) from each folder of `dirs`.
     pub fn load(
@@ -197,29 +212,51 @@ impl FrameData {
         &self.episodes[e].frames[t * n..(t + 1) * n]
     }
 
-    /// Frames `[B, K, 3, S, S]` with frame indices given per sample (already clamped).
-    fn frames_tensor(&self, picks: &[(usize, Vec<usize>)], device: &Device) -> Tensor<5> {
+    /// Frames `[B, K, 3, S, S]` with frame indices given per sample (already clamped), each
+    /// sample's frames translated by its `(dx, dy)` of `shifts` (none when empty).
+    fn frames_tensor(
+        &self,
+        picks: &[(usize, Vec<usize>)],
+        shifts: &[(i32, i32)],
+        device: &Device,
+    ) -> Tensor<5> {
         let k = picks.first().map_or(0, |p| p.1.len());
-        let mut data = Vec::with_capacity(picks.len() * k * 3 * self.size * self.size);
-        for (e, ts) in picks {
+        let s = self.size;
+        let mut data = Vec::with_capacity(picks.len() * k * 3 * s * s);
+        for (j, (e, ts)) in picks.iter().enumerate() {
+            let shift = shifts.get(j).copied().unwrap_or((0, 0));
             for &t in ts {
-                data.extend(self.frame(*e, t).iter().map(|&v| v as f32 / 255.0 - 0.5));
+                let f = self.frame(*e, t);
+                if shift == (0, 0) {
+                    data.extend(f.iter().map(|&v| v as f32 / 255.0 - 0.5));
+                } else {
+                    data.extend(shift_frame(f, s, shift).map(|v| v as f32 / 255.0 - 0.5));
+                }
             }
         }
-        Tensor::from_data(
-            TensorData::new(data, [picks.len(), k, 3, self.size, self.size]),
-            device,
-        )
+        Tensor::from_data(TensorData::new(data, [picks.len(), k, 3, s, s]), device)
     }
 
     /// Observation histories `[B, H, 3, S, S]` ending at each sample's t (the first frame
     /// repeated before an episode's start).
     pub fn history(&self, samples: &[(usize, usize)], h: usize, device: &Device) -> Tensor<5> {
+        self.history_shifted(samples, h, &[], device)
+    }
+
+    /// [`FrameData::history`] with every sample's frames translated by its `(dx, dy)` of
+    /// `shifts` (see [`shift_frame`]): the random-shift augmentation of policy training.
+    pub fn history_shifted(
+        &self,
+        samples: &[(usize, usize)],
+        h: usize,
+        shifts: &[(i32, i32)],
+        device: &Device,
+    ) -> Tensor<5> {
         let picks: Vec<(usize, Vec<usize>)> = samples
             .iter()
             .map(|&(e, t)| (e, (0..h).map(|j| (t + j + 1).saturating_sub(h)).collect()))
             .collect();
-        self.frames_tensor(&picks, device)
+        self.frames_tensor(&picks, shifts, device)
     }
 
     /// Frames t..t+n `[B, n+1, 3, S, S]`.
@@ -228,7 +265,7 @@ impl FrameData {
             .iter()
             .map(|&(e, t)| (e, (t..=t + n).collect()))
             .collect();
-        self.frames_tensor(&picks, device)
+        self.frames_tensor(&picks, &[], device)
     }
 
     /// Instruction embeddings `[B, I]`.

@@ -2,10 +2,13 @@
 //!
 //! Read top to bottom:
 //!
-//! 1. **Image encoder with FiLM** ([`FilmEncoder`]): three stride-2 4x4 convolutions
-//!    (c, 2c, 4c channels), each followed by FiLM, `x * (1 + gamma) + beta` with
-//!    (gamma, beta) = Linear(instruction embedding), and SiLU; the feature map is flattened
-//!    and projected to the trunk width. Each of the H history frames is encoded alone.
+//! 1. **Image encoder with FiLM** ([`FilmEncoder`]): two stride-2 4x4 convolutions and one
+//!    3x3 convolution (c, 2c, 4c channels; an S/4 x S/4 map), each followed by a per-channel
+//!    normalisation over the map (GroupNorm, one group per channel), FiLM,
+//!    `x * (1 + gamma) + beta` with (gamma, beta) = Linear(instruction embedding), and SiLU.
+//!    The map is read out by a spatial softmax (the expected x, y position of every channel,
+//!    as in robomimic and Diffusion Policy) next to its global average, and projected to
+//!    the trunk width. Each of the H history frames is encoded alone.
 //! 2. **Trunk**: a pre-norm transformer encoder (no dropout) over the sequence
 //!    `[instruction token, frame token t-H+1, ..., frame token t, readout token]` with a
 //!    learned position embedding; the readout token's output is the policy's feature.
@@ -24,9 +27,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::transformer::{
     TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
 };
-use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{silu, softmax};
 
 use crate::config::{HeadKind, PolicyConfig};
 
@@ -41,17 +44,58 @@ pub(crate) fn down_conv(c_in: usize, c_out: usize, device: &Device) -> Conv2d {
 #[derive(Module, Debug)]
 pub struct FilmEncoder {
     pub convs: Vec<Conv2d>,
+    /// Per-channel normalisation over the map after every convolution (GroupNorm with one
+    /// group per channel): removes the uniform background so that small objects stand out.
+    pub norms: Vec<GroupNorm>,
     /// One FiLM generator per convolution: instruction -> (gamma, beta).
     pub films: Vec<Linear>,
     pub proj: Linear,
+}
+
+/// 3x3 convolution with stride 1 and padding 1 (keeps the side).
+fn same_conv(c_in: usize, c_out: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([c_in, c_out], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(device)
+}
+
+/// Spatial softmax: for every channel of `x` `[N, C, h, w]`, the softmax over its h*w
+/// positions as a distribution, and the expected x and y coordinate (in [-1, 1]) under it.
+/// Returns `[N, 2C]`: all x coordinates, then all y coordinates.
+pub fn spatial_softmax(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, h, w] = x.dims();
+    let device = x.device();
+    let p = softmax(x.reshape([n, c, h * w]), 2);
+    let lin = |k: usize, i: usize| {
+        if k == 1 {
+            0.0
+        } else {
+            -1.0 + 2.0 * i as f32 / (k - 1) as f32
+        }
+    };
+    let xs: Vec<f32> = (0..h * w).map(|i| lin(w, i % w)).collect();
+    let ys: Vec<f32> = (0..h * w).map(|i| lin(h, i / w)).collect();
+    let grid = Tensor::<2>::from_data(TensorData::new([xs, ys].concat(), [2, h * w]), &device);
+    // [N, C, hw] x [hw, 2] -> [N, C, 2]
+    let coords = p.matmul(grid.transpose().unsqueeze_dim::<3>(0).repeat_dim(0, n));
+    coords.swap_dims(1, 2).reshape([n, 2 * c])
 }
 
 impl FilmEncoder {
     pub fn new(cfg: &PolicyConfig, device: &Device) -> Self {
         let c = cfg.channels;
         let widths = [3, c, 2 * c, 4 * c];
-        let convs = (0..3)
-            .map(|i| down_conv(widths[i], widths[i + 1], device))
+        let convs = vec![
+            down_conv(widths[0], widths[1], device),
+            down_conv(widths[1], widths[2], device),
+            same_conv(widths[2], widths[3], device),
+        ];
+        let norms = (1..4)
+            .map(|i| {
+                GroupNormConfig::new(widths[i], widths[i])
+                    .with_affine(false)
+                    .init(device)
+            })
             .collect();
         let films = (0..3)
             .map(|i| {
@@ -63,19 +107,19 @@ impl FilmEncoder {
                     .init(device)
             })
             .collect();
-        let side = cfg.image_size / 8;
         Self {
             convs,
+            norms,
             films,
-            proj: LinearConfig::new(4 * c * side * side, cfg.d_model).init(device),
+            proj: LinearConfig::new(3 * widths[3], cfg.d_model).init(device),
         }
     }
 
     /// `images`: `[N, 3, S, S]`, `instr`: `[N, I]` -> `[N, d_model]`.
     pub fn forward(&self, images: Tensor<4>, instr: Tensor<2>) -> Tensor<2> {
         let mut x = images;
-        for (conv, film) in self.convs.iter().zip(&self.films) {
-            x = conv.forward(x);
+        for ((conv, norm), film) in self.convs.iter().zip(&self.norms).zip(&self.films) {
+            x = norm.forward(conv.forward(x));
             let [n, ch, _, _] = x.dims();
             let gb = film.forward(instr.clone()).reshape([n, 2, ch, 1, 1]);
             let gamma = gb.clone().slice(s![.., 0..1]).squeeze_dim::<4>(1);
@@ -83,7 +127,9 @@ impl FilmEncoder {
             x = silu(x * (gamma + 1.0) + beta);
         }
         let [n, ch, h, w] = x.dims();
-        self.proj.forward(x.reshape([n, ch * h * w]))
+        let keypoints = spatial_softmax(x.clone());
+        let pooled = x.reshape([n, ch, h * w]).mean_dim(2).reshape([n, ch]);
+        self.proj.forward(Tensor::cat(vec![keypoints, pooled], 1))
     }
 }
 

@@ -8,10 +8,11 @@
 //!   MLP head: mean squared error on normalised actions (the NLL of a fixed-variance
 //!   Gaussian, BAKU's objective); diffusion head: the noise-prediction loss (eq. 7).
 //!
-//! Every random draw of step s (batch, diffusion noise and levels, Gumbel noise) comes from
-//! a generator seeded with (seed, s), so a run is reproducible from its config alone. Each
-//! run writes `config.json`, `metrics.jsonl` (one JSON object per logged step) and
-//! checkpoints.
+//! Every random draw of step s (batch, shift augmentation, diffusion noise and levels, Gumbel
+//! noise) comes from a generator seeded with (seed, s), so a run is reproducible from its
+//! config alone, and a run resumed from a checkpoint (weights + AdamW state, see
+//! [`crate::checkpoint`]) continues exactly as the uninterrupted run would have. Each run
+//! writes `config.json`, `metrics.jsonl` (one JSON object per logged step) and checkpoints.
 
 use std::fs;
 use std::io::Write;
@@ -33,12 +34,17 @@ use crate::config::{HeadKind, LawmConfig};
 use crate::data::FrameData;
 use crate::model::{Lawm, PretrainNoise};
 use crate::policy::Policy;
+use lam_model::checkpoint::load_weights;
+use lam_model::optim::stable_param_ids;
 
-/// Where a run writes and whether it shows a progress bar.
+/// Where a run writes, whether it shows a progress bar, and whether it resumes.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub run_dir: PathBuf,
     pub progress: bool,
+    /// Continue the run in `run_dir` from its latest checkpoint (weights, optimiser state,
+    /// step); the configuration must be the one the run was started with.
+    pub resume: bool,
 }
 
 /// What a finished run reports.
@@ -66,6 +72,17 @@ pub fn batch(windows: &[(usize, usize)], seed: u64, step: usize, b: usize) -> Ve
     let mut rng = step_rng(seed, step, 1);
     (0..b)
         .map(|_| windows[rng.random_range(0..windows.len())])
+        .collect()
+}
+
+/// Random-shift offsets `(dx, dy)` in `-max..=max` for `b` samples (none when `max` is 0).
+pub fn shifts(rng: &mut StdRng, b: usize, max: usize) -> Vec<(i32, i32)> {
+    if max == 0 {
+        return Vec::new();
+    }
+    let m = max as i32;
+    (0..b)
+        .map(|_| (rng.random_range(-m..=m), rng.random_range(-m..=m)))
         .collect()
 }
 
@@ -99,7 +116,8 @@ struct Log {
 }
 
 impl Log {
-    fn open(cfg: &LawmConfig, opts: &RunOptions, stage: &str) -> Result<Self> {
+    /// Opens the run's log; a run resumed at `start` keeps the metric lines up to `start`.
+    fn open(cfg: &LawmConfig, opts: &RunOptions, stage: &str, start: usize) -> Result<Self> {
         fs::create_dir_all(&opts.run_dir)
             .with_context(|| format!("cannot create {}", opts.run_dir.display()))?;
         fs::write(
@@ -107,8 +125,26 @@ impl Log {
             serde_json::to_string_pretty(&json!({"stage": stage, "config": cfg}))?,
         )?;
         let path = opts.run_dir.join("metrics.jsonl");
-        let file =
+        let kept: Vec<String> = if start > 0 {
+            fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s as usize <= start)
+                })
+                .map(str::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut file =
             fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        for l in &kept {
+            writeln!(file, "{l}")?;
+        }
         let bar = if opts.progress {
             ProgressBar::new(cfg.train.steps as u64)
         } else {
@@ -121,6 +157,7 @@ impl Log {
             .expect("valid template"),
         );
         bar.set_prefix(stage.to_string());
+        bar.set_position(start as u64);
         Ok(Self {
             file,
             bar,
@@ -168,7 +205,7 @@ impl Log {
 
     fn summary(&self, cfg: &LawmConfig, checkpoint: PathBuf) -> RunSummary {
         self.bar.finish_and_clear();
-        let k = (self.losses.len() / 10).max(1);
+        let k = (self.losses.len() / 10).max(1).min(self.losses.len());
         let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len().max(1) as f32;
         RunSummary {
             steps: self.losses.len(),
@@ -178,6 +215,34 @@ impl Log {
             checkpoint,
         }
     }
+}
+
+/// The checkpoint a resumed run continues from, after checking that it belongs to this run.
+fn resume_point(cfg: &LawmConfig, opts: &RunOptions, stage: Stage) -> Result<Option<PathBuf>> {
+    if !opts.resume {
+        return Ok(None);
+    }
+    let Some(ckpt) = lam_model::checkpoint::latest(&opts.run_dir)? else {
+        bail!(
+            "--resume: {} has no checkpoint to resume from",
+            opts.run_dir.display()
+        );
+    };
+    let state = checkpoint::load_state(&ckpt)?;
+    ensure!(
+        state.stage == stage,
+        "--resume: {} is a {:?} checkpoint, this run is a {stage:?} run",
+        ckpt.display(),
+        state.stage
+    );
+    ensure!(
+        state.config == *cfg,
+        "--resume: {} was made with a different configuration; resume with the run's own \
+         settings (see {})",
+        ckpt.display(),
+        opts.run_dir.join("config.json").display()
+    );
+    Ok(Some(ckpt))
 }
 
 fn host_values(t: Tensor<1>) -> f32 {
@@ -207,13 +272,27 @@ pub fn pretrain(
     );
     let ad = device.clone().autodiff();
     ad.seed(cfg.train.seed);
-    let mut model = Lawm::new(cfg, &ad);
+    let mut model = stable_param_ids(Lawm::new(cfg, &ad));
     let mut optim = optimizer(cfg);
-    let mut log = Log::open(cfg, opts, "pretrain")?;
+    let mut start = 0;
+    let mut last = None;
+    if let Some(ckpt) = resume_point(cfg, opts, Stage::Pretrain)? {
+        let Lawm {
+            policy,
+            world_model,
+        } = model;
+        model = stable_param_ids(Lawm {
+            policy: load_weights(policy, &ckpt.join("policy.safetensors"))?,
+            world_model: load_weights(world_model, &ckpt.join("world_model.safetensors"))?,
+        });
+        optim = checkpoint::load_optimizer(&ckpt, optim)?;
+        start = checkpoint::load_state(&ckpt)?.step;
+        last = Some(ckpt);
+    }
+    let mut log = Log::open(cfg, opts, "pretrain", start)?;
     let b = cfg.train.batch_size;
     let wm = &cfg.world_model;
-    let mut last = None;
-    for step in 0..cfg.train.steps {
+    for step in start..cfg.train.steps {
         let samples = batch(&windows, cfg.train.seed, step, b);
         let mut rng = step_rng(cfg.train.seed, step, 2);
         let noise = PretrainNoise {
@@ -224,9 +303,14 @@ pub fn pretrain(
             },
             gumbel: gumbels(&mut rng, b * (n + 1) * wm.groups * wm.classes),
         };
+        let shift = shifts(
+            &mut step_rng(cfg.train.seed, step, 4),
+            b,
+            cfg.train.augment_shift,
+        );
         let out = model.forward_loss(
             cfg,
-            data.history(&samples, h, &ad),
+            data.history_shifted(&samples, h, &shift, &ad),
             data.instructions(&samples, &ad),
             data.future(&samples, n, &ad),
             &noise,
@@ -257,10 +341,11 @@ pub fn pretrain(
                 samples_per_sec: log.samples_per_sec(cfg),
             };
             let valid = model.valid();
-            last = Some(checkpoint::save(
+            last = Some(checkpoint::save_with_optimizer(
                 &opts.run_dir,
                 &valid.policy,
                 Some(&valid.world_model),
+                Some(&optim),
                 &state,
             )?);
         }
@@ -293,7 +378,7 @@ pub fn train_policy(
     let action_dim = data
         .action_dim
         .with_context(|| format!("{:?} hold no actions to train the policy on", data.dirs))?;
-    let mut policy = match init {
+    let policy = match init {
         PolicyInit::Scratch => Policy::new(&cfg.policy, action_dim, &ad),
         PolicyInit::From(path) => {
             let (p, state) = checkpoint::load_policy(path, &ad)?;
@@ -317,13 +402,26 @@ pub fn train_policy(
         data.dirs
     );
     let norm = data.action_norm()?;
+    let mut policy = stable_param_ids(policy);
     let mut optim = optimizer(&cfg);
-    let mut log = Log::open(&cfg, opts, "policy")?;
-    let b = cfg.train.batch_size;
+    let mut start = 0;
     let mut last = None;
-    for step in 0..cfg.train.steps {
+    if let Some(ckpt) = resume_point(&cfg, opts, Stage::Policy)? {
+        policy = load_weights(policy, &ckpt.join("policy.safetensors"))?;
+        optim = checkpoint::load_optimizer(&ckpt, optim)?;
+        start = checkpoint::load_state(&ckpt)?.step;
+        last = Some(ckpt);
+    }
+    let mut log = Log::open(&cfg, opts, "policy", start)?;
+    let b = cfg.train.batch_size;
+    for step in start..cfg.train.steps {
         let samples = batch(&windows, cfg.train.seed, step, b);
-        let frames = data.history(&samples, h, &ad);
+        let shift = shifts(
+            &mut step_rng(cfg.train.seed, step, 4),
+            b,
+            cfg.train.augment_shift,
+        );
+        let frames = data.history_shifted(&samples, h, &shift, &ad);
         let instr = data.instructions(&samples, &ad);
         let target = data.action_chunks(&samples, n, &norm, &ad);
         let loss = match cfg.policy.head {
@@ -357,10 +455,11 @@ pub fn train_policy(
                 data: data.dirs.clone(),
                 samples_per_sec: log.samples_per_sec(&cfg),
             };
-            last = Some(checkpoint::save(
+            last = Some(checkpoint::save_with_optimizer(
                 &opts.run_dir,
                 &policy.valid(),
                 None,
+                Some(&optim),
                 &state,
             )?);
         }

@@ -235,6 +235,7 @@ fn tiny_pretrain_reconstruction_falls_and_no_actions_are_read() {
         &RunOptions {
             run_dir: run.path().into(),
             progress: false,
+            resume: false,
         },
     )
     .unwrap();
@@ -303,6 +304,7 @@ fn finetune_replaces_head_with_action_dim_and_eval_runs() {
         &RunOptions {
             run_dir: pre.path().into(),
             progress: false,
+            resume: false,
         },
     )
     .unwrap();
@@ -330,6 +332,7 @@ fn finetune_replaces_head_with_action_dim_and_eval_runs() {
         &RunOptions {
             run_dir: ft.path().into(),
             progress: false,
+            resume: false,
         },
     )
     .unwrap();
@@ -417,6 +420,7 @@ fn diffusion_head_finetunes() {
         &RunOptions {
             run_dir: run.path().into(),
             progress: false,
+            resume: false,
         },
     )
     .unwrap();
@@ -506,4 +510,196 @@ fn bad_inputs_name_the_value() {
         .unwrap()
         .to_string();
     assert!(err.contains("/nonexistent/run"), "{err}");
+}
+
+/// A run folder holding only checkpoint `step` of `full` (and its metrics), as if the run had
+/// been killed right after saving it.
+fn killed_copy(full: &Path, step: usize) -> tempfile::TempDir {
+    let part = tempfile::tempdir().unwrap();
+    let name = format!("step-{step:07}");
+    let src = full.join("checkpoints").join(&name);
+    let dst = part.path().join("checkpoints").join(&name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    std::fs::write(part.path().join("checkpoints").join("latest"), &name).unwrap();
+    std::fs::copy(
+        full.join("metrics.jsonl"),
+        part.path().join("metrics.jsonl"),
+    )
+    .unwrap();
+    part
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    read_metrics(run)
+        .unwrap()
+        .iter()
+        .map(|m| (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn chunk_of(ckpt: &Path, data: &FrameData) -> Vec<f32> {
+    let (policy, state) = load_policy(ckpt, &dev()).unwrap();
+    let samples = [(0, 1), (1, 2)];
+    let p = &state.config.policy;
+    policy
+        .chunk(
+            p,
+            data.history(&samples, p.history, &dev()),
+            data.instructions(&samples, &dev()),
+            &[],
+        )
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn resume_restores_optimizer_state_and_continues_exactly() {
+    let f = fixture();
+    let emb = InstructionEmbedder::new(tiny().policy.instruction_dim);
+    let opts = |dir: &Path, resume: bool| RunOptions {
+        run_dir: dir.into(),
+        progress: false,
+        resume,
+    };
+
+    // Policy stage: 6 steps straight vs killed after step 3 and resumed.
+    let mut cfg = tiny();
+    cfg.train.steps = 6;
+    cfg.train.checkpoint_every = 3;
+    let demos = FrameData::load(
+        std::slice::from_ref(&f.robot),
+        32,
+        &emb,
+        Labels::Actions,
+        Some(2),
+    )
+    .unwrap();
+    let full = tempfile::tempdir().unwrap();
+    let a = train_policy(
+        &cfg,
+        &demos,
+        &PolicyInit::Scratch,
+        &dev(),
+        &opts(full.path(), false),
+    )
+    .unwrap();
+    assert!(
+        a.checkpoint
+            .join(lam_lawm::checkpoint::OPTIMIZER_FILE)
+            .exists()
+    );
+    let part = killed_copy(full.path(), 3);
+    let b = train_policy(
+        &cfg,
+        &demos,
+        &PolicyInit::Scratch,
+        &dev(),
+        &opts(part.path(), true),
+    )
+    .unwrap();
+    assert_eq!(
+        b.steps, 3,
+        "the resumed run trains the remaining steps only"
+    );
+    assert_eq!(losses(full.path()), losses(part.path()));
+    let (x, y) = (
+        chunk_of(&a.checkpoint, &demos),
+        chunk_of(&b.checkpoint, &demos),
+    );
+    for (u, v) in x.iter().zip(&y) {
+        assert!((u - v).abs() < 1e-6, "resumed policy differs: {u} vs {v}");
+    }
+
+    // Without the optimizer state the run cannot resume exactly, and says so.
+    let bare = killed_copy(full.path(), 3);
+    std::fs::remove_file(
+        bare.path()
+            .join("checkpoints/step-0000003")
+            .join(lam_lawm::checkpoint::OPTIMIZER_FILE),
+    )
+    .unwrap();
+    let e = train_policy(
+        &cfg,
+        &demos,
+        &PolicyInit::Scratch,
+        &dev(),
+        &opts(bare.path(), true),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("optimizer"), "{e:#}");
+    // A different configuration is refused.
+    let mut other = cfg.clone();
+    other.train.lr *= 2.0;
+    let e = train_policy(
+        &other,
+        &demos,
+        &PolicyInit::Scratch,
+        &dev(),
+        &opts(part.path(), true),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("different configuration"),
+        "{e:#}"
+    );
+
+    // Pretraining stage (policy + RSSM): 4 steps straight vs killed after step 2.
+    let mut cfg = tiny();
+    cfg.train.steps = 4;
+    cfg.train.checkpoint_every = 2;
+    let frames =
+        FrameData::load(std::slice::from_ref(&f.human), 32, &emb, Labels::None, None).unwrap();
+    let full = tempfile::tempdir().unwrap();
+    let a = pretrain(&cfg, &frames, &dev(), &opts(full.path(), false)).unwrap();
+    let part = killed_copy(full.path(), 2);
+    let b = pretrain(&cfg, &frames, &dev(), &opts(part.path(), true)).unwrap();
+    assert_eq!(losses(full.path()), losses(part.path()));
+    let (x, y) = (
+        chunk_of(&a.checkpoint, &frames),
+        chunk_of(&b.checkpoint, &frames),
+    );
+    for (u, v) in x.iter().zip(&y) {
+        assert!(
+            (u - v).abs() < 1e-6,
+            "resumed latent policy differs: {u} vs {v}"
+        );
+    }
+}
+
+#[test]
+fn spatial_softmax_finds_the_peak_and_shift_moves_the_frame() {
+    use lam_lawm::data::shift_frame;
+    use lam_lawm::policy::spatial_softmax;
+    // One channel, 4x4, a strong peak at (x=3, y=1): coordinates (1, -1/3).
+    let mut v = vec![0f32; 16];
+    v[4 + 3] = 50.0;
+    let x = Tensor::<4>::from_data(TensorData::new(v, [1, 1, 4, 4]), &dev());
+    let c = spatial_softmax(x)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    assert!(
+        (c[0] - 1.0).abs() < 1e-4 && (c[1] + 1.0 / 3.0).abs() < 1e-4,
+        "{c:?}"
+    );
+    // A uniform map has its keypoint in the centre.
+    let u = Tensor::<4>::zeros([1, 2, 4, 4], &dev());
+    let c = spatial_softmax(u)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    assert!(c.iter().all(|v| v.abs() < 1e-6), "{c:?}");
+    // Shifting a 4x4 frame by (1, 0) moves the pixel right and repeats the left edge.
+    let mut f = vec![0u8; 3 * 16];
+    f[5] = 200; // channel 0, y=1, x=1
+    f[4] = 7; // channel 0, y=1, x=0
+    let g: Vec<u8> = shift_frame(&f, 4, (1, 0)).collect();
+    assert_eq!(g[6], 200);
+    assert_eq!((g[4], g[5]), (7, 7));
+    assert_eq!(shift_frame(&f, 4, (0, 0)).collect::<Vec<_>>(), f);
 }
