@@ -32,8 +32,8 @@ def synthetic_frames(n, size=96):
     return frames, goal
 
 
-def episode(url, frames, goal, steps, mpc, seed, out):
-    with LamClient(url) as c:
+def episode(url, frames, goal, steps, mpc, seed, out, timeout):
+    with LamClient(url, timeout=timeout) as c:
         if mpc:
             c.reset(goal=goal, seed=seed)
         else:
@@ -54,6 +54,9 @@ def main():
     ap.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
     ap.add_argument("--steps", type=int, default=20, help="acts per client and level")
     ap.add_argument("--frames", help="folder with frames.npy and goal.npy")
+    ap.add_argument("--timeout", type=float, default=900.0,
+                    help="seconds a client waits for one reply (16 concurrent default-CEM "
+                         "plans on 2 cores take minutes)")
     args = ap.parse_args()
 
     if args.frames:
@@ -76,7 +79,7 @@ def main():
     for n in [int(v) for v in args.clients.split(",")]:
         out = []
         threads = [threading.Thread(target=episode,
-                                    args=(args.url, frames, goal, args.steps, mpc, k, out))
+                                    args=(args.url, frames, goal, args.steps, mpc, k, out, args.timeout))
                    for k in range(n)]
         t0 = time.perf_counter()
         for th in threads:

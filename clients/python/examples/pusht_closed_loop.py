@@ -33,6 +33,7 @@ from lam_client import LamClient
 
 def goal_image(env, seed):
     """The observation with the block at the goal pose and the agent off to one side."""
+    env.reset(seed=seed)  # the goal pose is set up on reset
     gx, gy, gth = env.unwrapped.goal_pose
     obs, _ = env.reset(seed=seed, options={"reset_to_state": [gx - 150.0, gy + 150.0, gx, gy, gth]})
     return obs["pixels"]

@@ -73,7 +73,10 @@ class LamClient:
         self.url = url
         self.timeout = timeout
         self._ids = itertools.count(1)
-        self._ws = connect(url, max_size=None, open_timeout=timeout, compression=None)
+        # No keepalive pings: the server answers pings between calls, and a plan on a busy
+        # CPU can outlast websockets' default 20 s ping timeout.
+        self._ws = connect(url, max_size=None, open_timeout=timeout, compression=None,
+                           ping_interval=None)
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ use anyhow::{Context, Result, bail};
 const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Longest HTTP upgrade request accepted (all header lines together).
 const MAX_HANDSHAKE_BYTES: usize = 16 * 1024;
+/// How long a new connection may take to send its upgrade request.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Close codes used by the server.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -92,6 +94,8 @@ impl WebSocket {
     /// Reads the client's HTTP upgrade request from `stream` and accepts it. A request that is
     /// not a WebSocket upgrade is answered with an HTTP 400 naming what is missing.
     pub fn accept(stream: TcpStream, max_message: usize) -> Result<Self> {
+        // A client that connects and sends nothing does not hold its thread for long.
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let mut writer = stream.try_clone().context("cannot clone the TCP stream")?;
         let mut reader = BufReader::new(stream);
         let mut headers: Vec<(String, String)> = Vec::new();
@@ -163,6 +167,7 @@ impl WebSocket {
         )
         .context("writing the handshake response")?;
         writer.flush()?;
+        reader.get_ref().set_read_timeout(None)?;
         Ok(Self {
             reader,
             writer,
