@@ -335,6 +335,68 @@ mod tests {
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+        let n = payload.len();
+        if n < 126 {
+            f.push(0x80 | n as u8);
+        } else {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[test]
+    fn fragments_pings_and_oversized_messages() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            write!(
+                s,
+                "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            // A message in two fragments with a ping between them.
+            out.extend(frame(false, 0x2, b"hel"));
+            out.extend(frame(true, 0x9, b"p"));
+            out.extend(frame(true, 0x0, b"lo"));
+            // 300 bytes over a 100-byte limit, in two fragments; then a small message.
+            out.extend(frame(false, 0x2, &[1u8; 60]));
+            out.extend(frame(true, 0x0, &[2u8; 240]));
+            out.extend(frame(true, 0x2, b"after"));
+            out.extend(frame(true, 0x8, &1000u16.to_be_bytes()));
+            s.write_all(&out).unwrap();
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply).unwrap();
+            reply
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = WebSocket::accept(stream, 100).unwrap();
+        assert!(matches!(ws.read_message().unwrap(), Incoming::Binary(b) if b == b"hello"));
+        assert!(matches!(
+            ws.read_message().unwrap(),
+            Incoming::TooLarge { size: 300 }
+        ));
+        assert!(matches!(ws.read_message().unwrap(), Incoming::Binary(b) if b == b"after"));
+        assert!(matches!(ws.read_message().unwrap(), Incoming::Closed));
+        drop(ws);
+        let reply = client.join().unwrap();
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+        let body = &reply[text.find("\r\n\r\n").unwrap() + 4..];
+        // The pong (unmasked, same payload), then the close echo.
+        assert_eq!(&body[..3], &[0x8A, 1, b'p']);
+        assert_eq!(&body[3..7], &[0x88, 2, 0x03, 0xE8]);
+    }
+
     #[test]
     fn accept_key_matches_rfc6455_example() {
         assert_eq!(
