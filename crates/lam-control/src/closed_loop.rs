@@ -166,7 +166,7 @@ impl<'a> Agent<'a> {
     pub fn session(&'a self, goal: Tensor<3>, seed: u64) -> MpcSession<'a> {
         MpcSession {
             agent: self,
-            goal,
+            goal: self.lam.normalize(goal),
             seed,
             frames: Vec::new(),
             latents: Vec::new(),
@@ -196,8 +196,10 @@ impl<'a> Agent<'a> {
         let outcome = episode.run(|env| {
             let rgb = env.render();
             let s = encoder(&rgb)?;
+            // Predictions live in the model's (possibly standardised) token space.
+            let seen_now = self.lam.normalize(s.clone());
             if let Some(p) = pending.take() {
-                err += (p - s.clone()).abs().mean().into_scalar::<f32>() as f64;
+                err += (p - seen_now.clone()).abs().mean().into_scalar::<f32>() as f64;
                 err_n += 1;
             }
             let step = session.act(s.clone())?;
@@ -209,14 +211,14 @@ impl<'a> Agent<'a> {
             pending = Some(step.predicted.clone());
             if trace {
                 frames_rgb.push(rgb);
-                seen.push(s);
+                seen.push(seen_now);
                 predictions.push(step.predicted);
             }
             Ok(step.action)
         })?;
         let trace = trace.then(|| {
             // Candidates: every observed frame and the goal.
-            seen.push(goal);
+            seen.push(self.lam.normalize(goal));
             let bank = Tensor::cat(seen.iter().map(|t| t.clone().mean_dim(1)).collect(), 0);
             let nearest = predictions
                 .iter()
@@ -283,10 +285,11 @@ impl MpcSession<'_> {
         self.plans
     }
 
-    /// The next action given the current frame's tokens `[1, N, D]`.
+    /// The next action given the current frame's encoder tokens `[1, N, D]`.
     pub fn act(&mut self, s: Tensor<3>) -> Result<ActStep> {
         let agent = self.agent;
         let cfg = agent.cfg;
+        let s = agent.lam.normalize(s);
         let [one, n, d] = s.dims();
         let [_, gn, gd] = self.goal.dims();
         ensure!(

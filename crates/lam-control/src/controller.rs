@@ -172,7 +172,7 @@ pub fn pseudo_label(
             TensorData::new(data.batch(chunk), [chunk.len(), t, idx.tokens, idx.dim]),
             device,
         );
-        let pooled = Idm::pool(clips);
+        let pooled = Idm::pool(lam.normalize(clips));
         let z = lam
             .infer(
                 &cfg.regularizer,

@@ -59,6 +59,15 @@ pub struct ModelConfig {
     /// copy and never starts using z; the loss is the same L1 either way.
     #[serde(default)]
     pub residual: bool,
+    /// Standardise every channel of the encoder tokens with the training data's mean and
+    /// std before the IDM and world model see them (false). The statistics are computed when
+    /// training starts and saved with the weights; the world model then predicts, and the
+    /// planner compares, standardised tokens. For encoders whose frames differ by a small
+    /// fraction of the channels' offsets (mean-pooled sim-encoder tokens move ~1% of their
+    /// scale per step), this puts frame-to-frame changes on the scale the optimiser and the
+    /// planner's cosine cost can see.
+    #[serde(default)]
+    pub standardize: bool,
 }
 
 /// What conditions the world model's AdaLN-zero blocks.
@@ -217,6 +226,7 @@ impl LamConfig {
                     action_dropout: 0.15,
                     conditioning: Conditioning::Latent,
                     residual: false,
+                    standardize: false,
                 },
                 regularizer,
                 optim,
@@ -246,6 +256,7 @@ impl LamConfig {
                     action_dropout: 0.15,
                     conditioning: Conditioning::Latent,
                     residual: false,
+                    standardize: false,
                 },
                 regularizer,
                 optim,

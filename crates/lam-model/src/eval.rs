@@ -106,8 +106,8 @@ pub fn evaluate(
         let a_idx: Vec<usize> = (start..end).collect();
         // Partner clip: the next clip of the evaluation set (wrapping), so every pair differs.
         let b_idx: Vec<usize> = a_idx.iter().map(|i| (i + 1) % n).collect();
-        let a = clips_tensor(val, &a_idx, device);
-        let bclip = clips_tensor(val, &b_idx, device);
+        let a = model.normalize(clips_tensor(val, &a_idx, device));
+        let bclip = model.normalize(clips_tensor(val, &b_idx, device));
         let m = a_idx.len();
         let ctx_a = a.clone().slice(s![.., 0..t - 1, .., ..]);
         let next_a = a.clone().slice(s![.., 1..t, .., ..]);

@@ -27,6 +27,10 @@ pub struct LatentActionModel {
     pub world_model: WorldModel,
     /// VQ codebook `[k, d]` (only for the `vq` regulariser).
     pub codebook: Option<Param<Tensor<2>>>,
+    /// Per-channel mean and std `[D]` of the training tokens (only with
+    /// `model.standardize`; fixed, not trained).
+    pub token_mean: Option<Param<Tensor<1>>>,
+    pub token_std: Option<Param<Tensor<1>>>,
 }
 
 /// Host-side randomness for one forward pass.
@@ -106,11 +110,50 @@ impl LatentActionModel {
                 .require_grad(),
             )
         });
+        let fixed = |v: f32| {
+            m.standardize.then(|| {
+                Param::initialized(
+                    ParamId::new(),
+                    Tensor::<1>::full([m.embed_dim], v, device).set_require_grad(false),
+                )
+            })
+        };
         Self {
             idm: Idm::new(m.embed_dim, m.idm_hidden, m.latent_dim, head, device),
             world_model: WorldModel::new(m, device),
             codebook,
+            token_mean: fixed(0.0),
+            token_std: fixed(1.0),
         }
+    }
+
+    /// Encoder tokens `[..., D]` as the model sees them: standardised per channel with
+    /// `model.standardize`, unchanged otherwise. Every entry point from encoder tokens
+    /// (training clips, evaluation, pseudo-labels, planning frames and goals) goes through
+    /// this.
+    pub fn normalize<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match (&self.token_mean, &self.token_std) {
+            (Some(mean), Some(std)) => {
+                (x - mean.val().unsqueeze::<D>()) / std.val().unsqueeze::<D>()
+            }
+            _ => x,
+        }
+    }
+
+    /// Sets the standardisation statistics (per-channel mean and std, host values).
+    pub fn with_token_stats(mut self, mean: &[f32], std: &[f32]) -> Self {
+        let device = self.world_model.in_proj.weight.device();
+        let set = |p: Option<Param<Tensor<1>>>, v: &[f32]| {
+            p.map(|p| {
+                p.map(|_| {
+                    Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
+                        .set_require_grad(false)
+                })
+            })
+        };
+        self.token_mean = set(self.token_mean, mean);
+        self.token_std = set(self.token_std, std);
+        self
     }
 
     /// Latents for explicit pairs of pooled frames `[B, K, D]`. With `eps` empty the noisy
@@ -191,6 +234,7 @@ impl LatentActionModel {
         noise: &StepNoise,
     ) -> StepOutput {
         let reg = &cfg.regularizer;
+        let clips = self.normalize(clips);
         let [b, t, _, _] = clips.dims();
         let device = clips.device();
         let zero = || Tensor::<1>::zeros([1], &device);

@@ -120,6 +120,29 @@ pub fn actions_tensor(data: &ShardSet, indices: &[usize], device: &Device) -> Re
     ))
 }
 
+/// Per-channel mean and std of every token of every frame of `data` (std floored at 1e-6).
+pub fn token_stats(data: &ShardSet) -> (Vec<f32>, Vec<f32>) {
+    let d = data.index.dim;
+    let (mut sum, mut sq, mut count) = (vec![0f64; d], vec![0f64; d], 0usize);
+    for i in 0..data.len() {
+        for row in data.clip(i).chunks_exact(d) {
+            for (j, &v) in row.iter().enumerate() {
+                sum[j] += v as f64;
+                sq[j] += (v as f64) * (v as f64);
+            }
+            count += 1;
+        }
+    }
+    let n = count.max(1) as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std = sq
+        .iter()
+        .zip(&sum)
+        .map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-6))
+        .collect();
+    (mean, std)
+}
+
 /// Clips and, for an action-conditioned model, their actions.
 fn batch_inputs(
     cfg: &LamConfig,
@@ -348,6 +371,10 @@ pub fn train(
             code_last_used = state.code_last_used;
         }
     } else {
+        if cfg.model.standardize {
+            let (mean, std) = token_stats(data);
+            model = model.with_token_stats(&mean, &std);
+        }
         lam_data::shards::write_atomic(
             &opts.run_dir.join("config.toml"),
             cfg.to_toml()?.as_bytes(),

@@ -506,3 +506,40 @@ fn residual_world_model_starts_as_copy_and_its_cpu_rollout_matches_steps() {
     let diff = (got - frame).abs().max().into_scalar::<f32>();
     assert!(diff < 2e-5, "CPU rollout differs from step() by {diff}");
 }
+
+#[test]
+fn standardized_model_keeps_the_training_statistics_in_its_checkpoint() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    synthetic(&data_dir, 40);
+    let data = ShardSet::open(&data_dir, Some(Split::Train)).unwrap();
+    let mut cfg = tiny();
+    cfg.model.standardize = true;
+    cfg.train.steps = 3;
+    cfg.train.val_every = 0;
+    let run = tmp.path().join("run");
+    let dev = Device::flex();
+    let summary = train(&cfg, &data, None, &dev, &quiet(&run)).unwrap();
+    let (mean, std) = lam_model::train::token_stats(&data);
+    let model = lam_model::checkpoint::load_weights(
+        init_model(&cfg, &dev),
+        &summary.last_checkpoint.unwrap().join("model.safetensors"),
+    )
+    .unwrap();
+    let host = |p: &Option<burn::module::Param<Tensor<1>>>| -> Vec<f32> {
+        p.as_ref().unwrap().val().into_data().try_into_vec::<f32>().unwrap()
+    };
+    assert_eq!(host(&model.token_mean), mean);
+    assert_eq!(host(&model.token_std), std);
+    // Standardised clips have zero mean and unit std per channel over the training set.
+    let all: Vec<usize> = (0..data.len()).collect();
+    let clips = lam_model::train::clips_tensor(&data, &all, &dev);
+    let z = model.normalize(clips).reshape([-1, 32]);
+    let m = z.clone().mean_dim(0).abs().max().into_scalar::<f32>();
+    let s = z.var(0).sqrt().sub_scalar(1.0).abs().max().into_scalar::<f32>();
+    assert!(m < 1e-4 && s < 1e-3, "mean {m}, std error {s}");
+    // Without the option the model has no statistics and passes tokens through.
+    let plain = init_model(&tiny(), &dev);
+    assert!(plain.token_mean.is_none());
+}

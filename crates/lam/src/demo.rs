@@ -1,187 +1,253 @@
-//! `lam demo`: the README's main command. Runs the pipeline end to end on built-in data on the
-//! CPU and writes a report folder.
+//! `lam demo`: the README's main command. Runs the whole pipeline on the simulated suite on
+//! the CPU and writes a report folder:
 //!
-//! Current pipeline: synthetic frame-embedding shards with hidden actions -> stage-1 training
-//! (tiny preset, sparse regulariser) -> leakage and transfer evaluation -> controller fitted
-//! on a small labeled set -> plots and a markdown summary.
+//! 1. record unlabeled `human` video and a small labeled `robot` set (`lam sim record`);
+//! 2. pretrain the sim encoder on the human frames (`lam encoder pretrain`);
+//! 3. embed both recordings into shards, one mean-pooled token per frame (`lam embed`);
+//! 4. train the latent action model on the human shards with per-channel standardised tokens
+//!    (`lam train --set model.standardize=true`) and score leakage and transfer (`lam eval`);
+//! 5. fit the controller on the labeled robot shards (`lam control fit`);
+//! 6. plan closed loop in the robot domain with the fixed evaluation protocol, CEM over robot
+//!    actions through the controller, next to the random policy and the scripted expert
+//!    (`lam plan eval`);
+//! 7. plot the training curves and write `summary.md` + `metrics.json`.
+//!
+//! Every step is an ordinary `lam` command run in this process; the summary lists them so
+//! each can be rerun or changed by hand.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
-use clap::Args;
-use lam_data::synthetic::{SyntheticConfig, write_synthetic};
-use serde_json::json;
+use anyhow::{Context, Result};
+use clap::{Args, Parser};
+use serde_json::{Value, json};
 use tracing::info;
-
-use crate::plot;
-use crate::stage1::{EvalArgs, TrainArgs, eval_run, train_run};
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Report folder (everything the demo makes goes here).
+    /// Report folder (everything the demo makes goes here; its earlier contents are replaced).
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
-    /// Training steps of the latent action model (on the built-in data the world model starts
-    /// to use the latent after roughly 1,000 steps).
-    #[arg(long, default_value_t = 1500)]
+    /// Task recorded and planned: reach, push, pusht or sort.
+    #[arg(long, default_value = "reach")]
+    pub task: String,
+    /// Unlabeled human-domain episodes recorded.
+    #[arg(long, default_value_t = 200)]
+    pub human_episodes: usize,
+    /// Labeled robot episodes recorded (for the controller).
+    #[arg(long, default_value_t = 100)]
+    pub robot_episodes: usize,
+    /// Sim-encoder pretraining steps.
+    #[arg(long, default_value_t = 400)]
+    pub encoder_steps: usize,
+    /// Training steps of the latent action model.
+    #[arg(long, default_value_t = 1000)]
     pub steps: usize,
-    /// Clips of built-in data.
-    #[arg(long, default_value_t = 1024)]
-    pub clips: usize,
+    /// Closed-loop evaluation episodes.
+    #[arg(long, default_value_t = 10)]
+    pub episodes: usize,
+    /// CEM candidates and iterations of the closed-loop planner.
+    #[arg(long, default_value_t = 100)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 10)]
+    pub iterations: usize,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
 
-pub fn run(args: DemoArgs) -> Result<()> {
+/// Runs one `lam` command line in this process and records it.
+fn step(log: &mut Vec<(String, f64)>, title: &str, argv: &[String]) -> Result<()> {
+    let shown = format!("lam {}", argv.join(" "));
+    info!("{title}: {shown}");
+    let t0 = Instant::now();
+    let cli = crate::Cli::try_parse_from(std::iter::once("lam".to_string()).chain(argv.iter().cloned()))
+        .with_context(|| format!("demo step `{shown}`"))?;
+    crate::run(cli).with_context(|| format!("demo step `{shown}` failed"))?;
+    log.push((shown, t0.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
+}
+
+fn args(items: &[&dyn std::fmt::Display]) -> Vec<String> {
+    items.iter().map(|x| x.to_string()).collect()
+}
+
+pub fn run(a: DemoArgs) -> Result<()> {
     let started = Instant::now();
-    std::fs::create_dir_all(&args.out)?;
-    let data = args.out.join("data");
-    info!(
-        "1/5 writing {} clips of built-in data to {}",
-        args.clips,
-        data.display()
-    );
-    if data.exists() {
-        std::fs::remove_dir_all(&data)?;
+    let out = &a.out;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for sub in ["data", "encoder", "shards", "lam", "controller", "plan"] {
+        let p = out.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p)
+                .with_context(|| format!("cannot clear {}", p.display()))?;
+        }
     }
-    let syn = SyntheticConfig {
-        clips: args.clips,
-        ..Default::default()
-    };
-    write_synthetic(&data, &syn)?;
+    let p = |s: &str| out.join(s).display().to_string();
+    let (human, robot) = (p("data/human"), p("data/robot"));
+    let encoder = p("encoder/encoder");
+    let (sh, sr) = (p("shards/human"), p("shards/robot"));
+    let (lam_run, ctrl, plan_dir) = (p("lam"), p("controller"), p("plan"));
+    let dev = &a.device;
+    let task = &a.task;
+    let mut log = Vec::new();
 
-    let run = args.out.join("lam");
-    info!(
-        "2/5 training the latent action model ({} steps) in {}",
-        args.steps,
-        run.display()
-    );
-    let train_args = TrainArgs {
-        data: data.clone(),
-        run: run.clone(),
-        preset: "tiny".into(),
-        config: None,
-        overrides: vec![],
-        regularizer: None,
-        steps: Some(args.steps),
-        resume: false,
-        device: args.device.clone(),
-        quiet: false,
-    };
-    let t_train = Instant::now();
-    let summary = train_run(&train_args)?;
-    let train_secs = t_train.elapsed().as_secs_f64();
-
-    info!("3/5 evaluating leakage and transfer");
-    let (report, eval_json) = eval_run(&EvalArgs {
-        run: run.clone(),
-        data: data.clone(),
-        clips: 256,
-        batch: 32,
-        out: Some(args.out.join("eval.json")),
-        device: args.device.clone(),
-    })?;
-
-    let labeled = args.out.join("data-labeled");
-    info!(
-        "4/5 fitting the controller on {} labeled clips in {}",
-        args.clips / 4,
-        labeled.display()
-    );
-    if labeled.exists() {
-        std::fs::remove_dir_all(&labeled)?;
-    }
-    write_synthetic(
-        &labeled,
-        &SyntheticConfig {
-            clips: args.clips / 4,
-            labeled: true,
-            seed: 1,
-            ..Default::default()
-        },
+    step(
+        &mut log,
+        "1/9 recording unlabeled human video",
+        &args(&[
+            &"sim", &"record", &"--task", task, &"--domain", &"human", &"--policy", &"mixed",
+            &"--nuisances", &"off", &"--episodes", &a.human_episodes, &"--out", &human,
+            &"--quiet",
+        ]),
     )?;
-    let ctrl_dir = args.out.join("controller");
-    let ctrl = crate::control::fit(&crate::control::FitArgs {
-        run: run.clone(),
-        data: labeled,
-        out: ctrl_dir.clone(),
-        steps: 2000,
-        hidden: 256,
-        device: args.device.clone(),
-    })?;
+    step(
+        &mut log,
+        "2/9 recording a small labeled robot set",
+        &args(&[
+            &"sim", &"record", &"--task", task, &"--domain", &"robot", &"--policy", &"mixed",
+            &"--episodes", &a.robot_episodes, &"--seed", &5000, &"--out", &robot, &"--quiet",
+        ]),
+    )?;
+    step(
+        &mut log,
+        "3/9 pretraining the sim encoder on the human frames",
+        &args(&[
+            &"encoder", &"pretrain", &"--data", &human, &"--out", &p("encoder"), &"--patch", &16,
+            &"--dim", &32, &"--steps", &a.encoder_steps, &"--probe-task", task,
+            &"--probe-domain", &"robot", &"--device", dev, &"--quiet",
+        ]),
+    )?;
+    for (src, dst, val) in [(&human, &sh, 0.05), (&robot, &sr, 0.2)] {
+        step(
+            &mut log,
+            "4-5/9 embedding",
+            &args(&[
+                &"embed", &"--data", src, &"--encoder", &encoder, &"--out", dst, &"--fps", &10,
+                &"--frames", &8, &"--stride", &4, &"--val-fraction", &val, &"--pooling", &"mean",
+                &"--device", dev,
+            ]),
+        )?;
+    }
+    step(
+        &mut log,
+        "6/9 training the latent action model on the human shards",
+        &args(&[
+            &"train", &"--data", &sh, &"--run", &lam_run, &"--steps", &a.steps, &"--set",
+            &"model.standardize=true", &"--device", dev,
+        ]),
+    )?;
+    step(
+        &mut log,
+        "7/9 leakage and transfer",
+        &args(&[
+            &"eval", &"--run", &lam_run, &"--data", &sh, &"--out", &p("eval.json"), &"--device",
+            dev,
+        ]),
+    )?;
+    step(
+        &mut log,
+        "8/9 fitting the controller on the labeled robot shards",
+        &args(&[
+            &"control", &"fit", &"--run", &lam_run, &"--data", &sr, &"--out", &ctrl, &"--device",
+            dev,
+        ]),
+    )?;
+    step(
+        &mut log,
+        "9/9 planning closed loop in the robot domain",
+        &args(&[
+            &"plan", &"eval", &"--run", &lam_run, &"--encoder", &encoder, &"--controller", &ctrl,
+            &"--task", task, &"--domain", &"robot", &"--episodes", &a.episodes, &"--planner",
+            &"cem", &"--space", &"action", &"--samples", &a.samples, &"--iterations", &a.iterations, &"--elites",
+            &(a.samples / 10).max(2), &"--baselines", &"--out", &plan_dir, &"--device", dev,
+        ]),
+    )?;
+    step(
+        &mut log,
+        "plotting",
+        &args(&[&"plot", &lam_run, &"--out", &p("loss.png")]),
+    )?;
 
-    info!("5/5 writing plots and summary");
-    let loss_png = args.out.join("loss.png");
-    plot::plot_run(&run, &loss_png)?;
-    let total_secs = started.elapsed().as_secs_f64();
+    let total = started.elapsed().as_secs_f64();
+    let encoder_summary = read_json(&out.join("encoder/summary.json")).unwrap_or(Value::Null);
+    let eval = read_json(&out.join("eval.json"))?;
+    let controller = read_json(&out.join("controller/controller.json"))?;
+    let plan = read_json(&out.join(format!("plan/plan_eval_{task}.json")))?;
     let metrics = json!({
-        "train": {"steps": summary.steps_done, "steps_per_sec": summary.steps_per_sec, "seconds": train_secs,
-                  "final_train_loss": summary.final_train_loss, "final_val": summary.final_val},
-        "eval": report,
-        "controller": ctrl,
-        "wall_seconds": total_secs,
+        "encoder": encoder_summary,
+        "eval": eval,
+        "controller": controller["report"],
+        "plan": plan["summaries"],
+        "steps": log.iter().map(|(c, s)| json!({"command": c, "seconds": s})).collect::<Vec<_>>(),
+        "wall_seconds": total,
     });
     lam_data::shards::write_atomic(
-        &args.out.join("metrics.json"),
+        &out.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)?.as_bytes(),
     )?;
+
     let mut md = String::new();
     writeln!(md, "# lam demo report\n")?;
     writeln!(
         md,
-        "Built-in data: {} synthetic clips (T={}, {}x{} tokens, D={}) whose frames move by hidden 2-D actions.\n",
-        syn.clips, syn.frames, syn.grid[0], syn.grid[1], syn.dim
+        "Task `{task}` of the simulated suite: {} unlabeled human-domain episodes (no actions \
+         read) and {} labeled robot episodes; closed-loop evaluation in the robot domain on the \
+         fixed protocol ({} episodes).\n",
+        a.human_episodes, a.robot_episodes, a.episodes
     )?;
-    writeln!(md, "## Stage 1: latent action model\n")?;
+    writeln!(md, "## Closed-loop planning\n")?;
+    let plan_md = std::fs::read_to_string(out.join(format!("plan/plan_eval_{task}.md")))
+        .unwrap_or_default();
     writeln!(
         md,
-        "- {} steps in {:.1} s ({:.2} steps/s), final train loss {:.4}",
-        summary.steps_done, train_secs, summary.steps_per_sec, summary.final_train_loss
-    )?;
-    writeln!(
-        md,
-        "- checkpoint: `{}`",
-        summary
-            .last_checkpoint
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
-    )?;
-    writeln!(md, "- loss curves: `loss.png`\n")?;
-    writeln!(md, "## Evaluations\n\n```\n{}```\n", report.table())?;
-    writeln!(
-        md,
-        "A leakage ratio well above 1 means the latent does not simply copy the next frame. Whether \
-         the world model uses the latent at all shows in E_cut (z = 0) - E_cut = {:.5}: near zero, \
-         z changes nothing at a scene cut and the ratio only reflects how different the two clips are.\n",
-        report.leakage.e_cut_no_action - report.leakage.e_cut
-    )?;
-    writeln!(md, "## Stage 2: controller\n")?;
-    writeln!(
-        md,
-        "- fitted on {} labeled transitions, held out {}",
-        ctrl.train_transitions, ctrl.val_transitions
+        "{}\n",
+        plan_md.lines().skip(2).collect::<Vec<_>>().join("\n")
     )?;
     writeln!(
         md,
-        "- cosine(g_ctrl(a), z) = {:.3}; inverse-controller MSE {:.4} (action variance {:.4})",
-        ctrl.cosine, ctrl.inverse_mse, ctrl.action_variance
+        "Strips in `plan/strips/`: top row what the robot saw, bottom row the observed frame \
+         closest to what the world model predicted for that step, the goal last.\n"
     )?;
-    writeln!(md, "- weights: `controller/`\n")?;
-    writeln!(md, "Wall time: {total_secs:.1} s.")?;
-    lam_data::shards::write_atomic(&args.out.join("summary.md"), md.as_bytes())?;
-    print!("{}", report.table());
+    writeln!(md, "## Latent action model\n")?;
+    let l = &eval["leakage"];
+    writeln!(
+        md,
+        "- leakage: E_normal {:.4}, E_cut {:.4}, E_cut(z = 0) {:.4}, ratio {:.2} (well above 1: \
+         z does not copy the next frame; E_cut(z = 0) - E_cut > 0: the world model uses z)",
+        l["e_normal"].as_f64().unwrap_or(f64::NAN),
+        l["e_cut"].as_f64().unwrap_or(f64::NAN),
+        l["e_cut_no_action"].as_f64().unwrap_or(f64::NAN),
+        l["ratio"].as_f64().unwrap_or(f64::NAN),
+    )?;
+    writeln!(md, "- training curves: `loss.png`; full evaluation: `eval.json`")?;
+    let r = &controller["report"];
+    writeln!(
+        md,
+        "- controller: cosine(g_ctrl(a), z) {:.3} on {} held-out transitions; inverse MSE {:.4} \
+         (action variance {:.4})\n",
+        r["cosine"].as_f64().unwrap_or(f64::NAN),
+        r["val_transitions"],
+        r["inverse_mse"].as_f64().unwrap_or(f64::NAN),
+        r["action_variance"].as_f64().unwrap_or(f64::NAN),
+    )?;
+    writeln!(md, "## Commands run\n")?;
+    for (c, s) in &log {
+        writeln!(md, "- `{c}` ({s:.0} s)")?;
+    }
+    writeln!(md, "\nWall time: {total:.0} s.")?;
+    lam_data::shards::write_atomic(&out.join("summary.md"), md.as_bytes())?;
+    println!("{plan_md}");
     println!(
-        "controller: cosine(g_ctrl(a), z) = {:.3}, inverse MSE {:.4} (action variance {:.4})",
-        ctrl.cosine, ctrl.inverse_mse, ctrl.action_variance
-    );
-    println!(
-        "demo finished in {total_secs:.1} s; report: {} (summary.md, metrics.json, loss.png, eval: {})",
-        args.out.display(),
-        eval_json.display()
+        "demo finished in {total:.0} s; report: {} (summary.md, metrics.json, loss.png, plan/)",
+        out.display()
     );
     Ok(())
 }

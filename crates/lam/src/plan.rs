@@ -174,11 +174,17 @@ fn parse_cost(s: &str) -> Result<CostKind> {
 /// Loads a world-model run and checks it against the encoder's tokens.
 fn load_world_model(
     path: &Path,
-    encoder: &Encoder,
+    encoder: Encoder,
     size: usize,
     device: &Device,
-) -> Result<(LamConfig, lam_model::LatentActionModel)> {
+) -> Result<(LamConfig, lam_model::LatentActionModel, Encoder)> {
     let (cfg, lam, ckpt) = load_checkpoint(path, device)?;
+    // Shards embedded with `--pooling mean`: pool the frames the same way.
+    let encoder = if cfg.model.grid == [1, 1] && encoder.grid(size) != [1, 1] {
+        encoder.with_pooling(lam_encoder::Pooling::Mean)
+    } else {
+        encoder
+    };
     let grid = encoder.grid(size);
     ensure!(
         cfg.model.grid == grid && cfg.model.embed_dim == encoder.info.dim,
@@ -191,7 +197,7 @@ fn load_world_model(
         grid,
         encoder.info.dim
     );
-    Ok((cfg, lam))
+    Ok((cfg, lam, encoder))
 }
 
 /// Runs every requested method on the same episodes.
@@ -205,7 +211,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let encoder = match &args.encoder {
+    let mut encoder = match &args.encoder {
         Some(p) => Some(Encoder::load(p, &device)?),
         None => None,
     };
@@ -250,10 +256,11 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     ];
     for (path, conditioning) in world_models {
         let Some(path) = path else { continue };
-        let encoder = encoder
-            .as_ref()
+        let enc = encoder
+            .take()
             .context("planning with a world model needs --encoder")?;
-        let (cfg, lam) = load_world_model(path, encoder, size, &device)?;
+        let (cfg, lam, enc) = load_world_model(path, enc, size, &device)?;
+        let encoder = &*encoder.insert(enc);
         ensure!(
             cfg.model.conditioning == conditioning,
             "{} is conditioned on {:?}; pass it as {}",
