@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Python twin of lam-ingest's decode path, for the ingest benchmark.
 
-Does the same work as `crates/lam-ingest/examples/ingest_bench.rs` with PyAV
-and NumPy: every video under a folder (recursive; mp4, webm, mkv, avi, mov)
+Does the same work as lam's side of `lam bench ingest` (which runs this
+script as a child process) with PyAV and NumPy: every video under a folder (recursive; mp4, webm, mkv, avi, mov)
 is decoded (FFmpeg frame threading, automatic thread count), resampled to
 --fps by timestamps (the frame on screen at each time start + k/fps),
 resized so the short side is --size (swscale bilinear, long side
@@ -136,6 +136,7 @@ def main():
                 "frames_per_cpu_s": round(frames / cpu, 2),
                 "fps": args.fps,
                 "size": args.size,
+                "dump_file": files[0] if args.dump else None,
             }
     print(json.dumps(best))
 

@@ -2,8 +2,10 @@
 //! statistics before and after (the figures in docs/benchmarks.md), then embeds the recording.
 //!
 //! ```text
-//! cargo run --release -p lam-encoder --example pretrain_sim -- OUT [EPISODES] [STEPS] [SIGREG_WEIGHT]
+//! cargo run --release -p lam-encoder --example pretrain_sim -- OUT [EPISODES] [STEPS] [CONFIG_JSON]
 //! ```
+//!
+//! `CONFIG_JSON` overrides fields of [`PretrainConfig`], e.g. `'{"recon_weight": 0}'`.
 //!
 //! Same as `lam sim record --task push --episodes EPISODES --out OUT/rec`, then
 //! `lam encoder pretrain --data OUT/rec --out OUT/pretrain --steps STEPS`, then
@@ -21,13 +23,25 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let out = PathBuf::from(
         args.next()
-            .context("usage: pretrain_sim OUT [EPISODES] [STEPS] [SIGREG_WEIGHT]")?,
+            .context("usage: pretrain_sim OUT [EPISODES] [STEPS] [CONFIG_JSON]")?,
     );
     let episodes: usize = args.next().map_or(Ok(60), |v| v.parse())?;
     let steps: usize = args.next().map_or(Ok(400), |v| v.parse())?;
-    let weight: f64 = args
-        .next()
-        .map_or(Ok(PretrainConfig::default().sigreg_weight), |v| v.parse())?;
+    let mut config = serde_json::to_value(PretrainConfig {
+        steps,
+        ..PretrainConfig::default()
+    })?;
+    if let Some(text) = args.next() {
+        let overrides: serde_json::Value =
+            serde_json::from_str(&text).context("CONFIG_JSON is not JSON")?;
+        for (k, v) in overrides
+            .as_object()
+            .context("CONFIG_JSON is not an object")?
+        {
+            config[k] = v.clone();
+        }
+    }
+    let cfg: PretrainConfig = serde_json::from_value(config)?;
     let rec = out.join("rec");
     if !rec.join("meta/info.json").exists() {
         let cfg = lam_sim::RecordConfig {
@@ -53,14 +67,36 @@ fn main() -> Result<()> {
         frames.len(),
         frames.pairs.len()
     );
-    let cfg = PretrainConfig {
-        steps,
-        sigreg_weight: weight,
-        ..PretrainConfig::default()
-    };
     let device = Device::flex();
     let s = pretrain(&cfg, &frames, norm, &device, &out.join("pretrain"), true)?;
-    println!("{}", serde_json::to_string_pretty(&s)?);
+    println!(
+        "{} steps in {:.1}s: prediction {:.4}, sigreg {:.4}, reconstruction {:.4} tokens / {:.4} frame",
+        s.steps,
+        s.seconds,
+        s.final_prediction,
+        s.final_sigreg,
+        s.final_reconstruction,
+        s.final_frame_reconstruction
+    );
+    for (name, st) in [("before", &s.before), ("after", &s.after)] {
+        println!(
+            "{name}: tokens std {:.3} eff. rank {:.1}/{}; frame means std {:.3} eff. rank {:.1}/{}",
+            st.tokens.mean_std,
+            st.tokens.effective_rank,
+            st.tokens.dim,
+            st.frames.mean_std,
+            st.frames.effective_rank,
+            st.frames.dim
+        );
+    }
+    for (name, p) in [("before", &s.probe_before), ("after", &s.probe_after)] {
+        if let Some(p) = p {
+            println!("{}", lam_encoder::cli::probe_line(name, p));
+        }
+    }
+    if std::env::var_os("PRETRAIN_SIM_NO_EMBED").is_some() {
+        return Ok(());
+    }
     let mut opts = EmbedOptions::new(rec, s.checkpoint.clone(), out.join("shards"));
     opts.fps = 5.0;
     opts.progress = true;

@@ -10,6 +10,7 @@ use lam_ingest::{ClipSpec, Normalization};
 use crate::embed::{EmbedOptions, Source, embed};
 use crate::encoder::{Encoder, Pooling};
 use crate::pretrain::{PretrainConfig, frames_from_source, pretrain, synthetic_frames};
+use crate::probe::{ProbeConfig, ProbeReport};
 use crate::sim::SimEncoderConfig;
 use crate::vjepa2::FrameMode;
 
@@ -53,6 +54,22 @@ pub struct PretrainArgs {
     /// SIGReg weight on the per-frame mean tokens.
     #[arg(long, default_value_t = 1.0)]
     pub sigreg_frame_weight: f64,
+    /// Weight of the pixel-reconstruction term (tokens -> their patch's pixels).
+    #[arg(long, default_value_t = PretrainConfig::default().recon_weight)]
+    pub recon_weight: f64,
+    /// Weight of the frame-level reconstruction (mean token + pixel coordinates -> colour).
+    #[arg(long, default_value_t = PretrainConfig::default().frame_recon_weight)]
+    pub frame_recon_weight: f64,
+    /// Task of the linear probe of the true state (agent and object positions), rendered
+    /// straight from the simulator: reach, push, pusht or sort.
+    #[arg(long, default_value = "push")]
+    pub probe_task: String,
+    /// Embodiment of the probe episodes: robot, robot-polar or human.
+    #[arg(long, default_value = "robot")]
+    pub probe_domain: String,
+    /// Probe episodes (0: no probe).
+    #[arg(long, default_value_t = 40)]
+    pub probe_episodes: usize,
     /// Frame side (the encoder's input).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
@@ -173,6 +190,14 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         lr: a.lr,
         sigreg_weight: a.sigreg_weight,
         sigreg_frame_weight: a.sigreg_frame_weight,
+        recon_weight: a.recon_weight,
+        frame_recon_weight: a.frame_recon_weight,
+        probe: (a.probe_episodes > 0).then(|| ProbeConfig {
+            task: a.probe_task.clone(),
+            domain: a.probe_domain.clone(),
+            episodes: a.probe_episodes,
+            ..ProbeConfig::default()
+        }),
         seed: a.seed,
         ..PretrainConfig::default()
     };
@@ -204,8 +229,14 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
     );
     let s = pretrain(&cfg, &frames, norm, &device, &a.out, !a.quiet)?;
     println!(
-        "{} steps in {:.1}s: loss {:.4} (prediction {:.4}, sigreg {:.4})",
-        s.steps, s.seconds, s.final_loss, s.final_prediction, s.final_sigreg
+        "{} steps in {:.1}s: loss {:.4} (prediction {:.4}, sigreg {:.4}, reconstruction {:.4} tokens / {:.4} frame)",
+        s.steps,
+        s.seconds,
+        s.final_loss,
+        s.final_prediction,
+        s.final_sigreg,
+        s.final_reconstruction,
+        s.final_frame_reconstruction
     );
     for (name, st) in [("before", &s.before), ("after", &s.after)] {
         println!(
@@ -218,8 +249,31 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
             st.frames.dim
         );
     }
+    for (name, p) in [("before", &s.probe_before), ("after", &s.probe_after)] {
+        if let Some(p) = p {
+            println!("{}", probe_line(name, p));
+        }
+    }
     println!("checkpoint: {}", s.checkpoint.display());
     Ok(())
+}
+
+/// One line of held-out probe R^2: agent and object positions, pooled and per-token.
+pub fn probe_line(name: &str, p: &ProbeReport) -> String {
+    let objects = |f: &crate::probe::ProbeFit| {
+        f.objects
+            .map_or(String::new(), |o| format!(", objects {o:.3}"))
+    };
+    format!(
+        "{name}: probe R^2 ({} {}, {} held-out frames): mean token: agent {:.3}{}; all tokens: agent {:.3}{}",
+        p.task,
+        p.domain,
+        p.test_frames,
+        p.pooled.agent,
+        objects(&p.pooled),
+        p.tokens.agent,
+        objects(&p.tokens)
+    )
 }
 
 fn run_info(a: InfoArgs) -> Result<()> {

@@ -16,10 +16,13 @@ pub mod embed;
 pub mod encoder;
 pub mod hf;
 pub mod pretrain;
+pub mod probe;
 pub mod resize;
 pub mod sim;
 pub mod stats;
 pub mod vjepa2;
 
 pub use encoder::{Encoder, EncoderInfo, Pooling};
+/// The decoding crate, for callers that read sources the way the encoders do.
+pub use lam_ingest;
 pub use vjepa2::FrameMode;

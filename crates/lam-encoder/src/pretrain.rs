@@ -33,6 +33,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
+use burn::tensor::activation::gelu;
 use indicatif::{ProgressBar, ProgressStyle};
 use lam_ingest::{ClipSource, ClipSpec, IngestReport, Normalization, RunOptions};
 use rand::rngs::StdRng;
@@ -40,6 +41,8 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::hf::patchify;
+use crate::probe::{ProbeConfig, ProbeReport, probe_encoder, sim_probe_set};
 use crate::sim::{ARCHITECTURE, SimBlock, SimCheckpointMeta, SimEncoder, SimEncoderConfig};
 use crate::stats::{EmbeddingStats, embedding_stats};
 
@@ -82,6 +85,25 @@ pub struct PretrainConfig {
     pub log_every: usize,
     /// Seed of initialisation, batches and projections. Default 0.
     pub seed: u64,
+    /// Weight of the pixel-reconstruction term: a linear decoder maps every token back to
+    /// the pixels of its patch (both frames of each pair), so that the tokens keep what the
+    /// frame shows, small objects included. Default 1.0.
+    pub recon_weight: f64,
+    /// Weight of the frame-level reconstruction: a spatial-broadcast decoder (an MLP applied
+    /// at each pixel to the frame's mean token and the pixel's coordinates) predicts the
+    /// colours of sampled pixels of the frame. Rendering the agent and the objects where they
+    /// are from one vector is easiest when that vector holds their positions linearly, which
+    /// is what lam's IDM (on mean-pooled tokens) needs. Default 1.0.
+    pub frame_recon_weight: f64,
+    /// Pixels sampled per frame for the frame-level reconstruction; half of them among the
+    /// pixels unlike the frame's background (its per-channel median colour), so that small
+    /// objects are not averaged away. Default 256.
+    pub frame_recon_pixels: usize,
+    /// Hidden width of the frame-level decoder. Default 128.
+    pub frame_recon_hidden: usize,
+    /// Linear probe of the simulator's true state run before and after training (see
+    /// [`crate::probe`]); `None` skips it. Default: push, robot domain, 40 episodes.
+    pub probe: Option<ProbeConfig>,
 }
 
 impl Default for PretrainConfig {
@@ -103,6 +125,11 @@ impl Default for PretrainConfig {
             eval_frames: 256,
             log_every: 50,
             seed: 0,
+            recon_weight: 1.0,
+            frame_recon_weight: 1.0,
+            frame_recon_pixels: 256,
+            frame_recon_hidden: 128,
+            probe: Some(ProbeConfig::default()),
         }
     }
 }
@@ -119,6 +146,14 @@ impl PretrainConfig {
         ensure!(
             self.sigreg_weight >= 0.0 && self.sigreg_frame_weight >= 0.0,
             "pretrain: sigreg_weight and sigreg_frame_weight must be >= 0"
+        );
+        ensure!(
+            self.recon_weight >= 0.0 && self.frame_recon_weight >= 0.0,
+            "pretrain: recon_weight and frame_recon_weight must be >= 0"
+        );
+        ensure!(
+            self.frame_recon_pixels > 0 && self.frame_recon_hidden > 0,
+            "pretrain: frame_recon_pixels and frame_recon_hidden must be > 0"
         );
         ensure!(
             self.sigreg_directions > 0 && self.sigreg_knots >= 2 && self.sigreg_t_max > 0.0,
@@ -280,6 +315,92 @@ pub fn synthetic_frames(
     frames
 }
 
+/// Pixels of each frame that differ from its background: farther than 0.3 (normalised
+/// units, over the three channels) from the frame's per-channel median colour.
+fn foreground_pixels(frames: &Frames) -> Vec<Vec<u32>> {
+    let plane = frames.size * frames.size;
+    let mut channel = vec![0.0f32; plane];
+    (0..frames.len())
+        .map(|i| {
+            let f = frames.frame(i);
+            let mut dist = vec![0.0f32; plane];
+            for c in 0..3 {
+                let values = &f[c * plane..(c + 1) * plane];
+                channel.copy_from_slice(values);
+                let (_, median, _) = channel.select_nth_unstable_by(plane / 2, f32::total_cmp);
+                let median = *median;
+                for (d, &v) in dist.iter_mut().zip(values) {
+                    *d += (v - median) * (v - median);
+                }
+            }
+            (0..plane as u32)
+                .filter(|&j| dist[j as usize] > 0.09)
+                .collect()
+        })
+        .collect()
+}
+
+/// Samples `q` pixels of each frame of `idx` (half uniformly, half among its foreground
+/// pixels when it has any): coordinates in [-1, 1] `[B, q, 2]` (x, y) and colours `[B, q, 3]`.
+fn sample_pixels(
+    frames: &Frames,
+    foreground: &[Vec<u32>],
+    idx: &[usize],
+    q: usize,
+    rng: &mut StdRng,
+) -> (Vec<f32>, Vec<f32>) {
+    let s = frames.size;
+    let plane = s * s;
+    let mut coords = Vec::with_capacity(idx.len() * q * 2);
+    let mut colours = Vec::with_capacity(idx.len() * q * 3);
+    for &i in idx {
+        let f = frames.frame(i);
+        let fg = &foreground[i];
+        for k in 0..q {
+            let j = if k % 2 == 1 && !fg.is_empty() {
+                fg[rng.random_range(0..fg.len())] as usize
+            } else {
+                rng.random_range(0..plane)
+            };
+            let (y, x) = (j / s, j % s);
+            coords.push((x as f32 + 0.5) / s as f32 * 2.0 - 1.0);
+            coords.push((y as f32 + 0.5) / s as f32 * 2.0 - 1.0);
+            for c in 0..3 {
+                colours.push(f[c * plane + j]);
+            }
+        }
+    }
+    (coords, colours)
+}
+
+/// Spatial-broadcast decoder: the colour at pixel coordinates `c` of a frame with embedding
+/// `z` is `MLP(W_z z + W_c c)`.
+#[derive(Module, Debug)]
+pub struct BroadcastDecoder {
+    pub from_latent: Linear,
+    pub from_coords: Linear,
+    pub fc2: Linear,
+    pub out: Linear,
+}
+
+impl BroadcastDecoder {
+    pub fn new(d: usize, hidden: usize, device: &Device) -> Self {
+        BroadcastDecoder {
+            from_latent: LinearConfig::new(d, hidden).init(device),
+            from_coords: LinearConfig::new(2, hidden).with_bias(false).init(device),
+            fc2: LinearConfig::new(hidden, hidden).init(device),
+            out: LinearConfig::new(hidden, 3).init(device),
+        }
+    }
+
+    /// Colours `[B, Q, 3]` at coordinates `[B, Q, 2]` of frames with embeddings `[B, D]`.
+    pub fn forward(&self, z: Tensor<2>, coords: Tensor<3>) -> Tensor<3> {
+        let h =
+            self.from_latent.forward(z).unsqueeze_dim::<3>(1) + self.from_coords.forward(coords);
+        self.out.forward(gelu(self.fc2.forward(gelu(h))))
+    }
+}
+
 /// Predicts the tokens of the next frame from the current frame's tokens.
 #[derive(Module, Debug)]
 pub struct Predictor {
@@ -310,11 +431,15 @@ impl Predictor {
     }
 }
 
-/// Encoder and predictor, optimised together.
+/// Encoder, predictor and pixel decoder, optimised together.
 #[derive(Module, Debug)]
 pub struct Jepa {
     pub encoder: SimEncoder,
     pub predictor: Predictor,
+    /// Token `[D]` -> the pixels of its patch `[3 p p]`, channel-major as [`patchify`].
+    pub decoder: Linear,
+    /// Mean token of a frame and pixel coordinates -> the pixel's colour.
+    pub frame_decoder: BroadcastDecoder,
 }
 
 /// SIGReg statistic of the rows of `x` `[N, D]` along the unit columns of `directions`
@@ -429,8 +554,16 @@ pub struct PretrainSummary {
     pub final_prediction: f64,
     /// The weighted sum of both SIGReg terms.
     pub final_sigreg: f64,
+    /// The per-token pixel-reconstruction error (mean square, normalised pixels).
+    pub final_reconstruction: f64,
+    /// The frame-level (broadcast decoder) reconstruction error on the sampled pixels.
+    pub final_frame_reconstruction: f64,
     pub before: CollapseStats,
     pub after: CollapseStats,
+    /// Linear probe of the true state with the initial encoder (a baseline), if run.
+    pub probe_before: Option<ProbeReport>,
+    /// Linear probe of the true state with the trained encoder, if run.
+    pub probe_after: Option<ProbeReport>,
     /// The checkpoint folder written.
     pub checkpoint: PathBuf,
 }
@@ -479,6 +612,13 @@ pub fn pretrain(
             enc.heads,
             &ad,
         ),
+        decoder: LinearConfig::new(enc.dim, 3 * enc.patch_size * enc.patch_size).init(&ad),
+        frame_decoder: BroadcastDecoder::new(enc.dim, cfg.frame_recon_hidden, &ad),
+    };
+    let foreground = if cfg.frame_recon_weight > 0.0 {
+        foreground_pixels(frames)
+    } else {
+        Vec::new()
     };
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
@@ -489,6 +629,20 @@ pub fn pretrain(
         .collect();
     let before = collapse_stats(&model.encoder.valid(), frames, &eval_idx, device);
     log(json!({"step": 0, "split": "eval", "stats": before}))?;
+    let probe_set = match &cfg.probe {
+        Some(p) => Some(sim_probe_set(p, enc.image_size, &norm)?),
+        None => None,
+    };
+    let run_probe = |encoder: &SimEncoder| -> Result<Option<ProbeReport>> {
+        match (&cfg.probe, &probe_set) {
+            (Some(p), Some(set)) => Ok(Some(probe_encoder(encoder, set, p, device)?)),
+            _ => Ok(None),
+        }
+    };
+    let probe_before = run_probe(&model.encoder.valid())?;
+    if let Some(p) = &probe_before {
+        log(json!({"step": 0, "split": "probe", "probe": p}))?;
+    }
 
     let (t, w) = sigreg_knots(cfg.sigreg_knots, cfg.sigreg_t_max);
     let k = t.len();
@@ -504,8 +658,12 @@ pub fn pretrain(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .expect("valid template"),
     );
+    let scalar = |x: &Tensor<1>| -> f64 {
+        x.clone().into_data().try_into_vec::<f32>().expect("f32")[0] as f64
+    };
     let started = Instant::now();
-    let (mut last, mut last_pred, mut last_reg) = (f64::NAN, f64::NAN, f64::NAN);
+    let (mut last, mut last_pred, mut last_reg, mut last_rec, mut last_frame_rec) =
+        (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
     let n = enc.grid() * enc.grid();
     for step in 0..cfg.steps {
         let pairs: Vec<(usize, usize)> = (0..cfg.batch)
@@ -514,26 +672,85 @@ pub fn pretrain(
         let mut idx: Vec<usize> = pairs.iter().map(|p| p.0).collect();
         idx.extend(pairs.iter().map(|p| p.1));
         let b = cfg.batch;
-        let s = model.encoder.forward(frames.tensor(&idx, &ad)); // [2B, N, D]
+        let x = frames.tensor(&idx, &ad);
+        let s = model.encoder.forward(x.clone()); // [2B, N, D]
+        // Prediction and the token-level SIGReg act on the head's channels; the keypoint
+        // channels are peaked by design (one token holds a keypoint's weight), and a
+        // Gaussian target for each token would flatten their softmax. They take part in the
+        // frame-level SIGReg as positions in [-1, 1], which spreads them over the frames.
+        let free = enc.dim - 2 * enc.keypoints;
+        let head = s.clone().slice(s![.., .., 0..free]);
         let s_now = s.clone().slice(s![0..b, .., ..]);
-        let s_next = s.clone().slice(s![b..2 * b, .., ..]);
-        let diff = model.predictor.forward(s_now) - s_next;
+        let s_next = head.clone().slice(s![b..2 * b, .., ..]);
+        let diff = model.predictor.forward(s_now).slice(s![.., .., 0..free]) - s_next;
         let pred_loss = (diff.clone() * diff).mean();
-        let dirs = directions(&mut rng, enc.dim, cfg.sigreg_directions, &ad);
         let frame_means = s.clone().mean_dim(1).reshape([2 * b, enc.dim]);
+        let frame_stats = if enc.keypoints > 0 {
+            Tensor::cat(
+                vec![
+                    frame_means.clone().slice(s![.., 0..free]),
+                    frame_means
+                        .clone()
+                        .slice(s![.., free..enc.dim])
+                        .mul_scalar((n as f32).sqrt()),
+                ],
+                1,
+            )
+        } else {
+            frame_means.clone()
+        };
         let reg_tokens = sigreg(
-            s.reshape([2 * b * n, enc.dim]),
-            dirs.clone(),
+            head.reshape([2 * b * n, free]),
+            directions(&mut rng, free, cfg.sigreg_directions, &ad),
             t.clone(),
             w.clone(),
         );
-        let reg_frames = sigreg(frame_means, dirs, t.clone(), w.clone());
+        let reg_frames = sigreg(
+            frame_stats,
+            directions(&mut rng, enc.dim, cfg.sigreg_directions, &ad),
+            t.clone(),
+            w.clone(),
+        );
         let reg = reg_tokens.mul_scalar(cfg.sigreg_weight)
             + reg_frames.mul_scalar(cfg.sigreg_frame_weight);
-        let loss = pred_loss.clone() + reg.clone();
-        let scalar = |x: &Tensor<1>| -> f64 {
-            x.clone().into_data().try_into_vec::<f32>().expect("f32")[0] as f64
-        };
+        let mut loss = pred_loss.clone() + reg.clone();
+        if cfg.recon_weight > 0.0 {
+            let target = patchify(x.clone(), enc.patch_size); // [2B, N, 3 p p]
+            let err = model.decoder.forward(s.clone()) - target;
+            let sq = err.clone() * err;
+            let rec = sq.mean();
+            last_rec = scalar(&rec);
+            loss = loss + rec.mul_scalar(cfg.recon_weight);
+        }
+        if cfg.frame_recon_weight > 0.0 {
+            let q = cfg.frame_recon_pixels;
+            let (coords, colours) = sample_pixels(frames, &foreground, &idx, q, &mut rng);
+            let coords = Tensor::<3>::from_data(TensorData::new(coords, [2 * b, q, 2]), &ad);
+            let colours = Tensor::<3>::from_data(TensorData::new(colours, [2 * b, q, 3]), &ad);
+            // The head's channels standardised over the batch (the mean token of mostly
+            // static frames moves little, and a linear read-out does not care about
+            // per-channel scale); the keypoint channels as positions in [-1, 1], the frame
+            // the pixel coordinates are given in.
+            let head = frame_means.clone().slice(s![.., 0..free]);
+            let mu = head.clone().mean_dim(0);
+            let centred = head - mu;
+            let sd = (centred.clone() * centred.clone())
+                .mean_dim(0)
+                .add_scalar(1e-6)
+                .sqrt();
+            let mut z = centred / sd;
+            if enc.keypoints > 0 {
+                let kp = frame_means
+                    .clone()
+                    .slice(s![.., free..enc.dim])
+                    .mul_scalar((n as f32).sqrt());
+                z = Tensor::cat(vec![z, kp], 1);
+            }
+            let err = model.frame_decoder.forward(z, coords) - colours;
+            let rec = (err.clone() * err).mean();
+            last_frame_rec = scalar(&rec);
+            loss = loss + rec.mul_scalar(cfg.frame_recon_weight);
+        }
         last = scalar(&loss);
         ensure!(
             last.is_finite(),
@@ -547,10 +764,11 @@ pub fn pretrain(
         bar.inc(1);
         if (step + 1) % cfg.log_every.max(1) == 0 || step + 1 == cfg.steps {
             bar.set_message(format!(
-                "loss {last:.4} (pred {last_pred:.4}, sigreg {last_reg:.4})"
+                "loss {last:.4} (pred {last_pred:.4}, sigreg {last_reg:.4}, recon {last_rec:.4})"
             ));
             log(json!({"step": step + 1, "split": "train", "loss": last,
-                "prediction": last_pred, "sigreg": last_reg, "lr": lr}))?;
+                "prediction": last_pred, "sigreg": last_reg, "reconstruction": last_rec,
+                "frame_reconstruction": last_frame_rec, "lr": lr}))?;
         }
         if (step + 1) % (cfg.log_every.max(1) * 4) == 0 && step + 1 != cfg.steps {
             let stats = collapse_stats(&model.encoder.valid(), frames, &eval_idx, device);
@@ -562,6 +780,10 @@ pub fn pretrain(
     let encoder = model.encoder.valid();
     let after = collapse_stats(&encoder, frames, &eval_idx, device);
     log(json!({"step": cfg.steps, "split": "eval", "stats": after}))?;
+    let probe_after = run_probe(&encoder)?;
+    if let Some(p) = &probe_after {
+        log(json!({"step": cfg.steps, "split": "probe", "probe": p}))?;
+    }
     let checkpoint = out.join("encoder");
     let summary = PretrainSummary {
         steps: cfg.steps,
@@ -571,8 +793,12 @@ pub fn pretrain(
         final_loss: last,
         final_prediction: last_pred,
         final_sigreg: last_reg,
+        final_reconstruction: last_rec,
+        final_frame_reconstruction: last_frame_rec,
         before,
         after,
+        probe_before,
+        probe_after,
         checkpoint: checkpoint.clone(),
     };
     let meta = SimCheckpointMeta {

@@ -11,6 +11,13 @@
 //! 3. A final layer norm and a linear head: the head is left unnormalised so that the
 //!    pretraining regulariser can shape the token distribution (a layer norm as the last
 //!    operation would pin every token to the unit sphere of mean zero).
+//! 4. Keypoint channels (spatial soft-argmax): for each of `keypoints` learned scores, a
+//!    softmax over the frame's tokens gives attention weights `a_i`; token i gets the two
+//!    channels `sqrt(N) a_i (x_i, y_i)` (its grid coordinates in [-1, 1]). The head fills the
+//!    other `D - 2 keypoints` channels. The mean over a frame's tokens of those channels is the
+//!    expected position `sum_i a_i (x_i, y_i) / sqrt(N)`, so a mean-pooled frame embedding
+//!    holds the positions of whatever the scores pick out linearly (interpolating between
+//!    tokens: finer than the patch grid).
 //!
 //! A checkpoint is a folder: `encoder.json` ([`SimCheckpointMeta`]: architecture name, config,
 //! normalisation, pretraining summary) and `model.safetensors` (weights named by module path).
@@ -23,7 +30,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::activation::gelu;
+use burn::tensor::activation::{gelu, softmax};
 use lam_ingest::Normalization;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +59,10 @@ pub struct SimEncoderConfig {
     pub heads: usize,
     /// MLP width over D. Default 2.0.
     pub mlp_ratio: f64,
+    /// Keypoint channel pairs (the last `2 keypoints` of the D channels). Default 8;
+    /// configurations written before keypoints existed read as 0.
+    #[serde(default)]
+    pub keypoints: usize,
 }
 
 impl Default for SimEncoderConfig {
@@ -63,6 +74,7 @@ impl Default for SimEncoderConfig {
             depth: 2,
             heads: 4,
             mlp_ratio: 2.0,
+            keypoints: 8,
         }
     }
 }
@@ -85,6 +97,12 @@ impl SimEncoderConfig {
             self.depth > 0 && self.mlp_ratio > 0.0,
             "sim encoder: depth and mlp_ratio must be positive"
         );
+        ensure!(
+            2 * self.keypoints < self.dim,
+            "sim encoder: 2 x keypoints ({}) must be below dim {}",
+            2 * self.keypoints,
+            self.dim
+        );
         Ok(())
     }
 
@@ -102,6 +120,8 @@ pub struct SimEncoder {
     pub blocks: Vec<SimBlock>,
     pub norm: LayerNorm,
     pub head: Linear,
+    /// Keypoint scores per token (absent when the config has no keypoints).
+    pub keypoint_scores: Option<Linear>,
     pub heads: usize,
     pub patch_size: usize,
     pub image_size: usize,
@@ -160,7 +180,9 @@ impl SimEncoder {
                 .map(|_| SimBlock::new(d, cfg.mlp_ratio, device))
                 .collect(),
             norm: LayerNormConfig::new(d).init(device),
-            head: LinearConfig::new(d, d).init(device),
+            head: LinearConfig::new(d, d - 2 * cfg.keypoints).init(device),
+            keypoint_scores: (cfg.keypoints > 0)
+                .then(|| LinearConfig::new(d, cfg.keypoints).init(device)),
             heads: cfg.heads,
             patch_size: p,
             image_size: cfg.image_size,
@@ -181,7 +203,26 @@ impl SimEncoder {
         for block in &self.blocks {
             x = block.forward(x, self.heads);
         }
-        self.head.forward(self.norm.forward(x))
+        let x = self.norm.forward(x);
+        let Some(scores) = &self.keypoint_scores else {
+            return self.head.forward(x);
+        };
+        let [b, n, _] = x.dims();
+        let a = softmax(scores.forward(x.clone()), 1); // [B, N, K]
+        let k = a.dims()[2];
+        let side = self.image_size / self.patch_size;
+        let coord = |v: usize| (2 * v + 1) as f32 / side as f32 - 1.0;
+        let gx: Vec<f32> = (0..n).map(|i| coord(i % side)).collect();
+        let gy: Vec<f32> = (0..n).map(|i| coord(i / side)).collect();
+        let device = x.device();
+        let grid = |g: Vec<f32>| {
+            Tensor::<3>::from_data(TensorData::new(g, [1, n, 1]), &device)
+                .mul_scalar((n as f32).sqrt())
+        };
+        let kx = a.clone() * grid(gx);
+        let ky = a * grid(gy);
+        let kp = Tensor::stack::<4>(vec![kx, ky], 3).reshape([b, n, 2 * k]);
+        Tensor::cat(vec![self.head.forward(x), kp], 2)
     }
 }
 
@@ -260,4 +301,40 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<(SimEncoder, SimCh
         result.errors
     );
     Ok((model, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn keypoint_channels_pool_to_expected_positions() {
+        let device = Device::flex();
+        let cfg = SimEncoderConfig {
+            image_size: 32,
+            keypoints: 3,
+            ..SimEncoderConfig::default()
+        };
+        let enc = SimEncoder::new(&cfg, &device);
+        let x = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let out = enc.forward(x);
+        let [b, n, d] = out.dims();
+        assert_eq!((b, n, d), (2, 16, 64));
+        let v = out.into_data().try_into_vec::<f32>().unwrap();
+        // The last 6 channels: sqrt(N) a_i (x_i, y_i); their mean over the tokens is a
+        // weighted average of grid coordinates (in [-1, 1]) divided by sqrt(N).
+        for f in 0..b {
+            for c in d - 6..d {
+                let mean: f32 = (0..n).map(|i| v[(f * n + i) * d + c]).sum::<f32>() / n as f32;
+                assert!(mean.abs() <= 1.0 / (n as f32).sqrt() + 1e-6, "{mean}");
+            }
+        }
+        // Configurations written before keypoints existed read as none.
+        let old: SimEncoderConfig = serde_json::from_str(
+            r#"{"image_size": 64, "patch_size": 8, "dim": 64, "depth": 2, "heads": 4, "mlp_ratio": 2.0}"#,
+        )
+        .unwrap();
+        assert_eq!(old.keypoints, 0);
+    }
 }

@@ -9,6 +9,7 @@ use burn::prelude::*;
 use lam_data::{ShardIndex, ShardSet};
 use lam_encoder::embed::{EmbedOptions, embed};
 use lam_encoder::pretrain::{PretrainConfig, pretrain, synthetic_frames};
+use lam_encoder::probe::ProbeConfig;
 use lam_encoder::sim::SimEncoderConfig;
 use lam_encoder::{Encoder, Pooling};
 use lam_ingest::Normalization;
@@ -85,6 +86,7 @@ fn small_sim_config() -> PretrainConfig {
             depth: 1,
             heads: 4,
             mlp_ratio: 2.0,
+            keypoints: 4,
         },
         steps: 60,
         batch: 16,
@@ -92,6 +94,11 @@ fn small_sim_config() -> PretrainConfig {
         predictor_dim: 32,
         eval_frames: 128,
         log_every: 20,
+        probe: Some(ProbeConfig {
+            episodes: 8,
+            frames_per_episode: 12,
+            ..ProbeConfig::default()
+        }),
         ..PretrainConfig::default()
     }
 }
@@ -125,10 +132,22 @@ fn pretrain_then_embed_a_sim_recording_with_actions_and_resume() {
         "collapse with SIGReg: {:?}",
         s.after
     );
-    // Without it the same run collapses, and the statistics show it.
+    let probe = s.probe_after.as_ref().expect("probe configured");
+    assert_eq!(probe.targets.len(), 4);
+    assert!(probe.pooled.agent.is_finite() && probe.tokens.agent.is_finite());
+    // Without SIGReg and reconstruction the same run collapses, and the statistics show it.
+    // (No keypoint channels here: nothing but the regularisers and the reconstructions trains
+    // them, so they would keep their initial spread.)
     let plain = PretrainConfig {
+        encoder: SimEncoderConfig {
+            keypoints: 0,
+            ..cfg.encoder.clone()
+        },
         sigreg_weight: 0.0,
         sigreg_frame_weight: 0.0,
+        recon_weight: 0.0,
+        frame_recon_weight: 0.0,
+        probe: None,
         ..cfg.clone()
     };
     let c = pretrain(

@@ -1,5 +1,7 @@
 //! `lam bench`: Rust against a PyTorch twin of the same computation, on this machine.
 
+mod ingest;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -25,16 +27,43 @@ pub enum BenchCommand {
     /// Time one CEM plan (300 x 30, horizon 5) against the PyTorch twin
     /// (tools/reference/plan_twin.py), with and without the key/value cache.
     Plan(PlanBenchArgs),
+    /// Decode + preprocess throughput of lam-ingest against PyAV + NumPy
+    /// (tools/reference/ingest_twin.py), and encoder throughput of lam-encoder against
+    /// transformers on the same weights (tools/reference/encoder_twin.py).
+    Ingest(IngestBenchArgs),
+}
+
+/// Options every benchmark takes.
+#[derive(Args)]
+pub struct CommonBenchArgs {
+    /// Preset whose model sizes are timed (train and plan).
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Overrides, as for `lam train` (e.g. --set model.wm_dim=256; train and plan).
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
+    pub overrides: Vec<String>,
+    /// Threads for the Python twin (0: its default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Python interpreter with the twin's packages (torch, safetensors; av and numpy for
+    /// ingest; transformers for the encoders).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// cpu, cuda or cuda:N (the twin always runs on the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Skip the twin (Rust timing only).
+    #[arg(long)]
+    pub rust_only: bool,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct PlanBenchArgs {
-    /// Preset whose world-model sizes are timed.
-    #[arg(long, default_value = "tiny")]
-    pub preset: String,
-    /// Overrides, as for `lam train`.
-    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
-    pub overrides: Vec<String>,
+    #[command(flatten)]
+    pub common: CommonBenchArgs,
     /// Candidates per CEM iteration.
     #[arg(long, default_value_t = 300)]
     pub samples: usize,
@@ -53,62 +82,80 @@ pub struct PlanBenchArgs {
     /// Timed plans per variant (the fastest is reported).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    /// Threads for PyTorch (0: its default).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Python interpreter with torch and safetensors.
-    #[arg(long, default_value = "python3")]
-    pub python: String,
-    /// cpu, cuda or cuda:N (the twin always runs on the CPU).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Skip the twin.
-    #[arg(long)]
-    pub rust_only: bool,
-    /// Also write the result as JSON here.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct TrainBenchArgs {
-    /// Preset whose model and batch sizes are timed.
-    #[arg(long, default_value = "tiny")]
-    pub preset: String,
-    /// Overrides, as for `lam train` (e.g. --set model.wm_dim=256).
-    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
-    pub overrides: Vec<String>,
+    #[command(flatten)]
+    pub common: CommonBenchArgs,
     /// Timed steps.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
     /// Untimed warmup steps.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
-    /// Threads for PyTorch (0: its default).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Python interpreter with torch and safetensors.
-    #[arg(long, default_value = "python3")]
-    pub python: String,
-    /// cpu, cuda or cuda:N (the twin always runs on the CPU).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Skip the twin (Rust timing only).
-    #[arg(long)]
-    pub rust_only: bool,
     /// Let the twin run Muon's Newton-Schulz in float32 (lam's math) instead of
     /// torch.optim.Muon's bfloat16.
     #[arg(long)]
     pub twin_muon_f32: bool,
-    /// Also write the result as JSON here.
+}
+
+#[derive(Args)]
+pub struct IngestBenchArgs {
+    #[command(flatten)]
+    pub common: CommonBenchArgs,
+    /// Folder of videos (recursive). Default: a generated set (VP9 webm, h264 and AV1 mp4,
+    /// made with the ffmpeg CLI in a temporary folder).
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    /// Keep the generated video set in this folder (reused if it already holds videos).
+    #[arg(long, conflicts_with = "data")]
+    pub videos: Option<PathBuf>,
+    /// Output frame rate (resampling by timestamps).
+    #[arg(long, default_value_t = 4.0)]
+    pub fps: f64,
+    /// Output side (short-side resize + centre crop).
+    #[arg(long, default_value_t = 224)]
+    pub size: u32,
+    /// Files decoded at a time by lam (the twin decodes one at a time).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Passes over the folder per round and side (the fastest is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Rounds, each lam then the twin.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Skip the decode + preprocess part.
+    #[arg(long)]
+    pub no_ingest: bool,
+    /// Skip the encoder part.
+    #[arg(long)]
+    pub no_encoder: bool,
+    /// Frames encoded per timed pass.
+    #[arg(long, default_value_t = 16)]
+    pub encoder_frames: usize,
+    /// Frames per encoder call.
+    #[arg(long, default_value_t = 8)]
+    pub encoder_batch: usize,
+    /// Timed passes per encoder and side (the fastest is reported).
+    #[arg(long, default_value_t = 2)]
+    pub encoder_reps: usize,
+    /// Encoder frame side.
+    #[arg(long, default_value_t = 224)]
+    pub encoder_size: usize,
+    /// Hugging Face folders to time (every subfolder holding a config.json). Default: the
+    /// twin builds random-weight DINOv2-S/14 and V-JEPA 2-S/16 folders; with --rust-only
+    /// this option is needed for the encoder part.
+    #[arg(long)]
+    pub encoders: Option<PathBuf>,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Train(args) => bench_train(args),
         BenchCommand::Plan(args) => bench_plan(args),
+        BenchCommand::Ingest(args) => ingest::bench_ingest(args),
     }
 }
 
@@ -172,12 +219,12 @@ fn run_twin(python: &str, script: &str, args: &[String]) -> Result<Value> {
 }
 
 fn bench_train(args: TrainBenchArgs) -> Result<()> {
-    let cfg = LamConfig::preset(&args.preset)?.with_overrides(&args.overrides)?;
+    let cfg = LamConfig::preset(&args.common.preset)?.with_overrides(&args.common.overrides)?;
     ensure!(
         cfg.regularizer.kind == RegularizerKind::Sparse,
         "the twin implements the sparse regulariser; benchmark with regularizer.kind=sparse"
     );
-    let device = parse_device(&args.device)?;
+    let device = parse_device(&args.common.device)?;
     let ad = device.clone().autodiff();
     let m = &cfg.model;
     let b = cfg.train.batch_size;
@@ -227,12 +274,12 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
 
     let mut result = json!({
         "bench": "train_step",
-        "preset": args.preset,
-        "overrides": args.overrides,
+        "preset": args.common.preset,
+        "overrides": args.common.overrides,
         "shapes": {"batch": b, "frames": m.frames, "tokens": m.tokens(), "embed_dim": m.embed_dim,
                     "wm_dim": m.wm_dim, "wm_depth": m.wm_depth, "latent_dim": m.latent_dim},
         "params": params,
-        "device": args.device,
+        "device": args.common.device,
         "rust_ms_per_step": rust_ms,
     });
     println!(
@@ -241,8 +288,11 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         m.tokens(),
         m.embed_dim
     );
-    println!("  lam (burn, {})      {rust_ms:>9.2} ms/step", args.device);
-    if !args.rust_only {
+    println!(
+        "  lam (burn, {})      {rust_ms:>9.2} ms/step",
+        args.common.device
+    );
+    if !args.common.rust_only {
         let mut twin_args: Vec<String> = vec![
             "--dir".into(),
             dir.path().display().to_string(),
@@ -251,12 +301,12 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             "--warmup".into(),
             args.warmup.to_string(),
             "--threads".into(),
-            args.threads.to_string(),
+            args.common.threads.to_string(),
         ];
         if args.twin_muon_f32 {
             twin_args.push("--muon-f32".into());
         }
-        let twin = run_twin(&args.python, "lam_twin.py", &twin_args)?;
+        let twin = run_twin(&args.common.python, "lam_twin.py", &twin_args)?;
         let torch_ms = twin["ms_per_step"]
             .as_f64()
             .context("twin JSON lacks ms_per_step")?;
@@ -292,7 +342,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         result["parity_torch"] = twin["parity"].clone();
         result["parity_worst_relative_error"] = json!(worst);
     }
-    if let Some(out) = args.out {
+    if let Some(out) = args.common.out {
         lam_data::shards::write_atomic(&out, serde_json::to_string_pretty(&result)?.as_bytes())?;
     }
     Ok(())
@@ -300,8 +350,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
 
 fn bench_plan(args: PlanBenchArgs) -> Result<()> {
     use lam_control::planner::{PlannerConfig, Problem, SearchSpace, plan, rollout};
-    let cfg = LamConfig::preset(&args.preset)?.with_overrides(&args.overrides)?;
-    let device = parse_device(&args.device)?;
+    let cfg = LamConfig::preset(&args.common.preset)?.with_overrides(&args.common.overrides)?;
+    let device = parse_device(&args.common.device)?;
     device.seed(cfg.train.seed);
     let m = &cfg.model;
     let mut wm = lam_model::world_model::WorldModel::new(m, &device);
@@ -379,16 +429,16 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
     println!("  lam: cached vs recomputed rollout max abs difference {self_diff:.2e}");
     let mut result = json!({
         "bench": "plan_cem",
-        "preset": args.preset,
-        "overrides": args.overrides,
+        "preset": args.common.preset,
+        "overrides": args.common.overrides,
         "planner": {"samples": args.samples, "elites": args.elites, "iterations": args.iterations, "horizon": args.horizon, "history": args.history},
-        "device": args.device,
+        "device": args.common.device,
         "rust_ms_per_plan_cached": rust_cached,
         "rust_ms_per_plan_recompute": rust_recompute,
         "rust_cache_speedup": rust_recompute / rust_cached,
         "rust_cache_vs_recompute_max_abs": self_diff,
     });
-    if !args.rust_only {
+    if !args.common.rust_only {
         let dir = tempfile::tempdir()?;
         checkpoint::save_weights(&wm, &dir.path().join("model.safetensors"))?;
         // The twin loads the world model under the same names as in a full stage-1 model.
@@ -422,7 +472,7 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
             serde_json::to_string(&twin_cfg)?,
         )?;
         let twin = run_twin(
-            &args.python,
+            &args.common.python,
             "plan_twin.py",
             &[
                 "--dir".into(),
@@ -430,7 +480,7 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
                 "--repeats".into(),
                 args.repeats.to_string(),
                 "--threads".into(),
-                args.threads.to_string(),
+                args.common.threads.to_string(),
             ],
         )?;
         let t_re = twin["ms_per_plan_recompute"]
@@ -467,7 +517,7 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         result["torch"] = twin["torch"].clone();
         result["torch_threads"] = twin["threads"].clone();
     }
-    if let Some(out) = args.out {
+    if let Some(out) = args.common.out {
         lam_data::shards::write_atomic(&out, serde_json::to_string_pretty(&result)?.as_bytes())?;
     }
     Ok(())
