@@ -7,8 +7,10 @@
 //!   (the in-the-wild paper's way), or fed directly to an action-conditioned world model.
 //!
 //! Candidates are rolled out in one batch: the context frames are cached once (keys/values
-//! of every block) and repeated per candidate, and each rollout step runs only the newest
-//! frame's tokens against the cache.
+//! of every block) and each rollout step runs only the newest frame's tokens against the
+//! cache. On the CPU, `WorldModel::rollout_shared` runs the whole rollout in host kernels
+//! with the context keys/values shared by all candidates; elsewhere the cache is repeated
+//! per candidate and `WorldModel::step` runs each step.
 //!
 //! Planners: random shooting (N samples from the prior, best final cost), CEM (Gaussian
 //! refit to the elites each iteration), iCEM (CEM with temporally coloured noise, a
@@ -247,6 +249,15 @@ pub fn rollout(
     let z = z.reshape([c, h, d]);
     if !problem.use_cache {
         return rollout_recompute(problem, z);
+    }
+    // On the CPU: all candidates in one host kernel over the shared context cache.
+    if let Some(finals) = problem.world_model.rollout_shared(
+        problem.cache,
+        problem.current.clone(),
+        z.clone(),
+        problem.window,
+    ) {
+        return finals;
     }
     let mut cache = problem.cache.map(|c0| c0.repeat(c));
     let [_, n, dd] = problem.current.dims();

@@ -24,6 +24,8 @@ use burn::tensor::activation::{gelu, silu, softmax};
 
 use crate::config::ModelConfig;
 
+mod host;
+
 #[derive(Module, Debug)]
 pub struct WorldModel {
     pub in_proj: Linear,
@@ -37,10 +39,10 @@ pub struct WorldModel {
     pub grid_rows: usize,
     pub grid_cols: usize,
     pub rope_theta: f64,
-}
-
     /// Predict s_t + out(...) instead of out(...) (`model.residual`).
     pub residual: bool,
+}
+
 #[derive(Module, Debug)]
 pub struct Block {
     pub norm1: LayerNorm,
@@ -89,9 +91,9 @@ impl WorldModel {
             grid_rows: cfg.grid[0],
             grid_cols: cfg.grid[1],
             rope_theta: cfg.rope_theta,
+            residual: cfg.residual,
         }
     }
-            residual: cfg.residual,
 
     /// Predicts the next frame for every input frame.
     ///
@@ -129,9 +131,9 @@ impl WorldModel {
         let cached = past.map_or(0, |p| p.frames());
         // A single new frame sees everything: no mask needed.
         let mask = (t > 1).then(|| frame_causal_bias(cached, t, n, &device));
+        let input = self.residual.then(|| frames.clone());
         let mut x = self.in_proj.forward(frames);
         let mut kv = Vec::with_capacity(self.blocks.len());
-        let input = self.residual.then(|| frames.clone());
         for (i, block) in self.blocks.iter().enumerate() {
             let (next, layer_kv) = block.forward(
                 x,
@@ -331,6 +333,61 @@ pub fn frame_causal_bias(
     Tensor::from_data(TensorData::new(data, [rows, cols]), device)
 }
 
+/// RoPE tables `[frames * rows * cols, Dh]` for frames `first..first + frames`: cos of each
+/// pair's angle repeated for both halves, and sin negated on the first half (see [`Rope`]).
+pub(crate) fn rope_tables(
+    first: usize,
+    frames: usize,
+    rows: usize,
+    cols: usize,
+    head_dim: usize,
+    theta: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    let pairs = head_dim / 2;
+    let spatial = pairs / 3;
+    let temporal = pairs - 2 * spatial;
+    let freqs = |count: usize| -> Vec<f64> {
+        (0..count)
+            .map(|k| theta.powf(-(k as f64) / count.max(1) as f64))
+            .collect()
+    };
+    let (ft, fs) = (freqs(temporal), freqs(spatial));
+    let l = frames * rows * cols;
+    let mut cos = Vec::with_capacity(l * pairs);
+    let mut sin = Vec::with_capacity(l * pairs);
+    for f in first..first + frames {
+        for r in 0..rows {
+            for c in 0..cols {
+                let angles = ft
+                    .iter()
+                    .map(|w| w * f as f64)
+                    .chain(fs.iter().map(|w| w * r as f64))
+                    .chain(fs.iter().map(|w| w * c as f64));
+                for a in angles {
+                    cos.push(a.cos() as f32);
+                    sin.push(a.sin() as f32);
+                }
+            }
+        }
+    }
+    // Full-width tables: [cos, cos] and [-sin, sin], so that
+    // rotate(x) = x * cos + swap_halves(x) * sin in three elementwise ops and one small matmul.
+    let dh = 2 * pairs;
+    let mut cos_full = Vec::with_capacity(l * dh);
+    let mut sin_full = Vec::with_capacity(l * dh);
+    for i in 0..l {
+        let (c, s) = (
+            &cos[i * pairs..(i + 1) * pairs],
+            &sin[i * pairs..(i + 1) * pairs],
+        );
+        cos_full.extend_from_slice(c);
+        cos_full.extend_from_slice(c);
+        sin_full.extend(s.iter().map(|v| -v));
+        sin_full.extend_from_slice(s);
+    }
+    (cos_full, sin_full)
+}
+
 /// Rotary position tables for frame-major tokens on a `rows x cols` patch grid.
 ///
 /// A head of size Dh has Dh/2 rotation pairs (i, i + Dh/2). `rows_pairs = cols_pairs =
@@ -356,48 +413,10 @@ impl Rope {
         theta: f64,
         device: &Device,
     ) -> Self {
+        let (cos_full, sin_full) = rope_tables(first, frames, rows, cols, head_dim, theta);
         let pairs = head_dim / 2;
-        let spatial = pairs / 3;
-        let temporal = pairs - 2 * spatial;
-        let freqs = |count: usize| -> Vec<f64> {
-            (0..count)
-                .map(|k| theta.powf(-(k as f64) / count.max(1) as f64))
-                .collect()
-        };
-        let (ft, fs) = (freqs(temporal), freqs(spatial));
-        let l = frames * rows * cols;
-        let mut cos = Vec::with_capacity(l * pairs);
-        let mut sin = Vec::with_capacity(l * pairs);
-        for f in first..first + frames {
-            for r in 0..rows {
-                for c in 0..cols {
-                    let angles = ft
-                        .iter()
-                        .map(|w| w * f as f64)
-                        .chain(fs.iter().map(|w| w * r as f64))
-                        .chain(fs.iter().map(|w| w * c as f64));
-                    for a in angles {
-                        cos.push(a.cos() as f32);
-                        sin.push(a.sin() as f32);
-                    }
-                }
-            }
-        }
-        // Full-width tables: [cos, cos] and [-sin, sin], so that
-        // rotate(x) = x * cos + swap_halves(x) * sin in three elementwise ops and one small matmul.
         let dh = 2 * pairs;
-        let mut cos_full = Vec::with_capacity(l * dh);
-        let mut sin_full = Vec::with_capacity(l * dh);
-        for i in 0..l {
-            let (c, s) = (
-                &cos[i * pairs..(i + 1) * pairs],
-                &sin[i * pairs..(i + 1) * pairs],
-            );
-            cos_full.extend_from_slice(c);
-            cos_full.extend_from_slice(c);
-            sin_full.extend(s.iter().map(|v| -v));
-            sin_full.extend_from_slice(s);
-        }
+        let l = frames * rows * cols;
         let swap: Vec<f32> = (0..dh * dh)
             .map(|i| {
                 if i % dh == (i / dh + pairs) % dh {
