@@ -43,7 +43,9 @@ impl std::str::FromStr for Mode {
             "latent" => Self::Latent,
             "action" => Self::Action,
             "action-conditioned" => Self::ActionConditioned,
-            _ => bail!("unknown search space `{s}` (expected latent, action or action-conditioned)"),
+            _ => {
+                bail!("unknown search space `{s}` (expected latent, action or action-conditioned)")
+            }
         })
     }
 }
@@ -128,7 +130,10 @@ impl<'a> Agent<'a> {
                     self.mode
                 );
                 let Some(c) = self.controller else {
-                    bail!("search space {:?} needs a controller (lam control fit)", self.mode)
+                    bail!(
+                        "search space {:?} needs a controller (lam control fit)",
+                        self.mode
+                    )
                 };
                 ensure!(
                     c.latent_dim() == self.cfg.model.latent_dim,

@@ -251,7 +251,9 @@ fn controller_aligns_with_pseudo_labels() {
 /// Frame tokens `[1, 16, 32]` of a 32x32 RGB frame: 8x8 average pooling to a 4x4 grid of
 /// colours, then a fixed linear map to 32 channels.
 fn pooled_colour_encoder(dev: &Device) -> impl Fn(&[u8]) -> anyhow::Result<Tensor<3>> + '_ {
-    let proj: Vec<f32> = (0..3 * 32).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
+    let proj: Vec<f32> = (0..3 * 32)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+        .collect();
     move |rgb: &[u8]| {
         anyhow::ensure!(rgb.len() == 32 * 32 * 3, "frame of {} bytes", rgb.len());
         let mut tokens = vec![0.0f32; 16 * 32];
@@ -269,7 +271,10 @@ fn pooled_colour_encoder(dev: &Device) -> impl Fn(&[u8]) -> anyhow::Result<Tenso
                 tokens[cell * 32 + j] = (0..3).map(|c| mean[c] * proj[c * 32 + j]).sum();
             }
         }
-        Ok(Tensor::<3>::from_data(TensorData::new(tokens, [1, 16, 32]), dev))
+        Ok(Tensor::<3>::from_data(
+            TensorData::new(tokens, [1, 16, 32]),
+            dev,
+        ))
     }
 }
 
@@ -310,7 +315,12 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
     assert!(r.mean_plan_ms > 0.0 && r.mean_confidence.abs() <= 1.0 + 1e-5);
     let trace = r.trace.as_ref().unwrap();
     assert_eq!(trace.frames.len(), r.steps as usize);
-    assert!(trace.nearest_to_prediction.iter().all(|&i| i <= trace.frames.len()));
+    assert!(
+        trace
+            .nearest_to_prediction
+            .iter()
+            .all(|&i| i <= trace.frames.len())
+    );
 
     // Step by step: a new plan every 3 calls, actions inside the box.
     let goal = encoder(&episodes[0].goal_frame).unwrap();
@@ -321,7 +331,10 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
         assert_eq!(step.planned, k % 3 == 0, "call {k}");
         assert_eq!(step.action.len(), 2);
         for (i, a) in step.action.iter().enumerate() {
-            assert!(*a >= space.low[i] && *a <= space.high[i], "{a} outside the box");
+            assert!(
+                *a >= space.low[i] && *a <= space.high[i],
+                "{a} outside the box"
+            );
         }
         assert_eq!(step.predicted.dims(), [1, 16, 32]);
         env.step(&step.action).unwrap();

@@ -104,15 +104,17 @@ pub fn clips_tensor(data: &ShardSet, indices: &[usize], device: &Device) -> Tens
 
 /// Uploads the actions `[B, T-1, A]` of clips of a labeled shard set.
 pub fn actions_tensor(data: &ShardSet, indices: &[usize], device: &Device) -> Result<Tensor<3>> {
-    let a = data.index.action_dim.with_context(|| {
-        format!("shards in {} carry no actions", data.dir.display())
-    })?;
+    let a = data
+        .index
+        .action_dim
+        .with_context(|| format!("shards in {} carry no actions", data.dir.display()))?;
     let t = data.index.frames - 1;
     let mut values = Vec::with_capacity(indices.len() * t * a);
     for &i in indices {
-        values.extend(data.actions(i).with_context(|| {
-            format!("clip {i} of {} has no actions", data.dir.display())
-        })?);
+        values.extend(
+            data.actions(i)
+                .with_context(|| format!("clip {i} of {} has no actions", data.dir.display()))?,
+        );
     }
     Ok(Tensor::from_data(
         TensorData::new(values, [indices.len(), t, a]),

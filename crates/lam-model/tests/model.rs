@@ -528,7 +528,12 @@ fn standardized_model_keeps_the_training_statistics_in_its_checkpoint() {
     )
     .unwrap();
     let host = |p: &Option<burn::module::Param<Tensor<1>>>| -> Vec<f32> {
-        p.as_ref().unwrap().val().into_data().try_into_vec::<f32>().unwrap()
+        p.as_ref()
+            .unwrap()
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
     };
     assert_eq!(host(&model.token_mean), mean);
     assert_eq!(host(&model.token_std), std);
@@ -537,7 +542,13 @@ fn standardized_model_keeps_the_training_statistics_in_its_checkpoint() {
     let clips = lam_model::train::clips_tensor(&data, &all, &dev);
     let z = model.normalize(clips).reshape([-1, 32]);
     let m = z.clone().mean_dim(0).abs().max().into_scalar::<f32>();
-    let s = z.var(0).sqrt().sub_scalar(1.0).abs().max().into_scalar::<f32>();
+    let s = z
+        .var(0)
+        .sqrt()
+        .sub_scalar(1.0)
+        .abs()
+        .max()
+        .into_scalar::<f32>();
     assert!(m < 1e-4 && s < 1e-3, "mean {m}, std error {s}");
     // Without the option the model has no statistics and passes tokens through.
     let plain = init_model(&tiny(), &dev);

@@ -45,7 +45,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1000)]
     pub steps: usize,
     /// Closed-loop evaluation episodes.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     pub episodes: usize,
     /// CEM candidates and iterations of the closed-loop planner.
     #[arg(long, default_value_t = 100)]
@@ -62,8 +62,9 @@ fn step(log: &mut Vec<(String, f64)>, title: &str, argv: &[String]) -> Result<()
     let shown = format!("lam {}", argv.join(" "));
     info!("{title}: {shown}");
     let t0 = Instant::now();
-    let cli = crate::Cli::try_parse_from(std::iter::once("lam".to_string()).chain(argv.iter().cloned()))
-        .with_context(|| format!("demo step `{shown}`"))?;
+    let cli =
+        crate::Cli::try_parse_from(std::iter::once("lam".to_string()).chain(argv.iter().cloned()))
+            .with_context(|| format!("demo step `{shown}`"))?;
     crate::run(cli).with_context(|| format!("demo step `{shown}` failed"))?;
     log.push((shown, t0.elapsed().as_secs_f64()));
     Ok(())
@@ -86,8 +87,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     for sub in ["data", "encoder", "shards", "lam", "controller", "plan"] {
         let p = out.join(sub);
         if p.exists() {
-            std::fs::remove_dir_all(&p)
-                .with_context(|| format!("cannot clear {}", p.display()))?;
+            std::fs::remove_dir_all(&p).with_context(|| format!("cannot clear {}", p.display()))?;
         }
     }
     let p = |s: &str| out.join(s).display().to_string();
@@ -103,8 +103,20 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &mut log,
         "1/9 recording unlabeled human video",
         &args(&[
-            &"sim", &"record", &"--task", task, &"--domain", &"human", &"--policy", &"mixed",
-            &"--nuisances", &"off", &"--episodes", &a.human_episodes, &"--out", &human,
+            &"sim",
+            &"record",
+            &"--task",
+            task,
+            &"--domain",
+            &"human",
+            &"--policy",
+            &"mixed",
+            &"--nuisances",
+            &"off",
+            &"--episodes",
+            &a.human_episodes,
+            &"--out",
+            &human,
             &"--quiet",
         ]),
     )?;
@@ -112,17 +124,46 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &mut log,
         "2/9 recording a small labeled robot set",
         &args(&[
-            &"sim", &"record", &"--task", task, &"--domain", &"robot", &"--policy", &"mixed",
-            &"--episodes", &a.robot_episodes, &"--seed", &5000, &"--out", &robot, &"--quiet",
+            &"sim",
+            &"record",
+            &"--task",
+            task,
+            &"--domain",
+            &"robot",
+            &"--policy",
+            &"mixed",
+            &"--episodes",
+            &a.robot_episodes,
+            &"--seed",
+            &5000,
+            &"--out",
+            &robot,
+            &"--quiet",
         ]),
     )?;
     step(
         &mut log,
         "3/9 pretraining the sim encoder on the human frames",
         &args(&[
-            &"encoder", &"pretrain", &"--data", &human, &"--out", &p("encoder"), &"--patch", &16,
-            &"--dim", &32, &"--steps", &a.encoder_steps, &"--probe-task", task,
-            &"--probe-domain", &"robot", &"--device", dev, &"--quiet",
+            &"encoder",
+            &"pretrain",
+            &"--data",
+            &human,
+            &"--out",
+            &p("encoder"),
+            &"--patch",
+            &16,
+            &"--dim",
+            &32,
+            &"--steps",
+            &a.encoder_steps,
+            &"--probe-task",
+            task,
+            &"--probe-domain",
+            &"robot",
+            &"--device",
+            dev,
+            &"--quiet",
         ]),
     )?;
     for (src, dst, val) in [(&human, &sh, 0.05), (&robot, &sr, 0.2)] {
@@ -130,9 +171,25 @@ pub fn run(a: DemoArgs) -> Result<()> {
             &mut log,
             "4-5/9 embedding",
             &args(&[
-                &"embed", &"--data", src, &"--encoder", &encoder, &"--out", dst, &"--fps", &10,
-                &"--frames", &8, &"--stride", &4, &"--val-fraction", &val, &"--pooling", &"mean",
-                &"--device", dev,
+                &"embed",
+                &"--data",
+                src,
+                &"--encoder",
+                &encoder,
+                &"--out",
+                dst,
+                &"--fps",
+                &10,
+                &"--frames",
+                &8,
+                &"--stride",
+                &4,
+                &"--val-fraction",
+                &val,
+                &"--pooling",
+                &"mean",
+                &"--device",
+                dev,
             ]),
         )?;
     }
@@ -140,15 +197,31 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &mut log,
         "6/9 training the latent action model on the human shards",
         &args(&[
-            &"train", &"--data", &sh, &"--run", &lam_run, &"--steps", &a.steps, &"--set",
-            &"model.standardize=true", &"--device", dev,
+            &"train",
+            &"--data",
+            &sh,
+            &"--run",
+            &lam_run,
+            &"--steps",
+            &a.steps,
+            &"--set",
+            &"model.standardize=true",
+            &"--device",
+            dev,
         ]),
     )?;
     step(
         &mut log,
         "7/9 leakage and transfer",
         &args(&[
-            &"eval", &"--run", &lam_run, &"--data", &sh, &"--out", &p("eval.json"), &"--device",
+            &"eval",
+            &"--run",
+            &lam_run,
+            &"--data",
+            &sh,
+            &"--out",
+            &p("eval.json"),
+            &"--device",
             dev,
         ]),
     )?;
@@ -156,7 +229,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &mut log,
         "8/9 fitting the controller on the labeled robot shards",
         &args(&[
-            &"control", &"fit", &"--run", &lam_run, &"--data", &sr, &"--out", &ctrl, &"--device",
+            &"control",
+            &"fit",
+            &"--run",
+            &lam_run,
+            &"--data",
+            &sr,
+            &"--out",
+            &ctrl,
+            &"--device",
             dev,
         ]),
     )?;
@@ -164,10 +245,35 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &mut log,
         "9/9 planning closed loop in the robot domain",
         &args(&[
-            &"plan", &"eval", &"--run", &lam_run, &"--encoder", &encoder, &"--controller", &ctrl,
-            &"--task", task, &"--domain", &"robot", &"--episodes", &a.episodes, &"--planner",
-            &"cem", &"--space", &"action", &"--samples", &a.samples, &"--iterations", &a.iterations, &"--elites",
-            &(a.samples / 10).max(2), &"--baselines", &"--out", &plan_dir, &"--device", dev,
+            &"plan",
+            &"eval",
+            &"--run",
+            &lam_run,
+            &"--encoder",
+            &encoder,
+            &"--controller",
+            &ctrl,
+            &"--task",
+            task,
+            &"--domain",
+            &"robot",
+            &"--episodes",
+            &a.episodes,
+            &"--planner",
+            &"cem",
+            &"--space",
+            &"action",
+            &"--samples",
+            &a.samples,
+            &"--iterations",
+            &a.iterations,
+            &"--elites",
+            &(a.samples / 10).max(2),
+            &"--baselines",
+            &"--out",
+            &plan_dir,
+            &"--device",
+            dev,
         ]),
     )?;
     step(
@@ -204,8 +310,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         a.human_episodes, a.robot_episodes, a.episodes
     )?;
     writeln!(md, "## Closed-loop planning\n")?;
-    let plan_md = std::fs::read_to_string(out.join(format!("plan/plan_eval_{task}.md")))
-        .unwrap_or_default();
+    let plan_md =
+        std::fs::read_to_string(out.join(format!("plan/plan_eval_{task}.md"))).unwrap_or_default();
     writeln!(
         md,
         "{}\n",
@@ -227,7 +333,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
         l["e_cut_no_action"].as_f64().unwrap_or(f64::NAN),
         l["ratio"].as_f64().unwrap_or(f64::NAN),
     )?;
-    writeln!(md, "- training curves: `loss.png`; full evaluation: `eval.json`")?;
+    writeln!(
+        md,
+        "- training curves: `loss.png`; full evaluation: `eval.json`"
+    )?;
     let r = &controller["report"];
     writeln!(
         md,

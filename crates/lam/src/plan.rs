@@ -300,7 +300,9 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             };
             agent.check()?;
             let name = match conditioning {
-                Conditioning::Latent => format!("latent-action WM + {} ({mode:?} space)", kind_name(kind)),
+                Conditioning::Latent => {
+                    format!("latent-action WM + {} ({mode:?} space)", kind_name(kind))
+                }
                 Conditioning::Action => "action-conditioned WM + CEM".to_string(),
             };
             let bar = progress(&name, episodes.len());
@@ -348,7 +350,11 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
         report.planner_settings.horizon,
         report.replan_every,
         report.planner_settings.cost,
-        if report.planner_settings.pooled { " (pooled)" } else { " (per token)" },
+        if report.planner_settings.pooled {
+            " (pooled)"
+        } else {
+            " (per token)"
+        },
         report.table()
     );
     lam_data::shards::write_atomic(&args.out.join(format!("{stem}.md")), md.as_bytes())?;
@@ -416,7 +422,13 @@ fn write_strips(
 ) -> Result<()> {
     let slug: String = method
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect::<String>()
         .split('-')
         .filter(|p| !p.is_empty())
