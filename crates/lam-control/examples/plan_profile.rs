@@ -80,15 +80,7 @@ fn main() {
     }
     if tensor_path {
         time("rollout, step() over repeated cache", 3, &|| {
-            let mut kv = Some(cache.repeat(c));
-            let [_, n, dd] = problem.current.dims();
-            let mut frame = problem.current.clone().expand([c, n, dd]);
-            for k in 0..h {
-                let zk = z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1);
-                let (pred, next) = wm.step(kv.as_ref(), frame, zk, window);
-                frame = pred;
-                kv = Some(next);
-            }
+            let frame = wm.rollout_steps(Some(&cache), problem.current.clone(), z.clone(), window);
             let _ = frame.into_data();
         });
         return;

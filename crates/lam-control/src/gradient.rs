@@ -24,29 +24,12 @@ struct Sequences {
 /// Final predicted frames `[C, N, D]` of sequences `x` `[C, H, dim]` (in the search space),
 /// differentiable with respect to `x`.
 fn rollout_differentiable(problem: &Problem, space: &SearchSpace, x: Tensor<3>) -> Tensor<3> {
-    let [c, h, dim] = x.dims();
-    let flat = x.reshape([c * h, dim]);
-    let z = match space {
-        SearchSpace::Action {
-            controller: Some(ctrl),
-            ..
-        } => ctrl.forward.forward(flat),
-        _ => flat,
-    };
-    let d = z.dims()[1];
-    let z = z.reshape([c, h, d]);
-    let mut cache = problem.cache.map(|c0| c0.repeat(c));
-    let [_, n, dd] = problem.current.dims();
-    let mut frame = problem.current.clone().expand([c, n, dd]);
-    for k in 0..h {
-        let zk = z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1);
-        let (pred, next) = problem
-            .world_model
-            .step(cache.as_ref(), frame, zk, problem.window);
-        frame = pred;
-        cache = Some(next);
-    }
-    frame
+    problem.world_model.rollout_steps(
+        problem.cache,
+        problem.current.clone(),
+        space.latents(x),
+        problem.window,
+    )
 }
 
 /// Plans by gradient descent (see the module docs).

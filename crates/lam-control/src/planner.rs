@@ -161,6 +161,23 @@ impl SearchSpace<'_> {
         }
     }
 
+    /// Latent actions `[C, H, d]` of sequences `x` `[C, H, dim]` in this space (through the
+    /// controller for robot actions with one; unchanged otherwise).
+    pub(crate) fn latents(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Self::Action {
+                controller: Some(ctrl),
+                ..
+            } => {
+                let [c, h, dim] = x.dims();
+                let z = ctrl.forward.forward(x.reshape([c * h, dim]));
+                let d = z.dims()[1];
+                z.reshape([c, h, d])
+            }
+            _ => x,
+        }
+    }
+
     pub(crate) fn init(&self, horizon: usize) -> (Vec<f32>, Vec<f32>) {
         match self {
             Self::Latent { dim } => (vec![0.0; horizon * dim], vec![1.0; horizon * dim]),
@@ -236,17 +253,8 @@ pub fn rollout(
     h: usize,
 ) -> Tensor<3> {
     let device = problem.current.device();
-    let dim = space.dim();
-    let x = Tensor::<2>::from_data(TensorData::new(seqs.to_vec(), [c * h, dim]), &device);
-    let z = match space {
-        SearchSpace::Action {
-            controller: Some(ctrl),
-            ..
-        } => ctrl.forward.forward(x),
-        _ => x,
-    };
-    let d = z.dims()[1];
-    let z = z.reshape([c, h, d]);
+    let x = Tensor::<3>::from_data(TensorData::new(seqs.to_vec(), [c, h, space.dim()]), &device);
+    let z = space.latents(x);
     if !problem.use_cache {
         return rollout_recompute(problem, z);
     }
@@ -259,18 +267,9 @@ pub fn rollout(
     ) {
         return finals;
     }
-    let mut cache = problem.cache.map(|c0| c0.repeat(c));
-    let [_, n, dd] = problem.current.dims();
-    let mut frame = problem.current.clone().expand([c, n, dd]);
-    for k in 0..h {
-        let zk = z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1);
-        let (pred, next) = problem
-            .world_model
-            .step(cache.as_ref(), frame, zk, problem.window);
-        frame = pred;
-        cache = Some(next);
-    }
-    frame
+    problem
+        .world_model
+        .rollout_steps(problem.cache, problem.current.clone(), z, problem.window)
 }
 
 /// Rollout that runs the whole history plus the frames so far at every step (the window of

@@ -149,7 +149,11 @@ impl WorldModel {
         let [shift, scale] = modulation::<2>(self.final_ada.forward(c), b, t, w);
         let x = modulate(self.final_norm.forward(x), shift, scale);
         let out = self.out_proj.forward(x);
-        (input.map_or(out.clone(), |s| s + out), kv)
+        let pred = match input {
+            Some(s) => s + out,
+            None => out,
+        };
+        (pred, kv)
     }
 
     /// Caches the keys and values of context frames `[B, T, N, D]` acted on by `z`
@@ -187,6 +191,32 @@ impl WorldModel {
             window: window.max(1),
         };
         (pred.squeeze_dim(1), next.trimmed())
+    }
+
+    /// Rolls `C` candidates forward from one shared state by `H` calls of
+    /// [`step`](Self::step) on the cache repeated per candidate: the current frame `current`
+    /// `[1, N, D]` after the cached context `cache` (`None` at the start of an episode), under
+    /// latent actions `z` `[C, H, d]`. Returns the final predicted frames `[C, N, D]`. Works
+    /// on every device and is differentiable with respect to `z`;
+    /// [`rollout_shared`](Self::rollout_shared) is the CPU fast path of the same computation.
+    pub fn rollout_steps(
+        &self,
+        cache: Option<&KvCache>,
+        current: Tensor<3>,
+        z: Tensor<3>,
+        window: usize,
+    ) -> Tensor<3> {
+        let [c, h, _] = z.dims();
+        let [_, n, d] = current.dims();
+        let mut cache = cache.map(|k| k.repeat(c));
+        let mut frame = current.expand([c, n, d]);
+        for k in 0..h {
+            let zk = z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1);
+            let (pred, next) = self.step(cache.as_ref(), frame, zk, window);
+            frame = pred;
+            cache = Some(next);
+        }
+        frame
     }
 }
 

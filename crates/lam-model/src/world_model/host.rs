@@ -930,27 +930,6 @@ mod tests {
         assert!(worst_erf < 1.5e-7, "erf absolute error {worst_erf:e}");
     }
 
-    /// `h` steps of `WorldModel::step` on the cache repeated per candidate.
-    fn step_rollout(
-        wm: &WorldModel,
-        cache: Option<&KvCache>,
-        current: Tensor<3>,
-        z: Tensor<3>,
-        window: usize,
-    ) -> Tensor<3> {
-        let [c, h, _] = z.dims();
-        let [_, n, d] = current.dims();
-        let mut cache = cache.map(|k| k.repeat(c));
-        let mut frame = current.expand([c, n, d]);
-        for k in 0..h {
-            let zk = z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1);
-            let (pred, next) = wm.step(cache.as_ref(), frame, zk, window);
-            frame = pred;
-            cache = Some(next);
-        }
-        frame
-    }
-
     #[test]
     fn shared_rollout_matches_steps() {
         use crate::config::LamConfig;
@@ -976,7 +955,7 @@ mod tests {
         for window in [16, 4, 2] {
             let cache = wm.prefill(history.clone(), history_z.clone(), window);
             for cache in [Some(&cache), None] {
-                let want = step_rollout(&wm, cache, current.clone(), z.clone(), window);
+                let want = wm.rollout_steps(cache, current.clone(), z.clone(), window);
                 let got = wm
                     .rollout_shared(cache, current.clone(), z.clone(), window)
                     .expect("CPU path");
