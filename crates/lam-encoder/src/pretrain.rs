@@ -525,17 +525,7 @@ pub fn collapse_stats(
     let mut pooled = Vec::new();
     let mut d = 0;
     for chunk in indices.chunks(64) {
-        let out = encoder.forward(frames.tensor(chunk, device));
-        let [_, _, dim] = out.dims();
-        d = dim;
-        pooled.extend(
-            out.clone()
-                .mean_dim(1)
-                .into_data()
-                .try_into_vec::<f32>()
-                .expect("f32"),
-        );
-        tokens.extend(out.into_data().try_into_vec::<f32>().expect("f32"));
+        [_, d] = encoder.forward_host(frames.tensor(chunk, device), &mut tokens, &mut pooled);
     }
     CollapseStats {
         tokens: embedding_stats(&tokens, d),

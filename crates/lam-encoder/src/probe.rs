@@ -453,16 +453,7 @@ pub fn probe_encoder(
             ),
             device,
         );
-        let out = encoder.forward(x);
-        [_, n_tok, d] = out.dims();
-        pooled.extend(
-            out.clone()
-                .mean_dim(1)
-                .into_data()
-                .try_into_vec::<f32>()
-                .expect("f32"),
-        );
-        tokens.extend(out.into_data().try_into_vec::<f32>().expect("f32"));
+        [n_tok, d] = encoder.forward_host(x, &mut tokens, &mut pooled);
     }
     let episodes = set.episode.iter().max().map_or(0, |e| e + 1);
     let first_test = episodes - episodes / 4;

@@ -190,6 +190,28 @@ impl SimEncoder {
     }
 
     /// Tokens `[B, N, D]` of frames `[B, 3, S, S]` (S = `image_size`), row-major over the grid.
+    /// [`forward`](Self::forward) read back to the host: appends the tokens (`[B, N, D]`
+    /// row-major) to `tokens` and each frame's mean token (`[B, D]`) to `means`; returns
+    /// `[N, D]`.
+    pub fn forward_host(
+        &self,
+        frames: Tensor<4>,
+        tokens: &mut Vec<f32>,
+        means: &mut Vec<f32>,
+    ) -> [usize; 2] {
+        let out = self.forward(frames);
+        let [_, n, d] = out.dims();
+        means.extend(
+            out.clone()
+                .mean_dim(1)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32"),
+        );
+        tokens.extend(out.into_data().try_into_vec::<f32>().expect("f32"));
+        [n, d]
+    }
+
     pub fn forward(&self, frames: Tensor<4>) -> Tensor<3> {
         let [_, c, h, w] = frames.dims();
         assert!(

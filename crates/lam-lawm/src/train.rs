@@ -99,6 +99,25 @@ pub fn gumbels(rng: &mut StdRng, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The training windows `(episode, start)` of `data` for chunks of `cfg.policy.chunk` steps,
+/// after checking that the frames have the size `what` (the model or the policy) expects.
+fn training_windows(cfg: &LawmConfig, data: &FrameData, what: &str) -> Result<Vec<(usize, usize)>> {
+    ensure!(
+        data.size == cfg.policy.image_size,
+        "data loaded at {0}x{0}, the {what} expects {1}x{1}",
+        data.size,
+        cfg.policy.image_size
+    );
+    let n = cfg.policy.chunk;
+    let windows = data.windows(n);
+    ensure!(
+        !windows.is_empty(),
+        "no episode of {:?} is longer than the chunk ({n} steps)",
+        data.dirs
+    );
+    Ok(windows)
+}
+
 fn optimizer(cfg: &LawmConfig) -> burn::optim::ModuleOptimizer {
     let clip = (cfg.train.grad_clip > 0.0)
         .then(|| GradientClippingConfig::Norm(cfg.train.grad_clip as f32));
@@ -257,19 +276,8 @@ pub fn pretrain(
     opts: &RunOptions,
 ) -> Result<RunSummary> {
     cfg.validate()?;
-    ensure!(
-        data.size == cfg.policy.image_size,
-        "data loaded at {0}x{0}, the model expects {1}x{1}",
-        data.size,
-        cfg.policy.image_size
-    );
+    let windows = training_windows(cfg, data, "model")?;
     let (n, h) = (cfg.policy.chunk, cfg.policy.history);
-    let windows = data.windows(n);
-    ensure!(
-        !windows.is_empty(),
-        "no episode of {:?} is longer than the chunk ({n} steps)",
-        data.dirs
-    );
     let ad = device.clone().autodiff();
     ad.seed(cfg.train.seed);
     let mut model = stable_param_ids(Lawm::new(cfg, &ad));
@@ -387,20 +395,8 @@ pub fn train_policy(
         }
     };
     cfg.validate()?;
-    if data.size != cfg.policy.image_size {
-        bail!(
-            "data loaded at {0}x{0}, the policy expects {1}x{1}",
-            data.size,
-            cfg.policy.image_size
-        );
-    }
+    let windows = training_windows(&cfg, data, "policy")?;
     let (n, h) = (cfg.policy.chunk, cfg.policy.history);
-    let windows = data.windows(n);
-    ensure!(
-        !windows.is_empty(),
-        "no episode of {:?} is longer than the chunk ({n} steps)",
-        data.dirs
-    );
     let norm = data.action_norm()?;
     let mut policy = stable_param_ids(policy);
     let mut optim = optimizer(&cfg);
