@@ -84,6 +84,15 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Run folder, progress bar and resumption of a training command writing to `out`.
+    pub fn run_options(&self, out: &std::path::Path) -> RunOptions {
+        RunOptions {
+            run_dir: out.to_path_buf(),
+            progress: !self.quiet,
+            resume: self.resume,
+        }
+    }
+
     pub fn config(&self) -> LawmConfig {
         let mut c = LawmConfig::default();
         c.policy.image_size = self.size;
@@ -222,11 +231,7 @@ pub fn run(cmd: LawmCommand) -> Result<()> {
                 Labels::None,
                 a.max_episodes,
             )?;
-            let opts = RunOptions {
-                run_dir: a.out.clone(),
-                progress: !a.model.quiet,
-                resume: a.model.resume,
-            };
+            let opts = a.model.run_options(&a.out);
             let s = pretrain(&cfg, &data, &device, &opts)?;
             println!(
                 "pretrained {} steps on {} episodes: loss {:.3} -> {:.3}, {:.1} samples/s; checkpoint {}",
@@ -258,11 +263,7 @@ pub fn run(cmd: LawmCommand) -> Result<()> {
                 Labels::Actions,
                 a.demos,
             )?;
-            let opts = RunOptions {
-                run_dir: a.out.clone(),
-                progress: !a.model.quiet,
-                resume: a.model.resume,
-            };
+            let opts = a.model.run_options(&a.out);
             let s = train_policy(&cfg, &data, &init, &device, &opts)?;
             println!(
                 "trained the policy {} steps on {} labeled demos: loss {:.4} -> {:.4}, {:.1} samples/s; checkpoint {}",
