@@ -69,31 +69,7 @@ fn main() -> Result<()> {
     );
     let device = Device::flex();
     let s = pretrain(&cfg, &frames, norm, &device, &out.join("pretrain"), true)?;
-    println!(
-        "{} steps in {:.1}s: prediction {:.4}, sigreg {:.4}, reconstruction {:.4} tokens / {:.4} frame",
-        s.steps,
-        s.seconds,
-        s.final_prediction,
-        s.final_sigreg,
-        s.final_reconstruction,
-        s.final_frame_reconstruction
-    );
-    for (name, st) in [("before", &s.before), ("after", &s.after)] {
-        println!(
-            "{name}: tokens std {:.3} eff. rank {:.1}/{}; frame means std {:.3} eff. rank {:.1}/{}",
-            st.tokens.mean_std,
-            st.tokens.effective_rank,
-            st.tokens.dim,
-            st.frames.mean_std,
-            st.frames.effective_rank,
-            st.frames.dim
-        );
-    }
-    for (name, p) in [("before", &s.probe_before), ("after", &s.probe_after)] {
-        if let Some(p) = p {
-            println!("{}", lam_encoder::cli::probe_line(name, p));
-        }
-    }
+    print!("{}", lam_encoder::cli::pretrain_report(&s));
     if std::env::var_os("PRETRAIN_SIM_NO_EMBED").is_some() {
         return Ok(());
     }

@@ -9,7 +9,9 @@ use lam_ingest::{ClipSpec, Normalization};
 
 use crate::embed::{EmbedOptions, Source, embed};
 use crate::encoder::{Encoder, Pooling};
-use crate::pretrain::{PretrainConfig, frames_from_source, pretrain, synthetic_frames};
+use crate::pretrain::{
+    PretrainConfig, PretrainSummary, frames_from_source, pretrain, synthetic_frames,
+};
 use crate::probe::{ProbeConfig, ProbeReport};
 use crate::sim::SimEncoderConfig;
 use crate::vjepa2::FrameMode;
@@ -228,8 +230,16 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         frames.pairs.len()
     );
     let s = pretrain(&cfg, &frames, norm, &device, &a.out, !a.quiet)?;
-    println!(
-        "{} steps in {:.1}s: loss {:.4} (prediction {:.4}, sigreg {:.4}, reconstruction {:.4} tokens / {:.4} frame)",
+    print!("{}", pretrain_report(&s));
+    println!("checkpoint: {}", s.checkpoint.display());
+    Ok(())
+}
+
+/// What pretraining did, as printed by `lam encoder pretrain`: final losses, collapse
+/// statistics and probe scores before and after.
+pub fn pretrain_report(s: &PretrainSummary) -> String {
+    let mut out = format!(
+        "{} steps in {:.1}s: loss {:.4} (prediction {:.4}, sigreg {:.4}, reconstruction {:.4} tokens / {:.4} frame)\n",
         s.steps,
         s.seconds,
         s.final_loss,
@@ -239,8 +249,8 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         s.final_frame_reconstruction
     );
     for (name, st) in [("before", &s.before), ("after", &s.after)] {
-        println!(
-            "{name}: tokens std {:.3} eff. rank {:.1}/{}; frame means std {:.3} eff. rank {:.1}/{}",
+        out += &format!(
+            "{name}: tokens std {:.3} eff. rank {:.1}/{}; frame means std {:.3} eff. rank {:.1}/{}\n",
             st.tokens.mean_std,
             st.tokens.effective_rank,
             st.tokens.dim,
@@ -251,11 +261,10 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
     }
     for (name, p) in [("before", &s.probe_before), ("after", &s.probe_after)] {
         if let Some(p) = p {
-            println!("{}", probe_line(name, p));
+            out += &format!("{}\n", probe_line(name, p));
         }
     }
-    println!("checkpoint: {}", s.checkpoint.display());
-    Ok(())
+    out
 }
 
 /// One line of held-out probe R^2: agent and object positions, pooled and per-token.
