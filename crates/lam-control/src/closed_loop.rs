@@ -7,6 +7,11 @@
 //! caches that history's keys/values, and, when the previous plan's actions are used up,
 //! plans toward the goal and queues the first `replan_every` actions of the plan (latent plans
 //! go through the inverse controller). Every method is scored on the same seeded episodes.
+//!
+//! Action blocks: with `frameskip` k > 1 one world-model step spans k environment steps. The
+//! session then sees a frame every k steps, labels the transition between two such frames,
+//! plans over blocks of k robot actions (`k A` numbers per step) and returns a whole block per
+//! call; [`Agent::run_episode`] executes the block before it encodes the next frame.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -21,8 +26,9 @@ use serde::Serialize;
 use crate::controller::Controller;
 use crate::planner::{Plan, PlannerConfig, Problem, SearchSpace, plan};
 
-/// Maps an RGB frame (`size * size * 3` bytes) to frame tokens `[1, N, D]`.
-pub type FrameEncoder<'a> = dyn Fn(&[u8]) -> Result<Tensor<3>> + 'a;
+/// Maps an RGB frame (`size * size * 3` bytes) and the simulator state it shows to frame
+/// tokens `[1, N, D]` (learned encoders read the pixels, the oracle reads the state).
+pub type FrameEncoder<'a> = dyn Fn(&[u8], &lam_sim::SimState) -> Result<Tensor<3>> + 'a;
 
 /// Which space the planner searches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -88,17 +94,20 @@ pub struct Agent<'a> {
     pub controller: Option<&'a Controller>,
     pub planner: PlannerConfig,
     pub mode: Mode,
-    /// Actions executed per plan (5).
+    /// World-model steps (action blocks) executed per plan.
     pub replan_every: usize,
-    /// Robot action bounds.
+    /// Environment steps per world-model step k (1: one action per step); the world model,
+    /// controller and planner work on blocks of k robot actions.
+    pub frameskip: usize,
+    /// Bounds of one robot action (A numbers; a block repeats them k times).
     pub low: Vec<f32>,
     pub high: Vec<f32>,
 }
 
-/// One action from [`MpcSession::act`].
+/// One action block from [`MpcSession::act`].
 #[derive(Clone, Debug)]
 pub struct ActStep {
-    /// The robot action to execute.
+    /// The robot actions to execute, `frameskip` of them back to back (`k A` numbers).
     pub action: Vec<f32>,
     /// Whether a new plan was made for this call.
     pub planned: bool,
@@ -108,13 +117,28 @@ pub struct ActStep {
     pub confidence: f32,
     /// Cost of that plan.
     pub cost: f32,
-    /// The frame the world model predicts after this action, `[1, N, D]`.
+    /// The frame the world model predicts after this block, `[1, N, D]`.
     pub predicted: Tensor<3>,
 }
 
+impl ActStep {
+    /// The block as `k` actions of `a` numbers each, in execution order.
+    pub fn actions(&self, a: usize) -> Vec<Vec<f32>> {
+        self.action.chunks(a.max(1)).map(|c| c.to_vec()).collect()
+    }
+}
+
 impl<'a> Agent<'a> {
+    /// Bounds of one action block: the robot action bounds repeated `frameskip` times.
+    pub fn block_bounds(&self) -> (Vec<f32>, Vec<f32>) {
+        let k = self.frameskip.max(1);
+        (self.low.repeat(k), self.high.repeat(k))
+    }
+
     /// Checks that the pieces fit together.
     pub fn check(&self) -> Result<()> {
+        ensure!(self.frameskip >= 1, "frameskip must be at least 1");
+        let block = self.low.len() * self.frameskip;
         let conditioning = self.cfg.model.conditioning;
         match self.mode {
             Mode::ActionConditioned => ensure!(
@@ -142,19 +166,21 @@ impl<'a> Agent<'a> {
                     self.cfg.model.latent_dim
                 );
                 ensure!(
-                    c.action_dim() == self.low.len(),
-                    "controller takes {}-D actions but the action space has {}",
+                    c.action_dim() == block,
+                    "controller takes {}-D actions but a block of {} actions of {} is {block}",
                     c.action_dim(),
+                    self.frameskip,
                     self.low.len()
                 );
             }
         }
         if self.mode == Mode::ActionConditioned {
             ensure!(
-                self.cfg.model.latent_dim == self.low.len(),
-                "the action-conditioned world model takes {}-D actions but the action space \
-                 has {}",
+                self.cfg.model.latent_dim == block,
+                "the action-conditioned world model takes {}-D actions but a block of {} \
+                 actions of {} is {block}",
                 self.cfg.model.latent_dim,
+                self.frameskip,
                 self.low.len()
             );
         }
@@ -190,7 +216,7 @@ impl<'a> Agent<'a> {
         trace: bool,
     ) -> Result<EpisodeResult> {
         self.check()?;
-        let goal = encoder(&episode.goal_frame)?;
+        let goal = encoder(&episode.goal_frame, &episode.goal_state)?;
         let mut session = self.session(goal.clone(), episode.seed);
         let (mut plans, mut plan_ms, mut conf, mut err, mut err_n) =
             (0usize, 0.0, 0.0, 0.0, 0usize);
@@ -198,9 +224,14 @@ impl<'a> Agent<'a> {
         let mut seen: Vec<Tensor<3>> = Vec::new();
         let mut predictions: Vec<Tensor<3>> = Vec::new();
         let mut frames_rgb: Vec<Vec<u8>> = Vec::new();
+        let mut block: VecDeque<Vec<f32>> = VecDeque::new();
+        let a_dim = self.low.len();
         let outcome = episode.run(|env| {
+            if let Some(a) = block.pop_front() {
+                return Ok(a);
+            }
             let rgb = env.render();
-            let s = encoder(&rgb)?;
+            let s = encoder(&rgb, env.state())?;
             // Predictions live in the model's (possibly standardised) token space.
             let seen_now = self.lam.normalize(s.clone());
             if let Some(p) = pending.take() {
@@ -217,9 +248,12 @@ impl<'a> Agent<'a> {
             if trace {
                 frames_rgb.push(rgb);
                 seen.push(seen_now);
-                predictions.push(step.predicted);
+                predictions.push(step.predicted.clone());
             }
-            Ok(step.action)
+            block.extend(step.actions(a_dim));
+            Ok(block
+                .pop_front()
+                .expect("a block holds at least one action"))
         })?;
         let trace = trace.then(|| {
             // Candidates: every observed frame and the goal.
@@ -344,18 +378,19 @@ impl MpcSession<'_> {
                 current: s.clone(),
                 goal: self.goal.clone(),
             };
+            let (low, high) = agent.block_bounds();
             let space = match agent.mode {
                 Mode::Latent => SearchSpace::Latent {
                     dim: cfg.model.latent_dim,
                 },
                 Mode::Action => SearchSpace::Action {
-                    low: agent.low.clone(),
-                    high: agent.high.clone(),
+                    low: low.clone(),
+                    high: high.clone(),
                     controller: agent.controller,
                 },
                 Mode::ActionConditioned => SearchSpace::Action {
-                    low: agent.low.clone(),
-                    high: agent.high.clone(),
+                    low: low.clone(),
+                    high: high.clone(),
                     controller: None,
                 },
             };
@@ -386,8 +421,9 @@ impl MpcSession<'_> {
                     .into_data()
                     .try_into_vec::<f32>()
                     .map_err(|e| anyhow::anyhow!("reading the planned action: {e:?}"))?;
+                let n = agent.low.len();
                 for (i, v) in a.iter_mut().enumerate() {
-                    *v = v.clamp(agent.low[i], agent.high[i]);
+                    *v = v.clamp(agent.low[i % n], agent.high[i % n]);
                 }
                 self.queue.push_back((a, pred, p.confidence, p.cost));
             }

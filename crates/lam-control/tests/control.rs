@@ -250,11 +250,13 @@ fn controller_aligns_with_pseudo_labels() {
 
 /// Frame tokens `[1, 16, 32]` of a 32x32 RGB frame: 8x8 average pooling to a 4x4 grid of
 /// colours, then a fixed linear map to 32 channels.
-fn pooled_colour_encoder(dev: &Device) -> impl Fn(&[u8]) -> anyhow::Result<Tensor<3>> + '_ {
+fn pooled_colour_encoder(
+    dev: &Device,
+) -> impl Fn(&[u8], &lam_sim::SimState) -> anyhow::Result<Tensor<3>> + '_ {
     let proj: Vec<f32> = (0..3 * 32)
         .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
         .collect();
-    move |rgb: &[u8]| {
+    move |rgb: &[u8], _state: &lam_sim::SimState| {
         anyhow::ensure!(rgb.len() == 32 * 32 * 3, "frame of {} bytes", rgb.len());
         let mut tokens = vec![0.0f32; 16 * 32];
         for cell in 0..16 {
@@ -306,6 +308,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
         planner: planner.clone(),
         mode: Mode::Latent,
         replan_every: 3,
+        frameskip: 1,
         low: space.low.clone(),
         high: space.high.clone(),
     };
@@ -323,11 +326,13 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
     );
 
     // Step by step: a new plan every 3 calls, actions inside the box.
-    let goal = encoder(&episodes[0].goal_frame).unwrap();
+    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state).unwrap();
     let mut session = agent.session(goal, 1);
     let mut env = episodes[0].env().unwrap();
     for k in 0..7 {
-        let step = session.act(encoder(&env.render()).unwrap()).unwrap();
+        let step = session
+            .act(encoder(&env.render(), env.state()).unwrap())
+            .unwrap();
         assert_eq!(step.planned, k % 3 == 0, "call {k}");
         assert_eq!(step.action.len(), 2);
         for (i, a) in step.action.iter().enumerate() {
@@ -349,4 +354,66 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
     };
     let err = format!("{:#}", mismatched.check().unwrap_err());
     assert!(err.contains("action"), "{err}");
+}
+
+#[test]
+fn closed_loop_executes_action_blocks() {
+    use lam_control::closed_loop::{Agent, Mode};
+    use lam_control::controller::Controller;
+    use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
+    let cfg = LamConfig::preset("tiny").unwrap();
+    let dev = Device::flex();
+    let lam = lam_model::train::init_model(&cfg, &dev);
+    // Blocks of 2 two-dimensional robot actions: the controller takes 4 numbers.
+    let ctrl = Controller::new(4, 16, 32, &dev);
+    let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
+    let space = episodes[0].env().unwrap().action_space();
+    let encoder = pooled_colour_encoder(&dev);
+    let agent = Agent {
+        cfg: &cfg,
+        lam: &lam,
+        controller: Some(&ctrl),
+        planner: PlannerConfig {
+            kind: PlannerKind::Cem,
+            horizon: 2,
+            samples: 16,
+            elites: 4,
+            iterations: 2,
+            ..PlannerConfig::default()
+        },
+        mode: Mode::Action,
+        replan_every: 1,
+        frameskip: 2,
+        low: space.low.clone(),
+        high: space.high.clone(),
+    };
+    agent.check().unwrap();
+    // One plan per block of two environment steps.
+    let r = agent.run_episode(&episodes[0], &encoder, false).unwrap();
+    assert_eq!(r.plans, (r.steps as usize).div_ceil(2));
+    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state).unwrap();
+    let mut session = agent.session(goal, 3);
+    let mut env = episodes[0].env().unwrap();
+    let step = session
+        .act(encoder(&env.render(), env.state()).unwrap())
+        .unwrap();
+    assert!(step.planned);
+    assert_eq!(step.action.len(), 4);
+    let actions = step.actions(2);
+    assert_eq!(actions.len(), 2);
+    for a in &actions {
+        for (i, v) in a.iter().enumerate() {
+            assert!(
+                *v >= space.low[i] && *v <= space.high[i],
+                "{v} outside the box"
+            );
+        }
+    }
+    // A block size that does not match the controller is named.
+    let wrong = Agent {
+        frameskip: 3,
+        ..agent
+    };
+    let err = format!("{:#}", wrong.check().unwrap_err());
+    assert!(err.contains("block"), "{err}");
 }

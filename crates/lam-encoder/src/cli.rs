@@ -62,6 +62,10 @@ pub struct PretrainArgs {
     /// Weight of the frame-level reconstruction (mean token + pixel coordinates -> colour).
     #[arg(long, default_value_t = PretrainConfig::default().frame_recon_weight)]
     pub frame_recon_weight: f64,
+    /// Share of the frame-level reconstruction's pixels drawn among the pixels that change
+    /// between the two frames of a pair (what moves).
+    #[arg(long, default_value_t = PretrainConfig::default().frame_recon_motion)]
+    pub frame_recon_motion: f64,
     /// Task of the linear probe of the true state (agent and object positions), rendered
     /// straight from the simulator: reach, push, pusht or sort.
     #[arg(long, default_value = "push")]
@@ -117,7 +121,8 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// Encoder folder: a Hugging Face model (config.json + *.safetensors) or a sim-encoder
-    /// checkpoint (from `lam encoder pretrain`).
+    /// checkpoint (from `lam encoder pretrain`); or `oracle`: the simulator's true state of a
+    /// lam-sim recording, one token per frame (see `lam_encoder::oracle`).
     #[arg(long)]
     pub encoder: PathBuf,
     /// Output shard folder (resumed if it already holds shards of the same settings).
@@ -194,6 +199,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         sigreg_frame_weight: a.sigreg_frame_weight,
         recon_weight: a.recon_weight,
         frame_recon_weight: a.frame_recon_weight,
+        frame_recon_motion: a.frame_recon_motion,
         probe: (a.probe_episodes > 0).then(|| ProbeConfig {
             task: a.probe_task.clone(),
             domain: a.probe_domain.clone(),
@@ -332,6 +338,22 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
         progress: !a.quiet,
         ..EmbedOptions::new(a.data, a.encoder, a.out.clone())
     };
+    if crate::oracle::is_oracle(&opts.encoder) {
+        let s = crate::oracle::embed_oracle(&opts)?;
+        println!(
+            "oracle shards: {} clips of {} episodes in {:.1}s -> {} (D={}, {} recording \
+             frames per clip frame{})",
+            s.clips,
+            s.episodes,
+            s.seconds,
+            a.out.display(),
+            s.dim,
+            s.frame_step,
+            s.action_dim
+                .map_or(String::new(), |d| format!(", action blocks of {d}"))
+        );
+        return Ok(());
+    }
     let s = embed(&opts, &device)?;
     println!(
         "{} clips written ({} already done) in {:.1}s: {:.2} clips/s, {:.1} frames/s",

@@ -21,8 +21,11 @@
 //! are encoded again. The settings recorded in the index must match the new run's.
 //!
 //! Labeled sources: when a LeRobot dataset has an action feature of shape `[A]`, the shards
-//! carry `actions [clips, T-1, A]`: for clip frame t (t < T-1), the action row in effect at the
-//! frame's time (`EpisodeData::row_at`), the action taken between frames t and t+1.
+//! carry action blocks `[clips, T-1, k A]`: when the clip rate divides the dataset's rate,
+//! k = dataset fps / clip fps and the block of transition t is the k action rows from clip
+//! frame t's row up to frame t+1's (every action taken between the two frames, in order); when
+//! it does not divide, k = 1 and the row in effect at frame t's time (`EpisodeData::row_at`).
+//! The index's source map records `action_block` = k.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -205,7 +208,11 @@ pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
     spec.validate()?;
     let source = Source::open(&opts.data, opts.cameras.clone())?;
     let clip_source = source.as_clip_source();
-    let action_dim = source.action_dim();
+    let block = match &source {
+        Source::LeRobot(d) => crate::oracle::frame_step(d.fps(), opts.fps).unwrap_or(1),
+        Source::Folder(_) => 1,
+    };
+    let action_dim = source.action_dim().map(|a| a * block);
     let grid = encoder.grid(size as usize);
     let dim = encoder.info.dim;
 
@@ -222,6 +229,7 @@ pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
         ("val_fraction", opts.val_fraction.to_string()),
         ("split_seed", opts.split_seed.to_string()),
         ("cameras", format!("{:?}", opts.cameras)),
+        ("action_block", block.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -355,7 +363,7 @@ pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
                     continue;
                 }
                 let actions = match (&episode, action_dim) {
-                    (Some(ep), Some(a)) => match clip_actions(ep, &clip, a) {
+                    (Some(ep), Some(a)) => match clip_actions(ep, &clip, a / block, block) {
                         Ok(v) => Some(v),
                         Err(reason) => {
                             no_actions.push((item.path.clone(), format!("{reason} ({})", item.id)));
@@ -429,8 +437,9 @@ pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
     Ok(summary)
 }
 
-/// Actions `[T-1, A]` of a clip: for each frame but the last, the row in effect at its time.
-fn clip_actions(ep: &EpisodeData, clip: &Clip, a: usize) -> Result<Vec<f32>, String> {
+/// Action blocks `[T-1, k A]` of a clip: for each frame but the last, the `block` rows from the
+/// row in effect at its time on.
+fn clip_actions(ep: &EpisodeData, clip: &Clip, a: usize, block: usize) -> Result<Vec<f32>, String> {
     let m = ep
         .actions
         .as_ref()
@@ -441,22 +450,31 @@ fn clip_actions(ep: &EpisodeData, clip: &Clip, a: usize) -> Result<Vec<f32>, Str
             ep.episode, m.cols
         ));
     }
-    let mut out = Vec::with_capacity((clip.frames - 1) * a);
+    let mut out = Vec::with_capacity((clip.frames - 1) * a * block);
     for &time in &clip.times[..clip.frames - 1] {
-        let row = ep.row_at(time).ok_or_else(|| {
+        let first = ep.row_at(time).ok_or_else(|| {
             format!(
                 "episode {}: no data row at or before t = {time:.3}s",
                 ep.episode
             )
         })?;
-        let values = m.row(row);
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(format!(
-                "episode {}: non-finite action in row {row}",
-                ep.episode
-            ));
+        for row in first..first + block {
+            if row >= m.rows {
+                return Err(format!(
+                    "episode {}: action block of {block} rows from row {first} runs past its \
+                     {} rows",
+                    ep.episode, m.rows
+                ));
+            }
+            let values = m.row(row);
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(format!(
+                    "episode {}: non-finite action in row {row}",
+                    ep.episode
+                ));
+            }
+            out.extend_from_slice(values);
         }
-        out.extend_from_slice(values);
     }
     Ok(out)
 }

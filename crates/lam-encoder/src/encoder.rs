@@ -178,6 +178,29 @@ impl Encoder {
         self
     }
 
+    /// This encoder set up to give the tokens a trained run expects at frame side `size`: a run
+    /// trained on one token per frame (shards embedded with `--pooling mean`) gets mean-pooled
+    /// frames. Errors name both shapes when the encoder cannot give the run's tokens. The one
+    /// way planning and serving encode frames for a run.
+    pub fn for_run(self, grid: [usize; 2], dim: usize, size: usize, run: &Path) -> Result<Self> {
+        self.check_size(size)?;
+        let enc = if grid == [1, 1] && self.grid(size) != [1, 1] {
+            self.with_pooling(Pooling::Mean)
+        } else {
+            self
+        };
+        let got = enc.grid(size);
+        anyhow::ensure!(
+            got == grid && enc.info.dim == dim,
+            "{} was trained on tokens of grid {grid:?} x {dim} channels, but {} gives {got:?} x \
+             {} at size {size}; pass the encoder the run's shards were embedded with",
+            run.display(),
+            enc.info.path.display(),
+            enc.info.dim
+        );
+        Ok(enc)
+    }
+
     /// Checks that frames of side `size` are accepted.
     pub fn check_size(&self, size: usize) -> Result<()> {
         if !self.info.any_size && size != self.info.default_size {

@@ -15,6 +15,7 @@ pub mod dinov2;
 pub mod embed;
 pub mod encoder;
 pub mod hf;
+pub mod oracle;
 pub mod pretrain;
 pub mod probe;
 pub mod resize;

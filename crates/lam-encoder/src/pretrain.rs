@@ -101,6 +101,14 @@ pub struct PretrainConfig {
     pub frame_recon_pixels: usize,
     /// Hidden width of the frame-level decoder. Default 128.
     pub frame_recon_hidden: usize,
+    /// Share of the frame-level reconstruction's pixels drawn among the pixels that change
+    /// between the pair's two frames (what moves: the agent, pushed objects), taken from the
+    /// other two shares. A 3-pixel agent is a few of the hundreds of foreground pixels (walls,
+    /// targets), so without this the decoder can ignore where it is; with it, the frame
+    /// embedding must place what moves. Default 1/3; 0 gives the earlier half uniform, half
+    /// foreground sampling.
+    #[serde(default = "default_motion_share")]
+    pub frame_recon_motion: f64,
     /// Linear probe of the simulator's true state run before and after training (see
     /// [`crate::probe`]); `None` skips it. Default: push, robot domain, 40 episodes.
     pub probe: Option<ProbeConfig>,
@@ -129,6 +137,7 @@ impl Default for PretrainConfig {
             frame_recon_weight: 1.0,
             frame_recon_pixels: 256,
             frame_recon_hidden: 128,
+            frame_recon_motion: default_motion_share(),
             probe: Some(ProbeConfig::default()),
         }
     }
@@ -340,12 +349,36 @@ fn foreground_pixels(frames: &Frames) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Samples `q` pixels of each frame of `idx` (half uniformly, half among its foreground
-/// pixels when it has any): coordinates in [-1, 1] `[B, q, 2]` (x, y) and colours `[B, q, 3]`.
+fn default_motion_share() -> f64 {
+    1.0 / 3.0
+}
+
+/// Pixels of frame `a` whose colour differs from frame `b`'s (squared distance over the
+/// normalised channels above 0.09, the foreground threshold).
+fn motion_pixels(frames: &Frames, a: usize, b: usize) -> Vec<u32> {
+    let plane = frames.size * frames.size;
+    let (fa, fb) = (frames.frame(a), frames.frame(b));
+    (0..plane as u32)
+        .filter(|&j| {
+            let j = j as usize;
+            (0..3)
+                .map(|c| (fa[c * plane + j] - fb[c * plane + j]).powi(2))
+                .sum::<f32>()
+                > 0.09
+        })
+        .collect()
+}
+
+/// Samples `q` pixels of each frame of `idx`: a `motion` share among the pixels that differ
+/// from the frame's partner `partner[i]` (when any do), the rest half uniformly, half among
+/// its foreground pixels (when it has any). Coordinates in [-1, 1] `[B, q, 2]` (x, y) and
+/// colours `[B, q, 3]`.
 fn sample_pixels(
     frames: &Frames,
     foreground: &[Vec<u32>],
     idx: &[usize],
+    partner: &[usize],
+    motion: f64,
     q: usize,
     rng: &mut StdRng,
 ) -> (Vec<f32>, Vec<f32>) {
@@ -353,11 +386,19 @@ fn sample_pixels(
     let plane = s * s;
     let mut coords = Vec::with_capacity(idx.len() * q * 2);
     let mut colours = Vec::with_capacity(idx.len() * q * 3);
-    for &i in idx {
+    let moving_count = (motion.clamp(0.0, 1.0) * q as f64).round() as usize;
+    for (&i, &other) in idx.iter().zip(partner) {
         let f = frames.frame(i);
         let fg = &foreground[i];
+        let moving = if moving_count > 0 {
+            motion_pixels(frames, i, other)
+        } else {
+            Vec::new()
+        };
         for k in 0..q {
-            let j = if k % 2 == 1 && !fg.is_empty() {
+            let j = if k < moving_count && !moving.is_empty() {
+                moving[rng.random_range(0..moving.len())] as usize
+            } else if k % 2 == 1 && !fg.is_empty() {
                 fg[rng.random_range(0..fg.len())] as usize
             } else {
                 rng.random_range(0..plane)
@@ -714,7 +755,17 @@ pub fn pretrain(
         }
         if cfg.frame_recon_weight > 0.0 {
             let q = cfg.frame_recon_pixels;
-            let (coords, colours) = sample_pixels(frames, &foreground, &idx, q, &mut rng);
+            // Each frame's partner is the other frame of its pair.
+            let partner: Vec<usize> = (0..2 * b).map(|i| idx[(i + b) % (2 * b)]).collect();
+            let (coords, colours) = sample_pixels(
+                frames,
+                &foreground,
+                &idx,
+                &partner,
+                cfg.frame_recon_motion,
+                q,
+                &mut rng,
+            );
             let coords = Tensor::<3>::from_data(TensorData::new(coords, [2 * b, q, 2]), &ad);
             let colours = Tensor::<3>::from_data(TensorData::new(colours, [2 * b, q, 3]), &ad);
             // The head's channels standardised over the batch (the mean token of mostly

@@ -90,6 +90,9 @@ pub enum Session<'a> {
     Mpc {
         session: MpcSession<'a>,
         steps: u64,
+        /// Actions of the current block still to send (one per `act`; the frames sent with
+        /// them are not needed by the model, which steps once per block).
+        block: VecDeque<Vec<f32>>,
     },
     Lawm {
         instruction: Vec<f32>,
@@ -299,6 +302,7 @@ impl<'a> Backend<'a> {
                 *session = Session::Mpc {
                     session: m.agent.session(tokens, seed),
                     steps: 0,
+                    block: VecDeque::new(),
                 };
                 Ok(vec![(
                     "timing",
@@ -362,7 +366,31 @@ impl<'a> Backend<'a> {
             (_, Session::Idle) => {
                 Err("`act` before `reset`: start an episode with reset first".into())
             }
-            (Backend::Mpc(m), Session::Mpc { session, steps }) => {
+            (
+                Backend::Mpc(m),
+                Session::Mpc {
+                    session,
+                    steps,
+                    block,
+                },
+            ) => {
+                if let Some(action) = block.pop_front() {
+                    *steps += 1;
+                    return Ok(vec![
+                        ("action", protocol::f32_array(&[action.len()], &action)),
+                        ("planned", Value::Boolean(false)),
+                        ("step", Value::from(*steps)),
+                        (
+                            "timing",
+                            to_msgpack(&json!({
+                                "encode_ms": 0.0,
+                                "plan_ms": 0.0,
+                                "model_ms": 0.0,
+                                "total_ms": ms(t0),
+                            })),
+                        ),
+                    ]);
+                }
                 let te = Instant::now();
                 let tokens = m
                     .encoder
@@ -375,9 +403,10 @@ impl<'a> Backend<'a> {
                     .map_err(|e| format!("planning: {e:#}"))?;
                 let model_ms = ms(tm);
                 *steps += 1;
-                let a = step.action.len();
+                block.extend(step.actions(m.agent.low.len()));
+                let action = block.pop_front().unwrap_or_default();
                 Ok(vec![
-                    ("action", protocol::f32_array(&[a], &step.action)),
+                    ("action", protocol::f32_array(&[action.len()], &action)),
                     ("planned", Value::Boolean(step.planned)),
                     ("confidence", Value::F64(step.confidence as f64)),
                     ("cost", Value::F64(step.cost as f64)),

@@ -175,19 +175,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         lam_model::train::init_model(&cfg, &device),
         &ckpt.join("model.safetensors"),
     )?;
+    ensure!(
+        !lam_encoder::oracle::is_oracle(enc_path),
+        "the oracle encoder reads the simulator's state, which a served client does not send; \
+         serve a run trained on a learned encoder"
+    );
     let encoder = Encoder::load(enc_path, &device)?;
     let size = args.size.unwrap_or(encoder.info.default_size);
-    encoder.check_size(size)?;
-    let grid = encoder.grid(size);
-    ensure!(
-        grid == cfg.model.grid && encoder.info.dim == cfg.model.embed_dim,
-        "{} gives a {grid:?} grid of {}-D tokens at size {size}, but {} was trained on a {:?} grid of {}-D tokens",
-        enc_path.display(),
-        encoder.info.dim,
-        ckpt.display(),
-        cfg.model.grid,
-        cfg.model.embed_dim
-    );
+    let encoder = encoder.for_run(cfg.model.grid, cfg.model.embed_dim, size, &ckpt)?;
     let controller = match &args.controller {
         Some(p) => Some(lam_control::controller::load(p, &device)?),
         None => None,
@@ -209,6 +204,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ..PlannerConfig::default()
     };
     ensure!(args.replan_every >= 1, "--replan-every must be at least 1");
+    // Action blocks: the model takes k robot actions per step.
+    let model_actions = match (&controller, cfg.model.conditioning) {
+        (_, lam_model::config::Conditioning::Action) => cfg.model.latent_dim,
+        (Some(c), _) => c.action_dim(),
+        (None, _) => low.len(),
+    };
+    ensure!(
+        !low.is_empty() && model_actions % low.len() == 0,
+        "{} takes {model_actions}-D actions, not a whole number of {}-D robot actions",
+        ckpt.display(),
+        low.len()
+    );
+    let frameskip = model_actions / low.len();
     let agent = Agent {
         cfg: &cfg,
         lam: &lam,
@@ -216,6 +224,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         planner,
         mode: args.search_space,
         replan_every: args.replan_every,
+        frameskip,
         low,
         high,
     };

@@ -143,6 +143,13 @@ impl SimState {
         v
     }
 
+    /// The oracle encoder's frame embedding: what a perfect vision system would read off the
+    /// frame. Agent `(x, y)` then, per object, `(x, y, cos angle, sin angle)`; positions mapped
+    /// from `[0, ARENA]` to `[-1, 1]`. Velocities are left out (one frame does not show them).
+    pub fn oracle_embedding(&self) -> Vec<f32> {
+        oracle_from_vec(&self.to_vec())
+    }
+
     /// Names of the numbers of [`SimState::to_vec`].
     pub fn vec_names(n_objects: usize) -> Vec<String> {
         let mut names = Vec::new();
@@ -283,4 +290,25 @@ pub fn border_walls() -> Vec<Wall> {
             half: [m, h],
         },
     ]
+}
+
+/// Width of [`SimState::oracle_embedding`] for a scene with `n_objects` objects.
+pub fn oracle_dim(n_objects: usize) -> usize {
+    2 + 4 * n_objects
+}
+
+/// [`SimState::oracle_embedding`] from the flat [`SimState::to_vec`] layout (six numbers per
+/// body, agent first), as stored in a recording's ground truth.
+pub fn oracle_from_vec(v: &[f32]) -> Vec<f32> {
+    let scale = |p: f32| 2.0 * p / ARENA - 1.0;
+    let mut out = Vec::with_capacity(oracle_dim(v.len() / 6 - 1));
+    for (i, b) in v.chunks_exact(6).enumerate() {
+        out.push(scale(b[0]));
+        out.push(scale(b[1]));
+        if i > 0 {
+            out.push(b[2].cos());
+            out.push(b[2].sin());
+        }
+    }
+    out
 }

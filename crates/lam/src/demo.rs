@@ -3,13 +3,15 @@
 //!
 //! 1. record unlabeled `human` video and a small labeled `robot` set (`lam sim record`);
 //! 2. pretrain the sim encoder on the human frames (`lam encoder pretrain`);
-//! 3. embed both recordings into shards, one mean-pooled token per frame (`lam embed`);
+//! 3. embed both recordings into shards, one mean-pooled token per frame, one shard frame per
+//!    block of `frameskip` (5) simulator steps, clips of `history` (3) frames + the next
+//!    (`lam embed --fps 2 --frames 4`); the labeled robot shards carry blocks of 5 actions;
 //! 4. train the latent action model on the human shards with per-channel standardised tokens
 //!    (`lam train --set model.standardize=true`) and score leakage and transfer (`lam eval`);
 //! 5. fit the controller on the labeled robot shards (`lam control fit`);
-//! 6. plan closed loop in the robot domain with the fixed evaluation protocol, CEM over robot
-//!    actions through the controller, next to the random policy and the scripted expert
-//!    (`lam plan eval`);
+//! 6. plan closed loop in the robot domain with the fixed evaluation protocol, CEM over blocks
+//!    of robot actions through the controller (cost: MSE to the goal embedding), next to the
+//!    random policy and the scripted expert (`lam plan eval`);
 //! 7. plot the training curves and write `summary.md` + `metrics.json`.
 //!
 //! Every step is an ordinary `lam` command run in this process; the summary lists them so
@@ -44,6 +46,17 @@ pub struct DemoArgs {
     /// Training steps of the latent action model.
     #[arg(long, default_value_t = 1000)]
     pub steps: usize,
+    /// Simulator steps per world-model step (action blocks; the recordings run at 10 steps
+    /// per second, so 5 embeds 2 frames per second). Must divide 10.
+    #[arg(long, default_value_t = 5)]
+    pub frameskip: usize,
+    /// Frames of history the world model conditions on.
+    #[arg(long, default_value_t = 3)]
+    pub history: usize,
+    /// Use the oracle encoder (the simulator's true state) instead of pretraining the sim
+    /// encoder: tells whether dynamics and planning work when vision does.
+    #[arg(long)]
+    pub oracle: bool,
     /// Closed-loop evaluation episodes.
     #[arg(long, default_value_t = 20)]
     pub episodes: usize,
@@ -92,7 +105,19 @@ pub fn run(a: DemoArgs) -> Result<()> {
     }
     let p = |s: &str| out.join(s).display().to_string();
     let (human, robot) = (p("data/human"), p("data/robot"));
-    let encoder = p("encoder/encoder");
+    let encoder = if a.oracle {
+        lam_encoder::oracle::ORACLE.to_string()
+    } else {
+        p("encoder/encoder")
+    };
+    anyhow::ensure!(
+        a.frameskip >= 1 && 10 % a.frameskip == 0,
+        "--frameskip must divide the recordings' 10 steps per second (1, 2, 5 or 10), got {}",
+        a.frameskip
+    );
+    anyhow::ensure!(a.history >= 1, "--history must be at least 1");
+    let fps = 10 / a.frameskip;
+    let clip_frames = a.history + 1;
     let (sh, sr) = (p("shards/human"), p("shards/robot"));
     let (lam_run, ctrl, plan_dir) = (p("lam"), p("controller"), p("plan"));
     let dev = &a.device;
@@ -141,31 +166,33 @@ pub fn run(a: DemoArgs) -> Result<()> {
             &"--quiet",
         ]),
     )?;
-    step(
-        &mut log,
-        "3/9 pretraining the sim encoder on the human frames",
-        &args(&[
-            &"encoder",
-            &"pretrain",
-            &"--data",
-            &human,
-            &"--out",
-            &p("encoder"),
-            &"--patch",
-            &16,
-            &"--dim",
-            &32,
-            &"--steps",
-            &a.encoder_steps,
-            &"--probe-task",
-            task,
-            &"--probe-domain",
-            &"robot",
-            &"--device",
-            dev,
-            &"--quiet",
-        ]),
-    )?;
+    if !a.oracle {
+        step(
+            &mut log,
+            "3/9 pretraining the sim encoder on the human frames",
+            &args(&[
+                &"encoder",
+                &"pretrain",
+                &"--data",
+                &human,
+                &"--out",
+                &p("encoder"),
+                &"--patch",
+                &16,
+                &"--dim",
+                &32,
+                &"--steps",
+                &a.encoder_steps,
+                &"--probe-task",
+                task,
+                &"--probe-domain",
+                &"robot",
+                &"--device",
+                dev,
+                &"--quiet",
+            ]),
+        )?;
+    }
     for (src, dst, val) in [(&human, &sh, 0.05), (&robot, &sr, 0.2)] {
         step(
             &mut log,
@@ -179,11 +206,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 &"--out",
                 dst,
                 &"--fps",
-                &10,
+                &fps,
                 &"--frames",
-                &8,
+                &clip_frames,
                 &"--stride",
-                &4,
+                &1,
                 &"--val-fraction",
                 &val,
                 &"--pooling",
@@ -263,6 +290,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
             &"cem",
             &"--space",
             &"action",
+            &"--cost",
+            &"mse",
             &"--samples",
             &a.samples,
             &"--iterations",

@@ -36,7 +36,8 @@ pub struct PlanEvalArgs {
     /// Latent-action world model: run folder (latest checkpoint) or checkpoint folder.
     #[arg(long)]
     pub run: Option<PathBuf>,
-    /// Encoder the run's shards were embedded with (sim-encoder or Hugging Face folder).
+    /// Encoder the run's shards were embedded with (sim-encoder or Hugging Face folder), or
+    /// `oracle` (the simulator's true state; runs trained on `lam embed --encoder oracle`).
     #[arg(long)]
     pub encoder: Option<PathBuf>,
     /// Controller folder (`lam control fit`), for the latent and action search spaces.
@@ -78,9 +79,10 @@ pub struct PlanEvalArgs {
     /// Planning horizon.
     #[arg(long, default_value_t = PlannerConfig::default().horizon)]
     pub horizon: usize,
-    /// Actions executed per plan.
-    #[arg(long, default_value_t = 5)]
-    pub replan_every: usize,
+    /// World-model steps executed per plan (default: 5 single actions, or 1 block when the
+    /// model plans over action blocks).
+    #[arg(long)]
+    pub replan_every: Option<usize>,
     /// Cost: cosine, l1 or mse.
     #[arg(long, default_value = "cosine")]
     pub cost: String,
@@ -111,7 +113,8 @@ pub struct PlanEvalReport {
     pub domain: String,
     pub episodes: usize,
     pub planner_settings: PlannerConfig,
-    pub replan_every: usize,
+    /// `--replan-every` as given (None: the default per model).
+    pub replan_every: Option<usize>,
     pub summaries: Vec<EvalSummary>,
     pub results: Vec<(String, Vec<EpisodeResult>)>,
     pub wall_seconds: f64,
@@ -123,7 +126,7 @@ impl PlanEvalReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| method | success | mean steps | plan ms/step | confidence | planning error |\n\
+            "| method | success | mean steps | ms per plan | confidence | planning error |\n\
              | --- | ---: | ---: | ---: | ---: | ---: |"
         );
         for m in &self.summaries {
@@ -137,7 +140,7 @@ impl PlanEvalReport {
                 (m.success_rate * m.episodes as f64).round() as usize,
                 m.episodes,
                 m.mean_steps,
-                dash(format!("{:.0}", m.mean_plan_ms / self.replan_every as f64)),
+                dash(format!("{:.0}", m.mean_plan_ms)),
                 dash(format!("{:.3}", m.mean_confidence)),
                 dash(format!("{:.3}", m.mean_planning_error)),
             );
@@ -171,32 +174,39 @@ fn parse_cost(s: &str) -> Result<CostKind> {
     })
 }
 
-/// Loads a world-model run and checks it against the encoder's tokens.
+/// How frames become tokens for a run: a learned encoder or the simulator's state.
+enum FrameSource {
+    /// An encoder folder.
+    Learned(PathBuf),
+    Oracle,
+}
+
+/// Loads a world-model run and sets up the frame source for its tokens.
 fn load_world_model(
     path: &Path,
-    encoder: Encoder,
+    source: &FrameSource,
     size: usize,
     device: &Device,
-) -> Result<(LamConfig, lam_model::LatentActionModel, Encoder)> {
+) -> Result<(LamConfig, lam_model::LatentActionModel, Option<Encoder>)> {
     let (cfg, lam, ckpt) = load_checkpoint(path, device)?;
-    // Shards embedded with `--pooling mean`: pool the frames the same way.
-    let encoder = if cfg.model.grid == [1, 1] && encoder.grid(size) != [1, 1] {
-        encoder.with_pooling(lam_encoder::Pooling::Mean)
-    } else {
-        encoder
+    let encoder = match source {
+        FrameSource::Learned(p) => Some(Encoder::load(p, device)?.for_run(
+            cfg.model.grid,
+            cfg.model.embed_dim,
+            size,
+            &ckpt,
+        )?),
+        FrameSource::Oracle => {
+            ensure!(
+                cfg.model.grid == [1, 1],
+                "{} was trained on a {:?} token grid; oracle runs have one token per frame \
+                 (lam embed --encoder oracle)",
+                ckpt.display(),
+                cfg.model.grid
+            );
+            None
+        }
     };
-    let grid = encoder.grid(size);
-    ensure!(
-        cfg.model.grid == grid && cfg.model.embed_dim == encoder.info.dim,
-        "{} was trained on tokens of grid {:?} x {} channels, but {} gives {:?} x {} at size \
-         {size}; pass the encoder the run's shards were embedded with",
-        ckpt.display(),
-        cfg.model.grid,
-        cfg.model.embed_dim,
-        encoder.info.path.display(),
-        grid,
-        encoder.info.dim
-    );
     Ok((cfg, lam, encoder))
 }
 
@@ -211,14 +221,16 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let mut encoder = match &args.encoder {
-        Some(p) => Some(Encoder::load(p, &device)?),
+    let source = match &args.encoder {
+        Some(p) if lam_encoder::oracle::is_oracle(p) => Some(FrameSource::Oracle),
+        Some(p) => Some(FrameSource::Learned(p.clone())),
         None => None,
     };
-    let size = args
-        .size
-        .or(encoder.as_ref().map(|e| e.info.default_size))
-        .unwrap_or(64);
+    let size = match (args.size, &source) {
+        (Some(s), _) => s,
+        (None, Some(FrameSource::Learned(p))) => Encoder::load(p, &device)?.info.default_size,
+        _ => 64,
+    };
     let episodes = eval_protocol(args.task, args.domain, args.episodes, size as u32)?;
     let space = episodes[0].env()?.action_space();
     let planner = PlannerConfig {
@@ -256,11 +268,10 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     ];
     for (path, conditioning) in world_models {
         let Some(path) = path else { continue };
-        let enc = encoder
-            .take()
-            .context("planning with a world model needs --encoder")?;
-        let (cfg, lam, enc) = load_world_model(path, enc, size, &device)?;
-        let encoder = &*encoder.insert(enc);
+        let source = source
+            .as_ref()
+            .context("planning with a world model needs --encoder (a folder, or oracle)")?;
+        let (cfg, lam, encoder) = load_world_model(path, source, size, &device)?;
         ensure!(
             cfg.model.conditioning == conditioning,
             "{} is conditioned on {:?}; pass it as {}",
@@ -283,7 +294,34 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             Conditioning::Latent => (args.space, args.planner.clone()),
             Conditioning::Action => (Mode::ActionConditioned, vec![PlannerKind::Cem]),
         };
-        let frame_encoder = |rgb: &[u8]| encoder.encode_rgb(rgb, size, size, size, &device);
+        let frame_encoder = |rgb: &[u8], state: &lam_sim::SimState| -> Result<Tensor<3>> {
+            match &encoder {
+                Some(e) => e.encode_rgb(rgb, size, size, size, &device),
+                None => {
+                    let v = state.oracle_embedding();
+                    let d = v.len();
+                    Ok(Tensor::<3>::from_data(
+                        TensorData::new(v, [1, 1, d]),
+                        &device,
+                    ))
+                }
+            }
+        };
+        // Action blocks: the model takes k robot actions per step.
+        let model_actions = match conditioning {
+            Conditioning::Latent => ctrl.as_ref().map_or(space.dim, |c| c.action_dim()),
+            Conditioning::Action => cfg.model.latent_dim,
+        };
+        ensure!(
+            model_actions % space.dim == 0,
+            "{} takes {model_actions}-D actions, not a whole number of {}-D robot actions",
+            path.display(),
+            space.dim
+        );
+        let frameskip = model_actions / space.dim;
+        let replan_every = args
+            .replan_every
+            .unwrap_or(if frameskip > 1 { 1 } else { 5 });
         for kind in kinds {
             let agent = Agent {
                 cfg: &cfg,
@@ -294,7 +332,8 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                     ..planner.clone()
                 },
                 mode,
-                replan_every: args.replan_every,
+                replan_every,
+                frameskip,
                 low: space.low.clone(),
                 high: space.high.clone(),
             };
@@ -304,6 +343,11 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                     format!("latent-action WM + {} ({mode:?} space)", kind_name(kind))
                 }
                 Conditioning::Action => "action-conditioned WM + CEM".to_string(),
+            };
+            let name = if frameskip > 1 {
+                format!("{name}, blocks of {frameskip}")
+            } else {
+                name
             };
             let bar = progress(&name, episodes.len());
             let mut rs = Vec::new();
@@ -341,14 +385,16 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     )?;
     let md = format!(
         "# Closed-loop planning: {} ({}), {} episodes\n\nPlanner: {} samples x {} iterations, \
-         horizon {}, {} actions per plan, cost {:?}{}.\n\n{}",
+         horizon {}, world-model steps per plan {}, cost {:?}{}.\n\n{}",
         report.task,
         report.domain,
         report.episodes,
         report.planner_settings.samples,
         report.planner_settings.iterations,
         report.planner_settings.horizon,
-        report.replan_every,
+        report
+            .replan_every
+            .map_or("5, or 1 block".to_string(), |r| r.to_string()),
         report.planner_settings.cost,
         if report.planner_settings.pooled {
             " (pooled)"
