@@ -26,9 +26,11 @@ use serde::Serialize;
 use crate::controller::Controller;
 use crate::planner::{Plan, PlannerConfig, Problem, SearchSpace, plan};
 
-/// Maps an RGB frame (`size * size * 3` bytes) and the simulator state it shows to frame
-/// tokens `[1, N, D]` (learned encoders read the pixels, the oracle reads the state).
-pub type FrameEncoder<'a> = dyn Fn(&[u8], &lam_sim::SimState) -> Result<Tensor<3>> + 'a;
+/// Maps an RGB frame (`size * size * 3` bytes), the simulator state it shows and the
+/// episode's layout to frame tokens `[1, N, D]` (learned encoders read the pixels, the oracle
+/// reads the state and layout).
+pub type FrameEncoder<'a> =
+    dyn Fn(&[u8], &lam_sim::SimState, &lam_sim::Layout) -> Result<Tensor<3>> + 'a;
 
 /// Which space the planner searches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -216,7 +218,8 @@ impl<'a> Agent<'a> {
         trace: bool,
     ) -> Result<EpisodeResult> {
         self.check()?;
-        let goal = encoder(&episode.goal_frame, &episode.goal_state)?;
+        let layout = episode.env()?.layout().clone();
+        let goal = encoder(&episode.goal_frame, &episode.goal_state, &layout)?;
         let mut session = self.session(goal.clone(), episode.seed);
         let (mut plans, mut plan_ms, mut conf, mut err, mut err_n) =
             (0usize, 0.0, 0.0, 0.0, 0usize);
@@ -231,7 +234,7 @@ impl<'a> Agent<'a> {
                 return Ok(a);
             }
             let rgb = env.render();
-            let s = encoder(&rgb, env.state())?;
+            let s = encoder(&rgb, env.state(), env.layout())?;
             // Predictions live in the model's (possibly standardised) token space.
             let seen_now = self.lam.normalize(s.clone());
             if let Some(p) = pending.take() {

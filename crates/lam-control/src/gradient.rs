@@ -24,12 +24,14 @@ struct Sequences {
 /// Final predicted frames `[C, N, D]` of sequences `x` `[C, H, dim]` (in the search space),
 /// differentiable with respect to `x`.
 fn rollout_differentiable(problem: &Problem, space: &SearchSpace, x: Tensor<3>) -> Tensor<3> {
-    problem.world_model.rollout_steps(
+    let all = problem.world_model.rollout_steps(
         problem.cache,
         problem.current.clone(),
         space.latents(x),
         problem.window,
-    )
+    );
+    let [c, h, n, d] = all.dims();
+    all.slice(s![.., h - 1..h, .., ..]).reshape([c, n, d])
 }
 
 /// Plans by gradient descent (see the module docs).

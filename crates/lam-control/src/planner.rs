@@ -65,6 +65,45 @@ pub enum CostKind {
     Mse,
 }
 
+/// Which predicted frames of a candidate the cost looks at.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// The final frame only (DINO-WM, LeWorldModel).
+    #[default]
+    Final,
+    /// The mean over every step of the horizon: the first steps, which the world model
+    /// predicts best and which are executed, count as much as the last.
+    Sum,
+    /// The best step of the horizon: reaching the goal at any step counts (the protocol's
+    /// success test is met at the first step that meets it).
+    Min,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "final" => Self::Final,
+            "sum" => Self::Sum,
+            "min" => Self::Min,
+            _ => anyhow::bail!("unknown planning objective `{s}` (expected final, sum or min)"),
+        })
+    }
+}
+
+impl std::str::FromStr for CostKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "cosine" => Self::Cosine,
+            "l1" => Self::L1,
+            "mse" => Self::Mse,
+            _ => anyhow::bail!("unknown cost `{s}` (expected cosine, l1 or mse)"),
+        })
+    }
+}
+
 /// Planner settings; defaults are the CEM used by DINO-WM / LeWorldModel.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +139,9 @@ pub struct PlannerConfig {
     /// `samples` sequences are optimised in parallel for `iterations` steps.
     #[serde(default = "default_learning_rate")]
     pub learning_rate: f64,
+    /// Which predicted frames the cost looks at (final).
+    #[serde(default)]
+    pub objective: Objective,
 }
 
 fn default_learning_rate() -> f64 {
@@ -124,6 +166,7 @@ impl Default for PlannerConfig {
             seed: 0,
             kv_cache: true,
             learning_rate: default_learning_rate(),
+            objective: Objective::Final,
         }
     }
 }
@@ -252,6 +295,20 @@ pub fn rollout(
     c: usize,
     h: usize,
 ) -> Tensor<3> {
+    let all = rollout_all(problem, space, seqs, c, h);
+    let [_, _, n, d] = all.dims();
+    all.slice(s![.., h - 1..h, .., ..]).reshape([c, n, d])
+}
+
+/// Rolls `seqs` (`[C, H, dim]`) through the world model; the predicted frames of every step
+/// `[C, H, N, D]`.
+pub fn rollout_all(
+    problem: &Problem,
+    space: &SearchSpace,
+    seqs: &[f32],
+    c: usize,
+    h: usize,
+) -> Tensor<4> {
     let device = problem.current.device();
     let x = Tensor::<3>::from_data(TensorData::new(seqs.to_vec(), [c, h, space.dim()]), &device);
     let z = space.latents(x);
@@ -259,13 +316,13 @@ pub fn rollout(
         return rollout_recompute(problem, z);
     }
     // On the CPU: all candidates in one host kernel over the shared context cache.
-    if let Some(finals) = problem.world_model.rollout_shared(
+    if let Some(steps) = problem.world_model.rollout_shared(
         problem.cache,
         problem.current.clone(),
         z.clone(),
         problem.window,
     ) {
-        return finals;
+        return steps;
     }
     problem
         .world_model
@@ -274,7 +331,7 @@ pub fn rollout(
 
 /// Rollout that runs the whole history plus the frames so far at every step (the window of
 /// the cache is kept, so both rollouts see the same frames).
-fn rollout_recompute(problem: &Problem, z: Tensor<3>) -> Tensor<3> {
+fn rollout_recompute(problem: &Problem, z: Tensor<3>) -> Tensor<4> {
     let [c, h, d] = z.dims();
     let [_, n, dd] = problem.current.dims();
     let mut frames: Vec<Tensor<4>> = Vec::new();
@@ -285,6 +342,7 @@ fn rollout_recompute(problem: &Problem, z: Tensor<3>) -> Tensor<3> {
         lats.push(l.clone().expand([c, k, d]));
     }
     let mut frame = problem.current.clone().expand([c, n, dd]);
+    let mut steps = Vec::with_capacity(h);
     for k in 0..h {
         frames.push(frame.unsqueeze_dim(1));
         lats.push(z.clone().slice(s![.., k..k + 1, ..]));
@@ -299,8 +357,38 @@ fn rollout_recompute(problem: &Problem, z: Tensor<3>) -> Tensor<3> {
         frame = pred
             .slice(s![.., keep - 1..keep, .., ..])
             .squeeze_dim::<3>(1);
+        steps.push(frame.clone());
     }
-    frame
+    Tensor::stack(steps, 1)
+}
+
+/// Cost per candidate `[C]` of the predicted frames of every step `[C, H, N, D]` against the
+/// goal `[1, N, D]`, under `objective`.
+pub fn trajectory_cost(
+    kind: CostKind,
+    pooled: bool,
+    objective: Objective,
+    steps: Tensor<4>,
+    goal: Tensor<3>,
+) -> Tensor<1> {
+    let [c, h, n, d] = steps.dims();
+    let per_step = |k: usize| {
+        let frames = steps
+            .clone()
+            .slice(s![.., k..k + 1, .., ..])
+            .reshape([c, n, d]);
+        cost(kind, pooled, frames, goal.clone())
+    };
+    match objective {
+        Objective::Final => per_step(h - 1),
+        Objective::Sum | Objective::Min => {
+            let all = Tensor::stack::<2>((0..h).map(per_step).collect(), 1); // [C, H]
+            match objective {
+                Objective::Sum => all.mean_dim(1).reshape([c]),
+                _ => all.min_dim(1).reshape([c]),
+            }
+        }
+    }
 }
 
 /// Cosine `[C]` between mean-pooled frames `[C, N, D]` and the pooled goal `[1, N, D]`.
@@ -408,8 +496,14 @@ pub fn plan(cfg: &PlannerConfig, problem: &Problem, space: &SearchSpace) -> Plan
             seqs[(c - 1) * width..].copy_from_slice(&mean);
         }
         space.clamp(&mut seqs);
-        let finals = rollout(problem, space, &seqs, c, h);
-        let costs = host(cost(cfg.cost, cfg.pooled, finals, problem.goal.clone()));
+        let steps = rollout_all(problem, space, &seqs, c, h);
+        let costs = host(trajectory_cost(
+            cfg.cost,
+            cfg.pooled,
+            cfg.objective,
+            steps,
+            problem.goal.clone(),
+        ));
         rollouts += c;
         let mut order: Vec<usize> = (0..c).collect();
         order.sort_by(|&a, &b| costs[a].total_cmp(&costs[b]));

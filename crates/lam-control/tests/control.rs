@@ -252,11 +252,11 @@ fn controller_aligns_with_pseudo_labels() {
 /// colours, then a fixed linear map to 32 channels.
 fn pooled_colour_encoder(
     dev: &Device,
-) -> impl Fn(&[u8], &lam_sim::SimState) -> anyhow::Result<Tensor<3>> + '_ {
+) -> impl Fn(&[u8], &lam_sim::SimState, &lam_sim::Layout) -> anyhow::Result<Tensor<3>> + '_ {
     let proj: Vec<f32> = (0..3 * 32)
         .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
         .collect();
-    move |rgb: &[u8], _state: &lam_sim::SimState| {
+    move |rgb: &[u8], _state: &lam_sim::SimState, _layout: &lam_sim::Layout| {
         anyhow::ensure!(rgb.len() == 32 * 32 * 3, "frame of {} bytes", rgb.len());
         let mut tokens = vec![0.0f32; 16 * 32];
         for cell in 0..16 {
@@ -326,12 +326,13 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
     );
 
     // Step by step: a new plan every 3 calls, actions inside the box.
-    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state).unwrap();
+    let layout = episodes[0].env().unwrap().layout().clone();
+    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
     let mut session = agent.session(goal, 1);
     let mut env = episodes[0].env().unwrap();
     for k in 0..7 {
         let step = session
-            .act(encoder(&env.render(), env.state()).unwrap())
+            .act(encoder(&env.render(), env.state(), env.layout()).unwrap())
             .unwrap();
         assert_eq!(step.planned, k % 3 == 0, "call {k}");
         assert_eq!(step.action.len(), 2);
@@ -391,11 +392,12 @@ fn closed_loop_executes_action_blocks() {
     // One plan per block of two environment steps.
     let r = agent.run_episode(&episodes[0], &encoder, false).unwrap();
     assert_eq!(r.plans, (r.steps as usize).div_ceil(2));
-    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state).unwrap();
+    let layout = episodes[0].env().unwrap().layout().clone();
+    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
     let mut session = agent.session(goal, 3);
     let mut env = episodes[0].env().unwrap();
     let step = session
-        .act(encoder(&env.render(), env.state()).unwrap())
+        .act(encoder(&env.render(), env.state(), env.layout()).unwrap())
         .unwrap();
     assert!(step.planned);
     assert_eq!(step.action.len(), 4);

@@ -196,7 +196,8 @@ impl WorldModel {
     /// Rolls `C` candidates forward from one shared state by `H` calls of
     /// [`step`](Self::step) on the cache repeated per candidate: the current frame `current`
     /// `[1, N, D]` after the cached context `cache` (`None` at the start of an episode), under
-    /// latent actions `z` `[C, H, d]`. Returns the final predicted frames `[C, N, D]`. Works
+    /// latent actions `z` `[C, H, d]`. Returns the predicted frames of every step
+    /// `[C, H, N, D]` (the last is the final frame). Works
     /// on every device and is differentiable with respect to `z`;
     /// [`rollout_shared`](Self::rollout_shared) is the CPU fast path of the same computation.
     pub fn rollout_steps(
@@ -205,18 +206,20 @@ impl WorldModel {
         current: Tensor<3>,
         z: Tensor<3>,
         window: usize,
-    ) -> Tensor<3> {
+    ) -> Tensor<4> {
         let [c, h, _] = z.dims();
         let [_, n, d] = current.dims();
         let mut cache = cache.map(|k| k.repeat(c));
         let mut frame = current.expand([c, n, d]);
+        let mut steps = Vec::with_capacity(h);
         for k in 0..h {
             let zk = z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1);
             let (pred, next) = self.step(cache.as_ref(), frame, zk, window);
+            steps.push(pred.clone());
             frame = pred;
             cache = Some(next);
         }
-        frame
+        Tensor::stack(steps, 1)
     }
 }
 

@@ -49,9 +49,16 @@ pub struct ServeArgs {
     /// Planner iterations.
     #[arg(long, default_value_t = PlannerConfig::default().iterations)]
     pub iterations: usize,
-    /// Actions of a plan executed before planning again.
+    /// World-model steps of a plan executed before planning again (actions, or action blocks
+    /// for a model trained on blocks).
     #[arg(long, default_value_t = 5)]
     pub replan_every: usize,
+    /// Planning cost: mse, l1 or cosine, between the predicted and the goal frame embedding.
+    #[arg(long, default_value = "mse")]
+    pub cost: lam_control::planner::CostKind,
+    /// Which predicted frames the cost looks at: final, sum (mean over the horizon) or min.
+    #[arg(long, default_value = "sum")]
+    pub objective: lam_control::planner::Objective,
     /// Planner seed (mixed with each reset's `seed`).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -201,6 +208,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         elites: args.elites,
         iterations: args.iterations,
         seed: args.seed,
+        cost: args.cost,
+        objective: args.objective,
         ..PlannerConfig::default()
     };
     ensure!(args.replan_every >= 1, "--replan-every must be at least 1");

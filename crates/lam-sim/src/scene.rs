@@ -144,10 +144,9 @@ impl SimState {
     }
 
     /// The oracle encoder's frame embedding: what a perfect vision system would read off the
-    /// frame. Agent `(x, y)` then, per object, `(x, y, cos angle, sin angle)`; positions mapped
-    /// from `[0, ARENA]` to `[-1, 1]`. Velocities are left out (one frame does not show them).
-    pub fn oracle_embedding(&self) -> Vec<f32> {
-        oracle_from_vec(&self.to_vec())
+    /// frame (see [`oracle_from_vec`]). Velocities are left out (one frame does not show them).
+    pub fn oracle_embedding(&self, layout: &Layout) -> Vec<f32> {
+        oracle_from_vec(&self.to_vec(), layout)
     }
 
     /// Names of the numbers of [`SimState::to_vec`].
@@ -292,16 +291,15 @@ pub fn border_walls() -> Vec<Wall> {
     ]
 }
 
-/// Width of [`SimState::oracle_embedding`] for a scene with `n_objects` objects.
-pub fn oracle_dim(n_objects: usize) -> usize {
-    2 + 4 * n_objects
-}
-
-/// [`SimState::oracle_embedding`] from the flat [`SimState::to_vec`] layout (six numbers per
-/// body, agent first), as stored in a recording's ground truth.
-pub fn oracle_from_vec(v: &[f32]) -> Vec<f32> {
+/// The oracle encoder's frame embedding from the flat [`SimState::to_vec`] layout (six
+/// numbers per body, agent first, as stored in a recording's ground truth) and the episode's
+/// layout: agent `(x, y)`; per object `(x, y, cos angle, sin angle)`; per interior wall (the
+/// walls after the four border walls, e.g. `reach`'s wall with its door) its centre and half
+/// length along its long side, which place the door. Positions are mapped from `[0, ARENA]`
+/// to `[-1, 1]`, lengths by `2 / ARENA`.
+pub fn oracle_from_vec(v: &[f32], layout: &Layout) -> Vec<f32> {
     let scale = |p: f32| 2.0 * p / ARENA - 1.0;
-    let mut out = Vec::with_capacity(oracle_dim(v.len() / 6 - 1));
+    let mut out = Vec::new();
     for (i, b) in v.chunks_exact(6).enumerate() {
         out.push(scale(b[0]));
         out.push(scale(b[1]));
@@ -309,6 +307,11 @@ pub fn oracle_from_vec(v: &[f32]) -> Vec<f32> {
             out.push(b[2].cos());
             out.push(b[2].sin());
         }
+    }
+    for w in layout.walls.iter().skip(4) {
+        let axis = usize::from(w.half[1] > w.half[0]);
+        out.push(scale(w.center[axis]));
+        out.push(2.0 * w.half[axis] / ARENA);
     }
     out
 }

@@ -10,7 +10,8 @@
 //!    (`lam train --set model.standardize=true`) and score leakage and transfer (`lam eval`);
 //! 5. fit the controller on the labeled robot shards (`lam control fit`);
 //! 6. plan closed loop in the robot domain with the fixed evaluation protocol, CEM over blocks
-//!    of robot actions through the controller (cost: MSE to the goal embedding), next to the
+//!    of robot actions through the controller (cost: MSE to the goal embedding at the best
+//!    step of the horizon), next to the
 //!    random policy and the scripted expert (`lam plan eval`);
 //! 7. plot the training curves and write `summary.md` + `metrics.json`.
 //!
@@ -292,6 +293,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
             &"action",
             &"--cost",
             &"mse",
+            &"--objective",
+            &"min",
             &"--samples",
             &a.samples,
             &"--iterations",
@@ -329,8 +332,32 @@ pub fn run(a: DemoArgs) -> Result<()> {
         serde_json::to_string_pretty(&metrics)?.as_bytes(),
     )?;
 
+    // The result first: closed-loop success of every method.
+    let headline: Vec<String> = plan["summaries"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|m| {
+                    let rate = m["success_rate"].as_f64().unwrap_or(f64::NAN);
+                    let n = m["episodes"].as_u64().unwrap_or(0);
+                    format!(
+                        "{} {:.0}% ({}/{n})",
+                        m["method"].as_str().unwrap_or("?"),
+                        100.0 * rate,
+                        (rate * n as f64).round() as u64
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let headline = format!(
+        "Closed-loop success on `{task}` ({} protocol episodes, {total:.0} s wall): {}.",
+        a.episodes,
+        headline.join("; ")
+    );
     let mut md = String::new();
     writeln!(md, "# lam demo report\n")?;
+    writeln!(md, "{headline}\n")?;
     writeln!(
         md,
         "Task `{task}` of the simulated suite: {} unlabeled human-domain episodes (no actions \
@@ -382,6 +409,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     }
     writeln!(md, "\nWall time: {total:.0} s.")?;
     lam_data::shards::write_atomic(&out.join("summary.md"), md.as_bytes())?;
+    println!("{headline}");
     println!("{plan_md}");
     println!(
         "demo finished in {total:.0} s; report: {} (summary.md, metrics.json, loss.png, plan/)",

@@ -85,7 +85,11 @@ pub struct PlanEvalArgs {
     pub replan_every: Option<usize>,
     /// Cost: cosine, l1 or mse.
     #[arg(long, default_value = "cosine")]
-    pub cost: String,
+    pub cost: CostKind,
+    /// Which predicted frames the cost looks at: final (the anchors'), sum (mean over the
+    /// horizon's steps) or min (best step).
+    #[arg(long, default_value = "final")]
+    pub objective: lam_control::planner::Objective,
     /// Compare token by token instead of mean-pooled frames.
     #[arg(long)]
     pub per_token: bool,
@@ -165,15 +169,6 @@ pub fn run(cmd: PlanCommand) -> Result<()> {
     }
 }
 
-fn parse_cost(s: &str) -> Result<CostKind> {
-    Ok(match s {
-        "cosine" => CostKind::Cosine,
-        "l1" => CostKind::L1,
-        "mse" => CostKind::Mse,
-        other => anyhow::bail!("unknown cost `{other}` (expected cosine, l1 or mse)"),
-    })
-}
-
 /// How frames become tokens for a run: a learned encoder or the simulator's state.
 enum FrameSource {
     /// An encoder folder.
@@ -238,9 +233,10 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
         iterations: args.iterations,
         elites: args.elites,
         horizon: args.horizon,
-        cost: parse_cost(&args.cost)?,
+        cost: args.cost,
         pooled: !args.per_token,
         learning_rate: args.learning_rate,
+        objective: args.objective,
         ..PlannerConfig::default()
     };
     let mut results: Vec<(String, Vec<EpisodeResult>)> = Vec::new();
@@ -294,11 +290,14 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             Conditioning::Latent => (args.space, args.planner.clone()),
             Conditioning::Action => (Mode::ActionConditioned, vec![PlannerKind::Cem]),
         };
-        let frame_encoder = |rgb: &[u8], state: &lam_sim::SimState| -> Result<Tensor<3>> {
+        let frame_encoder = |rgb: &[u8],
+                             state: &lam_sim::SimState,
+                             layout: &lam_sim::Layout|
+         -> Result<Tensor<3>> {
             match &encoder {
                 Some(e) => e.encode_rgb(rgb, size, size, size, &device),
                 None => {
-                    let v = state.oracle_embedding();
+                    let v = state.oracle_embedding(layout);
                     let d = v.len();
                     Ok(Tensor::<3>::from_data(
                         TensorData::new(v, [1, 1, d]),
@@ -385,7 +384,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     )?;
     let md = format!(
         "# Closed-loop planning: {} ({}), {} episodes\n\nPlanner: {} samples x {} iterations, \
-         horizon {}, world-model steps per plan {}, cost {:?}{}.\n\n{}",
+         horizon {}, world-model steps per plan {}, cost {:?}{}, objective {:?}.\n\n{}",
         report.task,
         report.domain,
         report.episodes,
@@ -401,6 +400,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
         } else {
             " (per token)"
         },
+        report.planner_settings.objective,
         report.table()
     );
     lam_data::shards::write_atomic(&args.out.join(format!("{stem}.md")), md.as_bytes())?;

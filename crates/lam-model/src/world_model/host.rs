@@ -173,8 +173,9 @@ impl WorldModel {
     /// Rolls `C` candidates forward from one shared state on the CPU: the current frame
     /// `current` `[1, N, D]` (the same for all) after the cached context `cache` (batch 1,
     /// or `None` at the start of an episode), under latent actions `z` `[C, H, d]`. Returns
-    /// the final predicted frames `[C, N, D]`, as `H` calls of [`step`](Self::step) on the
-    /// cache repeated per candidate would, keeping at most `window` frames.
+    /// the predicted frames of every step `[C, H, N, D]`, as `H` calls of
+    /// [`step`](Self::step) on the cache repeated per candidate would, keeping at most
+    /// `window` frames.
     ///
     /// Returns `None` where this path does not apply (a device other than burn's CPU
     /// backend, or a cache with a batch other than 1); callers then use `step`.
@@ -184,7 +185,7 @@ impl WorldModel {
         current: Tensor<3>,
         z: Tensor<3>,
         window: usize,
-    ) -> Option<Tensor<3>> {
+    ) -> Option<Tensor<4>> {
         let device = current.device();
         if device != Device::flex() {
             return None;
@@ -279,16 +280,16 @@ impl WorldModel {
             residual_base: self.residual.then(|| cur.clone()),
         };
         let per_chunk = (CHUNK_ROWS / n).max(1);
-        let mut out = vec![0.0f32; c * n * embed];
-        out.par_chunks_mut(per_chunk * n * embed)
+        let mut out = vec![0.0f32; c * h * n * embed];
+        out.par_chunks_mut(per_chunk * h * n * embed)
             .enumerate()
             .for_each(|(i, dst)| {
                 let first = i * per_chunk;
-                let count = dst.len() / (n * embed);
+                let count = dst.len() / (h * n * embed);
                 run_chunk(&shared, first, count, dst);
             });
         Some(Tensor::from_data(
-            TensorData::new(out, [c, n, embed]),
+            TensorData::new(out, [c, h, n, embed]),
             &device,
         ))
     }
@@ -340,8 +341,8 @@ unsafe fn run_chunk_avx2(s: &Shared, first: usize, count: usize, dst: &mut [f32]
     run_chunk_body(s, first, count, dst);
 }
 
-/// Rolls candidates `first..first + count` through the horizon; writes their final frames
-/// `[count, N, D]` to `dst`.
+/// Rolls candidates `first..first + count` through the horizon; writes their predicted
+/// frames of every step `[count, H, N, D]` to `dst`.
 #[inline(always)]
 fn run_chunk_body(s: &Shared, first: usize, count: usize, dst: &mut [f32]) {
     let m = s.model;
@@ -540,8 +541,12 @@ fn run_chunk_body(s: &Shared, first: usize, count: usize, dst: &mut [f32]) {
                 *f += i;
             }
         }
+        let per = n * m.embed;
+        for ci in 0..count {
+            dst[(ci * h + k) * per..(ci * h + k + 1) * per]
+                .copy_from_slice(&frame[ci * per..(ci + 1) * per]);
+        }
     }
-    dst.copy_from_slice(&frame[..rows * m.embed]);
 }
 
 /// `out = LN(x) * (scale + 1) + shift` for one row.
