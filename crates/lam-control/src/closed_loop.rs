@@ -104,6 +104,9 @@ pub struct Agent<'a> {
     /// Bounds of one robot action (A numbers; a block repeats them k times).
     pub low: Vec<f32>,
     pub high: Vec<f32>,
+    /// Search one robot action per block, held for its `frameskip` steps, instead of
+    /// `frameskip` free ones (robot-action search spaces only).
+    pub hold_actions: bool,
 }
 
 /// One action block from [`MpcSession::act`].
@@ -131,10 +134,24 @@ impl ActStep {
 }
 
 impl<'a> Agent<'a> {
-    /// Bounds of one action block: the robot action bounds repeated `frameskip` times.
+    /// Bounds of what the planner searches per step: one robot action when actions are held
+    /// through a block, else the robot action bounds repeated `frameskip` times.
     pub fn block_bounds(&self) -> (Vec<f32>, Vec<f32>) {
-        let k = self.frameskip.max(1);
+        let k = if self.hold_actions {
+            1
+        } else {
+            self.frameskip.max(1)
+        };
         (self.low.repeat(k), self.high.repeat(k))
+    }
+
+    /// How many times a searched action is repeated to make a block.
+    fn repeat(&self) -> usize {
+        if self.hold_actions {
+            self.frameskip.max(1)
+        } else {
+            1
+        }
     }
 
     /// Checks that the pieces fit together.
@@ -390,11 +407,13 @@ impl MpcSession<'_> {
                     low: low.clone(),
                     high: high.clone(),
                     controller: agent.controller,
+                    repeat: agent.repeat(),
                 },
                 Mode::ActionConditioned => SearchSpace::Action {
                     low: low.clone(),
                     high: high.clone(),
                     controller: None,
+                    repeat: agent.repeat(),
                 },
             };
             let t0 = Instant::now();
@@ -408,10 +427,9 @@ impl MpcSession<'_> {
             let mut cache_p = cache;
             let mut frame_p = s.clone();
             for k in 0..steps {
-                let x = Tensor::<2>::from_data(
-                    TensorData::new(p.step(k).to_vec(), [1, p.dim]),
-                    &device,
-                );
+                let searched = space.expand(p.step(k));
+                let width = searched.len();
+                let x = Tensor::<2>::from_data(TensorData::new(searched, [1, width]), &device);
                 let (z, action) = match (agent.mode, agent.controller) {
                     (Mode::Latent, Some(c)) => (x.clone(), c.inverse.forward(x)),
                     (Mode::Action, Some(c)) => (c.forward.forward(x.clone()), x),

@@ -193,10 +193,23 @@ pub enum SearchSpace<'a> {
         low: Vec<f32>,
         high: Vec<f32>,
         controller: Option<&'a Controller>,
+        /// Each searched action is repeated this many times to make the model's action
+        /// (1: searched as is). With action blocks, `repeat = k` searches one robot action
+        /// per block held for its k steps: k times fewer numbers, and random candidates that
+        /// travel instead of jittering in place.
+        repeat: usize,
     },
 }
 
 impl SearchSpace<'_> {
+    /// The model's action for a searched one (`x` repeated `repeat` times).
+    pub fn expand(&self, x: &[f32]) -> Vec<f32> {
+        match self {
+            Self::Action { repeat, .. } if *repeat > 1 => x.repeat(*repeat),
+            _ => x.to_vec(),
+        }
+    }
+
     pub(crate) fn dim(&self) -> usize {
         match self {
             Self::Latent { dim } => *dim,
@@ -207,6 +220,15 @@ impl SearchSpace<'_> {
     /// Latent actions `[C, H, d]` of sequences `x` `[C, H, dim]` in this space (through the
     /// controller for robot actions with one; unchanged otherwise).
     pub(crate) fn latents(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = match self {
+            Self::Action { repeat, .. } if *repeat > 1 => {
+                let [c, h, dim] = x.dims();
+                x.unsqueeze_dim::<4>(2)
+                    .repeat_dim(2, *repeat)
+                    .reshape([c, h, dim * repeat])
+            }
+            _ => x,
+        };
         match self {
             Self::Action {
                 controller: Some(ctrl),

@@ -150,6 +150,7 @@ fn action_space_plans_stay_in_bounds() {
         low: vec![-1.0, -0.5],
         high: vec![1.0, 0.5],
         controller: Some(&ctrl),
+        repeat: 1,
     };
     let cfg = PlannerConfig {
         horizon: 4,
@@ -311,6 +312,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
         frameskip: 1,
         low: space.low.clone(),
         high: space.high.clone(),
+        hold_actions: false,
     };
     let r = agent.run_episode(&episodes[0], &encoder, true).unwrap();
     assert!(r.steps >= 1 && r.steps <= 50);
@@ -387,6 +389,7 @@ fn closed_loop_executes_action_blocks() {
         frameskip: 2,
         low: space.low.clone(),
         high: space.high.clone(),
+        hold_actions: false,
     };
     agent.check().unwrap();
     // One plan per block of two environment steps.

@@ -62,6 +62,9 @@ pub struct PretrainArgs {
     /// Weight of the frame-level reconstruction (mean token + pixel coordinates -> colour).
     #[arg(long, default_value_t = PretrainConfig::default().frame_recon_weight)]
     pub frame_recon_weight: f64,
+    /// Weight of the keypoint motion term (keypoint blobs render the frame difference).
+    #[arg(long, default_value_t = PretrainConfig::default().keypoint_motion_weight)]
+    pub keypoint_motion_weight: f64,
     /// Share of the frame-level reconstruction's pixels drawn among the pixels that change
     /// between the two frames of a pair (what moves).
     #[arg(long, default_value_t = PretrainConfig::default().frame_recon_motion)]
@@ -88,6 +91,13 @@ pub struct PretrainArgs {
     /// Transformer blocks.
     #[arg(long, default_value_t = 2)]
     pub depth: usize,
+    /// Keypoints (each an (x, y) pair of the last channels).
+    #[arg(long, default_value_t = SimEncoderConfig::default().keypoints)]
+    pub keypoints: usize,
+    /// Take the keypoints from a convolutional stem on the pixels (spatial softmax, trained
+    /// toward what moves) instead of the tokens; `--pixel-keypoints false` for token keypoints.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub pixel_keypoints: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// cpu (or cuda / cuda:N in a build with the `cuda` feature).
@@ -190,6 +200,8 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
             patch_size: a.patch,
             dim: a.dim,
             depth: a.depth,
+            keypoints: a.keypoints,
+            pixel_keypoints: a.pixel_keypoints,
             ..SimEncoderConfig::default()
         },
         steps: a.steps,
@@ -200,6 +212,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         recon_weight: a.recon_weight,
         frame_recon_weight: a.frame_recon_weight,
         frame_recon_motion: a.frame_recon_motion,
+        keypoint_motion_weight: a.keypoint_motion_weight,
         probe: (a.probe_episodes > 0).then(|| ProbeConfig {
             task: a.probe_task.clone(),
             domain: a.probe_domain.clone(),

@@ -33,7 +33,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
+use burn::tensor::activation::{gelu, softmax};
 use indicatif::{ProgressBar, ProgressStyle};
 use lam_ingest::{ClipSource, ClipSpec, IngestReport, Normalization, RunOptions};
 use rand::rngs::StdRng;
@@ -109,6 +109,15 @@ pub struct PretrainConfig {
     /// foreground sampling.
     #[serde(default = "default_motion_share")]
     pub frame_recon_motion: f64,
+    /// Weight of the keypoint motion term (pixel keypoints only): each keypoint's spatial
+    /// distribution over frame x_t should sit where the pair's frames differ, `1 - sum_i
+    /// p_k(i) m(i)` with `m` the per-pixel change `|x_t+1 - x_t|` at the stem's resolution,
+    /// divided by its maximum (pairs where nothing moves do not count). Only what moves changes
+    /// a frame, so the term places keypoints on the agent and on pushed objects, which is
+    /// what planning needs the embedding to hold; the dense softmax gives it a gradient from
+    /// any start. Default 1.0.
+    #[serde(default = "default_one")]
+    pub keypoint_motion_weight: f64,
     /// Linear probe of the simulator's true state run before and after training (see
     /// [`crate::probe`]); `None` skips it. Default: push, robot domain, 40 episodes.
     pub probe: Option<ProbeConfig>,
@@ -138,6 +147,7 @@ impl Default for PretrainConfig {
             frame_recon_pixels: 256,
             frame_recon_hidden: 128,
             frame_recon_motion: default_motion_share(),
+            keypoint_motion_weight: 1.0,
             probe: Some(ProbeConfig::default()),
         }
     }
@@ -351,6 +361,10 @@ fn foreground_pixels(frames: &Frames) -> Vec<Vec<u32>> {
 
 fn default_motion_share() -> f64 {
     1.0 / 3.0
+}
+
+fn default_one() -> f64 {
+    1.0
 }
 
 /// Pixels of frame `a` whose colour differs from frame `b`'s (squared distance over the
@@ -620,6 +634,11 @@ pub fn pretrain(
         cfg.encoder.image_size
     );
     ensure!(
+        frames.size % 2 == 0 || cfg.keypoint_motion_weight == 0.0 || !cfg.encoder.pixel_keypoints,
+        "the keypoint motion term compares frames at half resolution: frame side {} must be even",
+        frames.size
+    );
+    ensure!(
         !frames.pairs.is_empty(),
         "no pairs of consecutive frames to train on (need clips of at least 2 frames)"
     );
@@ -695,6 +714,7 @@ pub fn pretrain(
     let started = Instant::now();
     let (mut last, mut last_pred, mut last_reg, mut last_rec, mut last_frame_rec) =
         (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+    let mut last_motion = f64::NAN;
     let n = enc.grid() * enc.grid();
     for step in 0..cfg.steps {
         let pairs: Vec<(usize, usize)> = (0..cfg.batch)
@@ -792,6 +812,50 @@ pub fn pretrain(
             last_frame_rec = scalar(&rec);
             loss = loss + rec.mul_scalar(cfg.frame_recon_weight);
         }
+        if let (Some(stem), true) = (
+            &model.encoder.keypoint_stem,
+            cfg.keypoint_motion_weight > 0.0,
+        ) {
+            // Keypoint distributions of x_t, [B, K, h*w].
+            let maps = stem.maps(x.clone().slice(s![0..b, .., .., ..]));
+            let [_, k, h, w] = maps.dims();
+            let p = softmax(maps.reshape([b, k, h * w]), 2);
+            // Where the pair differs, at the maps' resolution, [B, 1, h*w], over its maximum.
+            let diff =
+                x.clone().slice(s![b..2 * b, .., .., ..]) - x.clone().slice(s![0..b, .., .., ..]);
+            let (fy, fx) = (frames.size / h, frames.size / w);
+            let m = diff
+                .abs()
+                .sum_dim(1)
+                .reshape([b, h, fy, w, fx])
+                .mean_dim(4)
+                .mean_dim(2)
+                .reshape([b, 1, h * w])
+                .detach();
+            let total = m.clone().max_dim(2); // [B, 1, 1]
+            let moving: Vec<f32> = total
+                .clone()
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32")
+                .iter()
+                .map(|&t| if t > 1e-3 { 1.0 } else { 0.0 })
+                .collect();
+            let count = moving.iter().sum::<f32>();
+            if count > 0.0 {
+                let mask = Tensor::<3>::from_data(TensorData::new(moving, [b, 1, 1]), &ad);
+                let m = m / total.add_scalar(1e-6);
+                // p_k on the most-changed pixels scores 1.
+                let on_motion = (p * m).sum_dim(2) * mask; // [B, K, 1]
+                let motion = on_motion
+                    .sum()
+                    .div_scalar(count * k as f32)
+                    .neg()
+                    .add_scalar(1.0);
+                last_motion = scalar(&motion);
+                loss = loss + motion.mul_scalar(cfg.keypoint_motion_weight);
+            }
+        }
         last = scalar(&loss);
         ensure!(
             last.is_finite(),
@@ -809,7 +873,8 @@ pub fn pretrain(
             ));
             log(json!({"step": step + 1, "split": "train", "loss": last,
                 "prediction": last_pred, "sigreg": last_reg, "reconstruction": last_rec,
-                "frame_reconstruction": last_frame_rec, "lr": lr}))?;
+                "frame_reconstruction": last_frame_rec, "keypoint_motion": last_motion,
+                "lr": lr}))?;
         }
         if (step + 1) % (cfg.log_every.max(1) * 4) == 0 && step + 1 != cfg.steps {
             let stats = collapse_stats(&model.encoder.valid(), frames, &eval_idx, device);

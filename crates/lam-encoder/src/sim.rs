@@ -18,6 +18,13 @@
 //!    expected position `sum_i a_i (x_i, y_i) / sqrt(N)`, so a mean-pooled frame embedding
 //!    holds the positions of whatever the scores pick out linearly (interpolating between
 //!    tokens: finer than the patch grid).
+//! 5. Or, with `pixel_keypoints`, the keypoints come from the pixels instead of the tokens
+//!    (a patch can be several times wider than the agent): a small convolutional stem
+//!    (4x4 stride-2 convolution to an S/2 map, per-channel normalisation over the map, SiLU,
+//!    a 3x3 convolution to `keypoints` maps, per-channel normalisation) read out by a spatial
+//!    softmax gives each keypoint's expected (x, y) in [-1, 1]; every token carries them
+//!    divided by sqrt(N), so the mean-pooled frame embedding holds them on the same scale as
+//!    the token-level keypoints.
 //!
 //! A checkpoint is a folder: `encoder.json` ([`SimCheckpointMeta`]: architecture name, config,
 //! normalisation, pretraining summary) and `model.safetensors` (weights named by module path).
@@ -27,11 +34,16 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use burn::module::{Module, Param};
-use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{
+    GroupNorm, GroupNormConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    PaddingConfig2d,
+};
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::{gelu, silu, softmax};
 use lam_ingest::Normalization;
+use lam_model::spatial::spatial_softmax;
 use serde::{Deserialize, Serialize};
 
 use crate::hf::{attend, patchify, split_heads};
@@ -63,6 +75,17 @@ pub struct SimEncoderConfig {
     /// configurations written before keypoints existed read as 0.
     #[serde(default)]
     pub keypoints: usize,
+    /// Take the keypoints from a convolutional stem on the pixels instead of the tokens
+    /// (see the module docs). Default false; configurations written before it read as false.
+    #[serde(default)]
+    pub pixel_keypoints: bool,
+    /// Channels of the pixel-keypoint stem's first convolution. Default 16.
+    #[serde(default = "default_stem_channels")]
+    pub stem_channels: usize,
+}
+
+fn default_stem_channels() -> usize {
+    16
 }
 
 impl Default for SimEncoderConfig {
@@ -75,6 +98,8 @@ impl Default for SimEncoderConfig {
             heads: 4,
             mlp_ratio: 2.0,
             keypoints: 8,
+            pixel_keypoints: false,
+            stem_channels: default_stem_channels(),
         }
     }
 }
@@ -120,11 +145,55 @@ pub struct SimEncoder {
     pub blocks: Vec<SimBlock>,
     pub norm: LayerNorm,
     pub head: Linear,
-    /// Keypoint scores per token (absent when the config has no keypoints).
+    /// Keypoint scores per token (absent when the config has no keypoints, or takes them
+    /// from the pixels).
     pub keypoint_scores: Option<Linear>,
+    /// Pixel-keypoint stem (with `pixel_keypoints`).
+    pub keypoint_stem: Option<KeypointStem>,
     pub heads: usize,
     pub patch_size: usize,
     pub image_size: usize,
+}
+
+/// Convolutional stem whose maps a spatial softmax reads out as keypoints.
+#[derive(Module, Debug)]
+pub struct KeypointStem {
+    pub conv1: Conv2d,
+    pub norm1: GroupNorm,
+    pub conv2: Conv2d,
+    pub norm2: GroupNorm,
+}
+
+impl KeypointStem {
+    pub fn new(channels: usize, keypoints: usize, device: &Device) -> Self {
+        let norm = |c: usize| GroupNormConfig::new(c, c).with_affine(false).init(device);
+        KeypointStem {
+            conv1: Conv2dConfig::new([3, channels], [4, 4])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            norm1: norm(channels),
+            conv2: Conv2dConfig::new([channels, keypoints], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            norm2: norm(keypoints),
+        }
+    }
+
+    /// Keypoint score maps `[B, K, S/2, S/2]` of frames `[B, 3, S, S]`; the spatial softmax
+    /// of each map is its keypoint's distribution over the frame.
+    pub fn maps(&self, frames: Tensor<4>) -> Tensor<4> {
+        let x = silu(self.norm1.forward(self.conv1.forward(frames)));
+        self.norm2.forward(self.conv2.forward(x))
+    }
+
+    /// Keypoints `[B, K, 2]` (x, y in [-1, 1]) of frames `[B, 3, S, S]`.
+    pub fn forward(&self, frames: Tensor<4>) -> Tensor<3> {
+        let maps = self.maps(frames);
+        let [b, k, _, _] = maps.dims();
+        // [B, 2K] (all x, then all y) -> [B, K, 2].
+        spatial_softmax(maps).reshape([b, 2, k]).swap_dims(1, 2)
+    }
 }
 
 #[derive(Module, Debug)]
@@ -181,8 +250,10 @@ impl SimEncoder {
                 .collect(),
             norm: LayerNormConfig::new(d).init(device),
             head: LinearConfig::new(d, d - 2 * cfg.keypoints).init(device),
-            keypoint_scores: (cfg.keypoints > 0)
+            keypoint_scores: (cfg.keypoints > 0 && !cfg.pixel_keypoints)
                 .then(|| LinearConfig::new(d, cfg.keypoints).init(device)),
+            keypoint_stem: (cfg.keypoints > 0 && cfg.pixel_keypoints)
+                .then(|| KeypointStem::new(cfg.stem_channels, cfg.keypoints, device)),
             heads: cfg.heads,
             patch_size: p,
             image_size: cfg.image_size,
@@ -219,6 +290,10 @@ impl SimEncoder {
             "sim encoder expects frames [B, 3, {s}, {s}], got [.., {c}, {h}, {w}]",
             s = self.image_size
         );
+        let stem_keypoints = self
+            .keypoint_stem
+            .as_ref()
+            .map(|stem| stem.forward(frames.clone()));
         let x = self.patch_embed.forward(patchify(frames, self.patch_size))
             + self.pos_embed.val().unsqueeze::<3>();
         let mut x = x;
@@ -226,10 +301,20 @@ impl SimEncoder {
             x = block.forward(x, self.heads);
         }
         let x = self.norm.forward(x);
+        let [b, n, _] = x.dims();
+        if let Some(kp) = stem_keypoints {
+            // Every token carries the frame's keypoints / sqrt(N): the mean over tokens is
+            // position / sqrt(N), as for the token-level keypoints.
+            let k = kp.dims()[1];
+            let kp = kp
+                .reshape([b, 1, 2 * k])
+                .div_scalar((n as f32).sqrt())
+                .expand([b, n, 2 * k]);
+            return Tensor::cat(vec![self.head.forward(x), kp], 2);
+        }
         let Some(scores) = &self.keypoint_scores else {
             return self.head.forward(x);
         };
-        let [b, n, _] = x.dims();
         let a = softmax(scores.forward(x.clone()), 1); // [B, N, K]
         let k = a.dims()[2];
         let side = self.image_size / self.patch_size;
@@ -358,5 +443,64 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.keypoints, 0);
+        assert!(!old.pixel_keypoints);
+    }
+
+    #[test]
+    fn pixel_keypoints_find_a_dark_spot() {
+        let device = Device::flex();
+        let cfg = SimEncoderConfig {
+            image_size: 32,
+            keypoints: 2,
+            pixel_keypoints: true,
+            ..SimEncoderConfig::default()
+        };
+        let enc = SimEncoder::new(&cfg, &device);
+        assert!(enc.keypoint_scores.is_none() && enc.keypoint_stem.is_some());
+        let x = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let out = enc.forward(x.clone());
+        assert_eq!(out.dims(), [2, 16, 64]);
+        let v = out.into_data().try_into_vec::<f32>().unwrap();
+        // Every token carries the same keypoints, positions / sqrt(16) in [-1/4, 1/4].
+        for f in 0..2 {
+            for c in 60..64 {
+                let first = v[f * 16 * 64 + c];
+                assert!(first.abs() <= 0.25 + 1e-6, "{first}");
+                for t in 1..16 {
+                    assert_eq!(v[(f * 16 + t) * 64 + c], first);
+                }
+            }
+        }
+        // The keypoints follow what moves: shifting a dark square along x (away from the
+        // borders) moves every keypoint's x and leaves its y (the stem is convolutional).
+        let stem = enc.keypoint_stem.as_ref().unwrap();
+        let mut img = vec![0.0f32; 3 * 32 * 32];
+        let mut shifted = img.clone();
+        for c in 0..3 {
+            for (dst, x0) in [(&mut img, 8usize), (&mut shifted, 18usize)] {
+                for y in 12..16 {
+                    for x in x0..x0 + 4 {
+                        dst[c * 1024 + y * 32 + x] = -3.0;
+                    }
+                }
+            }
+        }
+        let kp = |data: Vec<f32>| {
+            stem.forward(Tensor::<4>::from_data(
+                TensorData::new(data, [1, 3, 32, 32]),
+                &device,
+            ))
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+        };
+        let (a, b) = (kp(img), kp(shifted));
+        for k in 0..2 {
+            let (dx, dy) = (b[2 * k] - a[2 * k], b[2 * k + 1] - a[2 * k + 1]);
+            assert!(
+                dx.abs() > 1e-3 && dy.abs() < 1e-4,
+                "keypoint {k}: dx {dx}, dy {dy}"
+            );
+        }
     }
 }

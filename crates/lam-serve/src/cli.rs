@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// for a model trained on blocks).
     #[arg(long, default_value_t = 5)]
     pub replan_every: usize,
+    /// With action blocks: search one robot action per block, held for the block's steps.
+    #[arg(long)]
+    pub hold_actions: bool,
     /// Planning cost: mse, l1 or cosine, between the predicted and the goal frame embedding.
     #[arg(long, default_value = "mse")]
     pub cost: lam_control::planner::CostKind,
@@ -234,6 +237,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         mode: args.search_space,
         replan_every: args.replan_every,
         frameskip,
+        hold_actions: args.hold_actions,
         low,
         high,
     };

@@ -90,6 +90,10 @@ pub struct PlanEvalArgs {
     /// horizon's steps) or min (best step).
     #[arg(long, default_value = "final")]
     pub objective: lam_control::planner::Objective,
+    /// With action blocks: search one robot action per block, held for the block's steps,
+    /// instead of every step's action.
+    #[arg(long)]
+    pub hold_actions: bool,
     /// Compare token by token instead of mean-pooled frames.
     #[arg(long)]
     pub per_token: bool,
@@ -333,6 +337,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 mode,
                 replan_every,
                 frameskip,
+                hold_actions: args.hold_actions,
                 low: space.low.clone(),
                 high: space.high.clone(),
             };
