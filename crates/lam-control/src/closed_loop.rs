@@ -58,6 +58,27 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// Environment steps per world-model step k of a model: the width of the actions it takes
+/// (the controller's input for a latent-action model, the latent width of an action-conditioned
+/// one) over the robot's action width `action_dim`. Errors when it is not a whole number.
+pub fn frameskip_of(
+    cfg: &LamConfig,
+    controller: Option<&Controller>,
+    action_dim: usize,
+) -> Result<usize> {
+    let model_actions = match (controller, cfg.model.conditioning) {
+        (_, Conditioning::Action) => cfg.model.latent_dim,
+        (Some(c), _) => c.action_dim(),
+        (None, _) => action_dim,
+    };
+    ensure!(
+        action_dim > 0 && model_actions % action_dim == 0,
+        "the model takes {model_actions}-D actions, not a whole number of {action_dim}-D robot \
+         actions"
+    );
+    Ok(model_actions / action_dim)
+}
+
 /// What one episode did.
 #[derive(Clone, Debug, Serialize)]
 pub struct EpisodeResult {

@@ -422,3 +422,31 @@ fn closed_loop_executes_action_blocks() {
     let err = format!("{:#}", wrong.check().unwrap_err());
     assert!(err.contains("block"), "{err}");
 }
+
+#[test]
+fn planning_objectives_score_final_mean_and_best_step() {
+    use lam_control::planner::{CostKind, Objective, trajectory_cost};
+    let dev = Device::flex();
+    // Two candidates, three steps, one 1-channel token each; the goal is 0.
+    let steps = Tensor::<4>::from_data(
+        TensorData::new(vec![3.0f32, 0.0, 2.0, 1.0, 1.0, 1.0], [2, 3, 1, 1]),
+        &dev,
+    );
+    let goal = Tensor::<3>::zeros([1, 1, 1], &dev);
+    let cost = |o: Objective| -> Vec<f32> {
+        trajectory_cost(CostKind::Mse, true, o, steps.clone(), goal.clone())
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    // The first candidate passes through the goal at step 2 and leaves it.
+    assert_eq!(cost(Objective::Final), vec![4.0, 1.0]);
+    assert_eq!(cost(Objective::Min), vec![0.0, 1.0]);
+    let sum = cost(Objective::Sum);
+    assert!(
+        (sum[0] - 13.0 / 3.0).abs() < 1e-5 && (sum[1] - 1.0).abs() < 1e-6,
+        "{sum:?}"
+    );
+    assert_eq!("min".parse::<Objective>().unwrap(), Objective::Min);
+    assert!("best".parse::<Objective>().is_err());
+}

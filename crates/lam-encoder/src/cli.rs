@@ -98,6 +98,9 @@ pub struct PretrainArgs {
     /// toward what moves) instead of the tokens; `--pixel-keypoints false` for token keypoints.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub pixel_keypoints: bool,
+    /// Gain on the pixel-keypoint maps before the spatial softmax (sharper keypoints).
+    #[arg(long, default_value_t = 1.0)]
+    pub keypoint_sharpness: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// cpu (or cuda / cuda:N in a build with the `cuda` feature).
@@ -202,6 +205,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
             depth: a.depth,
             keypoints: a.keypoints,
             pixel_keypoints: a.pixel_keypoints,
+            keypoint_sharpness: a.keypoint_sharpness,
             ..SimEncoderConfig::default()
         },
         steps: a.steps,

@@ -82,6 +82,14 @@ pub struct SimEncoderConfig {
     /// Channels of the pixel-keypoint stem's first convolution. Default 16.
     #[serde(default = "default_stem_channels")]
     pub stem_channels: usize,
+    /// Gain on the stem's normalised maps before the spatial softmax: higher concentrates
+    /// each keypoint's distribution (sharper, more precise positions). Default 1.0.
+    #[serde(default = "default_sharpness")]
+    pub keypoint_sharpness: f64,
+}
+
+fn default_sharpness() -> f64 {
+    1.0
 }
 
 fn default_stem_channels() -> usize {
@@ -100,6 +108,7 @@ impl Default for SimEncoderConfig {
             keypoints: 8,
             pixel_keypoints: false,
             stem_channels: default_stem_channels(),
+            keypoint_sharpness: default_sharpness(),
         }
     }
 }
@@ -162,10 +171,12 @@ pub struct KeypointStem {
     pub norm1: GroupNorm,
     pub conv2: Conv2d,
     pub norm2: GroupNorm,
+    /// Gain before the spatial softmax.
+    pub sharpness: f32,
 }
 
 impl KeypointStem {
-    pub fn new(channels: usize, keypoints: usize, device: &Device) -> Self {
+    pub fn new(channels: usize, keypoints: usize, sharpness: f32, device: &Device) -> Self {
         let norm = |c: usize| GroupNormConfig::new(c, c).with_affine(false).init(device);
         KeypointStem {
             conv1: Conv2dConfig::new([3, channels], [4, 4])
@@ -177,6 +188,7 @@ impl KeypointStem {
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(device),
             norm2: norm(keypoints),
+            sharpness,
         }
     }
 
@@ -184,7 +196,9 @@ impl KeypointStem {
     /// of each map is its keypoint's distribution over the frame.
     pub fn maps(&self, frames: Tensor<4>) -> Tensor<4> {
         let x = silu(self.norm1.forward(self.conv1.forward(frames)));
-        self.norm2.forward(self.conv2.forward(x))
+        self.norm2
+            .forward(self.conv2.forward(x))
+            .mul_scalar(self.sharpness)
     }
 
     /// Keypoints `[B, K, 2]` (x, y in [-1, 1]) of frames `[B, 3, S, S]`.
@@ -252,8 +266,14 @@ impl SimEncoder {
             head: LinearConfig::new(d, d - 2 * cfg.keypoints).init(device),
             keypoint_scores: (cfg.keypoints > 0 && !cfg.pixel_keypoints)
                 .then(|| LinearConfig::new(d, cfg.keypoints).init(device)),
-            keypoint_stem: (cfg.keypoints > 0 && cfg.pixel_keypoints)
-                .then(|| KeypointStem::new(cfg.stem_channels, cfg.keypoints, device)),
+            keypoint_stem: (cfg.keypoints > 0 && cfg.pixel_keypoints).then(|| {
+                KeypointStem::new(
+                    cfg.stem_channels,
+                    cfg.keypoints,
+                    cfg.keypoint_sharpness as f32,
+                    device,
+                )
+            }),
             heads: cfg.heads,
             patch_size: p,
             image_size: cfg.image_size,

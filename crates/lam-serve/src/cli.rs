@@ -217,18 +217,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     ensure!(args.replan_every >= 1, "--replan-every must be at least 1");
     // Action blocks: the model takes k robot actions per step.
-    let model_actions = match (&controller, cfg.model.conditioning) {
-        (_, lam_model::config::Conditioning::Action) => cfg.model.latent_dim,
-        (Some(c), _) => c.action_dim(),
-        (None, _) => low.len(),
-    };
-    ensure!(
-        !low.is_empty() && model_actions % low.len() == 0,
-        "{} takes {model_actions}-D actions, not a whole number of {}-D robot actions",
-        ckpt.display(),
-        low.len()
-    );
-    let frameskip = model_actions / low.len();
+    let frameskip = lam_control::closed_loop::frameskip_of(&cfg, controller.as_ref(), low.len())
+        .with_context(|| ckpt.display().to_string())?;
     let agent = Agent {
         cfg: &cfg,
         lam: &lam,

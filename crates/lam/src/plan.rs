@@ -311,17 +311,8 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             }
         };
         // Action blocks: the model takes k robot actions per step.
-        let model_actions = match conditioning {
-            Conditioning::Latent => ctrl.as_ref().map_or(space.dim, |c| c.action_dim()),
-            Conditioning::Action => cfg.model.latent_dim,
-        };
-        ensure!(
-            model_actions % space.dim == 0,
-            "{} takes {model_actions}-D actions, not a whole number of {}-D robot actions",
-            path.display(),
-            space.dim
-        );
-        let frameskip = model_actions / space.dim;
+        let frameskip = lam_control::closed_loop::frameskip_of(&cfg, ctrl.as_ref(), space.dim)
+            .with_context(|| path.display().to_string())?;
         let replan_every = args
             .replan_every
             .unwrap_or(if frameskip > 1 { 1 } else { 5 });
