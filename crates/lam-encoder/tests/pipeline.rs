@@ -87,6 +87,7 @@ fn small_sim_config() -> PretrainConfig {
             heads: 4,
             mlp_ratio: 2.0,
             keypoints: 4,
+            ..SimEncoderConfig::default()
         },
         steps: 60,
         batch: 16,
@@ -321,4 +322,43 @@ fn oracle_shards_hold_the_true_state_and_action_blocks() {
     opts.fps = 3.0;
     let err = format!("{:#}", embed_oracle(&opts).unwrap_err());
     assert!(err.contains("does not divide"), "{err}");
+}
+
+#[test]
+fn pixel_keypoints_learn_to_sit_on_what_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = synthetic_frames(12, 16, 32, &Normalization::IMAGENET, 1);
+    let mut cfg = small_sim_config();
+    cfg.encoder.pixel_keypoints = true;
+    cfg.probe = None;
+    cfg.steps = 60;
+    cfg.log_every = 10;
+    let run = dir.path().join("run");
+    pretrain(
+        &cfg,
+        &frames,
+        Normalization::IMAGENET,
+        &Device::flex(),
+        &run,
+        false,
+    )
+    .unwrap();
+    let motion: Vec<f64> = fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == "train")
+        .map(|v| v["keypoint_motion"].as_f64().unwrap())
+        .collect();
+    assert!(motion.len() >= 5, "{motion:?}");
+    // The keypoints' mass moves onto the pixels that change: the term falls clearly.
+    let (first, last) = (motion[0], *motion.last().unwrap());
+    assert!(
+        first > 0.5 && last < 0.8 * first,
+        "keypoint motion term {motion:?}"
+    );
+    // The checkpoint keeps the stem and loads back.
+    let (enc, meta) =
+        lam_encoder::sim::load_checkpoint(&run.join("encoder"), &Device::flex()).unwrap();
+    assert!(meta.config.pixel_keypoints && enc.keypoint_stem.is_some());
 }
