@@ -214,7 +214,12 @@ pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
     };
     let action_dim = source.action_dim().map(|a| a * block);
     let grid = encoder.grid(size as usize);
-    let dim = encoder.info.dim;
+    anyhow::ensure!(
+        opts.pooling != Pooling::Keypoints || encoder.keypoints() > 0,
+        "--pooling keypoints needs a sim encoder with keypoints; {} has none",
+        opts.encoder.display()
+    );
+    let dim = encoder.out_dim();
 
     let settings: BTreeMap<String, String> = [
         ("encoder", opts.encoder.display().to_string()),

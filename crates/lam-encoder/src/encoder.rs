@@ -30,6 +30,10 @@ pub enum Pooling {
     None,
     /// The mean patch token: `[T, 1, D]`.
     Mean,
+    /// Sim encoders with keypoints: the frame's keypoint positions alone, `[T, 1, 2K]`
+    /// (x, y in [-1, 1] per keypoint; the mean token's keypoint channels times sqrt(N)),
+    /// without the head's channels.
+    Keypoints,
 }
 
 /// The loaded model.
@@ -184,19 +188,25 @@ impl Encoder {
     /// way planning and serving encode frames for a run.
     pub fn for_run(self, grid: [usize; 2], dim: usize, size: usize, run: &Path) -> Result<Self> {
         self.check_size(size)?;
+        let k = self.keypoints();
         let enc = if grid == [1, 1] && self.grid(size) != [1, 1] {
-            self.with_pooling(Pooling::Mean)
+            // One token per frame: the keypoints alone when the run's width says so.
+            if k > 0 && dim == 2 * k && dim != self.info.dim {
+                self.with_pooling(Pooling::Keypoints)
+            } else {
+                self.with_pooling(Pooling::Mean)
+            }
         } else {
             self
         };
         let got = enc.grid(size);
         anyhow::ensure!(
-            got == grid && enc.info.dim == dim,
+            got == grid && enc.out_dim() == dim,
             "{} was trained on tokens of grid {grid:?} x {dim} channels, but {} gives {got:?} x \
              {} at size {size}; pass the encoder the run's shards were embedded with",
             run.display(),
             enc.info.path.display(),
-            enc.info.dim
+            enc.out_dim()
         );
         Ok(enc)
     }
@@ -221,10 +231,26 @@ impl Encoder {
         Ok(())
     }
 
+    /// Keypoints of a sim encoder (0 for other encoders or none).
+    pub fn keypoints(&self) -> usize {
+        match &self.model {
+            Model::Sim(_) => self.info.config["keypoints"].as_u64().unwrap_or(0) as usize,
+            _ => 0,
+        }
+    }
+
+    /// Channels of the tokens after pooling.
+    pub fn out_dim(&self) -> usize {
+        match self.pooling {
+            Pooling::Keypoints => 2 * self.keypoints(),
+            _ => self.info.dim,
+        }
+    }
+
     /// Token grid `[rows, cols]` of a `size x size` frame, after pooling.
     pub fn grid(&self, size: usize) -> [usize; 2] {
         match self.pooling {
-            Pooling::Mean => [1, 1],
+            Pooling::Mean | Pooling::Keypoints => [1, 1],
             Pooling::None => [size / self.info.patch_size, size / self.info.patch_size],
         }
     }
@@ -248,6 +274,20 @@ impl Encoder {
         match self.pooling {
             Pooling::None => tokens,
             Pooling::Mean => tokens.mean_dim(2),
+            Pooling::Keypoints => {
+                let [b, t, n, d] = tokens.dims();
+                let k = self.keypoints();
+                assert!(
+                    k > 0 && 2 * k < d,
+                    "keypoint pooling needs a sim encoder with keypoints ({} has {k})",
+                    self.info.path.display()
+                );
+                tokens
+                    .mean_dim(2)
+                    .slice(s![.., .., .., d - 2 * k..d])
+                    .mul_scalar((n as f32).sqrt())
+                    .reshape([b, t, 1, 2 * k])
+            }
         }
     }
 

@@ -361,4 +361,41 @@ fn pixel_keypoints_learn_to_sit_on_what_moves() {
     let (enc, meta) =
         lam_encoder::sim::load_checkpoint(&run.join("encoder"), &Device::flex()).unwrap();
     assert!(meta.config.pixel_keypoints && enc.keypoint_stem.is_some());
+
+    // Keypoint pooling: the mean token's keypoint channels times sqrt(N), nothing else; a run
+    // trained on such tokens gets them from `for_run`.
+    let dev = Device::flex();
+    let encoder = Encoder::load(&run.join("encoder"), &dev).unwrap();
+    assert_eq!(encoder.keypoints(), 4);
+    let clip = frames.tensor(&[0, 1], &dev).reshape([1, 2, 3, 32, 32]);
+    let mean = encoder
+        .encode(clip.clone())
+        .mean_dim(2)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let encoder = encoder.for_run([1, 1], 8, 32, Path::new("run")).unwrap();
+    assert_eq!(
+        (encoder.pooling, encoder.out_dim()),
+        (Pooling::Keypoints, 8)
+    );
+    let kp = encoder
+        .encode(clip)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    assert_eq!(kp.len(), 2 * 8);
+    for f in 0..2 {
+        for c in 0..8 {
+            let want = mean[f * 32 + 24 + c] * 4.0; // sqrt(16 tokens)
+            assert!((kp[f * 8 + c] - want).abs() < 1e-5 && want.abs() <= 1.0 + 1e-5);
+        }
+    }
+    // A width that is neither the keypoints' nor the tokens' is named.
+    let enc = Encoder::load(&run.join("encoder"), &dev).unwrap();
+    let err = match enc.for_run([1, 1], 7, 32, Path::new("run")) {
+        Ok(_) => panic!("a 7-channel run accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("7 channels"), "{err}");
 }
