@@ -3,11 +3,13 @@
 //!
 //! 1. record unlabeled `human` video and a small labeled `robot` set (`lam sim record`);
 //! 2. pretrain the sim encoder on the human frames (`lam encoder pretrain`);
-//! 3. embed both recordings into shards, one mean-pooled token per frame, one shard frame per
+//! 3. embed both recordings into shards, one token per frame (the encoder's keypoint
+//!    positions, `--pooling keypoints`; the oracle's state with `--oracle`), one shard frame per
 //!    block of `frameskip` (5) simulator steps, clips of `history` (3) frames + the next
 //!    (`lam embed --fps 2 --frames 4`); the labeled robot shards carry blocks of 5 actions;
 //! 4. train the latent action model on the human shards with per-channel standardised tokens
-//!    (`lam train --set model.standardize=true`) and score leakage and transfer (`lam eval`);
+//!    and the noisy regulariser (`lam train --set model.standardize=true --set
+//!    regularizer.kind=noisy`) and score leakage and transfer (`lam eval`);
 //! 5. fit the controller on the labeled robot shards (`lam control fit`);
 //! 6. plan closed loop in the robot domain with the fixed evaluation protocol, CEM over blocks
 //!    of robot actions through the controller (cost: MSE to the goal embedding at the best
@@ -215,7 +217,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 &"--val-fraction",
                 &val,
                 &"--pooling",
-                &"mean",
+                &if a.oracle { "mean" } else { "keypoints" },
                 &"--device",
                 dev,
             ]),
@@ -234,6 +236,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
             &a.steps,
             &"--set",
             &"model.standardize=true",
+            &"--set",
+            &"regularizer.kind=noisy",
             &"--device",
             dev,
         ]),
