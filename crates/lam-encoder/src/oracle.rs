@@ -81,16 +81,15 @@ pub fn embed_oracle(opts: &EmbedOptions) -> Result<OracleSummary> {
     );
     let k = frame_step(data.fps(), opts.fps)?;
     let labeled = data.info()["features"].get("action").is_some();
-    // Per-episode layouts (walls, objects) from the ground truth's info.
-    let gt_info_path = opts.data.join("ground_truth/info.json");
-    let gt_info: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&gt_info_path)
-            .with_context(|| format!("cannot read {}", gt_info_path.display()))?,
-    )
-    .with_context(|| format!("malformed {}", gt_info_path.display()))?;
-    let layouts = gt_info["episodes"]
-        .as_array()
-        .with_context(|| format!("{} has no \"episodes\" list", gt_info_path.display()))?;
+    // Per-episode layouts (walls, objects) from the ground truth.
+    let layouts = data.read_layouts()?;
+    ensure!(
+        layouts.len() == data.len(),
+        "{}: {} episodes but {} layouts in its ground truth",
+        opts.data.display(),
+        data.len(),
+        layouts.len()
+    );
     let stride = opts.stride.unwrap_or(opts.frames);
     ensure!(stride > 0, "--stride must be at least 1");
     let split = Split {
@@ -113,16 +112,11 @@ pub fn embed_oracle(opts: &EmbedOptions) -> Result<OracleSummary> {
             opts.data.display(),
             gt.actions.len()
         );
-        let layout: lam_sim::Layout = layouts
-            .get(ep)
-            .map(|e| serde_json::from_value(e["layout"].clone()))
-            .transpose()
-            .with_context(|| format!("{}: episode {ep}'s layout", gt_info_path.display()))?
-            .with_context(|| format!("{} lists no episode {ep}", gt_info_path.display()))?;
+        let layout = &layouts[ep];
         let emb: Vec<Vec<f32>> = gt
             .states
             .iter()
-            .map(|s| lam_sim::scene::oracle_from_vec(s, &layout))
+            .map(|s| lam_sim::scene::oracle_from_vec(s, layout))
             .collect();
         if emb.iter().flatten().any(|v| !v.is_finite()) {
             anyhow::bail!(

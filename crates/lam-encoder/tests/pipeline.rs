@@ -302,15 +302,11 @@ fn oracle_shards_hold_the_true_state_and_action_blocks() {
     // The first clip of episode 0: states 0, 5, 10 and the actions 0..10 in order.
     let data = lam_sim::Dataset::open(&rec).unwrap();
     let gt = data.read_ground_truth(0).unwrap();
-    let info: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(rec.join("ground_truth/info.json")).unwrap())
-            .unwrap();
-    let layout: lam_sim::Layout =
-        serde_json::from_value(info["episodes"][0]["layout"].clone()).unwrap();
+    let layout = &data.read_layouts().unwrap()[0];
     let first = (0..set.len()).find(|&i| set.clip_id(i) == 0).unwrap();
     let clip = set.clip(first);
     for (j, t) in [0usize, 5, 10].iter().enumerate() {
-        let want = lam_sim::scene::oracle_from_vec(&gt.states[*t], &layout);
+        let want = lam_sim::scene::oracle_from_vec(&gt.states[*t], layout);
         assert_eq!(&clip[j * 6..(j + 1) * 6], want.as_slice(), "frame {j}");
         // The agent's position in [-1, 1] matches the state's.
         assert!((clip[j * 6] - (gt.states[*t][0] / 5.0 - 1.0)).abs() < 1e-5);

@@ -795,6 +795,27 @@ impl Dataset {
         })
     }
 
+    /// Every episode's layout (walls, objects, zones), in episode order, from
+    /// `ground_truth/info.json`. Errors name the file and the episode.
+    pub fn read_layouts(&self) -> anyhow::Result<Vec<crate::scene::Layout>> {
+        let path = self.root.join("ground_truth/info.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let info: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let episodes = info["episodes"]
+            .as_array()
+            .ok_or_else(|| anyhow!("{} has no \"episodes\" list", path.display()))?;
+        episodes
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                serde_json::from_value(e["layout"].clone())
+                    .with_context(|| format!("{}: episode {i}'s layout", path.display()))
+            })
+            .collect()
+    }
+
     /// Reads the ground truth of `episode` from `ground_truth/frames.parquet`.
     pub fn read_ground_truth(&self, episode: usize) -> anyhow::Result<GroundTruth> {
         self.meta(episode)?;
