@@ -188,16 +188,18 @@ impl Encoder {
     /// way planning and serving encode frames for a run.
     pub fn for_run(self, grid: [usize; 2], dim: usize, size: usize, run: &Path) -> Result<Self> {
         self.check_size(size)?;
-        let k = self.keypoints();
-        let enc = if grid == [1, 1] && self.grid(size) != [1, 1] {
+        // Decided from the unpooled tokens, so one loaded encoder serves run after run.
+        let base = self.with_pooling(Pooling::None);
+        let k = base.keypoints();
+        let enc = if grid == [1, 1] && base.grid(size) != [1, 1] {
             // One token per frame: the keypoints alone when the run's width says so.
-            if k > 0 && dim == 2 * k && dim != self.info.dim {
-                self.with_pooling(Pooling::Keypoints)
+            if k > 0 && dim == 2 * k && dim != base.info.dim {
+                base.with_pooling(Pooling::Keypoints)
             } else {
-                self.with_pooling(Pooling::Mean)
+                base.with_pooling(Pooling::Mean)
             }
         } else {
-            self
+            base
         };
         let got = enc.grid(size);
         anyhow::ensure!(

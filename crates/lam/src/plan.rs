@@ -175,26 +175,23 @@ pub fn run(cmd: PlanCommand) -> Result<()> {
 
 /// How frames become tokens for a run: a learned encoder or the simulator's state.
 enum FrameSource {
-    /// An encoder folder.
-    Learned(PathBuf),
+    /// A loaded encoder (pooled per run by [`Encoder::for_run`]).
+    Learned(Encoder),
     Oracle,
 }
 
 /// Loads a world-model run and sets up the frame source for its tokens.
 fn load_world_model(
     path: &Path,
-    source: &FrameSource,
+    source: FrameSource,
     size: usize,
     device: &Device,
-) -> Result<(LamConfig, lam_model::LatentActionModel, Option<Encoder>)> {
+) -> Result<(LamConfig, lam_model::LatentActionModel, FrameSource)> {
     let (cfg, lam, ckpt) = load_checkpoint(path, device)?;
-    let encoder = match source {
-        FrameSource::Learned(p) => Some(Encoder::load(p, device)?.for_run(
-            cfg.model.grid,
-            cfg.model.embed_dim,
-            size,
-            &ckpt,
-        )?),
+    let source = match source {
+        FrameSource::Learned(e) => {
+            FrameSource::Learned(e.for_run(cfg.model.grid, cfg.model.embed_dim, size, &ckpt)?)
+        }
         FrameSource::Oracle => {
             ensure!(
                 cfg.model.grid == [1, 1],
@@ -203,10 +200,10 @@ fn load_world_model(
                 ckpt.display(),
                 cfg.model.grid
             );
-            None
+            FrameSource::Oracle
         }
     };
-    Ok((cfg, lam, encoder))
+    Ok((cfg, lam, source))
 }
 
 /// Runs every requested method on the same episodes.
@@ -220,14 +217,14 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let source = match &args.encoder {
+    let mut source = match &args.encoder {
         Some(p) if lam_encoder::oracle::is_oracle(p) => Some(FrameSource::Oracle),
-        Some(p) => Some(FrameSource::Learned(p.clone())),
+        Some(p) => Some(FrameSource::Learned(Encoder::load(p, &device)?)),
         None => None,
     };
     let size = match (args.size, &source) {
         (Some(s), _) => s,
-        (None, Some(FrameSource::Learned(p))) => Encoder::load(p, &device)?.info.default_size,
+        (None, Some(FrameSource::Learned(e))) => e.info.default_size,
         _ => 64,
     };
     let episodes = eval_protocol(args.task, args.domain, args.episodes, size as u32)?;
@@ -268,10 +265,11 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     ];
     for (path, conditioning) in world_models {
         let Some(path) = path else { continue };
-        let source = source
-            .as_ref()
+        let taken = source
+            .take()
             .context("planning with a world model needs --encoder (a folder, or oracle)")?;
-        let (cfg, lam, encoder) = load_world_model(path, source, size, &device)?;
+        let (cfg, lam, taken) = load_world_model(path, taken, size, &device)?;
+        let source = &*source.insert(taken);
         ensure!(
             cfg.model.conditioning == conditioning,
             "{} is conditioned on {:?}; pass it as {}",
@@ -298,9 +296,9 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                              state: &lam_sim::SimState,
                              layout: &lam_sim::Layout|
          -> Result<Tensor<3>> {
-            match &encoder {
-                Some(e) => e.encode_rgb(rgb, size, size, size, &device),
-                None => {
+            match source {
+                FrameSource::Learned(e) => e.encode_rgb(rgb, size, size, size, &device),
+                FrameSource::Oracle => {
                     let v = state.oracle_embedding(layout);
                     let d = v.len();
                     Ok(Tensor::<3>::from_data(
