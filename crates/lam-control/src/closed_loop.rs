@@ -158,11 +158,7 @@ impl<'a> Agent<'a> {
     /// Bounds of what the planner searches per step: one robot action when actions are held
     /// through a block, else the robot action bounds repeated `frameskip` times.
     pub fn block_bounds(&self) -> (Vec<f32>, Vec<f32>) {
-        let k = if self.hold_actions {
-            1
-        } else {
-            self.frameskip.max(1)
-        };
+        let k = self.frameskip.max(1) / self.repeat();
         (self.low.repeat(k), self.high.repeat(k))
     }
 
@@ -425,14 +421,14 @@ impl MpcSession<'_> {
                     dim: cfg.model.latent_dim,
                 },
                 Mode::Action => SearchSpace::Action {
-                    low: low.clone(),
-                    high: high.clone(),
+                    low,
+                    high,
                     controller: agent.controller,
                     repeat: agent.repeat(),
                 },
                 Mode::ActionConditioned => SearchSpace::Action {
-                    low: low.clone(),
-                    high: high.clone(),
+                    low,
+                    high,
                     controller: None,
                     repeat: agent.repeat(),
                 },
