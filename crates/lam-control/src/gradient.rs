@@ -13,7 +13,9 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::planner::{Plan, PlannerConfig, Problem, SearchSpace, cost, pooled_cosine};
+use crate::planner::{
+    Plan, PlannerConfig, Problem, SearchSpace, cost, final_frames, pooled_cosine,
+};
 
 /// The sequences being optimised, `[C, H * dim]`.
 #[derive(Module, Debug)]
@@ -24,14 +26,12 @@ struct Sequences {
 /// Final predicted frames `[C, N, D]` of sequences `x` `[C, H, dim]` (in the search space),
 /// differentiable with respect to `x`.
 fn rollout_differentiable(problem: &Problem, space: &SearchSpace, x: Tensor<3>) -> Tensor<3> {
-    let all = problem.world_model.rollout_steps(
+    final_frames(problem.world_model.rollout_steps(
         problem.cache,
         problem.current.clone(),
         space.latents(x),
         problem.window,
-    );
-    let [c, h, n, d] = all.dims();
-    all.slice(s![.., h - 1..h, .., ..]).reshape([c, n, d])
+    ))
 }
 
 /// Plans by gradient descent (see the module docs).

@@ -317,9 +317,13 @@ pub fn rollout(
     c: usize,
     h: usize,
 ) -> Tensor<3> {
-    let all = rollout_all(problem, space, seqs, c, h);
-    let [_, _, n, d] = all.dims();
-    all.slice(s![.., h - 1..h, .., ..]).reshape([c, n, d])
+    final_frames(rollout_all(problem, space, seqs, c, h))
+}
+
+/// The last step `[C, N, D]` of a rollout's frames `[C, H, N, D]`.
+pub(crate) fn final_frames(steps: Tensor<4>) -> Tensor<3> {
+    let [c, h, n, d] = steps.dims();
+    steps.slice(s![.., h - 1..h, .., ..]).reshape([c, n, d])
 }
 
 /// Rolls `seqs` (`[C, H, dim]`) through the world model; the predicted frames of every step
