@@ -7,7 +7,8 @@
 //!    straight-through);
 //! 3. action dropout: each z_t is replaced by zeros with probability p;
 //! 4. the world model predicts frames 1..T-1 from frames 0..T-2 and z (teacher forcing);
-//! 5. loss = L1(prediction, target) + regulariser terms.
+//! 5. loss = L1(prediction, target) + regulariser terms; with `model.rollout_weight` > 0, plus
+//!    that weight times the L1 of a second pass fed its own predictions as context.
 //!
 //! All randomness (dropout mask, Gaussian noise) is passed in by the caller as host data so a
 //! run is reproducible and resumable from its seed and step alone.
@@ -260,8 +261,26 @@ impl LatentActionModel {
         };
         let context = clips.clone().slice(s![.., 0..t - 1, .., ..]);
         let target = clips.slice(s![.., 1..t, .., ..]);
-        let pred_frames = self.world_model.forward(context, z_in);
-        let pred = (pred_frames - target).abs().mean();
+        let pred_frames = self.world_model.forward(context.clone(), z_in.clone());
+        let pred = (pred_frames.clone() - target.clone()).abs().mean();
+        let mut rollout = zero();
+        if cfg.model.rollout_weight > 0.0 && t >= 3 {
+            // Self-fed pass: context frames 1..T-2 are the model's own predictions of them, so
+            // frame k+1 is predicted from the true first frame and predicted frames 1..k.
+            let fed = Tensor::cat(
+                vec![
+                    context.slice(s![.., 0..1, .., ..]),
+                    pred_frames.slice(s![.., 0..t - 2, .., ..]),
+                ],
+                1,
+            );
+            let again = self.world_model.forward(fed, z_in);
+            rollout = (again.slice(s![.., 1..t - 1, .., ..])
+                - target.slice(s![.., 1..t - 1, .., ..]))
+            .abs()
+            .mean()
+            .mul_scalar(cfg.model.rollout_weight);
+        }
 
         let (mut vcm_variance, mut vcm_covariance, mut vcm_mean) = (zero(), zero(), zero());
         let (mut energy_t, mut kl, mut vq_codebook, mut vq_commitment) =
@@ -295,7 +314,7 @@ impl LatentActionModel {
                 vq_codebook.clone() + vq_commitment.clone().mul_scalar(reg.commitment)
             }
         };
-        let total = pred.clone() + reg_total;
+        let total = pred.clone() + reg_total + rollout;
         StepOutput {
             terms: LossTerms {
                 total,

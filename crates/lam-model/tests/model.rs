@@ -547,3 +547,56 @@ fn standardized_model_keeps_the_training_statistics_in_its_checkpoint() {
     let plain = init_model(&tiny(), &dev);
     assert!(plain.token_mean.is_none());
 }
+
+#[test]
+fn rollout_weight_adds_a_self_fed_prediction_pass() {
+    let _serial = serial();
+    let _rng = lam_model::train::rng_lock();
+    let dev = Device::flex();
+    dev.seed(9);
+    let mut cfg = tiny();
+    cfg.model.conditioning = lam_model::config::Conditioning::Action;
+    cfg.model.latent_dim = 3;
+    let (t, n, d) = (cfg.model.frames, cfg.model.tokens(), cfg.model.embed_dim);
+    let model = init_model(&cfg, &dev);
+    let clips = Tensor::<4>::random([2, t, n, d], Distribution::Normal(0.0, 1.0), &dev);
+    let actions = Tensor::<3>::random([2, t - 1, 3], Distribution::Normal(0.0, 1.0), &dev);
+    let noise = lam_model::lam::StepNoise {
+        keep: vec![],
+        eps: vec![],
+    };
+    let total = |cfg: &LamConfig| {
+        model
+            .forward_loss_with(cfg, clips.clone(), Some(actions.clone()), &noise)
+            .terms
+            .total
+            .into_scalar::<f32>()
+    };
+    let plain = total(&cfg);
+    cfg.model.rollout_weight = 0.5;
+    let with_rollout = total(&cfg);
+    // The self-fed pass by hand: frames 1..T-2 of the context replaced by their predictions.
+    let wm = &model.world_model;
+    let context = clips.clone().slice(s![.., 0..t - 1, .., ..]);
+    let first = wm.forward(context.clone(), actions.clone());
+    let fed = Tensor::cat(
+        vec![
+            context.slice(s![.., 0..1, .., ..]),
+            first.slice(s![.., 0..t - 2, .., ..]),
+        ],
+        1,
+    );
+    let again = wm.forward(fed, actions.clone());
+    let self_fed = (again.slice(s![.., 1..t - 1, .., ..]) - clips.slice(s![.., 2..t, .., ..]))
+        .abs()
+        .mean()
+        .into_scalar::<f32>();
+    assert!(self_fed > 0.0);
+    assert!(
+        (with_rollout - plain - 0.5 * self_fed).abs() < 1e-4,
+        "loss {with_rollout} with the rollout term, {plain} without, self-fed L1 {self_fed}"
+    );
+    cfg.model.rollout_weight = f64::NAN;
+    let err = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(err.contains("model.rollout_weight"), "{err}");
+}

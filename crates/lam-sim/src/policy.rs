@@ -1,6 +1,7 @@
 //! Policies that generate data: the scripted expert, a random exploration
 //! policy, and a mix of the two.
 
+use crate::domain::Domain;
 use crate::env::Env;
 use crate::expert::{Expert, ExpertConfig};
 use crate::rng::Rng;
@@ -49,11 +50,17 @@ impl FromStr for PolicyKind {
 }
 
 /// Random exploration: a uniform action from the action space, held for a
-/// uniform number of steps in `1..=max_hold` [8], so that the agent travels
-/// and bumps into things instead of jittering in place.
+/// uniform number of steps in `1..=max_hold` [16], so that the agent travels
+/// and bumps into things instead of jittering in place. With probability
+/// `full_speed` [0.5] a velocity action is stretched to the boundary of the
+/// box (full speed in its direction): long full-speed pushes press the agent
+/// into walls and objects, which world models must see to learn that walls
+/// stop it (a model trained without them predicts the agent through walls,
+/// and planners exploit that).
 pub struct RandomPolicy {
     rng: Rng,
     max_hold: u32,
+    full_speed: f32,
     current: Vec<f32>,
     left: u32,
 }
@@ -61,9 +68,16 @@ pub struct RandomPolicy {
 impl RandomPolicy {
     /// A random policy whose stream is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
+        Self::with_settings(seed, 16, 0.5)
+    }
+
+    /// A random policy holding each action up to `max_hold` steps and stretching it to full
+    /// speed with probability `full_speed`.
+    pub fn with_settings(seed: u64, max_hold: u32, full_speed: f32) -> Self {
         Self {
             rng: Rng::derive(seed, 4),
-            max_hold: 8,
+            max_hold: max_hold.max(1),
+            full_speed,
             current: vec![],
             left: 0,
         }
@@ -79,6 +93,26 @@ impl RandomPolicy {
                 .zip(&space.high)
                 .map(|(&l, &h)| self.rng.uniform(l, h))
                 .collect();
+            // Only Cartesian velocity actions stretch (a polar action's angle must not).
+            let cartesian = matches!(env.domain(), Domain::Robot | Domain::Human);
+            if cartesian && self.rng.chance(self.full_speed) {
+                let reach = self
+                    .current
+                    .iter()
+                    .zip(space.low.iter().zip(&space.high))
+                    .map(|(&a, (&l, &h))| (a - 0.5 * (l + h)).abs() / (0.5 * (h - l)))
+                    .fold(0.0f32, f32::max);
+                if reach > 1e-3 {
+                    for (a, (&l, &h)) in self
+                        .current
+                        .iter_mut()
+                        .zip(space.low.iter().zip(&space.high))
+                    {
+                        let c = 0.5 * (l + h);
+                        *a = (c + (*a - c) / reach).clamp(l, h);
+                    }
+                }
+            }
             self.left = 1 + self.rng.below(self.max_hold as usize) as u32;
         }
         self.left -= 1;

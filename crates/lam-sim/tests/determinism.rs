@@ -72,3 +72,41 @@ fn reset_and_restored_state_replay_identically() {
         "reset(seed) must give the seed's first frame again"
     );
 }
+
+/// Share of steps in which the agent, asked for at least half its top speed, moves less than a
+/// quarter of what it was asked: it is pressed against a wall or an object.
+fn blocked_share(make: impl Fn(u64) -> RandomPolicy) -> f64 {
+    let (mut blocked, mut total) = (0usize, 0usize);
+    for seed in 0..12u64 {
+        let mut env = Env::new(Task::Reach, Domain::Robot, 100 + seed, 32).unwrap();
+        let mut policy = make(seed);
+        let max = env.domain().agent().max_speed;
+        for _ in 0..100 {
+            let a = policy.act(&env);
+            let before = env.state().agent.pos;
+            env.step(&a).unwrap();
+            let after = env.state().agent.pos;
+            let asked = (a[0] * a[0] + a[1] * a[1]).sqrt() * max * env.dt();
+            let moved = ((after[0] - before[0]).powi(2) + (after[1] - before[1]).powi(2)).sqrt();
+            if asked > 0.5 * max * env.dt() {
+                total += 1;
+                blocked += usize::from(moved < 0.25 * asked);
+            }
+        }
+    }
+    blocked as f64 / total.max(1) as f64
+}
+
+#[test]
+fn random_exploration_presses_into_walls() {
+    // World models learn that walls stop the agent only from data in which it hits them; the
+    // exploration policy's long full-speed holds do so far more often than short uniform ones.
+    let ours = blocked_share(RandomPolicy::new);
+    let short_uniform = blocked_share(|s| RandomPolicy::with_settings(s, 8, 0.0));
+    eprintln!("blocked share: {ours:.3} (short uniform holds: {short_uniform:.3})");
+    assert!(
+        ours > 0.1 && ours > 1.5 * short_uniform,
+        "the random policy presses into walls in {ours:.3} of its fast steps, short uniform \
+         holds in {short_uniform:.3}"
+    );
+}

@@ -68,6 +68,16 @@ pub struct DemoArgs {
     pub samples: usize,
     #[arg(long, default_value_t = 10)]
     pub iterations: usize,
+    /// Policy of the unlabeled human-domain recordings: expert, random or mixed.
+    #[arg(long, default_value = "mixed")]
+    pub human_policy: String,
+    /// Policy of the labeled robot recordings: expert, random or mixed.
+    #[arg(long, default_value = "mixed")]
+    pub robot_policy: String,
+    /// Extra `section.field=value` settings for the latent action model's training, after the
+    /// demo's own (repeatable; see `lam train --set`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub train_set: Vec<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -138,7 +148,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             &"--domain",
             &"human",
             &"--policy",
-            &"mixed",
+            &a.human_policy,
             &"--nuisances",
             &"off",
             &"--episodes",
@@ -159,7 +169,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             &"--domain",
             &"robot",
             &"--policy",
-            &"mixed",
+            &a.robot_policy,
             &"--episodes",
             &a.robot_episodes,
             &"--seed",
@@ -223,24 +233,28 @@ pub fn run(a: DemoArgs) -> Result<()> {
             ]),
         )?;
     }
+    let mut train = args(&[
+        &"train",
+        &"--data",
+        &sh,
+        &"--run",
+        &lam_run,
+        &"--steps",
+        &a.steps,
+        &"--set",
+        &"model.standardize=true",
+        &"--set",
+        &"regularizer.kind=noisy",
+        &"--device",
+        dev,
+    ]);
+    for kv in &a.train_set {
+        train.extend(["--set".to_string(), kv.clone()]);
+    }
     step(
         &mut log,
         "6/9 training the latent action model on the human shards",
-        &args(&[
-            &"train",
-            &"--data",
-            &sh,
-            &"--run",
-            &lam_run,
-            &"--steps",
-            &a.steps,
-            &"--set",
-            &"model.standardize=true",
-            &"--set",
-            &"regularizer.kind=noisy",
-            &"--device",
-            dev,
-        ]),
+        &train,
     )?;
     step(
         &mut log,

@@ -56,7 +56,7 @@ pub struct PlanEvalArgs {
     /// Episodes (the protocol's first N seeds).
     #[arg(long, default_value_t = 10)]
     pub episodes: usize,
-    /// Planners for the latent-action world model, comma-separated:
+    /// Planners for each world model (latent-action and action-conditioned), comma-separated:
     /// random-shooting, cem, icem, mppi, gradient.
     #[arg(long, default_value = "cem", value_delimiter = ',')]
     pub planner: Vec<PlannerKind>,
@@ -290,7 +290,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
         };
         let (mode, kinds) = match conditioning {
             Conditioning::Latent => (args.space, args.planner.clone()),
-            Conditioning::Action => (Mode::ActionConditioned, vec![PlannerKind::Cem]),
+            Conditioning::Action => (Mode::ActionConditioned, args.planner.clone()),
         };
         let frame_encoder = |rgb: &[u8],
                              state: &lam_sim::SimState,
@@ -335,7 +335,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 Conditioning::Latent => {
                     format!("latent-action WM + {} ({mode:?} space)", kind_name(kind))
                 }
-                Conditioning::Action => "action-conditioned WM + CEM".to_string(),
+                Conditioning::Action => format!("action-conditioned WM + {}", kind_name(kind)),
             };
             let name = if frameskip > 1 {
                 format!("{name}, blocks of {frameskip}")
