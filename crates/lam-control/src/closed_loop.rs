@@ -447,9 +447,11 @@ impl MpcSession<'_> {
                 let searched = space.expand(p.step(k));
                 let width = searched.len();
                 let x = Tensor::<2>::from_data(TensorData::new(searched, [1, width]), &device);
+                // The frame this step acts on, pooled, for frame-conditioned controllers.
+                let pooled = || Some(frame_p.clone().mean_dim(1).squeeze_dim::<2>(1));
                 let (z, action) = match (agent.mode, agent.controller) {
-                    (Mode::Latent, Some(c)) => (x.clone(), c.inverse.forward(x)),
-                    (Mode::Action, Some(c)) => (c.forward.forward(x.clone()), x),
+                    (Mode::Latent, Some(c)) => (x.clone(), c.to_action(x, pooled())),
+                    (Mode::Action, Some(c)) => (c.to_latent(x.clone(), pooled()), x),
                     _ => (x.clone(), x),
                 };
                 let (pred, next) = wm.step(cache_p.as_ref(), frame_p, z, window);

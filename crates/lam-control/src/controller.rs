@@ -4,6 +4,13 @@
 //! model frozen: the IDM labels every transition (s_t, s_t+1) with a pseudo-latent z_t (the
 //! mean for `noisy`, the chosen code for `vq`); the controller regresses z_t from the robot
 //! action a_t (MSE), the inverse controller regresses a_t from z_t (MSE).
+//!
+//! With `frame_conditioned`, both also read the pooled (model-space) frame s_t: g_ctrl(a_t,
+//! s_t). A latent action describes what happened, so the same robot action maps to different
+//! latents in different states (pushed into a wall, the agent does not move); a controller
+//! that sees only a_t maps it to the average motion, and planning through it walks the agent
+//! into walls. Planners then compute each step's latent from the predicted frame it acts on.
+//!
 //! Reported on held-out clips: mean cosine(g_ctrl(a_t), z_t) and the inverse MSE.
 
 use std::path::Path;
@@ -50,6 +57,9 @@ pub struct ControllerConfig {
     pub patience: usize,
     /// Seed (0).
     pub seed: u64,
+    /// Condition both directions on the pooled frame s_t as well (false; see the module docs).
+    #[serde(default)]
+    pub frame_conditioned: bool,
 }
 
 fn default_weight_decay() -> f64 {
@@ -77,6 +87,7 @@ impl Default for ControllerConfig {
             check_every: default_check_every(),
             patience: default_patience(),
             seed: 0,
+            frame_conditioned: false,
         }
     }
 }
@@ -106,37 +117,72 @@ impl Mlp {
 /// Both directions between robot actions and latent actions.
 #[derive(Module, Debug)]
 pub struct Controller {
-    /// a -> z.
+    /// (a, s) -> z (s only for frame-conditioned controllers).
     pub forward: Mlp,
-    /// z -> a.
+    /// (z, s) -> a.
     pub inverse: Mlp,
 }
 
 impl Controller {
-    pub fn new(action_dim: usize, latent_dim: usize, hidden: usize, device: &Device) -> Self {
+    /// A controller between `action_dim`-D robot actions and `latent_dim`-D latents, reading
+    /// `frame_dim`-D pooled frames as well (0: actions only).
+    pub fn new(
+        action_dim: usize,
+        latent_dim: usize,
+        frame_dim: usize,
+        hidden: usize,
+        device: &Device,
+    ) -> Self {
         Self {
-            forward: Mlp::new(action_dim, hidden, latent_dim, device),
-            inverse: Mlp::new(latent_dim, hidden, action_dim, device),
+            forward: Mlp::new(action_dim + frame_dim, hidden, latent_dim, device),
+            inverse: Mlp::new(latent_dim + frame_dim, hidden, action_dim, device),
         }
     }
 
     /// Robot action dimension A.
     pub fn action_dim(&self) -> usize {
-        self.forward.fc1.weight.dims()[0]
+        self.inverse.fc3.weight.dims()[1]
     }
 
     /// Latent action dimension d.
     pub fn latent_dim(&self) -> usize {
         self.forward.fc3.weight.dims()[1]
     }
+
+    /// Width of the pooled frame it reads (0 when it reads actions only).
+    pub fn frame_dim(&self) -> usize {
+        self.forward.fc1.weight.dims()[0] - self.action_dim()
+    }
+
+    fn with_frame(&self, x: Tensor<2>, frame: Option<Tensor<2>>) -> Tensor<2> {
+        match (self.frame_dim(), frame) {
+            (0, _) => x,
+            (_, Some(f)) => Tensor::cat(vec![x, f], 1),
+            (k, None) => panic!("a frame-conditioned controller needs the {k}-D pooled frame"),
+        }
+    }
+
+    /// Latents `[M, d]` of actions `[M, A]` taken in pooled frames `[M, D]` (ignored, and may
+    /// be `None`, for a controller that reads actions only).
+    pub fn to_latent(&self, actions: Tensor<2>, frames: Option<Tensor<2>>) -> Tensor<2> {
+        self.forward.forward(self.with_frame(actions, frames))
+    }
+
+    /// Actions `[M, A]` of latents `[M, d]` in pooled frames `[M, D]` (as [`to_latent`](Self::to_latent)).
+    pub fn to_action(&self, latents: Tensor<2>, frames: Option<Tensor<2>>) -> Tensor<2> {
+        self.inverse.forward(self.with_frame(latents, frames))
+    }
 }
 
-/// Pseudo-labelled transitions: actions `[M, A]` and IDM latents `[M, d]`, row-major on host.
+/// Pseudo-labelled transitions: actions `[M, A]`, IDM latents `[M, d]` and the pooled
+/// model-space frame each action was taken in `[M, D]`, row-major on host.
 pub struct Transitions {
     pub actions: Vec<f32>,
     pub latents: Vec<f32>,
+    pub frames: Vec<f32>,
     pub action_dim: usize,
     pub latent_dim: usize,
+    pub frame_dim: usize,
 }
 
 impl Transitions {
@@ -167,12 +213,23 @@ pub fn pseudo_label(
     let (t, d) = (idx.frames, cfg.model.latent_dim);
     let mut actions = Vec::new();
     let mut latents = Vec::new();
+    let mut frames = Vec::new();
+    let mut frame_dim = 0;
     for chunk in (0..data.len()).collect::<Vec<_>>().chunks(batch.max(1)) {
         let clips = Tensor::<4>::from_data(
             TensorData::new(data.batch(chunk), [chunk.len(), t, idx.tokens, idx.dim]),
             device,
         );
         let pooled = Idm::pool(lam.normalize(clips));
+        frame_dim = pooled.dims()[2];
+        frames.extend(
+            pooled
+                .clone()
+                .slice(s![.., 0..t - 1, ..])
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
         let z = lam
             .infer(
                 &cfg.regularizer,
@@ -197,8 +254,10 @@ pub fn pseudo_label(
     Ok(Transitions {
         actions,
         latents,
+        frames,
         action_dim: a,
         latent_dim: d,
+        frame_dim,
     })
 }
 
@@ -236,13 +295,24 @@ pub fn mean_cosine(a: Tensor<2>, b: Tensor<2>) -> f64 {
     (dot / norm).mean().into_scalar::<f32>() as f64
 }
 
+/// The pooled frames of transitions `idx` when `ctrl` reads them.
+fn frames_of(
+    ctrl: &Controller,
+    data: &Transitions,
+    idx: &[usize],
+    device: &Device,
+) -> Option<Tensor<2>> {
+    (ctrl.frame_dim() > 0).then(|| rows(&data.frames, data.frame_dim, idx, device))
+}
+
 /// Evaluates a controller on transitions.
 pub fn evaluate(ctrl: &Controller, data: &Transitions, device: &Device) -> (f64, f64) {
     let all: Vec<usize> = (0..data.len()).collect();
     let a = rows(&data.actions, data.action_dim, &all, device);
     let z = rows(&data.latents, data.latent_dim, &all, device);
-    let cos = mean_cosine(ctrl.forward.forward(a.clone()), z.clone());
-    let mse = (ctrl.inverse.forward(z) - a)
+    let f = frames_of(ctrl, data, &all, device);
+    let cos = mean_cosine(ctrl.to_latent(a.clone(), f.clone()), z.clone());
+    let mse = (ctrl.to_action(z, f) - a)
         .square()
         .mean()
         .into_scalar::<f32>() as f64;
@@ -274,23 +344,39 @@ pub fn fit(
     let selection: Vec<usize> = (n_fit..train.len()).collect();
     let ad = device.clone().autodiff();
     ad.seed(cfg.seed);
-    let mut ctrl = Controller::new(train.action_dim, train.latent_dim, cfg.hidden, &ad);
+    let frame_dim = if cfg.frame_conditioned {
+        ensure!(
+            train.frame_dim > 0 && train.frames.len() == train.len() * train.frame_dim,
+            "a frame-conditioned controller needs the transitions' frames"
+        );
+        train.frame_dim
+    } else {
+        0
+    };
+    let mut ctrl = Controller::new(
+        train.action_dim,
+        train.latent_dim,
+        frame_dim,
+        cfg.hidden,
+        &ad,
+    );
     let mut opt = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..n_fit).collect();
     let mut pos = order.len();
-    let loss_of = |ctrl: &Controller, a: Tensor<2>, z: Tensor<2>| {
-        (ctrl.forward.forward(a.clone()) - z.clone())
+    let loss_of = |ctrl: &Controller, a: Tensor<2>, z: Tensor<2>, f: Option<Tensor<2>>| {
+        (ctrl.to_latent(a.clone(), f.clone()) - z.clone())
             .square()
             .mean()
-            + (ctrl.inverse.forward(z) - a).square().mean()
+            + (ctrl.to_action(z, f) - a).square().mean()
     };
     let (sel_a, sel_z) = (
         rows(&train.actions, train.action_dim, &selection, device),
         rows(&train.latents, train.latent_dim, &selection, device),
     );
+    let sel_f = (frame_dim > 0).then(|| rows(&train.frames, frame_dim, &selection, device));
     let mut best: Option<(f32, usize, Controller)> = None;
     let mut since_best = 0usize;
     let mut steps_run = 0usize;
@@ -304,7 +390,8 @@ pub fn fit(
         pos += b;
         let a = rows(&train.actions, train.action_dim, idx, &ad);
         let z = rows(&train.latents, train.latent_dim, idx, &ad);
-        let loss = loss_of(&ctrl, a, z);
+        let f = (frame_dim > 0).then(|| rows(&train.frames, frame_dim, idx, &ad));
+        let loss = loss_of(&ctrl, a, z, f);
         let grads = GradientsParams::from_grads(loss.backward(), &ctrl);
         ctrl = opt.step(cfg.lr, ctrl, grads);
         steps_run = step + 1;
@@ -313,7 +400,8 @@ pub fn fit(
             && (steps_run % cfg.check_every == 0 || steps_run == cfg.steps);
         if check {
             let valid = ctrl.valid();
-            let l = loss_of(&valid, sel_a.clone(), sel_z.clone()).into_scalar::<f32>();
+            let l =
+                loss_of(&valid, sel_a.clone(), sel_z.clone(), sel_f.clone()).into_scalar::<f32>();
             ensure!(
                 l.is_finite(),
                 "controller loss became {l} at step {steps_run}; lower --lr"
@@ -372,7 +460,8 @@ pub fn save(
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     lam_model::checkpoint::save_weights(ctrl, &dir.join("controller.safetensors"))?;
-    let meta = serde_json::json!({"action_dim": action_dim, "latent_dim": latent_dim, "config": cfg, "report": report});
+    let meta = serde_json::json!({"action_dim": action_dim, "latent_dim": latent_dim,
+        "frame_dim": ctrl.frame_dim(), "config": cfg, "report": report});
     lam_data::shards::write_atomic(
         &dir.join("controller.json"),
         serde_json::to_string_pretty(&meta)?.as_bytes(),
@@ -396,6 +485,14 @@ pub fn load(dir: &Path, device: &Device) -> Result<Controller> {
     let hidden = meta["config"]["hidden"]
         .as_u64()
         .context("controller.json: missing config.hidden")? as usize;
-    let ctrl = Controller::new(get("action_dim")?, get("latent_dim")?, hidden, device);
+    // Controllers saved before frame conditioning existed read actions only.
+    let frame_dim = meta["frame_dim"].as_u64().unwrap_or(0) as usize;
+    let ctrl = Controller::new(
+        get("action_dim")?,
+        get("latent_dim")?,
+        frame_dim,
+        hidden,
+        device,
+    );
     lam_model::checkpoint::load_weights(ctrl, &dir.join("controller.safetensors"))
 }

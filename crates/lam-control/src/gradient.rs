@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::planner::{
-    Plan, PlannerConfig, Problem, SearchSpace, cost, final_frames, pooled_cosine,
+    Plan, PlannerConfig, Problem, SearchSpace, cost, final_frames, pooled_cosine, rollout_tensor,
 };
 
 /// The sequences being optimised, `[C, H * dim]`.
@@ -26,12 +26,7 @@ struct Sequences {
 /// Final predicted frames `[C, N, D]` of sequences `x` `[C, H, dim]` (in the search space),
 /// differentiable with respect to `x`.
 fn rollout_differentiable(problem: &Problem, space: &SearchSpace, x: Tensor<3>) -> Tensor<3> {
-    final_frames(problem.world_model.rollout_steps(
-        problem.cache,
-        problem.current.clone(),
-        space.latents(x),
-        problem.window,
-    ))
+    final_frames(rollout_tensor(problem, space, x))
 }
 
 /// Plans by gradient descent (see the module docs).

@@ -217,10 +217,9 @@ impl SearchSpace<'_> {
         }
     }
 
-    /// Latent actions `[C, H, d]` of sequences `x` `[C, H, dim]` in this space (through the
-    /// controller for robot actions with one; unchanged otherwise).
-    pub(crate) fn latents(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = match self {
+    /// The model's actions `[C, H, dim * repeat]` of searched sequences `x` `[C, H, dim]`.
+    fn expand_tensor(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
             Self::Action { repeat, .. } if *repeat > 1 => {
                 let [c, h, dim] = x.dims();
                 x.unsqueeze_dim::<4>(2)
@@ -228,14 +227,32 @@ impl SearchSpace<'_> {
                     .reshape([c, h, dim * repeat])
             }
             _ => x,
-        };
+        }
+    }
+
+    /// The controller when its latents depend on the frame they act on.
+    fn frame_controller(&self) -> Option<&Controller> {
+        match self {
+            Self::Action {
+                controller: Some(ctrl),
+                ..
+            } if ctrl.frame_dim() > 0 => Some(ctrl),
+            _ => None,
+        }
+    }
+
+    /// Latent actions `[C, H, d]` of sequences `x` `[C, H, dim]` in this space (through the
+    /// controller for robot actions with one; unchanged otherwise). Not for frame-conditioned
+    /// controllers, whose latents come step by step ([`rollout_tensor`]).
+    pub(crate) fn latents(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.expand_tensor(x);
         match self {
             Self::Action {
                 controller: Some(ctrl),
                 ..
             } => {
                 let [c, h, dim] = x.dims();
-                let z = ctrl.forward.forward(x.reshape([c * h, dim]));
+                let z = ctrl.to_latent(x.reshape([c * h, dim]), None);
                 let d = z.dims()[1];
                 z.reshape([c, h, d])
             }
@@ -337,6 +354,9 @@ pub fn rollout_all(
 ) -> Tensor<4> {
     let device = problem.current.device();
     let x = Tensor::<3>::from_data(TensorData::new(seqs.to_vec(), [c, h, space.dim()]), &device);
+    if space.frame_controller().is_some() {
+        return rollout_tensor(problem, space, x);
+    }
     let z = space.latents(x);
     if !problem.use_cache {
         return rollout_recompute(problem, z);
@@ -353,6 +373,39 @@ pub fn rollout_all(
     problem
         .world_model
         .rollout_steps(problem.cache, problem.current.clone(), z, problem.window)
+}
+
+/// Rolls sequences `x` `[C, H, dim]` through the world model step by step on the tensor path
+/// (differentiable with respect to `x`); the predicted frames of every step `[C, H, N, D]`.
+/// A frame-conditioned controller turns each step's actions into latents from the pooled
+/// frame they act on: the current frame, then the model's own predictions.
+pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3>) -> Tensor<4> {
+    let Some(ctrl) = space.frame_controller() else {
+        return problem.world_model.rollout_steps(
+            problem.cache,
+            problem.current.clone(),
+            space.latents(x),
+            problem.window,
+        );
+    };
+    let x = space.expand_tensor(x);
+    let [c, h, width] = x.dims();
+    let [_, n, d] = problem.current.dims();
+    let mut cache = problem.cache.map(|k| k.repeat(c));
+    let mut frame = problem.current.clone().expand([c, n, d]);
+    let mut steps = Vec::with_capacity(h);
+    for k in 0..h {
+        let a = x.clone().slice(s![.., k..k + 1, ..]).reshape([c, width]);
+        let pooled = frame.clone().mean_dim(1).reshape([c, d]);
+        let z = ctrl.to_latent(a, Some(pooled));
+        let (pred, next) = problem
+            .world_model
+            .step(cache.as_ref(), frame, z, problem.window);
+        steps.push(pred.clone());
+        frame = pred;
+        cache = Some(next);
+    }
+    Tensor::stack(steps, 1)
 }
 
 /// Rollout that runs the whole history plus the frames so far at every step (the window of

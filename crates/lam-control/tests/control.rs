@@ -135,7 +135,7 @@ fn action_space_plans_stay_in_bounds() {
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let wm = acting_world_model(&cfg, &dev);
-    let ctrl = lam_control::controller::Controller::new(2, 16, 32, &dev);
+    let ctrl = lam_control::controller::Controller::new(2, 16, 0, 32, &dev);
     let current = Tensor::<3>::random([1, 16, 32], Distribution::Normal(0.0, 1.0), &dev);
     let problem = Problem {
         world_model: &wm,
@@ -289,7 +289,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let lam = lam_model::train::init_model(&cfg, &dev);
-    let ctrl = Controller::new(2, 16, 32, &dev);
+    let ctrl = Controller::new(2, 16, 0, 32, &dev);
     assert_eq!((ctrl.action_dim(), ctrl.latent_dim()), (2, 16));
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
@@ -368,7 +368,7 @@ fn closed_loop_executes_action_blocks() {
     let dev = Device::flex();
     let lam = lam_model::train::init_model(&cfg, &dev);
     // Blocks of 2 two-dimensional robot actions: the controller takes 4 numbers.
-    let ctrl = Controller::new(4, 16, 32, &dev);
+    let ctrl = Controller::new(4, 16, 0, 32, &dev);
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
     let encoder = pooled_colour_encoder(&dev);
@@ -449,4 +449,68 @@ fn planning_objectives_score_final_mean_and_best_step() {
     );
     assert_eq!("min".parse::<Objective>().unwrap(), Objective::Min);
     assert!("best".parse::<Objective>().is_err());
+}
+
+/// Transitions in which the same action moves the agent one way in free space and the other
+/// way against a "wall" (the frame's first channel says which): the latent depends on the
+/// frame, as it does when walls stop the agent.
+fn state_dependent_transitions(n: usize, seed: u64) -> lam_control::controller::Transitions {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut actions, mut latents, mut frames) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let a = [rng.random_range(-1.0f32..1.0), rng.random_range(-1.0f32..1.0)];
+        let wall = rng.random_bool(0.5);
+        let sign = if wall { -1.0 } else { 1.0 };
+        actions.extend(a);
+        latents.extend([sign * a[0], sign * a[1], 0.5 * a[0] + 0.2]);
+        frames.extend([sign, rng.random_range(-1.0f32..1.0)]);
+    }
+    lam_control::controller::Transitions {
+        actions,
+        latents,
+        frames,
+        action_dim: 2,
+        latent_dim: 3,
+        frame_dim: 2,
+    }
+}
+
+#[test]
+fn frame_conditioned_controller_learns_what_the_state_does_to_an_action() {
+    let dev = Device::flex();
+    let (tr, va) = (
+        state_dependent_transitions(800, 1),
+        state_dependent_transitions(200, 2),
+    );
+    let cfg = ControllerConfig {
+        steps: 600,
+        hidden: 64,
+        ..Default::default()
+    };
+    let (_, blind) = fit(&cfg, &tr, &va, &dev).unwrap();
+    let (ctrl, seeing) = fit(
+        &ControllerConfig {
+            frame_conditioned: true,
+            ..cfg.clone()
+        },
+        &tr,
+        &va,
+        &dev,
+    )
+    .unwrap();
+    assert!(
+        seeing.cosine > 0.9 && seeing.cosine > blind.cosine + 0.2,
+        "held-out cosine {} with the frame, {} without",
+        seeing.cosine,
+        blind.cosine
+    );
+    assert_eq!(ctrl.frame_dim(), 2);
+    // Saved and loaded, it still reads frames and maps the same way.
+    let tmp = tempfile::tempdir().unwrap();
+    lam_control::controller::save(&ctrl, tmp.path(), &seeing, &cfg, 2, 3).unwrap();
+    let back = lam_control::controller::load(tmp.path(), &dev).unwrap();
+    assert_eq!(back.frame_dim(), 2);
+    let (cos, _) = lam_control::controller::evaluate(&back, &va, &dev);
+    assert!((cos - seeing.cosine).abs() < 1e-5, "{cos} vs {}", seeing.cosine);
 }

@@ -551,14 +551,14 @@ fn standardized_model_keeps_the_training_statistics_in_its_checkpoint() {
 #[test]
 fn rollout_weight_adds_a_self_fed_prediction_pass() {
     let _serial = serial();
-    let _rng = lam_model::train::rng_lock();
     let dev = Device::flex();
-    dev.seed(9);
     let mut cfg = tiny();
     cfg.model.conditioning = lam_model::config::Conditioning::Action;
     cfg.model.latent_dim = 3;
     let (t, n, d) = (cfg.model.frames, cfg.model.tokens(), cfg.model.embed_dim);
-    let model = init_model(&cfg, &dev);
+    let model = init_model(&cfg, &dev); // takes the RNG lock itself
+    let _rng = lam_model::train::rng_lock();
+    dev.seed(9);
     let clips = Tensor::<4>::random([2, t, n, d], Distribution::Normal(0.0, 1.0), &dev);
     let actions = Tensor::<3>::random([2, t - 1, 3], Distribution::Normal(0.0, 1.0), &dev);
     let noise = lam_model::lam::StepNoise {

@@ -34,6 +34,11 @@ pub struct FitArgs {
     /// Hidden width of both MLPs.
     #[arg(long, default_value_t = ControllerConfig::default().hidden)]
     pub hidden: usize,
+    /// Condition both directions on the pooled frame the action is taken in: g_ctrl(a, s).
+    /// The same action moves the agent or not depending on walls and contacts; planning
+    /// computes each step's latent from the predicted frame it acts on.
+    #[arg(long)]
+    pub frame_conditioned: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -73,6 +78,7 @@ pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
     let ccfg = ControllerConfig {
         steps: args.steps,
         hidden: args.hidden,
+        frame_conditioned: args.frame_conditioned,
         ..Default::default()
     };
     let (ctrl, report) = controller::fit(&ccfg, &tr, &va, &device)?;

@@ -1,7 +1,9 @@
 //! `lam demo`: the README's main command. Runs the whole pipeline on the simulated suite on
 //! the CPU and writes a report folder:
 //!
-//! 1. record unlabeled `human` video and a small labeled `robot` set (`lam sim record`);
+//! 1. record unlabeled `human` video (400 episodes of random exploration: play in which the
+//!    agent also pushes into walls) and a small labeled `robot` set (100 mixed-policy
+//!    episodes) (`lam sim record`);
 //! 2. pretrain the sim encoder on the human frames (`lam encoder pretrain`);
 //! 3. embed both recordings into shards, one token per frame (the encoder's keypoint
 //!    positions, `--pooling keypoints`; the oracle's state with `--oracle`), one shard frame per
@@ -38,7 +40,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "reach")]
     pub task: String,
     /// Unlabeled human-domain episodes recorded.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 400)]
     pub human_episodes: usize,
     /// Labeled robot episodes recorded (for the controller).
     #[arg(long, default_value_t = 100)]
@@ -47,7 +49,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 400)]
     pub encoder_steps: usize,
     /// Training steps of the latent action model.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 2000)]
     pub steps: usize,
     /// Simulator steps per world-model step (action blocks; the recordings run at 10 steps
     /// per second, so 5 embeds 2 frames per second). Must divide 10.
@@ -68,8 +70,10 @@ pub struct DemoArgs {
     pub samples: usize,
     #[arg(long, default_value_t = 10)]
     pub iterations: usize,
-    /// Policy of the unlabeled human-domain recordings: expert, random or mixed.
-    #[arg(long, default_value = "mixed")]
+    /// Policy of the unlabeled human-domain recordings: expert, random or mixed. Random
+    /// exploration (play) by default: its full-speed pushes into walls are what teaches the
+    /// world model that walls stop the agent (reach: 55% against 10% with mixed-policy video).
+    #[arg(long, default_value = "random")]
     pub human_policy: String,
     /// Policy of the labeled robot recordings: expert, random or mixed.
     #[arg(long, default_value = "mixed")]
@@ -378,10 +382,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
     writeln!(md, "{headline}\n")?;
     writeln!(
         md,
-        "Task `{task}` of the simulated suite: {} unlabeled human-domain episodes (no actions \
-         read) and {} labeled robot episodes; closed-loop evaluation in the robot domain on the \
-         fixed protocol ({} episodes).\n",
-        a.human_episodes, a.robot_episodes, a.episodes
+        "Task `{task}` of the simulated suite: {} unlabeled human-domain episodes ({} policy, \
+         no actions read) and {} labeled robot episodes ({} policy); closed-loop evaluation in \
+         the robot domain on the fixed protocol ({} episodes).\n",
+        a.human_episodes, a.human_policy, a.robot_episodes, a.robot_policy, a.episodes
     )?;
     writeln!(md, "## Closed-loop planning\n")?;
     let plan_md =

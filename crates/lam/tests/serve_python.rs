@@ -130,7 +130,7 @@ fn write_mpc_fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         hidden: 32,
         ..Default::default()
     };
-    let ctrl = Controller::new(2, cfg.model.latent_dim, ccfg.hidden, &device);
+    let ctrl = Controller::new(2, cfg.model.latent_dim, 0, ccfg.hidden, &device);
     // What `lam control fit` writes: the weights and controller.json (dimensions, config).
     std::fs::create_dir_all(&ctrl_dir).unwrap();
     save_weights(&ctrl, &ctrl_dir.join("controller.safetensors")).unwrap();
