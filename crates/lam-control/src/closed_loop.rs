@@ -173,6 +173,7 @@ impl<'a> Agent<'a> {
 
     /// Checks that the pieces fit together.
     pub fn check(&self) -> Result<()> {
+        self.planner.validate()?;
         ensure!(self.frameskip >= 1, "frameskip must be at least 1");
         let block = self.low.len() * self.frameskip;
         let conditioning = self.cfg.model.conditioning;
@@ -200,6 +201,12 @@ impl<'a> Agent<'a> {
                     "controller maps to {}-D latents but the world model takes {}-D",
                     c.latent_dim(),
                     self.cfg.model.latent_dim
+                );
+                ensure!(
+                    c.frame_dim() == 0 || c.frame_dim() == self.cfg.model.embed_dim,
+                    "controller reads {}-D frames but the world model's frames are {}-D",
+                    c.frame_dim(),
+                    self.cfg.model.embed_dim
                 );
                 ensure!(
                     c.action_dim() == block,

@@ -172,6 +172,46 @@ impl Default for PlannerConfig {
 }
 
 impl PlannerConfig {
+    /// Names the first setting no planner can run with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.horizon >= 1,
+            "planner horizon must be at least 1, got 0"
+        );
+        anyhow::ensure!(
+            self.samples >= 1,
+            "planner samples must be at least 1, got 0"
+        );
+        anyhow::ensure!(
+            self.iterations >= 1,
+            "planner iterations must be at least 1, got 0"
+        );
+        if matches!(self.kind, PlannerKind::Cem | PlannerKind::Icem) {
+            anyhow::ensure!(
+                (1..=self.samples).contains(&self.elites),
+                "planner elites must be between 1 and the samples ({}), got {}",
+                self.samples,
+                self.elites
+            );
+        }
+        for (name, v) in [
+            ("temperature", self.temperature),
+            ("learning_rate", self.learning_rate),
+            ("icem_decay", self.icem_decay),
+        ] {
+            anyhow::ensure!(
+                v.is_finite() && v > 0.0,
+                "planner {name} must be a finite number > 0, got {v}"
+            );
+        }
+        anyhow::ensure!(
+            self.min_std.is_finite() && self.min_std >= 0.0,
+            "planner min_std must be a finite number >= 0, got {}",
+            self.min_std
+        );
+        Ok(())
+    }
+
     /// The paper's random shooting: 512 latent sequences from N(0, I), best final cosine.
     pub fn random_shooting() -> Self {
         Self {

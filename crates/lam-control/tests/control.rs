@@ -459,7 +459,10 @@ fn state_dependent_transitions(n: usize, seed: u64) -> lam_control::controller::
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (mut actions, mut latents, mut frames) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
-        let a = [rng.random_range(-1.0f32..1.0), rng.random_range(-1.0f32..1.0)];
+        let a = [
+            rng.random_range(-1.0f32..1.0),
+            rng.random_range(-1.0f32..1.0),
+        ];
         let wall = rng.random_bool(0.5);
         let sign = if wall { -1.0 } else { 1.0 };
         actions.extend(a);
@@ -512,5 +515,39 @@ fn frame_conditioned_controller_learns_what_the_state_does_to_an_action() {
     let back = lam_control::controller::load(tmp.path(), &dev).unwrap();
     assert_eq!(back.frame_dim(), 2);
     let (cos, _) = lam_control::controller::evaluate(&back, &va, &dev);
-    assert!((cos - seeing.cosine).abs() < 1e-5, "{cos} vs {}", seeing.cosine);
+    assert!(
+        (cos - seeing.cosine).abs() < 1e-5,
+        "{cos} vs {}",
+        seeing.cosine
+    );
+}
+
+#[test]
+fn planner_settings_no_planner_can_run_are_named() {
+    PlannerConfig::default().validate().unwrap();
+    let bad = |cfg: PlannerConfig, what: &str| {
+        let err = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(err.contains(what), "{err}");
+    };
+    bad(
+        PlannerConfig {
+            horizon: 0,
+            ..Default::default()
+        },
+        "horizon",
+    );
+    bad(
+        PlannerConfig {
+            elites: 301,
+            ..Default::default()
+        },
+        "elites",
+    );
+    bad(
+        PlannerConfig {
+            temperature: f64::NAN,
+            ..Default::default()
+        },
+        "temperature",
+    );
 }

@@ -76,12 +76,21 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// The tests of this file run one at a time: they share the device's random generator (weight
+/// initialisation) and rayon's splitting of reductions, so in parallel one test's run could
+/// differ from run to run.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn dev() -> Device {
     Device::flex()
 }
 
 #[test]
 fn policy_and_world_model_shapes() {
+    let _serial = serial();
     let cfg = tiny();
     let d = dev();
     for head in [HeadKind::Mlp, HeadKind::Diffusion] {
@@ -108,6 +117,7 @@ fn policy_and_world_model_shapes() {
 
 #[test]
 fn rssm_step_prior_posterior_and_straight_through_sample() {
+    let _serial = serial();
     let cfg = tiny();
     let d = dev();
     let wm = Rssm::new(&cfg.world_model, 32, 3, &d);
@@ -147,6 +157,7 @@ fn rssm_step_prior_posterior_and_straight_through_sample() {
 /// KL with free bits and balancing against a hand computation.
 #[test]
 fn kl_balancing_and_free_bits_match_hand_computation() {
+    let _serial = serial();
     let d = dev().autodiff();
     // B = 1, T = 2, G = 2, C = 3.
     let post: [[[f64; 3]; 2]; 2] = [
@@ -219,6 +230,7 @@ fn kl_balancing_and_free_bits_match_hand_computation() {
 
 #[test]
 fn tiny_pretrain_reconstruction_falls_and_no_actions_are_read() {
+    let _serial = serial();
     let f = fixture();
     let mut cfg = tiny();
     cfg.train.steps = 40;
@@ -255,6 +267,7 @@ fn tiny_pretrain_reconstruction_falls_and_no_actions_are_read() {
 
 #[test]
 fn joint_loss_reaches_the_policy() {
+    let _serial = serial();
     let cfg = tiny();
     let d = dev().autodiff();
     let model = Lawm::new(&cfg, &d);
@@ -290,6 +303,7 @@ fn joint_loss_reaches_the_policy() {
 
 #[test]
 fn finetune_replaces_head_with_action_dim_and_eval_runs() {
+    let _serial = serial();
     let f = fixture();
     let mut cfg = tiny();
     cfg.train.steps = 3;
@@ -398,6 +412,7 @@ fn finetune_replaces_head_with_action_dim_and_eval_runs() {
 
 #[test]
 fn diffusion_head_finetunes() {
+    let _serial = serial();
     let f = fixture();
     let mut cfg = tiny();
     cfg.policy.head = HeadKind::Diffusion;
@@ -434,6 +449,7 @@ fn diffusion_head_finetunes() {
 
 #[test]
 fn cca_matches_scikit_learn_fixture() {
+    let _serial = serial();
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/cca_sklearn.json"
@@ -462,6 +478,7 @@ fn cca_matches_scikit_learn_fixture() {
 
 #[test]
 fn bad_inputs_name_the_value() {
+    let _serial = serial();
     let f = fixture();
     let emb = InstructionEmbedder::new(8);
     let missing = PathBuf::from("/nonexistent/lawm-data");
@@ -559,6 +576,7 @@ fn chunk_of(ckpt: &Path, data: &FrameData) -> Vec<f32> {
 
 #[test]
 fn resume_restores_optimizer_state_and_continues_exactly() {
+    let _serial = serial();
     let f = fixture();
     let emb = InstructionEmbedder::new(tiny().policy.instruction_dim);
     let opts = |dir: &Path, resume: bool| RunOptions {
@@ -673,6 +691,7 @@ fn resume_restores_optimizer_state_and_continues_exactly() {
 
 #[test]
 fn spatial_softmax_finds_the_peak_and_shift_moves_the_frame() {
+    let _serial = serial();
     use lam_lawm::data::shift_frame;
     use lam_lawm::policy::spatial_softmax;
     // One channel, 4x4, a strong peak at (x=3, y=1): coordinates (1, -1/3).

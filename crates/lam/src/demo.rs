@@ -33,7 +33,8 @@ use tracing::info;
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Report folder (everything the demo makes goes here; its earlier contents are replaced).
+    /// Report folder (everything the demo makes goes here; what an earlier demo wrote there is
+    /// replaced; a folder holding the demo's subfolders that lam demo did not make is refused).
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
     /// Task recorded and planned: reach, push, pusht or sort.
@@ -106,6 +107,39 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
 }
 
+/// File that marks a folder as a demo report folder (written by the demo itself).
+const MARKER: &str = ".lam-demo";
+/// Subfolders a demo writes, replaced by the next run into the same folder.
+const SUBFOLDERS: [&str; 6] = ["data", "encoder", "shards", "lam", "controller", "plan"];
+
+/// Creates the report folder, or clears what an earlier demo wrote there. A folder that holds
+/// any of the demo's subfolders but no marker was not made by `lam demo`: it is refused, never
+/// deleted.
+fn prepare_out(out: &Path) -> Result<()> {
+    // Report folders of demos from before the marker carry their summary.
+    let marked = out.join(MARKER).is_file()
+        || std::fs::read_to_string(out.join("summary.md"))
+            .is_ok_and(|t| t.starts_with("# lam demo report"));
+    if !marked {
+        if let Some(sub) = SUBFOLDERS.iter().find(|s| out.join(s).exists()) {
+            anyhow::bail!(
+                "{} holds `{sub}` but was not made by lam demo (no {MARKER} file): refusing to \
+                 replace it; pass another --out",
+                out.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for sub in SUBFOLDERS {
+        let p = out.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("cannot clear {}", p.display()))?;
+        }
+    }
+    std::fs::write(out.join(MARKER), b"report folder of lam demo\n")
+        .with_context(|| format!("cannot write {}", out.join(MARKER).display()))
+}
+
 fn args(items: &[&dyn std::fmt::Display]) -> Vec<String> {
     items.iter().map(|x| x.to_string()).collect()
 }
@@ -113,13 +147,7 @@ fn args(items: &[&dyn std::fmt::Display]) -> Vec<String> {
 pub fn run(a: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let out = &a.out;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    for sub in ["data", "encoder", "shards", "lam", "controller", "plan"] {
-        let p = out.join(sub);
-        if p.exists() {
-            std::fs::remove_dir_all(&p).with_context(|| format!("cannot clear {}", p.display()))?;
-        }
-    }
+    prepare_out(out)?;
     let p = |s: &str| out.join(s).display().to_string();
     let (human, robot) = (p("data/human"), p("data/robot"));
     let encoder = if a.oracle {
@@ -438,4 +466,34 @@ pub fn run(a: DemoArgs) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_folder_is_cleared_only_when_the_demo_made_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A folder someone else filled: refused, and left as it was.
+        let foreign = tmp.path().join("mine");
+        std::fs::create_dir_all(foreign.join("data")).unwrap();
+        std::fs::write(foreign.join("data/keep.txt"), b"precious").unwrap();
+        let err = format!("{:#}", prepare_out(&foreign).unwrap_err());
+        assert!(
+            err.contains("not made by lam demo") && err.contains("mine"),
+            "{err}"
+        );
+        assert!(foreign.join("data/keep.txt").is_file());
+        // A new folder is made and marked; a second run clears the demo's subfolders only.
+        let out = tmp.path().join("demo");
+        prepare_out(&out).unwrap();
+        assert!(out.join(MARKER).is_file());
+        std::fs::create_dir_all(out.join("plan")).unwrap();
+        std::fs::write(out.join("plan/old.md"), b"old").unwrap();
+        std::fs::write(out.join("notes.txt"), b"mine").unwrap();
+        prepare_out(&out).unwrap();
+        assert!(!out.join("plan").exists());
+        assert!(out.join("notes.txt").is_file());
+    }
 }
