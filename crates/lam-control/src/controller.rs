@@ -214,14 +214,12 @@ pub fn pseudo_label(
     let mut actions = Vec::new();
     let mut latents = Vec::new();
     let mut frames = Vec::new();
-    let mut frame_dim = 0;
     for chunk in (0..data.len()).collect::<Vec<_>>().chunks(batch.max(1)) {
         let clips = Tensor::<4>::from_data(
             TensorData::new(data.batch(chunk), [chunk.len(), t, idx.tokens, idx.dim]),
             device,
         );
         let pooled = Idm::pool(lam.normalize(clips));
-        frame_dim = pooled.dims()[2];
         frames.extend(
             pooled
                 .clone()
@@ -257,7 +255,7 @@ pub fn pseudo_label(
         frames,
         action_dim: a,
         latent_dim: d,
-        frame_dim,
+        frame_dim: idx.dim,
     })
 }
 
@@ -376,7 +374,7 @@ pub fn fit(
         rows(&train.actions, train.action_dim, &selection, device),
         rows(&train.latents, train.latent_dim, &selection, device),
     );
-    let sel_f = (frame_dim > 0).then(|| rows(&train.frames, frame_dim, &selection, device));
+    let sel_f = frames_of(&ctrl, train, &selection, device);
     let mut best: Option<(f32, usize, Controller)> = None;
     let mut since_best = 0usize;
     let mut steps_run = 0usize;
@@ -390,7 +388,7 @@ pub fn fit(
         pos += b;
         let a = rows(&train.actions, train.action_dim, idx, &ad);
         let z = rows(&train.latents, train.latent_dim, idx, &ad);
-        let f = (frame_dim > 0).then(|| rows(&train.frames, frame_dim, idx, &ad));
+        let f = frames_of(&ctrl, train, idx, &ad);
         let loss = loss_of(&ctrl, a, z, f);
         let grads = GradientsParams::from_grads(loss.backward(), &ctrl);
         ctrl = opt.step(cfg.lr, ctrl, grads);

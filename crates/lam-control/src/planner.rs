@@ -430,22 +430,18 @@ pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3
     };
     let x = space.expand_tensor(x);
     let [c, h, width] = x.dims();
-    let [_, n, d] = problem.current.dims();
-    let mut cache = problem.cache.map(|k| k.repeat(c));
-    let mut frame = problem.current.clone().expand([c, n, d]);
-    let mut steps = Vec::with_capacity(h);
-    for k in 0..h {
-        let a = x.clone().slice(s![.., k..k + 1, ..]).reshape([c, width]);
-        let pooled = frame.clone().mean_dim(1).reshape([c, d]);
-        let z = ctrl.to_latent(a, Some(pooled));
-        let (pred, next) = problem
-            .world_model
-            .step(cache.as_ref(), frame, z, problem.window);
-        steps.push(pred.clone());
-        frame = pred;
-        cache = Some(next);
-    }
-    Tensor::stack(steps, 1)
+    let d = problem.current.dims()[2];
+    problem.world_model.rollout_with(
+        problem.cache,
+        problem.current.clone(),
+        c,
+        h,
+        problem.window,
+        |k, frame| {
+            let a = x.clone().slice(s![.., k..k + 1, ..]).reshape([c, width]);
+            ctrl.to_latent(a, Some(frame.clone().mean_dim(1).reshape([c, d])))
+        },
+    )
 }
 
 /// Rollout that runs the whole history plus the frames so far at every step (the window of

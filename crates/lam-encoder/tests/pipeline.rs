@@ -8,7 +8,7 @@ use std::process::Command;
 use burn::prelude::*;
 use lam_data::{ShardIndex, ShardSet};
 use lam_encoder::embed::{EmbedOptions, embed};
-use lam_encoder::pretrain::{PretrainConfig, pretrain, synthetic_frames};
+use lam_encoder::pretrain::{Frames, PretrainConfig, PretrainSummary, pretrain, synthetic_frames};
 use lam_encoder::probe::ProbeConfig;
 use lam_encoder::sim::SimEncoderConfig;
 use lam_encoder::{Encoder, Pooling};
@@ -104,22 +104,32 @@ fn small_sim_config() -> PretrainConfig {
     }
 }
 
+/// The pretraining tests' generated frames: 12 runs of 16 steps, 32 x 32 pixels.
+fn test_frames() -> Frames {
+    synthetic_frames(12, 16, 32, &Normalization::IMAGENET, 1)
+}
+
+/// Pretrains `cfg` on `frames` into the folder `run`, on the CPU, without a progress bar.
+fn pretrain_into(cfg: &PretrainConfig, frames: &Frames, run: &Path) -> PretrainSummary {
+    pretrain(
+        cfg,
+        frames,
+        Normalization::IMAGENET,
+        &Device::flex(),
+        run,
+        false,
+    )
+    .unwrap()
+}
+
 #[test]
 fn pretrain_then_embed_a_sim_recording_with_actions_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     // Pretrain a tiny encoder on generated frames.
-    let frames = synthetic_frames(12, 16, 32, &Normalization::IMAGENET, 1);
+    let frames = test_frames();
     let run = dir.path().join("pretrain");
     let cfg = small_sim_config();
-    let s = pretrain(
-        &cfg,
-        &frames,
-        Normalization::IMAGENET,
-        &Device::flex(),
-        &run,
-        false,
-    )
-    .unwrap();
+    let s = pretrain_into(&cfg, &frames, &run);
     println!(
         "before {:?}\nafter {:?}\nloss {} in {:.1}s",
         s.before, s.after, s.final_loss, s.seconds
@@ -151,15 +161,7 @@ fn pretrain_then_embed_a_sim_recording_with_actions_and_resume() {
         probe: None,
         ..cfg.clone()
     };
-    let c = pretrain(
-        &plain,
-        &frames,
-        Normalization::IMAGENET,
-        &Device::flex(),
-        &dir.path().join("plain"),
-        false,
-    )
-    .unwrap();
+    let c = pretrain_into(&plain, &frames, &dir.path().join("plain"));
     println!("without SIGReg {:?}", c.after);
     assert!(
         c.after.tokens.mean_std < 0.5 * c.before.tokens.mean_std
@@ -323,22 +325,14 @@ fn oracle_shards_hold_the_true_state_and_action_blocks() {
 #[test]
 fn pixel_keypoints_learn_to_sit_on_what_moves() {
     let dir = tempfile::tempdir().unwrap();
-    let frames = synthetic_frames(12, 16, 32, &Normalization::IMAGENET, 1);
+    let frames = test_frames();
     let mut cfg = small_sim_config();
     cfg.encoder.pixel_keypoints = true;
     cfg.probe = None;
     cfg.steps = 60;
     cfg.log_every = 10;
     let run = dir.path().join("run");
-    pretrain(
-        &cfg,
-        &frames,
-        Normalization::IMAGENET,
-        &Device::flex(),
-        &run,
-        false,
-    )
-    .unwrap();
+    pretrain_into(&cfg, &frames, &run);
     let motion: Vec<f64> = fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()

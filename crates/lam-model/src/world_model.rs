@@ -208,12 +208,30 @@ impl WorldModel {
         window: usize,
     ) -> Tensor<4> {
         let [c, h, _] = z.dims();
+        self.rollout_with(cache, current, c, h, window, |k, _| {
+            z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1)
+        })
+    }
+
+    /// [`rollout_steps`](Self::rollout_steps) for `c` candidates over `h` steps whose latent
+    /// action at step k, `[C, d]`, is `z_of(k, frame)` of the frame `[C, N, D]` it acts on
+    /// (the current frame, then the model's own predictions): latents that depend on the
+    /// state, such as a frame-conditioned controller's.
+    pub fn rollout_with(
+        &self,
+        cache: Option<&KvCache>,
+        current: Tensor<3>,
+        c: usize,
+        h: usize,
+        window: usize,
+        mut z_of: impl FnMut(usize, &Tensor<3>) -> Tensor<2>,
+    ) -> Tensor<4> {
         let [_, n, d] = current.dims();
         let mut cache = cache.map(|k| k.repeat(c));
         let mut frame = current.expand([c, n, d]);
         let mut steps = Vec::with_capacity(h);
         for k in 0..h {
-            let zk = z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1);
+            let zk = z_of(k, &frame);
             let (pred, next) = self.step(cache.as_ref(), frame, zk, window);
             steps.push(pred.clone());
             frame = pred;

@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser};
+use lam_sim::PolicyKind;
 use serde_json::{Value, json};
 use tracing::info;
 
@@ -75,10 +76,10 @@ pub struct DemoArgs {
     /// exploration (play) by default: its full-speed pushes into walls are what teaches the
     /// world model that walls stop the agent (reach: 55% against 10% with mixed-policy video).
     #[arg(long, default_value = "random")]
-    pub human_policy: String,
+    pub human_policy: PolicyKind,
     /// Policy of the labeled robot recordings: expert, random or mixed.
     #[arg(long, default_value = "mixed")]
-    pub robot_policy: String,
+    pub robot_policy: PolicyKind,
     /// Extra `section.field=value` settings for the latent action model's training, after the
     /// demo's own (repeatable; see `lam train --set`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
