@@ -76,6 +76,9 @@ def main():
     ap.add_argument("--model", choices=["mpc", "lawm"], required=True)
     ap.add_argument("--max-message-bytes", type=int, required=True)
     ap.add_argument("--instruction", default="reach")
+    ap.add_argument("--max-connections", type=int, default=0,
+                    help="the server's --max-connections; > 0 checks that idle sockets "
+                         "filling every slot do not lock a new client out")
     args = ap.parse_args()
 
     frames = np.load(f"{args.frames}/frames.npy")
@@ -185,6 +188,11 @@ def main():
     expect_error(lambda: c.call("reset", goal=goal if mpc else None, instruction=None if mpc
                                 else "reach", seed="x"), "`seed`", "a string",
                  what="seed that is a string")
+    # extreme shapes under the message limit: refused by size, not resized
+    expect_error(lambda: c.act(np.zeros((5000, 1, 3), np.uint8)), "5000x1", "at most 4096",
+                 what="extreme shape 5000x1")
+    expect_error(lambda: c.act(np.zeros((1, 5000, 3), np.uint8)), "1x5000", "at most 4096",
+                 what="extreme shape 1x5000")
     # oversized: a frame bigger than the server's limit
     side = int(np.sqrt(args.max_message_bytes / 3)) + 64
     huge = np.zeros((side, side, 3), np.uint8)
@@ -239,7 +247,40 @@ def main():
     rep = c.act(img)
     check(rep["step"] == len(frames) + 6, f"first connection's step counter ({rep['step']})")
     c.close()
+
+    if args.max_connections > 0:
+        idle_slots_do_not_lock_clients_out(args, mpc, goal, frames)
     print(f"{len(CHECKS)} checks passed")
+
+
+def idle_slots_do_not_lock_clients_out(args, mpc, goal, frames):
+    """Every slot taken by a socket that never speaks (half of them half-open handshakes,
+    half finished WebSockets): a new client is still served, in the slot of the idlest."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+    from websockets.sync.client import connect
+
+    u = urlparse(args.url)
+    idle = []
+    for k in range(args.max_connections):
+        if k % 2 == 0:
+            idle.append(socket.create_connection((u.hostname, u.port), timeout=30))
+        else:
+            idle.append(connect(args.url, max_size=None))
+    time.sleep(2.5)  # the server gives a slot away after 2 s of silence
+    t0 = time.time()
+    with LamClient(args.url) as ck:
+        if mpc:
+            ck.reset(goal=goal, seed=1)
+        else:
+            ck.reset(instruction=args.instruction, seed=1)
+        rep = ck.act(frames[0])
+        check(rep["step"] == 1, "a new client is served while idle sockets fill every slot")
+    print(f"  idle sockets filling all {args.max_connections} slots: a new client was served "
+          f"in {time.time() - t0:.2f} s")
+    for s in idle:
+        s.close()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::controller::Controller;
 use crate::planner::{Plan, PlannerConfig, Problem, SearchSpace, plan};
+use crate::waypoints::{GoalMap, WaypointGraph};
 
 /// Maps an RGB frame (`size * size * 3` bytes), the simulator state it shows and the
 /// episode's layout to frame tokens `[1, N, D]` (learned encoders read the pixels, the oracle
@@ -128,6 +129,9 @@ pub struct Agent<'a> {
     /// Search one robot action per block, held for its `frameskip` steps, instead of
     /// `frameskip` free ones (robot-action search spaces only).
     pub hold_actions: bool,
+    /// Aim each plan at a waypoint on the training data's path to the goal (see
+    /// [`crate::waypoints`]) instead of at the goal itself.
+    pub waypoints: Option<&'a WaypointGraph>,
 }
 
 /// One action block from [`MpcSession::act`].
@@ -241,6 +245,7 @@ impl<'a> Agent<'a> {
         MpcSession {
             agent: self,
             goal: self.lam.normalize(goal),
+            goal_map: None,
             seed,
             frames: Vec::new(),
             latents: Vec::new(),
@@ -350,6 +355,8 @@ fn nearest_index(bank: &Tensor<3>, x: Tensor<3>) -> usize {
 pub struct MpcSession<'a> {
     agent: &'a Agent<'a>,
     goal: Tensor<3>,
+    /// With waypoints: the data's paths to `goal` (made at the first plan).
+    goal_map: Option<GoalMap>,
     seed: u64,
     /// The last `window + 1` frames seen, `[1, N, D]` each, and the latent or action of each
     /// transition between them (`[1, d]`).
@@ -413,6 +420,19 @@ impl MpcSession<'_> {
                 let z = Tensor::stack::<3>(self.latents[self.latents.len() - k..].to_vec(), 1);
                 wm.prefill(f, z, window)
             });
+            let target = match agent.waypoints {
+                Some(graph) => {
+                    if self.goal_map.is_none() {
+                        self.goal_map = Some(graph.toward(&self.goal)?);
+                    }
+                    let map = self.goal_map.as_ref().expect("just made");
+                    let reach = agent.planner.horizon.saturating_sub(1).max(1);
+                    graph
+                        .waypoint(map, &s, reach)?
+                        .unwrap_or_else(|| self.goal.clone())
+                }
+                None => self.goal.clone(),
+            };
             let problem = Problem {
                 world_model: wm,
                 cache: cache.as_ref(),
@@ -420,7 +440,7 @@ impl MpcSession<'_> {
                 history: None,
                 use_cache: true,
                 current: s.clone(),
-                goal: self.goal.clone(),
+                goal: target,
             };
             let (low, high) = agent.block_bounds();
             let space = match agent.mode {

@@ -5,3 +5,4 @@ pub mod closed_loop;
 pub mod controller;
 pub mod gradient;
 pub mod planner;
+pub mod waypoints;

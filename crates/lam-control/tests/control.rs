@@ -114,6 +114,20 @@ fn planners_reach_a_reachable_goal() {
         };
         let p = plan(&cfg, &problem, &space);
         assert_eq!(p.sequence.len(), 3 * 16);
+        // The reported cost is what the returned sequence achieves (a planner that returned
+        // one sequence and scored another would pass the comparisons below).
+        let again = cost(
+            lam_control::planner::CostKind::Cosine,
+            true,
+            rollout(&problem, &space, &p.sequence, 1, 3),
+            goal.clone(),
+        )
+        .into_scalar::<f32>();
+        assert!(
+            (again - p.cost).abs() <= 1e-3 * (1.0 + again.abs()),
+            "{kind:?}: reports cost {} but its sequence costs {again}",
+            p.cost
+        );
         assert!(
             p.cost < random_cost,
             "{kind:?}: plan cost {} not below the random mean {random_cost}",
@@ -198,6 +212,7 @@ fn controller_aligns_with_pseudo_labels() {
         &TrainOptions {
             run_dir: run.clone(),
             resume: false,
+            force: false,
             progress: false,
             stop_after: None,
         },
@@ -313,6 +328,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
         low: space.low.clone(),
         high: space.high.clone(),
         hold_actions: false,
+        waypoints: None,
     };
     let r = agent.run_episode(&episodes[0], &encoder, true).unwrap();
     assert!(r.steps >= 1 && r.steps <= 50);
@@ -390,6 +406,7 @@ fn closed_loop_executes_action_blocks() {
         low: space.low.clone(),
         high: space.high.clone(),
         hold_actions: false,
+        waypoints: None,
     };
     agent.check().unwrap();
     // One plan per block of two environment steps.

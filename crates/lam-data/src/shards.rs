@@ -358,10 +358,39 @@ struct OpenShard {
     ids: Vec<i64>,
 }
 
-/// A read-only view of the clips of one split of a shard set, memory-mapped.
+/// A clip left out of a [`ShardSet`] because its embeddings or actions hold NaN or Inf.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SkippedClip {
+    pub file: PathBuf,
+    /// Position of the clip inside its shard file.
+    pub clip: usize,
+    /// Its source id (video / episode).
+    pub id: i64,
+    /// Which tensor held the first non-finite value: `embeddings` or `actions`.
+    pub tensor: &'static str,
+}
+
+impl std::fmt::Display for SkippedClip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} clip {} (source id {}): non-finite {}",
+            self.file.display(),
+            self.clip,
+            self.id,
+            self.tensor
+        )
+    }
+}
+
+/// A read-only view of the clips of one split of a shard set, memory-mapped. Clips whose
+/// embeddings or actions are not all finite are left out when the set is opened, and listed
+/// in `skipped`.
 pub struct ShardSet {
     pub dir: PathBuf,
     pub index: ShardIndex,
+    /// Clips left out because they hold NaN or Inf.
+    pub skipped: Vec<SkippedClip>,
     shards: Vec<OpenShard>,
     /// (shard, clip within shard) for every clip of the selected split.
     clips: Vec<(usize, usize)>,
@@ -374,6 +403,7 @@ impl ShardSet {
         let index = ShardIndex::load(dir)?;
         let mut shards = Vec::new();
         let mut clips = Vec::new();
+        let mut skipped = Vec::new();
         for entry in index
             .shards
             .iter()
@@ -388,7 +418,31 @@ impl ShardSet {
                 .with_context(|| format!("cannot map shard {}", path.display()))?;
             let (emb_offset, act_offset, ids) = check_shard(&path, &map, &index, entry.clips)?;
             let shard = shards.len();
-            clips.extend((0..entry.clips).map(|c| (shard, c)));
+            let finite = |start: usize, len: usize| {
+                map[start..start + len]
+                    .chunks_exact(4)
+                    .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+            };
+            let emb_len = index.clip_len() * 4;
+            let act_len = index.action_dim.map(|a| (index.frames - 1) * a * 4);
+            for c in 0..entry.clips {
+                let tensor = if !finite(emb_offset + c * emb_len, emb_len) {
+                    Some("embeddings")
+                } else if let (Some(off), Some(len)) = (act_offset, act_len) {
+                    (!finite(off + c * len, len)).then_some("actions")
+                } else {
+                    None
+                };
+                match tensor {
+                    Some(tensor) => skipped.push(SkippedClip {
+                        file: path.clone(),
+                        clip: c,
+                        id: ids[c],
+                        tensor,
+                    }),
+                    None => clips.push((shard, c)),
+                }
+            }
             shards.push(OpenShard {
                 path,
                 map,
@@ -401,6 +455,7 @@ impl ShardSet {
         Ok(Self {
             dir: dir.to_path_buf(),
             index,
+            skipped,
             shards,
             clips,
         })
@@ -567,6 +622,37 @@ mod tests {
         assert_eq!(val.len(), 1);
         assert_eq!(val.clip_id(0), 4);
         assert_eq!(ShardSet::open(dir.path(), None).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn clips_with_nan_or_inf_are_skipped_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ShardWriter::create(dir.path(), 3, [2, 2], 5, Some(2), 2).unwrap();
+        for id in 0..4 {
+            w.push(Split::Train, clip(id, 60, Some(4))).unwrap();
+        }
+        w.finish().unwrap();
+        let set = ShardSet::open(dir.path(), None).unwrap();
+        assert!(set.skipped.is_empty());
+        // Corrupt one value of clip 1's embeddings and one of clip 2's actions, in place.
+        let poke = |file: &Path, offset: usize, v: f32| {
+            let mut bytes = std::fs::read(file).unwrap();
+            bytes[offset..offset + 4].copy_from_slice(&v.to_le_bytes());
+            std::fs::write(file, bytes).unwrap();
+        };
+        let (f0, f1) = (set.shards[0].path.clone(), set.shards[1].path.clone());
+        poke(&f0, set.shards[0].emb_offset + 60 * 4 + 7 * 4, f32::NAN);
+        poke(&f1, set.shards[1].act_offset.unwrap() + 4, f32::INFINITY);
+        drop(set);
+        let set = ShardSet::open(dir.path(), None).unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!((set.clip_id(0), set.clip_id(1)), (0, 3));
+        assert_eq!(set.skipped.len(), 2);
+        let msg = set.skipped[0].to_string();
+        assert!(msg.contains("clip 1") && msg.contains("embeddings"), "{msg}");
+        assert!(msg.contains(&f0.display().to_string()), "{msg}");
+        let msg = set.skipped[1].to_string();
+        assert!(msg.contains("clip 0") && msg.contains("source id 2") && msg.contains("actions"), "{msg}");
     }
 
     #[test]

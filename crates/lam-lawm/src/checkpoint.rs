@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
+use lam_data::shards::write_atomic;
 use lam_model::checkpoint::{load_weights, save_weights};
 use serde::{Deserialize, Serialize};
 
@@ -70,13 +71,6 @@ pub fn load_optimizer(ckpt: &Path, optimizer: ModuleOptimizer) -> Result<ModuleO
     optimizer
         .load(&path)
         .map_err(|e| anyhow::anyhow!("cannot load optimizer state {}: {e:?}", path.display()))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
-    Ok(())
 }
 
 /// Saves a checkpoint folder (weights only) and points `latest` at it; returns the folder.

@@ -294,7 +294,10 @@ pub fn run(cmd: LawmCommand) -> Result<()> {
                 );
             }
             if let Some(p) = a.json {
-                std::fs::write(&p, serde_json::to_string_pretty(&results)?)?;
+                lam_data::shards::write_atomic(
+                    &p,
+                    serde_json::to_string_pretty(&results)?.as_bytes(),
+                )?;
             }
         }
         LawmCommand::Cca(a) => {

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::prelude::*;
+use lam_data::shards::write_atomic;
 use lam_sim::{Dataset, Domain, PolicyKind, RecordConfig, Task, record};
 use serde::Serialize;
 use serde_json::json;
@@ -233,17 +234,21 @@ pub fn compare(opts: &CompareOptions, device: &Device) -> Result<Vec<ArmResult>>
             cca,
         });
     }
-    fs::write(
-        opts.out.join("compare.json"),
+    write_atomic(
+        &opts.out.join("compare.json"),
         serde_json::to_string_pretty(
             &json!({"tasks": opts.tasks.iter().map(|t| t.name()).collect::<Vec<_>>(),
             "video_episodes": opts.video_episodes, "demos_per_task": opts.demos,
             "finetune_steps": opts.finetune_steps, "finetune_lr": opts.finetune_lr,
             "eval_episodes": opts.eval_episodes,
             "config": opts.config, "arms": arms}),
-        )?,
+        )?
+        .as_bytes(),
     )?;
-    fs::write(opts.out.join("compare.md"), table(&opts.tasks, &arms))?;
+    write_atomic(
+        &opts.out.join("compare.md"),
+        table(&opts.tasks, &arms).as_bytes(),
+    )?;
     Ok(arms)
 }
 

@@ -34,6 +34,7 @@ use crate::config::{HeadKind, LawmConfig};
 use crate::data::FrameData;
 use crate::model::{Lawm, PretrainNoise};
 use crate::policy::Policy;
+use lam_data::shards::write_atomic;
 use lam_model::checkpoint::load_weights;
 use lam_model::optim::stable_param_ids;
 
@@ -139,9 +140,9 @@ impl Log {
     fn open(cfg: &LawmConfig, opts: &RunOptions, stage: &str, start: usize) -> Result<Self> {
         fs::create_dir_all(&opts.run_dir)
             .with_context(|| format!("cannot create {}", opts.run_dir.display()))?;
-        fs::write(
-            opts.run_dir.join("config.json"),
-            serde_json::to_string_pretty(&json!({"stage": stage, "config": cfg}))?,
+        write_atomic(
+            &opts.run_dir.join("config.json"),
+            serde_json::to_string_pretty(&json!({"stage": stage, "config": cfg}))?.as_bytes(),
         )?;
         let path = opts.run_dir.join("metrics.jsonl");
         let kept: Vec<String> = if start > 0 {
@@ -159,11 +160,17 @@ impl Log {
         } else {
             Vec::new()
         };
-        let mut file =
-            fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        for l in &kept {
-            writeln!(file, "{l}")?;
+        // The kept lines replace the file in one rename (a kill here leaves the old log or
+        // the new one, never a truncated one); then the run appends.
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
         }
+        write_atomic(&path, text.as_bytes())?;
+        let file = fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         let bar = if opts.progress {
             ProgressBar::new(cfg.train.steps as u64)
         } else {

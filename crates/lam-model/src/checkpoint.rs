@@ -64,6 +64,7 @@ pub fn load_weights<M: Module + ModuleSnapshot>(mut model: M, path: &Path) -> Re
         "weights file {} does not exist",
         path.display()
     );
+    check_finite(path)?;
     let mut store = SafetensorsStore::from_file(path);
     let result = model
         .load_from(&mut store)
@@ -76,6 +77,34 @@ pub fn load_weights<M: Module + ModuleSnapshot>(mut model: M, path: &Path) -> Re
         result.errors
     );
     Ok(stable_param_ids(model))
+}
+
+/// Refuses a weights file holding NaN or Inf in a float tensor, naming the tensor: such a
+/// model would only ever produce NaN (and must never reach the planner's CPU kernels).
+pub fn check_finite(path: &Path) -> Result<()> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a safetensors file: {e}", path.display()))?;
+    for (name, view) in file.tensors() {
+        let bad = match view.dtype() {
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+            safetensors::Dtype::F64 => view.data().chunks_exact(8).position(|b| {
+                !f64::from_le_bytes(b.try_into().expect("8 bytes")).is_finite()
+            }),
+            _ => None,
+        };
+        if let Some(i) = bad {
+            anyhow::bail!(
+                "weights {}: tensor `{name}` holds NaN or Inf (at flat index {i}); the file is \
+                 corrupt or the run diverged",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Saves a complete checkpoint for `state.step`; returns its folder.
@@ -110,23 +139,61 @@ pub fn save<M: Module + ModuleSnapshot>(
     }
     fs::rename(&tmp, &final_dir)?;
     lam_data::shards::write_atomic(&dir.join("latest"), name.as_bytes())?;
-    prune(&dir, keep.max(1))?;
+    prune(&dir, keep.max(1), &name)?;
     Ok(final_dir)
 }
 
-fn prune(dir: &Path, keep: usize) -> Result<()> {
+/// Deletes the oldest `step-*` folders past `keep`; `current` (the one `latest` names) is
+/// never deleted, even when folders with higher steps are present.
+fn prune(dir: &Path, keep: usize, current: &str) -> Result<()> {
     let mut steps: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-"))
+                .is_some_and(|n| n.starts_with("step-") && n != current)
         })
         .collect();
     steps.sort();
-    let excess = steps.len().saturating_sub(keep);
+    let excess = steps.len().saturating_sub(keep - 1);
     for old in &steps[..excess] {
         fs::remove_dir_all(old)?;
+    }
+    Ok(())
+}
+
+/// What of an earlier run `run` holds: its newest checkpoint's step, or `Some(0)` when it
+/// has a metrics log or config but no checkpoint yet; `None` for a fresh folder.
+pub fn earlier_run(run: &Path) -> Result<Option<usize>> {
+    if let Some(ckpt) = latest(run)? {
+        return Ok(Some(load_state(&ckpt)?.step));
+    }
+    let has = |f: &str| run.join(f).exists();
+    Ok((has("metrics.jsonl") || has("checkpoints")).then_some(0))
+}
+
+/// Removes what a run of lam wrote in `run` (checkpoints, metrics.jsonl, config.toml, run.json),
+/// leaving anything else there alone.
+pub fn clear_run(run: &Path) -> Result<()> {
+    let ck = checkpoints_dir(run);
+    if ck.is_dir() {
+        for e in fs::read_dir(&ck)? {
+            let p = e?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with("step-") || name.starts_with(".step-") {
+                fs::remove_dir_all(&p)
+                    .with_context(|| format!("cannot remove {}", p.display()))?;
+            } else if name == "latest" {
+                fs::remove_file(&p)?;
+            }
+        }
+        let _ = fs::remove_dir(&ck); // only if nothing else was there
+    }
+    for f in ["metrics.jsonl", "config.toml", "run.json"] {
+        let p = run.join(f);
+        if p.exists() {
+            fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        }
     }
     Ok(())
 }
@@ -189,4 +256,49 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
             path.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_with_nan_are_refused_naming_the_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let write = |name: &str, values: &[f32]| {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![values.len()], &bytes)
+                    .unwrap();
+            let path = tmp.path().join(format!("{name}.safetensors"));
+            safetensors::serialize_to_file(vec![(name, view)], None, &path).unwrap();
+            path
+        };
+        check_finite(&write("ok.weight", &[1.0, -2.0])).unwrap();
+        let e = check_finite(&write("wm.blocks.0.bias", &[1.0, f32::NAN, 3.0]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("wm.blocks.0.bias") && e.contains("flat index 1"), "{e}");
+        let e = check_finite(&write("inf", &[f32::INFINITY])).unwrap_err().to_string();
+        assert!(e.contains("NaN or Inf"), "{e}");
+        std::fs::write(tmp.path().join("junk.safetensors"), b"not a file").unwrap();
+        let e = check_finite(&tmp.path().join("junk.safetensors")).unwrap_err().to_string();
+        assert!(e.contains("junk.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn prune_never_deletes_the_checkpoint_just_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        for s in [2, 10, 20] {
+            fs::create_dir_all(tmp.path().join(format!("step-{s:07}"))).unwrap();
+        }
+        // An older, longer run's folders have higher steps than the one just written.
+        prune(tmp.path(), 2, "step-0000002").unwrap();
+        assert!(tmp.path().join("step-0000002").is_dir());
+        assert!(tmp.path().join("step-0000020").is_dir());
+        assert!(!tmp.path().join("step-0000010").exists());
+        prune(tmp.path(), 1, "step-0000002").unwrap();
+        assert!(tmp.path().join("step-0000002").is_dir());
+        assert!(!tmp.path().join("step-0000020").exists());
+    }
 }

@@ -79,6 +79,23 @@ fn scalar(t: Tensor<1>) -> f64 {
     t.into_scalar::<f32>() as f64
 }
 
+/// The scene-cut partner of each clip: a clip of another video (source id), searched from
+/// half the set away so that partners spread over the set. A set made from one video only
+/// falls back to the clip half the set away (overlapping clips of one video would make the
+/// cut no cut at all).
+pub fn scene_cut_partners(ids: &[i64]) -> Vec<usize> {
+    let n = ids.len();
+    (0..n)
+        .map(|i| {
+            let far = (i + n / 2) % n;
+            (0..n)
+                .map(|k| (far + k) % n)
+                .find(|&j| ids[j] != ids[i])
+                .unwrap_or(if far == i { (i + 1) % n } else { far })
+        })
+        .collect()
+}
+
 /// Runs both evaluations on up to `max_clips` clips of `val` in batches of `batch`.
 pub fn evaluate(
     cfg: &LamConfig,
@@ -101,11 +118,11 @@ pub fn evaluate(
     let (mut orig, mut transfer, mut cos) = (0.0, 0.0, 0.0);
     let mut seen = 0usize;
     let mut start = 0;
+    let partners = scene_cut_partners(&(0..n).map(|i| val.clip_id(i)).collect::<Vec<_>>());
     while start < n {
         let end = (start + batch.max(2)).min(n);
         let a_idx: Vec<usize> = (start..end).collect();
-        // Partner clip: the next clip of the evaluation set (wrapping), so every pair differs.
-        let b_idx: Vec<usize> = a_idx.iter().map(|i| (i + 1) % n).collect();
+        let b_idx: Vec<usize> = a_idx.iter().map(|&i| partners[i]).collect();
         let a = model.normalize(clips_tensor(val, &a_idx, device));
         let bclip = model.normalize(clips_tensor(val, &b_idx, device));
         let m = a_idx.len();
@@ -205,4 +222,28 @@ pub fn evaluate(
             latent_cosine: cos,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scene_cut_partners;
+
+    #[test]
+    fn scene_cut_partners_come_from_another_video() {
+        // Clips 0..4 of video 7, 4..6 of video 9, 6..8 of video 3 (overlapping windows).
+        let ids = [7, 7, 7, 7, 9, 9, 3, 3];
+        let p = scene_cut_partners(&ids);
+        for (i, &j) in p.iter().enumerate() {
+            assert_ne!(ids[i], ids[j], "clip {i} got partner {j} of the same video");
+        }
+        // Spread over the set, not all on one clip.
+        let mut distinct = p.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() >= 3, "{p:?}");
+        // One video only: a far clip, never the clip itself.
+        let p = scene_cut_partners(&[5, 5, 5, 5]);
+        assert_eq!(p, vec![2, 3, 0, 1]);
+        assert_eq!(scene_cut_partners(&[1, 1]), vec![1, 0]);
+    }
 }

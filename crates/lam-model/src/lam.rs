@@ -49,8 +49,9 @@ pub struct Latents {
     pub z: Tensor<3>,
     /// noisy only: mean and log-variance `[M, d]`.
     pub mu_logvar: Option<(Tensor<2>, Tensor<2>)>,
-    /// vq only: loss terms and chosen codes.
-    pub vq: Option<(Tensor<1>, Tensor<1>, Vec<usize>)>,
+    /// vq only: loss terms, chosen codes and the encoder outputs `[M, d]` before
+    /// quantisation (what a dead code is reset to).
+    pub vq: Option<(Tensor<1>, Tensor<1>, Vec<usize>, Tensor<2>)>,
 }
 
 /// Scalar loss terms of one step (each `[1]`); unused terms are zero.
@@ -91,6 +92,8 @@ pub struct StepOutput {
     pub z: Tensor<2>,
     /// vq only: chosen code per latent.
     pub codes: Vec<usize>,
+    /// vq only: `[B * (T-1), d]` encoder outputs before quantisation.
+    pub vq_inputs: Option<Tensor<2>>,
 }
 
 impl LatentActionModel {
@@ -100,16 +103,14 @@ impl LatentActionModel {
             RegularizerKind::Noisy => IdmHead::Gaussian,
             _ => IdmHead::Point,
         };
+        // `from_tensor` asks for gradients only on an autodiff device, so a VQ model can be
+        // made for inference too.
         let codebook = (cfg.regularizer.kind == RegularizerKind::Vq).then(|| {
-            Param::initialized(
-                ParamId::new(),
-                Tensor::random(
-                    [cfg.regularizer.codebook_size, m.latent_dim],
-                    Distribution::Normal(0.0, 1.0),
-                    device,
-                )
-                .require_grad(),
-            )
+            Param::from_tensor(Tensor::random(
+                [cfg.regularizer.codebook_size, m.latent_dim],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            ))
         });
         let fixed = |v: f32| {
             m.standardize.then(|| {
@@ -209,11 +210,12 @@ impl LatentActionModel {
                     .as_ref()
                     .expect("vq model has a codebook")
                     .val();
-                let q = vector_quantize(raw.reshape([b * k, o]), codebook);
+                let inputs = raw.reshape([b * k, o]);
+                let q = vector_quantize(inputs.clone(), codebook);
                 Latents {
                     z: q.z.reshape([b, k, o]),
                     mu_logvar: None,
-                    vq: Some((q.codebook_loss, q.commitment_loss, q.indices)),
+                    vq: Some((q.codebook_loss, q.commitment_loss, q.indices, inputs)),
                 }
             }
         }
@@ -286,6 +288,7 @@ impl LatentActionModel {
         let (mut energy_t, mut kl, mut vq_codebook, mut vq_commitment) =
             (zero(), zero(), zero(), zero());
         let mut codes = Vec::new();
+        let mut vq_inputs = None;
         let reg_total = match reg.kind {
             _ if conditioned_on_actions => zero(),
             RegularizerKind::Sparse => {
@@ -307,10 +310,12 @@ impl LatentActionModel {
                 kl.clone().mul_scalar(reg.beta)
             }
             RegularizerKind::Vq => {
-                let (cb, commit, idx) = latents.vq.expect("vq latents carry their losses");
+                let (cb, commit, idx, inputs) =
+                    latents.vq.expect("vq latents carry their losses");
                 vq_codebook = cb;
                 vq_commitment = commit;
                 codes = idx;
+                vq_inputs = Some(inputs);
                 vq_codebook.clone() + vq_commitment.clone().mul_scalar(reg.commitment)
             }
         };
@@ -329,6 +334,7 @@ impl LatentActionModel {
             },
             z: z_flat,
             codes,
+            vq_inputs,
         }
     }
 }

@@ -32,8 +32,12 @@ use crate::stats::latent_stats;
 pub struct TrainOptions {
     /// Run folder: `config.toml`, `metrics.jsonl`, `checkpoints/`.
     pub run_dir: PathBuf,
-    /// Continue from the run's latest checkpoint.
+    /// Continue from the run's latest checkpoint (from step 0 when it has none yet, so a
+    /// scheduler can repeat the same command after any preemption).
     pub resume: bool,
+    /// Start over in a folder that holds an earlier run, deleting its checkpoints and
+    /// metrics; without it (and without `resume`) such a folder is refused.
+    pub force: bool,
     /// Show a progress bar.
     pub progress: bool,
     /// Stop after this many steps of this invocation (the run's `train.steps` is unchanged);
@@ -246,8 +250,9 @@ pub fn validate(
         .collect())
 }
 
-/// Replaces codes unused for `dead_code_steps` steps by random encoder outputs of the batch.
-fn reset_dead_codes(
+/// Replaces codes unused for `dead_code_steps` steps by random rows of `z`, the batch's
+/// encoder outputs before quantisation `[M, d]`.
+pub fn reset_dead_codes(
     model: LatentActionModel,
     cfg: &LamConfig,
     step: usize,
@@ -278,7 +283,12 @@ fn reset_dead_codes(
         last_used[c] = step;
     }
     let k = last_used.len();
-    let fresh = Tensor::<2>::from_data(TensorData::new(book, [k, d]), &device).require_grad();
+    let fresh = Tensor::<2>::from_data(TensorData::new(book, [k, d]), &device);
+    let fresh = if fresh.is_autodiff() {
+        fresh.require_grad()
+    } else {
+        fresh
+    };
     let mut model = model;
     model.codebook = Some(Param::initialized(param.id, fresh));
     (model, dead.len())
@@ -324,6 +334,26 @@ impl MetricsLog {
     }
 }
 
+/// The run folder's record of its training data (`{"data": shard folder}`), so that
+/// `lam train --resume --run RUN` needs nothing else.
+pub const RUN_FILE: &str = "run.json";
+
+/// The shard folder a run was started on, from its [`RUN_FILE`] (`None` when the run has none).
+pub fn run_data_dir(run: &Path) -> Result<Option<PathBuf>> {
+    let path = run.join(RUN_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let dir = v["data"]
+        .as_str()
+        .with_context(|| format!("{} has no string field `data`", path.display()))?;
+    Ok(Some(PathBuf::from(dir)))
+}
+
 /// Trains (or resumes) a run. `device` is the plain device; autodiff is added here.
 pub fn train(
     cfg: &LamConfig,
@@ -337,6 +367,21 @@ pub fn train(
     if let Some(v) = val {
         check_data(cfg, v)?;
     }
+    for set in std::iter::once(data).chain(val) {
+        if let Some(first) = set.skipped.first() {
+            tracing::warn!(
+                "{}: {} clips left out, they hold NaN or Inf (first: {first})",
+                set.dir.display(),
+                set.skipped.len()
+            );
+        }
+    }
+    ensure!(
+        !data.is_empty(),
+        "{}: no clips to train on ({} left out for NaN or Inf)",
+        data.dir.display(),
+        data.skipped.len()
+    );
     fs::create_dir_all(&opts.run_dir)
         .with_context(|| format!("cannot create {}", opts.run_dir.display()))?;
     let ad = device.clone().autodiff();
@@ -353,10 +398,21 @@ pub fn train(
         None
     };
     if opts.resume && resume_from.is_none() {
-        bail!(
-            "--resume: {} has no checkpoint to resume from",
+        tracing::info!(
+            "{}: no checkpoint yet, the run starts from step 0",
             opts.run_dir.display()
         );
+    }
+    if !opts.resume {
+        if let Some(step) = checkpoint::earlier_run(&opts.run_dir)? {
+            ensure!(
+                opts.force,
+                "{} already holds a run (trained to step {step}); continue it with --resume, or \
+                 start over with --force (deletes its checkpoints and metrics)",
+                opts.run_dir.display()
+            );
+            checkpoint::clear_run(&opts.run_dir)?;
+        }
     }
     if let Some(ckpt) = &resume_from {
         let state = checkpoint::load_state(ckpt)?;
@@ -380,6 +436,11 @@ pub fn train(
         lam_data::shards::write_atomic(
             &opts.run_dir.join("config.toml"),
             cfg.to_toml()?.as_bytes(),
+        )?;
+        let data_dir = fs::canonicalize(&data.dir).unwrap_or_else(|_| data.dir.clone());
+        lam_data::shards::write_atomic(
+            &opts.run_dir.join(RUN_FILE),
+            serde_json::to_string_pretty(&json!({ "data": data_dir }))?.as_bytes(),
         )?;
     }
     let mut log = MetricsLog::open(
@@ -432,13 +493,17 @@ pub fn train(
         last_loss = loss;
         let log_now = (step + 1) % cfg.train.log_every.max(1) == 0 || step + 1 == end;
         let named = log_now.then(|| out.terms.named());
-        let z_host: Vec<f32> = out
-            .z
-            .clone()
-            .inner()
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("f32 latents");
+        // A dead code is reset to an encoder output of the batch (before quantisation: the
+        // quantised latents are copies of live codes).
+        let vq_inputs: Vec<f32> = match &out.vq_inputs {
+            Some(inputs) => inputs
+                .clone()
+                .inner()
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 encoder outputs"),
+            None => Vec::new(),
+        };
         let grads = GradientsParams::from_grads(out.terms.total.backward(), &model);
         model = optimizer.step(lr.clone(), model, grads);
 
@@ -447,7 +512,8 @@ pub fn train(
             for &c in &out.codes {
                 code_last_used[c] = step + 1;
             }
-            (model, resets) = reset_dead_codes(model, cfg, step + 1, &mut code_last_used, &z_host);
+            (model, resets) =
+                reset_dead_codes(model, cfg, step + 1, &mut code_last_used, &vq_inputs);
         }
         window_steps += 1;
         bar.inc(1);
@@ -464,6 +530,13 @@ pub fn train(
             rec.insert("split".into(), json!("train"));
             rec.insert("lr_adamw".into(), json!(lr.base()));
             rec.insert("steps_per_sec".into(), json!(steps_per_sec));
+            let z_host: Vec<f32> = out
+                .z
+                .clone()
+                .inner()
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 latents");
             let stats = latent_stats(
                 &z_host,
                 cfg.model.latent_dim,

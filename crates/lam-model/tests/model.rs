@@ -109,6 +109,7 @@ fn quiet(run: &Path) -> TrainOptions {
     TrainOptions {
         run_dir: run.to_path_buf(),
         resume: false,
+        force: false,
         progress: false,
         stop_after: None,
     }
@@ -297,19 +298,40 @@ fn mismatched_data_and_missing_checkpoint_are_clear_errors() {
         "{err}"
     );
 
+    // --resume before the first checkpoint (killed early, restarted by a scheduler) starts
+    // the run; training again into that folder without --resume is refused, --force starts
+    // over.
     let mut cfg = tiny();
     cfg.model.embed_dim = 24;
-    let opts = TrainOptions {
+    cfg.train.steps = 4;
+    cfg.train.checkpoint_every = 2;
+    cfg.train.val_every = 0;
+    let run = tmp.path().join("fresh");
+    let resume = TrainOptions {
         resume: true,
-        ..quiet(&tmp.path().join("fresh"))
+        ..quiet(&run)
     };
-    let err = train(&cfg, &data, None, &Device::flex(), &opts)
+    let summary = train(&cfg, &data, None, &Device::flex(), &resume).unwrap();
+    assert_eq!(summary.steps_done, 4);
+    let err = train(&cfg, &data, None, &Device::flex(), &quiet(&run))
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("no checkpoint") && err.contains("fresh"),
+        err.contains("fresh") && err.contains("step 4") && err.contains("--resume") && err.contains("--force"),
         "{err}"
     );
+    std::fs::write(run.join("notes.txt"), "mine").unwrap();
+    cfg.train.steps = 2;
+    let force = TrainOptions {
+        force: true,
+        ..quiet(&run)
+    };
+    let summary = train(&cfg, &data, None, &Device::flex(), &force).unwrap();
+    assert_eq!(summary.steps_done, 2);
+    // The new run's checkpoint is the one `latest` names and is kept; the user's file too.
+    let latest = lam_model::checkpoint::latest(&run).unwrap().unwrap();
+    assert!(latest.ends_with("step-0000002"), "{}", latest.display());
+    assert!(run.join("notes.txt").exists());
 
     let err = lam_model::checkpoint::load_weights(
         init_model(&cfg, &Device::flex()),
@@ -599,4 +621,58 @@ fn rollout_weight_adds_a_self_fed_prediction_pass() {
     cfg.model.rollout_weight = f64::NAN;
     let err = format!("{:#}", cfg.validate().unwrap_err());
     assert!(err.contains("model.rollout_weight"), "{err}");
+}
+
+#[test]
+fn dead_vq_codes_are_reset_to_encoder_outputs() {
+    let _serial = serial();
+    let dev = Device::flex();
+    let mut cfg = tiny();
+    cfg.regularizer.kind = RegularizerKind::Vq;
+    cfg.regularizer.codebook_size = 6;
+    cfg.regularizer.dead_code_steps = 5;
+    let d = cfg.model.latent_dim;
+    let model = init_model(&cfg, &dev);
+    // Codes 0 and 3 were chosen at step 4; the others not since step 0: dead at step 5.
+    let mut last_used = vec![0, 0, 0, 4, 0, 0];
+    last_used[0] = 4;
+    let before: Vec<f32> = model.codebook.as_ref().unwrap().val().into_data().try_into_vec::<f32>().unwrap();
+    let outputs: Vec<f32> = (0..3 * d).map(|i| 10.0 + i as f32).collect();
+    let (model, resets) =
+        lam_model::train::reset_dead_codes(model, &cfg, 5, &mut last_used, &outputs);
+    assert_eq!(resets, 4);
+    assert_eq!(last_used, vec![4, 5, 5, 4, 5, 5]);
+    let after: Vec<f32> = model.codebook.as_ref().unwrap().val().into_data().try_into_vec::<f32>().unwrap();
+    for c in 0..6 {
+        let row = &after[c * d..(c + 1) * d];
+        if c == 0 || c == 3 {
+            assert_eq!(row, &before[c * d..(c + 1) * d], "live code {c} kept");
+        } else {
+            assert!(
+                outputs.chunks(d).any(|o| o == row),
+                "dead code {c} is one of the encoder outputs: {row:?}"
+            );
+        }
+    }
+
+    // In training, resets fire and are logged.
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    synthetic(&data_dir, 40);
+    let data = ShardSet::open(&data_dir, Some(Split::Train)).unwrap();
+    let mut cfg = tiny();
+    cfg.regularizer.kind = RegularizerKind::Vq;
+    cfg.regularizer.codebook_size = 64;
+    cfg.regularizer.dead_code_steps = 2;
+    cfg.train.batch_size = 4;
+    cfg.train.steps = 6;
+    cfg.train.log_every = 1;
+    cfg.train.val_every = 0;
+    let run = tmp.path().join("run");
+    train(&cfg, &data, None, &dev, &quiet(&run)).unwrap();
+    let resets: u64 = read_metrics(&run)
+        .iter()
+        .filter_map(|r| r["codes_reset"].as_u64())
+        .sum();
+    assert!(resets > 0, "no dead code was reset in 6 steps with 64 codes");
 }

@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// Connections served at once.
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
+    /// Seconds a connection may stay silent (no message, or a message stalled mid-way) before
+    /// the server closes it. When every slot is taken, the connection silent longest (for at
+    /// least 2 s) is closed to make room for a new one, so idle sockets cannot lock clients out.
+    #[arg(long, default_value_t = 300.0)]
+    pub idle_timeout_s: f64,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -150,9 +155,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         args.max_connections >= 1,
         "--max-connections must be at least 1"
     );
+    ensure!(
+        args.idle_timeout_s > 0.0 && args.idle_timeout_s.is_finite(),
+        "--idle-timeout-s must be positive, got {}",
+        args.idle_timeout_s
+    );
     let opts = ServerOptions {
         max_message: (args.max_message_mb * 1024.0 * 1024.0) as usize,
         max_connections: args.max_connections,
+        idle_timeout: std::time::Duration::from_secs_f64(args.idle_timeout_s),
     };
     let addr = SocketAddr::new(args.host, args.port);
     if !args.host.is_loopback() {
@@ -228,6 +239,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         replan_every: args.replan_every,
         frameskip,
         hold_actions: args.hold_actions,
+        waypoints: None,
         low,
         high,
     };

@@ -201,6 +201,12 @@ pub struct Image {
     pub rgb: Vec<u8>,
 }
 
+/// Largest image side accepted, in pixels. Frames are cropped to a centred square and
+/// resized to the encoder's input (at most a few hundred pixels), so nothing larger is
+/// useful, and an extreme shape such as 5,000,000 x 1 would cost the resize unbounded
+/// memory or minutes of CPU.
+pub const MAX_IMAGE_SIDE: usize = 4096;
+
 /// Reads an RGB image from field `field`.
 pub fn image(field: &str, v: Value) -> Result<Image, String> {
     let a = Array::from_value(field, v)?;
@@ -214,6 +220,11 @@ pub fn image(field: &str, v: Value) -> Result<Image, String> {
     };
     if h == 0 || w == 0 {
         return Err(format!("`{field}` is empty ({h}x{w})"));
+    }
+    if h > MAX_IMAGE_SIDE || w > MAX_IMAGE_SIDE {
+        return Err(format!(
+            "`{field}` is {h}x{w}; images may be at most {MAX_IMAGE_SIDE} pixels on a side (send frames near the encoder's input size)"
+        ));
     }
     let rgb = match a.dtype {
         Dtype::U8 => a.data,
@@ -419,6 +430,10 @@ mod tests {
         assert!(e.contains("int16"), "{e}");
         let e = image("image", arr("int64", &[1, 1, 3], vec![0; 24])).unwrap_err();
         assert!(e.contains("int64"), "{e}");
+        let e = image("image", arr("uint8", &[5_000_000, 1, 3], vec![0; 15_000_000])).unwrap_err();
+        assert!(e.contains("5000000x1") && e.contains("4096"), "{e}");
+        let e = image("image", arr("uint8", &[1, 5_000_000, 3], vec![0; 15_000_000])).unwrap_err();
+        assert!(e.contains("1x5000000"), "{e}");
         let e = image("goal", Value::from(3)).unwrap_err();
         assert!(e.contains("`goal`") && e.contains("an integer"), "{e}");
     }

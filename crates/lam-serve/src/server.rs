@@ -3,12 +3,18 @@
 //! naming the problem, and the connection stays open. Calls into the model run under
 //! `catch_unwind`, so even a panic inside burn becomes an error reply (and clears that
 //! connection's episode) rather than taking the server down.
+//!
+//! Idle sockets cannot lock clients out: a connection silent for `idle_timeout` is closed,
+//! and when every slot is taken a new client gets the slot of the connection that has been
+//! silent longest (at least [`EVICT_AFTER`]), half-open handshakes included.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rmpv::Value;
@@ -23,8 +29,56 @@ use crate::ws::{self, Incoming, WebSocket};
 pub struct ServerOptions {
     /// Largest request accepted, in bytes.
     pub max_message: usize,
-    /// Connections served at once; more are refused with a close frame naming the limit.
+    /// Connections served at once; when all are busy, more are refused with a close frame
+    /// naming the limit.
     pub max_connections: usize,
+    /// A connection with no message for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// A connection must have been silent this long before a new client may take its slot.
+pub const EVICT_AFTER: Duration = Duration::from_secs(2);
+
+/// What the accept loop knows of each open connection: a handle to shut its socket, when it
+/// last finished a message, and whether a request is being answered now.
+struct Slot {
+    socket: TcpStream,
+    last_active: Instant,
+    busy: bool,
+}
+
+/// The open connections, by id.
+#[derive(Default)]
+struct Registry {
+    slots: Mutex<HashMap<u64, Slot>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
+        // A panicking connection thread cannot leave the map half-updated (each update is
+        // one field store), so a poisoned lock is still usable.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mark(&self, conn: u64, busy: bool) {
+        if let Some(s) = self.lock().get_mut(&conn) {
+            s.busy = busy;
+            s.last_active = Instant::now();
+        }
+    }
+
+    /// Shuts the socket of the connection silent longest (at least `EVICT_AFTER`, not
+    /// answering a request) and returns its id; its thread then ends on its own.
+    fn evict_idlest(&self, now: Instant) -> Option<u64> {
+        let mut slots = self.lock();
+        let (&id, _) = slots
+            .iter()
+            .filter(|(_, s)| !s.busy && now.duration_since(s.last_active) >= EVICT_AFTER)
+            .min_by_key(|(_, s)| s.last_active)?;
+        let slot = slots.remove(&id)?;
+        let _ = slot.socket.shutdown(std::net::Shutdown::Both);
+        Some(id)
+    }
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -129,21 +183,34 @@ fn serve_connection<'a>(
     stream: TcpStream,
     conn: u64,
     opts: &ServerOptions,
+    registry: &Registry,
 ) -> Result<()> {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let mut socket = WebSocket::accept(stream, opts.max_message)?;
+    socket.set_idle_timeout(opts.idle_timeout)?;
+    registry.mark(conn, false);
     info!("conn {conn}: opened from {peer:?}");
     let mut session = Session::Idle;
     loop {
         let msg = match socket.read_message() {
             Ok(m) => m,
+            Err(e) if ws::is_timeout(&e) => {
+                let why = format!(
+                    "no message for {:.0} s (lam serve --idle-timeout-s)",
+                    opts.idle_timeout.as_secs_f64()
+                );
+                info!("conn {conn}: closing: {why}");
+                socket.close(ws::CLOSE_NORMAL, &why);
+                return Ok(());
+            }
             Err(e) => {
                 warn!("conn {conn}: closing: {e:#}");
                 socket.close(ws::CLOSE_PROTOCOL_ERROR, &format!("{e:#}"));
                 return Ok(());
             }
         };
+        registry.mark(conn, true);
         let reply = match msg {
             Incoming::Closed => {
                 info!("conn {conn}: closed");
@@ -170,7 +237,9 @@ fn serve_connection<'a>(
                 )
             }
         };
-        if let Err(e) = socket.send_binary(&protocol::encode(&reply)) {
+        let sent = socket.send_binary(&protocol::encode(&reply));
+        registry.mark(conn, false);
+        if let Err(e) = sent {
             warn!("conn {conn}: cannot send the reply, closing: {e}");
             return Ok(());
         }
@@ -188,8 +257,9 @@ where
     println!("listening on ws://{local}");
     std::io::stdout().flush()?;
     info!("serving on ws://{local}");
-    let active = AtomicUsize::new(0);
+    let refusing = AtomicUsize::new(0);
     let next_id = AtomicU64::new(1);
+    let registry = Registry::default();
     std::thread::scope(|scope| {
         for stream in listener.incoming() {
             let stream = match stream {
@@ -200,42 +270,74 @@ where
                 }
             };
             let conn = next_id.fetch_add(1, Ordering::Relaxed);
-            if active.fetch_add(1, Ordering::SeqCst) >= opts.max_connections {
-                active.fetch_sub(1, Ordering::SeqCst);
+            if registry.lock().len() >= opts.max_connections {
+                // Full: the connection silent longest gives up its slot (its thread ends as
+                // soon as its read fails on the shut socket).
+                if let Some(old) = registry.evict_idlest(Instant::now()) {
+                    info!("conn {old}: closed to make room for conn {conn} (all slots taken, it was idle)");
+                }
+            }
+            let full = registry.lock().len() >= opts.max_connections;
+            if full {
                 warn!(
-                    "conn {conn}: refused, {} connections already open",
+                    "conn {conn}: refused, {} connections already open and busy",
                     opts.max_connections
                 );
+                // The refusal is a close frame after the handshake, sent from a thread of its
+                // own; past `max_connections` such threads the socket is just dropped, so a
+                // flood of connections cannot start threads without bound.
+                if refusing.fetch_add(1, Ordering::SeqCst) >= opts.max_connections {
+                    refusing.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
                 let limit = opts.max_connections;
-                let spawned = std::thread::Builder::new().spawn(move || {
-                    if let Ok(mut s) = WebSocket::accept(stream, 1024) {
+                let refusing = &refusing;
+                let spawned = std::thread::Builder::new().spawn_scoped(scope, move || {
+                    if let Ok(mut s) = WebSocket::accept_within(stream, 1024, EVICT_AFTER) {
                         s.close(
                             ws::CLOSE_TRY_AGAIN_LATER,
                             &format!("server busy: {limit} connections open (--max-connections)"),
                         );
                     }
+                    refusing.fetch_sub(1, Ordering::SeqCst);
                 });
                 if let Err(e) = spawned {
+                    refusing.fetch_sub(1, Ordering::SeqCst);
                     warn!("cannot start a thread to refuse conn {conn}: {e}");
                 }
                 continue;
             }
-            let active = &active;
+            let handle = match stream.try_clone() {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!("conn {conn}: cannot clone its socket: {e}");
+                    continue;
+                }
+            };
+            registry.lock().insert(
+                conn,
+                Slot {
+                    socket: handle,
+                    last_active: Instant::now(),
+                    busy: false,
+                },
+            );
+            let registry = &registry;
             let spawned = std::thread::Builder::new()
                 .name(format!("lam-serve-{conn}"))
                 .spawn_scoped(scope, move || {
                     let r = catch_unwind(AssertUnwindSafe(|| {
-                        serve_connection(backend, stream, conn, opts)
+                        serve_connection(backend, stream, conn, opts, registry)
                     }));
                     match r {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => warn!("conn {conn}: {e:#}"),
                         Err(p) => warn!("conn {conn}: panicked: {}", panic_message(p.as_ref())),
                     }
-                    active.fetch_sub(1, Ordering::SeqCst);
+                    registry.lock().remove(&conn);
                 });
             if let Err(e) = spawned {
-                active.fetch_sub(1, Ordering::SeqCst);
+                registry.lock().remove(&conn);
                 warn!("cannot start a thread for conn {conn}: {e}");
             }
         }

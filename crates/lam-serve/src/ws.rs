@@ -94,8 +94,17 @@ impl WebSocket {
     /// Reads the client's HTTP upgrade request from `stream` and accepts it. A request that is
     /// not a WebSocket upgrade is answered with an HTTP 400 naming what is missing.
     pub fn accept(stream: TcpStream, max_message: usize) -> Result<Self> {
+        Self::accept_within(stream, max_message, HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`WebSocket::accept`], giving the client `timeout` for each read of its request.
+    pub fn accept_within(
+        stream: TcpStream,
+        max_message: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Self> {
         // A client that connects and sends nothing does not hold its thread for long.
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        stream.set_read_timeout(Some(timeout))?;
         let mut writer = stream.try_clone().context("cannot clone the TCP stream")?;
         let mut reader = BufReader::new(stream);
         let mut headers: Vec<(String, String)> = Vec::new();
@@ -167,7 +176,6 @@ impl WebSocket {
         )
         .context("writing the handshake response")?;
         writer.flush()?;
-        reader.get_ref().set_read_timeout(None)?;
         Ok(Self {
             reader,
             writer,
@@ -192,6 +200,14 @@ impl WebSocket {
         self.writer.write_all(&head)?;
         self.writer.write_all(payload)?;
         self.writer.flush()
+    }
+
+    /// Closes the connection if no byte arrives for `idle` (a read waiting that long fails
+    /// with an I/O error of kind `WouldBlock` or `TimedOut`, see [`is_timeout`]); a reply the
+    /// client does not read for that long fails the same way.
+    pub fn set_idle_timeout(&self, idle: std::time::Duration) -> io::Result<()> {
+        self.reader.get_ref().set_read_timeout(Some(idle))?;
+        self.writer.set_write_timeout(Some(idle))
     }
 
     /// Sends one binary message.
@@ -314,6 +330,15 @@ impl WebSocket {
             }
         }
     }
+}
+
+/// Whether `e` (from [`WebSocket::read_message`]) is a read that timed out.
+pub fn is_timeout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>().is_some_and(|io| {
+            matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+        })
+    })
 }
 
 fn unmask(data: &mut [u8], mask: [u8; 4], offset: usize) {

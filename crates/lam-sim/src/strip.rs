@@ -4,7 +4,8 @@ use anyhow::Context as _;
 use std::path::Path;
 
 /// Writes `frames` (RGB, `width * height * 3` bytes each) side by side with
-/// a 2-pixel white gap, upscaled by the integer `zoom`, to the PNG `path`.
+/// a 2-pixel white gap, upscaled by the integer `zoom`, to the PNG `path` (written whole
+/// or not at all: encoded in memory, then a temporary file renamed).
 pub fn write_strip(
     path: &Path,
     frames: &[&[u8]],
@@ -42,9 +43,8 @@ pub fn write_strip(
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), out_w as u32, out_h as u32);
+    let mut png_bytes = Vec::new();
+    let mut enc = png::Encoder::new(&mut png_bytes, out_w as u32, out_h as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let mut w = enc
@@ -54,7 +54,7 @@ pub fn write_strip(
         .with_context(|| format!("cannot write {}", path.display()))?;
     w.finish()
         .with_context(|| format!("cannot finish {}", path.display()))?;
-    Ok(())
+    lam_data::shards::write_atomic(path, &png_bytes)
 }
 
 /// Picks `n` indices spread evenly over `0..len` (first and last included).

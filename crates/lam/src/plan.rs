@@ -97,6 +97,14 @@ pub struct PlanEvalArgs {
     /// Compare token by token instead of mean-pooled frames.
     #[arg(long)]
     pub per_token: bool,
+    /// Shard folder (embedded with the same encoder, e.g. the controller's robot episodes or
+    /// the world model's own data) whose frames form the waypoint graph: each plan aims at
+    /// the farthest frame within reach on the data's path to the goal (lam_control::waypoints).
+    #[arg(long)]
+    pub waypoints: Option<PathBuf>,
+    /// Most frames in the waypoint graph.
+    #[arg(long, default_value_t = lam_control::waypoints::WaypointConfig::default().nodes)]
+    pub waypoint_nodes: usize,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
     pub learning_rate: f64,
@@ -314,6 +322,27 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
         let replan_every = args
             .replan_every
             .unwrap_or(if frameskip > 1 { 1 } else { 5 });
+        let graph = match &args.waypoints {
+            Some(dir) => {
+                let t0 = std::time::Instant::now();
+                let set = lam_data::ShardSet::open(dir, Some(lam_data::Split::Train))?;
+                let wcfg = lam_control::waypoints::WaypointConfig {
+                    nodes: args.waypoint_nodes,
+                    ..Default::default()
+                };
+                let g = lam_control::waypoints::WaypointGraph::build(&set, &lam, &wcfg)?;
+                tracing::info!(
+                    "waypoint graph from {}: {} frames, {} edges, step {:.3}, built in {:.1} s",
+                    dir.display(),
+                    g.len(),
+                    g.edges(),
+                    g.step_length(),
+                    t0.elapsed().as_secs_f64()
+                );
+                Some(g)
+            }
+            None => None,
+        };
         for kind in kinds {
             let agent = Agent {
                 cfg: &cfg,
@@ -327,6 +356,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 replan_every,
                 frameskip,
                 hold_actions: args.hold_actions,
+                waypoints: graph.as_ref(),
                 low: space.low.clone(),
                 high: space.high.clone(),
             };
@@ -339,6 +369,11 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             };
             let name = if frameskip > 1 {
                 format!("{name}, blocks of {frameskip}")
+            } else {
+                name
+            };
+            let name = if graph.is_some() {
+                format!("{name}, waypoints")
             } else {
                 name
             };

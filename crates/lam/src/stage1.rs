@@ -14,9 +14,10 @@ use tracing::info;
 
 #[derive(Args, Clone)]
 pub struct TrainArgs {
-    /// Shard folder (its `train` split is used, and `val` for validation).
+    /// Shard folder (its `train` split is used, and `val` for validation). With --resume it
+    /// defaults to the folder the run was started on (its run.json).
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
     /// Run folder for config, metrics and checkpoints.
     #[arg(long)]
     pub run: PathBuf,
@@ -35,9 +36,14 @@ pub struct TrainArgs {
     /// Shortcut for `--set train.steps=...`.
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Continue the run from its latest checkpoint with the run's saved config.
+    /// Continue the run from its latest checkpoint with the run's saved config (or start it,
+    /// when it has no checkpoint yet: the same command can be repeated after any preemption).
     #[arg(long)]
     pub resume: bool,
+    /// Start over in a run folder that holds an earlier run (its checkpoints and metrics
+    /// are deleted); without --force or --resume such a folder is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -50,17 +56,12 @@ pub struct TrainArgs {
 pub fn resolve_config(args: &TrainArgs, data: &ShardSet) -> Result<LamConfig> {
     let saved = args.run.join("config.toml");
     if args.resume
+        && saved.exists()
         && args.config.is_none()
         && args.overrides.is_empty()
         && args.regularizer.is_none()
         && args.steps.is_none()
     {
-        ensure!(
-            saved.exists(),
-            "--resume: {} not found; is {} a run folder?",
-            saved.display(),
-            args.run.display()
-        );
         return LamConfig::from_toml_file(&saved);
     }
     let mut cfg = match &args.config {
@@ -103,16 +104,35 @@ pub fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The shard folder to train on: `--data`, else (resuming) the one the run was started on.
+fn data_dir(args: &TrainArgs) -> Result<PathBuf> {
+    if let Some(d) = &args.data {
+        return Ok(d.clone());
+    }
+    ensure!(
+        args.resume,
+        "--data is needed to start a run (only --resume finds it in the run folder)"
+    );
+    lam_model::train::run_data_dir(&args.run)?.with_context(|| {
+        format!(
+            "--resume without --data: {} has no {} naming its data yet; give --data",
+            args.run.display(),
+            lam_model::train::RUN_FILE
+        )
+    })
+}
+
 pub fn train_run(args: &TrainArgs) -> Result<TrainSummary> {
-    let data = ShardSet::open(&args.data, Some(Split::Train))?;
-    let val = ShardSet::open(&args.data, Some(Split::Val))?;
+    let data_dir = data_dir(args)?;
+    let data = ShardSet::open(&data_dir, Some(Split::Train))?;
+    let val = ShardSet::open(&data_dir, Some(Split::Val))?;
     let cfg = resolve_config(args, &data)?;
     let device = parse_device(&args.device)?;
     info!(
         "training on {} clips ({} val) from {}: T={} N={} D={}, regularizer {:?}, {} steps of batch {}",
         data.len(),
         val.len(),
-        args.data.display(),
+        data_dir.display(),
         cfg.model.frames,
         cfg.model.tokens(),
         cfg.model.embed_dim,
@@ -123,6 +143,7 @@ pub fn train_run(args: &TrainArgs) -> Result<TrainSummary> {
     let opts = TrainOptions {
         run_dir: args.run.clone(),
         resume: args.resume,
+        force: args.force,
         progress: !args.quiet,
         stop_after: None,
     };

@@ -221,7 +221,7 @@ impl Server {
         server
     }
 
-    fn drive(&mut self, frames: &Path, model: &str) {
+    fn drive(&mut self, frames: &Path, model: &str, max_connections: Option<usize>) {
         let root = repo_root();
         let t0 = Instant::now();
         let out = Command::new("python3")
@@ -232,6 +232,8 @@ impl Server {
             .args([
                 "--max-message-bytes",
                 &((MAX_MESSAGE_MB * 1024.0 * 1024.0) as usize).to_string(),
+                "--max-connections",
+                &max_connections.unwrap_or(0).to_string(),
             ])
             .env("PYTHONPATH", root.join("clients/python"))
             .output()
@@ -258,6 +260,12 @@ impl Server {
             log.contains("act ok in"),
             "per-call latency is logged:\n{log}"
         );
+        if max_connections.is_some() {
+            assert!(
+                log.contains("to make room for conn"),
+                "an idle connection gave its slot to a new client:\n{log}"
+            );
+        }
     }
 }
 
@@ -290,10 +298,12 @@ fn python_client_drives_mpc_server() {
             "3",
             "--replan-every",
             "3",
+            "--max-connections",
+            "6",
         ],
         dir.path().join("mpc.log"),
     );
-    server.drive(&frames, "mpc");
+    server.drive(&frames, "mpc", Some(6));
 }
 
 #[test]
@@ -314,5 +324,5 @@ fn python_client_drives_lawm_server() {
         ],
         dir.path().join("lawm.log"),
     );
-    server.drive(&frames, "lawm");
+    server.drive(&frames, "lawm", None);
 }

@@ -862,8 +862,12 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 5.000_000_1e-1);
     let y = (p * r).mul_add(r, r) + 1.0;
-    // SAFETY: n is an integer in [-126, 127] after the clamp, so the conversion is exact
-    // (and compiles to one vector instruction, unlike the saturating `as`).
+    // NaN passes the clamp and would reach the conversion below; max/min (which return the
+    // number when one side is NaN) keep n in range, and y is already NaN, so NaN still comes
+    // out.
+    let n = n.max(-126.0).min(127.0);
+    // SAFETY: n is an integer in [-126, 127], so the conversion is exact (and compiles to
+    // one vector instruction, unlike the saturating `as`).
     let e = unsafe { n.to_int_unchecked::<i32>() };
     y * f32::from_bits(((e + 127) << 23) as u32)
 }
@@ -932,6 +936,9 @@ mod tests {
             worst_erf = worst_erf.max((erf_f32(y) as f64 - r).abs());
         }
         assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
+        // NaN in (from a corrupt weight) comes out as NaN; infinities saturate.
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert!(exp_f32(f32::INFINITY).is_finite() && exp_f32(f32::NEG_INFINITY) < 1e-37);
         assert!(worst_erf < 1.5e-7, "erf absolute error {worst_erf:e}");
     }
 
