@@ -426,9 +426,8 @@ impl MpcSession<'_> {
                         self.goal_map = Some(graph.toward(&self.goal)?);
                     }
                     let map = self.goal_map.as_ref().expect("just made");
-                    let reach = agent.planner.horizon.saturating_sub(1).max(1);
                     graph
-                        .waypoint(map, &s, reach)?
+                        .waypoint(map, &s)?
                         .unwrap_or_else(|| self.goal.clone())
                 }
                 None => self.goal.clone(),

@@ -105,6 +105,9 @@ pub struct PlanEvalArgs {
     /// Most frames in the waypoint graph.
     #[arg(long, default_value_t = lam_control::waypoints::WaypointConfig::default().nodes)]
     pub waypoint_nodes: usize,
+    /// How far ahead on the path the waypoint is, in world-model steps.
+    #[arg(long, default_value_t = lam_control::waypoints::WaypointConfig::default().reach)]
+    pub waypoint_reach: usize,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
     pub learning_rate: f64,
@@ -328,6 +331,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 let set = lam_data::ShardSet::open(dir, Some(lam_data::Split::Train))?;
                 let wcfg = lam_control::waypoints::WaypointConfig {
                     nodes: args.waypoint_nodes,
+                    reach: args.waypoint_reach,
                     ..Default::default()
                 };
                 let g = lam_control::waypoints::WaypointGraph::build(&set, &lam, &wcfg)?;
