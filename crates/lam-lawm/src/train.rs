@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
@@ -248,11 +248,10 @@ fn resume_point(cfg: &LawmConfig, opts: &RunOptions, stage: Stage) -> Result<Opt
     if !opts.resume {
         return Ok(None);
     }
+    // No checkpoint yet (killed before the first one): the run starts from step 0, so a
+    // scheduler can repeat the same command after any preemption.
     let Some(ckpt) = lam_model::checkpoint::latest(&opts.run_dir)? else {
-        bail!(
-            "--resume: {} has no checkpoint to resume from",
-            opts.run_dir.display()
-        );
+        return Ok(None);
     };
     let state = checkpoint::load_state(&ckpt)?;
     ensure!(

@@ -434,6 +434,18 @@ mod tests {
     }
 
     #[test]
+    fn zero_model_sizes_are_named() {
+        for key in ["model.wm_dim", "model.wm_heads", "model.latent_dim"] {
+            let r = LamConfig::preset("tiny")
+                .unwrap()
+                .with_overrides(&[format!("{key}=0")])
+                .and_then(|c| c.validate());
+            let e = format!("{:#}", r.unwrap_err());
+            assert!(e.contains(key) && e.contains("got 0"), "{e}");
+        }
+    }
+
+    #[test]
     fn overrides_apply_and_unknown_keys_are_named() {
         let cfg = LamConfig::preset("tiny")
             .unwrap()

@@ -591,6 +591,10 @@ pub fn train(
         final_train_loss: last_loss,
         final_val,
         steps_per_sec: overall,
-        last_checkpoint: last_ckpt,
+        // A resumed run that was already complete points at its final checkpoint.
+        last_checkpoint: match last_ckpt {
+            Some(c) => Some(c),
+            None => resume_from,
+        },
     })
 }

@@ -84,6 +84,19 @@ pub fn resolve_config(args: &TrainArgs, data: &ShardSet) -> Result<LamConfig> {
 
 pub fn train(args: TrainArgs) -> Result<()> {
     let summary = train_run(&args)?;
+    if summary.final_train_loss.is_nan() && summary.final_val.is_none() {
+        println!(
+            "nothing left to train: {} is complete at step {}\ncheckpoint: {}",
+            args.run.display(),
+            summary.steps_done,
+            summary
+                .last_checkpoint
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+        return Ok(());
+    }
     println!(
         "trained {} steps ({:.2} steps/s); final train loss {:.5}{}\ncheckpoint: {}",
         summary.steps_done,
