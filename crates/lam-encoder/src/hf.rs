@@ -165,7 +165,7 @@ impl HfFolder {
             want
         );
         let bytes = view.data();
-        let out = match view.dtype() {
+        let out: Vec<f32> = match view.dtype() {
             Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -183,6 +183,12 @@ impl HfFolder {
                 file.display()
             ),
         };
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: tensor `{full}` holds NaN or Inf (at flat index {i}); the file is corrupt",
+                file.display()
+            );
+        }
         Ok(out)
     }
 
@@ -425,6 +431,26 @@ mod tests {
         assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
         assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
         assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+
+    #[test]
+    fn weights_with_nan_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let bytes: Vec<u8> = [1.0f32, f32::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![2], &bytes).unwrap();
+        safetensors::serialize_to_file(
+            vec![("blocks.0.w", view)],
+            None,
+            &dir.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let folder = HfFolder::open(dir.path()).unwrap();
+        let e = folder.values("blocks.0.w", &[2]).unwrap_err().to_string();
+        assert!(e.contains("blocks.0.w") && e.contains("NaN") && e.contains("index 1"), "{e}");
     }
 
     #[test]

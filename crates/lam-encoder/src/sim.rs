@@ -414,6 +414,7 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<(SimEncoder, SimCh
         .with_context(|| format!("in {}", meta_path.display()))?;
     let weights = dir.join(WEIGHTS_FILE);
     ensure!(weights.exists(), "missing weights {}", weights.display());
+    lam_model::checkpoint::check_finite(&weights)?;
     let mut model = SimEncoder::new(&meta.config, device);
     let mut store = SafetensorsStore::from_file(&weights);
     let result = model
