@@ -58,6 +58,22 @@ pub fn read_series(run: &Path, split: &str, key: &str) -> Result<Series> {
     })
 }
 
+/// A short label for a log-scale tick: plain decimals between 0.001 and 10,000 (trailing
+/// zeros dropped), scientific notation outside (the default label printed every digit, as in
+/// "0.0000000001").
+pub fn tick_label(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if (1e-3..1e4).contains(&a) {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.1e}")
+    }
+}
+
 /// Draws the curves on a log-scale y axis.
 pub fn line_plot(out: &Path, title: &str, series: &[Series]) -> Result<()> {
     ensure_font()?;
@@ -82,6 +98,8 @@ pub fn line_plot(out: &Path, title: &str, series: &[Series]) -> Result<()> {
         .configure_mesh()
         .x_desc("step")
         .y_desc("loss")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| tick_label(*v))
         .draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -113,4 +131,18 @@ pub fn plot_run(run: &Path, out: &Path) -> Result<()> {
         read_series(run, "val", "pred")?,
     ];
     line_plot(out, "stage 1: latent action model", &series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick_label;
+
+    #[test]
+    fn log_scale_tick_labels_stay_short() {
+        assert_eq!(tick_label(0.05), "0.05");
+        assert_eq!(tick_label(2.0), "2");
+        assert_eq!(tick_label(0.1234), "0.1234");
+        assert_eq!(tick_label(1e-9), "1.0e-9");
+        assert_eq!(tick_label(25000.0), "2.5e4");
+    }
 }
