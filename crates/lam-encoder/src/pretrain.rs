@@ -553,13 +553,7 @@ fn gaussian(rng: &mut StdRng) -> f32 {
 /// Learning rate at `step`: linear warmup, then cosine to 10% of the peak.
 pub fn lr_at(cfg: &PretrainConfig, step: usize) -> f64 {
     let warm = ((cfg.steps as f64 * cfg.warmup_fraction).round() as usize).max(1);
-    if step < warm {
-        return cfg.lr * (step + 1) as f64 / warm as f64;
-    }
-    let span = (cfg.steps - warm).max(1) as f64;
-    let progress = ((step - warm) as f64 / span).min(1.0);
-    let min = 0.1 * cfg.lr;
-    min + (cfg.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    lam_model::optim::warmup_cosine_lr(cfg.lr, warm, cfg.steps, 0.1, step)
 }
 
 /// Collapse statistics of `encoder` on frames `indices`: over all tokens, and over the

@@ -175,13 +175,7 @@ impl TrainConfig {
     /// Learning rate of step `s` (0-based): linear warmup, then cosine decay to 10% of peak.
     pub fn lr_at(&self, step: usize) -> f64 {
         let warm = ((self.steps as f64 * self.warmup_fraction).round() as usize).max(1);
-        if step < warm {
-            return self.lr * (step + 1) as f64 / warm as f64;
-        }
-        let span = self.steps.saturating_sub(warm).max(1) as f64;
-        let p = ((step - warm) as f64 / span).min(1.0);
-        let min = 0.1 * self.lr;
-        min + 0.5 * (self.lr - min) * (1.0 + (std::f64::consts::PI * p).cos())
+        lam_model::optim::warmup_cosine_lr(self.lr, warm, self.steps, 0.1, step)
     }
 }
 

@@ -25,7 +25,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
+use rand::RngExt;
 use rand_distr::{Distribution, StandardNormal};
 use serde_json::{Value, json};
 
@@ -59,14 +59,7 @@ pub struct RunSummary {
     pub checkpoint: PathBuf,
 }
 
-/// Generator of step `step`, stream `stream`, of a run seeded with `seed`.
-pub fn step_rng(seed: u64, step: usize, stream: u64) -> StdRng {
-    let mix = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add((step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9))
-        .wrapping_add(stream.wrapping_mul(0x94D0_49BB_1331_11EB));
-    StdRng::seed_from_u64(mix)
-}
+pub use lam_model::train::step_rng;
 
 /// Samples of a step, drawn uniformly with replacement from `windows`.
 pub fn batch(windows: &[(usize, usize)], seed: u64, step: usize, b: usize) -> Vec<(usize, usize)> {

@@ -232,11 +232,19 @@ pub fn warmup_cosine(
 /// Closed form of [`warmup_cosine`], for logs and tests.
 pub fn warmup_cosine_at(peak: f64, cfg: &OptimConfig, total_steps: usize, step: usize) -> f64 {
     let warm = warmup_steps(cfg, total_steps);
-    let min = peak * cfg.min_lr_fraction;
+    warmup_cosine_lr(peak, warm, total_steps, cfg.min_lr_fraction, step)
+}
+
+/// The one warmup + cosine learning-rate formula of lam (stage 1's closed form, the sim
+/// encoder's pretraining, LAWM): step s (0-based) gets `peak * (s + 1) / warm` for
+/// s < warm, then `min + (peak - min) * (1 + cos(pi * p)) / 2` with
+/// p = (s - warm) / (total - warm) (at most 1) and min = `min_fraction * peak`.
+pub fn warmup_cosine_lr(peak: f64, warm: usize, total: usize, min_fraction: f64, step: usize) -> f64 {
     if step < warm {
-        peak * (step + 1) as f64 / warm as f64
-    } else {
-        let p = (step - warm) as f64 / (total_steps - warm) as f64;
-        min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * p).cos())
+        return peak * (step + 1) as f64 / warm as f64;
     }
+    let span = total.saturating_sub(warm).max(1) as f64;
+    let p = ((step - warm) as f64 / span).min(1.0);
+    let min = peak * min_fraction;
+    min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * p).cos())
 }

@@ -55,7 +55,9 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
-fn step_rng(seed: u64, step: usize, stream: u64) -> StdRng {
+/// Generator of step `step`, stream `stream`, of a run seeded with `seed` (every random draw
+/// of a step comes from one, so a resumed run repeats the uninterrupted one).
+pub fn step_rng(seed: u64, step: usize, stream: u64) -> StdRng {
     let mix = seed
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add((step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9))
