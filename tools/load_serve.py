@@ -48,6 +48,12 @@ def frame(payload: bytes, opcode: int = 2) -> bytes:
     return head + mask + body
 
 
+def error_reply(ws, message: bytes) -> bool:
+    """Sends `message` and tells whether the server answered it with an error reply."""
+    ws.send(message)
+    return msgpack.unpackb(ws.recv(timeout=60), raw=False).get("ok") is False
+
+
 def rss_kib(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -128,9 +134,7 @@ def main():
                         else:
                             msg = msgpack.packb({"call": "act", "image": {"dtype": "uint8",
                                                  "shape": [2 ** 40, 2 ** 40, 3], "data": b"x"}})
-                        ws.send(msg)
-                        reply = msgpack.unpackb(ws.recv(timeout=60), raw=False)
-                        if reply.get("ok") is False:
+                        if error_reply(ws, msg):
                             count("garbage_answered")
             except Exception as e:  # noqa: BLE001
                 failed("garbage", e)
@@ -142,13 +146,12 @@ def main():
                     limit = msgpack.unpackb(
                         (ws.send(msgpack.packb({"call": "info"})), ws.recv(timeout=60))[1]
                     )["info"]["max_message_bytes"]
-                    ws.send(b"\x00" * (limit + 1024))
-                    if msgpack.unpackb(ws.recv(timeout=60)).get("ok") is False:
+                    if error_reply(ws, b"\x00" * (limit + 1024)):
                         count("oversized_answered")
                     for shape in ([5000, 1, 3], [1, 5000, 3], [4097, 2, 3]):
                         img = np.zeros(shape, np.uint8)
-                        ws.send(msgpack.packb({"call": "act", "image": encode_array(img)}))
-                        if msgpack.unpackb(ws.recv(timeout=60)).get("ok") is False:
+                        act = msgpack.packb({"call": "act", "image": encode_array(img)})
+                        if error_reply(ws, act):
                             count("shape_answered")
             except Exception as e:  # noqa: BLE001
                 failed("oversized", e)

@@ -253,18 +253,21 @@ impl WaypointGraph {
         let mut dist = vec![f32::INFINITY; m];
         let mut next = vec![(u32::MAX, 0.0f32); m];
         let mut heap = BinaryHeap::new();
-        // The path ends at any frame within the link radius of the goal (or the nearest one).
-        let mut seeded = false;
+        // The path ends at any frame within the link radius of the goal (or the nearest one,
+        // found in the same pass).
+        let mut nearest = (0, f32::INFINITY);
         for i in 0..m {
             let w = distance(self.pooled_of(i), &g);
             if w < self.radius {
                 dist[i] = w;
                 heap.push(Entry(w, i as u32));
-                seeded = true;
+            }
+            if w < nearest.1 {
+                nearest = (i, w);
             }
         }
-        if !seeded {
-            let (i, w) = self.nearest(&g);
+        if heap.is_empty() {
+            let (i, w) = nearest;
             dist[i] = w;
             heap.push(Entry(w, i as u32));
         }
@@ -347,10 +350,7 @@ mod tests {
             let mut emb = Vec::new();
             for _ in 0..4 {
                 emb.extend_from_slice(&p);
-                let q = [
-                    (p[0] + v[0]).clamp(0.3, 9.7),
-                    (p[1] + v[1]).clamp(0.3, 9.7),
-                ];
+                let q = [(p[0] + v[0]).clamp(0.3, 9.7), (p[1] + v[1]).clamp(0.3, 9.7)];
                 // The wall is 0.9 thick (as reach's wall plus the agent's radius).
                 let in_wall = (q[0] - 5.0).abs() < 0.45 && !(q[1] > 4.0 && q[1] < 6.0);
                 if !in_wall {
@@ -389,7 +389,11 @@ mod tests {
         };
         let graph = WaypointGraph::build(&set, &lam, &cfg).unwrap();
         assert_eq!(graph.len(), 6000);
-        assert!((0.5..0.7).contains(&graph.step_length()), "{}", graph.step_length());
+        assert!(
+            (0.5..0.7).contains(&graph.step_length()),
+            "{}",
+            graph.step_length()
+        );
 
         let goal = frame(8.0, 2.0);
         let map = graph.toward(&goal).unwrap();
@@ -417,7 +421,10 @@ mod tests {
         assert!(wp[0] > 5.0, "waypoint {wp:?}");
         assert!(graph.waypoint(&map, &frame(7.5, 2.5)).unwrap().is_none());
         // A frame of another size is named.
-        let e = graph.toward(&Tensor::<3>::zeros([1, 2, 2], &Device::flex())).err().unwrap();
+        let e = graph
+            .toward(&Tensor::<3>::zeros([1, 2, 2], &Device::flex()))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("1 x 2"), "{e}");
     }
 }

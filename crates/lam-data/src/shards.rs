@@ -649,10 +649,16 @@ mod tests {
         assert_eq!((set.clip_id(0), set.clip_id(1)), (0, 3));
         assert_eq!(set.skipped.len(), 2);
         let msg = set.skipped[0].to_string();
-        assert!(msg.contains("clip 1") && msg.contains("embeddings"), "{msg}");
+        assert!(
+            msg.contains("clip 1") && msg.contains("embeddings"),
+            "{msg}"
+        );
         assert!(msg.contains(&f0.display().to_string()), "{msg}");
         let msg = set.skipped[1].to_string();
-        assert!(msg.contains("clip 0") && msg.contains("source id 2") && msg.contains("actions"), "{msg}");
+        assert!(
+            msg.contains("clip 0") && msg.contains("source id 2") && msg.contains("actions"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -450,7 +450,10 @@ mod tests {
         .unwrap();
         let folder = HfFolder::open(dir.path()).unwrap();
         let e = folder.values("blocks.0.w", &[2]).unwrap_err().to_string();
-        assert!(e.contains("blocks.0.w") && e.contains("NaN") && e.contains("index 1"), "{e}");
+        assert!(
+            e.contains("blocks.0.w") && e.contains("NaN") && e.contains("index 1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -91,9 +91,10 @@ pub fn check_finite(path: &Path) -> Result<()> {
                 .data()
                 .chunks_exact(4)
                 .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
-            safetensors::Dtype::F64 => view.data().chunks_exact(8).position(|b| {
-                !f64::from_le_bytes(b.try_into().expect("8 bytes")).is_finite()
-            }),
+            safetensors::Dtype::F64 => view
+                .data()
+                .chunks_exact(8)
+                .position(|b| !f64::from_le_bytes(b.try_into().expect("8 bytes")).is_finite()),
             _ => None,
         };
         if let Some(i) = bad {
@@ -181,8 +182,7 @@ pub fn clear_run(run: &Path) -> Result<()> {
             let p = e?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if name.starts_with("step-") || name.starts_with(".step-") {
-                fs::remove_dir_all(&p)
-                    .with_context(|| format!("cannot remove {}", p.display()))?;
+                fs::remove_dir_all(&p).with_context(|| format!("cannot remove {}", p.display()))?;
             } else if name == "latest" {
                 fs::remove_file(&p)?;
             }
@@ -267,9 +267,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let write = |name: &str, values: &[f32]| {
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![values.len()], &bytes)
-                    .unwrap();
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![values.len()],
+                &bytes,
+            )
+            .unwrap();
             let path = tmp.path().join(format!("{name}.safetensors"));
             safetensors::serialize_to_file(vec![(name, view)], None, &path).unwrap();
             path
@@ -278,11 +281,18 @@ mod tests {
         let e = check_finite(&write("wm.blocks.0.bias", &[1.0, f32::NAN, 3.0]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("wm.blocks.0.bias") && e.contains("flat index 1"), "{e}");
-        let e = check_finite(&write("inf", &[f32::INFINITY])).unwrap_err().to_string();
+        assert!(
+            e.contains("wm.blocks.0.bias") && e.contains("flat index 1"),
+            "{e}"
+        );
+        let e = check_finite(&write("inf", &[f32::INFINITY]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("NaN or Inf"), "{e}");
         std::fs::write(tmp.path().join("junk.safetensors"), b"not a file").unwrap();
-        let e = check_finite(&tmp.path().join("junk.safetensors")).unwrap_err().to_string();
+        let e = check_finite(&tmp.path().join("junk.safetensors"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("junk.safetensors"), "{e}");
     }
 

@@ -310,8 +310,7 @@ impl LatentActionModel {
                 kl.clone().mul_scalar(reg.beta)
             }
             RegularizerKind::Vq => {
-                let (cb, commit, idx, inputs) =
-                    latents.vq.expect("vq latents carry their losses");
+                let (cb, commit, idx, inputs) = latents.vq.expect("vq latents carry their losses");
                 vq_codebook = cb;
                 vq_commitment = commit;
                 codes = idx;

@@ -239,7 +239,13 @@ pub fn warmup_cosine_at(peak: f64, cfg: &OptimConfig, total_steps: usize, step: 
 /// encoder's pretraining, LAWM): step s (0-based) gets `peak * (s + 1) / warm` for
 /// s < warm, then `min + (peak - min) * (1 + cos(pi * p)) / 2` with
 /// p = (s - warm) / (total - warm) (at most 1) and min = `min_fraction * peak`.
-pub fn warmup_cosine_lr(peak: f64, warm: usize, total: usize, min_fraction: f64, step: usize) -> f64 {
+pub fn warmup_cosine_lr(
+    peak: f64,
+    warm: usize,
+    total: usize,
+    min_fraction: f64,
+    step: usize,
+) -> f64 {
     if step < warm {
         return peak * (step + 1) as f64 / warm as f64;
     }

@@ -594,9 +594,6 @@ pub fn train(
         final_val,
         steps_per_sec: overall,
         // A resumed run that was already complete points at its final checkpoint.
-        last_checkpoint: match last_ckpt {
-            Some(c) => Some(c),
-            None => resume_from,
-        },
+        last_checkpoint: last_ckpt.or(resume_from),
     })
 }

@@ -317,7 +317,10 @@ fn mismatched_data_and_missing_checkpoint_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("fresh") && err.contains("step 4") && err.contains("--resume") && err.contains("--force"),
+        err.contains("fresh")
+            && err.contains("step 4")
+            && err.contains("--resume")
+            && err.contains("--force"),
         "{err}"
     );
     std::fs::write(run.join("notes.txt"), "mine").unwrap();
@@ -636,13 +639,27 @@ fn dead_vq_codes_are_reset_to_encoder_outputs() {
     // Codes 0 and 3 were chosen at step 4; the others not since step 0: dead at step 5.
     let mut last_used = vec![0, 0, 0, 4, 0, 0];
     last_used[0] = 4;
-    let before: Vec<f32> = model.codebook.as_ref().unwrap().val().into_data().try_into_vec::<f32>().unwrap();
+    let before: Vec<f32> = model
+        .codebook
+        .as_ref()
+        .unwrap()
+        .val()
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
     let outputs: Vec<f32> = (0..3 * d).map(|i| 10.0 + i as f32).collect();
     let (model, resets) =
         lam_model::train::reset_dead_codes(model, &cfg, 5, &mut last_used, &outputs);
     assert_eq!(resets, 4);
     assert_eq!(last_used, vec![4, 5, 5, 4, 5, 5]);
-    let after: Vec<f32> = model.codebook.as_ref().unwrap().val().into_data().try_into_vec::<f32>().unwrap();
+    let after: Vec<f32> = model
+        .codebook
+        .as_ref()
+        .unwrap()
+        .val()
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
     for c in 0..6 {
         let row = &after[c * d..(c + 1) * d];
         if c == 0 || c == 3 {
@@ -674,5 +691,8 @@ fn dead_vq_codes_are_reset_to_encoder_outputs() {
         .iter()
         .filter_map(|r| r["codes_reset"].as_u64())
         .sum();
-    assert!(resets > 0, "no dead code was reset in 6 steps with 64 codes");
+    assert!(
+        resets > 0,
+        "no dead code was reset in 6 steps with 64 codes"
+    );
 }

@@ -430,9 +430,17 @@ mod tests {
         assert!(e.contains("int16"), "{e}");
         let e = image("image", arr("int64", &[1, 1, 3], vec![0; 24])).unwrap_err();
         assert!(e.contains("int64"), "{e}");
-        let e = image("image", arr("uint8", &[5_000_000, 1, 3], vec![0; 15_000_000])).unwrap_err();
+        let e = image(
+            "image",
+            arr("uint8", &[5_000_000, 1, 3], vec![0; 15_000_000]),
+        )
+        .unwrap_err();
         assert!(e.contains("5000000x1") && e.contains("4096"), "{e}");
-        let e = image("image", arr("uint8", &[1, 5_000_000, 3], vec![0; 15_000_000])).unwrap_err();
+        let e = image(
+            "image",
+            arr("uint8", &[1, 5_000_000, 3], vec![0; 15_000_000]),
+        )
+        .unwrap_err();
         assert!(e.contains("1x5000000"), "{e}");
         let e = image("goal", Value::from(3)).unwrap_err();
         assert!(e.contains("`goal`") && e.contains("an integer"), "{e}");

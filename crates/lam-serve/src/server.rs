@@ -8,10 +8,10 @@
 //! and when every slot is taken a new client gets the slot of the connection that has been
 //! silent longest (at least [`EVICT_AFTER`]), half-open handshakes included.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -274,7 +274,9 @@ where
                 // Full: the connection silent longest gives up its slot (its thread ends as
                 // soon as its read fails on the shut socket).
                 if let Some(old) = registry.evict_idlest(Instant::now()) {
-                    info!("conn {old}: closed to make room for conn {conn} (all slots taken, it was idle)");
+                    info!(
+                        "conn {old}: closed to make room for conn {conn} (all slots taken, it was idle)"
+                    );
                 }
             }
             let full = registry.lock().len() >= opts.max_connections;

@@ -336,7 +336,10 @@ impl WebSocket {
 pub fn is_timeout(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<io::Error>().is_some_and(|io| {
-            matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+            matches!(
+                io.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            )
         })
     })
 }
