@@ -43,6 +43,13 @@ pub struct WaypointConfig {
     /// Measured on reach (oracle, horizon 5, 50 episodes): 2 steps 50% (the agent runs out of
     /// time creeping from waypoint to waypoint), 4 steps 86%, 6 steps 84%.
     pub reach: usize,
+    /// Line of sight, as a multiple of the median step length (0 turns it off): the waypoint
+    /// is also no farther along the path than the last frame whose path from the current
+    /// frame stays within this distance of the straight segment between them, so that where
+    /// the data's path bends (round the end of a wall) the planner aims at the bend, not
+    /// across the wall.
+    #[serde(default)]
+    pub sight: f32,
 }
 
 impl Default for WaypointConfig {
@@ -51,6 +58,7 @@ impl Default for WaypointConfig {
             nodes: 8000,
             link: 0.5,
             reach: 4,
+            sight: 0.0,
         }
     }
 }
@@ -72,10 +80,14 @@ pub struct WaypointGraph {
     radius: f32,
     /// Waypoint distance in steps.
     reach: usize,
+    /// Line-of-sight tube radius (0: off).
+    tube: f32,
 }
 
 /// Distances to one goal along the graph.
 pub struct GoalMap {
+    /// The goal, mean-pooled.
+    goal: Vec<f32>,
     /// Per node: length of its shortest path to the goal (infinite when none).
     dist: Vec<f32>,
     /// Per node: the next node on that path and the edge length (`u32::MAX` at the end).
@@ -105,6 +117,29 @@ fn distance(a: &[f32], b: &[f32]) -> f32 {
         .sqrt()
 }
 
+/// Distance from `p` to the segment from `a` to `b`.
+fn segment_distance(p: &[f32], a: &[f32], b: &[f32]) -> f32 {
+    let (mut ab2, mut dot) = (0.0f32, 0.0f32);
+    for ((p, a), b) in p.iter().zip(a).zip(b) {
+        ab2 += (b - a) * (b - a);
+        dot += (p - a) * (b - a);
+    }
+    let t = if ab2 > 0.0 {
+        (dot / ab2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    p.iter()
+        .zip(a)
+        .zip(b)
+        .map(|((p, a), b)| {
+            let q = a + t * (b - a);
+            (p - q) * (p - q)
+        })
+        .sum::<f32>()
+        .sqrt()
+}
+
 impl WaypointGraph {
     /// Builds the graph from the clips of `set`, standardised by `lam` as the planner sees
     /// frames.
@@ -113,13 +148,19 @@ impl WaypointGraph {
         let (n, d) = (set.index.tokens, set.index.dim);
         ensure!(t >= 2, "waypoints need clips of at least 2 frames, got {t}");
         ensure!(
-            cfg.nodes >= 2 * t && cfg.link > 0.0 && cfg.link.is_finite() && cfg.reach >= 1,
-            "waypoints: nodes must be at least {}, link positive and reach at least 1, got {}, {} \
-             and {}",
+            cfg.nodes >= 2 * t
+                && cfg.link > 0.0
+                && cfg.link.is_finite()
+                && cfg.reach >= 1
+                && cfg.sight >= 0.0
+                && cfg.sight.is_finite(),
+            "waypoints: nodes must be at least {}, link positive, reach at least 1 and sight \
+             finite and not negative, got {}, {}, {} and {}",
             2 * t,
             cfg.nodes,
             cfg.link,
-            cfg.reach
+            cfg.reach,
+            cfg.sight
         );
         let clips = set.len().min(cfg.nodes / t);
         ensure!(
@@ -195,6 +236,7 @@ impl WaypointGraph {
             step,
             radius,
             reach: cfg.reach,
+            tube: cfg.sight * median,
         })
     }
 
@@ -284,7 +326,11 @@ impl WaypointGraph {
                 }
             }
         }
-        Ok(GoalMap { dist, next })
+        Ok(GoalMap {
+            goal: g,
+            dist,
+            next,
+        })
     }
 
     /// Where to aim from `current` (standardised tokens `[1, N, D]`): the tokens `[1, N, D]`
@@ -294,17 +340,40 @@ impl WaypointGraph {
         let c = self.pool(current)?;
         let (start, gap) = self.nearest(&c);
         let reach = self.step * self.reach as f32;
-        if !map.dist[start].is_finite() || gap + map.dist[start] <= reach {
+        if !map.dist[start].is_finite() || (self.tube == 0.0 && gap + map.dist[start] <= reach) {
             return Ok(None);
         }
+        // Whether every frame of `path` lies within the tube round the segment from the
+        // current frame to `end`.
+        let in_sight = |path: &[usize], end: &[f32]| {
+            path.iter()
+                .all(|&i| segment_distance(self.pooled_of(i), &c, end) <= self.tube)
+        };
         let (mut at, mut walked) = (start, gap);
+        let mut path = vec![start];
+        let mut ended = true;
         while let Some(&(nx, w)) = map.next.get(at).filter(|(nx, _)| *nx != u32::MAX) {
-            if walked + w > reach {
+            if walked + w > reach
+                || (self.tube > 0.0 && !in_sight(&path, self.pooled_of(nx as usize)))
+            {
+                ended = false;
                 break;
             }
             walked += w;
             at = nx as usize;
+            path.push(at);
         }
+        if self.tube > 0.0 && ended && in_sight(&path, &map.goal) {
+            // The goal itself is in sight along the data's path.
+            return Ok(None);
+        }
+        tracing::debug!(
+            "waypoint {} frames along the data's path ({walked:.3} of {reach:.3}): from {c:?} \
+             to {:?}, goal {:?}",
+            path.len() - 1,
+            self.pooled_of(at),
+            map.goal
+        );
         let nd = self.tokens_per_frame * self.dim;
         let row = self.tokens[at * nd..(at + 1) * nd].to_vec();
         Ok(Some(Tensor::<3>::from_data(
@@ -426,5 +495,40 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("1 x 2"), "{e}");
+    }
+
+    #[test]
+    fn line_of_sight_stops_the_waypoint_at_the_door() {
+        let tmp = tempfile::tempdir().unwrap();
+        two_rooms(tmp.path());
+        let set = ShardSet::open(tmp.path(), Some(Split::Train)).unwrap();
+        let mut cfg = LamConfig::preset("tiny").unwrap();
+        cfg.model.embed_dim = 2;
+        cfg.model.grid = [1, 1];
+        let lam = lam_model::train::init_model(&cfg, &Device::flex());
+        let waypoint = |sight: f32, from: Tensor<3>| {
+            let cfg = WaypointConfig {
+                reach: 30,
+                sight,
+                ..Default::default()
+            };
+            let graph = WaypointGraph::build(&set, &lam, &cfg).unwrap();
+            let map = graph.toward(&frame(8.0, 2.0)).unwrap();
+            graph
+                .waypoint(&map, &from)
+                .unwrap()
+                .map(|t| t.into_data().try_into_vec::<f32>().unwrap())
+        };
+        // Thirty steps of reach without a line of sight: the goal's own room.
+        let far = waypoint(0.0, frame(2.0, 2.0));
+        assert!(far.as_ref().is_none_or(|w| w[0] > 5.0), "{far:?}");
+        // With it: where the path turns, before the door, on the start's side of the wall.
+        let wp = waypoint(1.0, frame(2.0, 2.0)).expect("the goal is not in sight");
+        assert!(
+            wp[0] < 5.5 && (3.0..5.0).contains(&wp[1]),
+            "waypoint {wp:?}"
+        );
+        // In the goal's room the goal is in sight.
+        assert!(waypoint(1.0, frame(7.0, 3.5)).is_none());
     }
 }

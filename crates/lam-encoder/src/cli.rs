@@ -22,6 +22,27 @@ pub enum EncoderCommand {
     Pretrain(PretrainArgs),
     /// Describe an encoder folder (Hugging Face model or sim-encoder checkpoint).
     Info(InfoArgs),
+    /// Held-out linear-probe R^2 of a sim encoder for the simulator's true positions (agent,
+    /// objects, interior walls) on freshly played episodes.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// Sim-encoder folder (`lam encoder pretrain`'s `encoder/`).
+    pub path: PathBuf,
+    /// Task played: reach, push, pusht or sort.
+    #[arg(long, default_value = "reach")]
+    pub task: String,
+    /// Embodiment: robot, robot-polar or human.
+    #[arg(long, default_value = "robot")]
+    pub domain: String,
+    /// Episodes played (mixed policy); the last quarter is held out for scoring.
+    #[arg(long, default_value_t = crate::probe::ProbeConfig::default().episodes)]
+    pub episodes: usize,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -192,6 +213,7 @@ pub fn run_encoder(cmd: EncoderCommand) -> Result<()> {
     match cmd {
         EncoderCommand::Pretrain(a) => run_pretrain(a),
         EncoderCommand::Info(a) => run_info(a),
+        EncoderCommand::Probe(a) => run_probe(a),
     }
 }
 
@@ -290,11 +312,15 @@ pub fn pretrain_report(s: &PretrainSummary) -> String {
     out
 }
 
-/// One line of held-out probe R^2: agent and object positions, pooled and per-token.
+/// One line of held-out probe R^2: agent, object and interior-wall positions, pooled and
+/// per-token.
 pub fn probe_line(name: &str, p: &ProbeReport) -> String {
     let objects = |f: &crate::probe::ProbeFit| {
-        f.objects
-            .map_or(String::new(), |o| format!(", objects {o:.3}"))
+        let objects = f
+            .objects
+            .map_or(String::new(), |o| format!(", objects {o:.3}"));
+        let walls = f.walls.map_or(String::new(), |w| format!(", walls {w:.3}"));
+        objects + &walls
     };
     format!(
         "{name}: probe R^2 ({} {}, {} held-out frames): mean token: agent {:.3}{}; all tokens: agent {:.3}{}",
@@ -330,6 +356,31 @@ fn run_info(a: InfoArgs) -> Result<()> {
         info.norm.mean, info.norm.std
     );
     println!("  config: {}", info.config);
+    Ok(())
+}
+
+fn run_probe(a: ProbeArgs) -> Result<()> {
+    let device = Device::flex();
+    let encoder = Encoder::load(&a.path, &device)?;
+    let crate::encoder::Model::Sim(sim) = &encoder.model else {
+        anyhow::bail!(
+            "{} is a {} model; the probe takes sim-encoder checkpoints",
+            a.path.display(),
+            encoder.info.architecture
+        );
+    };
+    let cfg = crate::probe::ProbeConfig {
+        task: a.task.clone(),
+        domain: a.domain.clone(),
+        episodes: a.episodes,
+        ..Default::default()
+    };
+    let set = crate::probe::sim_probe_set(&cfg, encoder.info.default_size, &encoder.info.norm)?;
+    let report = crate::probe::probe_encoder(sim, &set, &cfg, &device)?;
+    println!("{}", probe_line(&a.path.display().to_string(), &report));
+    if let Some(path) = &a.json {
+        lam_data::shards::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
     Ok(())
 }
 

@@ -65,8 +65,11 @@ pub struct ProbeSet {
     pub frames: Vec<f32>,
     /// Targets `[n, k]`, row-major.
     pub targets: Vec<f32>,
-    /// Names of the k targets (`agent.x`, `agent.y`, `object0.x`, ...).
+    /// Names of the k targets (`agent.x`, `agent.y`, `object0.x`, ..., then `wall0.pos`, ...
+    /// for the interior walls: where `reach`'s door is).
     pub names: Vec<String>,
+    /// Targets that are object positions (after the agent's two).
+    pub object_targets: usize,
     /// Episode of each frame.
     pub episode: Vec<usize>,
 }
@@ -95,6 +98,7 @@ pub fn sim_probe_set(cfg: &ProbeConfig, size: usize, norm: &Normalization) -> Re
         frames: Vec::new(),
         targets: Vec::new(),
         names: Vec::new(),
+        object_targets: 0,
         episode: Vec::new(),
     };
     let plane = size * size;
@@ -107,6 +111,10 @@ pub fn sim_probe_set(cfg: &ProbeConfig, size: usize, norm: &Normalization) -> Re
             for i in 0..env.state().objects.len() {
                 set.names.push(format!("object{i}.x"));
                 set.names.push(format!("object{i}.y"));
+            }
+            set.object_targets = set.names.len() - 2;
+            for i in 0..env.layout().interior_walls().len() {
+                set.names.push(format!("wall{i}.pos"));
             }
         }
         let mut kept = 0;
@@ -122,6 +130,11 @@ pub fn sim_probe_set(cfg: &ProbeConfig, size: usize, norm: &Normalization) -> Re
                 set.targets.extend_from_slice(&s.agent.pos);
                 for o in &s.objects {
                     set.targets.extend_from_slice(&o.pos);
+                }
+                // A wall's position along its length (reach: moves with the door).
+                for w in env.layout().interior_walls() {
+                    let axis = usize::from(w.half[1] > w.half[0]);
+                    set.targets.push(w.center[axis]);
                 }
                 set.episode.push(e);
                 kept += 1;
@@ -154,6 +167,8 @@ pub struct ProbeFit {
     pub agent: f64,
     /// R^2 of the objects' positions (all objects, x and y), if there are objects.
     pub objects: Option<f64>,
+    /// R^2 of the interior walls' positions (reach: where the door is), if there are any.
+    pub walls: Option<f64>,
 }
 
 /// What [`probe_encoder`] reports.
@@ -397,7 +412,7 @@ fn sums(y: &[f32], pred: &[f64], k: usize) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// Fits a probe on `train` rows and scores it on `test` rows, with grouped R^2 for the agent
-/// (targets 0, 1) and the objects (the rest).
+/// (targets 0, 1), the objects and the interior walls.
 fn fit(
     features: &[f32],
     p: usize,
@@ -425,7 +440,8 @@ fn fit(
         features: p,
         lambda,
         agent: group(0..2),
-        objects: (k > 2).then(|| group(2..k)),
+        objects: (set.object_targets > 0).then(|| group(2..2 + set.object_targets)),
+        walls: (k > 2 + set.object_targets).then(|| group(2 + set.object_targets..k)),
         r2,
     })
 }
@@ -547,5 +563,26 @@ mod tests {
         let test: Vec<usize> = (0..set.len()).filter(|&i| set.episode[i] >= 6).collect();
         let f = fit(&set.frames, p, &set, &train, &test).unwrap();
         assert!(f.agent > 0.5, "{f:?}");
+    }
+
+    #[test]
+    fn reach_probes_where_the_door_is() {
+        // Reach has no objects but a middle wall in two pieces whose positions move with the
+        // door: raw pixels show it, so the walls' probe must find it.
+        let cfg = ProbeConfig {
+            task: "reach".into(),
+            episodes: 16,
+            frames_per_episode: 6,
+            ..ProbeConfig::default()
+        };
+        let set = sim_probe_set(&cfg, 32, &Normalization::IMAGENET).unwrap();
+        assert_eq!(set.names, ["agent.x", "agent.y", "wall0.pos", "wall1.pos"]);
+        assert_eq!(set.object_targets, 0);
+        let p = 3 * 32 * 32;
+        let train: Vec<usize> = (0..set.len()).filter(|&i| set.episode[i] < 12).collect();
+        let test: Vec<usize> = (0..set.len()).filter(|&i| set.episode[i] >= 12).collect();
+        let f = fit(&set.frames, p, &set, &train, &test).unwrap();
+        assert!(f.objects.is_none(), "{f:?}");
+        assert!(f.walls.is_some_and(|w| w > 0.5), "{f:?}");
     }
 }

@@ -268,6 +268,14 @@ pub struct Layout {
 }
 
 /// The four border walls of the arena.
+impl Layout {
+    /// The walls inside the arena (after the four [`border_walls`]), such as `reach`'s
+    /// middle wall with its door.
+    pub fn interior_walls(&self) -> &[Wall] {
+        self.walls.get(4..).unwrap_or(&[])
+    }
+}
+
 pub fn border_walls() -> Vec<Wall> {
     let h = WALL / 2.0;
     let m = ARENA / 2.0;
@@ -308,7 +316,7 @@ pub fn oracle_from_vec(v: &[f32], layout: &Layout) -> Vec<f32> {
             out.push(b[2].sin());
         }
     }
-    for w in layout.walls.iter().skip(4) {
+    for w in layout.interior_walls() {
         let axis = usize::from(w.half[1] > w.half[0]);
         out.push(scale(w.center[axis]));
         out.push(2.0 * w.half[axis] / ARENA);

@@ -72,6 +72,13 @@ pub struct DemoArgs {
     pub samples: usize,
     #[arg(long, default_value_t = 10)]
     pub iterations: usize,
+    /// Planning horizon in world-model steps (blocks).
+    #[arg(long, default_value_t = 5)]
+    pub horizon: usize,
+    /// Search one robot action per block, held for the block's steps (`lam plan eval
+    /// --hold-actions`), instead of every step's action.
+    #[arg(long)]
+    pub hold_actions: bool,
     /// Policy of the unlabeled human-domain recordings: expert, random or mixed. Random
     /// exploration (play) by default: its full-speed pushes into walls are what teaches the
     /// world model that walls stop the agent (reach: 55% against 10% with mixed-policy video).
@@ -320,44 +327,50 @@ pub fn run(a: DemoArgs) -> Result<()> {
             dev,
         ]),
     )?;
+    let mut plan_argv = args(&[
+        &"plan",
+        &"eval",
+        &"--run",
+        &lam_run,
+        &"--encoder",
+        &encoder,
+        &"--controller",
+        &ctrl,
+        &"--task",
+        task,
+        &"--domain",
+        &"robot",
+        &"--episodes",
+        &a.episodes,
+        &"--planner",
+        &"cem",
+        &"--space",
+        &"action",
+        &"--cost",
+        &"mse",
+        &"--objective",
+        &"min",
+        &"--samples",
+        &a.samples,
+        &"--iterations",
+        &a.iterations,
+        &"--elites",
+        &(a.samples / 10).max(2),
+        &"--horizon",
+        &a.horizon,
+        &"--baselines",
+        &"--out",
+        &plan_dir,
+        &"--device",
+        dev,
+    ]);
+    if a.hold_actions {
+        plan_argv.push("--hold-actions".into());
+    }
     step(
         &mut log,
         "9/9 planning closed loop in the robot domain",
-        &args(&[
-            &"plan",
-            &"eval",
-            &"--run",
-            &lam_run,
-            &"--encoder",
-            &encoder,
-            &"--controller",
-            &ctrl,
-            &"--task",
-            task,
-            &"--domain",
-            &"robot",
-            &"--episodes",
-            &a.episodes,
-            &"--planner",
-            &"cem",
-            &"--space",
-            &"action",
-            &"--cost",
-            &"mse",
-            &"--objective",
-            &"min",
-            &"--samples",
-            &a.samples,
-            &"--iterations",
-            &a.iterations,
-            &"--elites",
-            &(a.samples / 10).max(2),
-            &"--baselines",
-            &"--out",
-            &plan_dir,
-            &"--device",
-            dev,
-        ]),
+        &plan_argv,
     )?;
     step(
         &mut log,

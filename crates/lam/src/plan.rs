@@ -56,6 +56,10 @@ pub struct PlanEvalArgs {
     /// Episodes (the protocol's first N seeds).
     #[arg(long, default_value_t = 10)]
     pub episodes: usize,
+    /// Play only these of the protocol's episodes (0-based, comma-separated), e.g. to
+    /// replay the failures of an earlier run; `--episodes` is then ignored.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<usize>,
     /// Planners for each world model (latent-action and action-conditioned), comma-separated:
     /// random-shooting, cem, icem, mppi, gradient.
     #[arg(long, default_value = "cem", value_delimiter = ',')]
@@ -108,6 +112,10 @@ pub struct PlanEvalArgs {
     /// How far ahead on the path the waypoint is, in world-model steps.
     #[arg(long, default_value_t = lam_control::waypoints::WaypointConfig::default().reach)]
     pub waypoint_reach: usize,
+    /// Line of sight to the waypoint, in median steps (0: off): the waypoint stops where the
+    /// data's path bends away from the straight segment by more than this.
+    #[arg(long, default_value_t = lam_control::waypoints::WaypointConfig::default().sight)]
+    pub waypoint_sight: f32,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
     pub learning_rate: f64,
@@ -238,7 +246,13 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
         (None, Some(FrameSource::Learned(e))) => e.info.default_size,
         _ => 64,
     };
-    let episodes = eval_protocol(args.task, args.domain, args.episodes, size as u32)?;
+    let episodes = match args.only.iter().max() {
+        None => eval_protocol(args.task, args.domain, args.episodes, size as u32)?,
+        Some(&last) => {
+            let all = eval_protocol(args.task, args.domain, last + 1, size as u32)?;
+            args.only.iter().map(|&i| all[i].clone()).collect()
+        }
+    };
     let space = episodes[0].env()?.action_space();
     let planner = PlannerConfig {
         samples: args.samples,
@@ -332,6 +346,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 let wcfg = lam_control::waypoints::WaypointConfig {
                     nodes: args.waypoint_nodes,
                     reach: args.waypoint_reach,
+                    sight: args.waypoint_sight,
                     ..Default::default()
                 };
                 let g = lam_control::waypoints::WaypointGraph::build(&set, &lam, &wcfg)?;
@@ -403,7 +418,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     let report = PlanEvalReport {
         task: args.task.to_string(),
         domain: args.domain.to_string(),
-        episodes: args.episodes,
+        episodes: episodes.len(),
         planner_settings: planner,
         replan_every: args.replan_every,
         summaries,
