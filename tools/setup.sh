@@ -21,23 +21,24 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The Python client of `lam serve` (clients/python) with its dependencies numpy, msgpack and
-# websockets; crates/lam/tests/serve_python.rs drives the server with it. Skipped when
-# python3 already imports all of them.
+# Python for the tests, in a virtual environment inside the repository (.venv; the system
+# Python is left untouched): the client of `lam serve` (clients/python, which
+# crates/lam/tests/serve_python.rs drives the server with) and the tensorboard package
+# (crates/lam/tests/tensorboard_python.rs reads the runs' event files with it), pinned in
+# tools/requirements-test.txt. Skipped when .venv already imports all of them. The twins and
+# fixture scripts of tools/reference need PyTorch: `.venv/bin/pip install -r
+# tools/reference/requirements.txt` (not needed to build or test).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if ! python3 -c "import numpy, msgpack, websockets.sync.client, lam_client" >/dev/null 2>&1; then
-  if ! python3 -m pip --version >/dev/null 2>&1; then
+VENV="$ROOT/.venv"
+if ! "$VENV/bin/python" -c "import numpy, msgpack, websockets.sync.client, lam_client, tensorboard" \
+    >/dev/null 2>&1; then
+  if ! python3 -m venv --clear "$VENV" >/dev/null 2>&1; then
+    # Debian ships venv's pip bootstrap separately.
+    rm -rf "$VENV"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv
+    python3 -m venv --clear "$VENV"
   fi
-  PIP_FLAGS=(--quiet --disable-pip-version-check --root-user-action=ignore)
-  # A distribution-managed interpreter refuses pip installs outside a virtual environment
-  # (PEP 668); these packages do not clash with Debian's own.
-  if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")))'; then
-    PIP_FLAGS+=(--break-system-packages)
-  fi
-  if [[ $(id -u) -ne 0 ]] && ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.access(sysconfig.get_paths()["purelib"], os.W_OK))'; then
-    PIP_FLAGS+=(--user)
-  fi
-  python3 -m pip install "${PIP_FLAGS[@]}" "$ROOT/clients/python"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r "$ROOT/tools/requirements-test.txt" "$ROOT/clients/python"
 fi

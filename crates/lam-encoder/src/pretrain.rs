@@ -24,7 +24,6 @@
 //! training (see [`crate::stats`]).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -637,12 +636,8 @@ pub fn pretrain(
         "no pairs of consecutive frames to train on (need clips of at least 2 frames)"
     );
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = fs::File::create(&metrics_path)
-        .with_context(|| format!("cannot create {}", metrics_path.display()))?;
-    let mut log = |v: serde_json::Value| -> Result<()> {
-        writeln!(metrics, "{v}").with_context(|| format!("writing {}", metrics_path.display()))
-    };
+    let mut metrics = lam_data::MetricsLog::open(out, None)?;
+    let mut log = |v: serde_json::Value| metrics.write(&v);
 
     let ad = device.clone().autodiff();
     ad.seed(cfg.seed);

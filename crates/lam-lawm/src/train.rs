@@ -15,8 +15,7 @@
 //! writes `config.json`, `metrics.jsonl` (one JSON object per logged step) and checkpoints.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
@@ -34,6 +33,7 @@ use crate::config::{HeadKind, LawmConfig};
 use crate::data::FrameData;
 use crate::model::{Lawm, PretrainNoise};
 use crate::policy::Policy;
+use lam_data::MetricsLog;
 use lam_data::shards::write_atomic;
 use lam_model::checkpoint::load_weights;
 use lam_model::optim::stable_param_ids;
@@ -122,7 +122,7 @@ fn optimizer(cfg: &LawmConfig) -> burn::optim::ModuleOptimizer {
 }
 
 struct Log {
-    file: fs::File,
+    file: MetricsLog,
     bar: ProgressBar,
     losses: Vec<f32>,
     started: Instant,
@@ -137,33 +137,7 @@ impl Log {
             &opts.run_dir.join("config.json"),
             serde_json::to_string_pretty(&json!({"stage": stage, "config": cfg}))?.as_bytes(),
         )?;
-        let path = opts.run_dir.join("metrics.jsonl");
-        let kept: Vec<String> = if start > 0 {
-            fs::read_to_string(&path)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| s as usize <= start)
-                })
-                .map(str::to_string)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        // The kept lines replace the file in one rename (a kill here leaves the old log or
-        // the new one, never a truncated one); then the run appends.
-        let mut text = kept.join("\n");
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        write_atomic(&path, text.as_bytes())?;
-        let file = fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        let file = MetricsLog::open(&opts.run_dir, (start > 0).then_some(start))?;
         let bar = if opts.progress {
             ProgressBar::new(cfg.train.steps as u64)
         } else {
@@ -215,7 +189,7 @@ impl Log {
             }
             rec.insert("lr".into(), json!(lr));
             rec.insert("samples_per_sec".into(), json!(sps));
-            writeln!(self.file, "{}", Value::Object(rec))?;
+            self.file.write(&Value::Object(rec))?;
             self.bar
                 .set_message(format!("loss {loss:.4} {sps:.1} samples/s"));
         }
@@ -463,13 +437,4 @@ pub fn train_policy(
 }
 
 /// Reads a run's `metrics.jsonl` back (for tests and reports).
-pub fn read_metrics(run: &Path) -> Result<Vec<Value>> {
-    let path = run.join("metrics.jsonl");
-    let text =
-        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .map(|l| {
-            serde_json::from_str(l).with_context(|| format!("malformed line in {}", path.display()))
-        })
-        .collect()
-}
+pub use lam_data::metrics::read_metrics;

@@ -6,7 +6,6 @@
 //! draws of an uninterrupted one and only the tensors in the checkpoint need restoring.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -296,46 +295,6 @@ pub fn reset_dead_codes(
     (model, dead.len())
 }
 
-struct MetricsLog {
-    file: fs::File,
-}
-
-impl MetricsLog {
-    /// Opens `metrics.jsonl`, dropping lines past `keep_until_step` (a resumed run rewrites
-    /// what came after its checkpoint).
-    fn open(path: &Path, keep_until_step: Option<usize>) -> Result<Self> {
-        if let Some(limit) = keep_until_step
-            && path.exists()
-        {
-            let text = fs::read_to_string(path)?;
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(Value::as_u64))
-                        .is_some_and(|s| s as usize <= limit)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            lam_data::shards::write_atomic(path, kept.as_bytes())?;
-        } else if keep_until_step.is_none() && path.exists() {
-            fs::remove_file(path)?;
-        }
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Self { file })
-    }
-
-    fn write(&mut self, record: &Value) -> Result<()> {
-        writeln!(self.file, "{record}")?;
-        Ok(())
-    }
-}
-
 /// The run folder's record of its training data (`{"data": shard folder}`), so that
 /// `lam train --resume --run RUN` needs nothing else.
 pub const RUN_FILE: &str = "run.json";
@@ -445,10 +404,7 @@ pub fn train(
             serde_json::to_string_pretty(&json!({ "data": data_dir }))?.as_bytes(),
         )?;
     }
-    let mut log = MetricsLog::open(
-        &opts.run_dir.join("metrics.jsonl"),
-        resume_from.as_ref().map(|_| start),
-    )?;
+    let mut log = lam_data::MetricsLog::open(&opts.run_dir, resume_from.as_ref().map(|_| start))?;
     if start == 0 {
         log.write(&json!({"step": 0, "split": "params", "counts": built.counts, "num_params": model.num_params()}))?;
     }

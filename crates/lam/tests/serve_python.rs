@@ -4,7 +4,9 @@
 //! runs clients/python/tests/drive_server.py, which checks the replies' shapes and the error
 //! replies for every bad input it sends (its output lists them).
 //!
-//! Needs python3 with numpy, msgpack and websockets (`bash tools/setup.sh` installs them).
+//! Needs the repository's Python environment with the client (`bash tools/setup.sh` makes it).
+
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -21,27 +23,6 @@ use lam_model::checkpoint::{TrainState, save_weights};
 use lam_sim::{Domain, Env, Task};
 
 const MAX_MESSAGE_MB: f64 = 1.0;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python_ready() {
-    let out = Command::new("python3")
-        .args(["-c", "import numpy, msgpack, websockets.sync.client"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "python3 lacks the lam client's dependencies (numpy, msgpack, websockets >= 12): \
-             run `bash tools/setup.sh`\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => {
-            panic!("cannot run python3 ({e}): install Python 3 and run `bash tools/setup.sh`")
-        }
-    }
-}
 
 /// Writes a uint8 array as a .npy file (format 1.0).
 fn write_npy(path: &Path, shape: &[usize], data: &[u8]) {
@@ -222,9 +203,10 @@ impl Server {
     }
 
     fn drive(&mut self, frames: &Path, model: &str, max_connections: Option<usize>) {
-        let root = repo_root();
+        let root = common::repo_root();
+        let py = common::python("numpy, msgpack, websockets.sync.client, lam_client");
         let t0 = Instant::now();
-        let out = Command::new("python3")
+        let out = Command::new(py)
             .arg(root.join("clients/python/tests/drive_server.py"))
             .args(["--url", &self.url, "--model", model])
             .arg("--frames")
@@ -237,7 +219,7 @@ impl Server {
             ])
             .env("PYTHONPATH", root.join("clients/python"))
             .output()
-            .expect("cannot run python3");
+            .expect("cannot run the repository's Python");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         println!("{stdout}");
@@ -271,7 +253,7 @@ impl Server {
 
 #[test]
 fn python_client_drives_mpc_server() {
-    python_ready();
+    common::python("numpy, msgpack, websockets.sync.client, lam_client");
     let dir = tempfile::tempdir().unwrap();
     let frames = dir.path().join("frames");
     write_frames(&frames);
@@ -308,7 +290,7 @@ fn python_client_drives_mpc_server() {
 
 #[test]
 fn python_client_drives_lawm_server() {
-    python_ready();
+    common::python("numpy, msgpack, websockets.sync.client, lam_client");
     let dir = tempfile::tempdir().unwrap();
     let frames = dir.path().join("frames");
     write_frames(&frames);
