@@ -120,6 +120,20 @@ pub struct Table {
 impl Table {
     /// Reads every row group of `path`.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
+        // The parquet crate asserts on some corrupt metadata (a negative column offset)
+        // instead of returning an error: such a panic is this file's error.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::read_file(path)))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                anyhow::bail!("corrupt Parquet file {}: {why}", path.display())
+            })
+    }
+
+    fn read_file(path: &Path) -> anyhow::Result<Self> {
         anyhow::ensure!(path.is_file(), "file {} does not exist", path.display());
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)

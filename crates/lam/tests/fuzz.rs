@@ -79,46 +79,62 @@ fn fuzz(
     check: impl Fn(usize, &[u8]) + Send + Sync + std::panic::RefUnwindSafe + 'static,
 ) {
     assert!(!seeds.is_empty());
+    let n_seeds = seeds.len();
     let seeds = std::sync::Arc::new(seeds.to_vec());
     let check = std::sync::Arc::new(check);
     let tried = std::sync::Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    // One input: a seed picked by the first byte, mutated by the rest, checked under a time
+    // limit (a hang fails the target like a panic).
+    let run_one = move |input: &[u8]| {
+        let which = input.first().copied().unwrap_or(0) as usize % seeds.len();
+        let other = &seeds[(which + 1) % seeds.len()];
+        let data = mutate(&seeds[which], other, input.get(1..).unwrap_or(&[]));
+        let (tx, rx) = mpsc::channel();
+        let check = check.clone();
+        let handle = std::thread::spawn(move || {
+            check(which, &data);
+            let _ = tx.send(());
+        });
+        match rx.recv_timeout(PER_INPUT) {
+            Ok(()) => handle.join().unwrap(),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // The check panicked: re-raise it here so bolero reports the input.
+                if let Err(p) = handle.join() {
+                    std::panic::resume_unwind(p);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("input took longer than {PER_INPUT:?} (a hang)")
+            }
+        }
+    };
+    // Inputs that once crashed this target (tests/fuzz_corpus/TARGET-crashes/) run first.
+    let crashes = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz_corpus")
+        .join(format!("{name}-crashes"));
+    let mut replayed = 0;
+    if let Ok(entries) = std::fs::read_dir(&crashes) {
+        for e in entries {
+            run_one(&std::fs::read(e.unwrap().path()).unwrap());
+            replayed += 1;
+        }
+    }
     {
-        let (seeds, tried) = (seeds.clone(), tried.clone());
+        let tried = tried.clone();
         bolero::check!()
             .with_test_time(budget())
             .with_max_len(256)
             .for_each(move |input: &[u8]| {
-                let which = input.first().copied().unwrap_or(0) as usize % seeds.len();
-                let other = &seeds[(which + 1) % seeds.len()];
-                let data = mutate(&seeds[which], other, input.get(1..).unwrap_or(&[]));
-                // Under a time limit: a hang fails the target like a panic.
-                let (tx, rx) = mpsc::channel();
-                let check = check.clone();
-                let handle = std::thread::spawn(move || {
-                    check(which, &data);
-                    let _ = tx.send(());
-                });
-                match rx.recv_timeout(PER_INPUT) {
-                    Ok(()) => handle.join().unwrap(),
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        // The check panicked: re-raise it here so bolero reports the input.
-                        if let Err(p) = handle.join() {
-                            std::panic::resume_unwind(p);
-                        }
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        panic!("input took longer than {PER_INPUT:?} (a hang)")
-                    }
-                }
+                run_one(input);
                 tried.fetch_add(1, Ordering::Relaxed);
             });
     }
     let n = tried.load(Ordering::Relaxed);
     println!(
-        "fuzz {name}: {n} inputs in {:.0} s from {} seeds, 0 crashes, 0 hangs",
+        "fuzz {name}: {n} inputs in {:.0} s from {n_seeds} seeds (and {replayed} earlier \
+         crashes replayed), 0 crashes, 0 hangs",
         started.elapsed().as_secs_f64(),
-        seeds.len()
     );
     assert!(n > 0, "fuzz {name}: no input was tried");
 }

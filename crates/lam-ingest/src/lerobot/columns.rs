@@ -26,6 +26,25 @@ impl Columns {
     /// Reads the columns of `path` named in `wanted` that exist (absent ones
     /// are simply not there; [`Columns::has`] tells).
     pub fn read(path: &Path, wanted: &[&str]) -> Result<Columns> {
+        // The parquet crate asserts on some corrupt metadata (a negative column offset)
+        // instead of returning an error: such a panic is this file's error.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::read_file(path, wanted)
+        }))
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(IngestError::dataset(
+                path,
+                format!("corrupt Parquet file: {why}"),
+            ))
+        })
+    }
+
+    fn read_file(path: &Path, wanted: &[&str]) -> Result<Columns> {
         let pq = |source| IngestError::Parquet {
             path: path.to_path_buf(),
             source,
