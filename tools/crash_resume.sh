@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# SIGKILL-and-resume check for lam's long jobs: runs each job once uninterrupted, then again
-# killed with SIGKILL at KILLS random moments (the same command with --resume restarts it
-# each time, as a scheduler would after a preemption), and compares the final weights
-# tensor by tensor, bit for bit (the files' headers may order them differently). Prints one line per job and exits 1 if any differ or a run fails.
+# SIGKILL-and-resume check for lam's long jobs (lam train, lam lawm pretrain and finetune,
+# lam embed): runs each job once uninterrupted, then again killed with SIGKILL at KILLS random
+# moments (the same command, with --resume where the job takes it, restarts it each time, as
+# a scheduler would after a preemption), and compares the final weights (or shards) tensor
+# by tensor, bit for bit. Prints one line per job and exits 1 if any differ or a run fails.
 #
 # usage: tools/crash_resume.sh OUT [KILLS]      (LAM=path/to/lam for another binary)
 # needs: a built lam (cargo build --release -p lam)
@@ -13,24 +14,54 @@ LAM=${LAM:-target/release/lam}
 mkdir -p "$OUT"
 rm -rf "${OUT:?}"/*
 
+# Compares two safetensors files, or two shard folders (every shard-*.safetensors and the
+# index), tensor by tensor and bit for bit (the files' headers may order tensors differently).
+cat >"$OUT/compare.py" <<'PY'
+import glob, json, os, struct, sys
+def tensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    head = json.loads(b[8:8 + n])
+    return {k: (v["dtype"], v["shape"], b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
+            for k, v in head.items() if k != "__metadata__"}
+a, b = sys.argv[1], sys.argv[2]
+if os.path.isfile(a):
+    ta, tb = tensors(a), tensors(b)
+    diff = sorted(k for k in ta.keys() | tb.keys() if ta.get(k) != tb.get(k))
+    print(f"{len(ta)} tensors equal bit for bit" if not diff else f"DIFFER in {len(diff)} tensors: {diff[:3]}")
+else:
+    names = sorted(os.path.basename(p) for p in glob.glob(a + "/shard-*.safetensors"))
+    other = sorted(os.path.basename(p) for p in glob.glob(b + "/shard-*.safetensors"))
+    bad = [n for n in names if n not in other or tensors(f"{a}/{n}") != tensors(f"{b}/{n}")]
+    index = lambda d: {k: v for k, v in json.load(open(d + "/index.json")).items()
+                       if "time" not in k and "second" not in k}
+    if names != other or bad or index(a) != index(b):
+        print(f"DIFFER: shards {len(names)} vs {len(other)}, {bad[:3]} differ, "
+              f"index equal: {index(a) == index(b)}")
+    else:
+        print(f"{len(names)} shards equal tensor by tensor, index equal")
+PY
+
 # Data: embedding shards with hidden actions (lam train), a sim recording (lam lawm).
 "$LAM" data synthetic --out "$OUT/syn" --clips 512 >/dev/null
 "$LAM" sim record --task reach --domain human --policy random --episodes 20 --seed 5 \
   --out "$OUT/rec" --quiet >/dev/null
+# Labeled robot demos (lam lawm finetune) and a small sim encoder (lam embed).
+"$LAM" sim record --task reach --domain robot --policy mixed --episodes 10 --seed 6 \
+  --out "$OUT/robot" --quiet >/dev/null
+"$LAM" encoder pretrain --data "$OUT/rec" --out "$OUT/enc" --steps 20 --quiet >/dev/null
 
-# $1 name, $2 weights file relative to the run folder's latest checkpoint, $3... command
-# taking the run folder as RUN (substituted).
-check() {
-  local name=$1 weights=$2
-  shift 2
-  local clean="$OUT/$name-clean" crashed="$OUT/$name-crashed"
-  local t0=$SECONDS
-  "${@//RUN/$clean}" >/dev/null 2>&1
-  local secs=$((SECONDS - t0))
-  local kills=0 restarts=0
+# Kills "$@" (with RUN replaced by the crashed folder, and EXTRA appended) at KILLS random
+# moments spread over SECS seconds and restarts it each time; leaves it to finish the last
+# time. Sets kills and restarts.
+kill_and_restart() {
+  local name=$1 crashed=$2 secs=$3 extra=$4
+  shift 4
+  kills=0 restarts=0
   while :; do
     restarts=$((restarts + 1))
-    "${@//RUN/$crashed}" --resume >"$OUT/$name.log" 2>&1 &
+    # shellcheck disable=SC2086
+    "${@//RUN/$crashed}" $extra >"$OUT/$name.log" 2>&1 &
     local pid=$!
     if ((kills < KILLS)); then
       # A random moment, spread so that KILLS kills fit in the run's length.
@@ -45,25 +76,42 @@ check() {
       echo "$name: the resumed run failed after $kills kills:"; tail -5 "$OUT/$name.log"
       return 1
     fi
-    break
+    return 0
   done
+}
+
+# $1 name, $2 weights file relative to the run folder's latest checkpoint, $3... command
+# taking the run folder as RUN (substituted).
+check() {
+  local name=$1 weights=$2
+  shift 2
+  local clean="$OUT/$name-clean" crashed="$OUT/$name-crashed"
+  local t0=$SECONDS
+  "${@//RUN/$clean}" >/dev/null 2>&1
+  local secs=$((SECONDS - t0))
+  kill_and_restart "$name" "$crashed" "$secs" --resume "$@" || return 1
   local verdict
-  verdict=$(python3 - "$clean/checkpoints/$(cat "$clean/checkpoints/latest")/$weights" \
-    "$crashed/checkpoints/$(cat "$crashed/checkpoints/latest")/$weights" <<'PY'
-import json, struct, sys
-def tensors(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    head = json.loads(b[8:8 + n])
-    return {k: (v["dtype"], v["shape"], b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
-            for k, v in head.items() if k != "__metadata__"}
-a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
-diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-print(f"{len(a)} tensors equal bit for bit" if not diff else f"DIFFER in {len(diff)} tensors: {diff[:3]}")
-PY
-  )
+  verdict=$(python3 "$OUT/compare.py" \
+    "$clean/checkpoints/$(cat "$clean/checkpoints/latest")/$weights" \
+    "$crashed/checkpoints/$(cat "$crashed/checkpoints/latest")/$weights")
   echo "$name: $kills SIGKILLs at random moments, $restarts starts; final weights vs the uninterrupted run (${secs} s): $verdict"
-  [[ $verdict != DIFFER* ]]
+  [[ $verdict == *equal* && $verdict != DIFFER* ]]
+}
+
+# lam embed resumes by itself (shards already written are kept): the same command is
+# restarted, and every shard tensor and the index are compared.
+check_embed() {
+  local name=embed clean="$OUT/embed-clean" crashed="$OUT/embed-crashed"
+  local cmd=("$LAM" embed --data "$OUT/rec" --encoder "$OUT/enc/encoder" --out RUN --fps 5 \
+    --frames 4 --stride 2 --pooling keypoints --clips-per-shard 64)
+  local t0=$SECONDS
+  "${cmd[@]//RUN/$clean}" >/dev/null 2>&1
+  local secs=$((SECONDS - t0))
+  kill_and_restart "$name" "$crashed" "$secs" "" "${cmd[@]}" || return 1
+  local verdict
+  verdict=$(python3 "$OUT/compare.py" "$clean" "$crashed")
+  echo "$name: $kills SIGKILLs at random moments, $restarts starts; shards vs the uninterrupted run (${secs} s): $verdict"
+  [[ $verdict == *equal* && $verdict != DIFFER* ]]
 }
 
 status=0
@@ -73,4 +121,9 @@ check train model.safetensors \
 check lawm-pretrain policy.safetensors \
   "$LAM" lawm pretrain --data "$OUT/rec" --out RUN --steps 60 --checkpoint-every 5 --quiet \
   || status=1
+check lawm-finetune policy.safetensors \
+  "$LAM" lawm finetune --data "$OUT/robot" --init "$OUT/lawm-pretrain-clean" --out RUN \
+  --steps 60 --checkpoint-every 5 --quiet \
+  || status=1
+check_embed || status=1
 exit $status

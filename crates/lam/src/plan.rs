@@ -95,7 +95,8 @@ pub struct PlanEvalArgs {
     #[arg(long, default_value = "final")]
     pub objective: lam_control::planner::Objective,
     /// With action blocks: search one robot action per block, held for the block's steps,
-    /// instead of every step's action.
+    /// instead of every step's action (action-conditioned reach on the oracle state, 50
+    /// episodes: 92% against 82%; the demo's latent-action pipeline: 50% against 55% on 20).
     #[arg(long)]
     pub hold_actions: bool,
     /// Compare token by token instead of mean-pooled frames.
