@@ -322,8 +322,11 @@ pub fn probe_line(name: &str, p: &ProbeReport) -> String {
         let walls = f.walls.map_or(String::new(), |w| format!(", walls {w:.3}"));
         objects + &walls
     };
+    let keypoints = p.keypoints.as_ref().map_or(String::new(), |k| {
+        format!("; keypoints alone: agent {:.3}{}", k.agent, objects(k))
+    });
     format!(
-        "{name}: probe R^2 ({} {}, {} held-out frames): mean token: agent {:.3}{}; all tokens: agent {:.3}{}",
+        "{name}: probe R^2 ({} {}, {} held-out frames): mean token: agent {:.3}{}; all tokens: agent {:.3}{}{keypoints}",
         p.task,
         p.domain,
         p.test_frames,
@@ -376,7 +379,7 @@ fn run_probe(a: ProbeArgs) -> Result<()> {
         ..Default::default()
     };
     let set = crate::probe::sim_probe_set(&cfg, encoder.info.default_size, &encoder.info.norm)?;
-    let report = crate::probe::probe_encoder(sim, &set, &cfg, &device)?;
+    let report = crate::probe::probe_encoder(sim, &set, &cfg, encoder.keypoints(), &device)?;
     println!("{}", probe_line(&a.path.display().to_string(), &report));
     if let Some(path) = &a.json {
         lam_data::shards::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;

@@ -183,6 +183,9 @@ pub struct ProbeReport {
     pub pooled: ProbeFit,
     /// On all tokens concatenated.
     pub tokens: ProbeFit,
+    /// On the keypoint positions alone (the last `2 keypoints` channels of the mean token:
+    /// what `lam embed --pooling keypoints` keeps), for encoders with keypoints.
+    pub keypoints: Option<ProbeFit>,
 }
 
 /// Ridge R^2 on held-out rows. `x_*` are `[n, p]`, `y_*` `[n, k]`, row-major.
@@ -452,6 +455,7 @@ pub fn probe_encoder(
     encoder: &SimEncoder,
     set: &ProbeSet,
     cfg: &ProbeConfig,
+    keypoints: usize,
     device: &Device,
 ) -> Result<ProbeReport> {
     ensure!(!set.is_empty(), "probe: no frames");
@@ -487,6 +491,15 @@ pub fn probe_encoder(
         targets: set.names.clone(),
         pooled: fit(&pooled, d, set, &train, &test)?,
         tokens: fit(&tokens, n_tok * d, set, &train, &test)?,
+        keypoints: match keypoints {
+            0 => None,
+            k => {
+                ensure!(2 * k <= d, "probe: {k} keypoints do not fit in {d} channels");
+                let kp: Vec<f32> =
+                    pooled.chunks_exact(d).flat_map(|row| row[d - 2 * k..].iter().copied()).collect();
+                Some(fit(&kp, 2 * k, set, &train, &test)?)
+            }
+        },
     })
 }
 
