@@ -494,9 +494,14 @@ pub fn probe_encoder(
         keypoints: match keypoints {
             0 => None,
             k => {
-                ensure!(2 * k <= d, "probe: {k} keypoints do not fit in {d} channels");
-                let kp: Vec<f32> =
-                    pooled.chunks_exact(d).flat_map(|row| row[d - 2 * k..].iter().copied()).collect();
+                ensure!(
+                    2 * k <= d,
+                    "probe: {k} keypoints do not fit in {d} channels"
+                );
+                let kp: Vec<f32> = pooled
+                    .chunks_exact(d)
+                    .flat_map(|row| row[d - 2 * k..].iter().copied())
+                    .collect();
                 Some(fit(&kp, 2 * k, set, &train, &test)?)
             }
         },

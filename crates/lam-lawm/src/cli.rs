@@ -13,7 +13,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, ensure};
-use burn::prelude::*;
 use clap::{Args, Subcommand};
 use lam_sim::{Domain, Task};
 
@@ -24,6 +23,16 @@ use crate::data::{FrameData, Labels, check_dirs};
 use crate::eval::{EvalOptions, evaluate};
 use crate::instruction::InstructionEmbedder;
 use crate::train::{PolicyInit, RunOptions, pretrain, train_policy};
+
+/// `lam lawm`: a subcommand and the device every one of them runs on.
+#[derive(Args, Debug)]
+pub struct LawmArgs {
+    /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
+    #[command(subcommand)]
+    pub command: LawmCommand,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum LawmCommand {
@@ -216,9 +225,9 @@ pub fn parse_tasks(s: &str) -> Result<Vec<Task>> {
     Ok(tasks)
 }
 
-pub fn run(cmd: LawmCommand) -> Result<()> {
-    let device = Device::flex();
-    match cmd {
+pub fn run(args: LawmArgs) -> Result<()> {
+    let device = lam_model::device::parse_device(&args.device)?;
+    match args.command {
         LawmCommand::Pretrain(a) => {
             check_dirs(&a.data)?;
             let cfg = a.model.config();

@@ -54,8 +54,7 @@ enum Command {
     /// Embed a video folder, LeRobot dataset or sim recording into shards through an encoder.
     Embed(lam_encoder::cli::EmbedArgs),
     /// LAWM: pretrain an imitation policy through a recurrent world model, finetune on actions.
-    #[command(subcommand)]
-    Lawm(lam_lawm::cli::LawmCommand),
+    Lawm(lam_lawm::cli::LawmArgs),
     /// Serve an MPC planner or a LAWM policy over WebSocket (msgpack) to Python robot loops.
     Serve(lam_serve::cli::ServeArgs),
 }
