@@ -603,4 +603,33 @@ mod tests {
         assert!(f.objects.is_none(), "{f:?}");
         assert!(f.walls.is_some_and(|w| w > 0.5), "{f:?}");
     }
+
+    #[test]
+    fn keypoints_alone_are_probed_for_encoders_with_keypoints() {
+        let device = Device::flex();
+        let enc = crate::sim::SimEncoderConfig {
+            image_size: 32,
+            dim: 16,
+            depth: 1,
+            keypoints: 4,
+            pixel_keypoints: true,
+            ..Default::default()
+        };
+        let encoder = SimEncoder::new(&enc, &device);
+        let cfg = ProbeConfig {
+            task: "reach".into(),
+            episodes: 8,
+            frames_per_episode: 6,
+            ..ProbeConfig::default()
+        };
+        let set = sim_probe_set(&cfg, 32, &Normalization::IMAGENET).unwrap();
+        let report = probe_encoder(&encoder, &set, &cfg, 4, &device).unwrap();
+        let kp = report.keypoints.expect("a keypoints-only fit");
+        assert_eq!(kp.features, 8);
+        assert!(kp.walls.is_some() && kp.objects.is_none(), "{kp:?}");
+        assert_eq!(report.pooled.features, 16);
+        let none = probe_encoder(&encoder, &set, &cfg, 0, &device).unwrap();
+        assert!(none.keypoints.is_none());
+        assert!(probe_encoder(&encoder, &set, &cfg, 9, &device).is_err());
+    }
 }
