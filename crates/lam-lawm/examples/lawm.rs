@@ -9,10 +9,10 @@ use clap::Parser;
     about = "LAWM branch: world-model pretraining of an imitation policy"
 )]
 struct Cli {
-    #[command(subcommand)]
-    command: lam_lawm::cli::LawmCommand,
+    #[command(flatten)]
+    lawm: lam_lawm::cli::LawmArgs,
 }
 
 fn main() -> anyhow::Result<()> {
-    lam_lawm::cli::run(Cli::parse().command)
+    lam_lawm::cli::run(Cli::parse().lawm)
 }
