@@ -439,12 +439,9 @@ mod tests {
         w.finish().unwrap();
     }
 
-    fn frame(x: f32, y: f32) -> Tensor<3> {
-        Tensor::<3>::from_data(TensorData::new(vec![x, y], [1, 1, 2]), &Device::flex())
-    }
-
-    #[test]
-    fn the_way_to_a_goal_behind_the_wall_goes_through_the_door() {
+    /// The two-room shard set and a tiny model over its 2-D "frames" (its standardisation
+    /// is the identity at initialisation).
+    fn two_rooms_set() -> (tempfile::TempDir, ShardSet, LatentActionModel) {
         let tmp = tempfile::tempdir().unwrap();
         two_rooms(tmp.path());
         let set = ShardSet::open(tmp.path(), Some(Split::Train)).unwrap();
@@ -452,6 +449,16 @@ mod tests {
         cfg.model.embed_dim = 2;
         cfg.model.grid = [1, 1];
         let lam = lam_model::train::init_model(&cfg, &Device::flex());
+        (tmp, set, lam)
+    }
+
+    fn frame(x: f32, y: f32) -> Tensor<3> {
+        Tensor::<3>::from_data(TensorData::new(vec![x, y], [1, 1, 2]), &Device::flex())
+    }
+
+    #[test]
+    fn the_way_to_a_goal_behind_the_wall_goes_through_the_door() {
+        let (_tmp, set, lam) = two_rooms_set();
         let cfg = WaypointConfig {
             reach: 3,
             ..Default::default()
@@ -499,13 +506,7 @@ mod tests {
 
     #[test]
     fn line_of_sight_stops_the_waypoint_at_the_door() {
-        let tmp = tempfile::tempdir().unwrap();
-        two_rooms(tmp.path());
-        let set = ShardSet::open(tmp.path(), Some(Split::Train)).unwrap();
-        let mut cfg = LamConfig::preset("tiny").unwrap();
-        cfg.model.embed_dim = 2;
-        cfg.model.grid = [1, 1];
-        let lam = lam_model::train::init_model(&cfg, &Device::flex());
+        let (_tmp, set, lam) = two_rooms_set();
         let waypoint = |sight: f32, from: Tensor<3>| {
             let cfg = WaypointConfig {
                 reach: 30,

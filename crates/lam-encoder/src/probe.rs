@@ -449,6 +449,13 @@ fn fit(
     })
 }
 
+/// Frames of the first three quarters of the episodes (fit) and of the rest (scored).
+fn held_out_split(set: &ProbeSet) -> (Vec<usize>, Vec<usize>) {
+    let episodes = set.episode.iter().max().map_or(0, |e| e + 1);
+    let first_test = episodes - episodes / 4;
+    (0..set.len()).partition(|&i| set.episode[i] < first_test)
+}
+
 /// Embeds `set` with `encoder` and scores pooled and per-token ridge probes, fit on the first
 /// three quarters of the episodes and scored on the rest.
 pub fn probe_encoder(
@@ -475,14 +482,7 @@ pub fn probe_encoder(
         );
         [n_tok, d] = encoder.forward_host(x, &mut tokens, &mut pooled);
     }
-    let episodes = set.episode.iter().max().map_or(0, |e| e + 1);
-    let first_test = episodes - episodes / 4;
-    let train: Vec<usize> = (0..set.len())
-        .filter(|&i| set.episode[i] < first_test)
-        .collect();
-    let test: Vec<usize> = (0..set.len())
-        .filter(|&i| set.episode[i] >= first_test)
-        .collect();
+    let (train, test) = held_out_split(set);
     Ok(ProbeReport {
         task: cfg.task.clone(),
         domain: cfg.domain.clone(),
@@ -577,8 +577,8 @@ mod tests {
         assert_eq!(set.len(), 8 * 20);
         assert_eq!(set.names, ["agent.x", "agent.y", "object0.x", "object0.y"]);
         let p = 3 * 32 * 32;
-        let train: Vec<usize> = (0..set.len()).filter(|&i| set.episode[i] < 6).collect();
-        let test: Vec<usize> = (0..set.len()).filter(|&i| set.episode[i] >= 6).collect();
+        let (train, test) = held_out_split(&set);
+        assert_eq!((train.len(), test.len()), (6 * 20, 2 * 20));
         let f = fit(&set.frames, p, &set, &train, &test).unwrap();
         assert!(f.agent > 0.5, "{f:?}");
     }
@@ -597,8 +597,7 @@ mod tests {
         assert_eq!(set.names, ["agent.x", "agent.y", "wall0.pos", "wall1.pos"]);
         assert_eq!(set.object_targets, 0);
         let p = 3 * 32 * 32;
-        let train: Vec<usize> = (0..set.len()).filter(|&i| set.episode[i] < 12).collect();
-        let test: Vec<usize> = (0..set.len()).filter(|&i| set.episode[i] >= 12).collect();
+        let (train, test) = held_out_split(&set);
         let f = fit(&set.frames, p, &set, &train, &test).unwrap();
         assert!(f.objects.is_none(), "{f:?}");
         assert!(f.walls.is_some_and(|w| w > 0.5), "{f:?}");

@@ -45,6 +45,14 @@ pub enum IngestError {
     Sink(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// The message of a caught panic (`panic!` with a string literal or a formatted one).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> Option<String> {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+}
+
 impl IngestError {
     pub(crate) fn video(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         IngestError::Video {

@@ -86,10 +86,7 @@ pub fn run(
             Ok(Err(IngestError::Sink(e))) => return Err(IngestError::Sink(e)),
             Ok(Err(e)) => report.skip(item.path.clone(), with_item(e.reason(), item)),
             Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                let msg = crate::error::panic_message(panic.as_ref())
                     .unwrap_or_else(|| "unknown panic".into());
                 report.skip(
                     item.path.clone(),

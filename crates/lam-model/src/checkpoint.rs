@@ -170,7 +170,7 @@ pub fn earlier_run(run: &Path) -> Result<Option<usize>> {
         return Ok(Some(load_state(&ckpt)?.step));
     }
     let has = |f: &str| run.join(f).exists();
-    Ok((has("metrics.jsonl") || has("checkpoints")).then_some(0))
+    Ok((has(lam_data::metrics::METRICS_FILE) || has("checkpoints")).then_some(0))
 }
 
 /// Removes what a run of lam wrote in `run` (checkpoints, metrics.jsonl, config.toml, run.json),
@@ -189,7 +189,7 @@ pub fn clear_run(run: &Path) -> Result<()> {
         }
         let _ = fs::remove_dir(&ck); // only if nothing else was there
     }
-    for f in ["metrics.jsonl", "config.toml", "run.json"] {
+    for f in [lam_data::metrics::METRICS_FILE, "config.toml", "run.json"] {
         let p = run.join(f);
         if p.exists() {
             fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;

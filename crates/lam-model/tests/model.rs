@@ -637,29 +637,18 @@ fn dead_vq_codes_are_reset_to_encoder_outputs() {
     let d = cfg.model.latent_dim;
     let model = init_model(&cfg, &dev);
     // Codes 0 and 3 were chosen at step 4; the others not since step 0: dead at step 5.
-    let mut last_used = vec![0, 0, 0, 4, 0, 0];
-    last_used[0] = 4;
-    let before: Vec<f32> = model
-        .codebook
-        .as_ref()
-        .unwrap()
-        .val()
-        .into_data()
-        .try_into_vec::<f32>()
-        .unwrap();
+    let mut last_used = vec![4, 0, 0, 4, 0, 0];
+    let codebook = |m: &lam_model::LatentActionModel| -> Vec<f32> {
+        let book = m.codebook.as_ref().expect("a VQ model has a codebook");
+        book.val().into_data().try_into_vec::<f32>().unwrap()
+    };
+    let before = codebook(&model);
     let outputs: Vec<f32> = (0..3 * d).map(|i| 10.0 + i as f32).collect();
     let (model, resets) =
         lam_model::train::reset_dead_codes(model, &cfg, 5, &mut last_used, &outputs);
     assert_eq!(resets, 4);
     assert_eq!(last_used, vec![4, 5, 5, 4, 5, 5]);
-    let after: Vec<f32> = model
-        .codebook
-        .as_ref()
-        .unwrap()
-        .val()
-        .into_data()
-        .try_into_vec::<f32>()
-        .unwrap();
+    let after = codebook(&model);
     for c in 0..6 {
         let row = &after[c * d..(c + 1) * d];
         if c == 0 || c == 3 {

@@ -43,7 +43,7 @@ pub struct Series {
 
 /// Reads curves `key` of records whose `split` is `split` from metrics.jsonl.
 pub fn read_series(run: &Path, split: &str, key: &str) -> Result<Series> {
-    let path = run.join("metrics.jsonl");
+    let path = run.join(lam_data::metrics::METRICS_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let points = text

@@ -226,17 +226,22 @@ fn fuzz_shard_folders() {
     );
 }
 
-#[test]
-fn fuzz_lerobot_metadata() {
+/// The files of a fresh `episodes`-episode lam-sim recording (LeRobot layout with video).
+fn recording(episodes: usize) -> Vec<(String, Vec<u8>)> {
     let src = tempfile::tempdir().unwrap();
     let cfg = lam_sim::RecordConfig {
-        episodes: 2,
+        episodes,
         ..Default::default()
     };
     let (root, _) = lam_sim::record(&cfg, src.path(), false).unwrap();
+    read_tree(&root)
+}
+
+#[test]
+fn fuzz_lerobot_metadata() {
     fuzz_folder(
         "lerobot",
-        read_tree(&root),
+        recording(2),
         |name| name.ends_with(".json") || name.ends_with(".jsonl") || name.ends_with(".parquet"),
         |dir| {
             let opts = lam_ingest::LeRobotOptions::default();
@@ -252,13 +257,7 @@ fn fuzz_lerobot_metadata() {
 
 #[test]
 fn fuzz_video_files() {
-    let src = tempfile::tempdir().unwrap();
-    let cfg = lam_sim::RecordConfig {
-        episodes: 1,
-        ..Default::default()
-    };
-    let (root, _) = lam_sim::record(&cfg, src.path(), false).unwrap();
-    let videos: Vec<Vec<u8>> = read_tree(&root)
+    let videos: Vec<Vec<u8>> = recording(1)
         .into_iter()
         .filter(|(n, _)| n.ends_with(".mp4"))
         .map(|(_, b)| b)
@@ -267,9 +266,8 @@ fn fuzz_video_files() {
     let root = tempfile::tempdir().unwrap();
     let root_path = root.path().to_path_buf();
     fuzz("video", &videos, move |_, data| {
-        let dir = tempfile::tempdir_in(&root_path).unwrap();
+        let dir = fresh_dir(&root_path, &[("clip.mp4".into(), data.to_vec())]);
         let path = dir.path().join("clip.mp4");
-        std::fs::write(&path, data).unwrap();
         let opts = lam_ingest::DecodeOptions {
             threads: 1,
             ..Default::default()
@@ -292,9 +290,8 @@ fn fuzz_configs_and_overrides() {
     let root = tempfile::tempdir().unwrap();
     let root_path = root.path().to_path_buf();
     fuzz("config", &seeds, move |_, data| {
-        let dir = tempfile::tempdir_in(&root_path).unwrap();
+        let dir = fresh_dir(&root_path, &[("config.toml".into(), data.to_vec())]);
         let path = dir.path().join("config.toml");
-        std::fs::write(&path, data).unwrap();
         if let Ok(cfg) = lam_model::LamConfig::from_toml_file(&path) {
             let _ = cfg.validate();
         }

@@ -32,11 +32,7 @@ impl Columns {
             Self::read_file(path, wanted)
         }))
         .unwrap_or_else(|panic| {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let why = crate::error::panic_message(panic.as_ref()).unwrap_or_default();
             Err(IngestError::dataset(
                 path,
                 format!("corrupt Parquet file: {why}"),
