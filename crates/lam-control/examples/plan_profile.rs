@@ -52,6 +52,7 @@ fn main() {
         use_cache: true,
         current,
         goal,
+        support: None,
     };
     let (c, h) = (pcfg.samples, pcfg.horizon);
     let z = Tensor::<3>::random([c, h, d], normal, &dev);

@@ -24,7 +24,8 @@ use lam_sim::protocol::EvalEpisode;
 use serde::Serialize;
 
 use crate::controller::Controller;
-use crate::planner::{Plan, PlannerConfig, Problem, SearchSpace, plan};
+use crate::planner::{Plan, PlannerConfig, PlannerKind, Problem, SearchSpace, plan};
+use crate::support::Support;
 use crate::waypoints::{GoalMap, WaypointGraph};
 
 /// Maps an RGB frame (`size * size * 3` bytes), the simulator state it shows and the
@@ -132,6 +133,9 @@ pub struct Agent<'a> {
     /// Aim each plan at a waypoint on the training data's path to the goal (see
     /// [`crate::waypoints`]) instead of at the goal itself.
     pub waypoints: Option<&'a WaypointGraph>,
+    /// Penalise predicted transitions the unlabeled video never shows (sampling planners;
+    /// see [`crate::support`]).
+    pub support: Option<Support<'a>>,
 }
 
 /// One action block from [`MpcSession::act`].
@@ -220,6 +224,24 @@ impl<'a> Agent<'a> {
                     self.low.len()
                 );
             }
+        }
+        if let Some(sup) = self.support {
+            ensure!(
+                self.planner.kind != PlannerKind::Gradient,
+                "the support critic's penalty is applied by the sampling planners (cem, icem, \
+                 mppi, random), not by the gradient planner"
+            );
+            ensure!(
+                sup.critic.frame_dim() == self.cfg.model.embed_dim,
+                "the support critic reads {}-D frames; the world model's are {}-D",
+                sup.critic.frame_dim(),
+                self.cfg.model.embed_dim
+            );
+            ensure!(
+                sup.weight.is_finite() && sup.weight >= 0.0,
+                "support weight must be a finite number >= 0, got {}",
+                sup.weight
+            );
         }
         if self.mode == Mode::ActionConditioned {
             ensure!(
@@ -440,6 +462,7 @@ impl MpcSession<'_> {
                 use_cache: true,
                 current: s.clone(),
                 goal: target,
+                support: agent.support,
             };
             let (low, high) = agent.block_bounds();
             let space = match agent.mode {

@@ -5,4 +5,5 @@ pub mod closed_loop;
 pub mod controller;
 pub mod gradient;
 pub mod planner;
+pub mod support;
 pub mod waypoints;

@@ -25,6 +25,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::controller::Controller;
+use crate::support::Support;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -342,6 +343,9 @@ pub struct Problem<'a> {
     pub current: Tensor<3>,
     /// Goal frame `[1, N, D]`.
     pub goal: Tensor<3>,
+    /// Penalise predicted transitions the training video never shows (sampling planners;
+    /// see [`crate::support`]).
+    pub support: Option<Support<'a>>,
 }
 
 /// The chosen plan.
@@ -475,6 +479,42 @@ fn rollout_recompute(problem: &Problem, z: Tensor<3>) -> Tensor<4> {
         steps.push(frame.clone());
     }
     Tensor::stack(steps, 1)
+}
+
+/// The support penalty `[C]` of candidates whose predicted frames are `steps` `[C, H, N, D]`:
+/// the weighted mean over the horizon of the critic's penalty for each predicted change,
+/// pooled, from the frame it starts at (the current frame, then the predictions). `None`
+/// without a critic.
+pub fn support_penalty(problem: &Problem, steps: Tensor<4>) -> Option<Tensor<1>> {
+    let support = problem.support?;
+    let [c, h, n, d] = steps.dims();
+    let current = problem
+        .current
+        .clone()
+        .reshape([1, 1, n, d])
+        .expand([c, 1, n, d]);
+    let next = steps.mean_dim(2).reshape([c, h, d]);
+    let from = if h > 1 {
+        Tensor::cat(
+            vec![
+                current.mean_dim(2).reshape([c, 1, d]),
+                next.clone().slice(s![.., 0..h - 1, ..]),
+            ],
+            1,
+        )
+    } else {
+        current.mean_dim(2).reshape([c, 1, d])
+    };
+    let pen = support
+        .critic
+        .penalty(
+            from.reshape([c * h, d]),
+            next.reshape([c * h, d]),
+            support.margin,
+        )
+        .reshape([c, h])
+        .mean_dim(1);
+    Some(pen.reshape([c]) * support.weight)
 }
 
 /// Cost per candidate `[C]` of the predicted frames of every step `[C, H, N, D]` against the
@@ -612,13 +652,17 @@ pub fn plan(cfg: &PlannerConfig, problem: &Problem, space: &SearchSpace) -> Plan
         }
         space.clamp(&mut seqs);
         let steps = rollout_all(problem, space, &seqs, c, h);
-        let costs = host(trajectory_cost(
+        let mut costs = trajectory_cost(
             cfg.cost,
             cfg.pooled,
             cfg.objective,
-            steps,
+            steps.clone(),
             problem.goal.clone(),
-        ));
+        );
+        if let Some(p) = support_penalty(problem, steps) {
+            costs = costs + p;
+        }
+        let costs = host(costs);
         rollouts += c;
         let mut order: Vec<usize> = (0..c).collect();
         order.sort_by(|&a, &b| costs[a].total_cmp(&costs[b]));
@@ -672,6 +716,18 @@ pub fn plan(cfg: &PlannerConfig, problem: &Problem, space: &SearchSpace) -> Plan
                 }
             }
         }
+    }
+    if problem.support.is_some() && tracing::enabled!(tracing::Level::DEBUG) {
+        let steps = rollout_all(problem, space, &best.1, 1, h);
+        let goal = host(trajectory_cost(
+            cfg.cost,
+            cfg.pooled,
+            cfg.objective,
+            steps.clone(),
+            problem.goal.clone(),
+        ))[0];
+        let pen = support_penalty(problem, steps).map(host);
+        tracing::debug!("chosen plan: goal cost {goal:.4}, support penalty {pen:?}");
     }
     // Confidence of the chosen plan: cosine of its final frame to the goal.
     let finals = rollout(problem, space, &best.1, 1, h);

@@ -41,6 +41,7 @@ fn cached_and_recomputed_rollouts_agree() {
         use_cache,
         current: current.clone(),
         goal: current.clone(),
+        support: None,
     };
     let space = SearchSpace::Latent { dim: 16 };
     let seqs: Vec<f32> = Tensor::<3>::random([6, 5, 16], normal, &dev)
@@ -77,6 +78,7 @@ fn planners_reach_a_reachable_goal() {
         use_cache: true,
         current: current.clone(),
         goal: current.clone(),
+        support: None,
     };
     let goal = rollout(&base, &space, &target, 1, 3);
     let problem = Problem {
@@ -159,6 +161,7 @@ fn action_space_plans_stay_in_bounds() {
         use_cache: true,
         current: current.clone(),
         goal: current * 0.5,
+        support: None,
     };
     let space = SearchSpace::Action {
         low: vec![-1.0, -0.5],
@@ -329,6 +332,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
         high: space.high.clone(),
         hold_actions: false,
         waypoints: None,
+        support: None,
     };
     let r = agent.run_episode(&episodes[0], &encoder, true).unwrap();
     assert!(r.steps >= 1 && r.steps <= 50);
@@ -407,6 +411,7 @@ fn closed_loop_executes_action_blocks() {
         high: space.high.clone(),
         hold_actions: false,
         waypoints: None,
+        support: None,
     };
     agent.check().unwrap();
     // One plan per block of two environment steps.

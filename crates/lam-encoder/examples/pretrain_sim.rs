@@ -68,7 +68,11 @@ fn main() -> Result<()> {
         frames.pairs.len()
     );
     let device = Device::flex();
-    let s = pretrain(&cfg, &frames, norm, &device, &out.join("pretrain"), true)?;
+    let run = lam_encoder::pretrain::PretrainRun {
+        progress: true,
+        ..lam_encoder::pretrain::PretrainRun::new(&out.join("pretrain"))
+    };
+    let s = pretrain(&cfg, &frames, norm, &device, &run)?;
     print!("{}", lam_encoder::cli::pretrain_report(&s));
     if std::env::var_os("PRETRAIN_SIM_NO_EMBED").is_some() {
         return Ok(());

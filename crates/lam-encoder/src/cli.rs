@@ -10,7 +10,7 @@ use lam_ingest::{ClipSpec, Normalization};
 use crate::embed::{EmbedOptions, Source, embed};
 use crate::encoder::{Encoder, Pooling};
 use crate::pretrain::{
-    PretrainConfig, PretrainSummary, frames_from_source, pretrain, synthetic_frames,
+    PretrainConfig, PretrainRun, PretrainSummary, frames_from_source, pretrain, synthetic_frames,
 };
 use crate::probe::{ProbeConfig, ProbeReport};
 use crate::sim::SimEncoderConfig;
@@ -124,6 +124,23 @@ pub struct PretrainArgs {
     pub keypoint_sharpness: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Steps between resumable checkpoints in OUT/checkpoints and collapse checks (0: none).
+    #[arg(long, default_value_t = PretrainConfig::default().checkpoint_every)]
+    pub checkpoint_every: usize,
+    /// Continue from the newest checkpoint in --out (same settings); starts at step 0 when
+    /// there is none yet. Without it an earlier run's checkpoints in --out are removed.
+    #[arg(long)]
+    pub resume: bool,
+    /// At the first failed collapse check (frame embedding effective rank below
+    /// --collapse-min-rank or mean channel std below --collapse-min-std) stop and write the
+    /// encoder of the last checkpoint before it; without it a warning names the metric and
+    /// training goes on.
+    #[arg(long)]
+    pub stop_on_collapse: bool,
+    #[arg(long, default_value_t = PretrainConfig::default().collapse_min_rank)]
+    pub collapse_min_rank: f64,
+    #[arg(long, default_value_t = PretrainConfig::default().collapse_min_std)]
+    pub collapse_min_std: f64,
     /// cpu (or cuda / cuda:N in a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -246,6 +263,9 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
             ..ProbeConfig::default()
         }),
         seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        collapse_min_rank: a.collapse_min_rank,
+        collapse_min_std: a.collapse_min_std,
         ..PretrainConfig::default()
     };
     cfg.validate()?;
@@ -274,7 +294,13 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         frames.len(),
         frames.pairs.len()
     );
-    let s = pretrain(&cfg, &frames, norm, &device, &a.out, !a.quiet)?;
+    let run = PretrainRun {
+        progress: !a.quiet,
+        resume: a.resume,
+        stop_on_collapse: a.stop_on_collapse,
+        ..PretrainRun::new(&a.out)
+    };
+    let s = pretrain(&cfg, &frames, norm, &device, &run)?;
     print!("{}", pretrain_report(&s));
     println!("checkpoint: {}", s.checkpoint.display());
     Ok(())
@@ -308,6 +334,15 @@ pub fn pretrain_report(s: &PretrainSummary) -> String {
         if let Some(p) = p {
             out += &format!("{}\n", probe_line(name, p));
         }
+    }
+    if s.resumed_from > 0 {
+        out += &format!("resumed from step {}\n", s.resumed_from);
+    }
+    if let Some(c) = &s.collapse {
+        out += &format!(
+            "COLLAPSE at step {}: {}; the encoder written is step {}'s\n",
+            c.step, c.metric, s.encoder_step
+        );
     }
     out
 }

@@ -120,6 +120,30 @@ pub struct PretrainConfig {
     /// Linear probe of the simulator's true state run before and after training (see
     /// [`crate::probe`]); `None` skips it. Default: push, robot domain, 40 episodes.
     pub probe: Option<ProbeConfig>,
+    /// Steps between checkpoints in `OUT/checkpoints` (weights, AdamW state and step: a run
+    /// resumed from one continues exactly as if never stopped) and between collapse checks
+    /// on the fixed evaluation set; 0: neither (only the final encoder). Default 100.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Collapse: the frame embeddings (per-frame mean tokens) of the evaluation set have an
+    /// effective rank below this (all frames along one direction). Default 1.5.
+    #[serde(default = "default_collapse_min_rank")]
+    pub collapse_min_rank: f64,
+    /// Collapse: their mean per-channel std is below this (all frames alike). Default 1e-3.
+    #[serde(default = "default_collapse_min_std")]
+    pub collapse_min_std: f64,
+}
+
+fn default_checkpoint_every() -> usize {
+    100
+}
+
+fn default_collapse_min_rank() -> f64 {
+    1.5
+}
+
+fn default_collapse_min_std() -> f64 {
+    1e-3
 }
 
 impl Default for PretrainConfig {
@@ -148,6 +172,9 @@ impl Default for PretrainConfig {
             frame_recon_motion: default_motion_share(),
             keypoint_motion_weight: 1.0,
             probe: Some(ProbeConfig::default()),
+            checkpoint_every: default_checkpoint_every(),
+            collapse_min_rank: default_collapse_min_rank(),
+            collapse_min_std: default_collapse_min_std(),
         }
     }
 }
@@ -557,7 +584,7 @@ pub fn lr_at(cfg: &PretrainConfig, step: usize) -> f64 {
 
 /// Collapse statistics of `encoder` on frames `indices`: over all tokens, and over the
 /// per-frame mean tokens.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CollapseStats {
     pub tokens: EmbeddingStats,
     pub frames: EmbeddingStats,
@@ -604,19 +631,88 @@ pub struct PretrainSummary {
     pub probe_after: Option<ProbeReport>,
     /// The checkpoint folder written.
     pub checkpoint: PathBuf,
+    /// Step at which the evaluation set's frame embeddings first looked collapsed, and the
+    /// metric that said so (`None`: never).
+    pub collapse: Option<Collapse>,
+    /// Step the encoder written comes from: `steps`, or with `stop_on_collapse` the last
+    /// checkpoint before the collapse.
+    pub encoder_step: usize,
+    /// Step this run resumed from (0 for a fresh run).
+    pub resumed_from: usize,
+}
+
+/// A collapse seen while pretraining.
+#[derive(Clone, Debug, Serialize)]
+pub struct Collapse {
+    pub step: usize,
+    /// What crossed its threshold, e.g. "frame embedding effective rank 1.02 < 1.5".
+    pub metric: String,
+}
+
+/// Whether `stats` show a collapse under `cfg`'s thresholds, and which metric says so.
+pub fn collapse_metric(cfg: &PretrainConfig, stats: &CollapseStats) -> Option<String> {
+    let f = &stats.frames;
+    if !(f.mean_std >= cfg.collapse_min_std) {
+        Some(format!(
+            "frame embedding mean per-channel std {:.2e} < {:.0e}",
+            f.mean_std, cfg.collapse_min_std
+        ))
+    } else if !(f.effective_rank >= cfg.collapse_min_rank) {
+        Some(format!(
+            "frame embedding effective rank {:.2} < {}",
+            f.effective_rank, cfg.collapse_min_rank
+        ))
+    } else {
+        None
+    }
+}
+
+/// Where a pretraining run writes and how it behaves.
+#[derive(Clone, Debug)]
+pub struct PretrainRun {
+    /// Output folder: `encoder/`, `checkpoints/`, `metrics.jsonl`, `summary.json`.
+    pub out: PathBuf,
+    pub progress: bool,
+    /// Continue from the newest checkpoint in `out` (made with the same configuration);
+    /// without one the run starts at step 0. A fresh run (false) removes an earlier run's
+    /// checkpoints from `out`.
+    pub resume: bool,
+    /// Stop at the first collapse check that fails and write the encoder of the last
+    /// checkpoint before it, instead of warning and going on.
+    pub stop_on_collapse: bool,
+}
+
+impl PretrainRun {
+    pub fn new(out: &Path) -> Self {
+        Self {
+            out: out.to_path_buf(),
+            progress: false,
+            resume: false,
+            stop_on_collapse: false,
+        }
+    }
+}
+
+/// Non-tensor state of a pretraining checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct PretrainState {
+    step: usize,
+    config: PretrainConfig,
 }
 
 /// Trains a sim encoder on `frames` and writes the checkpoint folder `out/encoder` plus
 /// `out/metrics.jsonl` (one JSON object per line: `split` = `train` with losses and lr, or
-/// `eval` with the collapse statistics) and `out/summary.json`.
+/// `eval` with the collapse statistics), `out/summary.json` and, every `checkpoint_every`
+/// steps, a resumable checkpoint in `out/checkpoints`. Every random draw of a step comes from
+/// a generator seeded with (seed, step), so a resumed run repeats the uninterrupted one.
 pub fn pretrain(
     cfg: &PretrainConfig,
     frames: &Frames,
     norm: Normalization,
     device: &Device,
-    out: &Path,
-    progress: bool,
+    run: &PretrainRun,
 ) -> Result<PretrainSummary> {
+    let (out, progress) = (run.out.as_path(), run.progress);
     cfg.validate()?;
     ensure!(
         frames.size == cfg.encoder.image_size,
@@ -636,13 +732,41 @@ pub fn pretrain(
         "no pairs of consecutive frames to train on (need clips of at least 2 frames)"
     );
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut metrics = lam_data::MetricsLog::open(out, None)?;
+    let resume_from = if run.resume {
+        lam_model::checkpoint::latest(out)?
+    } else {
+        let old = lam_model::checkpoint::checkpoints_dir(out);
+        if old.is_dir() {
+            fs::remove_dir_all(&old)
+                .with_context(|| format!("cannot remove an earlier run's {}", old.display()))?;
+        }
+        None
+    };
+    let start = match &resume_from {
+        Some(ckpt) => {
+            let path = ckpt.join("state.json");
+            let state: PretrainState = serde_json::from_str(
+                &fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )
+            .with_context(|| format!("malformed {}", path.display()))?;
+            ensure!(
+                state.config == *cfg,
+                "--resume: {} was made with different settings; resume with the run's own \
+                 (see its state.json)",
+                ckpt.display()
+            );
+            state.step
+        }
+        None => 0,
+    };
+    let mut metrics = lam_data::MetricsLog::open(out, resume_from.as_ref().map(|_| start))?;
     let mut log = |v: serde_json::Value| metrics.write(&v);
 
     let ad = device.clone().autodiff();
     ad.seed(cfg.seed);
     let enc = &cfg.encoder;
-    let mut model = Jepa {
+    let model = Jepa {
         encoder: SimEncoder::new(enc, &ad),
         predictor: Predictor::new(
             enc.dim,
@@ -659,15 +783,28 @@ pub fn pretrain(
     } else {
         Vec::new()
     };
+    let mut model = lam_model::optim::stable_param_ids(model);
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
+    if let Some(ckpt) = &resume_from {
+        model = lam_model::optim::stable_param_ids(lam_model::checkpoint::load_weights(
+            model,
+            &ckpt.join("model.safetensors"),
+        )?);
+        let path = ckpt.join("optimizer.bpk");
+        optimizer = optimizer.load(&path).map_err(|e| {
+            anyhow::anyhow!("cannot load optimizer state {}: {e:?}", path.display())
+        })?;
+    }
     let eval_count = cfg.eval_frames.min(frames.len()).max(1);
     let eval_idx: Vec<usize> = (0..eval_count)
         .map(|i| i * frames.len() / eval_count)
         .collect();
     let before = collapse_stats(&model.encoder.valid(), frames, &eval_idx, device);
-    log(json!({"step": 0, "split": "eval", "stats": before}))?;
+    if start == 0 {
+        log(json!({"step": 0, "split": "eval", "stats": before}))?;
+    }
     let probe_set = match &cfg.probe {
         Some(p) => Some(sim_probe_set(p, enc.image_size, &norm)?),
         None => None,
@@ -680,8 +817,14 @@ pub fn pretrain(
             _ => Ok(None),
         }
     };
-    let probe_before = run_probe(&model.encoder.valid())?;
-    if let Some(p) = &probe_before {
+    // The probe before training is the untrained encoder's (also when resuming).
+    let probe_before = if start == 0 {
+        run_probe(&model.encoder.valid())?
+    } else {
+        let fresh = SimEncoder::new(enc, device);
+        run_probe(&fresh)?
+    };
+    if let (Some(p), 0) = (&probe_before, start) {
         log(json!({"step": 0, "split": "probe", "probe": p}))?;
     }
 
@@ -689,12 +832,12 @@ pub fn pretrain(
     let k = t.len();
     let t = Tensor::<1>::from_data(TensorData::new(t, [k]), &ad);
     let w = Tensor::<1>::from_data(TensorData::new(w, [k]), &ad);
-    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5151_6E0C);
     let bar = if progress {
         ProgressBar::new(cfg.steps as u64)
     } else {
         ProgressBar::hidden()
     };
+    bar.set_position(start as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .expect("valid template"),
@@ -707,7 +850,12 @@ pub fn pretrain(
         (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
     let mut last_motion = f64::NAN;
     let n = enc.grid() * enc.grid();
-    for step in 0..cfg.steps {
+    let mut collapse: Option<Collapse> = None;
+    let mut encoder_step = cfg.steps;
+    // What a run stopped by a collapse before its first checkpoint writes.
+    let initial = (run.stop_on_collapse && start == 0).then(|| model.encoder.clone());
+    for step in start..cfg.steps {
+        let mut rng = lam_model::train::step_rng(cfg.seed ^ 0x5151_6E0C, step, 0);
         let pairs: Vec<(usize, usize)> = (0..cfg.batch)
             .map(|_| frames.pairs[rng.random_range(0..frames.pairs.len())])
             .collect();
@@ -867,19 +1015,88 @@ pub fn pretrain(
                 "frame_reconstruction": last_frame_rec, "keypoint_motion": last_motion,
                 "lr": lr}))?;
         }
-        if (step + 1) % (cfg.log_every.max(1) * 4) == 0 && step + 1 != cfg.steps {
+        let done = step + 1;
+        if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done != cfg.steps {
             let stats = collapse_stats(&model.encoder.valid(), frames, &eval_idx, device);
-            log(json!({"step": step + 1, "split": "eval", "stats": stats}))?;
+            log(json!({"step": done, "split": "eval", "stats": stats}))?;
+            if let Some(metric) = collapse_metric(cfg, &stats) {
+                bar.suspend(|| {
+                    tracing::warn!(
+                        "encoder collapse at step {done}: {metric}{}",
+                        if run.stop_on_collapse {
+                            "; stopping (--stop-on-collapse) with the last checkpoint before it"
+                        } else {
+                            " (--stop-on-collapse stops here and keeps the last checkpoint before it)"
+                        }
+                    )
+                });
+                if collapse.is_none() {
+                    collapse = Some(Collapse { step: done, metric });
+                }
+                if run.stop_on_collapse {
+                    let last = lam_model::checkpoint::latest(out)?;
+                    encoder_step = match &last {
+                        Some(ckpt) => {
+                            model = lam_model::checkpoint::load_weights(
+                                model,
+                                &ckpt.join("model.safetensors"),
+                            )?;
+                            let path = ckpt.join("state.json");
+                            let state: PretrainState =
+                                serde_json::from_str(&fs::read_to_string(&path)?)
+                                    .with_context(|| format!("malformed {}", path.display()))?;
+                            state.step
+                        }
+                        None => {
+                            // Collapsed before the first checkpoint: the initial weights.
+                            if let Some(e) = initial.clone() {
+                                model.encoder = e;
+                            }
+                            start
+                        }
+                    };
+                    break;
+                }
+            }
+            let state = PretrainState {
+                step: done,
+                config: cfg.clone(),
+            };
+            lam_model::checkpoint::write_step(out, done, 2, |tmp| {
+                lam_model::checkpoint::save_weights(&model, &tmp.join("model.safetensors"))?;
+                optimizer
+                    .save(tmp.join("optimizer.bpk"))
+                    .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
+                fs::write(
+                    tmp.join("state.json"),
+                    serde_json::to_string_pretty(&state)?,
+                )?;
+                Ok(())
+            })?;
         }
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let encoder = model.encoder.valid();
     let after = collapse_stats(&encoder, frames, &eval_idx, device);
-    log(json!({"step": cfg.steps, "split": "eval", "stats": after}))?;
+    let end = if collapse.is_some() && run.stop_on_collapse {
+        encoder_step
+    } else {
+        cfg.steps
+    };
+    if end == cfg.steps {
+        log(json!({"step": end, "split": "eval", "stats": after}))?;
+        if let (Some(metric), None) = (collapse_metric(cfg, &after), &collapse) {
+            tracing::warn!("encoder collapse at the end of training: {metric}");
+            collapse = Some(Collapse {
+                step: cfg.steps,
+                metric,
+            });
+        }
+    }
     let probe_after = run_probe(&encoder)?;
     if let Some(p) = &probe_after {
-        log(json!({"step": cfg.steps, "split": "probe", "probe": p}))?;
+        log(json!({"step": end, "split": "probe", "probe": p}))?;
     }
     let checkpoint = out.join("encoder");
     let summary = PretrainSummary {
@@ -897,6 +1114,9 @@ pub fn pretrain(
         probe_before,
         probe_after,
         checkpoint: checkpoint.clone(),
+        collapse,
+        encoder_step: end,
+        resumed_from: start,
     };
     let meta = SimCheckpointMeta {
         architecture: ARCHITECTURE.into(),

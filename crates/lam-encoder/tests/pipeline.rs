@@ -8,7 +8,9 @@ use std::process::Command;
 use burn::prelude::*;
 use lam_data::{ShardIndex, ShardSet};
 use lam_encoder::embed::{EmbedOptions, embed};
-use lam_encoder::pretrain::{Frames, PretrainConfig, PretrainSummary, pretrain, synthetic_frames};
+use lam_encoder::pretrain::{
+    Frames, PretrainConfig, PretrainRun, PretrainSummary, pretrain, synthetic_frames,
+};
 use lam_encoder::probe::ProbeConfig;
 use lam_encoder::sim::SimEncoderConfig;
 use lam_encoder::{Encoder, Pooling};
@@ -111,15 +113,108 @@ fn test_frames() -> Frames {
 
 /// Pretrains `cfg` on `frames` into the folder `run`, on the CPU, without a progress bar.
 fn pretrain_into(cfg: &PretrainConfig, frames: &Frames, run: &Path) -> PretrainSummary {
-    pretrain(
-        cfg,
-        frames,
-        Normalization::IMAGENET,
-        &Device::flex(),
-        run,
-        false,
-    )
-    .unwrap()
+    pretrain_with(cfg, frames, &PretrainRun::new(run)).unwrap()
+}
+
+fn pretrain_with(
+    cfg: &PretrainConfig,
+    frames: &Frames,
+    run: &PretrainRun,
+) -> anyhow::Result<PretrainSummary> {
+    pretrain(cfg, frames, Normalization::IMAGENET, &Device::flex(), run)
+}
+
+/// Digests of a run's encoder tensors by name (the file's layout may differ between equal
+/// models; the tensors may not).
+fn encoder_weights(run: &Path) -> std::collections::BTreeMap<String, u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let bytes = fs::read(run.join("encoder").join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let mut h = DefaultHasher::new();
+            view.data().hash(&mut h);
+            (name, h.finish())
+        })
+        .collect()
+}
+
+#[test]
+fn pretraining_resumes_exactly_and_stops_on_collapse() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = test_frames();
+    let cfg = PretrainConfig {
+        steps: 8,
+        checkpoint_every: 4,
+        probe: None,
+        ..small_sim_config()
+    };
+    let whole = dir.path().join("whole");
+    let a = pretrain_into(&cfg, &frames, &whole);
+    assert_eq!((a.resumed_from, a.encoder_step), (0, 8));
+    assert!(a.collapse.is_none(), "{:?}", a.collapse);
+    // The checkpoint at step 4 stays; resuming from it (as after a kill) repeats steps 4-7
+    // exactly.
+    let cut = dir.path().join("cut");
+    pretrain_into(&cfg, &frames, &cut);
+    assert_eq!(
+        encoder_weights(&whole),
+        encoder_weights(&cut),
+        "fresh runs differ"
+    );
+    assert!(cut.join("checkpoints").join("step-0000004").is_dir());
+    fs::remove_dir_all(cut.join("encoder")).unwrap();
+    let resumed = PretrainRun {
+        resume: true,
+        ..PretrainRun::new(&cut)
+    };
+    let b = pretrain_with(&cfg, &frames, &resumed).unwrap();
+    assert_eq!(b.resumed_from, 4);
+    assert_eq!(encoder_weights(&whole), encoder_weights(&cut));
+    // Resuming with other settings is refused, naming the checkpoint.
+    let other = PretrainConfig {
+        lr: 1e-4,
+        ..cfg.clone()
+    };
+    let err = format!(
+        "{:#}",
+        pretrain_with(&other, &frames, &resumed).unwrap_err()
+    );
+    assert!(
+        err.contains("different settings") && err.contains("step-0000004"),
+        "{err}"
+    );
+
+    // A collapse threshold no embedding meets: the first check fails, the run stops and
+    // writes the encoder from before it (here the initial one: no checkpoint yet).
+    let strict = PretrainConfig {
+        collapse_min_rank: 1e9,
+        ..cfg.clone()
+    };
+    let stopped = dir.path().join("stopped");
+    let stop = PretrainRun {
+        stop_on_collapse: true,
+        ..PretrainRun::new(&stopped)
+    };
+    let c = pretrain_with(&strict, &frames, &stop).unwrap();
+    let collapse = c.collapse.as_ref().expect("collapse seen");
+    assert_eq!(collapse.step, 4);
+    assert!(
+        collapse.metric.contains("effective rank"),
+        "{}",
+        collapse.metric
+    );
+    assert_eq!(c.encoder_step, 0);
+    assert_eq!(c.after, c.before);
+    // Without --stop-on-collapse the same run warns and goes on to the end.
+    let d = pretrain_into(&strict, &frames, &dir.path().join("warned"));
+    assert_eq!(d.collapse.as_ref().map(|c| c.step), Some(4));
+    assert_eq!(d.encoder_step, 8);
+    assert_eq!(
+        encoder_weights(&dir.path().join("warned")),
+        encoder_weights(&whole)
+    );
 }
 
 #[test]

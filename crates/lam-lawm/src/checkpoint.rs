@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
-use lam_data::shards::write_atomic;
 use lam_model::checkpoint::{load_weights, save_weights};
 use serde::{Deserialize, Serialize};
 
@@ -91,30 +90,18 @@ pub fn save_with_optimizer(
     optimizer: Option<&ModuleOptimizer>,
     state: &CheckpointState,
 ) -> Result<PathBuf> {
-    let dir = run.join("checkpoints");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = format!("step-{:07}", state.step);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let final_dir = dir.join(&name);
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
-    }
-    fs::create_dir_all(&tmp)?;
-    save_weights(policy, &tmp.join("policy.safetensors"))?;
-    if let Some(wm) = world_model {
-        save_weights(wm, &tmp.join("world_model.safetensors"))?;
-    }
-    if let Some(o) = optimizer {
-        o.save(tmp.join(OPTIMIZER_FILE))
-            .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
-    }
-    fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
-    if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)?;
-    }
-    fs::rename(&tmp, &final_dir)?;
-    write_atomic(&dir.join("latest"), name.as_bytes())?;
-    Ok(final_dir)
+    lam_model::checkpoint::write_step(run, state.step, 0, |tmp| {
+        save_weights(policy, &tmp.join("policy.safetensors"))?;
+        if let Some(wm) = world_model {
+            save_weights(wm, &tmp.join("world_model.safetensors"))?;
+        }
+        if let Some(o) = optimizer {
+            o.save(tmp.join(OPTIMIZER_FILE))
+                .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
+        }
+        fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+        Ok(())
+    })
 }
 
 /// A checkpoint folder from a checkpoint folder or a run folder (its latest checkpoint).

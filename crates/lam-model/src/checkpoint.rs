@@ -108,6 +108,38 @@ pub fn check_finite(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes one checkpoint folder `run/checkpoints/step-NNNNNNN`: `write` fills a temporary
+/// folder, which then takes its final name, `latest` is pointed at it, and all but the
+/// newest `keep` step folders are removed (`keep` 0 keeps them all). Every stage that
+/// checkpoints (stage 1, the encoder's pretraining, LAWM) saves through this, so a run
+/// killed at any moment leaves only complete checkpoints behind.
+pub fn write_step(
+    run: &Path,
+    step: usize,
+    keep: usize,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let dir = checkpoints_dir(run);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = format!("step-{step:07}");
+    let final_dir = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir_all(&tmp)?;
+    write(&tmp)?;
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir)?;
+    }
+    fs::rename(&tmp, &final_dir)?;
+    lam_data::shards::write_atomic(&dir.join("latest"), name.as_bytes())?;
+    if keep > 0 {
+        prune(&dir, keep, &name)?;
+    }
+    Ok(final_dir)
+}
+
 /// Saves a complete checkpoint for `state.step`; returns its folder.
 pub fn save<M: Module + ModuleSnapshot>(
     run: &Path,
@@ -117,31 +149,18 @@ pub fn save<M: Module + ModuleSnapshot>(
     state: &TrainState,
     keep: usize,
 ) -> Result<PathBuf> {
-    let dir = checkpoints_dir(run);
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = format!("step-{:07}", state.step);
-    let final_dir = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
-    }
-    fs::create_dir_all(&tmp)?;
-    save_weights(model, &tmp.join("model.safetensors"))?;
-    optimizer
-        .save(tmp.join("optimizer.bpk"))
-        .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
-    scheduler
-        .to_record()
-        .save(tmp.join("scheduler.bpk"))
-        .map_err(|e| anyhow::anyhow!("cannot write scheduler state: {e:?}"))?;
-    fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
-    if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)?;
-    }
-    fs::rename(&tmp, &final_dir)?;
-    lam_data::shards::write_atomic(&dir.join("latest"), name.as_bytes())?;
-    prune(&dir, keep.max(1), &name)?;
-    Ok(final_dir)
+    write_step(run, state.step, keep.max(1), |tmp| {
+        save_weights(model, &tmp.join("model.safetensors"))?;
+        optimizer
+            .save(tmp.join("optimizer.bpk"))
+            .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
+        scheduler
+            .to_record()
+            .save(tmp.join("scheduler.bpk"))
+            .map_err(|e| anyhow::anyhow!("cannot write scheduler state: {e:?}"))?;
+        fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+        Ok(())
+    })
 }
 
 /// Deletes the oldest `step-*` folders past `keep`; `current` (the one `latest` names) is

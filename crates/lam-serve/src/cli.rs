@@ -240,6 +240,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         frameskip,
         hold_actions: args.hold_actions,
         waypoints: None,
+        support: None,
         low,
         high,
     };

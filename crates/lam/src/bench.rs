@@ -385,6 +385,7 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         use_cache,
         current: current.clone(),
         goal: goal.clone(),
+        support: None,
     };
     // Fixed candidates for the rollout parity check.
     let seqs_t = Tensor::<3>::random([16, args.horizon, d], normal, &device);

@@ -1,10 +1,12 @@
-//! `lam control fit`: the controller between robot actions and latent actions.
+//! `lam control fit`: the controller between robot actions and latent actions; `lam control
+//! support`: the support critic planners use to avoid latents the video never shows.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use lam_control::controller::{self, ControllerConfig, ControllerReport};
+use lam_control::support::{SupportConfig, SupportReport};
 use lam_data::{ShardSet, Split};
 use lam_model::device::parse_device;
 use tracing::info;
@@ -15,6 +17,37 @@ use crate::stage1::load_checkpoint;
 pub enum ControlCommand {
     /// Fit g_ctrl: a -> z and the inverse z -> a on labeled shards, the LAM frozen.
     Fit(FitArgs),
+    /// Fit the support critic on a world model's training shards (actions not needed): which
+    /// changes happen in which frames, so planners can avoid predictions that never do.
+    Support(SupportArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct SupportArgs {
+    /// Stage-1 run folder (latest checkpoint) or checkpoint folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Shard folder of video like the model's (actions not needed; the model's own training
+    /// data): `train` fits, `val` reports.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder for support.safetensors and support.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also score the real transitions of this shard folder (e.g. the robot domain the
+    /// planner acts in): a mean penalty well above the held-out one says its changes look
+    /// unlike the training video's, and planning there would be penalised for them.
+    #[arg(long)]
+    pub check: Option<PathBuf>,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = SupportConfig::default().steps)]
+    pub steps: usize,
+    /// Hidden width of the MLP.
+    #[arg(long, default_value_t = SupportConfig::default().hidden)]
+    pub hidden: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args, Clone)]
@@ -58,7 +91,64 @@ pub fn run(cmd: ControlCommand) -> Result<()> {
             );
             Ok(())
         }
+        ControlCommand::Support(args) => {
+            let r = support(&args)?;
+            println!(
+                "support critic: held-out accuracy {:.3} (0.5 is chance), loss {:.4} (ln 2 = 0.693); \
+                 penalty real {:.3} / shuffled {:.3}; shuffled latents called impossible {:.1}% \
+                 (real {:.1}%) on {} held-out transitions\nsaved to {}",
+                r.val_accuracy,
+                r.val_loss,
+                r.penalty_real,
+                r.penalty_shuffled,
+                100.0 * r.impossible_shuffled,
+                100.0 * r.impossible_real,
+                r.val_transitions,
+                args.out.display()
+            );
+            if let (Some(c), Some(dir)) = (&r.check, &args.check) {
+                println!(
+                    "{}: mean penalty {:.3} on {} real transitions, {:.1}% called impossible",
+                    dir.display(),
+                    c.penalty,
+                    c.transitions,
+                    100.0 * c.impossible
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+pub fn support(args: &SupportArgs) -> Result<SupportReport> {
+    let device = parse_device(&args.device)?;
+    let (cfg, lam, _) = load_checkpoint(&args.run, &device)?;
+    let train = ShardSet::open(&args.data, Some(Split::Train))?;
+    let val = ShardSet::open(&args.data, Some(Split::Val))?;
+    lam_model::train::check_data(&cfg, &train)?;
+    lam_model::train::check_data(&cfg, &val)?;
+    info!(
+        "reading the transitions of {} + {} clips",
+        train.len(),
+        val.len()
+    );
+    let tr = lam_control::support::pairs_of(&lam, &train, &device, 64)?;
+    let va = lam_control::support::pairs_of(&lam, &val, &device, 64)?;
+    let scfg = SupportConfig {
+        steps: args.steps,
+        hidden: args.hidden,
+        ..Default::default()
+    };
+    let (critic, mut report) = lam_control::support::fit(&scfg, &tr, &va, &device)?;
+    if let Some(dir) = &args.check {
+        let set = ShardSet::open(dir, None)?;
+        lam_model::train::check_data(&cfg, &set)?;
+        let pairs = lam_control::support::pairs_of(&lam, &set, &device, 64)?;
+        report.check = Some(lam_control::support::score(&critic, &pairs, &device));
+        info!("{}: {:?}", dir.display(), report.check);
+    }
+    lam_control::support::save(&critic, &args.out, &report, &scfg)?;
+    Ok(report)
 }
 
 pub fn fit(args: &FitArgs) -> Result<ControllerReport> {

@@ -117,6 +117,19 @@ pub struct PlanEvalArgs {
     /// data's path bends away from the straight segment by more than this.
     #[arg(long, default_value_t = lam_control::waypoints::WaypointConfig::default().sight)]
     pub waypoint_sight: f32,
+    /// Support critic folder (`lam control support`, fitted on the world model's video): the
+    /// sampling planners add `--support-weight` times the mean over the horizon of its penalty
+    /// for predicted changes that video never shows from the frame they start at (a motion
+    /// through a wall).
+    #[arg(long)]
+    pub support: Option<PathBuf>,
+    /// Weight of the support critic's penalty in the planning cost.
+    #[arg(long, default_value_t = 1.0)]
+    pub support_weight: f32,
+    /// Nats of rarity the support penalty forgives (only changes rarer than e^-margin times
+    /// their rate elsewhere cost anything).
+    #[arg(long, default_value_t = 3.0)]
+    pub support_margin: f32,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
     pub learning_rate: f64,
@@ -314,6 +327,10 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             }
             _ => None,
         };
+        let critic = match &args.support {
+            Some(p) => Some(lam_control::support::load(p, &device)?),
+            None => None,
+        };
         let (mode, kinds) = match conditioning {
             Conditioning::Latent => (args.space, args.planner.clone()),
             Conditioning::Action => (Mode::ActionConditioned, args.planner.clone()),
@@ -377,6 +394,11 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 frameskip,
                 hold_actions: args.hold_actions,
                 waypoints: graph.as_ref(),
+                support: critic.as_ref().map(|critic| lam_control::support::Support {
+                    critic,
+                    weight: args.support_weight,
+                    margin: args.support_margin,
+                }),
                 low: space.low.clone(),
                 high: space.high.clone(),
             };
@@ -394,6 +416,14 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             };
             let name = if graph.is_some() {
                 format!("{name}, waypoints")
+            } else {
+                name
+            };
+            let name = if agent.support.is_some() {
+                format!(
+                    "{name}, support {} (margin {})",
+                    args.support_weight, args.support_margin
+                )
             } else {
                 name
             };
