@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# SIGKILL-and-resume check for lam's long jobs (lam train, lam lawm pretrain and finetune,
-# lam embed): runs each job once uninterrupted, then again killed with SIGKILL at KILLS random
-# moments (the same command, with --resume where the job takes it, restarts it each time, as
-# a scheduler would after a preemption), and compares the final weights (or shards) tensor
-# by tensor, bit for bit. Prints one line per job and exits 1 if any differ or a run fails.
+# SIGKILL-and-resume check for lam's long jobs (lam train, lam control fit, lam encoder
+# pretrain, lam lawm pretrain and finetune, lam embed): runs each job once uninterrupted,
+# then again killed with SIGKILL at KILLS random moments (the same command, with --resume
+# where the job takes it, restarts it each time, as a scheduler would after a preemption),
+# and compares the final weights (or shards) tensor by tensor, bit for bit. Prints one line per job and exits 1 if any differ or a run fails.
 #
 # usage: tools/crash_resume.sh OUT [KILLS]      (LAM=path/to/lam for another binary)
 # needs: a built lam (cargo build --release -p lam)
@@ -42,8 +42,10 @@ else:
         print(f"{len(names)} shards equal tensor by tensor, index equal")
 PY
 
-# Data: embedding shards with hidden actions (lam train), a sim recording (lam lawm).
+# Data: embedding shards with hidden actions (lam train), the same kind with the actions
+# written (lam control fit), a sim recording (lam lawm).
 "$LAM" data synthetic --out "$OUT/syn" --clips 512 >/dev/null
+"$LAM" data synthetic --out "$OUT/syn-labeled" --clips 256 --labeled >/dev/null
 "$LAM" sim record --task reach --domain human --policy random --episodes 20 --seed 5 \
   --out "$OUT/rec" --quiet >/dev/null
 # Labeled robot demos (lam lawm finetune) and a small sim encoder (lam embed).
@@ -80,8 +82,13 @@ kill_and_restart() {
   done
 }
 
-# $1 name, $2 weights file relative to the run folder's latest checkpoint, $3... command
-# taking the run folder as RUN (substituted).
+# The weights file $2 of run folder $1: CKPT in $2 stands for its latest checkpoint.
+weights_of() {
+  echo "$1/${2//CKPT/checkpoints/$(cat "$1/checkpoints/latest" 2>/dev/null)}"
+}
+
+# $1 name, $2 weights file relative to the run folder (CKPT: its latest checkpoint), $3...
+# command taking the run folder as RUN (substituted).
 check() {
   local name=$1 weights=$2
   shift 2
@@ -91,9 +98,8 @@ check() {
   local secs=$((SECONDS - t0))
   kill_and_restart "$name" "$crashed" "$secs" --resume "$@" || return 1
   local verdict
-  verdict=$(python3 "$OUT/compare.py" \
-    "$clean/checkpoints/$(cat "$clean/checkpoints/latest")/$weights" \
-    "$crashed/checkpoints/$(cat "$crashed/checkpoints/latest")/$weights")
+  verdict=$(python3 "$OUT/compare.py" "$(weights_of "$clean" "$weights")" \
+    "$(weights_of "$crashed" "$weights")")
   echo "$name: $kills SIGKILLs at random moments, $restarts starts; final weights vs the uninterrupted run (${secs} s): $verdict"
   [[ $verdict == *equal* && $verdict != DIFFER* ]]
 }
@@ -115,13 +121,21 @@ check_embed() {
 }
 
 status=0
-check train model.safetensors \
+check train CKPT/model.safetensors \
   "$LAM" train --data "$OUT/syn" --run RUN --steps 300 --set train.checkpoint_every=25 --quiet \
   || status=1
-check lawm-pretrain policy.safetensors \
+check control-fit controller.safetensors \
+  "$LAM" control fit --run "$OUT/train-clean" --data "$OUT/syn-labeled" --out RUN --steps 1500 \
+  --frame-conditioned \
+  || status=1
+check encoder-pretrain encoder/model.safetensors \
+  "$LAM" encoder pretrain --data "$OUT/rec" --out RUN --steps 60 --checkpoint-every 5 \
+  --probe-episodes 0 --quiet \
+  || status=1
+check lawm-pretrain CKPT/policy.safetensors \
   "$LAM" lawm pretrain --data "$OUT/rec" --out RUN --steps 60 --checkpoint-every 5 --quiet \
   || status=1
-check lawm-finetune policy.safetensors \
+check lawm-finetune CKPT/policy.safetensors \
   "$LAM" lawm finetune --data "$OUT/robot" --init "$OUT/lawm-pretrain-clean" --out RUN \
   --steps 60 --checkpoint-every 5 --quiet \
   || status=1

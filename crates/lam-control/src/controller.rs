@@ -25,6 +25,7 @@ use lam_data::ShardSet;
 use lam_model::LatentActionModel;
 use lam_model::config::LamConfig;
 use lam_model::idm::Idm;
+use lam_model::optim::stable_param_ids;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -317,12 +318,48 @@ pub fn evaluate(ctrl: &Controller, data: &Transitions, device: &Device) -> (f64,
     (cos, mse)
 }
 
+/// Where a fit keeps resumable checkpoints: `dir/checkpoints/step-N` at every early-stopping
+/// check (current and best weights, AdamW state, counters), and whether to continue from the
+/// newest one (made with the same settings and data size) instead of starting afresh (which
+/// removes an earlier fit's checkpoints).
+#[derive(Clone, Debug)]
+pub struct FitCheckpoints {
+    pub dir: std::path::PathBuf,
+    pub resume: bool,
+}
+
+/// Non-tensor state of a fit checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct FitState {
+    step: usize,
+    /// Held-out loss and step of the best weights so far (`best.safetensors`), if any.
+    best: Option<(f32, usize)>,
+    since_best: usize,
+    /// Early stopping ended the fit at this checkpoint.
+    stopped: bool,
+    train_transitions: usize,
+    config: ControllerConfig,
+}
+
 /// Fits both MLPs on `train`; reports on `val`.
 pub fn fit(
     cfg: &ControllerConfig,
     train: &Transitions,
     val: &Transitions,
     device: &Device,
+) -> Result<(Controller, ControllerReport)> {
+    fit_with(cfg, train, val, device, None)
+}
+
+/// [`fit`], checkpointing into (and with `resume` continuing from) `checkpoints`. A resumed
+/// fit replays the batch order of the steps it skips, so it repeats the uninterrupted one
+/// exactly.
+pub fn fit_with(
+    cfg: &ControllerConfig,
+    train: &Transitions,
+    val: &Transitions,
+    device: &Device,
+    checkpoints: Option<&FitCheckpoints>,
 ) -> Result<(Controller, ControllerReport)> {
     ensure!(
         !train.is_empty(),
@@ -351,19 +388,78 @@ pub fn fit(
     } else {
         0
     };
-    let mut ctrl = Controller::new(
-        train.action_dim,
-        train.latent_dim,
-        frame_dim,
-        cfg.hidden,
-        &ad,
-    );
+    let fresh = |dev: &Device| {
+        stable_param_ids(Controller::new(
+            train.action_dim,
+            train.latent_dim,
+            frame_dim,
+            cfg.hidden,
+            dev,
+        ))
+    };
+    let mut ctrl = fresh(&ad);
     let mut opt = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
+    let mut start = 0;
+    let mut best: Option<(f32, usize, Controller)> = None;
+    let mut since_best = 0usize;
+    let mut stopped = false;
+    if let Some(ck) = checkpoints {
+        let latest = if ck.resume {
+            lam_model::checkpoint::latest(&ck.dir)?
+        } else {
+            let old = lam_model::checkpoint::checkpoints_dir(&ck.dir);
+            if old.is_dir() {
+                std::fs::remove_dir_all(&old)
+                    .with_context(|| format!("cannot remove an earlier fit's {}", old.display()))?;
+            }
+            None
+        };
+        if let Some(dir) = latest {
+            let path = dir.join("state.json");
+            let state: FitState = serde_json::from_str(
+                &std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )
+            .with_context(|| format!("malformed {}", path.display()))?;
+            ensure!(
+                state.config == *cfg && state.train_transitions == train.len(),
+                "--resume: {} was made with other settings or data; resume with the fit's own",
+                dir.display()
+            );
+            ctrl = lam_model::checkpoint::load_weights(ctrl, &dir.join("controller.safetensors"))?;
+            let opt_path = dir.join("optimizer.bpk");
+            opt = opt.load(&opt_path).map_err(|e| {
+                anyhow::anyhow!("cannot load optimizer state {}: {e:?}", opt_path.display())
+            })?;
+            if let Some((loss, step)) = state.best {
+                let weights = lam_model::checkpoint::load_weights(
+                    fresh(device),
+                    &dir.join("best.safetensors"),
+                )?;
+                best = Some((loss, step, weights));
+            }
+            (start, since_best, stopped) = (state.step, state.since_best, state.stopped);
+        }
+    }
+    // One shuffle per pass over the data, from one generator; a resumed fit replays the
+    // passes of the steps done.
+    let b = cfg.batch_size.min(n_fit);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..n_fit).collect();
     let mut pos = order.len();
+    let mut next_batch = |order: &mut Vec<usize>| {
+        if pos + b > order.len() {
+            order.shuffle(&mut rng);
+            pos = 0;
+        }
+        pos += b;
+        pos - b
+    };
+    for _ in 0..start {
+        next_batch(&mut order);
+    }
     let loss_of = |ctrl: &Controller, a: Tensor<2>, z: Tensor<2>, f: Option<Tensor<2>>| {
         (ctrl.to_latent(a.clone(), f.clone()) - z.clone())
             .square()
@@ -375,17 +471,13 @@ pub fn fit(
         rows(&train.latents, train.latent_dim, &selection, device),
     );
     let sel_f = frames_of(&ctrl, train, &selection, device);
-    let mut best: Option<(f32, usize, Controller)> = None;
-    let mut since_best = 0usize;
-    let mut steps_run = 0usize;
-    for step in 0..cfg.steps {
-        let b = cfg.batch_size.min(n_fit);
-        if pos + b > order.len() {
-            order.shuffle(&mut rng);
-            pos = 0;
+    let mut steps_run = start;
+    for step in start..cfg.steps {
+        if stopped {
+            break;
         }
-        let idx = &order[pos..pos + b];
-        pos += b;
+        let at = next_batch(&mut order);
+        let idx = &order[at..at + b];
         let a = rows(&train.actions, train.action_dim, idx, &ad);
         let z = rows(&train.latents, train.latent_dim, idx, &ad);
         let f = frames_of(&ctrl, train, idx, &ad);
@@ -409,10 +501,34 @@ pub fn fit(
                 since_best = 0;
             } else {
                 since_best += 1;
-                if cfg.patience > 0 && since_best >= cfg.patience {
-                    break;
-                }
+                stopped = cfg.patience > 0 && since_best >= cfg.patience;
             }
+        }
+        let save = checkpoints.filter(|_| {
+            cfg.check_every > 0 && steps_run % cfg.check_every == 0 && steps_run < cfg.steps
+        });
+        if let Some(ck) = save {
+            let state = FitState {
+                step: steps_run,
+                best: best.as_ref().map(|(l, s, _)| (*l, *s)),
+                since_best,
+                stopped,
+                train_transitions: train.len(),
+                config: cfg.clone(),
+            };
+            lam_model::checkpoint::write_step(&ck.dir, steps_run, 2, |tmp| {
+                lam_model::checkpoint::save_weights(&ctrl, &tmp.join("controller.safetensors"))?;
+                if let Some((_, _, w)) = &best {
+                    lam_model::checkpoint::save_weights(w, &tmp.join("best.safetensors"))?;
+                }
+                opt.save(tmp.join("optimizer.bpk"))
+                    .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
+                std::fs::write(
+                    tmp.join("state.json"),
+                    serde_json::to_string_pretty(&state)?,
+                )?;
+                Ok(())
+            })?;
         }
     }
     let (ctrl, best_step) = match best {

@@ -573,3 +573,65 @@ fn planner_settings_no_planner_can_run_are_named() {
         "temperature",
     );
 }
+
+#[test]
+fn controller_fit_resumes_exactly_from_its_checkpoints() {
+    use lam_control::controller::{FitCheckpoints, fit_with};
+    let dev = Device::flex();
+    let (tr, va) = (
+        state_dependent_transitions(400, 3),
+        state_dependent_transitions(100, 4),
+    );
+    let cfg = ControllerConfig {
+        steps: 500,
+        hidden: 32,
+        batch_size: 64,
+        frame_conditioned: true,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str, resume: bool| FitCheckpoints {
+        dir: dir.path().join(name),
+        resume,
+    };
+    let (a, ra) = fit_with(&cfg, &tr, &va, &dev, Some(&at("whole", false))).unwrap();
+    // The same fit, then resumed from its newest checkpoint (step 400, as after a kill in the
+    // last stretch): the same weights and report.
+    fit_with(&cfg, &tr, &va, &dev, Some(&at("cut", false))).unwrap();
+    let ckpts = dir.path().join("cut").join("checkpoints");
+    assert_eq!(
+        std::fs::read_to_string(ckpts.join("latest")).unwrap(),
+        "step-0000400"
+    );
+    let (b, rb) = fit_with(&cfg, &tr, &va, &dev, Some(&at("cut", true))).unwrap();
+    assert_eq!(
+        (ra.cosine, ra.inverse_mse, ra.best_step, ra.steps_run),
+        (rb.cosine, rb.inverse_mse, rb.best_step, rb.steps_run)
+    );
+    let probe = |c: &lam_control::controller::Controller| -> Vec<f32> {
+        let x = Tensor::<2>::from_data(TensorData::new(vec![0.3f32, -0.7], [1, 2]), &dev);
+        let f = Tensor::<2>::from_data(TensorData::new(vec![-1.0f32, 0.4], [1, 2]), &dev);
+        c.to_latent(x, Some(f))
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(probe(&a), probe(&b));
+    // Without the optimizer state the resumed fit would differ: the checkpoint carries it.
+    std::fs::remove_file(ckpts.join("step-0000400").join("optimizer.bpk")).unwrap();
+    let err = fit_with(&cfg, &tr, &va, &dev, Some(&at("cut", true)))
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(err.contains("optimizer"), "{err}");
+    // Other settings are refused by name.
+    let other = ControllerConfig {
+        lr: 1e-4,
+        ..cfg.clone()
+    };
+    let err = format!(
+        "{:#}",
+        fit_with(&other, &tr, &va, &dev, Some(&at("whole", true))).unwrap_err()
+    );
+    assert!(err.contains("other settings"), "{err}");
+}

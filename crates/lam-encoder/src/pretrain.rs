@@ -554,7 +554,8 @@ pub fn sigreg_knots(knots: usize, t_max: f64) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// Random unit directions `[D, M]`.
-fn directions(rng: &mut StdRng, d: usize, m: usize, device: &Device) -> Tensor<2> {
+/// `m` random unit vectors of dimension `d`, as the columns of a `[d, m]` row-major matrix.
+fn directions(rng: &mut StdRng, d: usize, m: usize) -> Vec<f32> {
     let mut v: Vec<f32> = (0..d * m).map(|_| gaussian(rng)).collect();
     for j in 0..m {
         let norm = (0..d)
@@ -566,7 +567,56 @@ fn directions(rng: &mut StdRng, d: usize, m: usize, device: &Device) -> Tensor<2
             v[i * m + j] /= norm;
         }
     }
-    Tensor::from_data(TensorData::new(v, [d, m]), device)
+    v
+}
+
+/// The random draws of one pretraining step, in the order the run's one generator makes
+/// them: the batch's frames (pairs x_t of the batch, then their x_t+1), the SIGReg
+/// directions of the tokens and of the frames, and the pixels of the frame-level
+/// reconstruction. Drawn apart from the step's tensor work so that a resumed run can replay
+/// the draws of the steps it skips (host work only) and go on with the same stream.
+struct StepDraws {
+    idx: Vec<usize>,
+    dir_tokens: Vec<f32>,
+    dir_frames: Vec<f32>,
+    pixels: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+fn draw_step(
+    cfg: &PretrainConfig,
+    frames: &Frames,
+    foreground: &[Vec<u32>],
+    rng: &mut StdRng,
+) -> StepDraws {
+    let enc = &cfg.encoder;
+    let b = cfg.batch;
+    let pairs: Vec<(usize, usize)> = (0..b)
+        .map(|_| frames.pairs[rng.random_range(0..frames.pairs.len())])
+        .collect();
+    let mut idx: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+    idx.extend(pairs.iter().map(|p| p.1));
+    let free = enc.dim - 2 * enc.keypoints;
+    let dir_tokens = directions(rng, free, cfg.sigreg_directions);
+    let dir_frames = directions(rng, enc.dim, cfg.sigreg_directions);
+    let pixels = (cfg.frame_recon_weight > 0.0).then(|| {
+        // Each frame's partner is the other frame of its pair.
+        let partner: Vec<usize> = (0..2 * b).map(|i| idx[(i + b) % (2 * b)]).collect();
+        sample_pixels(
+            frames,
+            foreground,
+            &idx,
+            &partner,
+            cfg.frame_recon_motion,
+            cfg.frame_recon_pixels,
+            rng,
+        )
+    });
+    StepDraws {
+        idx,
+        dir_tokens,
+        dir_frames,
+        pixels,
+    }
 }
 
 /// A standard normal draw (Box-Muller).
@@ -703,8 +753,8 @@ struct PretrainState {
 /// Trains a sim encoder on `frames` and writes the checkpoint folder `out/encoder` plus
 /// `out/metrics.jsonl` (one JSON object per line: `split` = `train` with losses and lr, or
 /// `eval` with the collapse statistics), `out/summary.json` and, every `checkpoint_every`
-/// steps, a resumable checkpoint in `out/checkpoints`. Every random draw of a step comes from
-/// a generator seeded with (seed, step), so a resumed run repeats the uninterrupted one.
+/// steps, a resumable checkpoint in `out/checkpoints`. A resumed run replays the random
+/// draws of the steps it skips ([`StepDraws`]), so it repeats the uninterrupted one.
 pub fn pretrain(
     cfg: &PretrainConfig,
     frames: &Frames,
@@ -852,15 +902,20 @@ pub fn pretrain(
     let n = enc.grid() * enc.grid();
     let mut collapse: Option<Collapse> = None;
     let mut encoder_step = cfg.steps;
+    // One generator for the whole run; a resumed run replays the draws of the steps done.
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5151_6E0C);
+    for _ in 0..start {
+        draw_step(cfg, frames, &foreground, &mut rng);
+    }
     // What a run stopped by a collapse before its first checkpoint writes.
     let initial = (run.stop_on_collapse && start == 0).then(|| model.encoder.clone());
     for step in start..cfg.steps {
-        let mut rng = lam_model::train::step_rng(cfg.seed ^ 0x5151_6E0C, step, 0);
-        let pairs: Vec<(usize, usize)> = (0..cfg.batch)
-            .map(|_| frames.pairs[rng.random_range(0..frames.pairs.len())])
-            .collect();
-        let mut idx: Vec<usize> = pairs.iter().map(|p| p.0).collect();
-        idx.extend(pairs.iter().map(|p| p.1));
+        let StepDraws {
+            idx,
+            dir_tokens,
+            dir_frames,
+            pixels,
+        } = draw_step(cfg, frames, &foreground, &mut rng);
         let b = cfg.batch;
         let x = frames.tensor(&idx, &ad);
         let s = model.encoder.forward(x.clone()); // [2B, N, D]
@@ -891,13 +946,19 @@ pub fn pretrain(
         };
         let reg_tokens = sigreg(
             head.reshape([2 * b * n, free]),
-            directions(&mut rng, free, cfg.sigreg_directions, &ad),
+            Tensor::from_data(
+                TensorData::new(dir_tokens, [free, cfg.sigreg_directions]),
+                &ad,
+            ),
             t.clone(),
             w.clone(),
         );
         let reg_frames = sigreg(
             frame_stats,
-            directions(&mut rng, enc.dim, cfg.sigreg_directions, &ad),
+            Tensor::from_data(
+                TensorData::new(dir_frames, [enc.dim, cfg.sigreg_directions]),
+                &ad,
+            ),
             t.clone(),
             w.clone(),
         );
@@ -912,19 +973,8 @@ pub fn pretrain(
             last_rec = scalar(&rec);
             loss = loss + rec.mul_scalar(cfg.recon_weight);
         }
-        if cfg.frame_recon_weight > 0.0 {
+        if let Some((coords, colours)) = pixels {
             let q = cfg.frame_recon_pixels;
-            // Each frame's partner is the other frame of its pair.
-            let partner: Vec<usize> = (0..2 * b).map(|i| idx[(i + b) % (2 * b)]).collect();
-            let (coords, colours) = sample_pixels(
-                frames,
-                &foreground,
-                &idx,
-                &partner,
-                cfg.frame_recon_motion,
-                q,
-                &mut rng,
-            );
             let coords = Tensor::<3>::from_data(TensorData::new(coords, [2 * b, q, 2]), &ad);
             let colours = Tensor::<3>::from_data(TensorData::new(colours, [2 * b, q, 3]), &ad);
             // The head's channels standardised over the batch (the mean token of mostly
@@ -1169,7 +1219,10 @@ mod tests {
         let before = first(&cloud);
         let mut last = 0.0;
         for _ in 0..300 {
-            let dirs = directions(&mut rng, d, 32, &device);
+            let dirs = Tensor::from_data(
+                TensorData::new(directions(&mut rng, d, 32), [d, 32]),
+                &device,
+            );
             let loss = sigreg(cloud.x.val(), dirs, t.clone(), w.clone());
             last = loss.clone().into_data().try_into_vec::<f32>().unwrap()[0];
             let grads = GradientsParams::from_grads(loss.backward(), &cloud);

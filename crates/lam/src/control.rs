@@ -72,6 +72,11 @@ pub struct FitArgs {
     /// computes each step's latent from the predicted frame it acts on.
     #[arg(long)]
     pub frame_conditioned: bool,
+    /// Continue from the newest checkpoint in OUT/checkpoints (written at every early-stopping
+    /// check; same settings and data); starts at step 0 when there is none yet. Without it an
+    /// earlier fit's checkpoints in OUT are removed.
+    #[arg(long)]
+    pub resume: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -171,7 +176,11 @@ pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
         frame_conditioned: args.frame_conditioned,
         ..Default::default()
     };
-    let (ctrl, report) = controller::fit(&ccfg, &tr, &va, &device)?;
+    let checkpoints = controller::FitCheckpoints {
+        dir: args.out.clone(),
+        resume: args.resume,
+    };
+    let (ctrl, report) = controller::fit_with(&ccfg, &tr, &va, &device, Some(&checkpoints))?;
     controller::save(
         &ctrl,
         &args.out,
