@@ -279,7 +279,8 @@ pub struct ControllerReport {
     pub action_variance: f64,
 }
 
-fn rows(v: &[f32], dim: usize, idx: &[usize], device: &Device) -> Tensor<2> {
+/// Rows `idx` of a row-major host matrix of width `dim`, as a tensor `[idx.len(), dim]`.
+pub(crate) fn rows(v: &[f32], dim: usize, idx: &[usize], device: &Device) -> Tensor<2> {
     let data: Vec<f32> = idx
         .iter()
         .flat_map(|&i| v[i * dim..(i + 1) * dim].iter().copied())

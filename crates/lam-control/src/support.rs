@@ -42,7 +42,7 @@ use lam_data::ShardSet;
 use lam_model::LatentActionModel;
 use lam_model::idm::Idm;
 
-use crate::controller::Mlp;
+use crate::controller::{Mlp, rows};
 
 /// Support critic training settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -262,14 +262,6 @@ fn mean_std(v: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
         mean.iter().map(|&m| m as f32).collect(),
         var.iter().map(|&s| (s.sqrt() as f32).max(1e-4)).collect(),
     )
-}
-
-fn rows(v: &[f32], dim: usize, idx: &[usize], device: &Device) -> Tensor<2> {
-    let data: Vec<f32> = idx
-        .iter()
-        .flat_map(|&i| v[i * dim..(i + 1) * dim].iter().copied())
-        .collect();
-    Tensor::from_data(TensorData::new(data, [idx.len(), dim]), device)
 }
 
 /// Binary cross-entropy of real transitions `idx` against the same frames with the changes

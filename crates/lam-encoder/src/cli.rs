@@ -132,15 +132,15 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// At the first failed collapse check (frame embedding effective rank below
-    /// --collapse-min-rank or mean channel std below --collapse-min-std) stop and write the
-    /// encoder of the last checkpoint before it; without it a warning names the metric and
-    /// training goes on.
+    /// --collapse-min-rank, or token or frame mean channel std below --collapse-std-ratio
+    /// times the untrained encoder's) stop and write the encoder of the last checkpoint
+    /// before it; without it a warning names the metric and training goes on.
     #[arg(long)]
     pub stop_on_collapse: bool,
     #[arg(long, default_value_t = PretrainConfig::default().collapse_min_rank)]
     pub collapse_min_rank: f64,
-    #[arg(long, default_value_t = PretrainConfig::default().collapse_min_std)]
-    pub collapse_min_std: f64,
+    #[arg(long, default_value_t = PretrainConfig::default().collapse_std_ratio)]
+    pub collapse_std_ratio: f64,
     /// cpu (or cuda / cuda:N in a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -265,7 +265,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         seed: a.seed,
         checkpoint_every: a.checkpoint_every,
         collapse_min_rank: a.collapse_min_rank,
-        collapse_min_std: a.collapse_min_std,
+        collapse_std_ratio: a.collapse_std_ratio,
         ..PretrainConfig::default()
     };
     cfg.validate()?;

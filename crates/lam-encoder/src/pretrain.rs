@@ -129,9 +129,12 @@ pub struct PretrainConfig {
     /// effective rank below this (all frames along one direction). Default 1.5.
     #[serde(default = "default_collapse_min_rank")]
     pub collapse_min_rank: f64,
-    /// Collapse: their mean per-channel std is below this (all frames alike). Default 1e-3.
-    #[serde(default = "default_collapse_min_std")]
-    pub collapse_min_std: f64,
+    /// Collapse: the mean per-channel std of the tokens or of the frame embeddings has fallen
+    /// below this fraction of the untrained encoder's (everything shrinks toward one point,
+    /// which a prediction loss alone rewards; the scale of an embedding is arbitrary, so the
+    /// check is relative). Default 0.1.
+    #[serde(default = "default_collapse_std_ratio")]
+    pub collapse_std_ratio: f64,
 }
 
 fn default_checkpoint_every() -> usize {
@@ -142,8 +145,8 @@ fn default_collapse_min_rank() -> f64 {
     1.5
 }
 
-fn default_collapse_min_std() -> f64 {
-    1e-3
+fn default_collapse_std_ratio() -> f64 {
+    0.1
 }
 
 impl Default for PretrainConfig {
@@ -174,7 +177,7 @@ impl Default for PretrainConfig {
             probe: Some(ProbeConfig::default()),
             checkpoint_every: default_checkpoint_every(),
             collapse_min_rank: default_collapse_min_rank(),
-            collapse_min_std: default_collapse_min_std(),
+            collapse_std_ratio: default_collapse_std_ratio(),
         }
     }
 }
@@ -203,6 +206,10 @@ impl PretrainConfig {
         ensure!(
             self.sigreg_directions > 0 && self.sigreg_knots >= 2 && self.sigreg_t_max > 0.0,
             "pretrain: SIGReg needs directions > 0, knots >= 2, t_max > 0"
+        );
+        ensure!(
+            self.collapse_min_rank.is_finite() && self.collapse_std_ratio.is_finite(),
+            "pretrain: collapse_min_rank and collapse_std_ratio must be finite numbers"
         );
         ensure!(
             self.predictor_dim > 0 && self.predictor_dim % self.encoder.heads == 0,
@@ -661,6 +668,7 @@ pub fn collapse_stats(
 /// What [`pretrain`] reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct PretrainSummary {
+    /// Steps run (fewer than configured when `stop_on_collapse` stopped the run).
     pub steps: usize,
     pub frames: usize,
     pub pairs: usize,
@@ -699,13 +707,24 @@ pub struct Collapse {
     pub metric: String,
 }
 
-/// Whether `stats` show a collapse under `cfg`'s thresholds, and which metric says so.
-pub fn collapse_metric(cfg: &PretrainConfig, stats: &CollapseStats) -> Option<String> {
+/// Whether `stats` show a collapse under `cfg`'s thresholds, against the untrained
+/// encoder's `initial` statistics, and which metric says so.
+pub fn collapse_metric(
+    cfg: &PretrainConfig,
+    stats: &CollapseStats,
+    initial: &CollapseStats,
+) -> Option<String> {
     let f = &stats.frames;
-    if !(f.mean_std >= cfg.collapse_min_std) {
+    let shrunk = [
+        ("token", &stats.tokens, &initial.tokens),
+        ("frame embedding", &stats.frames, &initial.frames),
+    ]
+    .into_iter()
+    .find(|(_, now, init)| !(now.mean_std >= cfg.collapse_std_ratio * init.mean_std));
+    if let Some((name, now, init)) = shrunk {
         Some(format!(
-            "frame embedding mean per-channel std {:.2e} < {:.0e}",
-            f.mean_std, cfg.collapse_min_std
+            "{name} mean per-channel std {:.4} < {} x its initial {:.4}",
+            now.mean_std, cfg.collapse_std_ratio, init.mean_std
         ))
     } else if !(f.effective_rank >= cfg.collapse_min_rank) {
         Some(format!(
@@ -837,6 +856,14 @@ pub fn pretrain(
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
+    // The untrained encoder (the same draw when resuming): the baseline of the collapse
+    // checks and of the probe.
+    let untrained = model.encoder.valid();
+    let eval_count = cfg.eval_frames.min(frames.len()).max(1);
+    let eval_idx: Vec<usize> = (0..eval_count)
+        .map(|i| i * frames.len() / eval_count)
+        .collect();
+    let before = collapse_stats(&untrained, frames, &eval_idx, device);
     if let Some(ckpt) = &resume_from {
         model = lam_model::optim::stable_param_ids(lam_model::checkpoint::load_weights(
             model,
@@ -847,11 +874,6 @@ pub fn pretrain(
             anyhow::anyhow!("cannot load optimizer state {}: {e:?}", path.display())
         })?;
     }
-    let eval_count = cfg.eval_frames.min(frames.len()).max(1);
-    let eval_idx: Vec<usize> = (0..eval_count)
-        .map(|i| i * frames.len() / eval_count)
-        .collect();
-    let before = collapse_stats(&model.encoder.valid(), frames, &eval_idx, device);
     if start == 0 {
         log(json!({"step": 0, "split": "eval", "stats": before}))?;
     }
@@ -867,13 +889,7 @@ pub fn pretrain(
             _ => Ok(None),
         }
     };
-    // The probe before training is the untrained encoder's (also when resuming).
-    let probe_before = if start == 0 {
-        run_probe(&model.encoder.valid())?
-    } else {
-        let fresh = SimEncoder::new(enc, device);
-        run_probe(&fresh)?
-    };
+    let probe_before = run_probe(&untrained)?;
     if let (Some(p), 0) = (&probe_before, start) {
         log(json!({"step": 0, "split": "probe", "probe": p}))?;
     }
@@ -1069,7 +1085,7 @@ pub fn pretrain(
         if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done != cfg.steps {
             let stats = collapse_stats(&model.encoder.valid(), frames, &eval_idx, device);
             log(json!({"step": done, "split": "eval", "stats": stats}))?;
-            if let Some(metric) = collapse_metric(cfg, &stats) {
+            if let Some(metric) = collapse_metric(cfg, &stats, &before) {
                 bar.suspend(|| {
                     tracing::warn!(
                         "encoder collapse at step {done}: {metric}{}",
@@ -1136,7 +1152,7 @@ pub fn pretrain(
     };
     if end == cfg.steps {
         log(json!({"step": end, "split": "eval", "stats": after}))?;
-        if let (Some(metric), None) = (collapse_metric(cfg, &after), &collapse) {
+        if let (Some(metric), None) = (collapse_metric(cfg, &after, &before), &collapse) {
             tracing::warn!("encoder collapse at the end of training: {metric}");
             collapse = Some(Collapse {
                 step: cfg.steps,
@@ -1149,8 +1165,12 @@ pub fn pretrain(
         log(json!({"step": end, "split": "probe", "probe": p}))?;
     }
     let checkpoint = out.join("encoder");
+    let stopped_at = match (&collapse, run.stop_on_collapse) {
+        (Some(c), true) if c.step < cfg.steps => c.step,
+        _ => cfg.steps,
+    };
     let summary = PretrainSummary {
-        steps: cfg.steps,
+        steps: stopped_at,
         frames: frames.len(),
         pairs: frames.pairs.len(),
         seconds,

@@ -205,7 +205,7 @@ fn pretraining_resumes_exactly_and_stops_on_collapse() {
         "{}",
         collapse.metric
     );
-    assert_eq!(c.encoder_step, 0);
+    assert_eq!((c.steps, c.encoder_step), (4, 0));
     assert_eq!(c.after, c.before);
     // Without --stop-on-collapse the same run warns and goes on to the end.
     let d = pretrain_into(&strict, &frames, &dir.path().join("warned"));

@@ -1,13 +1,17 @@
 //! `lam control fit`: the controller between robot actions and latent actions; `lam control
-//! support`: the support critic planners use to avoid latents the video never shows.
+//! support`: the support critic planners can use to avoid predicted changes the video never
+//! shows.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use burn::prelude::Device;
 use clap::{Args, Subcommand};
 use lam_control::controller::{self, ControllerConfig, ControllerReport};
 use lam_control::support::{SupportConfig, SupportReport};
 use lam_data::{ShardSet, Split};
+use lam_model::LatentActionModel;
+use lam_model::config::LamConfig;
 use lam_model::device::parse_device;
 use tracing::info;
 
@@ -125,13 +129,23 @@ pub fn run(cmd: ControlCommand) -> Result<()> {
     }
 }
 
-pub fn support(args: &SupportArgs) -> Result<SupportReport> {
-    let device = parse_device(&args.device)?;
-    let (cfg, lam, _) = load_checkpoint(&args.run, &device)?;
-    let train = ShardSet::open(&args.data, Some(Split::Train))?;
-    let val = ShardSet::open(&args.data, Some(Split::Val))?;
+/// The frozen stage-1 model of `run` and the train / val splits of `data`, checked to fit it.
+fn open_run_and_data(
+    run: &Path,
+    data: &Path,
+    device: &Device,
+) -> Result<(LamConfig, LatentActionModel, ShardSet, ShardSet)> {
+    let (cfg, lam, _) = load_checkpoint(run, device)?;
+    let train = ShardSet::open(data, Some(Split::Train))?;
+    let val = ShardSet::open(data, Some(Split::Val))?;
     lam_model::train::check_data(&cfg, &train)?;
     lam_model::train::check_data(&cfg, &val)?;
+    Ok((cfg, lam, train, val))
+}
+
+pub fn support(args: &SupportArgs) -> Result<SupportReport> {
+    let device = parse_device(&args.device)?;
+    let (cfg, lam, train, val) = open_run_and_data(&args.run, &args.data, &device)?;
     info!(
         "reading the transitions of {} + {} clips",
         train.len(),
@@ -158,11 +172,7 @@ pub fn support(args: &SupportArgs) -> Result<SupportReport> {
 
 pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
     let device = parse_device(&args.device)?;
-    let (cfg, lam, _) = load_checkpoint(&args.run, &device)?;
-    let train = ShardSet::open(&args.data, Some(Split::Train))?;
-    let val = ShardSet::open(&args.data, Some(Split::Val))?;
-    lam_model::train::check_data(&cfg, &train)?;
-    lam_model::train::check_data(&cfg, &val)?;
+    let (cfg, lam, train, val) = open_run_and_data(&args.run, &args.data, &device)?;
     info!(
         "pseudo-labelling {} + {} labeled clips with the frozen IDM",
         train.len(),
