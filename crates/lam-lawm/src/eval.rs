@@ -17,11 +17,9 @@ use lam_sim::{Domain, Env, Task, eval_protocol};
 use serde::Serialize;
 
 use crate::checkpoint::{Stage, load_policy};
-use crate::config::HeadKind;
 use crate::data::{ActionNorm, to_chw};
 use crate::instruction::{InstructionEmbedder, conditioning_text};
 use crate::policy::Policy;
-use crate::train::{normals, step_rng};
 
 /// Evaluation settings. Defaults in brackets.
 #[derive(Clone, Debug)]
@@ -131,49 +129,19 @@ pub fn evaluate_task(
         instr.push(embedder.embed(&conditioning_text(Some(task), &ep.instruction)));
     }
     let budget = episodes.first().map_or(0, |e| e.budget);
-    let frame_len = 3 * size * size;
     for step in 0..budget as usize {
         let active: Vec<usize> = (0..runs.len()).filter(|&i| !runs[i].done).collect();
         if active.is_empty() {
             break;
         }
         if runs[active[0]].pending.is_empty() {
-            let a = active.len();
-            let mut frames = Vec::with_capacity(a * cfg.history * frame_len);
-            let mut ins: Vec<f32> = Vec::with_capacity(a * cfg.instruction_dim);
-            for &i in &active {
-                for f in &runs[i].history {
-                    frames.extend(f.iter().map(|&v| v as f32 / 255.0 - 0.5));
-                }
-                ins.extend(&instr[i]);
-            }
-            let frames = Tensor::<5>::from_data(
-                TensorData::new(frames, [a, cfg.history, 3, size, size]),
-                device,
-            );
-            let ins =
-                Tensor::<2>::from_data(TensorData::new(ins, [a, cfg.instruction_dim]), device);
-            let noise = if cfg.head == HeadKind::Diffusion {
-                normals(
-                    &mut step_rng(task as u64, step, 9),
-                    a * cfg.chunk * policy.action_dim,
-                )
-            } else {
-                Vec::new()
-            };
-            let chunk: Vec<f32> = policy
-                .chunk(cfg, frames, ins, &noise)
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("policy output: {e:?}"))?;
-            let d = policy.action_dim;
-            for (j, &i) in active.iter().enumerate() {
-                for k in 0..opts.execute.min(cfg.chunk) {
-                    let off = (j * cfg.chunk + k) * d;
-                    runs[i]
-                        .pending
-                        .push_back(norm.denormalize(&chunk[off..off + d]));
-                }
+            let histories: Vec<_> = active.iter().map(|&i| &runs[i].history).collect();
+            let ins: Vec<&[f32]> = active.iter().map(|&i| instr[i].as_slice()).collect();
+            let chunks = policy.act(cfg, norm, &histories, &ins, task as u64, step, device)?;
+            for (chunk, &i) in chunks.into_iter().zip(&active) {
+                runs[i]
+                    .pending
+                    .extend(chunk.into_iter().take(opts.execute.min(cfg.chunk)));
             }
         }
         for &i in &active {

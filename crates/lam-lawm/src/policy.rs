@@ -339,6 +339,72 @@ impl Policy {
         flat.reshape([b, self.chunk, self.action_dim])
     }
 
+    /// What acting needs, for B episodes at once: the denormalised action chunks `[B][n][d]`
+    /// of the histories' RGB frames (each `history` frames of `3 x size x size` bytes, CHW,
+    /// oldest first) and their instruction embeddings. The diffusion head's starting noise is
+    /// drawn from (`seed`, `step`), so the same call gives the same actions wherever it is
+    /// made (`lam lawm eval`, `lam serve`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn act<'a>(
+        &self,
+        cfg: &PolicyConfig,
+        norm: &crate::data::ActionNorm,
+        histories: &[&'a std::collections::VecDeque<Vec<u8>>],
+        instructions: &[&'a [f32]],
+        seed: u64,
+        step: usize,
+        device: &Device,
+    ) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
+        let (b, size, d) = (histories.len(), cfg.image_size, self.action_dim);
+        anyhow::ensure!(
+            instructions.len() == b,
+            "{b} histories but {} instructions",
+            instructions.len()
+        );
+        let mut frames = Vec::with_capacity(b * cfg.history * 3 * size * size);
+        for h in histories {
+            anyhow::ensure!(
+                h.len() == cfg.history && h.iter().all(|f| f.len() == 3 * size * size),
+                "a history must hold {} frames of 3 x {size} x {size} bytes",
+                cfg.history
+            );
+            for f in h.iter() {
+                frames.extend(f.iter().map(|&v| v as f32 / 255.0 - 0.5));
+            }
+        }
+        let frames = Tensor::<5>::from_data(
+            TensorData::new(frames, [b, cfg.history, 3, size, size]),
+            device,
+        );
+        let ins: Vec<f32> = instructions
+            .iter()
+            .flat_map(|i| i.iter().copied())
+            .collect();
+        anyhow::ensure!(
+            ins.len() == b * cfg.instruction_dim,
+            "instruction embeddings must have {} numbers",
+            cfg.instruction_dim
+        );
+        let ins = Tensor::<2>::from_data(TensorData::new(ins, [b, cfg.instruction_dim]), device);
+        let noise = if cfg.head == HeadKind::Diffusion {
+            crate::train::normals(
+                &mut crate::train::step_rng(seed, step, 9),
+                b * cfg.chunk * d,
+            )
+        } else {
+            Vec::new()
+        };
+        let chunk: Vec<f32> = self
+            .chunk(cfg, frames, ins, &noise)
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading the policy's chunk: {e:?}"))?;
+        Ok(chunk
+            .chunks(cfg.chunk * d)
+            .map(|c| c.chunks(d).map(|a| norm.denormalize(a)).collect())
+            .collect())
+    }
+
     fn ddim(
         &self,
         cfg: &PolicyConfig,

@@ -263,6 +263,23 @@ pub fn load_optim(
     Ok((optimizer, scheduler.load_record(record)))
 }
 
+/// Opens a stage-1 run for use: `path` is a run folder (its latest checkpoint) or a
+/// checkpoint folder; returns the run's configuration, the model with the checkpoint's
+/// weights, and the checkpoint folder. What every command that reads a trained model
+/// (`lam eval`, `lam control`, `lam plan`, `lam serve`) opens it with.
+pub fn load_run(
+    path: &Path,
+    device: &burn::prelude::Device,
+) -> Result<(LamConfig, crate::LatentActionModel, PathBuf)> {
+    let ckpt = resolve(path)?;
+    let state = load_state(&ckpt)?;
+    let model = load_weights(
+        crate::train::init_model(&state.config, device),
+        &ckpt.join("model.safetensors"),
+    )?;
+    Ok((state.config, model, ckpt))
+}
+
 /// Resolves a user-given path to a checkpoint folder: a checkpoint folder itself, or a run
 /// folder (its latest checkpoint).
 pub fn resolve(path: &Path) -> Result<PathBuf> {

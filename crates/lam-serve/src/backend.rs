@@ -11,7 +11,6 @@ use burn::prelude::*;
 use lam_control::closed_loop::{Agent, MpcSession};
 use lam_encoder::Encoder;
 use lam_lawm::checkpoint::CheckpointState;
-use lam_lawm::config::HeadKind;
 use lam_lawm::data::ActionNorm;
 use lam_lawm::instruction::InstructionEmbedder;
 use lam_lawm::policy::Policy;
@@ -447,35 +446,22 @@ impl<'a> Backend<'a> {
                 let mut chunk_out = None;
                 let tm = Instant::now();
                 if pending.is_empty() {
-                    let mut frames = Vec::with_capacity(pc.history * 3 * size * size);
-                    for f in history.iter() {
-                        frames.extend(f.iter().map(|&v| v as f32 / 255.0 - 0.5));
-                    }
-                    let frames = Tensor::<5>::from_data(
-                        TensorData::new(frames, [1, pc.history, 3, size, size]),
-                        &l.device,
-                    );
-                    let ins = Tensor::<2>::from_data(
-                        TensorData::new(instruction.clone(), [1, pc.instruction_dim]),
-                        &l.device,
-                    );
-                    let noise = if pc.head == HeadKind::Diffusion {
-                        lam_lawm::train::normals(
-                            &mut lam_lawm::train::step_rng(*seed, *steps as usize, 9),
-                            pc.chunk * d,
-                        )
-                    } else {
-                        Vec::new()
-                    };
-                    let chunk: Vec<f32> = l
+                    let chunk = l
                         .policy
-                        .chunk(pc, frames, ins, &noise)
-                        .into_data()
-                        .try_into_vec::<f32>()
-                        .map_err(|e| format!("reading the policy's chunk: {e:?}"))?;
-                    let mut actions = Vec::with_capacity(chunk.len());
-                    for k in 0..pc.chunk {
-                        let mut a = l.norm.denormalize(&chunk[k * d..(k + 1) * d]);
+                        .act(
+                            pc,
+                            &l.norm,
+                            &[&*history],
+                            &[instruction.as_slice()],
+                            *seed,
+                            *steps as usize,
+                            &l.device,
+                        )
+                        .map_err(|e| format!("{e:#}"))?
+                        .pop()
+                        .expect("one history, one chunk");
+                    let mut actions = Vec::with_capacity(pc.chunk * d);
+                    for (k, mut a) in chunk.into_iter().enumerate() {
                         if let Some((lo, hi)) = &l.bounds {
                             for (i, v) in a.iter_mut().enumerate() {
                                 *v = v.clamp(lo[i], hi[i]);

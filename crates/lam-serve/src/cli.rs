@@ -189,13 +189,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .encoder
         .as_ref()
         .context("--run needs --encoder (the encoder the run's tokens came from)")?;
-    let ckpt = lam_model::checkpoint::resolve(run)?;
-    let state = lam_model::checkpoint::load_state(&ckpt)?;
-    let cfg = state.config;
-    let lam = lam_model::checkpoint::load_weights(
-        lam_model::train::init_model(&cfg, &device),
-        &ckpt.join("model.safetensors"),
-    )?;
+    let (cfg, lam, ckpt) = lam_model::checkpoint::load_run(run, &device)?;
     ensure!(
         !lam_encoder::oracle::is_oracle(enc_path),
         "the oracle encoder reads the simulator's state, which a served client does not send; \

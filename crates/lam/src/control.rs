@@ -15,7 +15,7 @@ use lam_model::config::LamConfig;
 use lam_model::device::parse_device;
 use tracing::info;
 
-use crate::stage1::load_checkpoint;
+use lam_model::checkpoint::load_run;
 
 #[derive(Subcommand)]
 pub enum ControlCommand {
@@ -135,7 +135,7 @@ fn open_run_and_data(
     data: &Path,
     device: &Device,
 ) -> Result<(LamConfig, LatentActionModel, ShardSet, ShardSet)> {
-    let (cfg, lam, _) = load_checkpoint(run, device)?;
+    let (cfg, lam, _) = load_run(run, device)?;
     let train = ShardSet::open(data, Some(Split::Train))?;
     let val = ShardSet::open(data, Some(Split::Val))?;
     lam_model::train::check_data(&cfg, &train)?;

@@ -23,7 +23,7 @@ use lam_sim::{Expert, ExpertConfig};
 use serde::Serialize;
 use tracing::info;
 
-use crate::stage1::load_checkpoint;
+use lam_model::checkpoint::load_run;
 
 #[derive(Subcommand)]
 pub enum PlanCommand {
@@ -220,7 +220,7 @@ fn load_world_model(
     size: usize,
     device: &Device,
 ) -> Result<(LamConfig, lam_model::LatentActionModel, FrameSource)> {
-    let (cfg, lam, ckpt) = load_checkpoint(path, device)?;
+    let (cfg, lam, ckpt) = load_run(path, device)?;
     let source = match source {
         FrameSource::Learned(e) => {
             FrameSource::Learned(e.for_run(cfg.model.grid, cfg.model.embed_dim, size, &ckpt)?)

@@ -1,6 +1,6 @@
 //! `lam train` and `lam eval`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
 use clap::Args;
@@ -9,7 +9,7 @@ use lam_model::LamConfig;
 use lam_model::checkpoint;
 use lam_model::device::parse_device;
 use lam_model::eval::{EvalReport, evaluate};
-use lam_model::train::{TrainOptions, TrainSummary, init_model};
+use lam_model::train::{TrainOptions, TrainSummary};
 use tracing::info;
 
 #[derive(Args, Clone)]
@@ -198,23 +198,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads a checkpoint's model and config.
-pub fn load_checkpoint(
-    path: &Path,
-    device: &burn::prelude::Device,
-) -> Result<(LamConfig, lam_model::LatentActionModel, PathBuf)> {
-    let ckpt = checkpoint::resolve(path)?;
-    let state = checkpoint::load_state(&ckpt)?;
-    let model = checkpoint::load_weights(
-        init_model(&state.config, device),
-        &ckpt.join("model.safetensors"),
-    )?;
-    Ok((state.config, model, ckpt))
-}
-
 pub fn eval_run(args: &EvalArgs) -> Result<(EvalReport, PathBuf)> {
     let device = parse_device(&args.device)?;
-    let (cfg, model, ckpt) = load_checkpoint(&args.run, &device)?;
+    let (cfg, model, ckpt) = checkpoint::load_run(&args.run, &device)?;
     let val = ShardSet::open(&args.data, Some(Split::Val))?;
     lam_model::train::check_data(&cfg, &val)?;
     let report = evaluate(&cfg, &model, &val, &device, args.clips, args.batch)?;
