@@ -309,15 +309,23 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
 /// What pretraining did, as printed by `lam encoder pretrain`: final losses, collapse
 /// statistics and probe scores before and after.
 pub fn pretrain_report(s: &PretrainSummary) -> String {
+    // A term that is switched off (weight 0) reports NaN: say "off".
+    let term = |v: f64| {
+        if v.is_nan() {
+            "off".to_string()
+        } else {
+            format!("{v:.4}")
+        }
+    };
     let mut out = format!(
-        "{} steps in {:.1}s: loss {:.4} (prediction {:.4}, sigreg {:.4}, reconstruction {:.4} tokens / {:.4} frame)\n",
+        "{} steps in {:.1}s: loss {:.4} (prediction {:.4}, sigreg {:.4}, reconstruction {} tokens / {} frame)\n",
         s.steps,
         s.seconds,
         s.final_loss,
         s.final_prediction,
         s.final_sigreg,
-        s.final_reconstruction,
-        s.final_frame_reconstruction
+        term(s.final_reconstruction),
+        term(s.final_frame_reconstruction)
     );
     for (name, st) in [("before", &s.before), ("after", &s.after)] {
         out += &format!(
