@@ -322,7 +322,8 @@ pub fn evaluate(ctrl: &Controller, data: &Transitions, device: &Device) -> (f64,
 /// Where a fit keeps resumable checkpoints: `dir/checkpoints/step-N` at every early-stopping
 /// check (current and best weights, AdamW state, counters), and whether to continue from the
 /// newest one (made with the same settings and data size) instead of starting afresh (which
-/// removes an earlier fit's checkpoints).
+/// removes an earlier fit's checkpoints). The training and held-out losses of every check go
+/// to `dir/metrics.jsonl` and `dir/tensorboard/`.
 #[derive(Clone, Debug)]
 pub struct FitCheckpoints {
     pub dir: std::path::PathBuf,
@@ -472,6 +473,15 @@ pub fn fit_with(
         rows(&train.latents, train.latent_dim, &selection, device),
     );
     let sel_f = frames_of(&ctrl, train, &selection, device);
+    // With a folder: the losses of every check in metrics.jsonl and as TensorBoard scalars
+    // (a resumed fit keeps the lines up to its checkpoint).
+    let mut metrics = match checkpoints {
+        Some(ck) => Some(lam_data::MetricsLog::open(
+            &ck.dir,
+            (start > 0).then_some(start),
+        )?),
+        None => None,
+    };
     let mut steps_run = start;
     for step in start..cfg.steps {
         if stopped {
@@ -483,6 +493,7 @@ pub fn fit_with(
         let z = rows(&train.latents, train.latent_dim, idx, &ad);
         let f = frames_of(&ctrl, train, idx, &ad);
         let loss = loss_of(&ctrl, a, z, f);
+        let train_loss = loss.clone();
         let grads = GradientsParams::from_grads(loss.backward(), &ctrl);
         ctrl = opt.step(cfg.lr, ctrl, grads);
         steps_run = step + 1;
@@ -497,6 +508,11 @@ pub fn fit_with(
                 l.is_finite(),
                 "controller loss became {l} at step {steps_run}; lower --lr"
             );
+            if let Some(m) = metrics.as_mut() {
+                let t = train_loss.into_scalar::<f32>();
+                m.write(&serde_json::json!({"step": steps_run, "split": "train", "loss": t}))?;
+                m.write(&serde_json::json!({"step": steps_run, "split": "val", "loss": l}))?;
+            }
             if best.as_ref().is_none_or(|(b, _, _)| l < *b) {
                 best = Some((l, steps_run, valid));
                 since_best = 0;

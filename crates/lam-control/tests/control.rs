@@ -608,6 +608,12 @@ fn controller_fit_resumes_exactly_from_its_checkpoints() {
         (ra.cosine, ra.inverse_mse, ra.best_step, ra.steps_run),
         (rb.cosine, rb.inverse_mse, rb.best_step, rb.steps_run)
     );
+    // Each fit logged its checks; the resumed one kept the lines up to its checkpoint and
+    // wrote the rest once.
+    let log =
+        |name: &str| std::fs::read_to_string(dir.path().join(name).join("metrics.jsonl")).unwrap();
+    assert!(log("whole").lines().any(|l| l.contains("\"val\"")));
+    assert_eq!(log("whole"), log("cut"));
     let probe = |c: &lam_control::controller::Controller| -> Vec<f32> {
         let x = Tensor::<2>::from_data(TensorData::new(vec![0.3f32, -0.7], [1, 2]), &dev);
         let f = Tensor::<2>::from_data(TensorData::new(vec![-1.0f32, 0.4], [1, 2]), &dev);
