@@ -408,33 +408,15 @@ pub fn fit_with(
     let mut since_best = 0usize;
     let mut stopped = false;
     if let Some(ck) = checkpoints {
-        let latest = if ck.resume {
-            lam_model::checkpoint::latest(&ck.dir)?
-        } else {
-            let old = lam_model::checkpoint::checkpoints_dir(&ck.dir);
-            if old.is_dir() {
-                std::fs::remove_dir_all(&old)
-                    .with_context(|| format!("cannot remove an earlier fit's {}", old.display()))?;
-            }
-            None
-        };
-        if let Some(dir) = latest {
-            let path = dir.join("state.json");
-            let state: FitState = serde_json::from_str(
-                &std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            )
-            .with_context(|| format!("malformed {}", path.display()))?;
+        if let Some(dir) = lam_model::checkpoint::resume_or_clear(&ck.dir, ck.resume)? {
+            let state: FitState = lam_model::checkpoint::read_state(&dir)?;
             ensure!(
                 state.config == *cfg && state.train_transitions == train.len(),
                 "--resume: {} was made with other settings or data; resume with the fit's own",
                 dir.display()
             );
             ctrl = lam_model::checkpoint::load_weights(ctrl, &dir.join("controller.safetensors"))?;
-            let opt_path = dir.join("optimizer.bpk");
-            opt = opt.load(&opt_path).map_err(|e| {
-                anyhow::anyhow!("cannot load optimizer state {}: {e:?}", opt_path.display())
-            })?;
+            opt = lam_model::checkpoint::load_optimizer(&dir, opt)?;
             if let Some((loss, step)) = state.best {
                 let weights = lam_model::checkpoint::load_weights(
                     fresh(device),
@@ -538,13 +520,8 @@ pub fn fit_with(
                 if let Some((_, _, w)) = &best {
                     lam_model::checkpoint::save_weights(w, &tmp.join("best.safetensors"))?;
                 }
-                opt.save(tmp.join("optimizer.bpk"))
-                    .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
-                std::fs::write(
-                    tmp.join("state.json"),
-                    serde_json::to_string_pretty(&state)?,
-                )?;
-                Ok(())
+                lam_model::checkpoint::save_optimizer(tmp, &opt)?;
+                lam_model::checkpoint::write_state(tmp, &state)
             })?;
         }
     }

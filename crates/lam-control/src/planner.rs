@@ -487,23 +487,19 @@ fn rollout_recompute(problem: &Problem, z: Tensor<3>) -> Tensor<4> {
 /// without a critic.
 pub fn support_penalty(problem: &Problem, steps: Tensor<4>) -> Option<Tensor<1>> {
     let support = problem.support?;
-    let [c, h, n, d] = steps.dims();
+    let [c, h, _, d] = steps.dims();
+    // Pooled once, then shared by every candidate.
     let current = problem
         .current
         .clone()
-        .reshape([1, 1, n, d])
-        .expand([c, 1, n, d]);
+        .mean_dim(1)
+        .reshape([1, 1, d])
+        .expand([c, 1, d]);
     let next = steps.mean_dim(2).reshape([c, h, d]);
     let from = if h > 1 {
-        Tensor::cat(
-            vec![
-                current.mean_dim(2).reshape([c, 1, d]),
-                next.clone().slice(s![.., 0..h - 1, ..]),
-            ],
-            1,
-        )
+        Tensor::cat(vec![current, next.clone().slice(s![.., 0..h - 1, ..])], 1)
     } else {
-        current.mean_dim(2).reshape([c, 1, d])
+        current
     };
     let pen = support
         .critic
@@ -717,20 +713,20 @@ pub fn plan(cfg: &PlannerConfig, problem: &Problem, space: &SearchSpace) -> Plan
             }
         }
     }
+    let best_steps = rollout_all(problem, space, &best.1, 1, h);
     if problem.support.is_some() && tracing::enabled!(tracing::Level::DEBUG) {
-        let steps = rollout_all(problem, space, &best.1, 1, h);
         let goal = host(trajectory_cost(
             cfg.cost,
             cfg.pooled,
             cfg.objective,
-            steps.clone(),
+            best_steps.clone(),
             problem.goal.clone(),
         ))[0];
-        let pen = support_penalty(problem, steps).map(host);
+        let pen = support_penalty(problem, best_steps.clone()).map(host);
         tracing::debug!("chosen plan: goal cost {goal:.4}, support penalty {pen:?}");
     }
     // Confidence of the chosen plan: cosine of its final frame to the goal.
-    let finals = rollout(problem, space, &best.1, 1, h);
+    let finals = final_frames(best_steps);
     let confidence = host(pooled_cosine(finals, problem.goal.clone()))[0];
     Plan {
         sequence: best.1,

@@ -560,7 +560,6 @@ pub fn sigreg_knots(knots: usize, t_max: f64) -> (Vec<f32>, Vec<f32>) {
     (t.iter().map(|&v| v as f32).collect(), w)
 }
 
-/// Random unit directions `[D, M]`.
 /// `m` random unit vectors of dimension `d`, as the columns of a `[d, m]` row-major matrix.
 fn directions(rng: &mut StdRng, d: usize, m: usize) -> Vec<f32> {
     let mut v: Vec<f32> = (0..d * m).map(|_| gaussian(rng)).collect();
@@ -801,24 +800,10 @@ pub fn pretrain(
         "no pairs of consecutive frames to train on (need clips of at least 2 frames)"
     );
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let resume_from = if run.resume {
-        lam_model::checkpoint::latest(out)?
-    } else {
-        let old = lam_model::checkpoint::checkpoints_dir(out);
-        if old.is_dir() {
-            fs::remove_dir_all(&old)
-                .with_context(|| format!("cannot remove an earlier run's {}", old.display()))?;
-        }
-        None
-    };
+    let resume_from = lam_model::checkpoint::resume_or_clear(out, run.resume)?;
     let start = match &resume_from {
         Some(ckpt) => {
-            let path = ckpt.join("state.json");
-            let state: PretrainState = serde_json::from_str(
-                &fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            )
-            .with_context(|| format!("malformed {}", path.display()))?;
+            let state: PretrainState = lam_model::checkpoint::read_state(ckpt)?;
             ensure!(
                 state.config == *cfg,
                 "--resume: {} was made with different settings; resume with the run's own \
@@ -869,10 +854,7 @@ pub fn pretrain(
             model,
             &ckpt.join("model.safetensors"),
         )?);
-        let path = ckpt.join("optimizer.bpk");
-        optimizer = optimizer.load(&path).map_err(|e| {
-            anyhow::anyhow!("cannot load optimizer state {}: {e:?}", path.display())
-        })?;
+        optimizer = lam_model::checkpoint::load_optimizer(ckpt, optimizer)?;
     }
     if start == 0 {
         log(json!({"step": 0, "split": "eval", "stats": before}))?;
@@ -917,14 +899,14 @@ pub fn pretrain(
     let mut last_motion = f64::NAN;
     let n = enc.grid() * enc.grid();
     let mut collapse: Option<Collapse> = None;
-    let mut encoder_step = cfg.steps;
+    // Set when --stop-on-collapse stopped the run: the step of the encoder kept (0: the
+    // untrained one, when no checkpoint came before the collapse).
+    let mut kept: Option<usize> = None;
     // One generator for the whole run; a resumed run replays the draws of the steps done.
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5151_6E0C);
     for _ in 0..start {
         draw_step(cfg, frames, &foreground, &mut rng);
     }
-    // What a run stopped by a collapse before its first checkpoint writes.
-    let initial = (run.stop_on_collapse && start == 0).then(|| model.encoder.clone());
     for step in start..cfg.steps {
         let StepDraws {
             idx,
@@ -1100,27 +1082,16 @@ pub fn pretrain(
                     collapse = Some(Collapse { step: done, metric });
                 }
                 if run.stop_on_collapse {
-                    let last = lam_model::checkpoint::latest(out)?;
-                    encoder_step = match &last {
+                    kept = Some(match lam_model::checkpoint::latest(out)? {
                         Some(ckpt) => {
                             model = lam_model::checkpoint::load_weights(
                                 model,
                                 &ckpt.join("model.safetensors"),
                             )?;
-                            let path = ckpt.join("state.json");
-                            let state: PretrainState =
-                                serde_json::from_str(&fs::read_to_string(&path)?)
-                                    .with_context(|| format!("malformed {}", path.display()))?;
-                            state.step
+                            lam_model::checkpoint::read_state::<PretrainState>(&ckpt)?.step
                         }
-                        None => {
-                            // Collapsed before the first checkpoint: the initial weights.
-                            if let Some(e) = initial.clone() {
-                                model.encoder = e;
-                            }
-                            start
-                        }
-                    };
+                        None => 0,
+                    });
                     break;
                 }
             }
@@ -1130,27 +1101,20 @@ pub fn pretrain(
             };
             lam_model::checkpoint::write_step(out, done, 2, |tmp| {
                 lam_model::checkpoint::save_weights(&model, &tmp.join("model.safetensors"))?;
-                optimizer
-                    .save(tmp.join("optimizer.bpk"))
-                    .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
-                fs::write(
-                    tmp.join("state.json"),
-                    serde_json::to_string_pretty(&state)?,
-                )?;
-                Ok(())
+                lam_model::checkpoint::save_optimizer(tmp, &optimizer)?;
+                lam_model::checkpoint::write_state(tmp, &state)
             })?;
         }
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let encoder = model.encoder.valid();
-    let after = collapse_stats(&encoder, frames, &eval_idx, device);
-    let end = if collapse.is_some() && run.stop_on_collapse {
-        encoder_step
-    } else {
-        cfg.steps
+    let encoder = match kept {
+        Some(0) => untrained.clone(),
+        _ => model.encoder.valid(),
     };
-    if end == cfg.steps {
+    let after = collapse_stats(&encoder, frames, &eval_idx, device);
+    let end = kept.unwrap_or(cfg.steps);
+    if kept.is_none() {
         log(json!({"step": end, "split": "eval", "stats": after}))?;
         if let (Some(metric), None) = (collapse_metric(cfg, &after, &before), &collapse) {
             tracing::warn!("encoder collapse at the end of training: {metric}");
@@ -1165,12 +1129,11 @@ pub fn pretrain(
         log(json!({"step": end, "split": "probe", "probe": p}))?;
     }
     let checkpoint = out.join("encoder");
-    let stopped_at = match (&collapse, run.stop_on_collapse) {
-        (Some(c), true) if c.step < cfg.steps => c.step,
-        _ => cfg.steps,
-    };
     let summary = PretrainSummary {
-        steps: stopped_at,
+        steps: match (kept, &collapse) {
+            (Some(_), Some(c)) => c.step,
+            _ => cfg.steps,
+        },
         frames: frames.len(),
         pairs: frames.pairs.len(),
         seconds,

@@ -56,21 +56,7 @@ pub struct CheckpointState {
     pub samples_per_sec: f64,
 }
 
-/// File of a checkpoint folder holding the optimiser's state.
-pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
-
-/// Restores an optimiser's state from a checkpoint folder.
-pub fn load_optimizer(ckpt: &Path, optimizer: ModuleOptimizer) -> Result<ModuleOptimizer> {
-    let path = ckpt.join(OPTIMIZER_FILE);
-    ensure!(
-        path.exists(),
-        "{} has no optimizer state ({OPTIMIZER_FILE}); it cannot be resumed exactly",
-        ckpt.display()
-    );
-    optimizer
-        .load(&path)
-        .map_err(|e| anyhow::anyhow!("cannot load optimizer state {}: {e:?}", path.display()))
-}
+pub use lam_model::checkpoint::{OPTIMIZER_FILE, load_optimizer};
 
 /// Saves a checkpoint folder (weights only) and points `latest` at it; returns the folder.
 pub fn save(
@@ -96,17 +82,15 @@ pub fn save_with_optimizer(
             save_weights(wm, &tmp.join("world_model.safetensors"))?;
         }
         if let Some(o) = optimizer {
-            o.save(tmp.join(OPTIMIZER_FILE))
-                .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
+            lam_model::checkpoint::save_optimizer(tmp, o)?;
         }
-        fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
-        Ok(())
+        lam_model::checkpoint::write_state(tmp, state)
     })
 }
 
 /// A checkpoint folder from a checkpoint folder or a run folder (its latest checkpoint).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if path.join("state.json").exists() {
+    if path.join(lam_model::checkpoint::STATE_FILE).exists() {
         return Ok(path.to_path_buf());
     }
     let pointer = path.join("checkpoints").join("latest");
@@ -127,10 +111,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 }
 
 pub fn load_state(ckpt: &Path) -> Result<CheckpointState> {
-    let path = ckpt.join("state.json");
-    let text =
-        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
+    lam_model::checkpoint::read_state(ckpt)
 }
 
 /// The policy of a checkpoint (a run folder or a checkpoint folder) on `device`.

@@ -151,15 +151,12 @@ pub fn save<M: Module + ModuleSnapshot>(
 ) -> Result<PathBuf> {
     write_step(run, state.step, keep.max(1), |tmp| {
         save_weights(model, &tmp.join("model.safetensors"))?;
-        optimizer
-            .save(tmp.join("optimizer.bpk"))
-            .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))?;
+        save_optimizer(tmp, optimizer)?;
         scheduler
             .to_record()
             .save(tmp.join("scheduler.bpk"))
             .map_err(|e| anyhow::anyhow!("cannot write scheduler state: {e:?}"))?;
-        fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
-        Ok(())
+        write_state(tmp, state)
     })
 }
 
@@ -237,10 +234,63 @@ pub fn latest(run: &Path) -> Result<Option<PathBuf>> {
 
 /// Reads a checkpoint's state file.
 pub fn load_state(ckpt: &Path) -> Result<TrainState> {
-    let path = ckpt.join("state.json");
+    read_state(ckpt)
+}
+
+/// File of a checkpoint folder holding its non-tensor state (step, settings, counters).
+pub const STATE_FILE: &str = "state.json";
+
+/// File of a checkpoint folder holding the optimiser's state.
+pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+
+/// Reads the state file of a checkpoint folder, whatever the stage's state type.
+pub fn read_state<T: serde::de::DeserializeOwned>(ckpt: &Path) -> Result<T> {
+    let path = ckpt.join(STATE_FILE);
     let text =
         fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
+}
+
+/// Writes a stage's state file into the (temporary) checkpoint folder `dir`.
+pub fn write_state<T: Serialize>(dir: &Path, state: &T) -> Result<()> {
+    let path = dir.join(STATE_FILE);
+    fs::write(&path, serde_json::to_string_pretty(state)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes the optimiser's state into the (temporary) checkpoint folder `dir`.
+pub fn save_optimizer(dir: &Path, optimizer: &ModuleOptimizer) -> Result<()> {
+    optimizer
+        .save(dir.join(OPTIMIZER_FILE))
+        .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e:?}"))
+}
+
+/// Restores an optimiser's state from a checkpoint folder.
+pub fn load_optimizer(ckpt: &Path, optimizer: ModuleOptimizer) -> Result<ModuleOptimizer> {
+    let path = ckpt.join(OPTIMIZER_FILE);
+    ensure!(
+        path.exists(),
+        "{} has no optimizer state ({OPTIMIZER_FILE}); it cannot be resumed exactly",
+        ckpt.display()
+    );
+    optimizer
+        .load(&path)
+        .map_err(|e| anyhow::anyhow!("cannot load optimizer state {}: {e:?}", path.display()))
+}
+
+/// Where a run that can resume starts: with `resume`, the newest checkpoint in `run` (or
+/// none yet: step 0); without, none, and an earlier run's checkpoints in `run` are removed
+/// so that they cannot be mistaken for this run's.
+pub fn resume_or_clear(run: &Path, resume: bool) -> Result<Option<PathBuf>> {
+    if resume {
+        return latest(run);
+    }
+    let old = checkpoints_dir(run);
+    if old.is_dir() {
+        fs::remove_dir_all(&old)
+            .with_context(|| format!("cannot remove an earlier run's {}", old.display()))?;
+    }
+    Ok(None)
 }
 
 /// Restores optimiser and scheduler state from a checkpoint folder.
@@ -249,10 +299,7 @@ pub fn load_optim(
     optimizer: ModuleOptimizer,
     scheduler: ModuleLrScheduler,
 ) -> Result<(ModuleOptimizer, ModuleLrScheduler)> {
-    let opt_path = ckpt.join("optimizer.bpk");
-    let optimizer = optimizer.load(&opt_path).map_err(|e| {
-        anyhow::anyhow!("cannot load optimizer state {}: {e:?}", opt_path.display())
-    })?;
+    let optimizer = load_optimizer(ckpt, optimizer)?;
     let sched_path = ckpt.join("scheduler.bpk");
     let record = LrSchedulerRecord::load(&sched_path).map_err(|e| {
         anyhow::anyhow!(
@@ -283,7 +330,7 @@ pub fn load_run(
 /// Resolves a user-given path to a checkpoint folder: a checkpoint folder itself, or a run
 /// folder (its latest checkpoint).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if path.join("state.json").exists() {
+    if path.join(STATE_FILE).exists() {
         return Ok(path.to_path_buf());
     }
     latest(path)?.with_context(|| {
