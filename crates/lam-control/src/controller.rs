@@ -11,7 +11,15 @@
 //! that sees only a_t maps it to the average motion, and planning through it walks the agent
 //! into walls. Planners then compute each step's latent from the predicted frame it acts on.
 //!
-//! Reported on held-out clips: mean cosine(g_ctrl(a_t), z_t) and the inverse MSE.
+//! With `prediction_weight` w > 0 the controller is also fitted through the frozen world
+//! model: its latents must make the world model predict what the robot's action did,
+//! `w * L1(WM(s_0..t, g_ctrl(a_0..t)) - s_t+1)` on whole labeled clips (the stage-1 prediction
+//! loss with the IDM replaced by the controller). A latent that is close to the IDM's in
+//! cosine can still move the predicted agent by the wrong amount; planning reads the
+//! prediction, not the latent.
+//!
+//! Reported on held-out clips: mean cosine(g_ctrl(a_t), z_t), the inverse MSE, and the world
+//! model's prediction error fed the controller's latents against fed the IDM's.
 
 use std::path::Path;
 
@@ -26,6 +34,7 @@ use lam_model::LatentActionModel;
 use lam_model::config::LamConfig;
 use lam_model::idm::Idm;
 use lam_model::optim::stable_param_ids;
+use lam_model::world_model::WorldModel;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -61,6 +70,10 @@ pub struct ControllerConfig {
     /// Condition both directions on the pooled frame s_t as well (false; see the module docs).
     #[serde(default)]
     pub frame_conditioned: bool,
+    /// Weight of the prediction loss through the frozen world model (0: latent regression
+    /// only; see the module docs).
+    #[serde(default)]
+    pub prediction_weight: f64,
 }
 
 fn default_weight_decay() -> f64 {
@@ -89,6 +102,7 @@ impl Default for ControllerConfig {
             patience: default_patience(),
             seed: 0,
             frame_conditioned: false,
+            prediction_weight: 0.0,
         }
     }
 }
@@ -184,6 +198,33 @@ pub struct Transitions {
     pub action_dim: usize,
     pub latent_dim: usize,
     pub frame_dim: usize,
+    /// The whole clips the transitions come from (kept when the controller is fitted through
+    /// the world model): clip c holds transitions `c * (T-1) .. (c+1) * (T-1)`.
+    pub clips: Option<Clips>,
+}
+
+/// Normalised (model-space) clips `[C, T, N, D]`, row-major on host.
+pub struct Clips {
+    pub data: Vec<f32>,
+    /// `[T, N, D]`.
+    pub shape: [usize; 3],
+}
+
+impl Clips {
+    fn len(&self) -> usize {
+        self.data.len() / self.shape.iter().product::<usize>()
+    }
+
+    /// Clips `idx` as a tensor `[idx.len(), T, N, D]`.
+    fn batch(&self, idx: &[usize], device: &Device) -> Tensor<4> {
+        let [t, n, d] = self.shape;
+        let per = t * n * d;
+        let data: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| self.data[i * per..(i + 1) * per].iter().copied())
+            .collect();
+        Tensor::from_data(TensorData::new(data, [idx.len(), t, n, d]), device)
+    }
 }
 
 impl Transitions {
@@ -196,13 +237,15 @@ impl Transitions {
     }
 }
 
-/// Labels every transition of a labeled shard set with the frozen IDM.
+/// Labels every transition of a labeled shard set with the frozen IDM; `keep_clips` keeps the
+/// normalised clips as well (for fitting through the world model).
 pub fn pseudo_label(
     cfg: &LamConfig,
     lam: &LatentActionModel,
     data: &ShardSet,
     device: &Device,
     batch: usize,
+    keep_clips: bool,
 ) -> Result<Transitions> {
     let a = data.index.action_dim.with_context(|| {
         format!(
@@ -215,12 +258,22 @@ pub fn pseudo_label(
     let mut actions = Vec::new();
     let mut latents = Vec::new();
     let mut frames = Vec::new();
+    let mut kept = Vec::new();
     for chunk in (0..data.len()).collect::<Vec<_>>().chunks(batch.max(1)) {
-        let clips = Tensor::<4>::from_data(
+        let clips = lam.normalize(Tensor::<4>::from_data(
             TensorData::new(data.batch(chunk), [chunk.len(), t, idx.tokens, idx.dim]),
             device,
-        );
-        let pooled = Idm::pool(lam.normalize(clips));
+        ));
+        if keep_clips {
+            kept.extend(
+                clips
+                    .clone()
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            );
+        }
+        let pooled = Idm::pool(clips);
         frames.extend(
             pooled
                 .clone()
@@ -257,6 +310,10 @@ pub fn pseudo_label(
         action_dim: a,
         latent_dim: d,
         frame_dim: idx.dim,
+        clips: keep_clips.then(|| Clips {
+            data: kept,
+            shape: [t, idx.tokens, idx.dim],
+        }),
     })
 }
 
@@ -277,6 +334,12 @@ pub struct ControllerReport {
     pub inverse_mse: f64,
     /// Variance of the true actions (what a constant predictor's MSE would be).
     pub action_variance: f64,
+    /// World-model prediction error (mean L1 in model space) on the held-out clips fed the
+    /// controller's latents, and fed the IDM's (when the fit had the world model and clips).
+    #[serde(default)]
+    pub prediction_error: Option<f64>,
+    #[serde(default)]
+    pub prediction_error_idm: Option<f64>,
 }
 
 /// Rows `idx` of a row-major host matrix of width `dim`, as a tensor `[idx.len(), dim]`.
@@ -350,16 +413,18 @@ pub fn fit(
     val: &Transitions,
     device: &Device,
 ) -> Result<(Controller, ControllerReport)> {
-    fit_with(cfg, train, val, device, None)
+    fit_with(cfg, train, val, None, device, None)
 }
 
-/// [`fit`], checkpointing into (and with `resume` continuing from) `checkpoints`. A resumed
-/// fit replays the batch order of the steps it skips, so it repeats the uninterrupted one
-/// exactly.
+/// [`fit`] through the frozen `world_model` (needed when `cfg.prediction_weight > 0`, and then
+/// with the transitions' clips), checkpointing into (and with `resume` continuing from)
+/// `checkpoints`. A resumed fit replays the batch order of the steps it skips, so it repeats
+/// the uninterrupted one exactly.
 pub fn fit_with(
     cfg: &ControllerConfig,
     train: &Transitions,
     val: &Transitions,
+    world_model: Option<&WorldModel>,
     device: &Device,
     checkpoints: Option<&FitCheckpoints>,
 ) -> Result<(Controller, ControllerReport)> {
@@ -381,6 +446,39 @@ pub fn fit_with(
     let selection: Vec<usize> = (n_fit..train.len()).collect();
     let ad = device.clone().autodiff();
     ad.seed(cfg.seed);
+    // Through the world model: whole clips, those of the fitting part and those of the
+    // held-out part (a clip split by the boundary is in neither).
+    let through = if cfg.prediction_weight > 0.0 {
+        let wm = world_model.context("fitting through the world model needs the world model")?;
+        let clips = train
+            .clips
+            .as_ref()
+            .context("fitting through the world model needs the transitions' clips")?;
+        let per = clips.shape[0] - 1;
+        ensure!(
+            per > 0 && clips.len() * per == train.len(),
+            "{} clips of {} transitions do not hold the {} transitions",
+            clips.len(),
+            per,
+            train.len()
+        );
+        let fit_clips = n_fit / per;
+        ensure!(
+            fit_clips > 0,
+            "no whole clip to fit through the world model"
+        );
+        let sel_clips: Vec<usize> = (n_fit.div_ceil(per)..clips.len()).collect();
+        Some((
+            wm,
+            wm.clone().to_device(&ad).no_grad(),
+            clips,
+            per,
+            fit_clips,
+            sel_clips,
+        ))
+    } else {
+        None
+    };
     let frame_dim = if cfg.frame_conditioned {
         ensure!(
             train.frame_dim > 0 && train.frames.len() == train.len() * train.frame_dim,
@@ -427,28 +525,37 @@ pub fn fit_with(
             (start, since_best, stopped) = (state.step, state.since_best, state.stopped);
         }
     }
-    // One shuffle per pass over the data, from one generator; a resumed fit replays the
-    // passes of the steps done.
+    // One shuffle per pass over the data, from one generator (clips through the world model
+    // from another); a resumed fit replays the passes of the steps done.
     let b = cfg.batch_size.min(n_fit);
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..n_fit).collect();
-    let mut pos = order.len();
-    let mut next_batch = |order: &mut Vec<usize>| {
-        if pos + b > order.len() {
-            order.shuffle(&mut rng);
-            pos = 0;
-        }
-        pos += b;
-        pos - b
-    };
+    let mut batches = Passes::new(n_fit, b, cfg.seed);
+    let mut clip_batches = through.as_ref().map(|(_, _, _, per, fit_clips, _)| {
+        Passes::new(*fit_clips, (b / per).clamp(1, *fit_clips), cfg.seed + 1)
+    });
     for _ in 0..start {
-        next_batch(&mut order);
+        batches.next();
+        if let Some(c) = clip_batches.as_mut() {
+            c.next();
+        }
     }
     let loss_of = |ctrl: &Controller, a: Tensor<2>, z: Tensor<2>, f: Option<Tensor<2>>| {
         (ctrl.to_latent(a.clone(), f.clone()) - z.clone())
             .square()
             .mean()
             + (ctrl.to_action(z, f) - a).square().mean()
+    };
+    // The weighted prediction loss of clips `idx` through `wm`.
+    let through_loss = |ctrl: &Controller,
+                        wm: &WorldModel,
+                        clips: &Clips,
+                        per: usize,
+                        idx: &[usize],
+                        dev: &Device| {
+        let rows_of: Vec<usize> = idx.iter().flat_map(|&c| c * per..(c + 1) * per).collect();
+        let a = rows(&train.actions, train.action_dim, &rows_of, dev);
+        let f = frames_of(ctrl, train, &rows_of, dev);
+        prediction_error(wm, clips.batch(idx, dev), ctrl.to_latent(a, f))
+            .mul_scalar(cfg.prediction_weight)
     };
     let (sel_a, sel_z) = (
         rows(&train.actions, train.action_dim, &selection, device),
@@ -469,12 +576,14 @@ pub fn fit_with(
         if stopped {
             break;
         }
-        let at = next_batch(&mut order);
-        let idx = &order[at..at + b];
-        let a = rows(&train.actions, train.action_dim, idx, &ad);
-        let z = rows(&train.latents, train.latent_dim, idx, &ad);
-        let f = frames_of(&ctrl, train, idx, &ad);
-        let loss = loss_of(&ctrl, a, z, f);
+        let idx = batches.next();
+        let a = rows(&train.actions, train.action_dim, &idx, &ad);
+        let z = rows(&train.latents, train.latent_dim, &idx, &ad);
+        let f = frames_of(&ctrl, train, &idx, &ad);
+        let mut loss = loss_of(&ctrl, a, z, f);
+        if let (Some((_, wm, clips, per, _, _)), Some(c)) = (&through, clip_batches.as_mut()) {
+            loss = loss + through_loss(&ctrl, wm, clips, *per, &c.next(), &ad);
+        }
         let train_loss = loss.clone();
         let grads = GradientsParams::from_grads(loss.backward(), &ctrl);
         ctrl = opt.step(cfg.lr, ctrl, grads);
@@ -484,8 +593,13 @@ pub fn fit_with(
             && (steps_run % cfg.check_every == 0 || steps_run == cfg.steps);
         if check {
             let valid = ctrl.valid();
-            let l =
-                loss_of(&valid, sel_a.clone(), sel_z.clone(), sel_f.clone()).into_scalar::<f32>();
+            let mut l = loss_of(&valid, sel_a.clone(), sel_z.clone(), sel_f.clone());
+            if let Some((wm, _, clips, per, _, sel)) = &through
+                && !sel.is_empty()
+            {
+                l = l + through_loss(&valid, wm, clips, *per, sel, device);
+            }
+            let l = l.into_scalar::<f32>();
             ensure!(
                 l.is_finite(),
                 "controller loss became {l} at step {steps_run}; lower --lr"
@@ -530,6 +644,13 @@ pub fn fit_with(
         None => (ctrl.valid(), steps_run),
     };
     let (cosine, inverse_mse) = evaluate(&ctrl, val, device);
+    let (prediction_error, prediction_error_idm) = match world_model {
+        Some(wm) => match prediction_errors(&ctrl, wm, val, device) {
+            Some((c, i)) => (Some(c), Some(i)),
+            None => (None, None),
+        },
+        None => (None, None),
+    };
     let mean: Vec<f64> = (0..val.action_dim)
         .map(|j| {
             (0..val.len())
@@ -553,8 +674,80 @@ pub fn fit_with(
             cosine,
             inverse_mse,
             action_variance,
+            prediction_error,
+            prediction_error_idm,
         },
     ))
+}
+
+/// Shuffled batches of `0..n`, one shuffle per pass, from one generator.
+struct Passes {
+    order: Vec<usize>,
+    pos: usize,
+    batch: usize,
+    rng: StdRng,
+}
+
+impl Passes {
+    fn new(n: usize, batch: usize, seed: u64) -> Self {
+        Self {
+            order: (0..n).collect(),
+            pos: n,
+            batch,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    fn next(&mut self) -> Vec<usize> {
+        if self.pos + self.batch > self.order.len() {
+            self.order.shuffle(&mut self.rng);
+            self.pos = 0;
+        }
+        self.pos += self.batch;
+        self.order[self.pos - self.batch..self.pos].to_vec()
+    }
+}
+
+/// Mean L1 `[1]` of the world model's predictions of frames 1..T of `clips` `[B, T, N, D]` fed
+/// latents `[B * (T-1), d]` (clip-major).
+fn prediction_error(wm: &WorldModel, clips: Tensor<4>, latents: Tensor<2>) -> Tensor<1> {
+    let [b, t, _, _] = clips.dims();
+    let d = latents.dims()[1];
+    let pred = wm.forward(
+        clips.clone().slice(s![.., 0..t - 1, .., ..]),
+        latents.reshape([b, t - 1, d]),
+    );
+    (pred - clips.slice(s![.., 1..t, .., ..])).abs().mean()
+}
+
+/// Held-out prediction error (mean L1 in model space) of `wm` fed the controller's latents and
+/// fed the IDM's, over the clips of `val` (`None` without clips).
+pub fn prediction_errors(
+    ctrl: &Controller,
+    wm: &WorldModel,
+    val: &Transitions,
+    device: &Device,
+) -> Option<(f64, f64)> {
+    let clips = val.clips.as_ref()?;
+    let per = clips.shape[0] - 1;
+    if clips.len() == 0 || per == 0 {
+        return None;
+    }
+    let (mut through, mut idm) = (0.0, 0.0);
+    let all: Vec<usize> = (0..clips.len()).collect();
+    for chunk in all.chunks(64) {
+        let rows_of: Vec<usize> = chunk.iter().flat_map(|&c| c * per..(c + 1) * per).collect();
+        let x = clips.batch(chunk, device);
+        let a = rows(&val.actions, val.action_dim, &rows_of, device);
+        let f = frames_of(ctrl, val, &rows_of, device);
+        let z = rows(&val.latents, val.latent_dim, &rows_of, device);
+        let w = chunk.len() as f64;
+        through +=
+            w * prediction_error(wm, x.clone(), ctrl.to_latent(a, f)).into_scalar::<f32>() as f64;
+        idm += w * prediction_error(wm, x, z).into_scalar::<f32>() as f64;
+    }
+    let n = clips.len() as f64;
+    Some((through / n, idm / n))
 }
 
 /// Saves a controller (weights in safetensors) with its dimensions.

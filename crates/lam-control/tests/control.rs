@@ -3,7 +3,7 @@
 use burn::nn::LinearConfig;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use lam_control::controller::{ControllerConfig, fit, pseudo_label};
+use lam_control::controller::{ControllerConfig, fit, fit_with, pseudo_label};
 use lam_control::planner::{PlannerConfig, PlannerKind, Problem, SearchSpace, cost, plan, rollout};
 use lam_data::synthetic::{SyntheticConfig, write_synthetic};
 use lam_data::{ShardSet, Split};
@@ -226,21 +226,39 @@ fn controller_aligns_with_pseudo_labels() {
         &summary.last_checkpoint.unwrap().join("model.safetensors"),
     )
     .unwrap();
-    let tr = pseudo_label(&cfg, &lam, &train_set, &dev, 32).unwrap();
-    let va = pseudo_label(&cfg, &lam, &val_set, &dev, 32).unwrap();
+    let tr = pseudo_label(&cfg, &lam, &train_set, &dev, 32, true).unwrap();
+    let va = pseudo_label(&cfg, &lam, &val_set, &dev, 32, true).unwrap();
     assert_eq!(tr.len(), 128 * 7);
-    let (_, report) = fit(
+    let ccfg = ControllerConfig {
+        steps: 400,
+        hidden: 64,
+        ..Default::default()
+    };
+    let (_, report) = fit_with(&ccfg, &tr, &va, Some(&lam.world_model), &dev, None).unwrap();
+    assert!(report.cosine > 0.5, "controller cosine {}", report.cosine);
+    // Fitted through the world model as well, the controller's latents make the world model
+    // predict the held-out clips better than latents regressed onto the IDM's alone.
+    let (_, through) = fit_with(
         &ControllerConfig {
-            steps: 400,
-            hidden: 64,
-            ..Default::default()
+            prediction_weight: 10.0,
+            ..ccfg.clone()
         },
         &tr,
         &va,
+        Some(&lam.world_model),
         &dev,
+        None,
     )
     .unwrap();
-    assert!(report.cosine > 0.5, "controller cosine {}", report.cosine);
+    let (plain, fitted) = (
+        report.prediction_error.unwrap(),
+        through.prediction_error.unwrap(),
+    );
+    assert!(
+        fitted < plain,
+        "prediction error {fitted} through the world model vs {plain} by regression (IDM {})",
+        report.prediction_error_idm.unwrap()
+    );
     assert!(
         report.inverse_mse < report.action_variance,
         "inverse MSE {} vs action variance {}",
@@ -257,10 +275,17 @@ fn controller_aligns_with_pseudo_labels() {
         },
     )
     .unwrap();
-    let err = pseudo_label(&cfg, &lam, &ShardSet::open(&unl, None).unwrap(), &dev, 8)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = pseudo_label(
+        &cfg,
+        &lam,
+        &ShardSet::open(&unl, None).unwrap(),
+        &dev,
+        8,
+        false,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(
         err.contains("unlabeled") && err.contains("no actions"),
         "{err}"
@@ -498,6 +523,7 @@ fn state_dependent_transitions(n: usize, seed: u64) -> lam_control::controller::
         action_dim: 2,
         latent_dim: 3,
         frame_dim: 2,
+        clips: None,
     }
 }
 
@@ -576,7 +602,7 @@ fn planner_settings_no_planner_can_run_are_named() {
 
 #[test]
 fn controller_fit_resumes_exactly_from_its_checkpoints() {
-    use lam_control::controller::{FitCheckpoints, fit_with};
+    use lam_control::controller::FitCheckpoints;
     let dev = Device::flex();
     let (tr, va) = (
         state_dependent_transitions(400, 3),
@@ -594,16 +620,16 @@ fn controller_fit_resumes_exactly_from_its_checkpoints() {
         dir: dir.path().join(name),
         resume,
     };
-    let (a, ra) = fit_with(&cfg, &tr, &va, &dev, Some(&at("whole", false))).unwrap();
+    let (a, ra) = fit_with(&cfg, &tr, &va, None, &dev, Some(&at("whole", false))).unwrap();
     // The same fit, then resumed from its newest checkpoint (step 400, as after a kill in the
     // last stretch): the same weights and report.
-    fit_with(&cfg, &tr, &va, &dev, Some(&at("cut", false))).unwrap();
+    fit_with(&cfg, &tr, &va, None, &dev, Some(&at("cut", false))).unwrap();
     let ckpts = dir.path().join("cut").join("checkpoints");
     assert_eq!(
         std::fs::read_to_string(ckpts.join("latest")).unwrap(),
         "step-0000400"
     );
-    let (b, rb) = fit_with(&cfg, &tr, &va, &dev, Some(&at("cut", true))).unwrap();
+    let (b, rb) = fit_with(&cfg, &tr, &va, None, &dev, Some(&at("cut", true))).unwrap();
     assert_eq!(
         (ra.cosine, ra.inverse_mse, ra.best_step, ra.steps_run),
         (rb.cosine, rb.inverse_mse, rb.best_step, rb.steps_run)
@@ -625,7 +651,7 @@ fn controller_fit_resumes_exactly_from_its_checkpoints() {
     assert_eq!(probe(&a), probe(&b));
     // Without the optimizer state the resumed fit would differ: the checkpoint carries it.
     std::fs::remove_file(ckpts.join("step-0000400").join("optimizer.bpk")).unwrap();
-    let err = fit_with(&cfg, &tr, &va, &dev, Some(&at("cut", true)))
+    let err = fit_with(&cfg, &tr, &va, None, &dev, Some(&at("cut", true)))
         .err()
         .map(|e| format!("{e:#}"))
         .unwrap_or_default();
@@ -637,7 +663,7 @@ fn controller_fit_resumes_exactly_from_its_checkpoints() {
     };
     let err = format!(
         "{:#}",
-        fit_with(&other, &tr, &va, &dev, Some(&at("whole", true))).unwrap_err()
+        fit_with(&other, &tr, &va, None, &dev, Some(&at("whole", true))).unwrap_err()
     );
     assert!(err.contains("other settings"), "{err}");
 }

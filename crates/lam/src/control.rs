@@ -76,6 +76,10 @@ pub struct FitArgs {
     /// computes each step's latent from the predicted frame it acts on.
     #[arg(long)]
     pub frame_conditioned: bool,
+    /// Also fit the controller through the frozen world model with this weight: its latents
+    /// must make the world model predict what the action did (0: latent regression only).
+    #[arg(long, default_value_t = ControllerConfig::default().prediction_weight)]
+    pub prediction_weight: f64,
     /// Continue from the newest checkpoint in OUT/checkpoints (written at every early-stopping
     /// check; same settings and data); starts at step 0 when there is none yet. Without it an
     /// earlier fit's checkpoints in OUT are removed.
@@ -91,13 +95,15 @@ pub fn run(cmd: ControlCommand) -> Result<()> {
         ControlCommand::Fit(args) => {
             let report = fit(&args)?;
             println!(
-                "controller: cosine(g_ctrl(a), z) = {:.3} on {} held-out transitions; inverse MSE {:.4} (action variance {:.4})\nsaved to {}",
-                report.cosine,
-                report.val_transitions,
-                report.inverse_mse,
-                report.action_variance,
-                args.out.display()
+                "controller: cosine(g_ctrl(a), z) = {:.3} on {} held-out transitions; inverse MSE {:.4} (action variance {:.4})",
+                report.cosine, report.val_transitions, report.inverse_mse, report.action_variance,
             );
+            if let (Some(c), Some(i)) = (report.prediction_error, report.prediction_error_idm) {
+                println!(
+                    "world-model prediction error (L1) on the held-out clips: {c:.4} fed the controller's latents, {i:.4} fed the IDM's"
+                );
+            }
+            println!("saved to {}", args.out.display());
             Ok(())
         }
         ControlCommand::Support(args) => {
@@ -178,19 +184,27 @@ pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
         train.len(),
         val.len()
     );
-    let tr = controller::pseudo_label(&cfg, &lam, &train, &device, 64)?;
-    let va = controller::pseudo_label(&cfg, &lam, &val, &device, 64)?;
+    let tr = controller::pseudo_label(&cfg, &lam, &train, &device, 64, true)?;
+    let va = controller::pseudo_label(&cfg, &lam, &val, &device, 64, true)?;
     let ccfg = ControllerConfig {
         steps: args.steps,
         hidden: args.hidden,
         frame_conditioned: args.frame_conditioned,
+        prediction_weight: args.prediction_weight,
         ..Default::default()
     };
     let checkpoints = controller::FitCheckpoints {
         dir: args.out.clone(),
         resume: args.resume,
     };
-    let (ctrl, report) = controller::fit_with(&ccfg, &tr, &va, &device, Some(&checkpoints))?;
+    let (ctrl, report) = controller::fit_with(
+        &ccfg,
+        &tr,
+        &va,
+        Some(&lam.world_model),
+        &device,
+        Some(&checkpoints),
+    )?;
     controller::save(
         &ctrl,
         &args.out,
