@@ -20,7 +20,6 @@ use serde::Serialize;
 
 use crate::checkpoint::{Stage, load_policy};
 use crate::data::{FrameData, Labels};
-use crate::instruction::InstructionEmbedder;
 use crate::train::{normals, step_rng};
 
 fn covariance(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<Vec<f64>> {
@@ -198,7 +197,7 @@ pub fn latent_cca(
         checkpoint.display()
     );
     let cfg = &state.config.policy;
-    let embedder = InstructionEmbedder::new(cfg.instruction_dim);
+    let embedder = state.embedder();
     let mut out = Vec::new();
     for dir in dirs {
         let data = FrameData::load(

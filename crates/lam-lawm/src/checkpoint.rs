@@ -17,10 +17,9 @@
 //! function of the step ([`crate::config::TrainConfig::lr_at`]), so no scheduler state is
 //! needed; batches and noise are drawn from generators seeded with (seed, step).
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::Result;
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use lam_model::checkpoint::{load_weights, save_weights};
@@ -54,6 +53,20 @@ pub struct CheckpointState {
     pub data: Vec<PathBuf>,
     /// Training throughput of the run so far, samples per second.
     pub samples_per_sec: f64,
+    /// The instruction words the policy was trained on (empty in checkpoints saved before
+    /// vocabularies were: the simulated suite's words); others map to `<unk>`.
+    #[serde(default)]
+    pub vocabulary: Vec<String>,
+}
+
+impl CheckpointState {
+    /// The instruction embedding a policy of this checkpoint acts with.
+    pub fn embedder(&self) -> crate::instruction::InstructionEmbedder {
+        crate::instruction::InstructionEmbedder::with_vocabulary(
+            self.config.policy.instruction_dim,
+            &self.vocabulary,
+        )
+    }
 }
 
 pub use lam_model::checkpoint::{OPTIMIZER_FILE, load_optimizer};
@@ -89,26 +102,7 @@ pub fn save_with_optimizer(
 }
 
 /// A checkpoint folder from a checkpoint folder or a run folder (its latest checkpoint).
-pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if path.join(lam_model::checkpoint::STATE_FILE).exists() {
-        return Ok(path.to_path_buf());
-    }
-    let pointer = path.join("checkpoints").join("latest");
-    let name = fs::read_to_string(&pointer).with_context(|| {
-        format!(
-            "{} is neither a checkpoint folder nor a run folder with checkpoints",
-            path.display()
-        )
-    })?;
-    let dir = path.join("checkpoints").join(name.trim());
-    ensure!(
-        dir.is_dir(),
-        "{} names {}, which does not exist",
-        pointer.display(),
-        dir.display()
-    );
-    Ok(dir)
-}
+pub use lam_model::checkpoint::resolve;
 
 pub fn load_state(ckpt: &Path) -> Result<CheckpointState> {
     lam_model::checkpoint::read_state(ckpt)

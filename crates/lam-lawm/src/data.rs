@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use lam_sim::{Dataset, Domain, Task};
 
-use crate::instruction::{InstructionEmbedder, conditioning_text};
+use crate::instruction::InstructionEmbedder;
 
 /// Which action labels to load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +70,19 @@ pub struct FrameData {
     pub size: usize,
     pub action_dim: Option<usize>,
     pub dirs: Vec<PathBuf>,
+    /// The words of the instructions the episodes are conditioned on (sorted, distinct).
+    pub vocabulary: Vec<String>,
+}
+
+/// The text a policy is conditioned on for an episode of `task` whose instruction is
+/// `instruction`: the suite's language task `sort` on its episode instruction ("push the red
+/// box into the blue zone"), the suite's other tasks, whose instruction carries no choice, on
+/// the task's name; `None` (a dataset of unknown origin) keeps the instruction.
+pub fn conditioning_text(task: Option<Task>, instruction: &str) -> String {
+    match task {
+        Some(Task::Sort) | None => instruction.to_string(),
+        Some(t) => t.name().to_string(),
+    }
 }
 
 /// Task and domain a lam-sim recording declares in `meta/info.json`.
@@ -127,6 +140,7 @@ impl FrameData {
         ensure!(!dirs.is_empty(), "no dataset folder given");
         let mut episodes = Vec::new();
         let mut action_dim = None;
+        let mut texts = std::collections::BTreeSet::new();
         for dir in dirs {
             let ds = Dataset::open(dir)
                 .with_context(|| format!("cannot open dataset {}", dir.display()))?;
@@ -178,6 +192,7 @@ impl FrameData {
                     frames.extend(to_chw(f, w, size));
                 }
                 let text = conditioning_text(task, &ep.task);
+                texts.insert(text.clone());
                 episodes.push(Episode {
                     len: ep.frames.len(),
                     frames,
@@ -193,6 +208,7 @@ impl FrameData {
             size,
             action_dim,
             dirs: dirs.to_vec(),
+            vocabulary: crate::instruction::vocabulary_of(texts.iter().map(String::as_str)),
         })
     }
 

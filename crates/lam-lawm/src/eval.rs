@@ -17,8 +17,9 @@ use lam_sim::{Domain, Env, Task, eval_protocol};
 use serde::Serialize;
 
 use crate::checkpoint::{Stage, load_policy};
+use crate::data::conditioning_text;
 use crate::data::{ActionNorm, to_chw};
-use crate::instruction::{InstructionEmbedder, conditioning_text};
+use crate::instruction::InstructionEmbedder;
 use crate::policy::Policy;
 
 /// Evaluation settings. Defaults in brackets.
@@ -84,6 +85,7 @@ pub fn evaluate(checkpoint: &Path, opts: &EvalOptions, device: &Device) -> Resul
         out.push(evaluate_task(
             &policy,
             &state.config.policy,
+            &state.embedder(),
             &norm,
             task,
             opts,
@@ -97,6 +99,7 @@ pub fn evaluate(checkpoint: &Path, opts: &EvalOptions, device: &Device) -> Resul
 pub fn evaluate_task(
     policy: &Policy,
     cfg: &crate::config::PolicyConfig,
+    embedder: &InstructionEmbedder,
     norm: &ActionNorm,
     task: Task,
     opts: &EvalOptions,
@@ -104,7 +107,6 @@ pub fn evaluate_task(
 ) -> Result<TaskResult> {
     let size = cfg.image_size;
     let episodes = eval_protocol(task, opts.domain, opts.episodes, size as u32)?;
-    let embedder = InstructionEmbedder::new(cfg.instruction_dim);
     let mut runs = Vec::with_capacity(episodes.len());
     let mut instr = Vec::new();
     for ep in &episodes {

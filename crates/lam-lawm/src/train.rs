@@ -320,6 +320,7 @@ pub fn pretrain(
                 action_norm: None,
                 data: data.dirs.clone(),
                 samples_per_sec: log.samples_per_sec(cfg),
+                vocabulary: data.vocabulary.clone(),
             };
             let valid = model.valid();
             last = Some(checkpoint::save_with_optimizer(
@@ -359,11 +360,16 @@ pub fn train_policy(
     let action_dim = data
         .action_dim
         .with_context(|| format!("{:?} hold no actions to train the policy on", data.dirs))?;
+    // The words the policy knows: the data's, and those of the checkpoint it starts from.
+    let mut vocabulary = data.vocabulary.clone();
     let policy = match init {
         PolicyInit::Scratch => Policy::new(&cfg.policy, action_dim, &ad),
         PolicyInit::From(path) => {
             let (p, state) = checkpoint::load_policy(path, &ad)?;
             cfg.policy = state.config.policy.clone();
+            vocabulary.extend(state.vocabulary);
+            vocabulary.sort();
+            vocabulary.dedup();
             p.reinit_action_layers(&cfg.policy, action_dim, &ad)
         }
     };
@@ -423,6 +429,7 @@ pub fn train_policy(
                 action_norm: Some(norm.clone()),
                 data: data.dirs.clone(),
                 samples_per_sec: log.samples_per_sec(&cfg),
+                vocabulary: vocabulary.clone(),
             };
             last = Some(checkpoint::save_with_optimizer(
                 &opts.run_dir,

@@ -239,6 +239,7 @@ fn tiny_pretrain_reconstruction_falls_and_no_actions_are_read() {
         FrameData::load(std::slice::from_ref(&f.robot), 32, &emb, Labels::None, None).unwrap();
     assert!(data.episodes.iter().all(|e| e.actions.is_none()));
     assert_eq!(data.action_dim, None);
+    assert_eq!(data.vocabulary, ["reach"], "the task's conditioning text");
     let run = tempfile::tempdir().unwrap();
     let s = pretrain(
         &cfg,
@@ -262,7 +263,14 @@ fn tiny_pretrain_reconstruction_falls_and_no_actions_are_read() {
     assert!(
         ckpt.join("policy.safetensors").exists() && ckpt.join("world_model.safetensors").exists()
     );
-    assert_eq!(load_state(&ckpt).unwrap().stage, Stage::Pretrain);
+    let state = load_state(&ckpt).unwrap();
+    assert_eq!(state.stage, Stage::Pretrain);
+    // The words it was trained on travel with it; a policy acting from it names the others.
+    assert_eq!(state.vocabulary, ["reach"]);
+    assert_eq!(
+        state.embedder().unknown_words("reach the drawer"),
+        ["the", "drawer"]
+    );
 }
 
 #[test]

@@ -319,10 +319,7 @@ impl<'a> Backend<'a> {
                         return Err("`reset` needs an `instruction` for the LAWM policy (e.g. \"reach\", or the episode's sentence for sort); the server has no --instruction default".into());
                     }
                 };
-                let unknown: Vec<String> = lam_lawm::instruction::words(&text)
-                    .into_iter()
-                    .filter(|w| !lam_lawm::instruction::VOCAB.contains(&w.as_str()))
-                    .collect();
+                let unknown = l.embedder.unknown_words(&text);
                 if !unknown.is_empty() {
                     tracing::warn!(
                         "instruction {text:?}: words outside the policy's vocabulary {unknown:?} map to <unk>"
@@ -539,7 +536,7 @@ pub fn load_lawm(
             );
         }
     }
-    let embedder = InstructionEmbedder::new(state.config.policy.instruction_dim);
+    let embedder = state.embedder();
     Ok(LawmBackend {
         policy,
         state,
