@@ -18,6 +18,11 @@
 //! cosine can still move the predicted agent by the wrong amount; planning reads the
 //! prediction, not the latent.
 //!
+//! With `world_model_lr` > 0 as well, the world model trains along with the controller on
+//! the labeled clips (fed the controller's latents, and fed the IDM's so that it stays a model
+//! of the video's latents): the labeled robot episodes then also correct the world model
+//! where the controller's latents leave it imprecise. The fit returns the tuned world model.
+//!
 //! Reported on held-out clips: mean cosine(g_ctrl(a_t), z_t), the inverse MSE, and the world
 //! model's prediction error fed the controller's latents against fed the IDM's.
 
@@ -74,6 +79,11 @@ pub struct ControllerConfig {
     /// only; see the module docs).
     #[serde(default)]
     pub prediction_weight: f64,
+    /// With `prediction_weight` > 0: AdamW learning rate of the world model, trained along
+    /// with the controller on the labeled clips, fed the controller's latents and fed the
+    /// IDM's (the latter keeps it a model of the video's latents). 0 (default): frozen.
+    #[serde(default)]
+    pub world_model_lr: f64,
 }
 
 fn default_weight_decay() -> f64 {
@@ -103,6 +113,7 @@ impl Default for ControllerConfig {
             seed: 0,
             frame_conditioned: false,
             prediction_weight: 0.0,
+            world_model_lr: 0.0,
         }
     }
 }
@@ -335,7 +346,8 @@ pub struct ControllerReport {
     /// Variance of the true actions (what a constant predictor's MSE would be).
     pub action_variance: f64,
     /// World-model prediction error (mean L1 in model space) on the held-out clips fed the
-    /// controller's latents, and fed the IDM's (when the fit had the world model and clips).
+    /// controller's latents, and fed the IDM's (when the fit had the world model and clips;
+    /// of the tuned world model when it trained along).
     #[serde(default)]
     pub prediction_error: Option<f64>,
     #[serde(default)]
@@ -413,13 +425,14 @@ pub fn fit(
     val: &Transitions,
     device: &Device,
 ) -> Result<(Controller, ControllerReport)> {
-    fit_with(cfg, train, val, None, device, None)
+    let (ctrl, report, _) = fit_with(cfg, train, val, None, device, None)?;
+    Ok((ctrl, report))
 }
 
-/// [`fit`] through the frozen `world_model` (needed when `cfg.prediction_weight > 0`, and then
-/// with the transitions' clips), checkpointing into (and with `resume` continuing from)
-/// `checkpoints`. A resumed fit replays the batch order of the steps it skips, so it repeats
-/// the uninterrupted one exactly.
+/// [`fit`] through `world_model` (needed when `cfg.prediction_weight > 0`, and then with the
+/// transitions' clips), checkpointing into (and with `resume` continuing from) `checkpoints`.
+/// Returns the world model as tuned when `cfg.world_model_lr > 0`. A resumed fit replays the
+/// batch order of the steps it skips, so it repeats the uninterrupted one exactly.
 pub fn fit_with(
     cfg: &ControllerConfig,
     train: &Transitions,
@@ -427,7 +440,7 @@ pub fn fit_with(
     world_model: Option<&WorldModel>,
     device: &Device,
     checkpoints: Option<&FitCheckpoints>,
-) -> Result<(Controller, ControllerReport)> {
+) -> Result<(Controller, ControllerReport, Option<WorldModel>)> {
     ensure!(
         !train.is_empty(),
         "no training transitions for the controller"
@@ -501,8 +514,20 @@ pub fn fit_with(
     let mut opt = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
+    // The world model trained along (its weights and its own optimiser).
+    ensure!(
+        cfg.world_model_lr <= 0.0 || through.is_some(),
+        "training the world model along needs a prediction weight above 0"
+    );
+    let mut tuned = match &through {
+        Some((wm, ..)) if cfg.world_model_lr > 0.0 => Some((
+            stable_param_ids((*wm).clone().fork(&ad).train()),
+            AdamWConfig::new().init(),
+        )),
+        _ => None,
+    };
     let mut start = 0;
-    let mut best: Option<(f32, usize, Controller)> = None;
+    let mut best: Option<(f32, usize, Controller, Option<WorldModel>)> = None;
     let mut since_best = 0usize;
     let mut stopped = false;
     if let Some(ck) = checkpoints {
@@ -515,12 +540,26 @@ pub fn fit_with(
             );
             ctrl = lam_model::checkpoint::load_weights(ctrl, &dir.join("controller.safetensors"))?;
             opt = lam_model::checkpoint::load_optimizer(&dir, opt)?;
+            if let Some((wm, o)) = tuned.take() {
+                let sub = dir.join("world_model");
+                tuned = Some((
+                    lam_model::checkpoint::load_weights(wm, &sub.join("weights.safetensors"))?,
+                    lam_model::checkpoint::load_optimizer(&sub, o)?,
+                ));
+            }
             if let Some((loss, step)) = state.best {
                 let weights = lam_model::checkpoint::load_weights(
                     fresh(device),
                     &dir.join("best.safetensors"),
                 )?;
-                best = Some((loss, step, weights));
+                let wm = match (&through, &tuned) {
+                    (Some((wm, ..)), Some(_)) => Some(lam_model::checkpoint::load_weights(
+                        (*wm).clone(),
+                        &dir.join("world_model").join("best.safetensors"),
+                    )?),
+                    _ => None,
+                };
+                best = Some((loss, step, weights, wm));
             }
             (start, since_best, stopped) = (state.step, state.since_best, state.stopped);
         }
@@ -544,7 +583,8 @@ pub fn fit_with(
             .mean()
             + (ctrl.to_action(z, f) - a).square().mean()
     };
-    // The weighted prediction loss of clips `idx` through `wm`.
+    // The weighted prediction loss of clips `idx` through `wm` (and, for a world model
+    // being trained, fed the IDM's latents too).
     let through_loss = |ctrl: &Controller,
                         wm: &WorldModel,
                         clips: &Clips,
@@ -554,8 +594,13 @@ pub fn fit_with(
         let rows_of: Vec<usize> = idx.iter().flat_map(|&c| c * per..(c + 1) * per).collect();
         let a = rows(&train.actions, train.action_dim, &rows_of, dev);
         let f = frames_of(ctrl, train, &rows_of, dev);
-        prediction_error(wm, clips.batch(idx, dev), ctrl.to_latent(a, f))
-            .mul_scalar(cfg.prediction_weight)
+        let x = clips.batch(idx, dev);
+        let mut l = prediction_error(wm, x.clone(), ctrl.to_latent(a, f));
+        if cfg.world_model_lr > 0.0 {
+            let z = rows(&train.latents, train.latent_dim, &rows_of, dev);
+            l = l + prediction_error(wm, x, z);
+        }
+        l.mul_scalar(cfg.prediction_weight)
     };
     let (sel_a, sel_z) = (
         rows(&train.actions, train.action_dim, &selection, device),
@@ -581,22 +626,30 @@ pub fn fit_with(
         let z = rows(&train.latents, train.latent_dim, &idx, &ad);
         let f = frames_of(&ctrl, train, &idx, &ad);
         let mut loss = loss_of(&ctrl, a, z, f);
-        if let (Some((_, wm, clips, per, _, _)), Some(c)) = (&through, clip_batches.as_mut()) {
+        if let (Some((_, frozen, clips, per, _, _)), Some(c)) = (&through, clip_batches.as_mut()) {
+            let wm = tuned.as_ref().map_or(frozen, |(w, _)| w);
             loss = loss + through_loss(&ctrl, wm, clips, *per, &c.next(), &ad);
         }
         let train_loss = loss.clone();
-        let grads = GradientsParams::from_grads(loss.backward(), &ctrl);
-        ctrl = opt.step(cfg.lr, ctrl, grads);
+        let mut grads = loss.backward();
+        let ctrl_grads = GradientsParams::from_module(&mut grads, &ctrl);
+        ctrl = opt.step(cfg.lr, ctrl, ctrl_grads);
+        if let Some((wm, mut o)) = tuned.take() {
+            let g = GradientsParams::from_module(&mut grads, &wm);
+            tuned = Some((o.step(cfg.world_model_lr, wm, g), o));
+        }
         steps_run = step + 1;
         let check = n_sel > 0
             && cfg.check_every > 0
             && (steps_run % cfg.check_every == 0 || steps_run == cfg.steps);
         if check {
             let valid = ctrl.valid();
+            let valid_wm = tuned.as_ref().map(|(w, _)| w.valid());
             let mut l = loss_of(&valid, sel_a.clone(), sel_z.clone(), sel_f.clone());
-            if let Some((wm, _, clips, per, _, sel)) = &through
+            if let Some((frozen, _, clips, per, _, sel)) = &through
                 && !sel.is_empty()
             {
+                let wm = valid_wm.as_ref().unwrap_or(frozen);
                 l = l + through_loss(&valid, wm, clips, *per, sel, device);
             }
             let l = l.into_scalar::<f32>();
@@ -609,8 +662,8 @@ pub fn fit_with(
                 m.write(&serde_json::json!({"step": steps_run, "split": "train", "loss": t}))?;
                 m.write(&serde_json::json!({"step": steps_run, "split": "val", "loss": l}))?;
             }
-            if best.as_ref().is_none_or(|(b, _, _)| l < *b) {
-                best = Some((l, steps_run, valid));
+            if best.as_ref().is_none_or(|(b, ..)| l < *b) {
+                best = Some((l, steps_run, valid, valid_wm));
                 since_best = 0;
             } else {
                 since_best += 1;
@@ -623,7 +676,7 @@ pub fn fit_with(
         if let Some(ck) = save {
             let state = FitState {
                 step: steps_run,
-                best: best.as_ref().map(|(l, s, _)| (*l, *s)),
+                best: best.as_ref().map(|(l, s, ..)| (*l, *s)),
                 since_best,
                 stopped,
                 train_transitions: train.len(),
@@ -631,20 +684,29 @@ pub fn fit_with(
             };
             lam_model::checkpoint::write_step(&ck.dir, steps_run, 2, |tmp| {
                 lam_model::checkpoint::save_weights(&ctrl, &tmp.join("controller.safetensors"))?;
-                if let Some((_, _, w)) = &best {
+                if let Some((_, _, w, _)) = &best {
                     lam_model::checkpoint::save_weights(w, &tmp.join("best.safetensors"))?;
+                }
+                if let Some((wm, o)) = &tuned {
+                    let sub = tmp.join("world_model");
+                    std::fs::create_dir_all(&sub)?;
+                    lam_model::checkpoint::save_weights(wm, &sub.join("weights.safetensors"))?;
+                    lam_model::checkpoint::save_optimizer(&sub, o)?;
+                    if let Some((_, _, _, Some(w))) = &best {
+                        lam_model::checkpoint::save_weights(w, &sub.join("best.safetensors"))?;
+                    }
                 }
                 lam_model::checkpoint::save_optimizer(tmp, &opt)?;
                 lam_model::checkpoint::write_state(tmp, &state)
             })?;
         }
     }
-    let (ctrl, best_step) = match best {
-        Some((_, s, c)) => (c, s),
-        None => (ctrl.valid(), steps_run),
+    let (ctrl, best_step, tuned) = match best {
+        Some((_, s, c, w)) => (c, s, w),
+        None => (ctrl.valid(), steps_run, tuned.map(|(w, _)| w.valid())),
     };
     let (cosine, inverse_mse) = evaluate(&ctrl, val, device);
-    let (prediction_error, prediction_error_idm) = match world_model {
+    let (prediction_error, prediction_error_idm) = match tuned.as_ref().or(world_model) {
         Some(wm) => match prediction_errors(&ctrl, wm, val, device) {
             Some((c, i)) => (Some(c), Some(i)),
             None => (None, None),
@@ -677,6 +739,7 @@ pub fn fit_with(
             prediction_error,
             prediction_error_idm,
         },
+        tuned,
     ))
 }
 

@@ -234,14 +234,20 @@ fn controller_aligns_with_pseudo_labels() {
         hidden: 64,
         ..Default::default()
     };
-    let (_, report) = fit_with(&ccfg, &tr, &va, Some(&lam.world_model), &dev, None).unwrap();
+    let (_, report, _) = fit_with(&ccfg, &tr, &va, Some(&lam.world_model), &dev, None).unwrap();
     assert!(report.cosine > 0.5, "controller cosine {}", report.cosine);
     // Fitted through the world model as well, the controller's latents make the world model
     // predict the held-out clips better than latents regressed onto the IDM's alone.
-    let (_, through) = fit_with(
+    let short = ControllerConfig {
+        prediction_weight: 10.0,
+        steps: 150,
+        batch_size: 64,
+        ..ccfg.clone()
+    };
+    let (_, plain_short, _) = fit_with(
         &ControllerConfig {
-            prediction_weight: 10.0,
-            ..ccfg.clone()
+            prediction_weight: 0.0,
+            ..short.clone()
         },
         &tr,
         &va,
@@ -250,14 +256,35 @@ fn controller_aligns_with_pseudo_labels() {
         None,
     )
     .unwrap();
+    let (_, through, _) = fit_with(&short, &tr, &va, Some(&lam.world_model), &dev, None).unwrap();
     let (plain, fitted) = (
-        report.prediction_error.unwrap(),
+        plain_short.prediction_error.unwrap(),
         through.prediction_error.unwrap(),
     );
     assert!(
         fitted < plain,
         "prediction error {fitted} through the world model vs {plain} by regression (IDM {})",
         report.prediction_error_idm.unwrap()
+    );
+    // Trained along, the world model comes back changed and predicts the held-out clips
+    // from the controller's latents better still.
+    let (_, along, tuned) = fit_with(
+        &ControllerConfig {
+            world_model_lr: 1e-3,
+            ..short.clone()
+        },
+        &tr,
+        &va,
+        Some(&lam.world_model),
+        &dev,
+        None,
+    )
+    .unwrap();
+    assert!(tuned.is_some());
+    let tuned_error = along.prediction_error.unwrap();
+    assert!(
+        tuned_error < fitted,
+        "prediction error {tuned_error} with the world model trained along vs {fitted} frozen"
     );
     assert!(
         report.inverse_mse < report.action_variance,
@@ -620,7 +647,7 @@ fn controller_fit_resumes_exactly_from_its_checkpoints() {
         dir: dir.path().join(name),
         resume,
     };
-    let (a, ra) = fit_with(&cfg, &tr, &va, None, &dev, Some(&at("whole", false))).unwrap();
+    let (a, ra, _) = fit_with(&cfg, &tr, &va, None, &dev, Some(&at("whole", false))).unwrap();
     // The same fit, then resumed from its newest checkpoint (step 400, as after a kill in the
     // last stretch): the same weights and report.
     fit_with(&cfg, &tr, &va, None, &dev, Some(&at("cut", false))).unwrap();
@@ -629,7 +656,7 @@ fn controller_fit_resumes_exactly_from_its_checkpoints() {
         std::fs::read_to_string(ckpts.join("latest")).unwrap(),
         "step-0000400"
     );
-    let (b, rb) = fit_with(&cfg, &tr, &va, None, &dev, Some(&at("cut", true))).unwrap();
+    let (b, rb, _) = fit_with(&cfg, &tr, &va, None, &dev, Some(&at("cut", true))).unwrap();
     assert_eq!(
         (ra.cosine, ra.inverse_mse, ra.best_step, ra.steps_run),
         (rb.cosine, rb.inverse_mse, rb.best_step, rb.steps_run)

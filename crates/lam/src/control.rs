@@ -80,6 +80,11 @@ pub struct FitArgs {
     /// must make the world model predict what the action did (0: latent regression only).
     #[arg(long, default_value_t = ControllerConfig::default().prediction_weight)]
     pub prediction_weight: f64,
+    /// With --prediction-weight: train the world model along at this learning rate, on the
+    /// labeled clips fed the controller's latents and fed the IDM's (0: frozen). The tuned
+    /// model is written to OUT/world_model, a checkpoint folder `--run` takes.
+    #[arg(long, default_value_t = ControllerConfig::default().world_model_lr)]
+    pub world_model_lr: f64,
     /// Continue from the newest checkpoint in OUT/checkpoints (written at every early-stopping
     /// check; same settings and data); starts at step 0 when there is none yet. Without it an
     /// earlier fit's checkpoints in OUT are removed.
@@ -135,23 +140,24 @@ pub fn run(cmd: ControlCommand) -> Result<()> {
     }
 }
 
-/// The frozen stage-1 model of `run` and the train / val splits of `data`, checked to fit it.
+/// The frozen stage-1 model of `run` (and its checkpoint folder) and the train / val splits of
+/// `data`, checked to fit it.
 fn open_run_and_data(
     run: &Path,
     data: &Path,
     device: &Device,
-) -> Result<(LamConfig, LatentActionModel, ShardSet, ShardSet)> {
-    let (cfg, lam, _) = load_run(run, device)?;
+) -> Result<(LamConfig, LatentActionModel, PathBuf, ShardSet, ShardSet)> {
+    let (cfg, lam, ckpt) = load_run(run, device)?;
     let train = ShardSet::open(data, Some(Split::Train))?;
     let val = ShardSet::open(data, Some(Split::Val))?;
     lam_model::train::check_data(&cfg, &train)?;
     lam_model::train::check_data(&cfg, &val)?;
-    Ok((cfg, lam, train, val))
+    Ok((cfg, lam, ckpt, train, val))
 }
 
 pub fn support(args: &SupportArgs) -> Result<SupportReport> {
     let device = parse_device(&args.device)?;
-    let (cfg, lam, train, val) = open_run_and_data(&args.run, &args.data, &device)?;
+    let (cfg, lam, _, train, val) = open_run_and_data(&args.run, &args.data, &device)?;
     info!(
         "reading the transitions of {} + {} clips",
         train.len(),
@@ -178,7 +184,7 @@ pub fn support(args: &SupportArgs) -> Result<SupportReport> {
 
 pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
     let device = parse_device(&args.device)?;
-    let (cfg, lam, train, val) = open_run_and_data(&args.run, &args.data, &device)?;
+    let (cfg, mut lam, ckpt, train, val) = open_run_and_data(&args.run, &args.data, &device)?;
     info!(
         "pseudo-labelling {} + {} labeled clips with the frozen IDM",
         train.len(),
@@ -191,13 +197,14 @@ pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
         hidden: args.hidden,
         frame_conditioned: args.frame_conditioned,
         prediction_weight: args.prediction_weight,
+        world_model_lr: args.world_model_lr,
         ..Default::default()
     };
     let checkpoints = controller::FitCheckpoints {
         dir: args.out.clone(),
         resume: args.resume,
     };
-    let (ctrl, report) = controller::fit_with(
+    let (ctrl, report, tuned) = controller::fit_with(
         &ccfg,
         &tr,
         &va,
@@ -213,5 +220,24 @@ pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
         tr.action_dim,
         tr.latent_dim,
     )?;
+    if let Some(wm) = tuned {
+        // The stage-1 checkpoint with the tuned world model: its state (config) and the whole
+        // model, written under a temporary name and renamed.
+        lam.world_model = wm;
+        let dst = args.out.join("world_model");
+        let tmp = args.out.join("world_model.tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        let state = lam_model::checkpoint::load_state(&ckpt)?;
+        lam_model::checkpoint::write_state(&tmp, &state)?;
+        lam_model::checkpoint::save_weights(&lam, &tmp.join("model.safetensors"))?;
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst)?;
+        }
+        std::fs::rename(&tmp, &dst)?;
+        info!("tuned world model written to {}", dst.display());
+    }
     Ok(report)
 }
