@@ -16,7 +16,7 @@
 //! chosen from a grid relative to `trace(X X^T) / n` on the last fifth of the training
 //! episodes, then the fit is redone on all of them.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use lam_ingest::Normalization;
 use lam_sim::{Domain, Env, ExpertConfig, Policy, PolicyKind, Task};
@@ -329,7 +329,7 @@ impl RidgeGram {
         for i in 0..n {
             a[i * n + i] += lambda;
         }
-        let alpha = cholesky_solve(&mut a, &self.y, n, k)?;
+        let alpha = cholesky_solve(&a, &self.y, n, k)?;
         let mut out = Vec::with_capacity(kern.len() / n * k);
         for row in kern.chunks_exact(n) {
             for t in 0..k {
@@ -345,46 +345,18 @@ impl RidgeGram {
     }
 }
 
-/// Solves `A X = B` for symmetric positive definite `A` `[n, n]` (overwritten by its
-/// Cholesky factor) and `B` `[n, k]`.
-fn cholesky_solve(a: &mut [f64], b: &[f64], n: usize, k: usize) -> Result<Vec<f64>> {
-    for j in 0..n {
-        let mut d = a[j * n + j];
-        for m in 0..j {
-            d -= a[j * n + m] * a[j * n + m];
-        }
-        ensure!(
-            d > 0.0 && d.is_finite(),
-            "ridge: matrix not positive definite"
-        );
-        let d = d.sqrt();
-        a[j * n + j] = d;
-        for i in j + 1..n {
-            let mut s = a[i * n + j];
-            for m in 0..j {
-                s -= a[i * n + m] * a[j * n + m];
-            }
-            a[i * n + j] = s / d;
-        }
-    }
-    let mut x = b.to_vec();
-    for t in 0..k {
-        for i in 0..n {
-            let mut s = x[i * k + t];
-            for m in 0..i {
-                s -= a[i * n + m] * x[m * k + t];
-            }
-            x[i * k + t] = s / a[i * n + i];
-        }
-        for i in (0..n).rev() {
-            let mut s = x[i * k + t];
-            for m in i + 1..n {
-                s -= a[m * n + i] * x[m * k + t];
-            }
-            x[i * k + t] = s / a[i * n + i];
-        }
-    }
-    Ok(x)
+/// Solves `A X = B` for symmetric positive definite `A` `[n, n]` and `B` `[n, k]`, both
+/// row-major.
+fn cholesky_solve(a: &[f64], b: &[f64], n: usize, k: usize) -> Result<Vec<f64>> {
+    let chol = nalgebra::DMatrix::from_row_slice(n, n, a)
+        .cholesky()
+        .filter(|c| c.l_dirty().iter().all(|v| v.is_finite()))
+        .context("ridge: matrix not positive definite")?;
+    let x = chol.solve(&nalgebra::DMatrix::from_row_slice(n, k, b));
+    Ok((0..n)
+        .flat_map(|i| (0..k).map(move |t| (i, t)))
+        .map(|(i, t)| x[(i, t)])
+        .collect())
 }
 
 /// Per-target R^2 of predictions `pred` against `y`, both `[m, k]`.

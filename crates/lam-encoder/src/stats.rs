@@ -87,49 +87,13 @@ pub fn effective_rank(eigenvalues: &[f64]) -> f64 {
     h.exp()
 }
 
-/// Eigenvalues of the symmetric `n x n` matrix `a` (row-major), by cyclic Jacobi rotations.
-pub fn symmetric_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
-    let scale: f64 = a
+/// Eigenvalues of the symmetric `n x n` matrix `a` (row-major).
+pub fn symmetric_eigenvalues(a: Vec<f64>, n: usize) -> Vec<f64> {
+    nalgebra::DMatrix::from_row_slice(n, n, &a)
+        .symmetric_eigenvalues()
         .iter()
-        .map(|v| v * v)
-        .sum::<f64>()
-        .sqrt()
-        .max(f64::MIN_POSITIVE);
-    for _sweep in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i * n + j] * a[i * n + j])
-            .sum::<f64>()
-            .sqrt();
-        if off <= 1e-12 * scale {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p * n + q];
-                if apq.abs() <= 1e-300 {
-                    continue;
-                }
-                let (app, aqq) = (a[p * n + p], a[q * n + q]);
-                let theta = (aqq - app) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
-                    a[k * n + p] = c * akp - s * akq;
-                    a[k * n + q] = s * akp + c * akq;
-                }
-                for k in 0..n {
-                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
-                    a[p * n + k] = c * apk - s * aqk;
-                    a[q * n + k] = s * apk + c * aqk;
-                }
-            }
-        }
-    }
-    (0..n).map(|i| a[i * n + i]).collect()
+        .copied()
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! correlation between projections Xa and Yb. With centred data, covariances Cxx, Cyy, Cxy
 //! and Cholesky factors Cxx = Lx Lx^T, Cyy = Ly Ly^T, it is the largest singular value of
 //! K = Lx^-1 Cxy Ly^-T, computed here as the square root of the largest eigenvalue of the
-//! symmetric K K^T (cyclic Jacobi). Columns with (near) zero variance carry no correlation
+//! symmetric K K^T (nalgebra's Cholesky, triangular solves and symmetric eigenvalues). Columns with (near) zero variance carry no correlation
 //! and are dropped first. Checked against scikit-learn's `CCA(n_components=1)` by the
 //! fixture `tests/fixtures/cca_sklearn.json` (made by `tools/reference/make_cca_fixture.py`).
 //!
@@ -14,108 +14,18 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
+use nalgebra::DMatrix;
 use serde::Serialize;
 
 use crate::checkpoint::{Stage, load_policy};
 use crate::data::{FrameData, Labels};
 use crate::train::{normals, step_rng};
 
-fn covariance(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    let n = a.len();
-    let (p, q) = (a[0].len(), b[0].len());
-    let mut c = vec![vec![0.0; q]; p];
-    for k in 0..n {
-        for i in 0..p {
-            for j in 0..q {
-                c[i][j] += a[k][i] * b[k][j];
-            }
-        }
-    }
-    for row in &mut c {
-        for v in row {
-            *v /= (n - 1) as f64;
-        }
-    }
-    c
-}
-
-/// Lower Cholesky factor of a symmetric positive definite matrix.
-fn cholesky(m: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
-    let n = m.len();
-    let mut l = vec![vec![0.0; n]; n];
-    for i in 0..n {
-        for j in 0..=i {
-            let s: f64 = (0..j).map(|k| l[i][k] * l[j][k]).sum();
-            if i == j {
-                let d = m[i][i] - s;
-                ensure!(d > 0.0, "covariance matrix is singular (collinear columns)");
-                l[i][j] = d.sqrt();
-            } else {
-                l[i][j] = (m[i][j] - s) / l[j][j];
-            }
-        }
-    }
-    Ok(l)
-}
-
-/// Solves L x = b for every column of `b` (L lower triangular).
-fn forward_solve(l: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    let n = l.len();
-    let cols = b[0].len();
-    let mut x = vec![vec![0.0; cols]; n];
-    for c in 0..cols {
-        for i in 0..n {
-            let s: f64 = (0..i).map(|k| l[i][k] * x[k][c]).sum();
-            x[i][c] = (b[i][c] - s) / l[i][i];
-        }
-    }
-    x
-}
-
-fn transpose(m: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    (0..m[0].len())
-        .map(|j| m.iter().map(|r| r[j]).collect())
-        .collect()
-}
-
-/// Eigenvalues of a symmetric matrix (cyclic Jacobi rotations).
-pub fn symmetric_eigenvalues(m: &[Vec<f64>]) -> Vec<f64> {
-    let n = m.len();
-    let mut a = m.to_vec();
-    for _sweep in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i][j] * a[i][j])
-            .sum();
-        if off < 1e-30 {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                if a[p][q].abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let (akp, akq) = (a[k][p], a[k][q]);
-                    a[k][p] = c * akp - s * akq;
-                    a[k][q] = s * akp + c * akq;
-                }
-                for k in 0..n {
-                    let (apk, aqk) = (a[p][k], a[q][k]);
-                    a[p][k] = c * apk - s * aqk;
-                    a[q][k] = s * apk + c * aqk;
-                }
-            }
-        }
-    }
-    (0..n).map(|i| a[i][i]).collect()
+/// Rows as a matrix.
+fn matrix(rows: &[Vec<f64>]) -> DMatrix<f64> {
+    DMatrix::from_fn(rows.len(), rows[0].len(), |i, j| rows[i][j])
 }
 
 /// Centres the columns and drops those whose standard deviation is below 1e-9 times the
@@ -149,28 +59,20 @@ pub fn first_canonical_correlation(x: &[Vec<f64>], y: &[Vec<f64>]) -> Result<f64
     if x[0].is_empty() || y[0].is_empty() {
         return Ok(0.0);
     }
-    let lx = cholesky(&covariance(&x, &x))?;
-    let ly = cholesky(&covariance(&y, &y))?;
+    let (x, y) = (matrix(&x), matrix(&y));
+    let n1 = (x.nrows() - 1) as f64;
+    let cov = |a: &DMatrix<f64>, b: &DMatrix<f64>| a.transpose() * b / n1;
+    let singular = "covariance matrix is singular (collinear columns)";
+    let lx = cov(&x, &x).cholesky().context(singular)?.unpack();
+    let ly = cov(&y, &y).cholesky().context(singular)?.unpack();
     // K = Lx^-1 Cxy Ly^-T = (Ly^-1 (Lx^-1 Cxy)^T)^T
-    let a = forward_solve(&lx, &covariance(&x, &y));
-    let k = transpose(&forward_solve(&ly, &transpose(&a)));
-    let kkt = covariance_free_product(&k);
-    let top = symmetric_eigenvalues(&kkt)
-        .into_iter()
-        .fold(0.0f64, f64::max);
+    let a = lx.solve_lower_triangular(&cov(&x, &y)).context(singular)?;
+    let k = ly
+        .solve_lower_triangular(&a.transpose())
+        .context(singular)?
+        .transpose();
+    let top = (&k * k.transpose()).symmetric_eigenvalues().max();
     Ok(top.max(0.0).sqrt().min(1.0))
-}
-
-/// K K^T.
-fn covariance_free_product(k: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    let p = k.len();
-    (0..p)
-        .map(|i| {
-            (0..p)
-                .map(|j| k[i].iter().zip(&k[j]).map(|(a, b)| a * b).sum())
-                .collect()
-        })
-        .collect()
 }
 
 /// CCA of one task.
@@ -266,13 +168,5 @@ mod tests {
         let y: Vec<Vec<f64>> = x.iter().map(|r| vec![2.0 * r[0] - r[1] + 3.0]).collect();
         let rho = first_canonical_correlation(&x, &y).unwrap();
         assert!((rho - 1.0).abs() < 1e-9, "{rho}");
-    }
-
-    #[test]
-    fn eigenvalues_of_known_matrix() {
-        let m = vec![vec![2.0, 1.0], vec![1.0, 2.0]];
-        let mut e = symmetric_eigenvalues(&m);
-        e.sort_by(f64::total_cmp);
-        assert!((e[0] - 1.0).abs() < 1e-12 && (e[1] - 3.0).abs() < 1e-12);
     }
 }
