@@ -211,6 +211,7 @@ fn serve_connection<'a>(
             }
         };
         registry.mark(conn, true);
+        let too_large = matches!(msg, Incoming::TooLarge { .. });
         let reply = match msg {
             Incoming::Closed => {
                 info!("conn {conn}: closed");
@@ -241,6 +242,15 @@ fn serve_connection<'a>(
         registry.mark(conn, false);
         if let Err(e) = sent {
             warn!("conn {conn}: cannot send the reply, closing: {e}");
+            return Ok(());
+        }
+        if too_large {
+            // The rest of the oversized message was never read: the connection ends here.
+            socket.close_draining(
+                ws::CLOSE_TOO_BIG,
+                "message too big (lam serve --max-message-mb)",
+                8 * opts.max_message as u64,
+            );
             return Ok(());
         }
     }

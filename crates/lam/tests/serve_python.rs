@@ -141,6 +141,7 @@ fn write_lawm_fixture(dir: &Path) -> PathBuf {
         }),
         data: Vec::new(),
         samples_per_sec: 0.0,
+        vocabulary: vec!["reach".into()],
     };
     let run = dir.join("lawm");
     lam_lawm::checkpoint::save(&run, &policy, None, &state).unwrap();
