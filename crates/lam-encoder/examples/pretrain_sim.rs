@@ -73,7 +73,7 @@ fn main() -> Result<()> {
         ..lam_encoder::pretrain::PretrainRun::new(&out.join("pretrain"))
     };
     let s = pretrain(&cfg, &frames, norm, &device, &run)?;
-    print!("{}", lam_encoder::cli::pretrain_report(&s));
+    print!("{}", lam_encoder::pretrain::report(&s));
     if std::env::var_os("PRETRAIN_SIM_NO_EMBED").is_some() {
         return Ok(());
     }

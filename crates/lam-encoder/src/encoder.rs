@@ -23,7 +23,7 @@ use crate::sim::{self, SimEncoder};
 use crate::vjepa2::{FrameMode, VJepa2};
 
 /// How the tokens of a frame are reduced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub enum Pooling {
     /// All patch tokens: `[T, rows * cols, D]`. Default.
     #[default]

@@ -7,10 +7,8 @@
 //! - [`sim`]: the small trainable encoder of the simulated suite; [`pretrain`] trains it
 //!   (SIGReg-regularised JEPA) and [`stats`] reports embedding std and effective rank.
 //! - [`embed`]: source -> clips -> encoder -> shards (`lam embed`), resumable.
-//! - [`cli`]: `lam encoder pretrain|info` and `lam embed`.
 //! - [`resize`]: bicubic resizing of position embeddings.
 
-pub mod cli;
 pub mod dinov2;
 pub mod embed;
 pub mod encoder;

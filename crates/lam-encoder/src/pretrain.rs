@@ -1165,6 +1165,55 @@ pub fn pretrain(
     Ok(summary)
 }
 
+/// What pretraining did, as printed by `lam encoder pretrain`: final losses, collapse
+/// statistics and probe scores before and after.
+pub fn report(s: &PretrainSummary) -> String {
+    // A term that is switched off (weight 0) reports NaN: say "off".
+    let term = |v: f64| {
+        if v.is_nan() {
+            "off".to_string()
+        } else {
+            format!("{v:.4}")
+        }
+    };
+    let mut out = format!(
+        "{} steps in {:.1}s: loss {:.4} (prediction {:.4}, sigreg {:.4}, reconstruction {} tokens / {} frame)\n",
+        s.steps,
+        s.seconds,
+        s.final_loss,
+        s.final_prediction,
+        s.final_sigreg,
+        term(s.final_reconstruction),
+        term(s.final_frame_reconstruction)
+    );
+    for (name, st) in [("before", &s.before), ("after", &s.after)] {
+        out += &format!(
+            "{name}: tokens std {:.3} eff. rank {:.1}/{}; frame means std {:.3} eff. rank {:.1}/{}\n",
+            st.tokens.mean_std,
+            st.tokens.effective_rank,
+            st.tokens.dim,
+            st.frames.mean_std,
+            st.frames.effective_rank,
+            st.frames.dim
+        );
+    }
+    for (name, p) in [("before", &s.probe_before), ("after", &s.probe_after)] {
+        if let Some(p) = p {
+            out += &format!("{}\n", crate::probe::probe_line(name, p));
+        }
+    }
+    if s.resumed_from > 0 {
+        out += &format!("resumed from step {}\n", s.resumed_from);
+    }
+    if let Some(c) = &s.collapse {
+        out += &format!(
+            "COLLAPSE at step {}: {}; the encoder written is step {}'s\n",
+            c.step, c.metric, s.encoder_step
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -359,6 +359,31 @@ fn cholesky_solve(a: &[f64], b: &[f64], n: usize, k: usize) -> Result<Vec<f64>> 
         .collect())
 }
 
+/// One line of held-out probe R^2: agent, object and interior-wall positions, pooled and
+/// per-token.
+pub fn probe_line(name: &str, p: &ProbeReport) -> String {
+    let objects = |f: &ProbeFit| {
+        let objects = f
+            .objects
+            .map_or(String::new(), |o| format!(", objects {o:.3}"));
+        let walls = f.walls.map_or(String::new(), |w| format!(", walls {w:.3}"));
+        objects + &walls
+    };
+    let keypoints = p.keypoints.as_ref().map_or(String::new(), |k| {
+        format!("; keypoints alone: agent {:.3}{}", k.agent, objects(k))
+    });
+    format!(
+        "{name}: probe R^2 ({} {}, {} held-out frames): mean token: agent {:.3}{}; all tokens: agent {:.3}{}{keypoints}",
+        p.task,
+        p.domain,
+        p.test_frames,
+        p.pooled.agent,
+        objects(&p.pooled),
+        p.tokens.agent,
+        objects(&p.tokens)
+    )
+}
+
 /// Per-target R^2 of predictions `pred` against `y`, both `[m, k]`.
 pub fn r2_scores(y: &[f32], pred: &[f64], k: usize) -> Vec<f64> {
     let (sse, sst) = sums(y, pred, k);

@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let tasks = lam_lawm::cli::parse_tasks(args.get(1).map_or("reach,push", String::as_str))?;
+    let tasks = lam_lawm::eval::parse_tasks(args.get(1).map_or("reach,push", String::as_str))?;
     let n: usize = args.get(2).map_or(Ok(20), |s| s.parse())?;
     for task in tasks {
         let episodes = eval_protocol(task, Domain::Robot, n, 32)?;

@@ -175,3 +175,15 @@ pub fn evaluate_task(
         mean_final_distance: dist,
     })
 }
+
+/// Parses a comma-separated task list; the error names the bad value.
+pub fn parse_tasks(s: &str) -> Result<Vec<Task>> {
+    let tasks = s
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<Task>())
+        .collect::<Result<Vec<_>>>()?;
+    ensure!(!tasks.is_empty(), "no task given in {s:?}");
+    Ok(tasks)
+}

@@ -11,11 +11,10 @@
 //! between latent and true actions, and [`compare`] repeats the paper's Figure-4 comparison.
 //!
 //! Modules, in reading order: [`config`], [`instruction`], [`policy`], [`rssm`], [`model`],
-//! [`data`], [`checkpoint`], [`train`], [`eval`], [`cca`], [`compare`], [`cli`].
+//! [`data`], [`checkpoint`], [`train`], [`eval`], [`cca`], [`compare`]; the `lam lawm` commands are the `lam` binary's.
 
 pub mod cca;
 pub mod checkpoint;
-pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod data;

@@ -526,7 +526,7 @@ fn bad_inputs_name_the_value() {
         err.contains(&f.human.display().to_string()) && err.contains("no action column"),
         "{err}"
     );
-    let err = lam_lawm::cli::parse_tasks("reach,fly")
+    let err = lam_lawm::eval::parse_tasks("reach,fly")
         .unwrap_err()
         .to_string();
     assert!(err.contains("fly"), "{err}");

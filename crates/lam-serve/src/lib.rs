@@ -24,10 +24,9 @@
 //! the server keep going.
 //!
 //! Modules: [`ws`] (the WebSocket protocol), [`protocol`] (messages and arrays),
-//! [`backend`] (the models and their sessions), [`server`] (connections), [`cli`].
+//! [`backend`] (the models and their sessions), [`server`] (connections); `lam serve` is the `lam` binary's.
 
 pub mod backend;
-pub mod cli;
 pub mod protocol;
 pub mod server;
 pub mod ws;

@@ -13,11 +13,9 @@
 //!   image 25 steps ahead on an expert trajectory, 50-step budget).
 //! * [`lerobot`] writes and reads LeRobot v3 datasets; the `human` domain's
 //!   true actions and states go to a separate ground-truth file.
-//! * [`cli`] holds the `lam sim record` and `lam sim show` commands.
 //!
 //! Determinism: the same seed gives bit-identical frames and states.
 
-pub mod cli;
 pub mod domain;
 pub mod env;
 pub mod expert;

@@ -3,8 +3,12 @@
 mod bench;
 mod control;
 mod demo;
+mod encoder;
+mod lawm;
 mod plan;
 mod plot;
+mod serve;
+mod sim;
 mod stage1;
 
 use std::path::PathBuf;
@@ -47,16 +51,16 @@ enum Command {
     Plot(PlotArgs),
     /// The simulated manipulation suite: record datasets, show episodes, benchmark.
     #[command(subcommand)]
-    Sim(lam_sim::cli::SimCommand),
+    Sim(sim::SimCommand),
     /// Frame encoders: pretrain the sim encoder, describe an encoder folder.
     #[command(subcommand)]
-    Encoder(lam_encoder::cli::EncoderCommand),
+    Encoder(encoder::EncoderCommand),
     /// Embed a video folder, LeRobot dataset or sim recording into shards through an encoder.
-    Embed(lam_encoder::cli::EmbedArgs),
+    Embed(encoder::EmbedArgs),
     /// LAWM: pretrain an imitation policy through a recurrent world model, finetune on actions.
-    Lawm(lam_lawm::cli::LawmArgs),
+    Lawm(lawm::LawmArgs),
     /// Serve an MPC planner or a LAWM policy over WebSocket (msgpack) to Python robot loops.
-    Serve(lam_serve::cli::ServeArgs),
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -165,11 +169,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Control(cmd) => control::run(cmd),
         Command::Plan(cmd) => plan::run(cmd),
-        Command::Sim(cmd) => lam_sim::cli::run(cmd),
-        Command::Encoder(cmd) => lam_encoder::cli::run_encoder(cmd),
-        Command::Embed(args) => lam_encoder::cli::run_embed(args),
-        Command::Lawm(cmd) => lam_lawm::cli::run(cmd),
-        Command::Serve(args) => lam_serve::cli::run(args),
+        Command::Sim(cmd) => sim::run(cmd),
+        Command::Encoder(cmd) => encoder::run_encoder(cmd),
+        Command::Embed(args) => encoder::run_embed(args),
+        Command::Lawm(cmd) => lawm::run(cmd),
+        Command::Serve(args) => serve::run(args),
         Command::Plot(a) => {
             let out = a.out.unwrap_or_else(|| a.run.join("loss.png"));
             plot::plot_run(&a.run, &out)?;

@@ -7,14 +7,14 @@ use burn::prelude::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use lam_ingest::{ClipSpec, Normalization};
 
-use crate::embed::{EmbedOptions, Source, embed};
-use crate::encoder::{Encoder, Pooling};
-use crate::pretrain::{
-    PretrainConfig, PretrainRun, PretrainSummary, frames_from_source, pretrain, synthetic_frames,
+use lam_encoder::embed::{EmbedOptions, Source, embed};
+use lam_encoder::encoder::{Encoder, Pooling};
+use lam_encoder::pretrain::{
+    PretrainConfig, PretrainRun, frames_from_source, pretrain, synthetic_frames,
 };
-use crate::probe::{ProbeConfig, ProbeReport};
-use crate::sim::SimEncoderConfig;
-use crate::vjepa2::FrameMode;
+use lam_encoder::probe::ProbeConfig;
+use lam_encoder::sim::SimEncoderConfig;
+use lam_encoder::vjepa2::FrameMode;
 
 #[derive(Subcommand)]
 pub enum EncoderCommand {
@@ -38,7 +38,7 @@ pub struct ProbeArgs {
     #[arg(long, default_value = "robot")]
     pub domain: String,
     /// Episodes played (mixed policy); the last quarter is held out for scoring.
-    #[arg(long, default_value_t = crate::probe::ProbeConfig::default().episodes)]
+    #[arg(long, default_value_t = lam_encoder::probe::ProbeConfig::default().episodes)]
     pub episodes: usize,
     /// Also write the report as JSON here.
     #[arg(long)]
@@ -158,6 +158,27 @@ pub struct InfoArgs {
     pub size: Option<usize>,
 }
 
+/// How frames are pooled to tokens (`lam_encoder::encoder::Pooling`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PoolingArg {
+    /// All patch tokens.
+    None,
+    /// The mean patch token.
+    Mean,
+    /// Sim encoders with keypoints: the keypoint positions alone.
+    Keypoints,
+}
+
+impl From<PoolingArg> for Pooling {
+    fn from(p: PoolingArg) -> Self {
+        match p {
+            PoolingArg::None => Pooling::None,
+            PoolingArg::Mean => Pooling::Mean,
+            PoolingArg::Keypoints => Pooling::Keypoints,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum FrameModeArg {
     /// Each frame encoded alone (repeated to fill a tubelet).
@@ -207,7 +228,7 @@ pub struct EmbedArgs {
     pub max_clips_per_item: Option<usize>,
     /// Token pooling per frame.
     #[arg(long, value_enum, default_value = "none")]
-    pub pooling: Pooling,
+    pub pooling: PoolingArg,
     /// V-JEPA 2: how frames map to tubelet tokens.
     #[arg(long, value_enum, default_value = "per-frame")]
     pub frame_mode: FrameModeArg,
@@ -301,83 +322,9 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         ..PretrainRun::new(&a.out)
     };
     let s = pretrain(&cfg, &frames, norm, &device, &run)?;
-    print!("{}", pretrain_report(&s));
+    print!("{}", lam_encoder::pretrain::report(&s));
     println!("checkpoint: {}", s.checkpoint.display());
     Ok(())
-}
-
-/// What pretraining did, as printed by `lam encoder pretrain`: final losses, collapse
-/// statistics and probe scores before and after.
-pub fn pretrain_report(s: &PretrainSummary) -> String {
-    // A term that is switched off (weight 0) reports NaN: say "off".
-    let term = |v: f64| {
-        if v.is_nan() {
-            "off".to_string()
-        } else {
-            format!("{v:.4}")
-        }
-    };
-    let mut out = format!(
-        "{} steps in {:.1}s: loss {:.4} (prediction {:.4}, sigreg {:.4}, reconstruction {} tokens / {} frame)\n",
-        s.steps,
-        s.seconds,
-        s.final_loss,
-        s.final_prediction,
-        s.final_sigreg,
-        term(s.final_reconstruction),
-        term(s.final_frame_reconstruction)
-    );
-    for (name, st) in [("before", &s.before), ("after", &s.after)] {
-        out += &format!(
-            "{name}: tokens std {:.3} eff. rank {:.1}/{}; frame means std {:.3} eff. rank {:.1}/{}\n",
-            st.tokens.mean_std,
-            st.tokens.effective_rank,
-            st.tokens.dim,
-            st.frames.mean_std,
-            st.frames.effective_rank,
-            st.frames.dim
-        );
-    }
-    for (name, p) in [("before", &s.probe_before), ("after", &s.probe_after)] {
-        if let Some(p) = p {
-            out += &format!("{}\n", probe_line(name, p));
-        }
-    }
-    if s.resumed_from > 0 {
-        out += &format!("resumed from step {}\n", s.resumed_from);
-    }
-    if let Some(c) = &s.collapse {
-        out += &format!(
-            "COLLAPSE at step {}: {}; the encoder written is step {}'s\n",
-            c.step, c.metric, s.encoder_step
-        );
-    }
-    out
-}
-
-/// One line of held-out probe R^2: agent, object and interior-wall positions, pooled and
-/// per-token.
-pub fn probe_line(name: &str, p: &ProbeReport) -> String {
-    let objects = |f: &crate::probe::ProbeFit| {
-        let objects = f
-            .objects
-            .map_or(String::new(), |o| format!(", objects {o:.3}"));
-        let walls = f.walls.map_or(String::new(), |w| format!(", walls {w:.3}"));
-        objects + &walls
-    };
-    let keypoints = p.keypoints.as_ref().map_or(String::new(), |k| {
-        format!("; keypoints alone: agent {:.3}{}", k.agent, objects(k))
-    });
-    format!(
-        "{name}: probe R^2 ({} {}, {} held-out frames): mean token: agent {:.3}{}; all tokens: agent {:.3}{}{keypoints}",
-        p.task,
-        p.domain,
-        p.test_frames,
-        p.pooled.agent,
-        objects(&p.pooled),
-        p.tokens.agent,
-        objects(&p.tokens)
-    )
 }
 
 fn run_info(a: InfoArgs) -> Result<()> {
@@ -408,22 +355,26 @@ fn run_info(a: InfoArgs) -> Result<()> {
 fn run_probe(a: ProbeArgs) -> Result<()> {
     let device = Device::flex();
     let encoder = Encoder::load(&a.path, &device)?;
-    let crate::encoder::Model::Sim(sim) = &encoder.model else {
+    let lam_encoder::encoder::Model::Sim(sim) = &encoder.model else {
         anyhow::bail!(
             "{} is a {} model; the probe takes sim-encoder checkpoints",
             a.path.display(),
             encoder.info.architecture
         );
     };
-    let cfg = crate::probe::ProbeConfig {
+    let cfg = lam_encoder::probe::ProbeConfig {
         task: a.task.clone(),
         domain: a.domain.clone(),
         episodes: a.episodes,
         ..Default::default()
     };
-    let set = crate::probe::sim_probe_set(&cfg, encoder.info.default_size, &encoder.info.norm)?;
-    let report = crate::probe::probe_encoder(sim, &set, &cfg, encoder.keypoints(), &device)?;
-    println!("{}", probe_line(&a.path.display().to_string(), &report));
+    let set =
+        lam_encoder::probe::sim_probe_set(&cfg, encoder.info.default_size, &encoder.info.norm)?;
+    let report = lam_encoder::probe::probe_encoder(sim, &set, &cfg, encoder.keypoints(), &device)?;
+    println!(
+        "{}",
+        lam_encoder::probe::probe_line(&a.path.display().to_string(), &report)
+    );
     if let Some(path) = &a.json {
         lam_data::shards::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
@@ -442,7 +393,7 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
         val_fraction: a.val_fraction,
         split_seed: a.split_seed,
         max_clips_per_item: a.max_clips_per_item,
-        pooling: a.pooling,
+        pooling: a.pooling.into(),
         frame_mode: match a.frame_mode {
             FrameModeArg::PerFrame => FrameMode::PerFrame,
             FrameModeArg::Tubelet => FrameMode::Tubelet,
@@ -452,8 +403,8 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
         progress: !a.quiet,
         ..EmbedOptions::new(a.data, a.encoder, a.out.clone())
     };
-    if crate::oracle::is_oracle(&opts.encoder) {
-        let s = crate::oracle::embed_oracle(&opts)?;
+    if lam_encoder::oracle::is_oracle(&opts.encoder) {
+        let s = lam_encoder::oracle::embed_oracle(&opts)?;
         println!(
             "oracle shards: {} clips of {} episodes in {:.1}s -> {} (D={}, {} recording \
              frames per clip frame{})",

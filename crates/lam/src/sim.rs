@@ -2,18 +2,18 @@
 //! `lam sim bench`, `lam sim protocol`. The `lam` binary nests [`SimCommand`] under `sim` and
 //! calls [`run`].
 
-use crate::domain::Domain;
-use crate::env::{Env, EnvConfig};
-use crate::expert::{ExpertConfig, expert_rollout};
-use crate::lerobot::Dataset;
-use crate::look::NuisanceConfig;
-use crate::policy::{PolicyKind, RandomPolicy};
-use crate::protocol::eval_protocol;
-use crate::record::{RecordConfig, record};
-use crate::strip::{spread, write_strip};
-use crate::tasks::Task;
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
+use lam_sim::domain::Domain;
+use lam_sim::env::{Env, EnvConfig};
+use lam_sim::expert::{ExpertConfig, expert_rollout};
+use lam_sim::lerobot::Dataset;
+use lam_sim::look::NuisanceConfig;
+use lam_sim::policy::{PolicyKind, RandomPolicy};
+use lam_sim::protocol::eval_protocol;
+use lam_sim::record::{RecordConfig, record};
+use lam_sim::strip::{spread, write_strip};
+use lam_sim::tasks::Task;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -203,8 +203,8 @@ fn run_protocol(a: ProtocolArgs) -> anyhow::Result<()> {
         episodes.len(),
         a.task,
         a.domain,
-        crate::protocol::GOAL_OFFSET,
-        crate::protocol::BUDGET,
+        lam_sim::protocol::GOAL_OFFSET,
+        lam_sim::protocol::BUDGET,
         a.out.display()
     );
     println!(
@@ -242,7 +242,7 @@ fn run_record(a: RecordArgs) -> anyhow::Result<()> {
         a.task,
         a.domain,
         a.policy,
-        crate::video::output_codec(),
+        lam_sim::video::output_codec(),
         root.display(),
         100.0 * success
     );

@@ -11,8 +11,8 @@ use lam_encoder::Encoder;
 use lam_model::device::parse_device;
 use tracing::info;
 
-use crate::backend::{Backend, MpcBackend, load_lawm};
-use crate::server::{ServerOptions, serve};
+use lam_serve::backend::{Backend, MpcBackend, load_lawm};
+use lam_serve::server::{ServerOptions, serve};
 
 /// Serve MPC through a stage-1 run (`--run` + `--encoder`) or a LAWM policy (`--lawm`) over
 /// WebSocket with msgpack messages (protocol: the lam-serve crate docs; client:

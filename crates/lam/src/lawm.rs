@@ -14,15 +14,15 @@ use std::path::PathBuf;
 
 use anyhow::{Result, ensure};
 use clap::{Args, Subcommand};
-use lam_sim::{Domain, Task};
+use lam_sim::Domain;
 
-use crate::cca::latent_cca;
-use crate::compare::{CompareOptions, compare, table};
-use crate::config::{HeadKind, LawmConfig};
-use crate::data::{FrameData, Labels, check_dirs};
-use crate::eval::{EvalOptions, evaluate};
-use crate::instruction::InstructionEmbedder;
-use crate::train::{PolicyInit, RunOptions, pretrain, train_policy};
+use lam_lawm::cca::latent_cca;
+use lam_lawm::compare::{CompareOptions, compare, table};
+use lam_lawm::config::{HeadKind, LawmConfig};
+use lam_lawm::data::{FrameData, Labels, check_dirs};
+use lam_lawm::eval::{EvalOptions, evaluate};
+use lam_lawm::instruction::InstructionEmbedder;
+use lam_lawm::train::{PolicyInit, RunOptions, pretrain, train_policy};
 
 /// `lam lawm`: a subcommand and the device every one of them runs on.
 #[derive(Args, Debug)]
@@ -213,18 +213,6 @@ pub struct CompareArgs {
     pub model: ModelArgs,
 }
 
-/// Parses a comma-separated task list; the error names the bad value.
-pub fn parse_tasks(s: &str) -> Result<Vec<Task>> {
-    let tasks = s
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<Task>())
-        .collect::<Result<Vec<_>>>()?;
-    ensure!(!tasks.is_empty(), "no task given in {s:?}");
-    Ok(tasks)
-}
-
 pub fn run(args: LawmArgs) -> Result<()> {
     let device = lam_model::device::parse_device(&args.device)?;
     match args.command {
@@ -258,7 +246,8 @@ pub fn run(args: LawmArgs) -> Result<()> {
             let init = match &a.init {
                 Some(p) => {
                     // The architecture (and thus the frame size) is the checkpoint's.
-                    let state = crate::checkpoint::load_state(&crate::checkpoint::resolve(p)?)?;
+                    let state =
+                        lam_lawm::checkpoint::load_state(&lam_lawm::checkpoint::resolve(p)?)?;
                     cfg.policy = state.config.policy;
                     PolicyInit::From(p.clone())
                 }
@@ -286,7 +275,7 @@ pub fn run(args: LawmArgs) -> Result<()> {
         }
         LawmCommand::Eval(a) => {
             let opts = EvalOptions {
-                tasks: parse_tasks(&a.task)?,
+                tasks: lam_lawm::eval::parse_tasks(&a.task)?,
                 domain: a.domain.parse::<Domain>()?,
                 episodes: a.episodes,
                 execute: a.execute,
@@ -319,7 +308,7 @@ pub fn run(args: LawmArgs) -> Result<()> {
             }
         }
         LawmCommand::Compare(a) => {
-            let tasks = parse_tasks(&a.tasks)?;
+            let tasks = lam_lawm::eval::parse_tasks(&a.tasks)?;
             ensure!(
                 !a.model.resume,
                 "compare runs every stage afresh; --resume applies to pretrain and finetune"
