@@ -461,12 +461,24 @@ pub fn run(a: DemoArgs) -> Result<()> {
     writeln!(
         md,
         "- controller: cosine(g_ctrl(a), z) {:.3} on {} held-out transitions; inverse MSE {:.4} \
-         (action variance {:.4})\n",
+         (action variance {:.4})",
         r["cosine"].as_f64().unwrap_or(f64::NAN),
         r["val_transitions"],
         r["inverse_mse"].as_f64().unwrap_or(f64::NAN),
         r["action_variance"].as_f64().unwrap_or(f64::NAN),
     )?;
+    if let (Some(c), Some(i)) = (
+        r["prediction_error"].as_f64(),
+        r["prediction_error_idm"].as_f64(),
+    ) {
+        writeln!(
+            md,
+            "- which link is weaker on the robot's held-out clips: the world model's prediction \
+             error (L1) is {c:.4} fed the controller's latents and {i:.4} fed the IDM's own (the \
+             second is the world model alone, the gap is the controller's)"
+        )?;
+    }
+    writeln!(md)?;
     writeln!(md, "## Commands run\n")?;
     for (c, s) in &log {
         writeln!(md, "- `{c}` ({s:.0} s)")?;

@@ -101,9 +101,15 @@ struct SyntheticArgs {
 
 #[derive(Args)]
 struct PlotArgs {
-    /// Run folder (reads metrics.jsonl).
-    run: PathBuf,
-    /// Output PNG (default RUN/loss.png).
+    /// Run folder (reads metrics.jsonl): its loss curves, and for an encoder pretraining run
+    /// its collapse statistics and probe R^2 (collapse.png beside the output).
+    #[arg(required_unless_present = "budget")]
+    run: Option<PathBuf>,
+    /// Instead: closed-loop success against the planning budget from these `lam plan eval`
+    /// output folders (one per budget), e.g. `--budget plan-s30 plan-s100 plan-s300`.
+    #[arg(long, num_args = 1.., conflicts_with = "run")]
+    budget: Vec<PathBuf>,
+    /// Output PNG (default RUN/loss.png, or budget.png beside the first folder).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -175,9 +181,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Lawm(cmd) => lawm::run(cmd),
         Command::Serve(args) => serve::run(args),
         Command::Plot(a) => {
-            let out = a.out.unwrap_or_else(|| a.run.join("loss.png"));
-            plot::plot_run(&a.run, &out)?;
-            println!("{}", out.display());
+            if let Some(run) = &a.run {
+                let out = a.out.unwrap_or_else(|| run.join("loss.png"));
+                for f in plot::plot_run(run, &out)? {
+                    println!("{}", f.display());
+                }
+            } else {
+                let out = a.out.unwrap_or_else(|| {
+                    a.budget[0]
+                        .parent()
+                        .unwrap_or(std::path::Path::new("."))
+                        .join("budget.png")
+                });
+                plot::plot_budget(&a.budget, &out)?;
+                println!("{}", out.display());
+            }
             Ok(())
         }
     }

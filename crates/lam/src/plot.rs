@@ -41,21 +41,30 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Reads curves `key` of records whose `split` is `split` from metrics.jsonl.
-pub fn read_series(run: &Path, split: &str, key: &str) -> Result<Series> {
+/// The records of a run's metrics.jsonl.
+fn read_records(run: &Path) -> Result<Vec<Value>> {
     let path = run.join(lam_data::metrics::METRICS_FILE);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let points = text
+    Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect())
+}
+
+/// The curve of `key` (a dotted path into the record, e.g. `stats.frames.effective_rank`) over
+/// the records whose `split` is `split`.
+fn series_of(records: &[Value], split: &str, key: &str) -> Series {
+    let pointer = format!("/{}", key.replace('.', "/"));
+    let points = records
+        .iter()
         .filter(|r| r["split"] == split)
-        .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+        .filter_map(|r| Some((r["step"].as_f64()?, r.pointer(&pointer)?.as_f64()?)))
         .collect();
-    Ok(Series {
+    Series {
         name: format!("{split} {key}"),
         points,
-    })
+    }
 }
 
 /// A short label for a log-scale tick: plain decimals between 0.001 and 10,000 (trailing
@@ -75,7 +84,7 @@ pub fn tick_label(v: f64) -> String {
 }
 
 /// Draws the curves on a log-scale y axis.
-pub fn line_plot(out: &Path, title: &str, series: &[Series]) -> Result<()> {
+pub fn line_plot(out: &Path, title: &str, y_desc: &str, series: &[Series]) -> Result<()> {
     ensure_font()?;
     let all: Vec<(f64, f64)> = series
         .iter()
@@ -97,7 +106,7 @@ pub fn line_plot(out: &Path, title: &str, series: &[Series]) -> Result<()> {
     chart
         .configure_mesh()
         .x_desc("step")
-        .y_desc("loss")
+        .y_desc(y_desc)
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| tick_label(*v))
         .draw()?;
@@ -123,19 +132,217 @@ pub fn line_plot(out: &Path, title: &str, series: &[Series]) -> Result<()> {
     Ok(())
 }
 
-/// Train loss, train prediction loss and validation prediction loss of a run.
-pub fn plot_run(run: &Path, out: &Path) -> Result<()> {
-    let series = vec![
-        read_series(run, "train", "loss")?,
-        read_series(run, "train", "pred")?,
-        read_series(run, "val", "pred")?,
-    ];
-    line_plot(out, "stage 1: latent action model", &series)
+/// The loss curves of any lam run (stage 1, encoder pretraining, controller fit, LAWM): every
+/// numeric term of its `train` and `val` records that is not always zero, to `out`. An encoder
+/// pretraining run also gets `collapse.png` beside it: effective rank and mean std of the
+/// frame and token embeddings at every check, and the state probe's R^2 where measured.
+/// Returns the files written.
+pub fn plot_run(run: &Path, out: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let records = read_records(run)?;
+    let mut series = Vec::new();
+    for split in ["train", "val"] {
+        let mut keys: Vec<&String> = records
+            .iter()
+            .filter(|r| r["split"] == split)
+            .filter_map(|r| r.as_object())
+            .flat_map(|o| o.iter().filter(|(_, v)| v.is_number()).map(|(k, _)| k))
+            .filter(|k| !matches!(k.as_str(), "step" | "lr"))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        series.extend(
+            keys.into_iter()
+                .map(|k| series_of(&records, split, k))
+                .filter(|s| s.points.iter().any(|p| p.1 > 0.0)),
+        );
+    }
+    line_plot(
+        out,
+        &format!("losses of {}", run.display()),
+        "loss",
+        &series,
+    )?;
+    let mut written = vec![out.to_path_buf()];
+    let collapse: Vec<Series> = [
+        ("eval", "stats.frames.effective_rank"),
+        ("eval", "stats.tokens.effective_rank"),
+        ("eval", "stats.frames.mean_std"),
+        ("eval", "stats.tokens.mean_std"),
+        ("probe", "probe.pooled.agent"),
+        ("probe", "probe.keypoints.agent"),
+        ("probe", "probe.pooled.objects"),
+    ]
+    .iter()
+    .map(|(split, key)| series_of(&records, split, key))
+    .filter(|s| s.points.iter().any(|p| p.1 > 0.0))
+    .collect();
+    if !collapse.is_empty() {
+        let path = out.with_file_name("collapse.png");
+        line_plot(
+            &path,
+            "embedding collapse statistics and state probe R^2",
+            "value",
+            &collapse,
+        )?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Closed-loop success against the planning budget (rollouts per plan: samples x
+/// iterations), one line per method, from `lam plan eval` output folders (their
+/// `plan_eval_*.json`), to `out`.
+pub fn plot_budget(evals: &[std::path::PathBuf], out: &Path) -> Result<()> {
+    ensure_font()?;
+    let mut lines: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for dir in evals {
+        let files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("plan_eval_") && n.ends_with(".json"))
+            })
+            .collect();
+        ensure!(
+            !files.is_empty(),
+            "{} holds no plan_eval_*.json (a `lam plan eval --out` folder)",
+            dir.display()
+        );
+        for f in files {
+            let v: Value = serde_json::from_str(
+                &std::fs::read_to_string(&f)
+                    .with_context(|| format!("cannot read {}", f.display()))?,
+            )
+            .with_context(|| format!("malformed {}", f.display()))?;
+            let ps = &v["planner_settings"];
+            let budget =
+                ps["samples"].as_f64().unwrap_or(0.0) * ps["iterations"].as_f64().unwrap_or(0.0);
+            ensure!(
+                budget > 0.0,
+                "{}: no planner samples x iterations",
+                f.display()
+            );
+            for s in v["summaries"].as_array().into_iter().flatten() {
+                let (Some(m), Some(rate)) = (s["method"].as_str(), s["success_rate"].as_f64())
+                else {
+                    continue;
+                };
+                let name = format!("{} ({})", m, v["task"].as_str().unwrap_or("?"));
+                lines.entry(name).or_default().push((budget, rate));
+            }
+        }
+    }
+    ensure!(!lines.is_empty(), "no method summaries in {evals:?}");
+    for pts in lines.values_mut() {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let x_min = lines
+        .values()
+        .flatten()
+        .map(|p| p.0)
+        .fold(f64::INFINITY, f64::min)
+        * 0.8;
+    let x_max = lines.values().flatten().map(|p| p.0).fold(0.0, f64::max) * 1.25;
+    let root = BitMapBackend::new(out, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("closed-loop success vs planning budget", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x_min..x_max).log_scale(), 0.0..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("rollouts per plan (samples x iterations)")
+        .y_desc("success rate")
+        .x_label_formatter(&|v| tick_label(*v))
+        .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+        .draw()?;
+    for (i, (name, pts)) in lines.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    root.present()
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::tick_label;
+    use super::*;
+
+    #[test]
+    fn any_run_plots_its_losses_and_an_encoder_run_its_collapse_statistics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        let lines = [
+            r#"{"split":"eval","step":0,"stats":{"frames":{"effective_rank":11.4,"mean_std":0.008},"tokens":{"effective_rank":4.3,"mean_std":0.1}}}"#,
+            r#"{"split":"probe","step":0,"probe":{"pooled":{"agent":0.87,"objects":null}}}"#,
+            r#"{"split":"train","step":1,"loss":6.5,"prediction":0.02,"reconstruction":3.2,"sigreg":0.0,"lr":0.001}"#,
+            r#"{"split":"train","step":2,"loss":4.1,"prediction":0.01,"reconstruction":1.2,"sigreg":0.0,"lr":0.001}"#,
+            r#"{"split":"eval","step":2,"stats":{"frames":{"effective_rank":2.1,"mean_std":0.07},"tokens":{"effective_rank":2.4,"mean_std":0.1}}}"#,
+            r#"{"split":"probe","step":2,"probe":{"pooled":{"agent":0.97,"objects":null}}}"#,
+        ];
+        std::fs::write(run.join("metrics.jsonl"), lines.join("\n")).unwrap();
+        let written = plot_run(run, &run.join("loss.png")).unwrap();
+        assert_eq!(written, [run.join("loss.png"), run.join("collapse.png")]);
+        for f in &written {
+            let bytes = std::fs::read(f).unwrap();
+            assert_eq!(&bytes[1..4], b"PNG", "{}", f.display());
+        }
+        // The terms plotted: those ever above zero, never the learning rate.
+        let records = read_records(run).unwrap();
+        assert!(
+            series_of(&records, "train", "sigreg")
+                .points
+                .iter()
+                .all(|p| p.1 == 0.0)
+        );
+        assert_eq!(
+            series_of(&records, "eval", "stats.frames.effective_rank").points,
+            [(0.0, 11.4), (2.0, 2.1)]
+        );
+    }
+
+    #[test]
+    fn success_against_budget_from_plan_eval_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dirs = Vec::new();
+        for (samples, rate) in [(30, 0.2), (100, 0.5), (300, 0.8)] {
+            let d = tmp.path().join(format!("plan-{samples}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let v = serde_json::json!({"task": "reach",
+                "planner_settings": {"samples": samples, "iterations": 10},
+                "summaries": [{"method": "action-conditioned WM + CEM", "success_rate": rate}]});
+            std::fs::write(d.join("plan_eval_reach.json"), v.to_string()).unwrap();
+            dirs.push(d);
+        }
+        let out = tmp.path().join("budget.png");
+        plot_budget(&dirs, &out).unwrap();
+        assert_eq!(&std::fs::read(&out).unwrap()[1..4], b"PNG");
+        // A folder without an evaluation is named.
+        let empty = tmp.path().join("nothing");
+        std::fs::create_dir_all(&empty).unwrap();
+        let err = format!("{:#}", plot_budget(&[empty], &out).unwrap_err());
+        assert!(
+            err.contains("nothing") && err.contains("plan_eval_"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn log_scale_tick_labels_stay_short() {
