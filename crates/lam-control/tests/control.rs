@@ -234,7 +234,9 @@ fn controller_aligns_with_pseudo_labels() {
         hidden: 64,
         ..Default::default()
     };
-    let (_, report, _) = fit_with(&ccfg, &tr, &va, Some(&lam.world_model), &dev, None).unwrap();
+    let fit_cfg =
+        |c: &ControllerConfig| fit_with(c, &tr, &va, Some(&lam.world_model), &dev, None).unwrap();
+    let (_, report, _) = fit_cfg(&ccfg);
     assert!(report.cosine > 0.5, "controller cosine {}", report.cosine);
     // Fitted through the world model as well, the controller's latents make the world model
     // predict the held-out clips better than latents regressed onto the IDM's alone.
@@ -244,19 +246,11 @@ fn controller_aligns_with_pseudo_labels() {
         batch_size: 64,
         ..ccfg.clone()
     };
-    let (_, plain_short, _) = fit_with(
-        &ControllerConfig {
-            prediction_weight: 0.0,
-            ..short.clone()
-        },
-        &tr,
-        &va,
-        Some(&lam.world_model),
-        &dev,
-        None,
-    )
-    .unwrap();
-    let (_, through, _) = fit_with(&short, &tr, &va, Some(&lam.world_model), &dev, None).unwrap();
+    let (_, plain_short, _) = fit_cfg(&ControllerConfig {
+        prediction_weight: 0.0,
+        ..short.clone()
+    });
+    let (_, through, _) = fit_cfg(&short);
     let (plain, fitted) = (
         plain_short.prediction_error.unwrap(),
         through.prediction_error.unwrap(),
@@ -268,18 +262,10 @@ fn controller_aligns_with_pseudo_labels() {
     );
     // Trained along, the world model comes back changed and predicts the held-out clips
     // from the controller's latents better still.
-    let (_, along, tuned) = fit_with(
-        &ControllerConfig {
-            world_model_lr: 1e-3,
-            ..short.clone()
-        },
-        &tr,
-        &va,
-        Some(&lam.world_model),
-        &dev,
-        None,
-    )
-    .unwrap();
+    let (_, along, tuned) = fit_cfg(&ControllerConfig {
+        world_model_lr: 1e-3,
+        ..short.clone()
+    });
     assert!(tuned.is_some());
     let tuned_error = along.prediction_error.unwrap();
     assert!(

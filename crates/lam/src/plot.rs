@@ -238,12 +238,14 @@ pub fn plot_budget(evals: &[std::path::PathBuf], out: &Path) -> Result<()> {
     for pts in lines.values_mut() {
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
-    let x_min = lines
+    // From the power of ten below the smallest budget, so that the axis has labelled ticks
+    // under every point.
+    let smallest = lines
         .values()
         .flatten()
         .map(|p| p.0)
-        .fold(f64::INFINITY, f64::min)
-        * 0.8;
+        .fold(f64::INFINITY, f64::min);
+    let x_min = 10f64.powf((smallest * 0.8).log10().floor());
     let x_max = lines.values().flatten().map(|p| p.0).fold(0.0, f64::max) * 1.25;
     let root = BitMapBackend::new(out, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
