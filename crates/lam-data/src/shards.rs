@@ -349,6 +349,73 @@ impl ShardWriter {
     }
 }
 
+/// Writes the clips of every shard set of `inputs` into one new shard set `out` (each clip
+/// to its own split): their frames, grid and channels must agree. Actions are kept when every
+/// input has them with the same dimension, and dropped otherwise (video for stage 1 needs
+/// none). The clip ids of each input are offset past the previous inputs' so that clips of
+/// different sources never share an id (a scene cut pairs clips of different ids). Returns
+/// the clips written and whether actions were kept.
+pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<(usize, bool)> {
+    ensure!(
+        inputs.len() >= 2,
+        "merging needs at least two shard folders"
+    );
+    ensure!(
+        !out.join(INDEX_FILE).exists(),
+        "{} already holds shards; merge into a new folder",
+        out.display()
+    );
+    let indexes: Vec<ShardIndex> = inputs
+        .iter()
+        .map(|d| ShardIndex::load(d))
+        .collect::<Result<_>>()?;
+    let first = &indexes[0];
+    for (dir, ix) in inputs.iter().zip(&indexes).skip(1) {
+        ensure!(
+            (ix.frames, ix.grid, ix.dim) == (first.frames, first.grid, first.dim),
+            "{} has frames={}, grid={:?}, dim={}, but {} has frames={}, grid={:?}, dim={}: \
+             only shards of the same shape merge",
+            dir.display(),
+            ix.frames,
+            ix.grid,
+            ix.dim,
+            inputs[0].display(),
+            first.frames,
+            first.grid,
+            first.dim
+        );
+    }
+    let action_dim = first
+        .action_dim
+        .filter(|a| indexes.iter().all(|ix| ix.action_dim == Some(*a)));
+    let mut w = ShardWriter::create(out, first.frames, first.grid, first.dim, action_dim, 256)?;
+    let names: Vec<String> = inputs.iter().map(|d| d.display().to_string()).collect();
+    w.set_source("merged", &names.join(", "));
+    let (mut written, mut offset) = (0usize, 0i64);
+    for dir in inputs {
+        let mut top = offset;
+        for split in [Split::Train, Split::Val] {
+            let set = ShardSet::open(dir, Some(split))?;
+            for i in 0..set.len() {
+                let id = set.clip_id(i);
+                top = top.max(offset + id + 1);
+                w.push(
+                    split,
+                    Clip {
+                        embeddings: set.clip(i),
+                        actions: action_dim.and_then(|_| set.actions(i)),
+                        id: offset + id,
+                    },
+                )?;
+                written += 1;
+            }
+        }
+        offset = top;
+    }
+    w.finish()?;
+    Ok((written, action_dim.is_some()))
+}
+
 struct OpenShard {
     path: PathBuf,
     map: Mmap,
@@ -622,6 +689,47 @@ mod tests {
         assert_eq!(val.len(), 1);
         assert_eq!(val.clip_id(0), 4);
         assert_eq!(ShardSet::open(dir.path(), None).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn merged_sets_keep_their_splits_and_never_share_a_clip_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            tmp.path().join("a"),
+            tmp.path().join("b"),
+            tmp.path().join("c"),
+        );
+        let mut w = ShardWriter::create(&a, 3, [2, 2], 5, Some(2), 2).unwrap();
+        for id in 0..3 {
+            let split = if id == 2 { Split::Val } else { Split::Train };
+            w.push(split, clip(id, 60, Some(4))).unwrap();
+        }
+        w.finish().unwrap();
+        let mut w = ShardWriter::create(&b, 3, [2, 2], 5, None, 2).unwrap();
+        for id in 0..2 {
+            w.push(Split::Train, clip(id, 60, None)).unwrap();
+        }
+        w.finish().unwrap();
+        let out = tmp.path().join("ab");
+        assert_eq!(merge(&[a.clone(), b.clone()], &out).unwrap(), (5, false));
+        let train = ShardSet::open(&out, Some(Split::Train)).unwrap();
+        let val = ShardSet::open(&out, Some(Split::Val)).unwrap();
+        assert_eq!((train.len(), val.len()), (4, 1));
+        assert_eq!(train.index.action_dim, None, "b has no actions: dropped");
+        let ids: Vec<i64> = (0..4).map(|i| train.clip_id(i)).collect();
+        assert_eq!(ids, [0, 1, 3, 4], "b's ids start past a's");
+        assert_eq!(train.clip(2), clip(0, 60, None).embeddings);
+        // Shapes that differ are refused, naming both folders.
+        let mut w = ShardWriter::create(&c, 3, [1, 1], 5, None, 2).unwrap();
+        w.push(Split::Train, clip(0, 15, None)).unwrap();
+        w.finish().unwrap();
+        let err = format!(
+            "{:#}",
+            merge(&[a.clone(), c], &tmp.path().join("ac")).unwrap_err()
+        );
+        assert!(err.contains("same shape") && err.contains("/a"), "{err}");
+        // An existing shard folder is not written into.
+        assert!(merge(&[a, b], &out).is_err());
     }
 
     #[test]

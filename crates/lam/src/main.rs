@@ -72,6 +72,16 @@ enum DataCommand {
         /// Shard folder.
         dir: PathBuf,
     },
+    /// Merge shard folders of the same shape into a new one (e.g. human video and the robot
+    /// episodes' video for stage 1); actions are kept only when every folder has them.
+    Merge {
+        /// Shard folders to merge (two or more).
+        #[arg(long = "data", num_args = 1.., required = true)]
+        data: Vec<PathBuf>,
+        /// New shard folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -152,6 +162,19 @@ fn run(cli: Cli) -> Result<()> {
                 index.tokens,
                 index.dim,
                 a.out.display()
+            );
+            Ok(())
+        }
+        Command::Data(DataCommand::Merge { data, out }) => {
+            let (clips, kept) = lam_data::shards::merge(&data, &out)?;
+            println!(
+                "merged {clips} clips into {}{}",
+                out.display(),
+                if kept {
+                    ""
+                } else {
+                    " (without actions: not every folder has them)"
+                }
             );
             Ok(())
         }
