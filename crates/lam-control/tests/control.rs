@@ -4,7 +4,8 @@ use burn::nn::LinearConfig;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use lam_control::controller::{ControllerConfig, fit, fit_with, pseudo_label};
-use lam_control::planner::{PlannerConfig, PlannerKind, Problem, SearchSpace, cost, plan, rollout};
+use lam_control::planner::{PlannerConfig, PlannerKind, Problem, SearchSpace, plan};
+use lam_control::rollout::{cost, rollout};
 use lam_data::synthetic::{SyntheticConfig, write_synthetic};
 use lam_data::{ShardSet, Split};
 use lam_model::config::LamConfig;
@@ -485,7 +486,8 @@ fn closed_loop_executes_action_blocks() {
 
 #[test]
 fn planning_objectives_score_final_mean_and_best_step() {
-    use lam_control::planner::{CostKind, Objective, trajectory_cost};
+    use lam_control::planner::{CostKind, Objective};
+    use lam_control::rollout::trajectory_cost;
     let dev = Device::flex();
     // Two candidates, three steps, one 1-channel token each; the goal is 0.
     let steps = Tensor::<4>::from_data(

@@ -518,8 +518,10 @@ mod tests {
         let (a, b) = (kp(img), kp(shifted));
         for k in 0..2 {
             let (dx, dy) = (b[2 * k] - a[2 * k], b[2 * k + 1] - a[2 * k + 1]);
+            // How far x moves depends on the random stem (once only 0.0009); that y does
+            // not move does not.
             assert!(
-                dx.abs() > 1e-3 && dy.abs() < 1e-4,
+                dx.abs() > 1e-4 && dy.abs() < 0.01 * dx.abs(),
                 "keypoint {k}: dx {dx}, dy {dy}"
             );
         }

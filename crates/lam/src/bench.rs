@@ -349,7 +349,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
 }
 
 fn bench_plan(args: PlanBenchArgs) -> Result<()> {
-    use lam_control::planner::{PlannerConfig, Problem, SearchSpace, plan, rollout};
+    use lam_control::planner::{PlannerConfig, Problem, SearchSpace, plan};
+    use lam_control::rollout::rollout;
     let cfg = LamConfig::preset(&args.common.preset)?.with_overrides(&args.common.overrides)?;
     let device = parse_device(&args.common.device)?;
     device.seed(cfg.train.seed);
