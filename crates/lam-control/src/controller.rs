@@ -194,6 +194,14 @@ impl Controller {
         self.forward.forward(self.with_frame(actions, frames))
     }
 
+    /// Latents `[M, d]` of the actions of transitions `idx` of `data`, in their frames.
+    pub fn latents_of(&self, data: &Transitions, idx: &[usize], device: &Device) -> Tensor<2> {
+        self.to_latent(
+            rows(&data.actions, data.action_dim, idx, device),
+            frames_of(self, data, idx, device),
+        )
+    }
+
     /// Actions `[M, A]` of latents `[M, d]` in pooled frames `[M, D]` (as [`to_latent`](Self::to_latent)).
     pub fn to_action(&self, latents: Tensor<2>, frames: Option<Tensor<2>>) -> Tensor<2> {
         self.inverse.forward(self.with_frame(latents, frames))
@@ -224,6 +232,12 @@ pub struct Clips {
 impl Clips {
     fn len(&self) -> usize {
         self.data.len() / self.shape.iter().product::<usize>()
+    }
+
+    /// The transitions of clips `idx`: clip c holds `c * (T-1) .. (c+1) * (T-1)`.
+    fn transition_rows(&self, idx: &[usize]) -> Vec<usize> {
+        let per = self.shape[0] - 1;
+        idx.iter().flat_map(|&c| c * per..(c + 1) * per).collect()
     }
 
     /// Clips `idx` as a tensor `[idx.len(), T, N, D]`.
@@ -459,8 +473,6 @@ pub fn fit_with(
     let selection: Vec<usize> = (n_fit..train.len()).collect();
     let ad = device.clone().autodiff();
     ad.seed(cfg.seed);
-    // Through the world model: whole clips, those of the fitting part and those of the
-    // held-out part (a clip split by the boundary is in neither).
     let through = if cfg.prediction_weight > 0.0 {
         let wm = world_model.context("fitting through the world model needs the world model")?;
         let clips = train
@@ -480,15 +492,12 @@ pub fn fit_with(
             fit_clips > 0,
             "no whole clip to fit through the world model"
         );
-        let sel_clips: Vec<usize> = (n_fit.div_ceil(per)..clips.len()).collect();
-        Some((
-            wm,
-            wm.clone().to_device(&ad).no_grad(),
+        Some(Through {
+            given: wm,
             clips,
-            per,
             fit_clips,
-            sel_clips,
-        ))
+            held_out: (n_fit.div_ceil(per)..clips.len()).collect(),
+        })
     } else {
         None
     };
@@ -514,18 +523,21 @@ pub fn fit_with(
     let mut opt = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
-    // The world model trained along (its weights and its own optimiser).
+    // The world model the fit reads, on the autodiff device: frozen, or trained along with
+    // an optimiser of its own.
+    let tune = cfg.world_model_lr > 0.0;
     ensure!(
-        cfg.world_model_lr <= 0.0 || through.is_some(),
+        !tune || through.is_some(),
         "training the world model along needs a prediction weight above 0"
     );
-    let mut tuned = match &through {
-        Some((wm, ..)) if cfg.world_model_lr > 0.0 => Some((
-            stable_param_ids((*wm).clone().fork(&ad).train()),
-            AdamWConfig::new().init(),
-        )),
-        _ => None,
-    };
+    let mut wm_ad = through.as_ref().map(|t| {
+        if tune {
+            stable_param_ids(t.given.clone().fork(&ad).train())
+        } else {
+            t.given.clone().to_device(&ad).no_grad()
+        }
+    });
+    let mut wm_opt = tune.then(|| AdamWConfig::new().init());
     let mut start = 0;
     let mut best: Option<(f32, usize, Controller, Option<WorldModel>)> = None;
     let mut since_best = 0usize;
@@ -540,21 +552,22 @@ pub fn fit_with(
             );
             ctrl = lam_model::checkpoint::load_weights(ctrl, &dir.join("controller.safetensors"))?;
             opt = lam_model::checkpoint::load_optimizer(&dir, opt)?;
-            if let Some((wm, o)) = tuned.take() {
+            if let (Some(o), Some(wm)) = (wm_opt.take(), wm_ad.take()) {
                 let sub = dir.join("world_model");
-                tuned = Some((
-                    lam_model::checkpoint::load_weights(wm, &sub.join("weights.safetensors"))?,
-                    lam_model::checkpoint::load_optimizer(&sub, o)?,
-                ));
+                wm_ad = Some(lam_model::checkpoint::load_weights(
+                    wm,
+                    &sub.join("weights.safetensors"),
+                )?);
+                wm_opt = Some(lam_model::checkpoint::load_optimizer(&sub, o)?);
             }
             if let Some((loss, step)) = state.best {
                 let weights = lam_model::checkpoint::load_weights(
                     fresh(device),
                     &dir.join("best.safetensors"),
                 )?;
-                let wm = match (&through, &tuned) {
-                    (Some((wm, ..)), Some(_)) => Some(lam_model::checkpoint::load_weights(
-                        (*wm).clone(),
+                let wm = match (&through, tune) {
+                    (Some(t), true) => Some(lam_model::checkpoint::load_weights(
+                        t.given.clone(),
                         &dir.join("world_model").join("best.safetensors"),
                     )?),
                     _ => None,
@@ -568,8 +581,9 @@ pub fn fit_with(
     // from another); a resumed fit replays the passes of the steps done.
     let b = cfg.batch_size.min(n_fit);
     let mut batches = Passes::new(n_fit, b, cfg.seed);
-    let mut clip_batches = through.as_ref().map(|(_, _, _, per, fit_clips, _)| {
-        Passes::new(*fit_clips, (b / per).clamp(1, *fit_clips), cfg.seed + 1)
+    let mut clip_batches = through.as_ref().map(|t| {
+        let per = t.clips.shape[0] - 1;
+        Passes::new(t.fit_clips, (b / per).clamp(1, t.fit_clips), cfg.seed + 1)
     });
     for _ in 0..start {
         batches.next();
@@ -585,23 +599,17 @@ pub fn fit_with(
     };
     // The weighted prediction loss of clips `idx` through `wm` (and, for a world model
     // being trained, fed the IDM's latents too).
-    let through_loss = |ctrl: &Controller,
-                        wm: &WorldModel,
-                        clips: &Clips,
-                        per: usize,
-                        idx: &[usize],
-                        dev: &Device| {
-        let rows_of: Vec<usize> = idx.iter().flat_map(|&c| c * per..(c + 1) * per).collect();
-        let a = rows(&train.actions, train.action_dim, &rows_of, dev);
-        let f = frames_of(ctrl, train, &rows_of, dev);
-        let x = clips.batch(idx, dev);
-        let mut l = prediction_error(wm, x.clone(), ctrl.to_latent(a, f));
-        if cfg.world_model_lr > 0.0 {
-            let z = rows(&train.latents, train.latent_dim, &rows_of, dev);
-            l = l + prediction_error(wm, x, z);
-        }
-        l.mul_scalar(cfg.prediction_weight)
-    };
+    let through_loss =
+        |ctrl: &Controller, wm: &WorldModel, clips: &Clips, idx: &[usize], dev: &Device| {
+            let transitions = clips.transition_rows(idx);
+            let x = clips.batch(idx, dev);
+            let mut l = prediction_error(wm, x.clone(), ctrl.latents_of(train, &transitions, dev));
+            if tune {
+                let z = rows(&train.latents, train.latent_dim, &transitions, dev);
+                l = l + prediction_error(wm, x, z);
+            }
+            l.mul_scalar(cfg.prediction_weight)
+        };
     let (sel_a, sel_z) = (
         rows(&train.actions, train.action_dim, &selection, device),
         rows(&train.latents, train.latent_dim, &selection, device),
@@ -626,17 +634,16 @@ pub fn fit_with(
         let z = rows(&train.latents, train.latent_dim, &idx, &ad);
         let f = frames_of(&ctrl, train, &idx, &ad);
         let mut loss = loss_of(&ctrl, a, z, f);
-        if let (Some((_, frozen, clips, per, _, _)), Some(c)) = (&through, clip_batches.as_mut()) {
-            let wm = tuned.as_ref().map_or(frozen, |(w, _)| w);
-            loss = loss + through_loss(&ctrl, wm, clips, *per, &c.next(), &ad);
+        if let (Some(t), Some(wm), Some(c)) = (&through, &wm_ad, clip_batches.as_mut()) {
+            loss = loss + through_loss(&ctrl, wm, t.clips, &c.next(), &ad);
         }
         let train_loss = loss.clone();
         let mut grads = loss.backward();
         let ctrl_grads = GradientsParams::from_module(&mut grads, &ctrl);
         ctrl = opt.step(cfg.lr, ctrl, ctrl_grads);
-        if let Some((wm, mut o)) = tuned.take() {
+        if let (Some(o), Some(wm)) = (wm_opt.as_mut(), wm_ad.take()) {
             let g = GradientsParams::from_module(&mut grads, &wm);
-            tuned = Some((o.step(cfg.world_model_lr, wm, g), o));
+            wm_ad = Some(o.step(cfg.world_model_lr, wm, g));
         }
         steps_run = step + 1;
         let check = n_sel > 0
@@ -644,13 +651,13 @@ pub fn fit_with(
             && (steps_run % cfg.check_every == 0 || steps_run == cfg.steps);
         if check {
             let valid = ctrl.valid();
-            let valid_wm = tuned.as_ref().map(|(w, _)| w.valid());
+            let valid_wm = wm_ad.as_ref().filter(|_| tune).map(|w| w.valid());
             let mut l = loss_of(&valid, sel_a.clone(), sel_z.clone(), sel_f.clone());
-            if let Some((frozen, _, clips, per, _, sel)) = &through
-                && !sel.is_empty()
+            if let Some(t) = &through
+                && !t.held_out.is_empty()
             {
-                let wm = valid_wm.as_ref().unwrap_or(frozen);
-                l = l + through_loss(&valid, wm, clips, *per, sel, device);
+                let wm = valid_wm.as_ref().unwrap_or(t.given);
+                l = l + through_loss(&valid, wm, t.clips, &t.held_out, device);
             }
             let l = l.into_scalar::<f32>();
             ensure!(
@@ -687,7 +694,7 @@ pub fn fit_with(
                 if let Some((_, _, w, _)) = &best {
                     lam_model::checkpoint::save_weights(w, &tmp.join("best.safetensors"))?;
                 }
-                if let Some((wm, o)) = &tuned {
+                if let (Some(o), Some(wm)) = (&wm_opt, &wm_ad) {
                     let sub = tmp.join("world_model");
                     std::fs::create_dir_all(&sub)?;
                     lam_model::checkpoint::save_weights(wm, &sub.join("weights.safetensors"))?;
@@ -703,7 +710,11 @@ pub fn fit_with(
     }
     let (ctrl, best_step, tuned) = match best {
         Some((_, s, c, w)) => (c, s, w),
-        None => (ctrl.valid(), steps_run, tuned.map(|(w, _)| w.valid())),
+        None => (
+            ctrl.valid(),
+            steps_run,
+            wm_ad.filter(|_| tune).map(|w| w.valid()),
+        ),
     };
     let (cosine, inverse_mse) = evaluate(&ctrl, val, device);
     let (prediction_error, prediction_error_idm) = match tuned.as_ref().or(world_model) {
@@ -741,6 +752,16 @@ pub fn fit_with(
         },
         tuned,
     ))
+}
+
+/// What a fit through the world model reads: the world model as given, the labeled clips, the
+/// number of whole clips in the fitting part (clips `0..fit_clips`) and the whole clips of the
+/// held-out part (a clip split by the boundary is in neither).
+struct Through<'a> {
+    given: &'a WorldModel,
+    clips: &'a Clips,
+    fit_clips: usize,
+    held_out: Vec<usize>,
 }
 
 /// Shuffled batches of `0..n`, one shuffle per pass, from one generator.
@@ -792,21 +813,18 @@ pub fn prediction_errors(
     device: &Device,
 ) -> Option<(f64, f64)> {
     let clips = val.clips.as_ref()?;
-    let per = clips.shape[0] - 1;
-    if clips.len() == 0 || per == 0 {
+    if clips.len() == 0 || clips.shape[0] < 2 {
         return None;
     }
     let (mut through, mut idm) = (0.0, 0.0);
     let all: Vec<usize> = (0..clips.len()).collect();
     for chunk in all.chunks(64) {
-        let rows_of: Vec<usize> = chunk.iter().flat_map(|&c| c * per..(c + 1) * per).collect();
+        let transitions = clips.transition_rows(chunk);
         let x = clips.batch(chunk, device);
-        let a = rows(&val.actions, val.action_dim, &rows_of, device);
-        let f = frames_of(ctrl, val, &rows_of, device);
-        let z = rows(&val.latents, val.latent_dim, &rows_of, device);
+        let z = rows(&val.latents, val.latent_dim, &transitions, device);
         let w = chunk.len() as f64;
-        through +=
-            w * prediction_error(wm, x.clone(), ctrl.to_latent(a, f)).into_scalar::<f32>() as f64;
+        let latents = ctrl.latents_of(val, &transitions, device);
+        through += w * prediction_error(wm, x.clone(), latents).into_scalar::<f32>() as f64;
         idm += w * prediction_error(wm, x, z).into_scalar::<f32>() as f64;
     }
     let n = clips.len() as f64;
