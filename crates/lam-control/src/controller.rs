@@ -552,7 +552,8 @@ pub fn fit_with(
             );
             ctrl = lam_model::checkpoint::load_weights(ctrl, &dir.join("controller.safetensors"))?;
             opt = lam_model::checkpoint::load_optimizer(&dir, opt)?;
-            if let (Some(o), Some(wm)) = (wm_opt.take(), wm_ad.take()) {
+            if let Some(o) = wm_opt.take() {
+                let wm = wm_ad.take().expect("a world model trained along");
                 let sub = dir.join("world_model");
                 wm_ad = Some(lam_model::checkpoint::load_weights(
                     wm,
@@ -641,7 +642,8 @@ pub fn fit_with(
         let mut grads = loss.backward();
         let ctrl_grads = GradientsParams::from_module(&mut grads, &ctrl);
         ctrl = opt.step(cfg.lr, ctrl, ctrl_grads);
-        if let (Some(o), Some(wm)) = (wm_opt.as_mut(), wm_ad.take()) {
+        if let Some(o) = wm_opt.as_mut() {
+            let wm = wm_ad.take().expect("a world model trained along");
             let g = GradientsParams::from_module(&mut grads, &wm);
             wm_ad = Some(o.step(cfg.world_model_lr, wm, g));
         }

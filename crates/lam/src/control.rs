@@ -190,7 +190,16 @@ pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
         train.len(),
         val.len()
     );
-    let tr = controller::pseudo_label(&cfg, &lam, &train, &device, 64, true)?;
+    // Whole training clips only for fitting through the world model; held-out ones always,
+    // for the report's prediction errors.
+    let tr = controller::pseudo_label(
+        &cfg,
+        &lam,
+        &train,
+        &device,
+        64,
+        args.prediction_weight > 0.0,
+    )?;
     let va = controller::pseudo_label(&cfg, &lam, &val, &device, 64, true)?;
     let ccfg = ControllerConfig {
         steps: args.steps,
