@@ -26,6 +26,7 @@ fn acting_world_model(cfg: &LamConfig, dev: &Device) -> WorldModel {
 
 #[test]
 fn cached_and_recomputed_rollouts_agree() {
+    let _serial = serial();
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let wm = acting_world_model(&cfg, &dev);
@@ -60,6 +61,7 @@ fn cached_and_recomputed_rollouts_agree() {
 
 #[test]
 fn planners_reach_a_reachable_goal() {
+    let _serial = serial();
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let wm = acting_world_model(&cfg, &dev);
@@ -149,6 +151,7 @@ fn planners_reach_a_reachable_goal() {
 
 #[test]
 fn action_space_plans_stay_in_bounds() {
+    let _serial = serial();
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let wm = acting_world_model(&cfg, &dev);
@@ -189,6 +192,7 @@ fn action_space_plans_stay_in_bounds() {
 
 #[test]
 fn controller_aligns_with_pseudo_labels() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     write_synthetic(
@@ -340,6 +344,7 @@ fn pooled_colour_encoder(
 
 #[test]
 fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
+    let _serial = serial();
     use lam_control::closed_loop::{Agent, Mode};
     use lam_control::controller::Controller;
     use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
@@ -420,6 +425,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
 
 #[test]
 fn closed_loop_executes_action_blocks() {
+    let _serial = serial();
     use lam_control::closed_loop::{Agent, Mode};
     use lam_control::controller::Controller;
     use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
@@ -486,6 +492,7 @@ fn closed_loop_executes_action_blocks() {
 
 #[test]
 fn planning_objectives_score_final_mean_and_best_step() {
+    let _serial = serial();
     use lam_control::planner::{CostKind, Objective};
     use lam_control::rollout::trajectory_cost;
     let dev = Device::flex();
@@ -544,6 +551,7 @@ fn state_dependent_transitions(n: usize, seed: u64) -> lam_control::controller::
 
 #[test]
 fn frame_conditioned_controller_learns_what_the_state_does_to_an_action() {
+    let _serial = serial();
     let dev = Device::flex();
     let (tr, va) = (
         state_dependent_transitions(800, 1),
@@ -587,6 +595,7 @@ fn frame_conditioned_controller_learns_what_the_state_does_to_an_action() {
 
 #[test]
 fn planner_settings_no_planner_can_run_are_named() {
+    let _serial = serial();
     PlannerConfig::default().validate().unwrap();
     let bad = |cfg: PlannerConfig, what: &str| {
         let err = format!("{:#}", cfg.validate().unwrap_err());
@@ -617,6 +626,7 @@ fn planner_settings_no_planner_can_run_are_named() {
 
 #[test]
 fn controller_fit_resumes_exactly_from_its_checkpoints() {
+    let _serial = serial();
     use lam_control::controller::FitCheckpoints;
     let dev = Device::flex();
     let (tr, va) = (
@@ -681,4 +691,12 @@ fn controller_fit_resumes_exactly_from_its_checkpoints() {
         fit_with(&other, &tr, &va, None, &dev, Some(&at("whole", true))).unwrap_err()
     );
     assert!(err.contains("other settings"), "{err}");
+}
+
+/// The tests of this file run one at a time: they share the device's random generator (weight
+/// initialisation after `seed`), so in parallel one test's draws could land in another's fit
+/// (the resume test compares two fits that must start from the same weights).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
