@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use lam_ingest::Normalization;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dinov2::Dinov2;
 use crate::hf::HfFolder;
@@ -23,7 +23,8 @@ use crate::sim::{self, SimEncoder};
 use crate::vjepa2::{FrameMode, VJepa2};
 
 /// How the tokens of a frame are reduced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// All patch tokens: `[T, rows * cols, D]`. Default.
     #[default]
@@ -67,6 +68,25 @@ pub struct EncoderInfo {
     pub params: usize,
     /// The architecture's own config, as read.
     pub config: serde_json::Value,
+}
+
+/// Tokens `[B, T, N, D]` reduced as `pooling` says (`keypoints`: the sim encoder's keypoint
+/// pairs, the last `2 keypoints` channels). The one pooling of lam: embedding, planning,
+/// serving and end-to-end training all go through it.
+pub fn pool(tokens: Tensor<4>, pooling: Pooling, keypoints: usize) -> Tensor<4> {
+    match pooling {
+        Pooling::None => tokens,
+        Pooling::Mean => tokens.mean_dim(2),
+        Pooling::Keypoints => {
+            let [b, t, n, d] = tokens.dims();
+            let k = keypoints;
+            tokens
+                .mean_dim(2)
+                .slice(s![.., .., .., d - 2 * k..d])
+                .mul_scalar((n as f32).sqrt())
+                .reshape([b, t, 1, 2 * k])
+        }
+    }
 }
 
 pub struct Encoder {
@@ -273,24 +293,13 @@ impl Encoder {
             }
             Model::VJepa2(m, mode) => m.frame_tokens(clips, *mode),
         };
-        match self.pooling {
-            Pooling::None => tokens,
-            Pooling::Mean => tokens.mean_dim(2),
-            Pooling::Keypoints => {
-                let [b, t, n, d] = tokens.dims();
-                let k = self.keypoints();
-                assert!(
-                    k > 0 && 2 * k < d,
-                    "keypoint pooling needs a sim encoder with keypoints ({} has {k})",
-                    self.info.path.display()
-                );
-                tokens
-                    .mean_dim(2)
-                    .slice(s![.., .., .., d - 2 * k..d])
-                    .mul_scalar((n as f32).sqrt())
-                    .reshape([b, t, 1, 2 * k])
-            }
-        }
+        let k = self.keypoints();
+        assert!(
+            self.pooling != Pooling::Keypoints || (k > 0 && 2 * k < self.info.dim),
+            "keypoint pooling needs a sim encoder with keypoints ({} has {k})",
+            self.info.path.display()
+        );
+        pool(tokens, self.pooling, k)
     }
 
     /// Tokens `[1, N, D]` of one RGB frame (`height x width x 3` bytes, row-major), prepared

@@ -12,6 +12,7 @@
 pub mod dinov2;
 pub mod embed;
 pub mod encoder;
+pub mod end_to_end;
 pub mod hf;
 pub mod oracle;
 pub mod pretrain;

@@ -561,7 +561,7 @@ pub fn sigreg_knots(knots: usize, t_max: f64) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// `m` random unit vectors of dimension `d`, as the columns of a `[d, m]` row-major matrix.
-fn directions(rng: &mut StdRng, d: usize, m: usize) -> Vec<f32> {
+pub fn directions(rng: &mut StdRng, d: usize, m: usize) -> Vec<f32> {
     let mut v: Vec<f32> = (0..d * m).map(|_| gaussian(rng)).collect();
     for j in 0..m {
         let norm = (0..d)
@@ -706,29 +706,59 @@ pub struct Collapse {
     pub metric: String,
 }
 
-/// Whether `stats` show a collapse under `cfg`'s thresholds, against the untrained
+/// When embeddings count as collapsed.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CollapseCheck {
+    /// A token or frame-embedding mean channel std below this times the untrained
+    /// encoder's. Default 0.1.
+    pub std_ratio: f64,
+    /// A frame-embedding effective rank below this. Default 1.5.
+    pub min_rank: f64,
+}
+
+impl Default for CollapseCheck {
+    fn default() -> Self {
+        Self {
+            std_ratio: 0.1,
+            min_rank: 1.5,
+        }
+    }
+}
+
+impl PretrainConfig {
+    /// The collapse thresholds of this run.
+    pub fn collapse_check(&self) -> CollapseCheck {
+        CollapseCheck {
+            std_ratio: self.collapse_std_ratio,
+            min_rank: self.collapse_min_rank,
+        }
+    }
+}
+
+/// Whether `stats` show a collapse under `check`'s thresholds, against the untrained
 /// encoder's `initial` statistics, and which metric says so.
 pub fn collapse_metric(
-    cfg: &PretrainConfig,
+    check: &CollapseCheck,
     stats: &CollapseStats,
     initial: &CollapseStats,
 ) -> Option<String> {
+    let cfg = check;
     let f = &stats.frames;
     let shrunk = [
         ("token", &stats.tokens, &initial.tokens),
         ("frame embedding", &stats.frames, &initial.frames),
     ]
     .into_iter()
-    .find(|(_, now, init)| !(now.mean_std >= cfg.collapse_std_ratio * init.mean_std));
+    .find(|(_, now, init)| !(now.mean_std >= cfg.std_ratio * init.mean_std));
     if let Some((name, now, init)) = shrunk {
         Some(format!(
             "{name} mean per-channel std {:.4} < {} x its initial {:.4}",
-            now.mean_std, cfg.collapse_std_ratio, init.mean_std
+            now.mean_std, cfg.std_ratio, init.mean_std
         ))
-    } else if !(f.effective_rank >= cfg.collapse_min_rank) {
+    } else if !(f.effective_rank >= cfg.min_rank) {
         Some(format!(
             "frame embedding effective rank {:.2} < {}",
-            f.effective_rank, cfg.collapse_min_rank
+            f.effective_rank, cfg.min_rank
         ))
     } else {
         None
@@ -1067,7 +1097,7 @@ pub fn pretrain(
         if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done != cfg.steps {
             let stats = collapse_stats(&model.encoder.valid(), frames, &eval_idx, device);
             log(json!({"step": done, "split": "eval", "stats": stats}))?;
-            if let Some(metric) = collapse_metric(cfg, &stats, &before) {
+            if let Some(metric) = collapse_metric(&cfg.collapse_check(), &stats, &before) {
                 bar.suspend(|| {
                     tracing::warn!(
                         "encoder collapse at step {done}: {metric}{}",
@@ -1116,7 +1146,10 @@ pub fn pretrain(
     let end = kept.unwrap_or(cfg.steps);
     if kept.is_none() {
         log(json!({"step": end, "split": "eval", "stats": after}))?;
-        if let (Some(metric), None) = (collapse_metric(cfg, &after, &before), &collapse) {
+        if let (Some(metric), None) = (
+            collapse_metric(&cfg.collapse_check(), &after, &before),
+            &collapse,
+        ) {
             tracing::warn!("encoder collapse at the end of training: {metric}");
             collapse = Some(Collapse {
                 step: cfg.steps,

@@ -236,6 +236,20 @@ impl LatentActionModel {
         actions: Option<Tensor<3>>,
         noise: &StepNoise,
     ) -> StepOutput {
+        self.forward_loss_to(cfg, clips, None, actions, noise)
+    }
+
+    /// [`forward_loss_with`](Self::forward_loss_with) with the world model's targets given
+    /// apart (`[B, T-1, N, D]`, frames 1..T as another encoder saw them: end-to-end training
+    /// with an EMA target encoder); `None` takes them from `clips`.
+    pub fn forward_loss_to(
+        &self,
+        cfg: &LamConfig,
+        clips: Tensor<4>,
+        targets: Option<Tensor<4>>,
+        actions: Option<Tensor<3>>,
+        noise: &StepNoise,
+    ) -> StepOutput {
         let reg = &cfg.regularizer;
         let clips = self.normalize(clips);
         let [b, t, _, _] = clips.dims();
@@ -262,7 +276,10 @@ impl LatentActionModel {
             latents.z.clone() * keep
         };
         let context = clips.clone().slice(s![.., 0..t - 1, .., ..]);
-        let target = clips.slice(s![.., 1..t, .., ..]);
+        let target = match targets {
+            Some(targets) => self.normalize(targets),
+            None => clips.slice(s![.., 1..t, .., ..]),
+        };
         let pred_frames = self.world_model.forward(context.clone(), z_in.clone());
         let pred = (pred_frames.clone() - target.clone()).abs().mean();
         let mut rollout = zero();

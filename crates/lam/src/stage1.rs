@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 use clap::Args;
 use lam_data::{ShardSet, Split};
+use lam_encoder::end_to_end::{
+    EndToEndConfig, EndToEndRun, EndToEndSummary, load_clip_frames, resolve_init, run_config,
+    train_end_to_end,
+};
 use lam_model::LamConfig;
 use lam_model::checkpoint;
 use lam_model::device::parse_device;
@@ -16,8 +20,15 @@ use tracing::info;
 pub struct TrainArgs {
     /// Shard folder (its `train` split is used, and `val` for validation). With --resume it
     /// defaults to the folder the run was started on (its run.json).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "frames")]
     pub data: Option<PathBuf>,
+    /// Train end to end from pixels instead: the sim encoder learns jointly with the IDM and
+    /// world model, reading this lam-sim recording, LeRobot dataset or video folder; the run
+    /// folder also gets `encoder/` (pass it as --encoder to embed, plan and serve).
+    #[arg(long)]
+    pub frames: Option<PathBuf>,
+    #[command(flatten)]
+    pub end_to_end: EndToEndArgs,
     /// Run folder for config, metrics and checkpoints.
     #[arg(long)]
     pub run: PathBuf,
@@ -52,8 +63,97 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
+/// Settings of `lam train --frames` (`lam_encoder::end_to_end::EndToEndConfig`).
+#[derive(Args, Clone)]
+pub struct EndToEndArgs {
+    /// Guard against collapse: sigreg (SIGReg on the frame embeddings), ema (targets from an
+    /// EMA target encoder), distill (to the frozen initial encoder) or none.
+    #[arg(long, default_value = "sigreg")]
+    pub guard: String,
+    /// Start from this sim-encoder checkpoint (e.g. `lam encoder pretrain`'s encoder/);
+    /// otherwise a fresh encoder of --patch / --dim / --keypoints.
+    #[arg(long)]
+    pub encoder_init: Option<PathBuf>,
+    /// Frame embedding: mean (the mean token) or keypoints (the keypoint positions).
+    #[arg(long, value_enum, default_value = "mean")]
+    pub pooling: crate::encoder::PoolingArg,
+    /// Peak learning rate of the encoder (AdamW, warmup + cosine).
+    #[arg(long, default_value_t = EndToEndConfig::default().encoder_lr)]
+    pub encoder_lr: f64,
+    #[arg(long, default_value_t = EndToEndConfig::default().sigreg_weight)]
+    pub sigreg_weight: f64,
+    /// Decay of the EMA target encoder.
+    #[arg(long, default_value_t = EndToEndConfig::default().ema_decay)]
+    pub ema_decay: f64,
+    /// Weight alpha of the distillation to the initial encoder.
+    #[arg(long, default_value_t = EndToEndConfig::default().distill_weight)]
+    pub distill_weight: f64,
+    /// Fresh encoder: patch side, token channels, keypoints (pixel stem).
+    #[arg(long, default_value_t = EndToEndConfig::default().encoder.patch_size)]
+    pub patch: usize,
+    #[arg(long, default_value_t = EndToEndConfig::default().encoder.dim)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 0)]
+    pub keypoints: usize,
+    /// Frame rate clips are sampled at (the recordings run at 10; 2 = blocks of 5 steps).
+    #[arg(long, default_value_t = 2.0)]
+    pub fps: f64,
+    /// Frames per clip (history + the next).
+    #[arg(long, default_value_t = 4)]
+    pub clip_frames: usize,
+    /// Resampled frames between clip starts (1: every window).
+    #[arg(long, default_value_t = 1)]
+    pub stride: usize,
+    /// At most this many distinct frames are loaded.
+    #[arg(long, default_value_t = 40_000)]
+    pub max_frames: usize,
+    /// Share of episodes / videos held out for validation and the collapse statistics.
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    /// Stop at the first collapse and keep the last checkpoint before it.
+    #[arg(long)]
+    pub stop_on_collapse: bool,
+    /// Task of the linear probe of the true state, for sim recordings (none: no probe).
+    #[arg(long, default_value = "none")]
+    pub probe_task: String,
+    #[arg(long, default_value = "robot")]
+    pub probe_domain: String,
+}
+
+impl EndToEndArgs {
+    fn config(&self) -> Result<EndToEndConfig> {
+        let d = EndToEndConfig::default();
+        Ok(EndToEndConfig {
+            encoder: lam_encoder::sim::SimEncoderConfig {
+                patch_size: self.patch,
+                dim: self.dim,
+                keypoints: self.keypoints,
+                pixel_keypoints: self.keypoints > 0,
+                ..d.encoder.clone()
+            },
+            init: self.encoder_init.clone(),
+            pooling: self.pooling.into(),
+            guard: self.guard.parse()?,
+            encoder_lr: self.encoder_lr,
+            sigreg_weight: self.sigreg_weight,
+            ema_decay: self.ema_decay,
+            distill_weight: self.distill_weight,
+            fps: self.fps,
+            stride: self.stride,
+            max_frames: self.max_frames,
+            val_fraction: self.val_fraction,
+            ..d
+        })
+    }
+}
+
 /// Builds the run configuration from preset / file / overrides and the data's shapes.
 pub fn resolve_config(args: &TrainArgs, data: &ShardSet) -> Result<LamConfig> {
+    config_for(args, data.index.dim, data.index.grid, data.index.frames)
+}
+
+/// The run configuration for inputs of `dim` channels on `grid`, clips of `frames`.
+fn config_for(args: &TrainArgs, dim: usize, grid: [usize; 2], frames: usize) -> Result<LamConfig> {
     let saved = args.run.join("config.toml");
     if args.resume
         && saved.exists()
@@ -69,9 +169,9 @@ pub fn resolve_config(args: &TrainArgs, data: &ShardSet) -> Result<LamConfig> {
         None => LamConfig::preset(&args.preset)?,
     };
     // The data decides the input shapes.
-    cfg.model.embed_dim = data.index.dim;
-    cfg.model.grid = data.index.grid;
-    cfg.model.frames = data.index.frames;
+    cfg.model.embed_dim = dim;
+    cfg.model.grid = grid;
+    cfg.model.frames = frames;
     let mut overrides = args.overrides.clone();
     if let Some(r) = &args.regularizer {
         overrides.push(format!("regularizer.kind=\"{r}\""));
@@ -83,6 +183,11 @@ pub fn resolve_config(args: &TrainArgs, data: &ShardSet) -> Result<LamConfig> {
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
+    if args.frames.is_some() || (args.resume && run_config(&args.run)?.is_some()) {
+        let s = train_end_to_end_run(&args)?;
+        println!("{}", lam_encoder::end_to_end::report(&s));
+        return Ok(());
+    }
     let summary = train_run(&args)?;
     if summary.final_train_loss.is_nan() && summary.final_val.is_none() {
         println!(
@@ -167,6 +272,91 @@ pub fn train_run(args: &TrainArgs) -> Result<TrainSummary> {
         &device,
         &opts,
     )
+}
+
+/// `lam train --frames`: end-to-end stage 1 from pixels.
+pub fn train_end_to_end_run(args: &TrainArgs) -> Result<EndToEndSummary> {
+    let saved = run_config(&args.run)?;
+    let (source_path, mut cfg) = match (&args.frames, &saved) {
+        (Some(p), _) if !args.resume => (p.clone(), args.end_to_end.config()?),
+        (given, Some(saved)) => {
+            let path = match given {
+                Some(p) => p.clone(),
+                None => recorded_frames(&args.run)?,
+            };
+            (path, saved.clone())
+        }
+        (Some(p), None) => (p.clone(), args.end_to_end.config()?),
+        (None, None) => anyhow::bail!("--frames is needed to start an end-to-end run"),
+    };
+    let e = &args.end_to_end;
+    let source = lam_encoder::embed::Source::open(&source_path, None)?;
+    let norm = resolve_init(&mut cfg)?;
+    let lam_cfg = {
+        let saved_toml = args.run.join("config.toml");
+        if args.resume && saved_toml.exists() && args.overrides.is_empty() && args.steps.is_none() {
+            LamConfig::from_toml_file(&saved_toml)?
+        } else {
+            config_for(args, cfg.embed_dim(), [1, 1], args.end_to_end.clip_frames)?
+        }
+    };
+    let spec = cfg.clip_spec(lam_cfg.model.frames, norm);
+    let (data, report) =
+        load_clip_frames(source.as_clip_source(), &spec, &cfg.split(), cfg.max_frames)?;
+    if !report.skipped.is_empty() {
+        tracing::warn!(
+            "{}: {} items left out (first: {} - {})",
+            source_path.display(),
+            report.skipped.len(),
+            report.skipped[0].0.display(),
+            report.skipped[0].1
+        );
+    }
+    info!(
+        "end-to-end training on {} clips ({} held out, {} frames) from {}: guard {:?}, {} steps \
+         of batch {}",
+        data.train.len(),
+        data.val.len(),
+        data.frame_count(),
+        source_path.display(),
+        cfg.guard,
+        lam_cfg.train.steps,
+        lam_cfg.train.batch_size
+    );
+    let probe = (e.probe_task != "none").then(|| lam_encoder::probe::ProbeConfig {
+        task: e.probe_task.clone(),
+        domain: e.probe_domain.clone(),
+        ..Default::default()
+    });
+    let run = EndToEndRun {
+        dir: args.run.clone(),
+        resume: args.resume,
+        force: args.force,
+        progress: !args.quiet,
+        stop_on_collapse: e.stop_on_collapse,
+        stop_after: None,
+        probe,
+        norm,
+        source: std::fs::canonicalize(&source_path)
+            .unwrap_or(source_path.clone())
+            .display()
+            .to_string(),
+    };
+    let device = parse_device(&args.device)?;
+    train_end_to_end(&lam_cfg, &cfg, &data, &device, &run)
+}
+
+/// The frames an end-to-end run was started on (its run.json).
+fn recorded_frames(run: &std::path::Path) -> Result<PathBuf> {
+    let path = run.join(lam_model::train::RUN_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}; give --frames", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    v["frames"]
+        .as_str()
+        .map(PathBuf::from)
+        .with_context(|| format!("{} names no frames; give --frames", path.display()))
 }
 
 #[derive(Args, Clone)]
