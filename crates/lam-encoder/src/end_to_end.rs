@@ -9,18 +9,24 @@
 //!    token, D' = D; `keypoints`: the keypoint positions, D' = 2K), the same reduction
 //!    `lam embed --pooling` and planning apply, so the trained encoder embeds robot data for
 //!    the controller and frames for planning exactly as here;
-//! 2. the latent action model's loss on those embeddings (IDM, regulariser, world model;
+//! 2. the embeddings are standardised per channel with the batch's mean and std (gradients
+//!    pass through them, as through a batch norm), so the prediction loss cannot shrink the
+//!    embedding's scale; running averages of those statistics become the model's fixed
+//!    `model.standardize` statistics in every checkpoint, which evaluation, the controller and
+//!    planning apply;
+//! 3. the latent action model's loss on those embeddings (IDM, regulariser, world model;
 //!    [`LatentActionModel::forward_loss_to`]), the prediction targets being the online
 //!    encoder's embeddings of frames 1..T, or with the `ema` guard a target encoder's;
-//! 3. one guard against collapse (the prediction loss alone is minimised by a constant
-//!    embedding), [`Guard`]:
-//!    - `sigreg`: `sigreg_weight` x SIGReg of the batch's frame embeddings (LeWorldModel);
+//! 4. one guard against collapse (the prediction loss alone is minimised by embeddings that
+//!    carry nothing, e.g. every channel the same), [`Guard`]:
+//!    - `sigreg`: `sigreg_weight` x SIGReg of the batch's standardised frame embeddings
+//!      (LeWorldModel, whose projector ends in a batch norm);
 //!    - `ema`: targets from a target encoder (no gradient) that follows the online one,
 //!      `theta' <- tau theta' + (1 - tau) theta` after each step (BYOL / CoLA-World);
 //!    - `distill`: `distill_weight` x the mean squared distance of the tokens to those of
 //!      the frozen initial encoder (the seed paper's finetuning, which it saw collapse);
 //!    - `none`: nothing (collapses; a baseline);
-//! 4. one backward pass; the latent action model steps with `lam train`'s Muon + AdamW and
+//! 5. one backward pass; the latent action model steps with `lam train`'s Muon + AdamW and
 //!    schedule, the encoder with AdamW at `encoder_lr` (linear warmup, cosine decay).
 //!
 //! Every `train.checkpoint_every` steps the fixed evaluation frames are embedded and checked
@@ -50,7 +56,7 @@ use lam_ingest::{ClipSource, ClipSpec, IngestReport, Normalization, RunOptions};
 use lam_model::LatentActionModel;
 use lam_model::checkpoint::{self, TrainState};
 use lam_model::config::{Conditioning, LamConfig, RegularizerKind};
-use lam_model::train::{batch_indices, init_model, reset_dead_codes, step_noise, step_rng};
+use lam_model::train::{batch_indices, reset_dead_codes, step_noise, step_rng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -376,6 +382,8 @@ pub struct EndToEndSummary {
 struct EndToEndState {
     step: usize,
     config: EndToEndConfig,
+    /// Running per-channel mean and std of the frame embeddings.
+    running: Running,
 }
 
 const STATE_FILE: &str = "end_to_end_state.json";
@@ -386,6 +394,59 @@ const ENCODER_OPTIMIZER: &str = "encoder_optimizer.bpk";
 const TARGET_WEIGHTS: &str = "target_encoder.safetensors";
 /// The trained encoder's folder inside the run.
 pub const ENCODER_DIR: &str = "encoder";
+
+/// Running averages of the batches' per-channel embedding statistics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Running {
+    mean: Vec<f64>,
+    std: Vec<f64>,
+}
+
+/// Weight of each batch in the running statistics.
+const RUNNING_MOMENTUM: f64 = 0.05;
+
+impl Running {
+    fn new(dim: usize) -> Self {
+        Self {
+            mean: vec![0.0; dim],
+            std: vec![1.0; dim],
+        }
+    }
+
+    /// Folds in a batch's statistics (the first batch replaces the initial values).
+    fn update(&mut self, mean: &[f32], std: &[f32], first: bool) {
+        let m = if first { 1.0 } else { RUNNING_MOMENTUM };
+        for (r, &v) in self.mean.iter_mut().zip(mean) {
+            *r += m * (v as f64 - *r);
+        }
+        for (r, &v) in self.std.iter_mut().zip(std) {
+            *r += m * (v as f64 - *r);
+        }
+    }
+
+    fn host(&self) -> (Vec<f32>, Vec<f32>) {
+        (
+            self.mean.iter().map(|&v| v as f32).collect(),
+            self.std.iter().map(|&v| v as f32).collect(),
+        )
+    }
+}
+
+/// Embeddings `[B, T, 1, D]` standardised per channel over the batch's B x T frames, with the
+/// batch mean and std `[D]` (std floored at 1e-5).
+fn standardize(emb: Tensor<4>) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let [b, t, n, d] = emb.dims();
+    let flat = emb.reshape([b * t * n, d]);
+    let mean = flat.clone().mean_dim(0);
+    let centred = flat - mean.clone();
+    let std = (centred.clone() * centred.clone())
+        .mean_dim(0)
+        .add_scalar(1e-10)
+        .sqrt()
+        .clamp_min(1e-5);
+    let out = (centred / std.clone()).reshape([b, t, n, d]);
+    (out, mean.reshape([d]), std.reshape([d]))
+}
 
 /// Moves every parameter of `target` to `tau target + (1 - tau) online` (no gradient).
 pub fn ema_update(target: SimEncoder, online: &SimEncoder, tau: f64) -> SimEncoder {
@@ -492,6 +553,20 @@ fn validate(
         .collect()
 }
 
+/// Draws every lazily initialised parameter of `module` now (burn draws a parameter's
+/// initial value at its first use), so that the draws happen while the caller holds the
+/// generator's lock, not whenever the module is first run.
+fn materialize<M: Module>(module: M) -> M {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}
+
 /// The encoder a run starts from: `init`'s weights, or a fresh one drawn from `seed`.
 fn initial_encoder(cfg: &EndToEndConfig, seed: u64, device: &Device) -> Result<SimEncoder> {
     let encoder = match &cfg.init {
@@ -499,7 +574,7 @@ fn initial_encoder(cfg: &EndToEndConfig, seed: u64, device: &Device) -> Result<S
         None => {
             let _guard = lam_model::train::rng_lock();
             device.seed(seed ^ 0xE2E0);
-            SimEncoder::new(&cfg.encoder, device)
+            materialize(SimEncoder::new(&cfg.encoder, device))
         }
     };
     Ok(lam_model::optim::stable_param_ids(encoder))
@@ -527,9 +602,9 @@ fn check(lam_cfg: &LamConfig, cfg: &EndToEndConfig, data: &ClipFrames) -> Result
          \"latent\""
     );
     ensure!(
-        !m.standardize,
-        "model.standardize fixes per-channel statistics of the embeddings before training; \
-         the embedding of end-to-end training moves while it trains: leave it false"
+        m.standardize,
+        "end-to-end training standardises the embeddings and keeps running statistics in the \
+         model: model.standardize must be true"
     );
     ensure!(
         m.embed_dim == cfg.embed_dim() && m.grid == [1, 1] && m.frames == data.frames_per_clip,
@@ -585,7 +660,14 @@ pub fn train_end_to_end(
     };
     let ad = device.clone().autodiff();
     let total = lam_cfg.train.steps;
-    let mut model = init_model(lam_cfg, &ad);
+    let mut model = {
+        // As `lam_model::train::init_model`, with every draw made under the lock.
+        let _guard = lam_model::train::rng_lock();
+        ad.seed(lam_cfg.train.seed);
+        materialize(lam_model::optim::stable_param_ids(LatentActionModel::new(
+            lam_cfg, &ad,
+        )))
+    };
     let built = lam_model::optim::build(&model, &lam_cfg.optim, total)?;
     let (mut optimizer, mut scheduler) = (built.optimizer, built.scheduler);
     // Each copy drawn (or loaded) apart: a clone shares its parameters' state, and taking
@@ -600,6 +682,8 @@ pub fn train_end_to_end(
         .init();
     let mut start = 0;
     let mut code_last_used = vec![0usize; lam_cfg.regularizer.codebook_size];
+    let dp = cfg.embed_dim();
+    let mut running = Running::new(dp);
     if let Some(ckpt) = &resume_from {
         let state: TrainState = checkpoint::load_state(ckpt)?;
         let e2e: EndToEndState = read_json(&ckpt.join(STATE_FILE))?;
@@ -608,7 +692,11 @@ pub fn train_end_to_end(
             "{}: the checkpoint was made with other settings; resume with the run's own",
             ckpt.display()
         );
-        model = checkpoint::load_weights(model, &ckpt.join("model.safetensors"))?;
+        // The checkpoint's model carries the running statistics; training standardises with
+        // each batch's own, so the training copy keeps the identity.
+        model = checkpoint::load_weights(model, &ckpt.join("model.safetensors"))?
+            .with_token_stats(&vec![0.0; dp], &vec![1.0; dp]);
+        running = e2e.running.clone();
         (optimizer, scheduler) = checkpoint::load_optim(ckpt, optimizer, scheduler)?;
         encoder = checkpoint::load_weights(encoder, &ckpt.join(ENCODER_WEIGHTS))?;
         target = checkpoint::load_weights(target, &ckpt.join(TARGET_WEIGHTS))?.no_grad();
@@ -677,7 +765,6 @@ pub fn train_end_to_end(
     );
     bar.set_position(start as u64);
     let (b, t) = (lam_cfg.train.batch_size, lam_cfg.model.frames);
-    let dp = cfg.embed_dim();
     let scalar = |x: &Tensor<1>| x.clone().into_scalar::<f32>() as f64;
     let (mut last, mut last_pred, mut last_guard) = (f64::NAN, f64::NAN, f64::NAN);
     let mut collapse = None;
@@ -688,14 +775,17 @@ pub fn train_end_to_end(
         let idx = batch_indices(lam_cfg.train.seed, step, b, data.train.len());
         let x = data.batch(&data.train, &idx, &ad);
         let (emb, tokens) = embed(&encoder, x.clone(), cfg.pooling, cfg.encoder.keypoints);
+        let (emb, batch_mean, batch_std) = standardize(emb);
         let targets = (cfg.guard == Guard::Ema).then(|| {
             let next = x.clone().slice(s![.., 1..t, .., .., ..]);
-            embed(&target, next, cfg.pooling, cfg.encoder.keypoints)
+            standardize(embed(&target, next, cfg.pooling, cfg.encoder.keypoints).0)
                 .0
                 .detach()
         });
         let noise = step_noise(lam_cfg, step, b * (t - 1));
         let out = model.forward_loss_to(lam_cfg, emb.clone(), targets, None, &noise);
+        let host = |v: Tensor<1>| v.detach().into_data().try_into_vec::<f32>().expect("f32");
+        running.update(&host(batch_mean), &host(batch_std), step == 0);
         let guard = match cfg.guard {
             Guard::Sigreg => {
                 let mut rng = step_rng(lam_cfg.train.seed, step, 7);
@@ -778,15 +868,10 @@ pub fn train_end_to_end(
         if !ckpt_now {
             continue;
         }
+        let (mean, std) = running.host();
+        let deployed = model.valid().with_token_stats(&mean, &std);
         let stats = eval_stats(&encoder.valid(), data, &eval, &cfg, device);
-        let mut val = validate(
-            lam_cfg,
-            &cfg,
-            &model.valid(),
-            &encoder.valid(),
-            data,
-            device,
-        );
+        let mut val = validate(lam_cfg, &cfg, &deployed, &encoder.valid(), data, device);
         log.write(&json!({"step": done, "split": "eval", "stats": stats}))?;
         val.insert("step".into(), json!(done));
         val.insert("split".into(), json!("val"));
@@ -828,7 +913,7 @@ pub fn train_end_to_end(
             config: lam_cfg.clone(),
         };
         checkpoint::write_step(dir, done, lam_cfg.train.keep_checkpoints.max(1), |tmp| {
-            checkpoint::save_weights(&model, &tmp.join("model.safetensors"))?;
+            checkpoint::save_weights(&deployed, &tmp.join("model.safetensors"))?;
             checkpoint::save_optimizer(tmp, &optimizer)?;
             scheduler
                 .to_record()
@@ -844,6 +929,7 @@ pub fn train_end_to_end(
                 serde_json::to_string_pretty(&EndToEndState {
                     step: done,
                     config: cfg.clone(),
+                    running: running.clone(),
                 })?,
             )?;
             checkpoint::write_state(tmp, &state)
@@ -1015,6 +1101,7 @@ mod tests {
                 "model.wm_heads=2".into(),
                 "model.idm_hidden=16".into(),
                 "regularizer.kind=\"noisy\"".into(),
+                "model.standardize=true".into(),
             ])
             .unwrap();
         (lam, cfg)
@@ -1136,14 +1223,38 @@ mod tests {
     }
 
     #[test]
+    fn a_collapse_is_named_and_stop_on_collapse_keeps_the_encoder_before_it() {
+        let device = Device::flex();
+        let data = tiny_data();
+        let (lam, mut cfg) = tiny_configs(Guard::None, 6);
+        // A threshold no encoder meets: every check fails, the first at step 3.
+        cfg.collapse.std_ratio = 100.0;
+        let tmp = std::env::temp_dir().join(format!("lam-e2e-collapse-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let warned = train_end_to_end(&lam, &cfg, &data, &device, &run_in(&tmp.join("a"))).unwrap();
+        let c = warned.collapse.as_ref().expect("collapse recorded");
+        assert_eq!(c.step, 3);
+        assert!(c.metric.contains("std"), "{}", c.metric);
+        assert_eq!((warned.steps_done, warned.kept_step), (6, 6));
+
+        let mut stopping = run_in(&tmp.join("b"));
+        stopping.stop_on_collapse = true;
+        let stopped = train_end_to_end(&lam, &cfg, &data, &device, &stopping).unwrap();
+        // No checkpoint came before step 3: the initial encoder is the one written.
+        assert_eq!((stopped.steps_done, stopped.kept_step), (3, 0));
+        assert_eq!(stopped.after, stopped.before);
+        let _ = fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
     fn settings_that_cannot_train_end_to_end_are_refused() {
         let data = tiny_data();
         let (lam, cfg) = tiny_configs(Guard::Sigreg, 2);
-        let standardized = lam
+        let raw = lam
             .clone()
-            .with_overrides(&["model.standardize=true".into()])
+            .with_overrides(&["model.standardize=false".into()])
             .unwrap();
-        let err = check(&standardized, &cfg, &data).unwrap_err().to_string();
+        let err = check(&raw, &cfg, &data).unwrap_err().to_string();
         assert!(err.contains("standardize"), "{err}");
         let wide = lam.with_overrides(&["model.embed_dim=32".into()]).unwrap();
         let err = check(&wide, &cfg, &data).unwrap_err().to_string();

@@ -297,7 +297,16 @@ pub fn train_end_to_end_run(args: &TrainArgs) -> Result<EndToEndSummary> {
         if args.resume && saved_toml.exists() && args.overrides.is_empty() && args.steps.is_none() {
             LamConfig::from_toml_file(&saved_toml)?
         } else {
-            config_for(args, cfg.embed_dim(), [1, 1], args.end_to_end.clip_frames)?
+            let mut c = config_for(args, cfg.embed_dim(), [1, 1], args.end_to_end.clip_frames)?;
+            // Standardised embeddings with running statistics (see lam_encoder::end_to_end).
+            if !args
+                .overrides
+                .iter()
+                .any(|o| o.starts_with("model.standardize"))
+            {
+                c.model.standardize = true;
+            }
+            c
         }
     };
     let spec = cfg.clip_spec(lam_cfg.model.frames, norm);
