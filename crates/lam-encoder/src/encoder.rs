@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use burn::prelude::*;
-use lam_ingest::Normalization;
+use lam_ingest::{Normalization, Preprocessor};
 use serde::{Deserialize, Serialize};
 
 use crate::dinov2::Dinov2;
@@ -303,10 +303,10 @@ impl Encoder {
     }
 
     /// Tokens `[1, N, D]` of one RGB frame (`height x width x 3` bytes, row-major), prepared
-    /// as the embedding pipeline prepares clips: short side resized to `size` (antialiased
-    /// bicubic, skipped when it already matches), centre crop to `size x size`, then this
-    /// encoder's normalisation. Used by closed-loop control and the policy server, where
-    /// frames arrive one at a time.
+    /// by the embedding pipeline's own [`Preprocessor`] (short side resized to `size` by
+    /// swscale, bilinear; centre crop; this encoder's normalisation), so frames seen while
+    /// acting match the clips a run was trained on. Used by closed-loop control and the policy
+    /// server, where frames arrive one at a time.
     pub fn encode_rgb(
         &self,
         rgb: &[u8],
@@ -315,25 +315,11 @@ impl Encoder {
         size: usize,
         device: &Device,
     ) -> Result<Tensor<3>> {
-        if rgb.len() != width * height * 3 {
-            bail!(
-                "an RGB frame of {width}x{height} has {} bytes, got {}",
-                width * height * 3,
-                rgb.len()
-            );
-        }
-        if width == 0 || height == 0 {
-            bail!("empty frame ({width}x{height})");
-        }
         self.check_size(size)?;
-        let pixels = crate::resize::square_crop_rgb(rgb, width, height, size);
-        let norm = self.info.norm;
-        let mut chw = vec![0.0f32; 3 * size * size];
-        for (i, px) in pixels.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                chw[c * size * size + i] = (px[c] / 255.0 - norm.mean[c]) / norm.std[c];
-            }
-        }
+        let mut chw = Vec::with_capacity(3 * size * size);
+        Preprocessor::new(size as u32, &self.info.norm)
+            .process_rgb(rgb, width as u32, height as u32, &mut chw)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let x = Tensor::<5>::from_data(TensorData::new(chw, [1, 1, 3, size, size]), device);
         Ok(self.encode(x).squeeze_dim::<3>(0))
     }

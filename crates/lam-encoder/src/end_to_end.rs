@@ -50,7 +50,6 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use indicatif::{ProgressBar, ProgressStyle};
 use lam_ingest::split::Split;
 use lam_ingest::{ClipSource, ClipSpec, IngestReport, Normalization, RunOptions};
 use lam_model::LatentActionModel;
@@ -754,16 +753,7 @@ pub fn train_end_to_end(
     let wk = Tensor::<1>::from_data(TensorData::new(wk, [k]), &ad);
     let warm = ((total as f64 * cfg.warmup_fraction).round() as usize).max(1);
     let end = run.stop_after.map_or(total, |n| (start + n).min(total));
-    let bar = if run.progress {
-        ProgressBar::new(total as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .expect("valid template"),
-    );
-    bar.set_position(start as u64);
+    let bar = lam_model::train::progress_bar(total, start, run.progress);
     let (b, t) = (lam_cfg.train.batch_size, lam_cfg.model.frames);
     let scalar = |x: &Tensor<1>| x.clone().into_scalar::<f32>() as f64;
     let (mut last, mut last_pred, mut last_guard) = (f64::NAN, f64::NAN, f64::NAN);
@@ -912,28 +902,28 @@ pub fn train_end_to_end(
             code_last_used: code_last_used.clone(),
             config: lam_cfg.clone(),
         };
-        checkpoint::write_step(dir, done, lam_cfg.train.keep_checkpoints.max(1), |tmp| {
-            checkpoint::save_weights(&deployed, &tmp.join("model.safetensors"))?;
-            checkpoint::save_optimizer(tmp, &optimizer)?;
-            scheduler
-                .to_record()
-                .save(tmp.join("scheduler.bpk"))
-                .map_err(|e| anyhow::anyhow!("cannot write scheduler state: {e:?}"))?;
-            checkpoint::save_weights(&encoder, &tmp.join(ENCODER_WEIGHTS))?;
-            checkpoint::save_weights(&target, &tmp.join(TARGET_WEIGHTS))?;
-            enc_opt
-                .save(tmp.join(ENCODER_OPTIMIZER))
-                .map_err(|e| anyhow::anyhow!("cannot write the encoder's optimizer: {e:?}"))?;
-            fs::write(
-                tmp.join(STATE_FILE),
-                serde_json::to_string_pretty(&EndToEndState {
+        checkpoint::save_with(
+            dir,
+            &deployed,
+            &optimizer,
+            &scheduler,
+            &state,
+            lam_cfg.train.keep_checkpoints,
+            |tmp| {
+                checkpoint::save_weights(&encoder, &tmp.join(ENCODER_WEIGHTS))?;
+                checkpoint::save_weights(&target, &tmp.join(TARGET_WEIGHTS))?;
+                enc_opt
+                    .save(tmp.join(ENCODER_OPTIMIZER))
+                    .map_err(|e| anyhow::anyhow!("cannot write the encoder's optimizer: {e:?}"))?;
+                let e2e = EndToEndState {
                     step: done,
                     config: cfg.clone(),
                     running: running.clone(),
-                })?,
-            )?;
-            checkpoint::write_state(tmp, &state)
-        })?;
+                };
+                fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(&e2e)?)?;
+                Ok(())
+            },
+        )?;
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();

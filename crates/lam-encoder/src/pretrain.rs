@@ -33,7 +33,6 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax};
-use indicatif::{ProgressBar, ProgressStyle};
 use lam_ingest::{ClipSource, ClipSpec, IngestReport, Normalization, RunOptions};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -910,16 +909,7 @@ pub fn pretrain(
     let k = t.len();
     let t = Tensor::<1>::from_data(TensorData::new(t, [k]), &ad);
     let w = Tensor::<1>::from_data(TensorData::new(w, [k]), &ad);
-    let bar = if progress {
-        ProgressBar::new(cfg.steps as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_position(start as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .expect("valid template"),
-    );
+    let bar = lam_model::train::progress_bar(cfg.steps, start, progress);
     let scalar = |x: &Tensor<1>| -> f64 {
         x.clone().into_data().try_into_vec::<f32>().expect("f32")[0] as f64
     };

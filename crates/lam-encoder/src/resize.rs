@@ -111,32 +111,6 @@ pub fn bicubic(
     out
 }
 
-/// An RGB frame (`height x width x 3` bytes) as `size x size x 3` values in [0, 255]: the
-/// short side resized to `size` (antialiased bicubic; no resampling when it already is
-/// `size`), then the centre `size x size` square. Values are clamped to [0, 255].
-pub fn square_crop_rgb(rgb: &[u8], width: usize, height: usize, size: usize) -> Vec<f32> {
-    assert_eq!(rgb.len(), width * height * 3, "RGB frame size");
-    let src: Vec<f32> = rgb.iter().map(|&v| f32::from(v)).collect();
-    let (rows, cols, scaled) = if width.min(height) == size {
-        (height, width, src)
-    } else {
-        let (r, c) = if height <= width {
-            (size, (width * size + height / 2) / height)
-        } else {
-            ((height * size + width / 2) / width, size)
-        };
-        let (r, c) = (r.max(size), c.max(size));
-        (r, c, bicubic(&src, height, width, 3, r, c, true))
-    };
-    let (top, left) = ((rows - size) / 2, (cols - size) / 2);
-    let mut out = Vec::with_capacity(size * size * 3);
-    for y in top..top + size {
-        let row = &scaled[(y * cols + left) * 3..(y * cols + left + size) * 3];
-        out.extend(row.iter().map(|v| v.clamp(0.0, 255.0)));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,27 +128,5 @@ mod tests {
                 assert!((v - 2.5).abs() < 1e-5);
             }
         }
-    }
-
-    #[test]
-    fn square_crop_keeps_a_frame_of_the_right_size_and_crops_the_centre() {
-        let (w, h) = (6usize, 4usize);
-        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
-        let out = square_crop_rgb(&rgb, w, h, 4);
-        assert_eq!(out.len(), 4 * 4 * 3);
-        // Width 6 -> columns 1..5 of every row.
-        for y in 0..4 {
-            for x in 0..4 {
-                for c in 0..3 {
-                    let want = f32::from(rgb[(y * w + x + 1) * 3 + c]);
-                    assert_eq!(out[(y * 4 + x) * 3 + c], want);
-                }
-            }
-        }
-        // Downscaling a constant frame keeps the constant.
-        let flat = vec![77u8; 20 * 10 * 3];
-        let small = square_crop_rgb(&flat, 20, 10, 5);
-        assert_eq!(small.len(), 5 * 5 * 3);
-        assert!(small.iter().all(|v| (v - 77.0).abs() < 1e-3));
     }
 }

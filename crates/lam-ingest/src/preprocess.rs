@@ -133,6 +133,37 @@ impl Preprocessor {
         Ok(())
     }
 
+    /// Appends a packed RGB picture (`width x height x 3` bytes, row-major) prepared exactly as
+    /// [`Preprocessor::process`] prepares a decoded frame: the one frame preparation of lam,
+    /// for frames that arrive as pixels (closed-loop planning, `lam serve`). The error names
+    /// what is wrong with the picture.
+    pub fn process_rgb(
+        &mut self,
+        rgb: &[u8],
+        width: u32,
+        height: u32,
+        out: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        let (w, h) = (width as usize, height as usize);
+        if w == 0 || h == 0 {
+            return Err(format!("empty frame ({width}x{height})"));
+        }
+        if rgb.len() != w * h * 3 {
+            return Err(format!(
+                "an RGB frame of {width}x{height} has {} bytes, got {}",
+                w * h * 3,
+                rgb.len()
+            ));
+        }
+        let mut frame = frame::Video::new(Pixel::RGB24, width, height);
+        let stride = frame.stride(0);
+        let data = frame.data_mut(0);
+        for y in 0..h {
+            data[y * stride..y * stride + 3 * w].copy_from_slice(&rgb[y * 3 * w..(y + 1) * 3 * w]);
+        }
+        self.process(&frame, out)
+    }
+
     fn build(
         &self,
         key: ScalerKey,
@@ -193,6 +224,32 @@ impl Preprocessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An RGB picture (`w x h x 3`) whose values vary across rows and columns.
+    fn picture(w: usize, h: usize) -> Vec<u8> {
+        (0..w * h * 3)
+            .map(|i| ((i * 37 + (i / (3 * w)) * 11) % 251) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn rgb_of_the_output_size_is_only_normalised() {
+        let norm = Normalization::IMAGENET;
+        let rgb = picture(16, 16);
+        let mut out = Vec::new();
+        Preprocessor::new(16, &norm)
+            .process_rgb(&rgb, 16, 16, &mut out)
+            .unwrap();
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                assert_eq!(out[c * 256 + i], norm.apply(c, px[c]));
+            }
+        }
+        let err = Preprocessor::new(16, &norm)
+            .process_rgb(&rgb[1..], 16, 16, &mut out)
+            .unwrap_err();
+        assert!(err.contains("768 bytes"), "{err}");
+    }
 
     #[test]
     fn geometry_short_side_and_centre() {

@@ -276,3 +276,49 @@ fn window_seeks_inside_a_file() {
         vec![true, true, false, false, false, false, false, false]
     );
 }
+
+#[test]
+fn frames_offline_and_frames_given_as_pixels_are_prepared_identically() {
+    // A losslessly stored RGB video: the clip pipeline decodes it to the very bytes a robot
+    // loop would send, so both paths must give the same tensors at every size.
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("rgb.avi");
+    let raw = dir.path().join("rgb.raw");
+    let (v, r) = (
+        video.to_string_lossy().to_string(),
+        raw.to_string_lossy().to_string(),
+    );
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=40x30:rate=10",
+        "-t",
+        "0.5",
+        "-c:v",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        &v,
+    ]);
+    ffmpeg(&["-i", &v, "-f", "rawvideo", "-pix_fmt", "rgb24", &r]);
+    let bytes = std::fs::read(&raw).unwrap();
+    let per = 40 * 30 * 3;
+    assert_eq!(bytes.len() % per, 0);
+    for size in [16u32, 24, 30] {
+        let offline = all_frames(&video, &spec(10.0, 1, size));
+        assert!(
+            offline.len() >= 3,
+            "{} frames at size {size}",
+            offline.len()
+        );
+        let norm = Normalization::IMAGENET;
+        let mut pre = Preprocessor::new(size, &norm);
+        for (k, f) in offline.iter().take(3).enumerate() {
+            let mut online = Vec::new();
+            pre.process_rgb(&bytes[k * per..(k + 1) * per], 40, 30, &mut online)
+                .unwrap();
+            assert_eq!(online, f.data, "frame {k} at size {size}");
+        }
+    }
+}

@@ -149,7 +149,22 @@ pub fn save<M: Module + ModuleSnapshot>(
     state: &TrainState,
     keep: usize,
 ) -> Result<PathBuf> {
+    save_with(run, model, optimizer, scheduler, state, keep, |_| Ok(()))
+}
+
+/// [`save`], with `extra` writing a trainer's own files into the same checkpoint folder
+/// (end-to-end training: the encoder, its optimiser, the EMA target).
+pub fn save_with<M: Module + ModuleSnapshot>(
+    run: &Path,
+    model: &M,
+    optimizer: &ModuleOptimizer,
+    scheduler: &ModuleLrScheduler,
+    state: &TrainState,
+    keep: usize,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     write_step(run, state.step, keep.max(1), |tmp| {
+        extra(tmp)?;
         save_weights(model, &tmp.join("model.safetensors"))?;
         save_optimizer(tmp, optimizer)?;
         scheduler

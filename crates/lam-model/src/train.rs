@@ -54,6 +54,22 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
+/// The progress bar of every training loop: `total` steps, at `start` (a resumed run),
+/// hidden unless `visible`.
+pub fn progress_bar(total: usize, start: usize, visible: bool) -> ProgressBar {
+    let bar = if visible {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(start as u64);
+    bar
+}
+
 /// Generator of step `step`, stream `stream`, of a run seeded with `seed` (every random draw
 /// of a step comes from one, so a resumed run repeats the uninterrupted one).
 pub fn step_rng(seed: u64, step: usize, stream: u64) -> StdRng {
@@ -410,16 +426,7 @@ pub fn train(
     }
 
     let end = opts.stop_after.map_or(total, |n| (start + n).min(total));
-    let bar = if opts.progress {
-        ProgressBar::new(total as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .expect("valid template"),
-    );
-    bar.set_position(start as u64);
+    let bar = progress_bar(total, start, opts.progress);
     let (t, b) = (cfg.model.frames, cfg.train.batch_size);
     let mut last_loss = f32::NAN;
     let mut final_val = None;

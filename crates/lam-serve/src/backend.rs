@@ -153,20 +153,25 @@ fn optional_string(field: &str, v: Option<Value>) -> Result<Option<String>, Stri
 }
 
 /// Bytes of an image flattened to `size x size` CHW for the LAWM policy: the box filter the
-/// policy was trained with when the frame is a square multiple of `size`, otherwise the
-/// short side resized (antialiased bicubic) and the centre square cut out.
-pub fn lawm_frame(img: &Image, size: usize) -> Vec<u8> {
+/// policy was trained with when the frame is a square multiple of `size`, otherwise the frame
+/// preparation of every other frame lam sees (`lam_ingest::Preprocessor`: short side resized,
+/// centre square), in [0, 255].
+pub fn lawm_frame(img: &Image, size: usize) -> Result<Vec<u8>> {
     if img.width == img.height && img.width % size == 0 {
-        return lam_lawm::data::to_chw(&img.rgb, img.width, size);
+        return Ok(lam_lawm::data::to_chw(&img.rgb, img.width, size));
     }
-    let hwc = lam_encoder::resize::square_crop_rgb(&img.rgb, img.width, img.height, size);
-    let mut chw = vec![0u8; 3 * size * size];
-    for (i, px) in hwc.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            chw[c * size * size + i] = px[c].round().clamp(0.0, 255.0) as u8;
-        }
-    }
-    chw
+    let bytes = lam_ingest::Normalization {
+        mean: [0.0; 3],
+        std: [1.0 / 255.0; 3],
+    };
+    let mut chw = Vec::with_capacity(3 * size * size);
+    lam_ingest::Preprocessor::new(size as u32, &bytes)
+        .process_rgb(&img.rgb, img.width as u32, img.height as u32, &mut chw)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(chw
+        .iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect())
 }
 
 impl<'a> Backend<'a> {
@@ -431,7 +436,7 @@ impl<'a> Backend<'a> {
                 let pc = &l.state.config.policy;
                 let size = pc.image_size;
                 let te = Instant::now();
-                let frame = lawm_frame(&image, size);
+                let frame = lawm_frame(&image, size).map_err(|e| format!("image: {e:#}"))?;
                 if history.is_empty() {
                     history.extend(std::iter::repeat_n(frame.clone(), pc.history));
                 } else {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use lam_control::closed_loop::{Agent, EpisodeResult, EvalSummary, Mode, Trace, summarize};
 use lam_control::controller;
 use lam_control::planner::{CostKind, PlannerConfig, PlannerKind};
@@ -497,11 +497,7 @@ fn kind_name(kind: PlannerKind) -> &'static str {
 }
 
 fn progress(name: &str, n: usize) -> ProgressBar {
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .expect("valid template"),
-    );
+    let bar = lam_model::train::progress_bar(n, 0, true);
     bar.set_message(name.to_string());
     bar
 }
