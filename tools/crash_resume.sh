@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# SIGKILL-and-resume check for lam's long jobs (lam train, lam control fit, lam encoder
-# pretrain, lam lawm pretrain and finetune, lam embed): runs each job once uninterrupted,
+# SIGKILL-and-resume check for lam's long jobs (lam train, lam train --frames, lam control
+# fit, lam encoder pretrain, lam lawm pretrain and finetune, lam embed): runs each job once uninterrupted,
 # then again killed with SIGKILL at KILLS random moments (the same command, with --resume
 # where the job takes it, restarts it each time, as a scheduler would after a preemption),
 # and compares the final weights (or shards) tensor by tensor, bit for bit. Prints one line per job and exits 1 if any differ or a run fails.
 #
-# usage: tools/crash_resume.sh OUT [KILLS]      (LAM=path/to/lam for another binary)
+# usage: tools/crash_resume.sh OUT [KILLS]      (LAM=path/to/lam for another binary;
+#        ONLY=NAME runs that job alone, e.g. ONLY=train-frames)
 # needs: a built lam (cargo build --release -p lam)
 set -euo pipefail
 OUT=${1:?output folder}
@@ -92,6 +93,7 @@ weights_of() {
 check() {
   local name=$1 weights=$2
   shift 2
+  if [[ -n ${ONLY:-} && $ONLY != "$name" ]]; then return 0; fi
   local clean="$OUT/$name-clean" crashed="$OUT/$name-crashed"
   local t0=$SECONDS
   "${@//RUN/$clean}" >/dev/null 2>&1
@@ -107,6 +109,7 @@ check() {
 # lam embed resumes by itself (shards already written are kept): the same command is
 # restarted, and every shard tensor and the index are compared.
 check_embed() {
+  if [[ -n ${ONLY:-} && $ONLY != embed ]]; then return 0; fi
   local name=embed clean="$OUT/embed-clean" crashed="$OUT/embed-crashed"
   local cmd=("$LAM" embed --data "$OUT/rec" --encoder "$OUT/enc/encoder" --out RUN --fps 5 \
     --frames 4 --stride 2 --pooling keypoints --clips-per-shard 64)
@@ -123,6 +126,11 @@ check_embed() {
 status=0
 check train CKPT/model.safetensors \
   "$LAM" train --data "$OUT/syn" --run RUN --steps 300 --set train.checkpoint_every=25 --quiet \
+  || status=1
+# End-to-end from pixels: the encoder of the last checkpoint (the world model beside it is
+# compared by the in-process test end_to_end_trains_writes_a_usable_encoder_and_resumes_exactly).
+check train-frames CKPT/encoder.safetensors \
+  "$LAM" train --frames "$OUT/rec" --run RUN --steps 60 --set train.checkpoint_every=5 --quiet \
   || status=1
 check control-fit controller.safetensors \
   "$LAM" control fit --run "$OUT/train-clean" --data "$OUT/syn-labeled" --out RUN --steps 1500 \

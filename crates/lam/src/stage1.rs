@@ -312,15 +312,27 @@ pub fn train_end_to_end_run(args: &TrainArgs) -> Result<EndToEndSummary> {
     let spec = cfg.clip_spec(lam_cfg.model.frames, norm);
     let (data, report) =
         load_clip_frames(source.as_clip_source(), &spec, &cfg.split(), cfg.max_frames)?;
+    let first_skip = report
+        .skipped
+        .first()
+        .map(|(p, why)| format!(" (first: {} - {why})", p.display()))
+        .unwrap_or_default();
     if !report.skipped.is_empty() {
         tracing::warn!(
-            "{}: {} items left out (first: {} - {})",
+            "{}: {} items left out{first_skip}",
             source_path.display(),
             report.skipped.len(),
-            report.skipped[0].0.display(),
-            report.skipped[0].1
         );
     }
+    ensure!(
+        !data.train.is_empty(),
+        "{}: no training clips of {} frames at {} fps ({} items gave clips, {} left out{first_skip})",
+        source_path.display(),
+        spec.frames,
+        spec.fps,
+        report.ok,
+        report.skipped.len()
+    );
     info!(
         "end-to-end training on {} clips ({} held out, {} frames) from {}: guard {:?}, {} steps \
          of batch {}",
