@@ -519,7 +519,7 @@ fn eval_stats(
     }
 }
 
-/// Held-out losses of the current encoder and model on up to `batches` batches of `val`.
+/// Held-out losses of the current encoder and model (`lam train`'s fixed validation batches).
 fn validate(
     lam_cfg: &LamConfig,
     cfg: &EndToEndConfig,
@@ -527,29 +527,14 @@ fn validate(
     encoder: &SimEncoder,
     data: &ClipFrames,
     device: &Device,
-) -> Map<String, Value> {
-    let b = lam_cfg.train.batch_size.min(data.val.len()).max(1);
-    let mut sums: Vec<(&'static str, f64)> = Vec::new();
-    let mut count = 0;
-    for k in 0..lam_cfg.train.val_batches.max(1) {
-        let idx: Vec<usize> = (0..b).map(|i| (k * b + i) % data.val.len()).collect();
-        let x = data.batch(&data.val, &idx, device);
-        let (emb, _) = embed(encoder, x, cfg.pooling, cfg.encoder.keypoints);
-        let out = model.forward_loss_with(lam_cfg, emb, None, &Default::default());
-        for (i, (name, v)) in out.terms.named().into_iter().enumerate() {
-            if sums.len() <= i {
-                sums.push((name, 0.0));
-            }
-            sums[i].1 += v as f64;
-        }
-        count += 1;
-        if (k + 1) * b >= data.val.len() {
-            break;
-        }
-    }
-    sums.into_iter()
-        .map(|(k, v)| (k.to_string(), json!(v / count.max(1) as f64)))
-        .collect()
+) -> Result<Map<String, Value>> {
+    lam_model::train::validate_batches(lam_cfg, model, data.val.len(), |idx| {
+        let x = data.batch(&data.val, idx, device);
+        Ok((
+            embed(encoder, x, cfg.pooling, cfg.encoder.keypoints).0,
+            None,
+        ))
+    })
 }
 
 /// Draws every lazily initialised parameter of `module` now (burn draws a parameter's
@@ -861,7 +846,7 @@ pub fn train_end_to_end(
         let (mean, std) = running.host();
         let deployed = model.valid().with_token_stats(&mean, &std);
         let stats = eval_stats(&encoder.valid(), data, &eval, &cfg, device);
-        let mut val = validate(lam_cfg, &cfg, &deployed, &encoder.valid(), data, device);
+        let mut val = validate(lam_cfg, &cfg, &deployed, &encoder.valid(), data, device)?;
         log.write(&json!({"step": done, "split": "eval", "stats": stats}))?;
         val.insert("step".into(), json!(done));
         val.insert("split".into(), json!("val"));

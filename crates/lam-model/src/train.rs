@@ -242,13 +242,27 @@ pub fn validate(
     val: &ShardSet,
     device: &Device,
 ) -> Result<Map<String, Value>> {
-    let b = cfg.train.batch_size.min(val.len()).max(2.min(val.len()));
+    validate_batches(cfg, model, val.len(), |indices| {
+        batch_inputs(cfg, val, indices, device)
+    })
+}
+
+/// [`validate`] over any held-out set of `len` clips: `batch` gives the inputs (clips and,
+/// for an action-conditioned model, actions) of clip indices; the batches are the same fixed
+/// ones for every trainer (end-to-end training embeds its pixels there).
+pub fn validate_batches(
+    cfg: &LamConfig,
+    model: &LatentActionModel,
+    len: usize,
+    mut batch: impl FnMut(&[usize]) -> Result<(Tensor<4>, Option<Tensor<3>>)>,
+) -> Result<Map<String, Value>> {
+    let b = cfg.train.batch_size.min(len).max(2.min(len));
     let batches = cfg.train.val_batches.max(1);
     let mut sums: Vec<(&'static str, f64)> = Vec::new();
     let mut count = 0;
     for k in 0..batches {
-        let indices: Vec<usize> = (0..b).map(|i| (k * b + i) % val.len()).collect();
-        let (clips, actions) = batch_inputs(cfg, val, &indices, device)?;
+        let indices: Vec<usize> = (0..b).map(|i| (k * b + i) % len).collect();
+        let (clips, actions) = batch(&indices)?;
         let out = model.forward_loss_with(cfg, clips, actions, &StepNoise::default());
         for (i, (name, v)) in out.terms.named().into_iter().enumerate() {
             if sums.len() <= i {
@@ -257,7 +271,7 @@ pub fn validate(
             sums[i].1 += v as f64;
         }
         count += 1;
-        if (k + 1) * b >= val.len() {
+        if (k + 1) * b >= len {
             break;
         }
     }
