@@ -86,6 +86,18 @@ pub struct ControllerConfig {
     pub world_model_lr: f64,
 }
 
+impl lam_model::settings::Settings for ControllerConfig {
+    const WHAT: &'static str = "controller";
+    const PRESETS: &'static [&'static str] = &["default"];
+    /// `default`: [`ControllerConfig::default`].
+    fn preset(name: &str) -> Result<Self> {
+        match name {
+            "default" => Ok(Self::default()),
+            other => Err(lam_model::settings::unknown_preset::<Self>(other)),
+        }
+    }
+}
+
 fn default_weight_decay() -> f64 {
     0.01
 }
@@ -844,6 +856,8 @@ pub fn save(
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     lam_model::checkpoint::save_weights(ctrl, &dir.join("controller.safetensors"))?;
+    // The settings as `lam control fit --config DIR/config.toml` reads them.
+    lam_model::settings::save(cfg, &dir.join("config.toml"))?;
     let meta = serde_json::json!({"action_dim": action_dim, "latent_dim": latent_dim,
         "frame_dim": ctrl.frame_dim(), "config": cfg, "report": report});
     lam_data::shards::write_atomic(

@@ -147,6 +147,21 @@ fn default_learning_rate() -> f64 {
     0.1
 }
 
+impl lam_model::settings::Settings for PlannerConfig {
+    const WHAT: &'static str = "planner";
+    const PRESETS: &'static [&'static str] = &["default"];
+    /// `default`: [`PlannerConfig::default`], the anchors' CEM.
+    fn preset(name: &str) -> anyhow::Result<Self> {
+        match name {
+            "default" => Ok(Self::default()),
+            other => Err(lam_model::settings::unknown_preset::<Self>(other)),
+        }
+    }
+    fn validate(&self) -> anyhow::Result<()> {
+        PlannerConfig::validate(self)
+    }
+}
+
 impl Default for PlannerConfig {
     fn default() -> Self {
         Self {

@@ -95,6 +95,18 @@ impl std::str::FromStr for Guard {
     }
 }
 
+impl lam_model::settings::Settings for EndToEndConfig {
+    const WHAT: &'static str = "end-to-end";
+    const PRESETS: &'static [&'static str] = &["default"];
+    /// `default`: [`EndToEndConfig::default`].
+    fn preset(name: &str) -> Result<Self> {
+        match name {
+            "default" => Ok(Self::default()),
+            other => Err(lam_model::settings::unknown_preset::<Self>(other)),
+        }
+    }
+}
+
 /// Settings of end-to-end training besides the latent action model's own ([`LamConfig`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -117,7 +117,9 @@ pub struct PretrainConfig {
     #[serde(default = "default_one")]
     pub keypoint_motion_weight: f64,
     /// Linear probe of the simulator's true state run before and after training (see
-    /// [`crate::probe`]); `None` skips it. Default: push, robot domain, 40 episodes.
+    /// [`crate::probe`]); `None` skips it. Default: push, robot domain, 40 episodes. (A
+    /// settings file without a `[probe]` table means no probe.)
+    #[serde(default)]
     pub probe: Option<ProbeConfig>,
     /// Steps between checkpoints in `OUT/checkpoints` (weights, AdamW state and step: a run
     /// resumed from one continues exactly as if never stopped) and between collapse checks
@@ -134,6 +136,26 @@ pub struct PretrainConfig {
     /// check is relative). Default 0.1.
     #[serde(default = "default_collapse_std_ratio")]
     pub collapse_std_ratio: f64,
+}
+
+impl lam_model::settings::Settings for PretrainConfig {
+    const WHAT: &'static str = "encoder pretraining";
+    const PRESETS: &'static [&'static str] = &["default"];
+    /// `default`: [`PretrainConfig::default`] with pixel keypoints, what `lam encoder
+    /// pretrain` trains without flags.
+    fn preset(name: &str) -> Result<Self> {
+        match name {
+            "default" => {
+                let mut cfg = Self::default();
+                cfg.encoder.pixel_keypoints = true;
+                Ok(cfg)
+            }
+            other => Err(lam_model::settings::unknown_preset::<Self>(other)),
+        }
+    }
+    fn validate(&self) -> Result<()> {
+        PretrainConfig::validate(self)
+    }
 }
 
 fn default_checkpoint_every() -> usize {
@@ -830,6 +852,8 @@ pub fn pretrain(
     );
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let resume_from = lam_model::checkpoint::resume_or_clear(out, run.resume)?;
+    // The settings as `lam encoder pretrain --config OUT/config.toml` reads them.
+    lam_model::settings::save(cfg, &out.join("config.toml"))?;
     let start = match &resume_from {
         Some(ckpt) => {
             let state: PretrainState = lam_model::checkpoint::read_state(ckpt)?;

@@ -4,6 +4,7 @@
 //! parameters); the paper's setting of the policy's output (chunk n = 10, latent dim 7) is
 //! kept.
 
+use lam_model::settings::{self, Settings};
 use serde::{Deserialize, Serialize};
 
 /// Which action head the policy uses.
@@ -31,6 +32,7 @@ impl std::str::FromStr for HeadKind {
 
 /// The BAKU-like policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Side of the square input frames [32]; must be a multiple of 8.
     pub image_size: usize,
@@ -83,6 +85,7 @@ impl Default for PolicyConfig {
 
 /// The DreamerV3-style recurrent state-space world model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorldModelConfig {
     /// Base width of the image encoder/decoder convolutions [16].
     pub channels: usize,
@@ -128,6 +131,7 @@ impl Default for WorldModelConfig {
 
 /// Optimisation and logging of one stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Optimiser steps [500].
     pub steps: usize,
@@ -181,10 +185,67 @@ impl TrainConfig {
 
 /// Everything a LAWM run needs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LawmConfig {
     pub policy: PolicyConfig,
     pub world_model: WorldModelConfig,
     pub train: TrainConfig,
+}
+
+impl Settings for LawmConfig {
+    const WHAT: &'static str = "LAWM";
+    const PRESETS: &'static [&'static str] = &["tiny", "paper-baku", "paper-diffusion"];
+
+    /// `tiny`: the CPU-sized defaults above. `paper-baku` / `paper-diffusion`: the sizes the
+    /// LAWM paper trains with where it gives them: latent actions of dimension 7, chunks of
+    /// 10 actions for the BAKU head and 16 for the diffusion head, and a DreamerV3 world
+    /// model of about 50M parameters: DreamerV3's `size50m` widths (hidden 512, a 32 x 32
+    /// categorical state, CNN depth 32, 64 x 64 frames) with the recurrent state at 2048
+    /// instead of 4096, because this GRU is dense where DreamerV3's is a block GRU of 8
+    /// blocks: 49.4M parameters here (`lam lawm pretrain` logs the count). The paper's
+    /// policy is BAKU (7M parameters, sizes not given); ours widens the default trunk to 256
+    /// channels and 8 layers (8.1M parameters with the BAKU head).
+    fn preset(name: &str) -> anyhow::Result<Self> {
+        let tiny = Self::default();
+        let paper = |chunk: usize, head: HeadKind| Self {
+            policy: PolicyConfig {
+                image_size: 64,
+                chunk,
+                latent_dim: 7,
+                head,
+                channels: 32,
+                d_model: 256,
+                heads: 8,
+                layers: 8,
+                head_hidden: 1024,
+                ..tiny.policy.clone()
+            },
+            world_model: WorldModelConfig {
+                channels: 32,
+                embed: 512,
+                deter: 2048,
+                hidden: 512,
+                groups: 32,
+                classes: 32,
+                ..tiny.world_model.clone()
+            },
+            train: TrainConfig {
+                batch_size: 16,
+                lr: 1e-4,
+                ..tiny.train.clone()
+            },
+        };
+        match name {
+            "tiny" => Ok(tiny),
+            "paper-baku" => Ok(paper(10, HeadKind::Mlp)),
+            "paper-diffusion" => Ok(paper(16, HeadKind::Diffusion)),
+            other => Err(settings::unknown_preset::<Self>(other)),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        LawmConfig::validate(self)
+    }
 }
 
 impl LawmConfig {
@@ -225,5 +286,40 @@ impl LawmConfig {
         anyhow::ensure!(t.steps >= 1, "steps must be at least 1");
         anyhow::ensure!(t.batch_size >= 1, "batch_size must be at least 1");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Module;
+
+    #[test]
+    fn paper_presets_have_the_papers_sizes() {
+        for name in LawmConfig::PRESETS {
+            LawmConfig::preset(name).unwrap().validate().unwrap();
+        }
+        let baku = LawmConfig::preset("paper-baku").unwrap();
+        let diffusion = LawmConfig::preset("paper-diffusion").unwrap();
+        assert_eq!((baku.policy.chunk, baku.policy.head), (10, HeadKind::Mlp));
+        assert_eq!(
+            (diffusion.policy.chunk, diffusion.policy.head),
+            (16, HeadKind::Diffusion)
+        );
+        assert_eq!(
+            (baku.policy.latent_dim, diffusion.policy.latent_dim),
+            (7, 7)
+        );
+        // DreamerV3's 50M world model.
+        let device = lam_model::device::parse_device("cpu").unwrap();
+        let wm = crate::rssm::Rssm::new(
+            &baku.world_model,
+            baku.policy.image_size,
+            baku.policy.latent_dim,
+            &device,
+        );
+        let params = wm.num_params();
+        assert!((45_000_000..55_000_000).contains(&params), "{params}");
+        assert_eq!(LawmConfig::preset("tiny").unwrap(), LawmConfig::default());
     }
 }

@@ -137,6 +137,8 @@ impl Log {
             &opts.run_dir.join("config.json"),
             serde_json::to_string_pretty(&json!({"stage": stage, "config": cfg}))?.as_bytes(),
         )?;
+        // The same settings as `lam lawm ... --config RUN/config.toml` reads them.
+        lam_model::settings::save(cfg, &opts.run_dir.join("config.toml"))?;
         let file = MetricsLog::open(&opts.run_dir, (start > 0).then_some(start))?;
         let bar = if opts.progress {
             ProgressBar::new(cfg.train.steps as u64)
@@ -270,6 +272,11 @@ pub fn pretrain(
         start = checkpoint::load_state(&ckpt)?.step;
         last = Some(ckpt);
     }
+    tracing::info!(
+        "LAWM pretraining: policy {} parameters, world model {} parameters",
+        model.policy.num_params(),
+        model.world_model.num_params()
+    );
     let mut log = Log::open(cfg, opts, "pretrain", start)?;
     let b = cfg.train.batch_size;
     let wm = &cfg.world_model;

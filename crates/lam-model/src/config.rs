@@ -6,8 +6,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use serde::{Deserialize, Serialize};
+
+use crate::settings::{self, Settings};
 
 /// Everything a stage-1 run needs.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -281,57 +283,19 @@ impl LamConfig {
                     keep_checkpoints: 3,
                 },
             }),
-            other => bail!("unknown preset `{other}` (expected `tiny` or `paper`)"),
+            other => Err(settings::unknown_preset::<Self>(other)),
         }
     }
 
     /// Loads a TOML file. Missing sections or fields are filled from `base_preset`
     /// (the file's `preset = "..."` key when present, else `tiny`).
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut table: toml::Table = toml::from_str(&text)
-            .with_context(|| format!("config {} is not valid TOML", path.display()))?;
-        let preset = match table.remove("preset") {
-            Some(toml::Value::String(s)) => s,
-            Some(other) => bail!("{}: `preset` must be a string, got {other}", path.display()),
-            None => "tiny".to_string(),
-        };
-        let base = Self::preset(&preset)?;
-        let merged = merge(to_table(&base)?, table);
-        from_table(merged).with_context(|| format!("in config {}", path.display()))
+        settings::from_toml_file(path)
     }
 
     /// Applies `section.field=value` overrides (value parsed as TOML, else taken as a string).
     pub fn with_overrides(self, overrides: &[String]) -> Result<Self> {
-        let mut table = to_table(&self)?;
-        for item in overrides {
-            let (key, value) = item
-                .split_once('=')
-                .with_context(|| format!("override `{item}` must look like section.field=value"))?;
-            let parts: Vec<&str> = key.trim().split('.').collect();
-            ensure!(
-                parts.len() == 2,
-                "override key `{key}` must be section.field (e.g. train.steps)"
-            );
-            let section = table
-                .get_mut(parts[0])
-                .and_then(|v| v.as_table_mut())
-                .with_context(|| {
-                    format!("unknown config section `{}` in override `{item}`", parts[0])
-                })?;
-            ensure!(
-                section.contains_key(parts[1]),
-                "unknown config key `{key}` in override `{item}`"
-            );
-            let parsed: toml::Value =
-                toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-                    .unwrap_or_else(|| toml::Value::String(value.trim().to_string()));
-            section.insert(parts[1].to_string(), parsed);
-        }
-        from_table(table).context("after applying command-line overrides")
+        settings::with_overrides(self, overrides)
     }
 
     /// Checks values that serde cannot: ranges and divisibility.
@@ -388,38 +352,19 @@ impl LamConfig {
     }
 
     pub fn to_toml(&self) -> Result<String> {
-        Ok(toml::to_string_pretty(self)?)
+        settings::to_toml(self)
     }
 }
 
-fn to_table(cfg: &LamConfig) -> Result<toml::Table> {
-    Ok(toml::Table::try_from(cfg)?)
-}
-
-fn from_table(table: toml::Table) -> Result<LamConfig> {
-    let cfg: LamConfig = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
-    cfg.validate()?;
-    Ok(cfg)
-}
-
-/// Overlays `top` on `base`, section by section; keys absent from `base` are kept so that
-/// deserialisation reports them as unknown.
-fn merge(mut base: toml::Table, top: toml::Table) -> toml::Table {
-    for (k, v) in top {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => {
-                for (k2, v2) in t {
-                    b.insert(k2, v2);
-                }
-            }
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
+impl Settings for LamConfig {
+    const WHAT: &'static str = "stage-1";
+    const PRESETS: &'static [&'static str] = &["tiny", "paper"];
+    fn preset(name: &str) -> Result<Self> {
+        LamConfig::preset(name)
     }
-    base
+    fn validate(&self) -> Result<()> {
+        LamConfig::validate(self)
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod idm;
 pub mod lam;
 pub mod optim;
 pub mod regularizer;
+pub mod settings;
 pub mod spatial;
 pub mod stats;
 pub mod train;

@@ -17,6 +17,8 @@ use tracing::info;
 
 use lam_model::checkpoint::load_run;
 
+use crate::settings_args::ConfigArgs;
+
 #[derive(Subcommand)]
 pub enum ControlCommand {
     /// Fit g_ctrl: a -> z and the inverse z -> a on labeled shards, the LAM frozen.
@@ -93,7 +95,20 @@ pub struct FitArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// `--config OUT/config.toml`, `--set lr=3e-4 --set patience=10` (every field of the
+    /// controller's settings; the flags above are shortcuts for the same keys).
+    #[command(flatten)]
+    pub settings: ConfigArgs,
 }
+
+/// Each settings flag of `lam control fit` and the key of `ControllerConfig` it sets.
+const FIT_FLAG_KEYS: &[(&str, &str)] = &[
+    ("steps", "steps"),
+    ("hidden", "hidden"),
+    ("frame_conditioned", "frame_conditioned"),
+    ("prediction_weight", "prediction_weight"),
+    ("world_model_lr", "world_model_lr"),
+];
 
 pub fn run(cmd: ControlCommand) -> Result<()> {
     match cmd {
@@ -201,14 +216,17 @@ pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
         args.prediction_weight > 0.0,
     )?;
     let va = controller::pseudo_label(&cfg, &lam, &val, &device, 64, true)?;
-    let ccfg = ControllerConfig {
-        steps: args.steps,
-        hidden: args.hidden,
-        frame_conditioned: args.frame_conditioned,
-        prediction_weight: args.prediction_weight,
-        world_model_lr: args.world_model_lr,
-        ..Default::default()
-    };
+    let ccfg = args.settings.resolve(
+        ControllerConfig {
+            steps: args.steps,
+            hidden: args.hidden,
+            frame_conditioned: args.frame_conditioned,
+            prediction_weight: args.prediction_weight,
+            world_model_lr: args.world_model_lr,
+            ..Default::default()
+        },
+        FIT_FLAG_KEYS,
+    )?;
     let checkpoints = controller::FitCheckpoints {
         dir: args.out.clone(),
         resume: args.resume,

@@ -16,6 +16,8 @@ use lam_encoder::probe::ProbeConfig;
 use lam_encoder::sim::SimEncoderConfig;
 use lam_encoder::vjepa2::FrameMode;
 
+use crate::settings_args::ConfigArgs;
+
 #[derive(Subcommand)]
 pub enum EncoderCommand {
     /// Pretrain the small sim encoder (SIGReg-regularised JEPA) on unlabeled frames.
@@ -147,7 +149,38 @@ pub struct PretrainArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// `--config OUT/config.toml`, `--set encoder.heads=8 --set weight_decay=0.05` (every
+    /// field of the pretraining settings; the flags above are shortcuts for the same keys).
+    #[command(flatten)]
+    pub settings: ConfigArgs,
 }
+
+/// Each settings flag of `lam encoder pretrain` and the key of `PretrainConfig` it sets.
+const PRETRAIN_FLAG_KEYS: &[(&str, &str)] = &[
+    ("size", "encoder.image_size"),
+    ("patch", "encoder.patch_size"),
+    ("dim", "encoder.dim"),
+    ("depth", "encoder.depth"),
+    ("keypoints", "encoder.keypoints"),
+    ("pixel_keypoints", "encoder.pixel_keypoints"),
+    ("keypoint_sharpness", "encoder.keypoint_sharpness"),
+    ("steps", "steps"),
+    ("batch", "batch"),
+    ("lr", "lr"),
+    ("sigreg_weight", "sigreg_weight"),
+    ("sigreg_frame_weight", "sigreg_frame_weight"),
+    ("recon_weight", "recon_weight"),
+    ("frame_recon_weight", "frame_recon_weight"),
+    ("frame_recon_motion", "frame_recon_motion"),
+    ("keypoint_motion_weight", "keypoint_motion_weight"),
+    ("probe_task", "probe"),
+    ("probe_domain", "probe"),
+    ("probe_episodes", "probe"),
+    ("seed", "seed"),
+    ("checkpoint_every", "checkpoint_every"),
+    ("collapse_min_rank", "collapse_min_rank"),
+    ("collapse_std_ratio", "collapse_std_ratio"),
+];
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -257,7 +290,7 @@ pub fn run_encoder(cmd: EncoderCommand) -> Result<()> {
 
 fn run_pretrain(a: PretrainArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
-    let cfg = PretrainConfig {
+    let from_flags = PretrainConfig {
         encoder: SimEncoderConfig {
             image_size: a.size,
             patch_size: a.patch,
@@ -289,7 +322,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         collapse_std_ratio: a.collapse_std_ratio,
         ..PretrainConfig::default()
     };
-    cfg.validate()?;
+    let cfg = a.settings.resolve(from_flags, PRETRAIN_FLAG_KEYS)?;
     let norm = Normalization::IMAGENET;
     let frames = match (&a.data, a.synthetic) {
         (Some(path), _) => {
@@ -297,7 +330,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
             let spec = ClipSpec {
                 fps: a.fps,
                 frames: 8,
-                size: a.size as u32,
+                size: cfg.encoder.image_size as u32,
                 stride: 8,
                 norm,
                 max_clips: None,
@@ -307,7 +340,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
             eprintln!("{report}");
             frames
         }
-        (None, Some(runs)) => synthetic_frames(runs, 40, a.size, &norm, a.seed),
+        (None, Some(runs)) => synthetic_frames(runs, 40, cfg.encoder.image_size, &norm, cfg.seed),
         (None, None) => bail!("give --data SRC or --synthetic EPISODES"),
     };
     eprintln!(

@@ -8,7 +8,8 @@
 //! lam lawm compare --tasks reach,push,sort --out runs/compare
 //! ```
 //!
-//! Training runs on the CPU (burn's flex backend).
+//! Every training command takes `--preset tiny|paper-baku|paper-diffusion`, `--config FILE`
+//! (e.g. a run's `config.toml`) and `--set section.field=value`; `--device` picks the device.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,8 @@ use lam_lawm::data::{FrameData, Labels, check_dirs};
 use lam_lawm::eval::{EvalOptions, evaluate};
 use lam_lawm::instruction::InstructionEmbedder;
 use lam_lawm::train::{PolicyInit, RunOptions, pretrain, train_policy};
+
+use crate::settings_args::ConfigArgs;
 
 /// `lam lawm`: a subcommand and the device every one of them runs on.
 #[derive(Args, Debug)]
@@ -90,7 +93,26 @@ pub struct ModelArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// `--preset tiny|paper-baku|paper-diffusion`, `--config RUN/config.toml`, `--set
+    /// world_model.deter=512` (the flags above are shortcuts for the same keys).
+    #[command(flatten)]
+    pub settings: ConfigArgs,
 }
+
+/// Each settings flag and the key of `LawmConfig` it sets.
+const FLAG_KEYS: &[(&str, &str)] = &[
+    ("size", "policy.image_size"),
+    ("history", "policy.history"),
+    ("chunk", "policy.chunk"),
+    ("latent_dim", "policy.latent_dim"),
+    ("head", "policy.head"),
+    ("steps", "train.steps"),
+    ("batch_size", "train.batch_size"),
+    ("lr", "train.lr"),
+    ("seed", "train.seed"),
+    ("augment_shift", "train.augment_shift"),
+    ("checkpoint_every", "train.checkpoint_every"),
+];
 
 impl ModelArgs {
     /// Run folder, progress bar and resumption of a training command writing to `out`.
@@ -102,7 +124,12 @@ impl ModelArgs {
         }
     }
 
-    pub fn config(&self) -> LawmConfig {
+    /// The run's settings: preset or file, the flags, then `--set`.
+    pub fn config(&self) -> Result<LawmConfig> {
+        self.settings.resolve(self.flag_config(), FLAG_KEYS)
+    }
+
+    fn flag_config(&self) -> LawmConfig {
         let mut c = LawmConfig::default();
         c.policy.image_size = self.size;
         c.policy.history = self.history;
@@ -218,8 +245,7 @@ pub fn run(args: LawmArgs) -> Result<()> {
     match args.command {
         LawmCommand::Pretrain(a) => {
             check_dirs(&a.data)?;
-            let cfg = a.model.config();
-            cfg.validate()?;
+            let cfg = a.model.config()?;
             let emb = InstructionEmbedder::new(cfg.policy.instruction_dim);
             let data = FrameData::load(
                 &a.data,
@@ -242,7 +268,7 @@ pub fn run(args: LawmArgs) -> Result<()> {
         }
         LawmCommand::Finetune(a) => {
             check_dirs(&a.data)?;
-            let mut cfg = a.model.config();
+            let mut cfg = a.model.config()?;
             let init = match &a.init {
                 Some(p) => {
                     // The architecture (and thus the frame size) is the checkpoint's.
@@ -318,7 +344,7 @@ pub fn run(args: LawmArgs) -> Result<()> {
                 out: a.out,
                 video_episodes: a.video_episodes,
                 demos: a.demos,
-                config: a.model.config(),
+                config: a.model.config()?,
                 finetune_steps: a.finetune_steps,
                 finetune_lr: a.finetune_lr,
                 eval_episodes: a.eval_episodes,

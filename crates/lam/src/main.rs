@@ -8,13 +8,14 @@ mod lawm;
 mod plan;
 mod plot;
 mod serve;
+mod settings_args;
 mod sim;
 mod stage1;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -132,7 +133,10 @@ fn main() {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
-    if let Err(err) = run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    settings_args::remember(matches.clone());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Err(err) = run(cli) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }

@@ -25,6 +25,8 @@ use tracing::info;
 
 use lam_model::checkpoint::load_run;
 
+use crate::settings_args::ConfigArgs;
+
 #[derive(Subcommand)]
 pub enum PlanCommand {
     /// Closed-loop success on the simulator's evaluation protocol.
@@ -145,7 +147,24 @@ pub struct PlanEvalArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// `--config OUT/config.toml`, `--set min_std=0.1 --set icem_beta=1.5` (every field of
+    /// the planner's settings but `kind`, which --planner gives per row; the flags above are
+    /// shortcuts for the same keys).
+    #[command(flatten)]
+    pub settings: ConfigArgs,
 }
+
+/// Each planner flag of `lam plan eval` and the key of `PlannerConfig` it sets.
+const PLANNER_FLAG_KEYS: &[(&str, &str)] = &[
+    ("samples", "samples"),
+    ("iterations", "iterations"),
+    ("elites", "elites"),
+    ("horizon", "horizon"),
+    ("cost", "cost"),
+    ("per_token", "pooled"),
+    ("learning_rate", "learning_rate"),
+    ("objective", "objective"),
+];
 
 /// Everything `lam plan eval` writes to JSON.
 #[derive(Serialize)]
@@ -268,17 +287,22 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
         }
     };
     let space = episodes[0].env()?.action_space();
-    let planner = PlannerConfig {
-        samples: args.samples,
-        iterations: args.iterations,
-        elites: args.elites,
-        horizon: args.horizon,
-        cost: args.cost,
-        pooled: !args.per_token,
-        learning_rate: args.learning_rate,
-        objective: args.objective,
-        ..PlannerConfig::default()
-    };
+    let planner = args.settings.resolve(
+        PlannerConfig {
+            samples: args.samples,
+            iterations: args.iterations,
+            elites: args.elites,
+            horizon: args.horizon,
+            cost: args.cost,
+            pooled: !args.per_token,
+            learning_rate: args.learning_rate,
+            objective: args.objective,
+            ..PlannerConfig::default()
+        },
+        PLANNER_FLAG_KEYS,
+    )?;
+    // The settings as `lam plan eval --config OUT/config.toml` reads them.
+    lam_model::settings::save(&planner, &args.out.join("config.toml"))?;
     let mut results: Vec<(String, Vec<EpisodeResult>)> = Vec::new();
 
     if args.baselines {

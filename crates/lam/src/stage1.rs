@@ -38,7 +38,9 @@ pub struct TrainArgs {
     /// TOML config file (fields missing from it come from its `preset` key, else tiny).
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
-    /// Override any field: `--set train.steps=1000 --set regularizer.kind=noisy`.
+    /// Override any field: `--set train.steps=1000 --set regularizer.kind=noisy`; with
+    /// --frames, `--set end_to_end.FIELD=VALUE` sets the end-to-end settings (e.g.
+    /// `end_to_end.encoder.depth=4`, `end_to_end.eval_frames=512`).
     #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
     pub overrides: Vec<String>,
     /// Shortcut for `--set regularizer.kind=...` (sparse, noisy, vq).
@@ -158,7 +160,7 @@ fn config_for(args: &TrainArgs, dim: usize, grid: [usize; 2], frames: usize) -> 
     if args.resume
         && saved.exists()
         && args.config.is_none()
-        && args.overrides.is_empty()
+        && stage1_overrides(args).is_empty()
         && args.regularizer.is_none()
         && args.steps.is_none()
     {
@@ -172,7 +174,7 @@ fn config_for(args: &TrainArgs, dim: usize, grid: [usize; 2], frames: usize) -> 
     cfg.model.embed_dim = dim;
     cfg.model.grid = grid;
     cfg.model.frames = frames;
-    let mut overrides = args.overrides.clone();
+    let mut overrides = stage1_overrides(args);
     if let Some(r) = &args.regularizer {
         overrides.push(format!("regularizer.kind=\"{r}\""));
     }
@@ -180,6 +182,25 @@ fn config_for(args: &TrainArgs, dim: usize, grid: [usize; 2], frames: usize) -> 
         overrides.push(format!("train.steps={s}"));
     }
     cfg.with_overrides(&overrides)
+}
+
+/// The prefix of `--set` keys that go to the end-to-end settings
+/// (`lam_encoder::end_to_end::EndToEndConfig`) instead of the latent action model's.
+const END_TO_END: &str = "end_to_end.";
+
+/// `--set` items for the latent action model's settings.
+fn stage1_overrides(args: &TrainArgs) -> Vec<String> {
+    (args.overrides.iter())
+        .filter(|o| !o.trim_start().starts_with(END_TO_END))
+        .cloned()
+        .collect()
+}
+
+/// `--set end_to_end.KEY=VALUE` items, without their prefix.
+fn end_to_end_overrides(args: &TrainArgs) -> Vec<String> {
+    (args.overrides.iter())
+        .filter_map(|o| o.trim_start().strip_prefix(END_TO_END).map(str::to_string))
+        .collect()
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
@@ -277,8 +298,12 @@ pub fn train_run(args: &TrainArgs) -> Result<TrainSummary> {
 /// `lam train --frames`: end-to-end stage 1 from pixels.
 pub fn train_end_to_end_run(args: &TrainArgs) -> Result<EndToEndSummary> {
     let saved = run_config(&args.run)?;
+    let e2e_overrides = end_to_end_overrides(args);
+    let from_flags = || -> Result<EndToEndConfig> {
+        lam_model::settings::with_overrides(args.end_to_end.config()?, &e2e_overrides)
+    };
     let (source_path, mut cfg) = match (&args.frames, &saved) {
-        (Some(p), _) if !args.resume => (p.clone(), args.end_to_end.config()?),
+        (Some(p), _) if !args.resume => (p.clone(), from_flags()?),
         (given, Some(saved)) => {
             let path = match given {
                 Some(p) => p.clone(),
@@ -286,7 +311,7 @@ pub fn train_end_to_end_run(args: &TrainArgs) -> Result<EndToEndSummary> {
             };
             (path, saved.clone())
         }
-        (Some(p), None) => (p.clone(), args.end_to_end.config()?),
+        (Some(p), None) => (p.clone(), from_flags()?),
         (None, None) => anyhow::bail!("--frames is needed to start an end-to-end run"),
     };
     let e = &args.end_to_end;
@@ -294,7 +319,11 @@ pub fn train_end_to_end_run(args: &TrainArgs) -> Result<EndToEndSummary> {
     let norm = resolve_init(&mut cfg)?;
     let lam_cfg = {
         let saved_toml = args.run.join("config.toml");
-        if args.resume && saved_toml.exists() && args.overrides.is_empty() && args.steps.is_none() {
+        if args.resume
+            && saved_toml.exists()
+            && stage1_overrides(args).is_empty()
+            && args.steps.is_none()
+        {
             LamConfig::from_toml_file(&saved_toml)?
         } else {
             let mut c = config_for(args, cfg.embed_dim(), [1, 1], args.end_to_end.clip_frames)?;
