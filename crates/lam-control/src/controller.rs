@@ -863,17 +863,51 @@ pub fn save(
     lam_data::shards::write_atomic(
         &dir.join("controller.json"),
         serde_json::to_string_pretty(&meta)?.as_bytes(),
+    )?;
+    // The same controller as a model folder (OUT/model) to share or load by path.
+    use lam_model::model_folder::{self, Card, MODEL_DIR, kind, numeric_figures};
+    model_folder::write(
+        &dir.join(MODEL_DIR),
+        kind::CONTROLLER,
+        &meta,
+        &dir.join("controller.safetensors"),
+        &Card {
+            summary: "A controller of lam (stage 2): two small MLPs between a block of robot \
+                      actions and the latent action a stage-1 model infers for it (and back).",
+            figures: &numeric_figures("report", &meta["report"], 2),
+            usage: &[
+                "lam plan eval --run RUN --encoder ENCODER --controller MODEL --space action --task reach --out OUT",
+                "lam serve --run RUN --encoder ENCODER --controller MODEL",
+            ],
+        },
     )
 }
 
 /// Loads a controller saved by [`save`].
 pub fn load(dir: &Path, device: &Device) -> Result<Controller> {
-    let meta_path = dir.join("controller.json");
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path)
-            .with_context(|| format!("cannot read {}", meta_path.display()))?,
-    )
-    .with_context(|| format!("malformed {}", meta_path.display()))?;
+    use lam_model::model_folder::{self, kind};
+    let (meta_path, weights) =
+        if !dir.join("controller.json").exists() && model_folder::kind_of(dir).is_some() {
+            // A model folder (`lam_model::model_folder`): config.json + model.safetensors.
+            (
+                dir.join(model_folder::CONFIG_FILE),
+                dir.join(model_folder::WEIGHTS_FILE),
+            )
+        } else {
+            (
+                dir.join("controller.json"),
+                dir.join("controller.safetensors"),
+            )
+        };
+    let meta: serde_json::Value = if meta_path.ends_with(model_folder::CONFIG_FILE) {
+        model_folder::read_config(dir, kind::CONTROLLER)?
+    } else {
+        serde_json::from_str(
+            &std::fs::read_to_string(&meta_path)
+                .with_context(|| format!("cannot read {}", meta_path.display()))?,
+        )
+        .with_context(|| format!("malformed {}", meta_path.display()))?
+    };
     let get = |k: &str| {
         meta[k]
             .as_u64()
@@ -892,5 +926,5 @@ pub fn load(dir: &Path, device: &Device) -> Result<Controller> {
         hidden,
         device,
     );
-    lam_model::checkpoint::load_weights(ctrl, &dir.join("controller.safetensors"))
+    lam_model::checkpoint::load_weights(ctrl, &weights)
 }

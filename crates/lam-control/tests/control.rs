@@ -591,6 +591,17 @@ fn frame_conditioned_controller_learns_what_the_state_does_to_an_action() {
         "{cos} vs {}",
         seeing.cosine
     );
+    // Its model folder alone (config.json + model.safetensors, as shared) loads the same.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(tmp.path().join("model").join(f), shared.join(f)).unwrap();
+    }
+    let card = std::fs::read_to_string(tmp.path().join("model/README.md")).unwrap();
+    assert!(card.contains("| report.cosine |"), "{card}");
+    let back = lam_control::controller::load(&shared, &dev).unwrap();
+    let (cos, _) = lam_control::controller::evaluate(&back, &va, &dev);
+    assert!((cos - seeing.cosine).abs() < 1e-5);
 }
 
 #[test]

@@ -99,7 +99,7 @@ impl Encoder {
     /// Loads the encoder at `path` (see the module docs), V-JEPA 2 in its default
     /// [`FrameMode::PerFrame`], no pooling.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        if path.join(sim::META_FILE).exists() {
+        if sim::is_sim_encoder(path) {
             let (model, meta) = sim::load_checkpoint(path, device)?;
             let info = EncoderInfo {
                 path: path.to_path_buf(),

@@ -582,7 +582,7 @@ pub fn resolve_init(cfg: &mut EndToEndConfig) -> Result<Normalization> {
     let Some(init) = &cfg.init else {
         return Ok(Normalization::IMAGENET);
     };
-    let meta: SimCheckpointMeta = read_json(&init.join(crate::sim::META_FILE))?;
+    let meta: SimCheckpointMeta = crate::sim::read_meta(init)?;
     cfg.encoder = meta.config;
     Ok(meta.norm)
 }
@@ -961,6 +961,19 @@ pub fn train_end_to_end(
         pretrain: json!({"end_to_end": &cfg, "summary": &summary}),
     };
     crate::sim::save_checkpoint(&enc_dir, &trained, &meta)?;
+    if let Some(ckpt) = checkpoint::latest(dir)? {
+        let mut figures = vec![
+            ("steps".to_string(), summary.steps_done.to_string()),
+            (
+                "final prediction loss".to_string(),
+                format!("{last_pred:.5}"),
+            ),
+        ];
+        if let Some(v) = last_val {
+            figures.push(("validation prediction loss".into(), format!("{v:.5}")));
+        }
+        lam_model::train::export_model(dir, &ckpt, &figures)?;
+    }
     lam_data::shards::write_atomic(
         &dir.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),

@@ -388,6 +388,32 @@ pub fn save_checkpoint(dir: &Path, model: &SimEncoder, meta: &SimCheckpointMeta)
         .save_into(&mut store)
         .with_context(|| format!("cannot write {}", tmp.join(WEIGHTS_FILE).display()))?;
     fs::write(tmp.join(META_FILE), serde_json::to_string_pretty(meta)?)?;
+    // The same folder as a model folder (config.json + README.md) to share or load by path.
+    let summary = &meta.pretrain["summary"];
+    let mut figures = Vec::new();
+    for part in ["after", "probe_after"] {
+        figures.extend(lam_model::model_folder::numeric_figures(
+            part,
+            &summary[part],
+            3,
+        ));
+    }
+    lam_model::model_folder::describe_in_place(
+        &tmp,
+        lam_model::model_folder::kind::SIM_ENCODER,
+        &serde_json::to_value(meta)?,
+        &lam_model::model_folder::Card {
+            summary: "The sim encoder of lam: a small ViT (optionally with pixel keypoints) \
+                      for the simulated suite's frames, trained by `lam encoder pretrain` or end \
+                      to end with the latent action model (`lam train --frames`).",
+            figures: &figures,
+            usage: &[
+                "lam encoder info MODEL",
+                "lam embed --data VIDEO_OR_DATASET --encoder MODEL --out SHARDS",
+                "lam plan eval --run RUN --encoder MODEL --task reach --out OUT",
+            ],
+        },
+    )?;
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
     }
@@ -396,13 +422,32 @@ pub fn save_checkpoint(dir: &Path, model: &SimEncoder, meta: &SimCheckpointMeta)
     Ok(())
 }
 
-/// Reads a checkpoint folder written by [`save_checkpoint`].
-pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<(SimEncoder, SimCheckpointMeta)> {
+/// Whether `dir` holds a sim encoder: its checkpoint file, or a model folder of that kind.
+pub fn is_sim_encoder(dir: &Path) -> bool {
+    dir.join(META_FILE).exists()
+        || lam_model::model_folder::kind_of(dir).as_deref()
+            == Some(lam_model::model_folder::kind::SIM_ENCODER)
+}
+
+/// The settings of a sim encoder folder: `encoder.json`, or the `config.json` of a model
+/// folder that holds only `config.json` and the weights.
+pub fn read_meta(dir: &Path) -> Result<SimCheckpointMeta> {
     let meta_path = dir.join(META_FILE);
+    if !meta_path.exists() {
+        let cfg =
+            lam_model::model_folder::read_config(dir, lam_model::model_folder::kind::SIM_ENCODER)?;
+        return serde_json::from_value(cfg)
+            .with_context(|| format!("malformed {}", dir.join("config.json").display()));
+    }
     let text = fs::read_to_string(&meta_path)
         .with_context(|| format!("cannot read {}", meta_path.display()))?;
-    let meta: SimCheckpointMeta = serde_json::from_str(&text)
-        .with_context(|| format!("malformed {}", meta_path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("malformed {}", meta_path.display()))
+}
+
+/// Reads a checkpoint folder written by [`save_checkpoint`].
+pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<(SimEncoder, SimCheckpointMeta)> {
+    let meta = read_meta(dir)?;
+    let meta_path = dir.join(META_FILE);
     ensure!(
         meta.architecture == ARCHITECTURE,
         "{}: architecture is `{}`, expected `{ARCHITECTURE}`",

@@ -113,6 +113,45 @@ pub fn load_policy(path: &Path, device: &Device) -> Result<(Policy, CheckpointSt
     let ckpt = resolve(path)?;
     let state = load_state(&ckpt)?;
     let policy = Policy::new(&state.config.policy, state.action_dim, device);
-    let policy = load_weights(policy, &ckpt.join("policy.safetensors"))?;
+    let own = ckpt.join("policy.safetensors");
+    let weights = if own.exists() {
+        own
+    } else {
+        // A model folder (`lam_model::model_folder`): the policy is its model.safetensors.
+        ckpt.join(lam_model::model_folder::WEIGHTS_FILE)
+    };
+    let policy = load_weights(policy, &weights)?;
     Ok((policy, state))
+}
+
+/// Writes the policy of checkpoint `ckpt` as the run's model folder `RUN/model`
+/// (`lam_model::model_folder`), with `figures` in its model card.
+pub fn export_policy(run_dir: &Path, ckpt: &Path, figures: &[(String, String)]) -> Result<()> {
+    use lam_model::model_folder::{self, Card, MODEL_DIR, kind};
+    let state: serde_json::Value = lam_model::checkpoint::read_state(ckpt)?;
+    let pretrained = state["stage"] == serde_json::json!(Stage::Pretrain);
+    model_folder::write(
+        &run_dir.join(MODEL_DIR),
+        kind::LAWM_POLICY,
+        &state,
+        &ckpt.join("policy.safetensors"),
+        &Card {
+            summary: if pretrained {
+                "A LAWM imitation policy after world-model pretraining on unlabeled video: \
+                 its head emits chunks of latent actions; finetune it on labeled demos."
+            } else {
+                "A LAWM imitation policy trained on labeled demos: image history and \
+                 instruction in, a chunk of robot actions out."
+            },
+            figures,
+            usage: if pretrained {
+                &["lam lawm finetune --data DEMOS --init MODEL --out RUN"]
+            } else {
+                &[
+                    "lam lawm eval --checkpoint MODEL --task reach",
+                    "lam serve --lawm MODEL",
+                ]
+            },
+        },
+    )
 }

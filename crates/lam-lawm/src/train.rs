@@ -15,7 +15,7 @@
 //! writes `config.json`, `metrics.jsonl` (one JSON object per logged step) and checkpoints.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
@@ -198,17 +198,35 @@ impl Log {
         Ok(())
     }
 
-    fn summary(&self, cfg: &LawmConfig, checkpoint: PathBuf) -> RunSummary {
+    /// What the run did; its policy is written as the run's model folder `RUN/model`.
+    fn summary(&self, cfg: &LawmConfig, checkpoint: PathBuf, run_dir: &Path) -> Result<RunSummary> {
         self.bar.finish_and_clear();
         let k = (self.losses.len() / 10).max(1).min(self.losses.len());
         let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len().max(1) as f32;
-        RunSummary {
+        let s = RunSummary {
             steps: self.losses.len(),
             first_loss: mean(&self.losses[..k]),
             final_loss: mean(&self.losses[self.losses.len() - k..]),
             samples_per_sec: self.samples_per_sec(cfg),
             checkpoint,
-        }
+        };
+        let figures = [
+            ("steps".to_string(), cfg.train.steps.to_string()),
+            (
+                "first loss (mean of the first tenth)".to_string(),
+                format!("{:.4}", s.first_loss),
+            ),
+            (
+                "final loss (mean of the last tenth)".to_string(),
+                format!("{:.4}", s.final_loss),
+            ),
+            (
+                "samples per second".to_string(),
+                format!("{:.1}", s.samples_per_sec),
+            ),
+        ];
+        checkpoint::export_policy(run_dir, &s.checkpoint, &figures)?;
+        Ok(s)
     }
 }
 
@@ -339,7 +357,7 @@ pub fn pretrain(
             )?);
         }
     }
-    Ok(log.summary(cfg, last.expect("the last step saves")))
+    log.summary(cfg, last.expect("the last step saves"), &opts.run_dir)
 }
 
 /// Where [`train_policy`] starts from.
@@ -447,7 +465,7 @@ pub fn train_policy(
             )?);
         }
     }
-    Ok(log.summary(&cfg, last.expect("the last step saves")))
+    log.summary(&cfg, last.expect("the last step saves"), &opts.run_dir)
 }
 
 /// Reads a run's `metrics.jsonl` back (for tests and reports).

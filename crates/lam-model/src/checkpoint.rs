@@ -261,6 +261,18 @@ pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 /// Reads the state file of a checkpoint folder, whatever the stage's state type.
 pub fn read_state<T: serde::de::DeserializeOwned>(ckpt: &Path) -> Result<T> {
     let path = ckpt.join(STATE_FILE);
+    if !path.exists()
+        && let Some(kind) = crate::model_folder::kind_of(ckpt)
+    {
+        // A model folder (`crate::model_folder`): its config.json holds the same state.
+        let cfg = crate::model_folder::read_config(ckpt, &kind)?;
+        return serde_json::from_value(cfg).with_context(|| {
+            format!(
+                "{}: not a model this command takes (a `{kind}`)",
+                ckpt.join(crate::model_folder::CONFIG_FILE).display()
+            )
+        });
+    }
     let text =
         fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
@@ -342,10 +354,10 @@ pub fn load_run(
     Ok((state.config, model, ckpt))
 }
 
-/// Resolves a user-given path to a checkpoint folder: a checkpoint folder itself, or a run
-/// folder (its latest checkpoint).
+/// Resolves a user-given path to a checkpoint folder: a checkpoint folder itself, a model
+/// folder (`crate::model_folder`, e.g. `RUN/model`), or a run folder (its latest checkpoint).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if path.join(STATE_FILE).exists() {
+    if path.join(STATE_FILE).exists() || crate::model_folder::kind_of(path).is_some() {
         return Ok(path.to_path_buf());
     }
     latest(path)?.with_context(|| {

@@ -9,6 +9,7 @@ pub mod device;
 pub mod eval;
 pub mod idm;
 pub mod lam;
+pub mod model_folder;
 pub mod optim;
 pub mod regularizer;
 pub mod settings;

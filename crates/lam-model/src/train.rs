@@ -54,6 +54,32 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
+/// Writes the stage-1 model of checkpoint `ckpt` as the run's model folder `RUN/model`
+/// (`crate::model_folder`), with `figures` in its model card.
+pub fn export_model(run_dir: &Path, ckpt: &Path, figures: &[(String, String)]) -> Result<()> {
+    use crate::model_folder::{self, Card, kind};
+    let state: Value = checkpoint::read_state(ckpt)?;
+    model_folder::write(
+        &run_dir.join(model_folder::MODEL_DIR),
+        kind::LATENT_ACTION_MODEL,
+        &state,
+        &ckpt.join(model_folder::WEIGHTS_FILE),
+        &Card {
+            summary: "A latent action model (stage 1 of lam): an inverse-dynamics model that \
+                      infers a latent action from two frame embeddings, and a frame-causal world \
+                      model with AdaLN-zero conditioning that predicts the next embedding from \
+                      the past and the latent action.",
+            figures,
+            usage: &[
+                "lam eval --run MODEL --data SHARDS",
+                "lam control fit --run MODEL --data LABELED_SHARDS --out CONTROLLER",
+                "lam plan eval --run MODEL --encoder ENCODER --controller CONTROLLER --task reach --out OUT",
+                "lam serve --run MODEL --encoder ENCODER --controller CONTROLLER",
+            ],
+        },
+    )
+}
+
 /// The progress bar of every training loop: `total` steps, at `start` (a resumed run),
 /// hidden unless `visible`.
 pub fn progress_bar(total: usize, start: usize, visible: bool) -> ProgressBar {
@@ -565,6 +591,22 @@ pub fn train(
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let overall = (end - start) as f64 / elapsed.max(1e-9);
+    if end == total
+        && let Some(ckpt) = last_ckpt.as_ref().or(resume_from.as_ref())
+    {
+        let mut figures = vec![
+            ("steps".to_string(), total.to_string()),
+            ("final train loss".to_string(), format!("{last_loss:.5}")),
+        ];
+        if let Some(v) = &final_val {
+            for (k, x) in v {
+                if let (false, Some(x)) = (k == "step" || k == "split", x.as_f64()) {
+                    figures.push((format!("validation {k}"), format!("{x:.5}")));
+                }
+            }
+        }
+        export_model(&opts.run_dir, ckpt, &figures)?;
+    }
     Ok(TrainSummary {
         steps_done: end,
         final_train_loss: last_loss,
