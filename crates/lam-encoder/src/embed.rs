@@ -39,8 +39,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lam_data::shards::{INDEX_FILE, ShardIndex, ShardWriter, write_atomic};
 use lam_data::{Split as ShardSplit, shards::Clip as ShardClip};
 use lam_ingest::{
-    Clip, ClipSource, ClipSpec, EpisodeData, FolderOptions, IngestError, IngestReport, Item,
-    LeRobotDataset, LeRobotOptions, RunOptions, Split, Subset, VideoFolder,
+    Clip, ClipSpec, EpisodeData, IngestError, IngestReport, Item, RunOptions, Split, Subset,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -129,53 +128,8 @@ pub struct EmbedSummary {
     pub index: ShardIndex,
 }
 
-/// The sources `lam embed` reads.
-pub enum Source {
-    Folder(VideoFolder),
-    LeRobot(LeRobotDataset),
-}
-
-impl Source {
-    /// A LeRobot dataset when `path/meta/info.json` exists, else a folder of videos.
-    pub fn open(path: &Path, cameras: Option<Vec<String>>) -> Result<Self> {
-        if path.join("meta/info.json").exists() {
-            let opts = LeRobotOptions {
-                cameras,
-                ..LeRobotOptions::default()
-            };
-            Ok(Source::LeRobot(LeRobotDataset::open(path, &opts)?))
-        } else {
-            ensure!(
-                path.is_dir(),
-                "data source {} is not a folder (expected a folder of videos or a LeRobot \
-                 dataset with meta/info.json)",
-                path.display()
-            );
-            Ok(Source::Folder(VideoFolder::open(
-                path,
-                &FolderOptions::default(),
-            )?))
-        }
-    }
-
-    pub fn as_clip_source(&self) -> &dyn ClipSource {
-        match self {
-            Source::Folder(f) => f,
-            Source::LeRobot(d) => d,
-        }
-    }
-
-    /// Action dimension of a labeled LeRobot dataset (a 1-D action feature).
-    pub fn action_dim(&self) -> Option<usize> {
-        match self {
-            Source::LeRobot(d) => match d.action_shape() {
-                Some([a]) if *a > 0 => Some(*a),
-                _ => None,
-            },
-            Source::Folder(_) => None,
-        }
-    }
-}
+/// The sources `lam embed` reads (owned by lam-ingest).
+pub use lam_ingest::Source;
 
 struct Pending {
     split: ShardSplit,

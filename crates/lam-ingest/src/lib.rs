@@ -55,7 +55,7 @@ pub use lerobot::{EpisodeData, LeRobotDataset, LeRobotOptions};
 pub use preprocess::{Geometry, Preprocessor};
 pub use report::IngestReport;
 pub use run::{RunOptions, run};
-pub use source::{ClipSource, Item};
+pub use source::{ClipSource, Item, Source};
 pub use spec::{ClipSpec, Normalization};
 pub use split::{Split, Subset};
 pub use video::{ItemStats, for_each_video_clip, for_each_video_frame};

@@ -65,3 +65,54 @@ pub trait ClipSource: Send + Sync {
         Ok(out)
     }
 }
+
+/// Any source lam reads video from: a LeRobot dataset (v2.1 or v3.0, lam-sim recordings
+/// included) or a folder of video files.
+pub enum Source {
+    Folder(crate::VideoFolder),
+    LeRobot(crate::LeRobotDataset),
+}
+
+impl Source {
+    /// A LeRobot dataset when `path/meta/info.json` exists, else a folder of videos;
+    /// `cameras` picks a dataset's cameras (all by default).
+    pub fn open(path: &std::path::Path, cameras: Option<Vec<String>>) -> Result<Self> {
+        if path.join("meta/info.json").exists() {
+            let opts = crate::LeRobotOptions {
+                cameras,
+                ..crate::LeRobotOptions::default()
+            };
+            Ok(Source::LeRobot(crate::LeRobotDataset::open(path, &opts)?))
+        } else if path.is_dir() {
+            Ok(Source::Folder(crate::VideoFolder::open(
+                path,
+                &crate::FolderOptions::default(),
+            )?))
+        } else {
+            Err(crate::IngestError::Dataset {
+                path: path.to_path_buf(),
+                reason: "data source is not a folder (expected a folder of videos or a \
+                         LeRobot dataset with meta/info.json)"
+                    .into(),
+            })
+        }
+    }
+
+    pub fn as_clip_source(&self) -> &dyn ClipSource {
+        match self {
+            Source::Folder(f) => f,
+            Source::LeRobot(d) => d,
+        }
+    }
+
+    /// Action dimension of a labeled LeRobot dataset (a 1-D action feature).
+    pub fn action_dim(&self) -> Option<usize> {
+        match self {
+            Source::LeRobot(d) => match d.action_shape() {
+                Some([a]) if *a > 0 => Some(*a),
+                _ => None,
+            },
+            Source::Folder(_) => None,
+        }
+    }
+}

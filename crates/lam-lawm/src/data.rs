@@ -1,4 +1,6 @@
-//! Episodes from lam-sim recordings (LeRobot v3), held in memory as u8 frames.
+//! Episodes held in memory as u8 frames, from lam-sim recordings (through lam-sim: their
+//! provenance and hidden ground truth) or any other source lam-ingest reads (LeRobot v2.1 /
+//! v3.0 datasets, folders of videos).
 //!
 //! - Pretraining loads frames and instructions only ([`Labels::None`]): the action column,
 //!   if the dataset has one, is discarded as soon as an episode is decoded.
@@ -142,66 +144,35 @@ impl FrameData {
         let mut action_dim = None;
         let mut texts = std::collections::BTreeSet::new();
         for dir in dirs {
-            let ds = Dataset::open(dir)
-                .with_context(|| format!("cannot open dataset {}", dir.display()))?;
-            ensure!(!ds.is_empty(), "dataset {} has no episodes", dir.display());
-            let (task, domain) = provenance(&ds);
-            let n = max_episodes.map_or(ds.len(), |m| m.min(ds.len()));
-            for meta in &ds.episodes()[..n] {
-                let k = meta.episode_index as usize;
-                let ep = ds.read_episode(k)?;
-                let (w, h) = (ep.width as usize, ep.height as usize);
-                ensure!(
-                    w == h && w >= size && w.is_multiple_of(size),
-                    "{}: frames are {w}x{h}, which cannot be reduced to the model's {size}x{size} \
-                     (need square frames whose side is a multiple of {size})",
-                    dir.display()
-                );
-                let actions = match labels {
-                    Labels::None => None,
-                    Labels::Actions => Some(ep.actions.clone().with_context(|| {
-                        format!(
-                            "dataset {} has no action column (its domain hides actions); \
-                             finetuning needs labeled demonstrations",
-                            dir.display()
-                        )
-                    })?),
-                    Labels::GroundTruth => Some(ds.read_ground_truth(k)?.actions),
-                };
-                if let Some(a) = &actions {
-                    ensure!(
-                        a.len() == ep.frames.len(),
-                        "{}: episode {k} has {} frames but {} actions",
-                        dir.display(),
-                        ep.frames.len(),
-                        a.len()
-                    );
-                    let d = a.first().map_or(0, Vec::len);
-                    if let Some(prev) = action_dim
-                        && prev != d
-                    {
-                        bail!(
-                            "{}: actions have {d} dimensions, earlier datasets have {prev}",
-                            dir.display()
-                        );
-                    }
-                    action_dim = Some(d);
-                }
-                let mut frames = Vec::with_capacity(ep.frames.len() * 3 * size * size);
-                for f in &ep.frames {
-                    frames.extend(to_chw(f, w, size));
-                }
-                let text = conditioning_text(task, &ep.task);
-                texts.insert(text.clone());
-                episodes.push(Episode {
-                    len: ep.frames.len(),
-                    frames,
-                    instruction: embedder.embed(&text),
-                    actions,
-                    task,
-                    domain,
-                });
+            let before = episodes.len();
+            match sim_recording(dir) {
+                Some(ds) => load_sim(
+                    &ds,
+                    dir,
+                    size,
+                    embedder,
+                    labels,
+                    max_episodes,
+                    &mut episodes,
+                    &mut action_dim,
+                    &mut texts,
+                )?,
+                None => load_ingest(
+                    dir,
+                    size,
+                    embedder,
+                    labels,
+                    max_episodes,
+                    &mut episodes,
+                    &mut action_dim,
+                    &mut texts,
+                )?,
             }
+            ensure!(
+                episodes.len() > before,
+                "dataset {} has no episodes",
+                dir.display()
+            );
         }
         Ok(Self {
             episodes,
@@ -356,6 +327,221 @@ pub fn check_dirs(dirs: &[PathBuf]) -> Result<()> {
             "dataset folder {} does not exist",
             d.display()
         );
+    }
+    Ok(())
+}
+
+/// A lam-sim recording (a LeRobot v3 dataset whose meta declares its task and domain), if
+/// `dir` is one: read through lam-sim for its hidden ground truth and provenance.
+fn sim_recording(dir: &Path) -> Option<Dataset> {
+    let ds = Dataset::open(dir).ok()?;
+    provenance(&ds).0.is_some().then_some(ds)
+}
+
+/// The episodes of a lam-sim recording.
+#[allow(clippy::too_many_arguments)]
+fn load_sim(
+    ds: &Dataset,
+    dir: &Path,
+    size: usize,
+    embedder: &InstructionEmbedder,
+    labels: Labels,
+    max_episodes: Option<usize>,
+    episodes: &mut Vec<Episode>,
+    action_dim: &mut Option<usize>,
+    texts: &mut std::collections::BTreeSet<String>,
+) -> Result<()> {
+    let (task, domain) = provenance(ds);
+    let n = max_episodes.map_or(ds.len(), |m| m.min(ds.len()));
+    for meta in &ds.episodes()[..n] {
+        let k = meta.episode_index as usize;
+        let ep = ds.read_episode(k)?;
+        let (w, h) = (ep.width as usize, ep.height as usize);
+        ensure!(
+            w == h && w >= size && w.is_multiple_of(size),
+            "{}: frames are {w}x{h}, which cannot be reduced to the model's {size}x{size} \
+             (need square frames whose side is a multiple of {size})",
+            dir.display()
+        );
+        let actions = match labels {
+            Labels::None => None,
+            Labels::Actions => Some(ep.actions.clone().with_context(|| {
+                format!(
+                    "dataset {} has no action column (its domain hides actions); \
+                     finetuning needs labeled demonstrations",
+                    dir.display()
+                )
+            })?),
+            Labels::GroundTruth => Some(ds.read_ground_truth(k)?.actions),
+        };
+        if let Some(a) = &actions {
+            ensure!(
+                a.len() == ep.frames.len(),
+                "{}: episode {k} has {} frames but {} actions",
+                dir.display(),
+                ep.frames.len(),
+                a.len()
+            );
+            let d = a.first().map_or(0, Vec::len);
+            if let Some(prev) = *action_dim
+                && prev != d
+            {
+                bail!(
+                    "{}: actions have {d} dimensions, earlier datasets have {prev}",
+                    dir.display()
+                );
+            }
+            *action_dim = Some(d);
+        }
+        let mut frames = Vec::with_capacity(ep.frames.len() * 3 * size * size);
+        for f in &ep.frames {
+            frames.extend(to_chw(f, w, size));
+        }
+        let text = conditioning_text(task, &ep.task);
+        texts.insert(text.clone());
+        episodes.push(Episode {
+            len: ep.frames.len(),
+            frames,
+            instruction: embedder.embed(&text),
+            actions,
+            task,
+            domain,
+        });
+    }
+
+    Ok(())
+}
+
+/// Frames per second LAWM samples a folder of videos at (LeRobot datasets: their own rate).
+pub const VIDEO_FOLDER_FPS: f64 = 10.0;
+
+/// The episodes of any other source lam-ingest reads: a LeRobot v2.1 / v3.0 dataset (the
+/// first camera of each episode at the dataset's rate, its task string as the instruction,
+/// its `action` column as labels) or a folder of videos (one episode per video at
+/// [`VIDEO_FOLDER_FPS`], no instruction, no labels). Frames are prepared by lam-ingest's one
+/// frame preparation (short side resized, centre crop).
+#[allow(clippy::too_many_arguments)]
+fn load_ingest(
+    dir: &Path,
+    size: usize,
+    embedder: &InstructionEmbedder,
+    labels: Labels,
+    max_episodes: Option<usize>,
+    episodes: &mut Vec<Episode>,
+    action_dim: &mut Option<usize>,
+    texts: &mut std::collections::BTreeSet<String>,
+) -> Result<()> {
+    ensure!(
+        labels != Labels::GroundTruth,
+        "{}: hidden true actions exist only in lam-sim recordings (their ground_truth/)",
+        dir.display()
+    );
+    let source = lam_ingest::Source::open(dir, None)
+        .with_context(|| format!("cannot open dataset {}", dir.display()))?;
+    let fps = match &source {
+        lam_ingest::Source::LeRobot(d) => d.fps(),
+        lam_ingest::Source::Folder(_) => VIDEO_FOLDER_FPS,
+    };
+    if labels == Labels::Actions {
+        ensure!(
+            source.action_dim().is_some(),
+            "dataset {} has no 1-D action feature; finetuning needs labeled demonstrations",
+            dir.display()
+        );
+    }
+    // One frame per clip: the whole episode, frame by frame, values in [0, 1].
+    let spec = lam_ingest::ClipSpec {
+        fps,
+        frames: 1,
+        size: size as u32,
+        stride: 1,
+        norm: lam_ingest::Normalization {
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        },
+        max_clips: None,
+    };
+    let clips = source.as_clip_source();
+    let mut groups = std::collections::BTreeSet::new();
+    for item in clips.items() {
+        // One camera per episode.
+        if !groups.insert(item.group.clone()) {
+            continue;
+        }
+        if max_episodes.is_some_and(|m| groups.len() > m) {
+            break;
+        }
+        let mut frames_of = clips
+            .clips(item, &spec)
+            .with_context(|| format!("{}: cannot read {}", dir.display(), item.id))?;
+        frames_of.sort_by_key(|c| c.index);
+        if frames_of.len() < 2 {
+            tracing::warn!(
+                "{}: {} has fewer than 2 frames, left out",
+                dir.display(),
+                item.id
+            );
+            continue;
+        }
+        let mut frames = Vec::with_capacity(frames_of.len() * 3 * size * size);
+        for c in &frames_of {
+            frames.extend(
+                c.data
+                    .iter()
+                    .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8),
+            );
+        }
+        let (text, actions) = match (&source, item.episode) {
+            (lam_ingest::Source::LeRobot(d), Some(ep)) => {
+                let text = d
+                    .episode(ep)
+                    .and_then(|e| e.tasks.first().cloned())
+                    .unwrap_or_default();
+                let actions = if labels == Labels::Actions {
+                    let data = d.episode_data(ep)?;
+                    let table = data.actions.as_ref().with_context(|| {
+                        format!("{}: episode {ep} has no actions", dir.display())
+                    })?;
+                    let rows = frames_of
+                        .iter()
+                        .map(|c| {
+                            let r = data.row_at(c.times[0]).with_context(|| {
+                                format!(
+                                    "{}: episode {ep} has no action at {:.3} s",
+                                    dir.display(),
+                                    c.times[0]
+                                )
+                            })?;
+                            Ok(table.row(r).to_vec())
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let d = rows.first().map_or(0, Vec::len);
+                    if let Some(prev) = *action_dim
+                        && prev != d
+                    {
+                        bail!(
+                            "{}: actions have {d} dimensions, earlier datasets have {prev}",
+                            dir.display()
+                        );
+                    }
+                    *action_dim = Some(d);
+                    Some(rows)
+                } else {
+                    None
+                };
+                (text, actions)
+            }
+            _ => (String::new(), None),
+        };
+        texts.insert(text.clone());
+        episodes.push(Episode {
+            len: frames_of.len(),
+            frames,
+            instruction: embedder.embed(&text),
+            actions,
+            task: None,
+            domain: None,
+        });
     }
     Ok(())
 }

@@ -738,3 +738,83 @@ fn spatial_softmax_finds_the_peak_and_shift_moves_the_frame() {
     assert_eq!((g[4], g[5]), (7, 7));
     assert_eq!(shift_frame(&f, 4, (0, 0)).collect::<Vec<_>>(), f);
 }
+
+/// Copies `from` to `to` recursively.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn any_lerobot_dataset_or_video_folder_loads_as_lam_sim_recordings_do() {
+    let f = fixture();
+    let emb = InstructionEmbedder::new(tiny().policy.instruction_dim);
+    let sim = FrameData::load(&[f.robot.clone()], 32, &emb, Labels::Actions, None).unwrap();
+    // The same recording as a foreign LeRobot v3 dataset: no lam-sim provenance, so read by
+    // lam-ingest (its decoder, frame preparation and Parquet reader).
+    let tmp = tempfile::tempdir().unwrap();
+    let foreign = tmp.path().join("foreign");
+    copy_tree(&f.robot, &foreign);
+    let info_path = foreign.join("meta/info.json");
+    let mut info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
+    info.as_object_mut().unwrap().remove("lam_sim");
+    std::fs::write(&info_path, info.to_string()).unwrap();
+    std::fs::remove_dir_all(foreign.join("ground_truth")).unwrap();
+    let other = FrameData::load(&[foreign.clone()], 32, &emb, Labels::Actions, None).unwrap();
+    assert_eq!(other.episodes.len(), sim.episodes.len());
+    assert_eq!(other.action_dim, sim.action_dim);
+    for (a, b) in sim.episodes.iter().zip(&other.episodes) {
+        assert_eq!(a.len, b.len);
+        assert_eq!(a.actions, b.actions);
+        let diff = (a.frames.iter().zip(&b.frames))
+            .map(|(x, y)| (*x as f64 - *y as f64).abs())
+            .sum::<f64>()
+            / a.frames.len() as f64;
+        assert!(diff < 1.0, "mean pixel difference {diff}");
+        assert!(b.task.is_none());
+    }
+    // The dataset's task strings are the vocabulary.
+    assert!(!other.vocabulary.is_empty());
+    let e = FrameData::load(&[foreign], 32, &emb, Labels::GroundTruth, None)
+        .err()
+        .unwrap();
+    assert!(format!("{e:#}").contains("ground_truth"), "{e:#}");
+
+    // Its video files as a plain folder of videos: frames only, at 10 fps.
+    let videos = tmp.path().join("videos");
+    std::fs::create_dir_all(&videos).unwrap();
+    let mut n = 0;
+    let mut stack = vec![f.robot.join("videos")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "mp4") {
+                n += 1;
+                std::fs::copy(&p, videos.join(format!("v{n}.mp4"))).unwrap();
+            }
+        }
+    }
+    let plain = FrameData::load(&[videos.clone()], 32, &emb, Labels::None, None).unwrap();
+    assert_eq!(plain.episodes.len(), n);
+    let frames: usize = plain.episodes.iter().map(|e| e.len).sum();
+    let sim_frames: usize = sim.episodes.iter().map(|e| e.len).sum();
+    assert_eq!(
+        frames, sim_frames,
+        "every frame of the recording, one video per file"
+    );
+    let e = FrameData::load(&[videos], 32, &emb, Labels::Actions, None)
+        .err()
+        .unwrap();
+    assert!(format!("{e:#}").contains("no 1-D action feature"), "{e:#}");
+}

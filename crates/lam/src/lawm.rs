@@ -148,7 +148,9 @@ impl ModelArgs {
 
 #[derive(Args, Debug)]
 pub struct PretrainArgs {
-    /// Recording folders (LeRobot v3), any domain; repeat or comma-separate.
+    /// Video to pretrain on: lam-sim recordings, LeRobot datasets (v2.1 / v3.0: the first
+    /// camera, task strings as instructions) or folders of videos (10 fps, no instruction);
+    /// repeat or comma-separate.
     #[arg(long, required = true, value_delimiter = ',')]
     pub data: Vec<PathBuf>,
     /// Run folder.
@@ -163,7 +165,8 @@ pub struct PretrainArgs {
 
 #[derive(Args, Debug)]
 pub struct FinetuneArgs {
-    /// Labeled robot demonstration folders; repeat or comma-separate.
+    /// Labeled robot demonstrations: lam-sim recordings or LeRobot datasets (v2.1 / v3.0) with
+    /// a 1-D `action` feature; repeat or comma-separate.
     #[arg(long, required = true, value_delimiter = ',')]
     pub data: Vec<PathBuf>,
     /// Checkpoint to start from (run or checkpoint folder); from scratch without it.
