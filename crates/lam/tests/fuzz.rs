@@ -1,6 +1,7 @@
 //! Fuzzing of every parser of outside input, on stable Rust through bolero (its random engine
 //! under `cargo test`): shard folders (index.json + safetensors), LeRobot metadata (info.json,
-//! episode and data Parquet), TOML configs and `--set` values, `lam serve` requests (msgpack)
+//! episode and data Parquet), TOML configs and `--set` values of every stage, a model
+//! folder's config.json, `lam serve` requests (msgpack)
 //! and WebSocket framing, and video files.
 //!
 //! Each target starts from valid inputs (the committed seeds in `tests/fuzz_corpus/TARGET/`
@@ -304,7 +305,33 @@ fn fuzz_configs_and_overrides() {
         {
             let _ = cfg.validate();
         }
+        // Every other stage's settings read the same way (`lam_model::settings`).
+        let text = String::from_utf8_lossy(data);
+        every_stage_settings::<lam_lawm::LawmConfig>(&text, &sets);
+        every_stage_settings::<lam_encoder::pretrain::PretrainConfig>(&text, &sets);
+        every_stage_settings::<lam_encoder::end_to_end::EndToEndConfig>(&text, &sets);
+        every_stage_settings::<lam_control::controller::ControllerConfig>(&text, &sets);
+        every_stage_settings::<lam_control::planner::PlannerConfig>(&text, &sets);
+        // And as the config.json of a shared model folder.
+        let model = fresh_dir(&root_path, &[("config.json".into(), data.to_vec())]);
+        for kind in [
+            "latent-action-model",
+            "sim-encoder",
+            "controller",
+            "lawm-policy",
+        ] {
+            let _ = lam_model::model_folder::read_config(model.path(), kind);
+        }
+        let _ = lam_encoder::sim::read_meta(model.path());
+        let _ =
+            lam_model::checkpoint::read_state::<lam_model::checkpoint::TrainState>(model.path());
     });
+}
+
+/// A stage's settings from fuzzed TOML text and fuzzed `--set` lines.
+fn every_stage_settings<T: lam_model::settings::Settings>(text: &str, sets: &[String]) {
+    let _ = lam_model::settings::from_toml_str::<T>(text);
+    let _ = lam_model::settings::resolve::<T>(None, None, sets);
 }
 
 #[test]
