@@ -640,20 +640,7 @@ pub fn train_end_to_end(
     check(lam_cfg, &cfg, data)?;
     let dir = &run.dir;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let resume_from = if run.resume {
-        checkpoint::latest(dir)?
-    } else {
-        if let Some(step) = checkpoint::earlier_run(dir)? {
-            ensure!(
-                run.force,
-                "{} already holds a run (trained to step {step}); continue it with --resume, or \
-                 start over with --force",
-                dir.display()
-            );
-            checkpoint::clear_run(dir)?;
-        }
-        None
-    };
+    let resume_from = checkpoint::prepare_run(dir, run.resume, run.force)?;
     let ad = device.clone().autodiff();
     let total = lam_cfg.train.steps;
     let mut model = {
@@ -748,7 +735,7 @@ pub fn train_end_to_end(
     let k = tk.len();
     let tk = Tensor::<1>::from_data(TensorData::new(tk, [k]), &ad);
     let wk = Tensor::<1>::from_data(TensorData::new(wk, [k]), &ad);
-    let warm = ((total as f64 * cfg.warmup_fraction).round() as usize).max(1);
+    let warm = lam_model::optim::warmup_steps_at_least_one(cfg.warmup_fraction, total);
     let end = run.stop_after.map_or(total, |n| (start + n).min(total));
     let bar = lam_model::train::progress_bar(total, start, run.progress);
     let (b, t) = (lam_cfg.train.batch_size, lam_cfg.model.frames);

@@ -655,7 +655,7 @@ fn gaussian(rng: &mut StdRng) -> f32 {
 
 /// Learning rate at `step`: linear warmup, then cosine to 10% of the peak.
 pub fn lr_at(cfg: &PretrainConfig, step: usize) -> f64 {
-    let warm = ((cfg.steps as f64 * cfg.warmup_fraction).round() as usize).max(1);
+    let warm = lam_model::optim::warmup_steps_at_least_one(cfg.warmup_fraction, cfg.steps);
     lam_model::optim::warmup_cosine_lr(cfg.lr, warm, cfg.steps, 0.1, step)
 }
 

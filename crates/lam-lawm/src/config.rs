@@ -178,7 +178,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Learning rate of step `s` (0-based): linear warmup, then cosine decay to 10% of peak.
     pub fn lr_at(&self, step: usize) -> f64 {
-        let warm = ((self.steps as f64 * self.warmup_fraction).round() as usize).max(1);
+        let warm = lam_model::optim::warmup_steps_at_least_one(self.warmup_fraction, self.steps);
         lam_model::optim::warmup_cosine_lr(self.lr, warm, self.steps, 0.1, step)
     }
 }

@@ -206,6 +206,33 @@ pub fn earlier_run(run: &Path) -> Result<Option<usize>> {
 
 /// Removes what a run of lam wrote in `run` (checkpoints, metrics.jsonl, config.toml, run.json),
 /// leaving anything else there alone.
+/// Where a training run in `run` starts. With `resume`: its latest checkpoint, or `None`
+/// before the first one (the run starts at step 0, so a scheduler can repeat the same command
+/// after any preemption). Without: a folder holding an earlier run is refused unless `force`,
+/// which clears it ([`clear_run`]).
+pub fn prepare_run(run: &Path, resume: bool, force: bool) -> Result<Option<PathBuf>> {
+    if resume {
+        let from = latest(run)?;
+        if from.is_none() {
+            tracing::info!(
+                "{}: no checkpoint yet, the run starts from step 0",
+                run.display()
+            );
+        }
+        return Ok(from);
+    }
+    if let Some(step) = earlier_run(run)? {
+        ensure!(
+            force,
+            "{} already holds a run (trained to step {step}); continue it with --resume, or \
+             start over with --force (deletes its checkpoints, metrics and model folder)",
+            run.display()
+        );
+        clear_run(run)?;
+    }
+    Ok(None)
+}
+
 pub fn clear_run(run: &Path) -> Result<()> {
     let ck = checkpoints_dir(run);
     if ck.is_dir() {
@@ -225,6 +252,11 @@ pub fn clear_run(run: &Path) -> Result<()> {
         if p.exists() {
             fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
         }
+    }
+    // The earlier run's model folder, if lam wrote it (never a folder of the user's).
+    let model = run.join(crate::model_folder::MODEL_DIR);
+    if crate::model_folder::kind_of(&model).is_some() {
+        fs::remove_dir_all(&model).with_context(|| format!("cannot remove {}", model.display()))?;
     }
     Ok(())
 }

@@ -235,6 +235,12 @@ pub fn warmup_cosine_at(peak: f64, cfg: &OptimConfig, total_steps: usize, step: 
     warmup_cosine_lr(peak, warm, total_steps, cfg.min_lr_fraction, step)
 }
 
+/// Warmup steps of the encoder, end-to-end and LAWM schedules: `fraction` of `total`,
+/// rounded, at least 1.
+pub fn warmup_steps_at_least_one(fraction: f64, total: usize) -> usize {
+    ((total as f64 * fraction).round() as usize).max(1)
+}
+
 /// The one warmup + cosine learning-rate formula of lam (stage 1's closed form, the sim
 /// encoder's pretraining, LAWM): step s (0-based) gets `peak * (s + 1) / warm` for
 /// s < warm, then `min + (peak - min) * (1 + cos(pi * p)) / 2` with

@@ -409,28 +409,7 @@ pub fn train(
     let mut start = 0usize;
     let mut code_last_used = vec![0usize; cfg.regularizer.codebook_size];
 
-    let resume_from = if opts.resume {
-        checkpoint::latest(&opts.run_dir)?
-    } else {
-        None
-    };
-    if opts.resume && resume_from.is_none() {
-        tracing::info!(
-            "{}: no checkpoint yet, the run starts from step 0",
-            opts.run_dir.display()
-        );
-    }
-    if !opts.resume {
-        if let Some(step) = checkpoint::earlier_run(&opts.run_dir)? {
-            ensure!(
-                opts.force,
-                "{} already holds a run (trained to step {step}); continue it with --resume, or \
-                 start over with --force (deletes its checkpoints and metrics)",
-                opts.run_dir.display()
-            );
-            checkpoint::clear_run(&opts.run_dir)?;
-        }
-    }
+    let resume_from = checkpoint::prepare_run(&opts.run_dir, opts.resume, opts.force)?;
     if let Some(ckpt) = &resume_from {
         let state = checkpoint::load_state(ckpt)?;
         ensure!(
