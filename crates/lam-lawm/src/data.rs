@@ -140,40 +140,33 @@ impl FrameData {
         max_episodes: Option<usize>,
     ) -> Result<Self> {
         ensure!(!dirs.is_empty(), "no dataset folder given");
-        let mut episodes = Vec::new();
-        let mut action_dim = None;
-        let mut texts = std::collections::BTreeSet::new();
+        let mut l = Loading {
+            size,
+            embedder,
+            labels,
+            max_episodes,
+            episodes: Vec::new(),
+            action_dim: None,
+            texts: std::collections::BTreeSet::new(),
+        };
         for dir in dirs {
-            let before = episodes.len();
+            let before = l.episodes.len();
             match sim_recording(dir) {
-                Some(ds) => load_sim(
-                    &ds,
-                    dir,
-                    size,
-                    embedder,
-                    labels,
-                    max_episodes,
-                    &mut episodes,
-                    &mut action_dim,
-                    &mut texts,
-                )?,
-                None => load_ingest(
-                    dir,
-                    size,
-                    embedder,
-                    labels,
-                    max_episodes,
-                    &mut episodes,
-                    &mut action_dim,
-                    &mut texts,
-                )?,
+                Some(ds) => load_sim(&ds, dir, &mut l)?,
+                None => load_ingest(dir, &mut l)?,
             }
             ensure!(
-                episodes.len() > before,
+                l.episodes.len() > before,
                 "dataset {} has no episodes",
                 dir.display()
             );
         }
+        let Loading {
+            episodes,
+            action_dim,
+            texts,
+            ..
+        } = l;
         Ok(Self {
             episodes,
             size,
@@ -331,6 +324,17 @@ pub fn check_dirs(dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Episodes being loaded from several folders, and how.
+struct Loading<'a> {
+    size: usize,
+    embedder: &'a InstructionEmbedder,
+    labels: Labels,
+    max_episodes: Option<usize>,
+    episodes: Vec<Episode>,
+    action_dim: Option<usize>,
+    texts: std::collections::BTreeSet<String>,
+}
+
 /// A lam-sim recording (a LeRobot v3 dataset whose meta declares its task and domain), if
 /// `dir` is one: read through lam-sim for its hidden ground truth and provenance.
 fn sim_recording(dir: &Path) -> Option<Dataset> {
@@ -339,18 +343,17 @@ fn sim_recording(dir: &Path) -> Option<Dataset> {
 }
 
 /// The episodes of a lam-sim recording.
-#[allow(clippy::too_many_arguments)]
-fn load_sim(
-    ds: &Dataset,
-    dir: &Path,
-    size: usize,
-    embedder: &InstructionEmbedder,
-    labels: Labels,
-    max_episodes: Option<usize>,
-    episodes: &mut Vec<Episode>,
-    action_dim: &mut Option<usize>,
-    texts: &mut std::collections::BTreeSet<String>,
-) -> Result<()> {
+fn load_sim(ds: &Dataset, dir: &Path, l: &mut Loading) -> Result<()> {
+    let Loading {
+        size,
+        embedder,
+        labels,
+        max_episodes,
+        episodes,
+        action_dim,
+        texts,
+    } = l;
+    let (size, labels, max_episodes) = (*size, *labels, *max_episodes);
     let (task, domain) = provenance(ds);
     let n = max_episodes.map_or(ds.len(), |m| m.min(ds.len()));
     for meta in &ds.episodes()[..n] {
@@ -420,17 +423,17 @@ pub const VIDEO_FOLDER_FPS: f64 = 10.0;
 /// its `action` column as labels) or a folder of videos (one episode per video at
 /// [`VIDEO_FOLDER_FPS`], no instruction, no labels). Frames are prepared by lam-ingest's one
 /// frame preparation (short side resized, centre crop).
-#[allow(clippy::too_many_arguments)]
-fn load_ingest(
-    dir: &Path,
-    size: usize,
-    embedder: &InstructionEmbedder,
-    labels: Labels,
-    max_episodes: Option<usize>,
-    episodes: &mut Vec<Episode>,
-    action_dim: &mut Option<usize>,
-    texts: &mut std::collections::BTreeSet<String>,
-) -> Result<()> {
+fn load_ingest(dir: &Path, l: &mut Loading) -> Result<()> {
+    let Loading {
+        size,
+        embedder,
+        labels,
+        max_episodes,
+        episodes,
+        action_dim,
+        texts,
+    } = l;
+    let (size, labels, max_episodes) = (*size, *labels, *max_episodes);
     ensure!(
         labels != Labels::GroundTruth,
         "{}: hidden true actions exist only in lam-sim recordings (their ground_truth/)",

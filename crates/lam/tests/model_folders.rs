@@ -2,21 +2,11 @@
 //! `model.safetensors`, `README.md` with the command that made it) and taken by path where a
 //! model is taken: here each folder is shared as its two files alone and used from there.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn lam(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_lam"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lam {args:?} failed\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
+use std::path::{Path, PathBuf};
+
+use common::{TINY_ENCODER_PRETRAIN, TINY_LABELED_SHARDS, lam_ok as lam};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -43,21 +33,9 @@ fn every_trained_model_is_a_shareable_folder_taken_by_path() {
 
     // Stage 1, then a controller fitted on the shared stage-1 folder.
     let shards = p("shards");
-    lam(&[
-        "data",
-        "synthetic",
-        "--out",
-        s(&shards),
-        "--clips",
-        "64",
-        "--frames",
-        "4",
-        "--grid",
-        "2",
-        "--dim",
-        "8",
-        "--labeled",
-    ]);
+    let mut args = TINY_LABELED_SHARDS.to_vec();
+    args.extend(["--out", s(&shards)]);
+    lam(&args);
     let run = p("run");
     lam(&[
         "train",
@@ -169,31 +147,9 @@ fn every_trained_model_is_a_shareable_folder_taken_by_path() {
 
     // The sim encoder's own folder is a model folder.
     let enc = p("enc");
-    lam(&[
-        "encoder",
-        "pretrain",
-        "--synthetic",
-        "2",
-        "--size",
-        "16",
-        "--patch",
-        "8",
-        "--dim",
-        "16",
-        "--keypoints",
-        "2",
-        "--steps",
-        "2",
-        "--batch",
-        "4",
-        "--probe-episodes",
-        "0",
-        "--checkpoint-every",
-        "0",
-        "--quiet",
-        "--out",
-        s(&enc),
-    ]);
+    let mut args = TINY_ENCODER_PRETRAIN.to_vec();
+    args.extend(["--out", s(&enc)]);
+    lam(&args);
     let shared_enc = share(
         &enc.join("encoder"),
         "sim-encoder",

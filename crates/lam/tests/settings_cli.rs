@@ -2,24 +2,11 @@
 //! `--preset`, `--config FILE` and `--set KEY=VALUE`, names unknown keys, saves the resolved
 //! settings with its run as `config.toml`, and that file repeats the run's settings.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn lam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lam"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) {
-    let out = lam(args);
-    assert!(
-        out.status.success(),
-        "lam {args:?} failed\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{TINY_ENCODER_PRETRAIN, TINY_LABELED_SHARDS, lam, lam_ok as ok};
 
 fn fails_naming(args: &[&str], what: &str) {
     let out = lam(args);
@@ -121,29 +108,7 @@ fn lawm_takes_presets_files_and_overrides_and_saves_what_it_ran() {
 fn encoder_pretraining_and_controller_fit_take_the_same_settings_flags() {
     let tmp = tempfile::tempdir().unwrap();
     let enc = tmp.path().join("enc");
-    let common = [
-        "encoder",
-        "pretrain",
-        "--synthetic",
-        "2",
-        "--size",
-        "16",
-        "--patch",
-        "8",
-        "--dim",
-        "16",
-        "--keypoints",
-        "2",
-        "--steps",
-        "2",
-        "--batch",
-        "4",
-        "--probe-episodes",
-        "0",
-        "--checkpoint-every",
-        "0",
-        "--quiet",
-    ];
+    let common = TINY_ENCODER_PRETRAIN;
     let mut args = common.to_vec();
     args.extend(["--out", s(&enc), "--set", "weight_decay=0.05"]);
     ok(&args);
@@ -165,21 +130,9 @@ fn encoder_pretraining_and_controller_fit_take_the_same_settings_flags() {
         tmp.path().join("run"),
         tmp.path().join("ctrl"),
     );
-    ok(&[
-        "data",
-        "synthetic",
-        "--out",
-        s(&shards),
-        "--clips",
-        "64",
-        "--frames",
-        "4",
-        "--grid",
-        "2",
-        "--dim",
-        "8",
-        "--labeled",
-    ]);
+    let mut args = TINY_LABELED_SHARDS.to_vec();
+    args.extend(["--out", s(&shards)]);
+    ok(&args);
     ok(&[
         "train",
         "--data",

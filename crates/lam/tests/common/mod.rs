@@ -28,3 +28,66 @@ pub fn python(modules: &str) -> PathBuf {
         ),
     }
 }
+
+/// Runs the `lam` binary of this build.
+#[allow(dead_code)]
+pub fn lam(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lam"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `lam`, failing the test with its stderr unless it succeeds; returns its stdout.
+#[allow(dead_code)]
+pub fn lam_ok(args: &[&str]) -> String {
+    let out = lam(args);
+    assert!(
+        out.status.success(),
+        "lam {args:?} failed\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `lam encoder pretrain` of a tiny sim encoder on generated frames, in seconds (add `--out`).
+#[allow(dead_code)]
+pub const TINY_ENCODER_PRETRAIN: &[&str] = &[
+    "encoder",
+    "pretrain",
+    "--synthetic",
+    "2",
+    "--size",
+    "16",
+    "--patch",
+    "8",
+    "--dim",
+    "16",
+    "--keypoints",
+    "2",
+    "--steps",
+    "2",
+    "--batch",
+    "4",
+    "--probe-episodes",
+    "0",
+    "--checkpoint-every",
+    "0",
+    "--quiet",
+];
+
+/// `lam data synthetic` arguments of a small labeled shard set (add `--out`).
+#[allow(dead_code)]
+pub const TINY_LABELED_SHARDS: &[&str] = &[
+    "data",
+    "synthetic",
+    "--clips",
+    "64",
+    "--frames",
+    "4",
+    "--grid",
+    "2",
+    "--dim",
+    "8",
+    "--labeled",
+];
