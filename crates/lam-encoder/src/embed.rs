@@ -39,7 +39,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lam_data::shards::{INDEX_FILE, ShardIndex, ShardWriter, write_atomic};
 use lam_data::{Split as ShardSplit, shards::Clip as ShardClip};
 use lam_ingest::{
-    Clip, ClipSpec, EpisodeData, IngestError, IngestReport, Item, RunOptions, Split, Subset,
+    Clip, ClipSpec, EpisodeData, IngestError, IngestReport, Item, Part, RunOptions, Split, Subset,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -85,6 +85,9 @@ pub struct EmbedOptions {
     pub cameras: Option<Vec<String>>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Embed only this part of the source's items (`lam embed --part K/N`, for a job array),
+    /// into `out/part-K-of-N`; [`merge_parts`] joins the finished parts into `out`.
+    pub part: Option<Part>,
 }
 
 impl EmbedOptions {
@@ -107,6 +110,7 @@ impl EmbedOptions {
             workers: 2,
             cameras: None,
             progress: false,
+            part: None,
         }
     }
 }
@@ -140,6 +144,20 @@ struct Pending {
 
 /// Runs an embedding job (see the module docs).
 pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
+    if opts.part.is_some() {
+        ensure!(
+            !opts.out.join(INDEX_FILE).exists(),
+            "{} already holds the merged shards of its parts",
+            opts.out.display()
+        );
+    }
+    match opts.part {
+        Some(part) => embed_into(opts, &opts.out.join(part.name()), device),
+        None => embed_into(opts, &opts.out, device),
+    }
+}
+
+fn embed_into(opts: &EmbedOptions, out_dir: &Path, device: &Device) -> Result<EmbedSummary> {
     ensure!(
         opts.frames >= 2,
         "--frames must be at least 2 (shards hold transitions), got {}",
@@ -192,20 +210,20 @@ pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(opts.part.map(|p| (PART_KEY.to_string(), p.to_string())))
     .collect();
-    fs::create_dir_all(&opts.out)
-        .with_context(|| format!("cannot create {}", opts.out.display()))?;
-    remove_temporaries(&opts.out)?;
+    fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    remove_temporaries(&out_dir)?;
     let mut done = BTreeMap::from([(ShardSplit::Train, 0usize), (ShardSplit::Val, 0usize)]);
-    if opts.out.join(INDEX_FILE).exists() {
-        let old = ShardIndex::load(&opts.out)?;
+    if out_dir.join(INDEX_FILE).exists() {
+        let old = ShardIndex::load(&out_dir)?;
         for (k, v) in &settings {
             let was = old.source.get(k);
             if was != Some(v) {
                 bail!(
                     "{}: cannot resume: it was made with {k} = {}, this run has {k} = {v}; \
                      use another --out or delete the folder",
-                    opts.out.join(INDEX_FILE).display(),
+                    out_dir.join(INDEX_FILE).display(),
                     was.map_or("(unset)", |s| s.as_str())
                 );
             }
@@ -215,7 +233,7 @@ pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
         }
     }
     let mut writer = ShardWriter::create(
-        &opts.out,
+        &out_dir,
         opts.frames,
         grid,
         dim,
@@ -285,6 +303,7 @@ pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
         &spec,
         &RunOptions {
             split: None,
+            part: opts.part,
             workers: opts.workers.max(1),
         },
         &mut |item: &Item, clips: Vec<Clip>| {
@@ -372,7 +391,7 @@ pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
         index,
     };
     write_atomic(
-        &opts.out.join("report.json"),
+        &out_dir.join("report.json"),
         serde_json::to_string_pretty(&json!({
             "source": clip_source.describe(),
             "encoder": encoder.info.path,
@@ -384,16 +403,152 @@ pub fn embed(opts: &EmbedOptions, device: &Device) -> Result<EmbedSummary> {
         }))?
         .as_bytes(),
     )?;
-    let mut all_ids: BTreeMap<i64, String> = match fs::read_to_string(opts.out.join("ids.json")) {
+    let mut all_ids: BTreeMap<i64, String> = match fs::read_to_string(out_dir.join("ids.json")) {
         Ok(text) => serde_json::from_str(&text).unwrap_or_default(),
         Err(_) => BTreeMap::new(),
     };
     all_ids.extend(ids);
     write_atomic(
-        &opts.out.join("ids.json"),
+        &out_dir.join("ids.json"),
         serde_json::to_string_pretty(&all_ids)?.as_bytes(),
     )?;
     Ok(summary)
+}
+
+/// The setting a part's shard index records its part under (`K/N`).
+const PART_KEY: &str = "part";
+
+/// What [`merge_parts`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct MergedParts {
+    pub parts: usize,
+    pub clips: usize,
+    pub index: ShardIndex,
+}
+
+/// Joins the parts `dir/part-K-of-N` of a job array (`lam embed --part K/N --out dir`) into
+/// one shard folder `dir`, after checking that all N parts are there, each finished (its
+/// `report.json`, written when a part's job ends) and made with the same settings but the
+/// part. Clips keep their source ids (the parts share one item numbering); the parts stay,
+/// so a failed merge can be repeated.
+pub fn merge_parts(dir: &Path) -> Result<MergedParts> {
+    ensure!(
+        !dir.join(INDEX_FILE).exists(),
+        "{} already holds merged shards",
+        dir.display()
+    );
+    let mut parts: Vec<(Part, PathBuf)> = fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            Part::from_name(&name).map(|p| (p, e.path()))
+        })
+        .collect();
+    parts.sort_by_key(|(p, _)| (p.of, p.index));
+    let Some(&(first, _)) = parts.first() else {
+        bail!(
+            "{} has no part-K-of-N folders (written by lam embed --part K/N --out {})",
+            dir.display(),
+            dir.display()
+        );
+    };
+    let n = first.of;
+    ensure!(
+        parts.iter().all(|(p, _)| p.of == n),
+        "{} holds parts of different counts ({}); one job array per folder",
+        dir.display(),
+        parts
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let missing: Vec<String> = (1..=n)
+        .filter(|k| !parts.iter().any(|(p, _)| p.index == *k))
+        .map(|k| format!("{k}/{n}"))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "{}: parts {} are missing; run lam embed --part K/N for each",
+        dir.display(),
+        missing.join(", ")
+    );
+    let mut indexes = Vec::new();
+    for (p, path) in &parts {
+        ensure!(
+            path.join("report.json").exists(),
+            "part {p} ({}) has not finished; rerun its lam embed --part {p} to resume it",
+            path.display()
+        );
+        indexes.push(ShardIndex::load(path)?);
+    }
+    let settings = |ix: &ShardIndex| {
+        let mut s = ix.source.clone();
+        s.remove(PART_KEY);
+        s
+    };
+    let first_ix = &indexes[0];
+    for ((p, path), ix) in parts.iter().zip(&indexes).skip(1) {
+        ensure!(
+            settings(ix) == settings(first_ix)
+                && (ix.frames, ix.grid, ix.dim, ix.action_dim)
+                    == (
+                        first_ix.frames,
+                        first_ix.grid,
+                        first_ix.dim,
+                        first_ix.action_dim
+                    ),
+            "part {p} ({}) was made with other settings or shapes than part 1/{n}; \
+             every part of a job array takes the same command but --part",
+            path.display()
+        );
+    }
+    let mut writer = ShardWriter::create(
+        dir,
+        first_ix.frames,
+        first_ix.grid,
+        first_ix.dim,
+        first_ix.action_dim,
+        256,
+    )?;
+    for (k, v) in settings(first_ix) {
+        writer.set_source(&k, &v);
+    }
+    writer.set_source("parts", &n.to_string());
+    let mut ids: BTreeMap<i64, String> = BTreeMap::new();
+    let mut clips = 0;
+    for (_, path) in &parts {
+        for split in [ShardSplit::Train, ShardSplit::Val] {
+            let set = lam_data::ShardSet::open(path, Some(split))?;
+            for i in 0..set.len() {
+                writer.push(
+                    split,
+                    ShardClip {
+                        embeddings: set.clip(i),
+                        actions: set.actions(i),
+                        id: set.clip_id(i),
+                    },
+                )?;
+                clips += 1;
+            }
+        }
+        if let Ok(text) = fs::read_to_string(path.join("ids.json")) {
+            let part_ids: BTreeMap<i64, String> = serde_json::from_str(&text)
+                .with_context(|| format!("malformed {}", path.join("ids.json").display()))?;
+            ids.extend(part_ids);
+        }
+    }
+    write_atomic(
+        &dir.join("ids.json"),
+        serde_json::to_string_pretty(&ids)?.as_bytes(),
+    )?;
+    let index = writer.finish()?;
+    Ok(MergedParts {
+        parts: n,
+        clips,
+        index,
+    })
 }
 
 /// Action blocks `[T-1, k A]` of a clip: for each frame but the last, the `block` rows from the

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::prelude::*;
-use lam_data::{ShardIndex, ShardSet};
-use lam_encoder::embed::{EmbedOptions, embed};
+use lam_data::{ShardIndex, ShardSet, Split};
+use lam_encoder::embed::{EmbedOptions, embed, merge_parts};
 use lam_encoder::pretrain::{
     Frames, PretrainConfig, PretrainRun, PretrainSummary, pretrain, synthetic_frames,
 };
@@ -299,6 +299,45 @@ fn pretrain_then_embed_a_sim_recording_with_actions_and_resume() {
     assert!(acts.iter().all(|v| v.is_finite()));
     assert!(out.join("report.json").exists() && out.join("ids.json").exists());
     let last = set.clip(set.len() - 1);
+
+    // The same job as a job array of 3 parts, merged: the same clips under the same ids, on
+    // the same side of the split; an unfinished or missing part stops the merge.
+    let array = dir.path().join("array");
+    let clips_of = |d: &Path| {
+        let mut v = Vec::new();
+        for split in [Split::Train, Split::Val] {
+            let set = ShardSet::open(d, Some(split)).unwrap();
+            for i in 0..set.len() {
+                let bits: Vec<u32> = set.clip(i).iter().map(|x| x.to_bits()).collect();
+                v.push((
+                    split == Split::Val,
+                    set.clip_id(i),
+                    bits,
+                    set.actions(i).is_some(),
+                ));
+            }
+        }
+        v.sort();
+        v
+    };
+    for k in 1..=3 {
+        let mut part = opts.clone();
+        part.out = array.clone();
+        part.part = Some(format!("{k}/3").parse().unwrap());
+        let s = embed(&part, &Device::flex()).unwrap();
+        assert!(s.written > 0, "part {k}/3 got no clips");
+        if k == 2 {
+            let e = format!("{:#}", merge_parts(&array).unwrap_err());
+            assert!(e.contains("3/3 are missing"), "{e}");
+        }
+    }
+    fs::rename(array.join("part-3-of-3/report.json"), dir.path().join("r")).unwrap();
+    let e = format!("{:#}", merge_parts(&array).unwrap_err());
+    assert!(e.contains("part 3/3") && e.contains("not finished"), "{e}");
+    fs::rename(dir.path().join("r"), array.join("part-3-of-3/report.json")).unwrap();
+    let merged = merge_parts(&array).unwrap();
+    assert_eq!((merged.parts, merged.clips), (3, full.written));
+    assert_eq!(clips_of(&array), clips_of(&out));
 
     // Interrupt: keep only the first shard in the index, leave a stale temporary file.
     let mut cut: ShardIndex = ShardIndex::load(&out).unwrap();

@@ -57,5 +57,5 @@ pub use report::IngestReport;
 pub use run::{RunOptions, run};
 pub use source::{ClipSource, Item, Source};
 pub use spec::{ClipSpec, Normalization};
-pub use split::{Split, Subset};
+pub use split::{Part, Split, Subset};
 pub use video::{ItemStats, for_each_video_clip, for_each_video_frame};

@@ -7,7 +7,7 @@ use crate::error::{IngestError, Result};
 use crate::report::IngestReport;
 use crate::source::{ClipSource, Item};
 use crate::spec::ClipSpec;
-use crate::split::{Split, Subset};
+use crate::split::{Part, Split, Subset};
 use crate::video::ItemStats;
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -20,6 +20,8 @@ pub struct RunOptions {
     /// Keep only items whose group falls on this side of this split.
     /// Default `None`: all items.
     pub split: Option<(Split, Subset)>,
+    /// Keep only the items of this part of the source (after the split). Default `None`.
+    pub part: Option<Part>,
     /// Items decoded at the same time, each on its own thread. Default 1.
     pub workers: usize,
 }
@@ -28,6 +30,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             split: None,
+            part: None,
             workers: 1,
         }
     }
@@ -66,6 +69,10 @@ pub fn run(
                 .is_none_or(|(split, side)| split.subset(&it.group) == side)
         })
         .collect();
+    let items = match options.part {
+        Some(part) => part.select(&items),
+        None => items,
+    };
     let mut handle = |item: &Item, outcome: Outcome| -> Result<()> {
         match outcome {
             Ok(Ok((clips, stats))) => {

@@ -59,6 +59,66 @@ impl Split {
     }
 }
 
+/// Part `index` of `of` of a source's items, for a job array (SLURM array, Kubernetes
+/// indexed job): groups (a video, or all cameras of an episode) are dealt round-robin in the
+/// source's listing order, so the parts are disjoint, together hold every item, and differ by
+/// at most one group. Written `K/N` (1-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl Part {
+    /// The folder name of this part's output: `part-K-of-N`.
+    pub fn name(&self) -> String {
+        format!("part-{}-of-{}", self.index, self.of)
+    }
+
+    /// Parses a folder name written by [`Part::name`].
+    pub fn from_name(name: &str) -> Option<Part> {
+        let rest = name.strip_prefix("part-")?;
+        let (k, n) = rest.split_once("-of-")?;
+        format!("{k}/{n}").parse().ok()
+    }
+
+    /// The items of `items` (in listing order) that fall in this part.
+    pub fn select<'a>(&self, items: &[&'a crate::Item]) -> Vec<&'a crate::Item> {
+        let mut rank: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        items
+            .iter()
+            .filter(|it| {
+                let next = rank.len();
+                let r = *rank.entry(it.group.as_str()).or_insert(next);
+                r % self.of == self.index - 1
+            })
+            .copied()
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.of)
+    }
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("part `{s}` must look like K/N with 1 <= K <= N (e.g. 3/16)");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, of) = (
+            k.trim().parse::<usize>().map_err(|_| bad())?,
+            n.trim().parse::<usize>().map_err(|_| bad())?,
+        );
+        if index == 0 || index > of {
+            return Err(bad());
+        }
+        Ok(Part { index, of })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +143,53 @@ mod tests {
             .filter(|i| other.subset(i) != s.subset(i))
             .count();
         assert!(moved > 0);
+    }
+
+    #[test]
+    fn parts_are_disjoint_cover_every_item_and_keep_an_episode_together() {
+        let item = |group: &str, camera: &str| crate::Item {
+            id: format!("{group}/{camera}"),
+            group: group.into(),
+            path: "v.mp4".into(),
+            window: crate::decode::Window {
+                start: None,
+                end: None,
+            },
+            episode: None,
+            camera: Some(camera.into()),
+        };
+        let items: Vec<crate::Item> = (0..7)
+            .flat_map(|e| {
+                [
+                    item(&format!("ep{e}"), "top"),
+                    item(&format!("ep{e}"), "wrist"),
+                ]
+            })
+            .collect();
+        let refs: Vec<&crate::Item> = items.iter().collect();
+        let mut seen = Vec::new();
+        for k in 1..=3 {
+            let part: Part = format!("{k}/3").parse().unwrap();
+            assert_eq!(Part::from_name(&part.name()), Some(part));
+            let got = part.select(&refs);
+            // Both cameras of an episode land in the same part; sizes differ by one episode.
+            assert!(got.len() == 4 || got.len() == 6, "{}", got.len());
+            for it in &got {
+                assert!(got_once(&mut seen, &it.id));
+                assert_eq!(got.iter().filter(|o| o.group == it.group).count(), 2);
+            }
+        }
+        assert_eq!(seen.len(), items.len());
+        for bad in ["0/3", "4/3", "3", "a/b", "1/0"] {
+            assert!(bad.parse::<Part>().is_err(), "{bad}");
+        }
+    }
+
+    fn got_once(seen: &mut Vec<String>, id: &str) -> bool {
+        if seen.iter().any(|s| s == id) {
+            return false;
+        }
+        seen.push(id.to_string());
+        true
     }
 }

@@ -271,6 +271,10 @@ pub struct EmbedArgs {
     /// LeRobot camera (video feature) to take; repeat for several (default: all).
     #[arg(long = "camera")]
     pub cameras: Vec<String>,
+    /// Embed only part K of N of the source's videos / episodes (a job array: run K = 1..N
+    /// anywhere, each resumable), into OUT/part-K-of-N; then `lam data merge-parts OUT`.
+    #[arg(long, value_name = "K/N")]
+    pub part: Option<lam_ingest::Part>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Hide the progress bar.
@@ -434,9 +438,14 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
         workers: a.workers,
         cameras: (!a.cameras.is_empty()).then_some(a.cameras),
         progress: !a.quiet,
+        part: a.part,
         ..EmbedOptions::new(a.data, a.encoder, a.out.clone())
     };
     if lam_encoder::oracle::is_oracle(&opts.encoder) {
+        anyhow::ensure!(
+            opts.part.is_none(),
+            "--part splits encoder jobs; the oracle reads a recording's state in seconds"
+        );
         let s = lam_encoder::oracle::embed_oracle(&opts)?;
         println!(
             "oracle shards: {} clips of {} episodes in {:.1}s -> {} (D={}, {} recording \

@@ -73,6 +73,12 @@ enum DataCommand {
         /// Shard folder.
         dir: PathBuf,
     },
+    /// Join the parts of a job array (`lam embed --part K/N --out DIR`, K = 1..N) into one
+    /// shard folder DIR, after checking that every part is there, finished and made alike.
+    MergeParts {
+        /// The --out folder the parts were embedded into.
+        dir: PathBuf,
+    },
     /// Merge shard folders of the same shape into a new one (e.g. human video and the robot
     /// episodes' video for stage 1); actions are kept only when every folder has them.
     Merge {
@@ -179,6 +185,17 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     " (without actions: not every folder has them)"
                 }
+            );
+            Ok(())
+        }
+        Command::Data(DataCommand::MergeParts { dir }) => {
+            let m = lam_encoder::embed::merge_parts(&dir)?;
+            println!(
+                "merged {} parts: {} clips ({} shard files) in {}",
+                m.parts,
+                m.clips,
+                m.index.shards.len(),
+                dir.display()
             );
             Ok(())
         }
