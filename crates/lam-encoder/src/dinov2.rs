@@ -23,8 +23,9 @@ use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use crate::hf::{Activation, HfFolder, attend, patchify, split_heads};
+use crate::hf::HfFolder;
 use crate::resize::bicubic;
+use crate::vit::{Activation, attend, patchify, split_heads};
 
 /// The config.json keys this loader reads; defaults are those of transformers'
 /// `Dinov2Config` (and `Dinov2WithRegistersConfig` where noted).

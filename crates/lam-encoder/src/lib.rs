@@ -20,6 +20,7 @@ pub mod probe;
 pub mod resize;
 pub mod sim;
 pub mod stats;
+pub mod vit;
 pub mod vjepa2;
 
 pub use encoder::{Encoder, EncoderInfo, Pooling};

@@ -39,10 +39,10 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::hf::patchify;
 use crate::probe::{ProbeConfig, ProbeReport, probe_encoder, sim_probe_set};
 use crate::sim::{ARCHITECTURE, SimBlock, SimCheckpointMeta, SimEncoder, SimEncoderConfig};
 use crate::stats::{EmbeddingStats, embedding_stats};
+use crate::vit::patchify;
 
 /// Pretraining settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -46,7 +46,7 @@ use lam_ingest::Normalization;
 use lam_model::spatial::spatial_softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::hf::{attend, patchify, split_heads};
+use crate::vit::{attend, patchify, split_heads};
 
 /// Value of [`SimCheckpointMeta::architecture`].
 pub const ARCHITECTURE: &str = "lam-sim-encoder";

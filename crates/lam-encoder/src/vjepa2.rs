@@ -30,7 +30,8 @@ use anyhow::{Result, ensure};
 use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 
-use crate::hf::{Activation, HfFolder, attend, split_heads};
+use crate::hf::HfFolder;
+use crate::vit::{Activation, attend, split_heads};
 
 /// The config.json keys this loader reads; defaults are those of transformers' `VJEPA2Config`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

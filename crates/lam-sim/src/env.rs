@@ -2,7 +2,7 @@
 //! and rendered to RGB frames.
 
 use crate::domain::{ActionSpace, Domain};
-use crate::look::{Look, NuisanceConfig, move_distractors};
+use crate::nuisances::{Look, NuisanceConfig, move_distractors};
 use crate::render::{Renderer, check_size};
 use crate::scene::{Goal, Layout, SimState};
 use crate::tasks::Task;

@@ -20,7 +20,7 @@
 //! Episodes are grouped `episodes_per_file` to a data file and a video file;
 //! an episode's frames sit at `from_timestamp + timestamp` in its video.
 
-use crate::table::{Table, TableBuilder};
+use crate::parquet_table::{Table, TableBuilder};
 use crate::video::{VideoWriter, output_codec, read_video};
 use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};

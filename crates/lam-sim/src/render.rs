@@ -3,7 +3,7 @@
 //! layer; a frame copies it and draws the objects, distractors and agent.
 
 use crate::domain::AgentShape;
-use crate::look::{Look, Texture};
+use crate::nuisances::{Look, Texture};
 use crate::scene::{ARENA, BodyState, Layout, ObjectShape, SimState};
 use tiny_skia::{Color, FillRule, Paint, Path, PathBuilder, Pixmap, Rect, Transform};
 

@@ -10,7 +10,7 @@ mod plot;
 mod serve;
 mod settings_args;
 mod sim;
-mod stage1;
+mod train;
 
 use std::path::PathBuf;
 
@@ -33,9 +33,9 @@ enum Command {
     /// Run the whole pipeline on built-in data and write a report folder.
     Demo(demo::DemoArgs),
     /// Train the stage-1 latent action model (IDM + world model) on embedding shards.
-    Train(stage1::TrainArgs),
+    Train(train::TrainArgs),
     /// Leakage (scene-cut) and transfer evaluations of a trained model.
-    Eval(stage1::EvalArgs),
+    Eval(train::EvalArgs),
     /// Controller between robot actions and latent actions (stage 2).
     #[command(subcommand)]
     Control(control::ControlCommand),
@@ -151,8 +151,8 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
-        Command::Train(args) => stage1::train(args),
-        Command::Eval(args) => stage1::eval(args),
+        Command::Train(args) => train::train(args),
+        Command::Eval(args) => train::eval(args),
         Command::Data(DataCommand::Synthetic(a)) => {
             let cfg = lam_data::synthetic::SyntheticConfig {
                 clips: a.clips,

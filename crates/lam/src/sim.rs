@@ -8,7 +8,7 @@ use lam_sim::domain::Domain;
 use lam_sim::env::{Env, EnvConfig};
 use lam_sim::expert::{ExpertConfig, expert_rollout};
 use lam_sim::lerobot::Dataset;
-use lam_sim::look::NuisanceConfig;
+use lam_sim::nuisances::NuisanceConfig;
 use lam_sim::policy::{PolicyKind, RandomPolicy};
 use lam_sim::protocol::eval_protocol;
 use lam_sim::record::{RecordConfig, record};

@@ -1,5 +1,7 @@
-//! What the tests that run Python share: the repository root and the interpreter of the
-//! repository's virtual environment (`.venv`, made by `bash tools/setup.sh`).
+//! What the binary's tests share: the repository root, the interpreter of the repository's
+//! virtual environment (`.venv`, made by `bash tools/setup.sh`), running `lam`, and the
+//! arguments of tiny jobs.
+#![allow(dead_code)] // each test file uses some of these
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,7 +32,6 @@ pub fn python(modules: &str) -> PathBuf {
 }
 
 /// Runs the `lam` binary of this build.
-#[allow(dead_code)]
 pub fn lam(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lam"))
         .args(args)
@@ -39,7 +40,6 @@ pub fn lam(args: &[&str]) -> std::process::Output {
 }
 
 /// Runs `lam`, failing the test with its stderr unless it succeeds; returns its stdout.
-#[allow(dead_code)]
 pub fn lam_ok(args: &[&str]) -> String {
     let out = lam(args);
     assert!(
@@ -51,7 +51,6 @@ pub fn lam_ok(args: &[&str]) -> String {
 }
 
 /// `lam encoder pretrain` of a tiny sim encoder on generated frames, in seconds (add `--out`).
-#[allow(dead_code)]
 pub const TINY_ENCODER_PRETRAIN: &[&str] = &[
     "encoder",
     "pretrain",
@@ -77,7 +76,6 @@ pub const TINY_ENCODER_PRETRAIN: &[&str] = &[
 ];
 
 /// `lam data synthetic` arguments of a small labeled shard set (add `--out`).
-#[allow(dead_code)]
 pub const TINY_LABELED_SHARDS: &[&str] = &[
     "data",
     "synthetic",
