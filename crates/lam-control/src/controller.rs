@@ -88,13 +88,10 @@ pub struct ControllerConfig {
 
 impl lam_model::settings::Settings for ControllerConfig {
     const WHAT: &'static str = "controller";
-    const PRESETS: &'static [&'static str] = &["default"];
+    const PRESETS: &'static [&'static str] = lam_model::settings::ONLY_DEFAULT;
     /// `default`: [`ControllerConfig::default`].
     fn preset(name: &str) -> Result<Self> {
-        match name {
-            "default" => Ok(Self::default()),
-            other => Err(lam_model::settings::unknown_preset::<Self>(other)),
-        }
+        lam_model::settings::only_default(name)
     }
 }
 
@@ -883,30 +880,23 @@ pub fn save(
     )
 }
 
-/// Loads a controller saved by [`save`].
+/// Loads a controller saved by [`save`], from its fit's folder or its model folder.
 pub fn load(dir: &Path, device: &Device) -> Result<Controller> {
     use lam_model::model_folder::{self, kind};
-    let (meta_path, weights) =
-        if !dir.join("controller.json").exists() && model_folder::kind_of(dir).is_some() {
-            // A model folder (`lam_model::model_folder`): config.json + model.safetensors.
-            (
-                dir.join(model_folder::CONFIG_FILE),
-                dir.join(model_folder::WEIGHTS_FILE),
-            )
-        } else {
-            (
-                dir.join("controller.json"),
-                dir.join("controller.safetensors"),
-            )
-        };
-    let meta: serde_json::Value = if meta_path.ends_with(model_folder::CONFIG_FILE) {
-        model_folder::read_config(dir, kind::CONTROLLER)?
-    } else {
-        serde_json::from_str(
-            &std::fs::read_to_string(&meta_path)
-                .with_context(|| format!("cannot read {}", meta_path.display()))?,
+    let own = dir.join("controller.json");
+    let (meta, meta_path, weights) = if !own.exists() && model_folder::kind_of(dir).is_some() {
+        // A model folder (`lam_model::model_folder`): config.json + model.safetensors.
+        (
+            model_folder::read_config(dir, kind::CONTROLLER)?,
+            dir.join(model_folder::CONFIG_FILE),
+            dir.join(model_folder::WEIGHTS_FILE),
         )
-        .with_context(|| format!("malformed {}", meta_path.display()))?
+    } else {
+        let text = std::fs::read_to_string(&own)
+            .with_context(|| format!("cannot read {}", own.display()))?;
+        let meta: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("malformed {}", own.display()))?;
+        (meta, own, dir.join("controller.safetensors"))
     };
     let get = |k: &str| {
         meta[k]
@@ -916,7 +906,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<Controller> {
     };
     let hidden = meta["config"]["hidden"]
         .as_u64()
-        .context("controller.json: missing config.hidden")? as usize;
+        .with_context(|| format!("{}: missing config.hidden", meta_path.display()))?
+        as usize;
     // Controllers saved before frame conditioning existed read actions only.
     let frame_dim = meta["frame_dim"].as_u64().unwrap_or(0) as usize;
     let ctrl = Controller::new(

@@ -5,7 +5,7 @@
 //! in host kernels with the context keys/values shared by all candidates; elsewhere the cache
 //! is repeated per candidate and `WorldModel::step` runs each step. Costs: MSE, L1 or cosine
 //! to the goal, at the final or the best step, plus the support critic's penalty. Shared by
-//! the sampling planners ([`crate::planner`]) and the gradient planner ([`crate::gradient`]).
+//! the sampling planners ([`crate::planner`]) and the gradient planner (`planner/gradient.rs`).
 
 use burn::prelude::*;
 

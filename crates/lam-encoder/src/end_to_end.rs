@@ -97,13 +97,10 @@ impl std::str::FromStr for Guard {
 
 impl lam_model::settings::Settings for EndToEndConfig {
     const WHAT: &'static str = "end-to-end";
-    const PRESETS: &'static [&'static str] = &["default"];
+    const PRESETS: &'static [&'static str] = lam_model::settings::ONLY_DEFAULT;
     /// `default`: [`EndToEndConfig::default`].
     fn preset(name: &str) -> Result<Self> {
-        match name {
-            "default" => Ok(Self::default()),
-            other => Err(lam_model::settings::unknown_preset::<Self>(other)),
-        }
+        lam_model::settings::only_default(name)
     }
 }
 

@@ -335,6 +335,28 @@ struct Loading<'a> {
     texts: std::collections::BTreeSet<String>,
 }
 
+impl Loading<'_> {
+    /// Adds an episode of dataset `dir` conditioned on `text`, checking that its actions have
+    /// the width of the earlier datasets'.
+    fn push(&mut self, dir: &Path, text: String, episode: Episode) -> Result<()> {
+        if let Some(a) = &episode.actions {
+            let d = a.first().map_or(0, Vec::len);
+            if let Some(prev) = self.action_dim
+                && prev != d
+            {
+                bail!(
+                    "{}: actions have {d} dimensions, earlier datasets have {prev}",
+                    dir.display()
+                );
+            }
+            self.action_dim = Some(d);
+        }
+        self.texts.insert(text);
+        self.episodes.push(episode);
+        Ok(())
+    }
+}
+
 /// A lam-sim recording (a LeRobot v3 dataset whose meta declares its task and domain), if
 /// `dir` is one: read through lam-sim for its hidden ground truth and provenance.
 fn sim_recording(dir: &Path) -> Option<Dataset> {
@@ -344,16 +366,7 @@ fn sim_recording(dir: &Path) -> Option<Dataset> {
 
 /// The episodes of a lam-sim recording.
 fn load_sim(ds: &Dataset, dir: &Path, l: &mut Loading) -> Result<()> {
-    let Loading {
-        size,
-        embedder,
-        labels,
-        max_episodes,
-        episodes,
-        action_dim,
-        texts,
-    } = l;
-    let (size, labels, max_episodes) = (*size, *labels, *max_episodes);
+    let (size, labels, max_episodes) = (l.size, l.labels, l.max_episodes);
     let (task, domain) = provenance(ds);
     let n = max_episodes.map_or(ds.len(), |m| m.min(ds.len()));
     for meta in &ds.episodes()[..n] {
@@ -385,31 +398,21 @@ fn load_sim(ds: &Dataset, dir: &Path, l: &mut Loading) -> Result<()> {
                 ep.frames.len(),
                 a.len()
             );
-            let d = a.first().map_or(0, Vec::len);
-            if let Some(prev) = *action_dim
-                && prev != d
-            {
-                bail!(
-                    "{}: actions have {d} dimensions, earlier datasets have {prev}",
-                    dir.display()
-                );
-            }
-            *action_dim = Some(d);
         }
         let mut frames = Vec::with_capacity(ep.frames.len() * 3 * size * size);
         for f in &ep.frames {
             frames.extend(to_chw(f, w, size));
         }
         let text = conditioning_text(task, &ep.task);
-        texts.insert(text.clone());
-        episodes.push(Episode {
+        let episode = Episode {
             len: ep.frames.len(),
             frames,
-            instruction: embedder.embed(&text),
+            instruction: l.embedder.embed(&text),
             actions,
             task,
             domain,
-        });
+        };
+        l.push(dir, text, episode)?;
     }
 
     Ok(())
@@ -424,16 +427,7 @@ pub const VIDEO_FOLDER_FPS: f64 = 10.0;
 /// [`VIDEO_FOLDER_FPS`], no instruction, no labels). Frames are prepared by lam-ingest's one
 /// frame preparation (short side resized, centre crop).
 fn load_ingest(dir: &Path, l: &mut Loading) -> Result<()> {
-    let Loading {
-        size,
-        embedder,
-        labels,
-        max_episodes,
-        episodes,
-        action_dim,
-        texts,
-    } = l;
-    let (size, labels, max_episodes) = (*size, *labels, *max_episodes);
+    let (size, labels, max_episodes) = (l.size, l.labels, l.max_episodes);
     ensure!(
         labels != Labels::GroundTruth,
         "{}: hidden true actions exist only in lam-sim recordings (their ground_truth/)",
@@ -518,16 +512,6 @@ fn load_ingest(dir: &Path, l: &mut Loading) -> Result<()> {
                             Ok(table.row(r).to_vec())
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    let d = rows.first().map_or(0, Vec::len);
-                    if let Some(prev) = *action_dim
-                        && prev != d
-                    {
-                        bail!(
-                            "{}: actions have {d} dimensions, earlier datasets have {prev}",
-                            dir.display()
-                        );
-                    }
-                    *action_dim = Some(d);
                     Some(rows)
                 } else {
                     None
@@ -536,15 +520,15 @@ fn load_ingest(dir: &Path, l: &mut Loading) -> Result<()> {
             }
             _ => (String::new(), None),
         };
-        texts.insert(text.clone());
-        episodes.push(Episode {
+        let episode = Episode {
             len: frames_of.len(),
             frames,
-            instruction: embedder.embed(&text),
+            instruction: l.embedder.embed(&text),
             actions,
             task: None,
             domain: None,
-        });
+        };
+        l.push(dir, text, episode)?;
     }
     Ok(())
 }

@@ -77,13 +77,7 @@ pub fn read_config(dir: &Path, kind: &str) -> Result<Value> {
 /// `weights`, and the model card. A folder already at `dir` is replaced only if it is a lam
 /// model folder (lam never deletes what it did not write).
 pub fn write(dir: &Path, kind: &str, config: &Value, weights: &Path, card: &Card) -> Result<()> {
-    let Value::Object(fields) = config else {
-        bail!("a model folder's config must be a JSON object");
-    };
-    let mut cfg = Map::new();
-    cfg.insert(KIND_KEY.into(), Value::String(kind.into()));
-    cfg.insert("lam_version".into(), env!("CARGO_PKG_VERSION").into());
-    cfg.extend(fields.clone());
+    let cfg = config_json(kind, config)?;
     if dir.exists() {
         ensure!(
             kind_of(dir).is_some(),
@@ -94,10 +88,7 @@ pub fn write(dir: &Path, kind: &str, config: &Value, weights: &Path, card: &Card
     let tmp = sibling(dir, "tmp")?;
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    std::fs::write(
-        tmp.join(CONFIG_FILE),
-        serde_json::to_string_pretty(&Value::Object(cfg))?,
-    )?;
+    std::fs::write(tmp.join(CONFIG_FILE), cfg)?;
     std::fs::copy(weights, tmp.join(WEIGHTS_FILE))
         .with_context(|| format!("cannot copy {}", weights.display()))?;
     std::fs::write(tmp.join(README_FILE), model_card(kind, config, card))?;
@@ -113,25 +104,28 @@ pub fn write(dir: &Path, kind: &str, config: &Value, weights: &Path, card: &Card
     Ok(())
 }
 
-/// Adds `config.json` and `README.md` to a folder that already holds the model's weights as
-/// `model.safetensors` (the sim encoder's checkpoint folder), making it a model folder.
-pub fn describe_in_place(dir: &Path, kind: &str, config: &Value, card: &Card) -> Result<()> {
+/// The text of `config.json`: the kind and lam's version, then `config`'s fields.
+fn config_json(kind: &str, config: &Value) -> Result<String> {
     let Value::Object(fields) = config else {
         bail!("a model folder's config must be a JSON object");
     };
+    let mut cfg = Map::new();
+    cfg.insert(KIND_KEY.into(), Value::String(kind.into()));
+    cfg.insert("lam_version".into(), env!("CARGO_PKG_VERSION").into());
+    cfg.extend(fields.clone());
+    Ok(serde_json::to_string_pretty(&Value::Object(cfg))?)
+}
+
+/// Adds `config.json` and `README.md` to a folder that already holds the model's weights as
+/// `model.safetensors` (the sim encoder's checkpoint folder), making it a model folder.
+pub fn describe_in_place(dir: &Path, kind: &str, config: &Value, card: &Card) -> Result<()> {
+    let cfg = config_json(kind, config)?;
     ensure!(
         dir.join(WEIGHTS_FILE).exists(),
         "{} has no {WEIGHTS_FILE}",
         dir.display()
     );
-    let mut cfg = Map::new();
-    cfg.insert(KIND_KEY.into(), Value::String(kind.into()));
-    cfg.insert("lam_version".into(), env!("CARGO_PKG_VERSION").into());
-    cfg.extend(fields.clone());
-    lam_data::shards::write_atomic(
-        &dir.join(CONFIG_FILE),
-        serde_json::to_string_pretty(&Value::Object(cfg))?.as_bytes(),
-    )?;
+    lam_data::shards::write_atomic(&dir.join(CONFIG_FILE), cfg.as_bytes())?;
     lam_data::shards::write_atomic(
         &dir.join(README_FILE),
         model_card(kind, config, card).as_bytes(),

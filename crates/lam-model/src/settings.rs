@@ -37,6 +37,18 @@ pub fn unknown_preset<T: Settings>(name: &str) -> anyhow::Error {
     )
 }
 
+/// The one preset, `default`, of settings whose only preset is their [`Default`].
+pub const ONLY_DEFAULT: &[&str] = &["default"];
+
+/// [`Settings::preset`] for settings whose only preset is their [`Default`]
+/// ([`ONLY_DEFAULT`]).
+pub fn only_default<T: Settings + Default>(name: &str) -> Result<T> {
+    match name {
+        "default" => Ok(T::default()),
+        other => Err(unknown_preset::<T>(other)),
+    }
+}
+
 /// Preset (default: the first), then `file`, then `overrides`; validated.
 pub fn resolve<T: Settings>(
     preset: Option<&str>,

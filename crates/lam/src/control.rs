@@ -205,17 +205,6 @@ pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
         train.len(),
         val.len()
     );
-    // Whole training clips only for fitting through the world model; held-out ones always,
-    // for the report's prediction errors.
-    let tr = controller::pseudo_label(
-        &cfg,
-        &lam,
-        &train,
-        &device,
-        64,
-        args.prediction_weight > 0.0,
-    )?;
-    let va = controller::pseudo_label(&cfg, &lam, &val, &device, 64, true)?;
     let ccfg = args.settings.resolve(
         ControllerConfig {
             steps: args.steps,
@@ -227,6 +216,17 @@ pub fn fit(args: &FitArgs) -> Result<ControllerReport> {
         },
         FIT_FLAG_KEYS,
     )?;
+    // Whole training clips only for fitting through the world model; held-out ones always,
+    // for the report's prediction errors.
+    let tr = controller::pseudo_label(
+        &cfg,
+        &lam,
+        &train,
+        &device,
+        64,
+        ccfg.prediction_weight > 0.0,
+    )?;
+    let va = controller::pseudo_label(&cfg, &lam, &val, &device, 64, true)?;
     let checkpoints = controller::FitCheckpoints {
         dir: args.out.clone(),
         resume: args.resume,

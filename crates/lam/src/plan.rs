@@ -141,7 +141,8 @@ pub struct PlanEvalArgs {
     /// Output folder: plan_eval_<task>.json, plan_eval_<task>.md and strips/.
     #[arg(long)]
     pub out: PathBuf,
-    /// Episodes per method drawn as PNG strips.
+    /// Successes and failures per method drawn as PNG strips (the first of each, in episode
+    /// order; file names say which).
     #[arg(long, default_value_t = 2)]
     pub strips: usize,
     /// cpu, cuda or cuda:N.
@@ -452,9 +453,22 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 name
             };
             let bar = progress(&name, episodes.len());
-            let mut rs = Vec::new();
-            for (i, ep) in episodes.iter().enumerate() {
-                let r = agent.run_episode(ep, &frame_encoder, i < args.strips)?;
+            let mut rs: Vec<EpisodeResult> = Vec::new();
+            // Strips of the first `strips` successes and the first `strips` failures: every
+            // episode is traced until both are found, and a trace is kept only if its outcome
+            // still lacks strips.
+            let (mut wins, mut losses) = (0, 0);
+            for ep in &episodes {
+                let trace = wins < args.strips || losses < args.strips;
+                let mut r = agent.run_episode(ep, &frame_encoder, trace)?;
+                let drawn = if r.success { &mut wins } else { &mut losses };
+                if r.trace.is_some() {
+                    if *drawn < args.strips {
+                        *drawn += 1;
+                    } else {
+                        r.trace = None;
+                    }
+                }
                 bar.inc(1);
                 rs.push(r);
             }
@@ -604,9 +618,11 @@ fn write_strips(
             .collect();
         cols.push(column(goal, goal));
         let refs: Vec<&[u8]> = cols.iter().map(|c| c.as_slice()).collect();
-        let path = out
-            .join("strips")
-            .join(format!("{task}_{slug}_seed{}.png", r.seed));
+        let path = out.join("strips").join(format!(
+            "{task}_{slug}_{}_seed{}.png",
+            if r.success { "success" } else { "failure" },
+            r.seed
+        ));
         lam_sim::strip::write_strip(&path, &refs, size as u32, 2 * size as u32, 2)?;
     }
     Ok(())

@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::planner::{Plan, PlannerConfig, Problem, SearchSpace};
+use super::{Plan, PlannerConfig, Problem, SearchSpace};
 use crate::rollout::{cost, final_frames, pooled_cosine, rollout_tensor};
 
 /// The sequences being optimised, `[C, H * dim]`.

@@ -6,24 +6,31 @@
 //! - **action**: sequences of robot actions a mapped through the controller g_ctrl(a) -> z
 //!   (the in-the-wild paper's way), or fed directly to an action-conditioned world model.
 //!
-//! Candidates are rolled out and scored in one batch by [`crate::rollout`]; the gradient
-//! planner is [`crate::gradient`].
-//!
-//! Planners: random shooting (N samples from the prior, best final cost), CEM (Gaussian
-//! refit to the elites each iteration), iCEM (CEM with temporally coloured noise, a
-//! population that shrinks each iteration, and elites carried over), MPPI (exponentially
-//! weighted mean update).
+//! Candidates are rolled out and scored in one batch by [`crate::rollout`]. One planner per
+//! file: the sampling planners share one loop (`sampling.rs`: draw around a Gaussian, roll
+//! out, score, refit) and differ in a [`sampling::Sampler`]: random shooting (one draw from
+//! the prior, best cost), CEM (Gaussian refit to the elites each iteration), iCEM (CEM with
+//! temporally coloured noise, a population that shrinks each iteration, and elites carried
+//! over), MPPI (exponentially weighted refit); the gradient planner (`gradient.rs`) runs Adam
+//! on the sequences through the world model.
+
+mod cem;
+mod gradient;
+mod icem;
+mod mppi;
+mod random_shooting;
+mod sampling;
 
 use burn::prelude::*;
 use lam_model::world_model::{KvCache, WorldModel};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::controller::Controller;
-use crate::rollout::{final_frames, pooled_cosine, rollout_all, support_penalty, trajectory_cost};
 use crate::support::Support;
+use cem::Cem;
+use icem::Icem;
+use mppi::Mppi;
+use random_shooting::RandomShooting;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -32,7 +39,7 @@ pub enum PlannerKind {
     Cem,
     Icem,
     Mppi,
-    /// Adam on the sequences through the world model ([`crate::gradient`]).
+    /// Adam on the sequences through the world model (`planner/gradient.rs`).
     Gradient,
 }
 
@@ -149,13 +156,10 @@ fn default_learning_rate() -> f64 {
 
 impl lam_model::settings::Settings for PlannerConfig {
     const WHAT: &'static str = "planner";
-    const PRESETS: &'static [&'static str] = &["default"];
+    const PRESETS: &'static [&'static str] = lam_model::settings::ONLY_DEFAULT;
     /// `default`: [`PlannerConfig::default`], the anchors' CEM.
     fn preset(name: &str) -> anyhow::Result<Self> {
-        match name {
-            "default" => Ok(Self::default()),
-            other => Err(lam_model::settings::unknown_preset::<Self>(other)),
-        }
+        lam_model::settings::only_default(name)
     }
     fn validate(&self) -> anyhow::Result<()> {
         PlannerConfig::validate(self)
@@ -382,167 +386,13 @@ impl Plan {
     }
 }
 
-fn host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().try_into_vec::<f32>().expect("f32 costs")
-}
-
-/// Power-law ("coloured") Gaussian noise over the horizon for `rows` sequences of `dim`
-/// channels: spectrum amplitude f^(-beta/2), inverse real DFT, unit variance per channel.
-fn coloured_noise(rng: &mut StdRng, rows: usize, h: usize, dim: usize, beta: f64) -> Vec<f32> {
-    let mut out = vec![0.0f32; rows * h * dim];
-    let normal = |rng: &mut StdRng| -> f64 { StandardNormal.sample(rng) };
-    for r in 0..rows {
-        for j in 0..dim {
-            let mut series = vec![0.0f64; h];
-            for f in 1..=h / 2 + h % 2 {
-                let amp = (f as f64).powf(-beta / 2.0);
-                let (re, im) = (normal(rng) * amp, normal(rng) * amp);
-                for (t, v) in series.iter_mut().enumerate() {
-                    let phase = 2.0 * std::f64::consts::PI * f as f64 * t as f64 / h as f64;
-                    *v += re * phase.cos() - im * phase.sin();
-                }
-            }
-            let mean = series.iter().sum::<f64>() / h as f64;
-            let var = series.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / h as f64;
-            let scale = if var > 1e-12 { var.sqrt() } else { 1.0 };
-            for t in 0..h {
-                out[(r * h + t) * dim + j] = if h > 1 {
-                    ((series[t] - mean) / scale) as f32
-                } else {
-                    normal(rng) as f32
-                };
-            }
-        }
-    }
-    out
-}
-
 /// Plans with the configured planner; returns the best sequence found.
 pub fn plan(cfg: &PlannerConfig, problem: &Problem, space: &SearchSpace) -> Plan {
-    if cfg.kind == PlannerKind::Gradient {
-        return crate::gradient::plan(cfg, problem, space);
-    }
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let (h, dim) = (cfg.horizon, space.dim());
-    let width = h * dim;
-    let (mut mean, mut std) = space.init(h);
-    let mut best: (f32, Vec<f32>) = (f32::INFINITY, mean.clone());
-    let mut carried: Vec<Vec<f32>> = Vec::new();
-    let mut rollouts = 0;
-    let iterations = match cfg.kind {
-        PlannerKind::RandomShooting => 1,
-        _ => cfg.iterations.max(1),
-    };
-    for it in 0..iterations {
-        let c = match cfg.kind {
-            PlannerKind::Icem => {
-                ((cfg.samples as f64 / cfg.icem_decay.powi(it as i32)) as usize).max(2 * cfg.elites)
-            }
-            _ => cfg.samples,
-        };
-        let noise: Vec<f32> = match cfg.kind {
-            PlannerKind::Icem => coloured_noise(&mut rng, c, h, dim, cfg.icem_beta),
-            _ => (0..c * width)
-                .map(|_| StandardNormal.sample(&mut rng))
-                .collect(),
-        };
-        let mut seqs: Vec<f32> = (0..c * width)
-            .map(|i| mean[i % width] + std[i % width] * noise[i])
-            .collect();
-        // iCEM: carried-over elites replace the first samples; the mean joins at the end.
-        for (k, e) in carried.iter().enumerate().take(c) {
-            seqs[k * width..(k + 1) * width].copy_from_slice(e);
-        }
-        if cfg.kind == PlannerKind::Icem && it + 1 == iterations {
-            seqs[(c - 1) * width..].copy_from_slice(&mean);
-        }
-        space.clamp(&mut seqs);
-        let steps = rollout_all(problem, space, &seqs, c, h);
-        let mut costs = trajectory_cost(
-            cfg.cost,
-            cfg.pooled,
-            cfg.objective,
-            steps.clone(),
-            problem.goal.clone(),
-        );
-        if let Some(p) = support_penalty(problem, steps) {
-            costs = costs + p;
-        }
-        let costs = host(costs);
-        rollouts += c;
-        let mut order: Vec<usize> = (0..c).collect();
-        order.sort_by(|&a, &b| costs[a].total_cmp(&costs[b]));
-        if costs[order[0]] < best.0 {
-            best = (
-                costs[order[0]],
-                seqs[order[0] * width..(order[0] + 1) * width].to_vec(),
-            );
-        }
-        match cfg.kind {
-            PlannerKind::RandomShooting | PlannerKind::Gradient => {}
-            PlannerKind::Cem | PlannerKind::Icem => {
-                let k = cfg.elites.min(c);
-                let elites = &order[..k];
-                for j in 0..width {
-                    let m = elites.iter().map(|&e| seqs[e * width + j]).sum::<f32>() / k as f32;
-                    let v = elites
-                        .iter()
-                        .map(|&e| (seqs[e * width + j] - m).powi(2))
-                        .sum::<f32>()
-                        / k as f32;
-                    mean[j] = m;
-                    std[j] = v.sqrt().max(cfg.min_std as f32);
-                }
-                if cfg.kind == PlannerKind::Icem {
-                    let keep = ((k as f64) * cfg.icem_keep).round() as usize;
-                    carried = elites[..keep]
-                        .iter()
-                        .map(|&e| seqs[e * width..(e + 1) * width].to_vec())
-                        .collect();
-                }
-            }
-            PlannerKind::Mppi => {
-                let cmin = costs[order[0]];
-                let w: Vec<f64> = costs
-                    .iter()
-                    .map(|&x| (-((x - cmin) as f64) / cfg.temperature).exp())
-                    .collect();
-                let total: f64 = w.iter().sum();
-                for j in 0..width {
-                    let m = (0..c)
-                        .map(|i| w[i] * seqs[i * width + j] as f64)
-                        .sum::<f64>()
-                        / total;
-                    let v = (0..c)
-                        .map(|i| w[i] * (seqs[i * width + j] as f64 - m).powi(2))
-                        .sum::<f64>()
-                        / total;
-                    mean[j] = m as f32;
-                    std[j] = (v.sqrt() as f32).max(cfg.min_std as f32);
-                }
-            }
-        }
-    }
-    let best_steps = rollout_all(problem, space, &best.1, 1, h);
-    if problem.support.is_some() && tracing::enabled!(tracing::Level::DEBUG) {
-        let goal = host(trajectory_cost(
-            cfg.cost,
-            cfg.pooled,
-            cfg.objective,
-            best_steps.clone(),
-            problem.goal.clone(),
-        ))[0];
-        let pen = support_penalty(problem, best_steps.clone()).map(host);
-        tracing::debug!("chosen plan: goal cost {goal:.4}, support penalty {pen:?}");
-    }
-    // Confidence of the chosen plan: cosine of its final frame to the goal.
-    let finals = final_frames(best_steps);
-    let confidence = host(pooled_cosine(finals, problem.goal.clone()))[0];
-    Plan {
-        sequence: best.1,
-        dim,
-        cost: best.0,
-        confidence,
-        rollouts,
+    match cfg.kind {
+        PlannerKind::Gradient => gradient::plan(cfg, problem, space),
+        PlannerKind::RandomShooting => sampling::plan(cfg, problem, space, &mut RandomShooting),
+        PlannerKind::Cem => sampling::plan(cfg, problem, space, &mut Cem),
+        PlannerKind::Icem => sampling::plan(cfg, problem, space, &mut Icem::default()),
+        PlannerKind::Mppi => sampling::plan(cfg, problem, space, &mut Mppi),
     }
 }
