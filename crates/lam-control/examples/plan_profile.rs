@@ -30,7 +30,7 @@ fn main() {
     let dev = Device::flex();
     dev.seed(cfg.train.seed);
     let m = &cfg.model;
-    let mut wm = WorldModel::new(m, &dev);
+    let mut wm = m.world_model().init(&dev);
     for block in wm.blocks.iter_mut() {
         block.ada = LinearConfig::new(m.wm_dim, 6 * m.wm_dim).init(&dev);
     }

@@ -179,6 +179,40 @@ impl<'a> Agent<'a> {
         }
     }
 
+    /// What the planner searches, from the agent's [`Mode`] (the one place that maps it).
+    pub fn search_space(&self) -> SearchSpace<'a> {
+        let (low, high) = self.block_bounds();
+        let repeat = self.repeat();
+        match self.mode {
+            Mode::Latent => SearchSpace::Latent {
+                dim: self.cfg.model.latent_dim,
+            },
+            Mode::Action | Mode::ActionConditioned => SearchSpace::Action {
+                low,
+                high,
+                controller: self.controller.filter(|_| self.mode == Mode::Action),
+                repeat,
+            },
+        }
+    }
+
+    /// The world model's action and the robot's block for one searched step `x` `[1, w]`
+    /// (expanded): a latent is turned into robot actions by the inverse controller, robot
+    /// actions into a latent by the controller, and an action-conditioned model takes the
+    /// robot actions themselves. `pooled` gives the frame acted on, for frame-conditioned
+    /// controllers.
+    fn latent_and_action(
+        &self,
+        x: Tensor<2>,
+        pooled: impl Fn() -> Option<Tensor<2>>,
+    ) -> (Tensor<2>, Tensor<2>) {
+        match (self.mode, self.controller) {
+            (Mode::Latent, Some(c)) => (x.clone(), c.to_action(x, pooled())),
+            (Mode::Action, Some(c)) => (c.to_latent(x.clone(), pooled()), x),
+            _ => (x.clone(), x),
+        }
+    }
+
     /// Checks that the pieces fit together.
     pub fn check(&self) -> Result<()> {
         self.planner.validate()?;
@@ -421,12 +455,7 @@ impl MpcSession<'_> {
                 }
                 Mode::Latent | Mode::Action => agent
                     .lam
-                    .infer(
-                        &cfg.regularizer,
-                        prev.clone().mean_dim(1),
-                        s.clone().mean_dim(1),
-                        &[],
-                    )
+                    .infer(prev.clone().mean_dim(1), s.clone().mean_dim(1), &[])
                     .z
                     .squeeze_dim::<2>(1),
             };
@@ -464,24 +493,7 @@ impl MpcSession<'_> {
                 goal: target,
                 support: agent.support,
             };
-            let (low, high) = agent.block_bounds();
-            let space = match agent.mode {
-                Mode::Latent => SearchSpace::Latent {
-                    dim: cfg.model.latent_dim,
-                },
-                Mode::Action => SearchSpace::Action {
-                    low,
-                    high,
-                    controller: agent.controller,
-                    repeat: agent.repeat(),
-                },
-                Mode::ActionConditioned => SearchSpace::Action {
-                    low,
-                    high,
-                    controller: None,
-                    repeat: agent.repeat(),
-                },
-            };
+            let space = agent.search_space();
             let t0 = Instant::now();
             let mut pcfg = agent.planner.clone();
             pcfg.seed = agent.planner.seed ^ (self.seed.wrapping_mul(31) + self.plans as u64);
@@ -498,11 +510,7 @@ impl MpcSession<'_> {
                 let x = Tensor::<2>::from_data(TensorData::new(searched, [1, width]), &device);
                 // The frame this step acts on, pooled, for frame-conditioned controllers.
                 let pooled = || Some(frame_p.clone().mean_dim(1).squeeze_dim::<2>(1));
-                let (z, action) = match (agent.mode, agent.controller) {
-                    (Mode::Latent, Some(c)) => (x.clone(), c.to_action(x, pooled())),
-                    (Mode::Action, Some(c)) => (c.to_latent(x.clone(), pooled()), x),
-                    _ => (x.clone(), x),
-                };
+                let (z, action) = agent.latent_and_action(x, pooled);
                 let (pred, next) = wm.step(cache_p.as_ref(), frame_p, z, window);
                 cache_p = Some(next);
                 frame_p = pred.clone();

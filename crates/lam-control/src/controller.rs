@@ -318,7 +318,6 @@ pub fn pseudo_label(
         );
         let z = lam
             .infer(
-                &cfg.regularizer,
                 pooled.clone().slice(s![.., 0..t - 1, ..]),
                 pooled.slice(s![.., 1..t, ..]),
                 &[],

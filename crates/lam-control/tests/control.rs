@@ -15,7 +15,7 @@ use lam_model::world_model::WorldModel;
 /// A tiny world model whose AdaLN heads are not zero, so actions matter.
 fn acting_world_model(cfg: &LamConfig, dev: &Device) -> WorldModel {
     dev.seed(7);
-    let mut wm = WorldModel::new(&cfg.model, dev);
+    let mut wm = cfg.model.world_model().init(dev);
     let w = cfg.model.wm_dim;
     for block in wm.blocks.iter_mut() {
         block.ada = LinearConfig::new(w, 6 * w).init(dev);

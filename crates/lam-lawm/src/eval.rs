@@ -4,11 +4,11 @@
 //! goal the scripted expert reaches 25 steps later, a 50-step budget) the finetuned policy
 //! sees its last H rendered frames and the conditioning instruction (the episode's own for
 //! `sort`, the task's name otherwise), emits a chunk, and the first `execute` actions of the
-//! chunk are played (de-normalised, clipped to the action space) before it plans again. All
-//! episodes of a task run in lockstep so that the policy sees them as one batch. An episode
+//! chunk are played (de-normalised, clipped to the action space) before it plans again
+//! ([`crate::session`], as `lam serve` acts). All episodes of a task run in lockstep so that
+//! the policy sees them as one batch. An episode
 //! succeeds when the protocol's goal test holds at any step within the budget.
 
-use std::collections::VecDeque;
 use std::path::Path;
 
 use anyhow::{Result, ensure};
@@ -16,11 +16,8 @@ use burn::prelude::*;
 use lam_sim::{Domain, Env, Task, eval_protocol};
 use serde::Serialize;
 
-use crate::checkpoint::{Stage, load_policy};
-use crate::data::conditioning_text;
-use crate::data::{ActionNorm, to_chw};
-use crate::instruction::InstructionEmbedder;
-use crate::policy::Policy;
+use crate::data::{conditioning_text, to_chw};
+use crate::session::{PolicyRunner, PolicySession};
 
 /// Evaluation settings. Defaults in brackets.
 #[derive(Clone, Debug)]
@@ -59,106 +56,64 @@ pub struct TaskResult {
 
 struct Running {
     env: Env,
-    history: VecDeque<Vec<u8>>,
-    pending: VecDeque<Vec<f32>>,
+    session: PolicySession,
     done: bool,
     success: bool,
 }
 
 /// Evaluates a policy checkpoint (run or checkpoint folder) of the policy stage.
 pub fn evaluate(checkpoint: &Path, opts: &EvalOptions, device: &Device) -> Result<Vec<TaskResult>> {
-    let (policy, state) = load_policy(checkpoint, device)?;
-    ensure!(
-        state.stage == Stage::Policy,
-        "{} is a world-model pretraining checkpoint; its head emits latent actions. \
-         Finetune it on labeled demonstrations first (lam lawm finetune)",
-        checkpoint.display()
-    );
-    let norm = state
-        .action_norm
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("{} has no action normalisation", checkpoint.display()))?;
     ensure!(opts.episodes >= 1, "--episodes must be at least 1");
-    ensure!(opts.execute >= 1, "--execute must be at least 1");
-    let mut out = Vec::new();
-    for &task in &opts.tasks {
-        out.push(evaluate_task(
-            &policy,
-            &state.config.policy,
-            &state.embedder(),
-            &norm,
-            task,
-            opts,
-            device,
-        )?);
-    }
-    Ok(out)
+    let runner = PolicyRunner::load(checkpoint, opts.execute, device)?;
+    opts.tasks
+        .iter()
+        .map(|&task| evaluate_task(&runner, task, opts))
+        .collect()
 }
 
-/// One task's protocol episodes.
-pub fn evaluate_task(
-    policy: &Policy,
-    cfg: &crate::config::PolicyConfig,
-    embedder: &InstructionEmbedder,
-    norm: &ActionNorm,
-    task: Task,
-    opts: &EvalOptions,
-    device: &Device,
-) -> Result<TaskResult> {
-    let size = cfg.image_size;
+/// One task's protocol episodes, run in lockstep (one batch per query).
+pub fn evaluate_task(runner: &PolicyRunner, task: Task, opts: &EvalOptions) -> Result<TaskResult> {
+    let size = runner.image_size();
     let episodes = eval_protocol(task, opts.domain, opts.episodes, size as u32)?;
     let mut runs = Vec::with_capacity(episodes.len());
-    let mut instr = Vec::new();
     for ep in &episodes {
-        let mut env = ep.env()?;
+        let env = ep.env()?;
         let dims = env.action_space().names.len();
         ensure!(
-            dims == policy.action_dim,
+            dims == runner.action_dim(),
             "the policy emits {}-dimensional actions, {} in the {} domain takes {dims}",
-            policy.action_dim,
+            runner.action_dim(),
             task,
             opts.domain
         );
-        let first = to_chw(&env.render(), size, size);
         let success = env.success();
+        let session = runner.session(&conditioning_text(Some(task), &ep.instruction), task as u64);
         runs.push(Running {
-            history: std::iter::repeat_n(first, cfg.history).collect(),
-            pending: VecDeque::new(),
+            session,
             done: success,
             success,
             env,
         });
-        instr.push(embedder.embed(&conditioning_text(Some(task), &ep.instruction)));
     }
     let budget = episodes.first().map_or(0, |e| e.budget);
-    for step in 0..budget as usize {
-        let active: Vec<usize> = (0..runs.len()).filter(|&i| !runs[i].done).collect();
+    for _ in 0..budget {
+        let mut active: Vec<&mut Running> = runs.iter_mut().filter(|r| !r.done).collect();
         if active.is_empty() {
             break;
         }
-        if runs[active[0]].pending.is_empty() {
-            let histories: Vec<_> = active.iter().map(|&i| &runs[i].history).collect();
-            let ins: Vec<&[f32]> = active.iter().map(|&i| instr[i].as_slice()).collect();
-            let chunks = policy.act(cfg, norm, &histories, &ins, task as u64, step, device)?;
-            for (chunk, &i) in chunks.into_iter().zip(&active) {
-                runs[i]
-                    .pending
-                    .extend(chunk.into_iter().take(opts.execute.min(cfg.chunk)));
-            }
+        for r in active.iter_mut() {
+            let frame = to_chw(&r.env.render(), size, size);
+            r.session.observe(frame);
         }
-        for &i in &active {
-            let r = &mut runs[i];
-            let a = r.pending.pop_front().expect("planned above");
-            let a = r.env.action_space().clip(&a)?;
-            let info = r.env.step(&a)?;
-            if info.success {
+        let mut sessions: Vec<&mut PolicySession> =
+            active.iter_mut().map(|r| &mut r.session).collect();
+        let steps = runner.step(&mut sessions)?;
+        for (r, step) in active.into_iter().zip(steps) {
+            let a = r.env.action_space().clip(&step.action)?;
+            if r.env.step(&a)?.success {
                 r.done = true;
                 r.success = true;
-                r.pending.clear();
-                continue;
             }
-            r.history.pop_front();
-            r.history.push_back(to_chw(&r.env.render(), size, size));
         }
     }
     let successes = runs.iter().filter(|r| r.success).count();

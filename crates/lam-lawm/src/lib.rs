@@ -6,12 +6,13 @@
 //! must reconstruct the frames t+1..t+n, so the two train jointly, end to end, on unlabeled
 //! video ([`train::pretrain`]). The world model is then dropped, the policy's action layer is
 //! re-initialised to the robot's action dimension, and the policy is finetuned on a few
-//! labeled demonstrations ([`train::train_policy`]); [`eval::evaluate`] measures closed-loop
+//! labeled demonstrations ([`train::train_policy`]); [`session`] acts with it (evaluation and
+//! `lam serve`), [`eval::evaluate`] measures closed-loop
 //! success with the simulator's evaluation protocol, [`cca`] the first canonical correlation
 //! between latent and true actions, and [`compare`] repeats the paper's Figure-4 comparison.
 //!
 //! Modules, in reading order: [`config`], [`instruction`], [`policy`], [`rssm`], [`model`],
-//! [`data`], [`checkpoint`], [`train`], [`eval`], [`cca`], [`compare`]; the `lam lawm` commands are the `lam` binary's.
+//! [`data`], [`checkpoint`], [`train`], [`session`], [`eval`], [`cca`], [`compare`]; the `lam lawm` commands are the `lam` binary's.
 
 pub mod cca;
 pub mod checkpoint;
@@ -23,6 +24,7 @@ pub mod instruction;
 pub mod model;
 pub mod policy;
 pub mod rssm;
+pub mod session;
 pub mod train;
 
 pub use config::{HeadKind, LawmConfig, PolicyConfig, TrainConfig, WorldModelConfig};

@@ -113,7 +113,6 @@ pub fn evaluate(
         val.len()
     );
     let t = cfg.model.frames;
-    let reg = &cfg.regularizer;
     let (mut e_normal, mut e_cut, mut e_zero) = (0.0, 0.0, 0.0);
     let (mut orig, mut transfer, mut cos) = (0.0, 0.0, 0.0);
     let mut seen = 0usize;
@@ -135,7 +134,6 @@ pub fn evaluate(
         let pooled_b = Idm::pool(bclip.clone());
         let z_a = model
             .infer(
-                reg,
                 pooled_a.clone().slice(s![.., 0..t - 1, ..]),
                 pooled_a.clone().slice(s![.., 1..t, ..]),
                 &[],
@@ -148,7 +146,6 @@ pub fn evaluate(
         // Scene cut at every position c.
         let z_cut = model
             .infer(
-                reg,
                 pooled_a.clone().slice(s![.., 0..t - 1, ..]),
                 pooled_b.clone().slice(s![.., 1..t, ..]),
                 &[],
@@ -188,7 +185,6 @@ pub fn evaluate(
         let pred_b = model.world_model.forward(ctx_b.clone(), z_a.clone());
         let z_back = model
             .infer(
-                reg,
                 pooled_b.clone().slice(s![.., 0..t - 1, ..]),
                 Idm::pool(pred_b),
                 &[],

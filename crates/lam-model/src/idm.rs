@@ -25,25 +25,35 @@ pub enum IdmHead {
     Gaussian,
 }
 
-impl Idm {
-    pub fn new(
-        embed_dim: usize,
-        hidden: usize,
-        latent_dim: usize,
-        head: IdmHead,
-        device: &Device,
-    ) -> Self {
-        let out = match head {
-            IdmHead::Point => latent_dim,
-            IdmHead::Gaussian => 2 * latent_dim,
+/// Sizes of an [`Idm`] (a stage-1 run takes them from `model.*`:
+/// [`crate::config::ModelConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdmConfig {
+    /// Channels of a frame's pooled token, D.
+    pub embed_dim: usize,
+    /// Hidden width of the MLP (`model.idm_hidden`; paper: 1024).
+    pub hidden: usize,
+    /// Latent action dimension d.
+    pub latent_dim: usize,
+    /// Point latents or a Gaussian's mean and log-variance.
+    pub head: IdmHead,
+}
+
+impl IdmConfig {
+    pub fn init(&self, device: &Device) -> Idm {
+        let out = match self.head {
+            IdmHead::Point => self.latent_dim,
+            IdmHead::Gaussian => 2 * self.latent_dim,
         };
-        Self {
-            fc1: LinearConfig::new(2 * embed_dim, hidden).init(device),
-            fc2: LinearConfig::new(hidden, hidden).init(device),
-            fc3: LinearConfig::new(hidden, out).init(device),
+        Idm {
+            fc1: LinearConfig::new(2 * self.embed_dim, self.hidden).init(device),
+            fc2: LinearConfig::new(self.hidden, self.hidden).init(device),
+            fc3: LinearConfig::new(self.hidden, out).init(device),
         }
     }
+}
 
+impl Idm {
     /// Mean over the token axis: `[B, T, N, D] -> [B, T, D]`.
     pub fn pool(frames: Tensor<4>) -> Tensor<3> {
         frames.mean_dim(2).squeeze_dim(2)

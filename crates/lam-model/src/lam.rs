@@ -17,8 +17,8 @@ use burn::module::{Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use crate::config::{Conditioning, LamConfig, RegularizerConfig, RegularizerKind};
-use crate::idm::{Idm, IdmHead};
+use crate::config::{Conditioning, LamConfig, RegularizerKind};
+use crate::idm::{Idm, IdmConfig, IdmHead};
 use crate::regularizer::{energy, kl_standard_normal, vcm, vector_quantize};
 use crate::world_model::WorldModel;
 
@@ -32,6 +32,10 @@ pub struct LatentActionModel {
     /// `model.standardize`; fixed, not trained).
     pub token_mean: Option<Param<Tensor<1>>>,
     pub token_std: Option<Param<Tensor<1>>>,
+    /// How the IDM's output becomes z (the run's `regularizer.kind`; not saved with the
+    /// weights: the run's config sets it).
+    #[module(skip)]
+    pub regularizer: RegularizerKind,
 }
 
 /// Host-side randomness for one forward pass.
@@ -121,11 +125,18 @@ impl LatentActionModel {
             })
         };
         Self {
-            idm: Idm::new(m.embed_dim, m.idm_hidden, m.latent_dim, head, device),
-            world_model: WorldModel::new(m, device),
+            idm: IdmConfig {
+                embed_dim: m.embed_dim,
+                hidden: m.idm_hidden,
+                latent_dim: m.latent_dim,
+                head,
+            }
+            .init(device),
+            world_model: m.world_model().init(device),
             codebook,
             token_mean: fixed(0.0),
             token_std: fixed(1.0),
+            regularizer: cfg.regularizer.kind,
         }
     }
 
@@ -160,28 +171,22 @@ impl LatentActionModel {
 
     /// Latents for explicit pairs of pooled frames `[B, K, D]`. With `eps` empty the noisy
     /// regulariser uses the mean (evaluation); otherwise z = mu + exp(logvar / 2) * eps.
-    pub fn infer(
-        &self,
-        reg: &RegularizerConfig,
-        now: Tensor<3>,
-        next: Tensor<3>,
-        eps: &[f32],
-    ) -> Latents {
+    pub fn infer(&self, now: Tensor<3>, next: Tensor<3>, eps: &[f32]) -> Latents {
         let [b, k, d] = now.dims();
         let raw = self.idm.forward_pair(now, next, b, k, d);
-        self.regularize(reg, raw, eps)
+        self.regularize(raw, eps)
     }
 
     /// Latents for every consecutive pair of frames of `[B, T, N, D]`.
-    pub fn infer_clip(&self, reg: &RegularizerConfig, frames: Tensor<4>, eps: &[f32]) -> Latents {
+    pub fn infer_clip(&self, frames: Tensor<4>, eps: &[f32]) -> Latents {
         let raw = self.idm.forward_pooled(Idm::pool(frames));
-        self.regularize(reg, raw, eps)
+        self.regularize(raw, eps)
     }
 
-    fn regularize(&self, reg: &RegularizerConfig, raw: Tensor<3>, eps: &[f32]) -> Latents {
+    fn regularize(&self, raw: Tensor<3>, eps: &[f32]) -> Latents {
         let [b, k, o] = raw.dims();
         let device = raw.device();
-        match reg.kind {
+        match self.regularizer {
             RegularizerKind::Sparse => Latents {
                 z: raw,
                 mu_logvar: None,
@@ -263,7 +268,7 @@ impl LatentActionModel {
                 vq: None,
             }
         } else {
-            self.infer_clip(reg, clips.clone(), &noise.eps)
+            self.infer_clip(clips.clone(), &noise.eps)
         };
         let d = latents.z.dims()[2];
         let z_flat = latents.z.clone().reshape([b * (t - 1), d]);

@@ -60,11 +60,53 @@ fn zero_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
         .init(device)
 }
 
-impl WorldModel {
-    pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
-        let w = cfg.wm_dim;
-        let hidden = (w as f64 * cfg.wm_mlp_ratio).round() as usize;
-        let blocks = (0..cfg.wm_depth)
+/// Sizes and options of a [`WorldModel`]. A stage-1 run keeps them in its `model.*` settings
+/// ([`ModelConfig::world_model`] reads them out).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorldModelConfig {
+    /// Channels per encoder token, D.
+    pub embed_dim: usize,
+    /// Width of the action it is conditioned on (d, or a robot action block).
+    pub latent_dim: usize,
+    /// Token grid `[rows, cols]` of one frame.
+    pub grid: [usize; 2],
+    /// Transformer width W (`model.wm_dim`; ViT-B: 768).
+    pub dim: usize,
+    /// Blocks (`model.wm_depth`; ViT-B: 12).
+    pub depth: usize,
+    /// Attention heads (`model.wm_heads`; ViT-B: 12).
+    pub heads: usize,
+    /// MLP hidden width as a multiple of W (4.0).
+    pub mlp_ratio: f64,
+    /// RoPE base frequency (10000).
+    pub rope_theta: f64,
+    /// Predict the change of the frame, `out_proj` zero-initialised (`model.residual`).
+    pub residual: bool,
+}
+
+impl ModelConfig {
+    /// The world model's part of the run's model settings.
+    pub fn world_model(&self) -> WorldModelConfig {
+        WorldModelConfig {
+            embed_dim: self.embed_dim,
+            latent_dim: self.latent_dim,
+            grid: self.grid,
+            dim: self.wm_dim,
+            depth: self.wm_depth,
+            heads: self.wm_heads,
+            mlp_ratio: self.wm_mlp_ratio,
+            rope_theta: self.rope_theta,
+            residual: self.residual,
+        }
+    }
+}
+
+impl WorldModelConfig {
+    pub fn init(&self, device: &Device) -> WorldModel {
+        let cfg = self;
+        let w = cfg.dim;
+        let hidden = (w as f64 * cfg.mlp_ratio).round() as usize;
+        let blocks = (0..cfg.depth)
             .map(|_| Block {
                 norm1: LayerNormConfig::new(w).init(device),
                 qkv: LinearConfig::new(w, 3 * w).init(device),
@@ -75,7 +117,7 @@ impl WorldModel {
                 ada: zero_linear(w, 6 * w, device),
             })
             .collect();
-        Self {
+        WorldModel {
             in_proj: LinearConfig::new(cfg.embed_dim, w).init(device),
             cond_in: LinearConfig::new(cfg.latent_dim, w).init(device),
             cond_out: LinearConfig::new(w, w).init(device),
@@ -87,14 +129,16 @@ impl WorldModel {
             } else {
                 LinearConfig::new(w, cfg.embed_dim).init(device)
             },
-            heads: cfg.wm_heads,
+            heads: cfg.heads,
             grid_rows: cfg.grid[0],
             grid_cols: cfg.grid[1],
             rope_theta: cfg.rope_theta,
             residual: cfg.residual,
         }
     }
+}
 
+impl WorldModel {
     /// Predicts the next frame for every input frame.
     ///
     /// `frames`: `[B, T, N, D]` context frames s_0..s_T-1; `z`: `[B, T, d]` latent actions

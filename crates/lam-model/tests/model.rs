@@ -34,7 +34,7 @@ fn adaln_zero_prediction_ignores_z_at_init() {
     let dev = Device::flex();
     dev.seed(1);
     let cfg = tiny();
-    let wm = WorldModel::new(&cfg.model, &dev);
+    let wm = cfg.model.world_model().init(&dev);
     let frames = Tensor::<4>::random([2, 5, 16, 32], Distribution::Normal(0.0, 1.0), &dev);
     let z1 = Tensor::<3>::random([2, 5, 16], Distribution::Normal(0.0, 1.0), &dev);
     let z2 = Tensor::<3>::random([2, 5, 16], Distribution::Normal(0.0, 3.0), &dev);
@@ -57,7 +57,7 @@ fn predictions_are_frame_causal() {
     let dev = Device::flex();
     dev.seed(2);
     let cfg = tiny();
-    let mut wm = WorldModel::new(&cfg.model, &dev);
+    let mut wm = cfg.model.world_model().init(&dev);
     // Give the AdaLN heads non-zero weights so that z reaches every block.
     for block in wm.blocks.iter_mut() {
         block.ada = LinearConfig::new(64, 6 * 64).init(&dev);
@@ -352,7 +352,7 @@ fn cached_rollout_matches_full_forward() {
     let dev = Device::flex();
     dev.seed(3);
     let cfg = tiny();
-    let mut wm = WorldModel::new(&cfg.model, &dev);
+    let mut wm = cfg.model.world_model().init(&dev);
     for block in wm.blocks.iter_mut() {
         block.ada = LinearConfig::new(64, 6 * 64).init(&dev);
     }
@@ -390,7 +390,7 @@ fn cached_rollout_matches_full_forward() {
     // frames also carry what they saw of older frames, as in any sliding-window transformer.)
     let mut one_block = cfg.model.clone();
     one_block.wm_depth = 1;
-    let mut wm1 = WorldModel::new(&one_block, &dev);
+    let mut wm1 = one_block.world_model().init(&dev);
     wm1.blocks[0].ada = LinearConfig::new(64, 6 * 64).init(&dev);
     let mut cache = wm1.prefill(
         frames.clone().slice(s![.., 0..3, .., ..]),
@@ -497,7 +497,7 @@ fn residual_world_model_starts_as_copy_and_its_cpu_rollout_matches_steps() {
     dev.seed(3);
     let mut cfg = tiny().model;
     cfg.residual = true;
-    let mut wm = WorldModel::new(&cfg, &dev);
+    let mut wm = cfg.world_model().init(&dev);
     let normal = Distribution::Normal(0.0, 1.0);
     let frames = Tensor::<4>::random([2, 4, 16, 32], normal, &dev);
     let z = Tensor::<3>::random([2, 4, 16], normal, &dev);

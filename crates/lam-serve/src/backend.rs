@@ -6,14 +6,11 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::Result;
 use burn::prelude::*;
 use lam_control::closed_loop::{Agent, MpcSession};
 use lam_encoder::Encoder;
-use lam_lawm::checkpoint::CheckpointState;
-use lam_lawm::data::ActionNorm;
-use lam_lawm::instruction::InstructionEmbedder;
-use lam_lawm::policy::Policy;
+use lam_lawm::session::{PolicyRunner, PolicySession};
 use rmpv::Value;
 use serde_json::json;
 
@@ -63,18 +60,9 @@ pub struct MpcBackend<'a> {
 
 /// A LAWM policy checkpoint (policy stage).
 pub struct LawmBackend {
-    pub policy: Policy,
-    pub state: CheckpointState,
-    pub norm: ActionNorm,
-    pub embedder: InstructionEmbedder,
-    pub device: Device,
-    pub checkpoint: PathBuf,
-    /// Chunk actions played before the policy is queried again.
-    pub execute: usize,
+    pub runner: PolicyRunner,
     /// Instruction used when `reset` names none.
     pub default_instruction: Option<String>,
-    /// Optional action bounds the de-normalised actions are clipped to.
-    pub bounds: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 pub enum Backend<'a> {
@@ -93,13 +81,7 @@ pub enum Session<'a> {
         /// them are not needed by the model, which steps once per block).
         block: VecDeque<Vec<f32>>,
     },
-    Lawm {
-        instruction: Vec<f32>,
-        history: VecDeque<Vec<u8>>,
-        pending: VecDeque<Vec<f32>>,
-        seed: u64,
-        steps: u64,
-    },
+    Lawm(PolicySession),
 }
 
 /// The reply fields of a successful call (the envelope is added by the server).
@@ -230,16 +212,16 @@ impl<'a> Backend<'a> {
                 })
             }
             Backend::Lawm(l) => {
-                let pc = &l.state.config.policy;
+                let pc = &l.runner.state.config.policy;
                 json!({
                     "model": "lawm",
-                    "checkpoint": l.checkpoint.display().to_string(),
+                    "checkpoint": l.runner.checkpoint.display().to_string(),
                     "policy": {
                         "head": pc.head,
                         "history": pc.history,
                         "chunk": pc.chunk,
-                        "execute": l.execute,
-                        "step": l.state.step,
+                        "execute": l.runner.execute,
+                        "step": l.runner.state.step,
                         "instruction_dim": pc.instruction_dim,
                     },
                     "image": {
@@ -252,11 +234,11 @@ impl<'a> Backend<'a> {
                         "scale": 255.0,
                     },
                     "action": {
-                        "dim": l.policy.action_dim,
-                        "low": l.bounds.as_ref().map(|b| b.0.clone()),
-                        "high": l.bounds.as_ref().map(|b| b.1.clone()),
+                        "dim": l.runner.policy.action_dim,
+                        "low": l.runner.bounds.as_ref().map(|b| b.0.clone()),
+                        "high": l.runner.bounds.as_ref().map(|b| b.1.clone()),
                         "chunk": pc.chunk,
-                        "normalisation": {"mean": l.norm.mean, "std": l.norm.std},
+                        "normalisation": {"mean": l.runner.norm.mean, "std": l.runner.norm.std},
                     },
                     "reset": {
                         "goal": "not used",
@@ -324,19 +306,13 @@ impl<'a> Backend<'a> {
                         return Err("`reset` needs an `instruction` for the LAWM policy (e.g. \"reach\", or the episode's sentence for sort); the server has no --instruction default".into());
                     }
                 };
-                let unknown = l.embedder.unknown_words(&text);
+                let unknown = l.runner.embedder.unknown_words(&text);
                 if !unknown.is_empty() {
                     tracing::warn!(
                         "instruction {text:?}: words outside the policy's vocabulary {unknown:?} map to <unk>"
                     );
                 }
-                *session = Session::Lawm {
-                    instruction: l.embedder.embed(&text),
-                    history: VecDeque::new(),
-                    pending: VecDeque::new(),
-                    seed,
-                    steps: 0,
-                };
+                *session = Session::Lawm(l.runner.session(&text, seed));
                 Ok(vec![(
                     "timing",
                     to_msgpack(&json!({"encode_ms": 0.0, "total_ms": ms(t0)})),
@@ -423,70 +399,30 @@ impl<'a> Backend<'a> {
                     ),
                 ])
             }
-            (
-                Backend::Lawm(l),
-                Session::Lawm {
-                    instruction,
-                    history,
-                    pending,
-                    seed,
-                    steps,
-                },
-            ) => {
-                let pc = &l.state.config.policy;
-                let size = pc.image_size;
+            (Backend::Lawm(l), Session::Lawm(session)) => {
+                let r = &l.runner;
                 let te = Instant::now();
-                let frame = lawm_frame(&image, size).map_err(|e| format!("image: {e:#}"))?;
-                if history.is_empty() {
-                    history.extend(std::iter::repeat_n(frame.clone(), pc.history));
-                } else {
-                    history.pop_front();
-                    history.push_back(frame);
-                }
+                let frame =
+                    lawm_frame(&image, r.image_size()).map_err(|e| format!("image: {e:#}"))?;
+                session.observe(frame);
                 let encode_ms = ms(te);
-                let d = l.policy.action_dim;
-                let mut chunk_out = None;
                 let tm = Instant::now();
-                if pending.is_empty() {
-                    let chunk = l
-                        .policy
-                        .act(
-                            pc,
-                            &l.norm,
-                            &[&*history],
-                            &[instruction.as_slice()],
-                            *seed,
-                            *steps as usize,
-                            &l.device,
-                        )
-                        .map_err(|e| format!("{e:#}"))?
-                        .pop()
-                        .expect("one history, one chunk");
-                    let mut actions = Vec::with_capacity(pc.chunk * d);
-                    for (k, mut a) in chunk.into_iter().enumerate() {
-                        if let Some((lo, hi)) = &l.bounds {
-                            for (i, v) in a.iter_mut().enumerate() {
-                                *v = v.clamp(lo[i], hi[i]);
-                            }
-                        }
-                        if k < l.execute.min(pc.chunk) {
-                            pending.push_back(a.clone());
-                        }
-                        actions.extend(a);
-                    }
-                    chunk_out = Some(actions);
-                }
+                let step = r
+                    .step(&mut [&mut *session])
+                    .map_err(|e| format!("{e:#}"))?
+                    .pop()
+                    .expect("one session, one step");
                 let model_ms = ms(tm);
-                let action = pending.pop_front().expect("a chunk filled the queue");
-                *steps += 1;
+                let d = r.action_dim();
                 let mut out = vec![
-                    ("action", protocol::f32_array(&[d], &action)),
-                    ("planned", Value::Boolean(chunk_out.is_some())),
+                    ("action", protocol::f32_array(&[d], &step.action)),
+                    ("planned", Value::Boolean(step.chunk.is_some())),
                     ("confidence", Value::Nil),
-                    ("step", Value::from(*steps)),
+                    ("step", Value::from(session.steps())),
                 ];
-                if let Some(c) = chunk_out {
-                    out.push(("chunk", protocol::f32_array(&[pc.chunk, d], &c)));
+                if let Some(c) = step.chunk {
+                    let flat: Vec<f32> = c.concat();
+                    out.push(("chunk", protocol::f32_array(&[c.len(), d], &flat)));
                 }
                 out.push((
                     "timing",
@@ -511,46 +447,8 @@ pub fn load_lawm(
     default_instruction: Option<String>,
     bounds: Option<(Vec<f32>, Vec<f32>)>,
 ) -> Result<LawmBackend> {
-    let ckpt = lam_lawm::checkpoint::resolve(path)?;
-    let (policy, state) = lam_lawm::checkpoint::load_policy(&ckpt, device)?;
-    ensure!(
-        state.stage == lam_lawm::checkpoint::Stage::Policy,
-        "{} is a world-model pretraining checkpoint; its head emits latent actions. \
-         Finetune it on labeled demonstrations first (lam lawm finetune)",
-        ckpt.display()
-    );
-    let norm = state
-        .action_norm
-        .clone()
-        .with_context(|| format!("{} has no action normalisation", ckpt.display()))?;
-    ensure!(
-        norm.mean.len() == policy.action_dim && norm.std.len() == policy.action_dim,
-        "{}: action normalisation has {} values for {}-D actions",
-        ckpt.display(),
-        norm.mean.len(),
-        policy.action_dim
-    );
-    ensure!(execute >= 1, "--execute must be at least 1");
-    if let Some((lo, hi)) = &bounds {
-        if lo.len() != policy.action_dim || hi.len() != policy.action_dim {
-            bail!(
-                "action bounds have {} lows and {} highs but the policy emits {}-D actions",
-                lo.len(),
-                hi.len(),
-                policy.action_dim
-            );
-        }
-    }
-    let embedder = state.embedder();
     Ok(LawmBackend {
-        policy,
-        state,
-        norm,
-        embedder,
-        device: device.clone(),
-        checkpoint: ckpt,
-        execute,
+        runner: PolicyRunner::load(path, execute, device)?.with_bounds(bounds)?,
         default_instruction,
-        bounds,
     })
 }

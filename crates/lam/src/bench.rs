@@ -355,7 +355,7 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
     let device = parse_device(&args.common.device)?;
     device.seed(cfg.train.seed);
     let m = &cfg.model;
-    let mut wm = lam_model::world_model::WorldModel::new(m, &device);
+    let mut wm = m.world_model().init(&device);
     // A trained model's AdaLN heads are not zero: give them ordinary weights so that the
     // latent actions change the rollout (and the parity check covers them).
     for block in wm.blocks.iter_mut() {

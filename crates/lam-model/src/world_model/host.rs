@@ -951,7 +951,7 @@ mod tests {
         let dev = Device::flex();
         dev.seed(5);
         let cfg = LamConfig::preset("tiny").unwrap().model;
-        let mut wm = WorldModel::new(&cfg, &dev);
+        let mut wm = cfg.world_model().init(&dev);
         for block in wm.blocks.iter_mut() {
             block.ada = LinearConfig::new(cfg.wm_dim, 6 * cfg.wm_dim).init(&dev);
         }
