@@ -10,10 +10,11 @@ use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
-use lam_control::closed_loop::{Agent, EpisodeResult, EvalSummary, Mode, Trace, summarize};
+use lam_control::closed_loop::{Agent, Mode};
 use lam_control::controller;
 use lam_control::planner::{CostKind, PlannerConfig, PlannerKind};
 use lam_encoder::Encoder;
+use lam_eval::mpc::{EpisodeResult, EvalSummary, Trace, run_episode, summarize};
 use lam_model::config::{Conditioning, LamConfig};
 use lam_model::device::parse_device;
 use lam_sim::domain::Domain;
@@ -460,7 +461,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             let (mut wins, mut losses) = (0, 0);
             for ep in &episodes {
                 let trace = wins < args.strips || losses < args.strips;
-                let mut r = agent.run_episode(ep, &frame_encoder, trace)?;
+                let mut r = run_episode(&agent, ep, &frame_encoder, trace)?;
                 let drawn = if r.success { &mut wins } else { &mut losses };
                 if r.trace.is_some() {
                     if *drawn < args.strips {

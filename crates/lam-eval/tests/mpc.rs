@@ -1,0 +1,184 @@
+//! Closed-loop MPC episodes on the simulated suite's protocol, with tiny untrained models.
+
+use burn::prelude::*;
+use lam_control::planner::{PlannerConfig, PlannerKind};
+use lam_eval::mpc::run_episode;
+use lam_model::config::LamConfig;
+
+/// Frame tokens `[1, 16, 32]` of a 32x32 RGB frame: 8x8 average pooling to a 4x4 grid of
+/// colours, then a fixed linear map to 32 channels.
+fn pooled_colour_encoder(
+    dev: &Device,
+) -> impl Fn(&[u8], &lam_sim::SimState, &lam_sim::Layout) -> anyhow::Result<Tensor<3>> + '_ {
+    let proj: Vec<f32> = (0..3 * 32)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    move |rgb: &[u8], _state: &lam_sim::SimState, _layout: &lam_sim::Layout| {
+        anyhow::ensure!(rgb.len() == 32 * 32 * 3, "frame of {} bytes", rgb.len());
+        let mut tokens = vec![0.0f32; 16 * 32];
+        for cell in 0..16 {
+            let (r0, c0) = ((cell / 4) * 8, (cell % 4) * 8);
+            let mut mean = [0.0f32; 3];
+            for y in r0..r0 + 8 {
+                for x in c0..c0 + 8 {
+                    for (c, m) in mean.iter_mut().enumerate() {
+                        *m += f32::from(rgb[(y * 32 + x) * 3 + c]) / (64.0 * 255.0);
+                    }
+                }
+            }
+            for j in 0..32 {
+                tokens[cell * 32 + j] = (0..3).map(|c| mean[c] * proj[c * 32 + j]).sum();
+            }
+        }
+        Ok(Tensor::<3>::from_data(
+            TensorData::new(tokens, [1, 16, 32]),
+            dev,
+        ))
+    }
+}
+
+#[test]
+fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
+    use lam_control::closed_loop::{Agent, Mode};
+    use lam_control::controller::Controller;
+    use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
+    let cfg = LamConfig::preset("tiny").unwrap();
+    let dev = Device::flex();
+    let lam = lam_model::train::init_model(&cfg, &dev);
+    let ctrl = Controller::new(2, 16, 0, 32, &dev);
+    assert_eq!((ctrl.action_dim(), ctrl.latent_dim()), (2, 16));
+    let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
+    let space = episodes[0].env().unwrap().action_space();
+    let encoder = pooled_colour_encoder(&dev);
+    let planner = PlannerConfig {
+        kind: PlannerKind::Cem,
+        horizon: 3,
+        samples: 16,
+        elites: 4,
+        iterations: 2,
+        ..PlannerConfig::default()
+    };
+    let agent = Agent {
+        cfg: &cfg,
+        lam: &lam,
+        controller: Some(&ctrl),
+        planner: planner.clone(),
+        mode: Mode::Latent,
+        replan_every: 3,
+        frameskip: 1,
+        low: space.low.clone(),
+        high: space.high.clone(),
+        hold_actions: false,
+        waypoints: None,
+        support: None,
+    };
+    let r = run_episode(&agent, &episodes[0], &encoder, true).unwrap();
+    assert!(r.steps >= 1 && r.steps <= 50);
+    assert_eq!(r.plans, (r.steps as usize).div_ceil(3));
+    assert!(r.mean_plan_ms > 0.0 && r.mean_confidence.abs() <= 1.0 + 1e-5);
+    let trace = r.trace.as_ref().unwrap();
+    assert_eq!(trace.frames.len(), r.steps as usize);
+    assert!(
+        trace
+            .nearest_to_prediction
+            .iter()
+            .all(|&i| i <= trace.frames.len())
+    );
+
+    // Step by step: a new plan every 3 calls, actions inside the box.
+    let layout = episodes[0].env().unwrap().layout().clone();
+    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
+    let mut session = agent.session(goal, 1);
+    let mut env = episodes[0].env().unwrap();
+    for k in 0..7 {
+        let step = session
+            .act(encoder(&env.render(), env.state(), env.layout()).unwrap())
+            .unwrap();
+        assert_eq!(step.planned, k % 3 == 0, "call {k}");
+        assert_eq!(step.action.len(), 2);
+        for (i, a) in step.action.iter().enumerate() {
+            assert!(
+                *a >= space.low[i] && *a <= space.high[i],
+                "{a} outside the box"
+            );
+        }
+        assert_eq!(step.predicted.dims(), [1, 16, 32]);
+        env.step(&step.action).unwrap();
+    }
+    assert_eq!(session.plans(), 3);
+    // Wrong token shapes and mismatched pieces are errors, not panics.
+    let bad = Tensor::<3>::zeros([1, 9, 32], &dev);
+    assert!(session.act(bad).is_err());
+    let mismatched = Agent {
+        mode: Mode::ActionConditioned,
+        ..agent
+    };
+    let err = format!("{:#}", mismatched.check().unwrap_err());
+    assert!(err.contains("action"), "{err}");
+}
+
+#[test]
+fn closed_loop_executes_action_blocks() {
+    use lam_control::closed_loop::{Agent, Mode};
+    use lam_control::controller::Controller;
+    use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
+    let cfg = LamConfig::preset("tiny").unwrap();
+    let dev = Device::flex();
+    let lam = lam_model::train::init_model(&cfg, &dev);
+    // Blocks of 2 two-dimensional robot actions: the controller takes 4 numbers.
+    let ctrl = Controller::new(4, 16, 0, 32, &dev);
+    let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
+    let space = episodes[0].env().unwrap().action_space();
+    let encoder = pooled_colour_encoder(&dev);
+    let agent = Agent {
+        cfg: &cfg,
+        lam: &lam,
+        controller: Some(&ctrl),
+        planner: PlannerConfig {
+            kind: PlannerKind::Cem,
+            horizon: 2,
+            samples: 16,
+            elites: 4,
+            iterations: 2,
+            ..PlannerConfig::default()
+        },
+        mode: Mode::Action,
+        replan_every: 1,
+        frameskip: 2,
+        low: space.low.clone(),
+        high: space.high.clone(),
+        hold_actions: false,
+        waypoints: None,
+        support: None,
+    };
+    agent.check().unwrap();
+    // One plan per block of two environment steps.
+    let r = run_episode(&agent, &episodes[0], &encoder, false).unwrap();
+    assert_eq!(r.plans, (r.steps as usize).div_ceil(2));
+    let layout = episodes[0].env().unwrap().layout().clone();
+    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
+    let mut session = agent.session(goal, 3);
+    let mut env = episodes[0].env().unwrap();
+    let step = session
+        .act(encoder(&env.render(), env.state(), env.layout()).unwrap())
+        .unwrap();
+    assert!(step.planned);
+    assert_eq!(step.action.len(), 4);
+    let actions = step.actions(2);
+    assert_eq!(actions.len(), 2);
+    for a in &actions {
+        for (i, v) in a.iter().enumerate() {
+            assert!(
+                *v >= space.low[i] && *v <= space.high[i],
+                "{v} outside the box"
+            );
+        }
+    }
+    // A block size that does not match the controller is named.
+    let wrong = Agent {
+        frameskip: 3,
+        ..agent
+    };
+    let err = format!("{:#}", wrong.check().unwrap_err());
+    assert!(err.contains("block"), "{err}");
+}
