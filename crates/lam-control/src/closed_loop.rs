@@ -144,18 +144,21 @@ impl<'a> Agent<'a> {
 
     /// What the planner searches, from the agent's [`Mode`] (the one place that maps it).
     pub fn search_space(&self) -> SearchSpace<'a> {
-        let (low, high) = self.block_bounds();
-        let repeat = self.repeat();
+        let robot_actions = |controller| {
+            let (low, high) = self.block_bounds();
+            SearchSpace::Action {
+                low,
+                high,
+                controller,
+                repeat: self.repeat(),
+            }
+        };
         match self.mode {
             Mode::Latent => SearchSpace::Latent {
                 dim: self.cfg.model.latent_dim,
             },
-            Mode::Action | Mode::ActionConditioned => SearchSpace::Action {
-                low,
-                high,
-                controller: self.controller.filter(|_| self.mode == Mode::Action),
-                repeat,
-            },
+            Mode::Action => robot_actions(self.controller),
+            Mode::ActionConditioned => robot_actions(None),
         }
     }
 

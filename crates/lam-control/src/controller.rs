@@ -363,6 +363,10 @@ pub struct ControllerReport {
     pub best_step: usize,
     /// Mean cosine similarity between g_ctrl(a) and the IDM pseudo-label.
     pub cosine: f64,
+    /// R^2 of g_ctrl(a) against the pseudo-labels, all channels (absent when the latents do
+    /// not vary, and in reports written before it was measured).
+    #[serde(default)]
+    pub r2: Option<f64>,
     /// Mean squared error of the inverse controller's actions.
     pub inverse_mse: f64,
     /// Variance of the true actions (what a constant predictor's MSE would be).
@@ -402,18 +406,42 @@ fn frames_of(
     (ctrl.frame_dim() > 0).then(|| rows(&data.frames, data.frame_dim, idx, device))
 }
 
+/// Held-out fit of a controller in both directions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HeldOut {
+    /// Mean cosine(g_ctrl(a), z).
+    pub cosine: f64,
+    /// `1 - SSE / SST` of g_ctrl(a) against z over every latent channel (the cosine alone is
+    /// 1.0 for latents collapsed onto one direction; R^2 is not); `None` when z does not vary.
+    pub r2: Option<f64>,
+    /// Mean squared error of the inverse controller's actions.
+    pub inverse_mse: f64,
+}
+
 /// Evaluates a controller on transitions.
-pub fn evaluate(ctrl: &Controller, data: &Transitions, device: &Device) -> (f64, f64) {
+pub fn evaluate(ctrl: &Controller, data: &Transitions, device: &Device) -> HeldOut {
     let all: Vec<usize> = (0..data.len()).collect();
     let a = rows(&data.actions, data.action_dim, &all, device);
     let z = rows(&data.latents, data.latent_dim, &all, device);
     let f = frames_of(ctrl, data, &all, device);
-    let cos = mean_cosine(ctrl.to_latent(a.clone(), f.clone()), z.clone());
-    let mse = (ctrl.to_action(z, f) - a)
+    let pred = ctrl.to_latent(a.clone(), f.clone());
+    let cosine = mean_cosine(pred.clone(), z.clone());
+    let sse = (pred - z.clone()).square().sum().into_scalar::<f32>() as f64;
+    let sst = (z.clone() - z.clone().mean_dim(0))
+        .square()
+        .sum()
+        .into_scalar::<f32>() as f64;
+    let total = z.clone().square().sum().into_scalar::<f32>() as f64;
+    let inverse_mse = (ctrl.to_action(z, f) - a)
         .square()
         .mean()
         .into_scalar::<f32>() as f64;
-    (cos, mse)
+    HeldOut {
+        cosine,
+        // Latents that do not vary (a collapsed IDM) leave R^2 undefined.
+        r2: (sst > 1e-6 * total).then(|| 1.0 - sse / sst),
+        inverse_mse,
+    }
 }
 
 /// Where a fit keeps resumable checkpoints: `dir/checkpoints/step-N` at every early-stopping
@@ -726,7 +754,7 @@ pub fn fit_with(
             wm_ad.filter(|_| tune).map(|w| w.valid()),
         ),
     };
-    let (cosine, inverse_mse) = evaluate(&ctrl, val, device);
+    let held_out = evaluate(&ctrl, val, device);
     let (prediction_error, prediction_error_idm) = match tuned.as_ref().or(world_model) {
         Some(wm) => match prediction_errors(&ctrl, wm, val, device) {
             Some((c, i)) => (Some(c), Some(i)),
@@ -754,8 +782,9 @@ pub fn fit_with(
             val_transitions: val.len(),
             steps_run,
             best_step,
-            cosine,
-            inverse_mse,
+            cosine: held_out.cosine,
+            r2: held_out.r2,
+            inverse_mse: held_out.inverse_mse,
             action_variance,
             prediction_error,
             prediction_error_idm,

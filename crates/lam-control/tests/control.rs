@@ -405,7 +405,7 @@ fn frame_conditioned_controller_learns_what_the_state_does_to_an_action() {
     lam_control::controller::save(&ctrl, tmp.path(), &seeing, &cfg, 2, 3).unwrap();
     let back = lam_control::controller::load(tmp.path(), &dev).unwrap();
     assert_eq!(back.frame_dim(), 2);
-    let (cos, _) = lam_control::controller::evaluate(&back, &va, &dev);
+    let cos = lam_control::controller::evaluate(&back, &va, &dev).cosine;
     assert!(
         (cos - seeing.cosine).abs() < 1e-5,
         "{cos} vs {}",
@@ -420,7 +420,7 @@ fn frame_conditioned_controller_learns_what_the_state_does_to_an_action() {
     let card = std::fs::read_to_string(tmp.path().join("model/README.md")).unwrap();
     assert!(card.contains("| report.cosine |"), "{card}");
     let back = lam_control::controller::load(&shared, &dev).unwrap();
-    let (cos, _) = lam_control::controller::evaluate(&back, &va, &dev);
+    let cos = lam_control::controller::evaluate(&back, &va, &dev).cosine;
     assert!((cos - seeing.cosine).abs() < 1e-5);
 }
 

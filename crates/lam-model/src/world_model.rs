@@ -103,10 +103,9 @@ impl ModelConfig {
 
 impl WorldModelConfig {
     pub fn init(&self, device: &Device) -> WorldModel {
-        let cfg = self;
-        let w = cfg.dim;
-        let hidden = (w as f64 * cfg.mlp_ratio).round() as usize;
-        let blocks = (0..cfg.depth)
+        let w = self.dim;
+        let hidden = (w as f64 * self.mlp_ratio).round() as usize;
+        let blocks = (0..self.depth)
             .map(|_| Block {
                 norm1: LayerNormConfig::new(w).init(device),
                 qkv: LinearConfig::new(w, 3 * w).init(device),
@@ -118,22 +117,22 @@ impl WorldModelConfig {
             })
             .collect();
         WorldModel {
-            in_proj: LinearConfig::new(cfg.embed_dim, w).init(device),
-            cond_in: LinearConfig::new(cfg.latent_dim, w).init(device),
+            in_proj: LinearConfig::new(self.embed_dim, w).init(device),
+            cond_in: LinearConfig::new(self.latent_dim, w).init(device),
             cond_out: LinearConfig::new(w, w).init(device),
             blocks,
             final_norm: LayerNormConfig::new(w).init(device),
             final_ada: zero_linear(w, 2 * w, device),
-            out_proj: if cfg.residual {
-                zero_linear(w, cfg.embed_dim, device)
+            out_proj: if self.residual {
+                zero_linear(w, self.embed_dim, device)
             } else {
-                LinearConfig::new(w, cfg.embed_dim).init(device)
+                LinearConfig::new(w, self.embed_dim).init(device)
             },
-            heads: cfg.heads,
-            grid_rows: cfg.grid[0],
-            grid_cols: cfg.grid[1],
-            rope_theta: cfg.rope_theta,
-            residual: cfg.residual,
+            heads: self.heads,
+            grid_rows: self.grid[0],
+            grid_cols: self.grid[1],
+            rope_theta: self.rope_theta,
+            residual: self.residual,
         }
     }
 }

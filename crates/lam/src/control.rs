@@ -115,8 +115,12 @@ pub fn run(cmd: ControlCommand) -> Result<()> {
         ControlCommand::Fit(args) => {
             let report = fit(&args)?;
             println!(
-                "controller: cosine(g_ctrl(a), z) = {:.3} on {} held-out transitions; inverse MSE {:.4} (action variance {:.4})",
-                report.cosine, report.val_transitions, report.inverse_mse, report.action_variance,
+                "controller: cosine(g_ctrl(a), z) = {:.3}, R^2 {:.3} on {} held-out transitions; inverse MSE {:.4} (action variance {:.4})",
+                report.cosine,
+                report.r2.unwrap_or(f64::NAN),
+                report.val_transitions,
+                report.inverse_mse,
+                report.action_variance,
             );
             if let (Some(c), Some(i)) = (report.prediction_error, report.prediction_error_idm) {
                 println!(

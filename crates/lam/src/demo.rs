@@ -27,10 +27,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser};
+use clap::Args;
 use lam_sim::PolicyKind;
 use serde_json::{Value, json};
-use tracing::info;
+
+use crate::pipeline::{
+    DataSpec, PlanSpec, Steps, args, eval_argv, fit_argv, read_json, train_argv,
+};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -96,25 +99,6 @@ pub struct DemoArgs {
     pub device: String,
 }
 
-/// Runs one `lam` command line in this process and records it.
-fn step(log: &mut Vec<(String, f64)>, title: &str, argv: &[String]) -> Result<()> {
-    let shown = format!("lam {}", argv.join(" "));
-    info!("{title}: {shown}");
-    let t0 = Instant::now();
-    let cli =
-        crate::Cli::try_parse_from(std::iter::once("lam".to_string()).chain(argv.iter().cloned()))
-            .with_context(|| format!("demo step `{shown}`"))?;
-    crate::run(cli).with_context(|| format!("demo step `{shown}` failed"))?;
-    log.push((shown, t0.elapsed().as_secs_f64()));
-    Ok(())
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
-}
-
 /// File that marks a folder as a demo report folder (written by the demo itself).
 const MARKER: &str = ".lam-demo";
 /// Subfolders a demo writes, replaced by the next run into the same folder.
@@ -148,235 +132,66 @@ fn prepare_out(out: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", out.join(MARKER).display()))
 }
 
-fn args(items: &[&dyn std::fmt::Display]) -> Vec<String> {
-    items.iter().map(|x| x.to_string()).collect()
-}
-
 pub fn run(a: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let out = &a.out;
-    prepare_out(out)?;
-    let p = |s: &str| out.join(s).display().to_string();
-    let (human, robot) = (p("data/human"), p("data/robot"));
-    let encoder = if a.oracle {
-        lam_encoder::oracle::ORACLE.to_string()
-    } else {
-        p("encoder/encoder")
+    let data = DataSpec {
+        task: a.task.clone(),
+        human_episodes: a.human_episodes,
+        human_policy: a.human_policy,
+        robot_episodes: a.robot_episodes,
+        robot_policy: a.robot_policy,
+        encoder_steps: a.encoder_steps,
+        oracle: a.oracle,
+        frameskip: a.frameskip,
+        history: a.history,
+        device: a.device.clone(),
     };
-    anyhow::ensure!(
-        a.frameskip >= 1 && 10 % a.frameskip == 0,
-        "--frameskip must divide the recordings' 10 steps per second (1, 2, 5 or 10), got {}",
-        a.frameskip
-    );
-    anyhow::ensure!(a.history >= 1, "--history must be at least 1");
-    let fps = 10 / a.frameskip;
-    let clip_frames = a.history + 1;
-    let (sh, sr) = (p("shards/human"), p("shards/robot"));
-    let (lam_run, ctrl, plan_dir) = (p("lam"), p("controller"), p("plan"));
+    data.check()?;
+    prepare_out(out)?;
+    let (lam_run, ctrl, plan_dir) = (out.join("lam"), out.join("controller"), out.join("plan"));
     let dev = &a.device;
     let task = &a.task;
-    let mut log = Vec::new();
-
-    step(
-        &mut log,
-        "1/9 recording unlabeled human video",
-        &args(&[
-            &"sim",
-            &"record",
-            &"--task",
-            task,
-            &"--domain",
-            &"human",
-            &"--policy",
-            &a.human_policy,
-            &"--nuisances",
-            &"off",
-            &"--episodes",
-            &a.human_episodes,
-            &"--out",
-            &human,
-            &"--quiet",
-        ]),
-    )?;
-    step(
-        &mut log,
-        "2/9 recording a small labeled robot set",
-        &args(&[
-            &"sim",
-            &"record",
-            &"--task",
-            task,
-            &"--domain",
-            &"robot",
-            &"--policy",
-            &a.robot_policy,
-            &"--episodes",
-            &a.robot_episodes,
-            &"--seed",
-            &5000,
-            &"--out",
-            &robot,
-            &"--quiet",
-        ]),
-    )?;
-    if !a.oracle {
-        step(
-            &mut log,
-            "3/9 pretraining the sim encoder on the human frames",
-            &args(&[
-                &"encoder",
-                &"pretrain",
-                &"--data",
-                &human,
-                &"--out",
-                &p("encoder"),
-                &"--patch",
-                &16,
-                &"--dim",
-                &32,
-                &"--steps",
-                &a.encoder_steps,
-                &"--probe-task",
-                task,
-                &"--probe-domain",
-                &"robot",
-                &"--device",
-                dev,
-                &"--quiet",
-            ]),
-        )?;
-    }
-    for (src, dst, val) in [(&human, &sh, 0.05), (&robot, &sr, 0.2)] {
-        step(
-            &mut log,
-            "4-5/9 embedding",
-            &args(&[
-                &"embed",
-                &"--data",
-                src,
-                &"--encoder",
-                &encoder,
-                &"--out",
-                dst,
-                &"--fps",
-                &fps,
-                &"--frames",
-                &clip_frames,
-                &"--stride",
-                &1,
-                &"--val-fraction",
-                &val,
-                &"--pooling",
-                &if a.oracle { "mean" } else { "keypoints" },
-                &"--device",
-                dev,
-            ]),
-        )?;
-    }
-    let mut train = args(&[
-        &"train",
-        &"--data",
-        &sh,
-        &"--run",
-        &lam_run,
-        &"--steps",
-        &a.steps,
-        &"--set",
-        &"model.standardize=true",
-        &"--set",
-        &"regularizer.kind=noisy",
-        &"--device",
-        dev,
-    ]);
-    for kv in &a.train_set {
-        train.extend(["--set".to_string(), kv.clone()]);
-    }
-    step(
-        &mut log,
+    let mut steps = Steps::default();
+    let l = data.run(out, &mut steps, 9)?;
+    let mut sets = vec!["regularizer.kind=noisy".to_string()];
+    sets.extend(a.train_set.iter().cloned());
+    steps.run(
         "6/9 training the latent action model on the human shards",
-        &train,
+        &train_argv(&l.human_shards, &lam_run, a.steps, &sets, dev),
     )?;
-    step(
-        &mut log,
+    steps.run(
         "7/9 leakage and transfer",
-        &args(&[
-            &"eval",
-            &"--run",
-            &lam_run,
-            &"--data",
-            &sh,
-            &"--out",
-            &p("eval.json"),
-            &"--device",
-            dev,
-        ]),
+        &eval_argv(&lam_run, &l.human_shards, &out.join("eval.json"), dev),
     )?;
-    step(
-        &mut log,
+    steps.run(
         "8/9 fitting the controller on the labeled robot shards",
+        &fit_argv(&lam_run, &l.robot_shards, &ctrl, dev),
+    )?;
+    let plan = PlanSpec {
+        task: task.clone(),
+        episodes: a.episodes,
+        samples: a.samples,
+        iterations: a.iterations,
+        horizon: a.horizon,
+        hold_actions: a.hold_actions,
+        baselines: true,
+        device: dev.clone(),
+    };
+    steps.run(
+        "9/9 planning closed loop in the robot domain",
+        &plan.argv(&lam_run, &l.encoder, &ctrl, &plan_dir),
+    )?;
+    steps.run(
+        "plotting",
         &args(&[
-            &"control",
-            &"fit",
-            &"--run",
-            &lam_run,
-            &"--data",
-            &sr,
+            &"plot",
+            &lam_run.display(),
             &"--out",
-            &ctrl,
-            &"--device",
-            dev,
+            &out.join("loss.png").display(),
         ]),
     )?;
-    let mut plan_argv = args(&[
-        &"plan",
-        &"eval",
-        &"--run",
-        &lam_run,
-        &"--encoder",
-        &encoder,
-        &"--controller",
-        &ctrl,
-        &"--task",
-        task,
-        &"--domain",
-        &"robot",
-        &"--episodes",
-        &a.episodes,
-        &"--planner",
-        &"cem",
-        &"--space",
-        &"action",
-        &"--cost",
-        &"mse",
-        &"--objective",
-        &"min",
-        &"--samples",
-        &a.samples,
-        &"--iterations",
-        &a.iterations,
-        &"--elites",
-        &(a.samples / 10).max(2),
-        &"--horizon",
-        &a.horizon,
-        &"--baselines",
-        &"--out",
-        &plan_dir,
-        &"--device",
-        dev,
-    ]);
-    if a.hold_actions {
-        plan_argv.push("--hold-actions".into());
-    }
-    step(
-        &mut log,
-        "9/9 planning closed loop in the robot domain",
-        &plan_argv,
-    )?;
-    step(
-        &mut log,
-        "plotting",
-        &args(&[&"plot", &lam_run, &"--out", &p("loss.png")]),
-    )?;
+    let log = steps.log;
 
     let total = started.elapsed().as_secs_f64();
     let encoder_summary = read_json(&out.join("encoder/summary.json")).unwrap_or(Value::Null);
@@ -460,9 +275,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let r = &controller["report"];
     writeln!(
         md,
-        "- controller: cosine(g_ctrl(a), z) {:.3} on {} held-out transitions; inverse MSE {:.4} \
-         (action variance {:.4})",
+        "- controller: cosine(g_ctrl(a), z) {:.3}, R^2 {:.3} on {} held-out transitions; inverse \
+         MSE {:.4} (action variance {:.4})",
         r["cosine"].as_f64().unwrap_or(f64::NAN),
+        r["r2"].as_f64().unwrap_or(f64::NAN),
         r["val_transitions"],
         r["inverse_mse"].as_f64().unwrap_or(f64::NAN),
         r["action_variance"].as_f64().unwrap_or(f64::NAN),

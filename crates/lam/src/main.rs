@@ -4,7 +4,9 @@ mod bench;
 mod control;
 mod demo;
 mod encoder;
+mod experiment;
 mod lawm;
+mod pipeline;
 mod plan;
 mod plot;
 mod serve;
@@ -32,6 +34,9 @@ struct Cli {
 enum Command {
     /// Run the whole pipeline on built-in data and write a report folder.
     Demo(demo::DemoArgs),
+    /// The papers' experiments, end to end on the simulated suite, into a report folder.
+    #[command(subcommand)]
+    Experiment(experiment::ExperimentCommand),
     /// Train the stage-1 latent action model (IDM + world model) on embedding shards.
     Train(train::TrainArgs),
     /// Leakage (scene-cut) and transfer evaluations of a trained model.
@@ -151,6 +156,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Experiment(cmd) => experiment::run(cmd),
         Command::Train(args) => train::train(args),
         Command::Eval(args) => train::eval(args),
         Command::Data(DataCommand::Synthetic(a)) => {

@@ -355,3 +355,84 @@ mod tests {
         assert_eq!(tick_label(25000.0), "2.5e4");
     }
 }
+
+/// One panel of bars: a label per bar, its mean and standard error (0 draws no whisker).
+pub struct BarPanel {
+    pub title: String,
+    pub y_desc: String,
+    pub bars: Vec<(String, f64, f64)>,
+    /// Show the y axis as percentages of 1.
+    pub percent: bool,
+    /// Fixed y range (bars beyond it are cut at its edge); else from 0 (or the lowest bar)
+    /// to above the highest.
+    pub range: Option<(f64, f64)>,
+}
+
+/// Panels of bars side by side in one PNG (experiment reports).
+pub fn bar_panels(out: &Path, panels: &[BarPanel]) -> Result<()> {
+    ensure_font()?;
+    ensure!(!panels.is_empty(), "no panels to plot");
+    let root = BitMapBackend::new(out, (480 * panels.len() as u32, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    for (area, p) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+        ensure!(!p.bars.is_empty(), "panel `{}` has no bars", p.title);
+        let finite = || p.bars.iter().filter(|b| b.1.is_finite());
+        let (y_min, y_max) = p.range.unwrap_or_else(|| {
+            let top = finite().map(|b| b.1 + b.2).fold(0.0f64, f64::max);
+            let low = finite().map(|b| b.1 - b.2).fold(0.0f64, f64::min);
+            (low * 1.15, (top * 1.15).max(1e-9))
+        });
+        let n = p.bars.len();
+        let mut chart = ChartBuilder::on(area)
+            .caption(&p.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(60)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..n as f64, y_min..y_max)?;
+        let labels: Vec<String> = p.bars.iter().map(|b| b.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - i as f64 - 0.5).abs() < 1e-6 && i < labels.len() {
+                    labels[i].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(p.y_desc.as_str())
+            .y_label_formatter(&|v| {
+                if p.percent {
+                    format!("{:.0}%", v * 100.0)
+                } else {
+                    tick_label(*v)
+                }
+            })
+            .draw()?;
+        for (i, (_, mean, se)) in p.bars.iter().enumerate() {
+            if !mean.is_finite() {
+                continue;
+            }
+            let x = i as f64;
+            let color = Palette99::pick(i).to_rgba();
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(x + 0.15, 0.0), (x + 0.85, mean.clamp(y_min, y_max))],
+                color.filled(),
+            )))?;
+            if *se > 0.0 {
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![
+                        (x + 0.5, (mean - se).max(y_min)),
+                        (x + 0.5, (mean + se).min(y_max)),
+                    ],
+                    BLACK.stroke_width(2),
+                )))?;
+            }
+        }
+    }
+    root.present()
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
+}

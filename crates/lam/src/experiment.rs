@@ -1,0 +1,774 @@
+//! `lam experiment`: the papers' experiments as commands on the simulated suite. Each runs
+//! end to end at a documented CPU scale and writes `report.md`, `report.json` and PNG figures
+//! into its report folder, listing every `lam` command it ran.
+//!
+//! `regularizers` reproduces Tables 1-3 of the latent-action world-model paper
+//! (`latent-action-wm-robot-control`): six latent action models on the same unlabeled human
+//! video (sparse l1 0.1 / 0.5, noisy beta 0.001 / 0.01, VQ k 64 / 16), each scored for leakage
+//! (scene cut, partner frame from another episode), transfer (cycle consistency), the
+//! controller's fit on labeled robot episodes (cosine, R^2, inverse MSE) and MPC (planning
+//! confidence and error), and, beyond the paper, closed-loop success on the suite's protocol:
+//! does "sparse is best for video, noisy for planning" hold for success?
+//!
+//! A report folder is resumable: the data stage and every (arm, seed) whose `result.json`
+//! was written with the same settings are kept; anything else in an arm's folder is redone.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, Subcommand};
+use lam_sim::PolicyKind;
+use serde_json::{Value, json};
+use tracing::info;
+
+use crate::pipeline::{DataSpec, PlanSpec, Steps, eval_argv, fit_argv, read_json, train_argv};
+use crate::plot::{BarPanel, bar_panels};
+
+#[derive(Subcommand)]
+pub enum ExperimentCommand {
+    /// Tables 1-3 of the latent-action world-model paper (leakage, transfer, controller and
+    /// MPC per regulariser) plus closed-loop success per regulariser.
+    Regularizers(RegularizerArgs),
+}
+
+#[derive(Args)]
+pub struct RegularizerArgs {
+    /// Report folder (resumable: finished arms with the same settings are kept).
+    #[arg(long, default_value = "runs/experiments/regularizers")]
+    pub out: PathBuf,
+    /// Start over: clear what an earlier run of this experiment wrote into --out.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Task recorded and planned: reach, push, pusht or sort.
+    #[arg(long, default_value = "reach")]
+    pub task: String,
+    /// Unlabeled human-domain episodes (random exploration, as `lam demo`).
+    #[arg(long, default_value_t = 400)]
+    pub human_episodes: usize,
+    /// Policy of the unlabeled recordings.
+    #[arg(long, default_value = "random")]
+    pub human_policy: PolicyKind,
+    /// Labeled robot episodes for the controllers.
+    #[arg(long, default_value_t = 100)]
+    pub robot_episodes: usize,
+    /// Sim-encoder pretraining steps.
+    #[arg(long, default_value_t = 400)]
+    pub encoder_steps: usize,
+    /// Embed the simulator's true state instead of the pretrained sim encoder's keypoints.
+    #[arg(long)]
+    pub oracle: bool,
+    /// Training steps of each latent action model.
+    #[arg(long, default_value_t = 2000)]
+    pub steps: usize,
+    /// Training seeds per arm (the error bars are standard errors over seeds).
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// Arms to run, comma separated (default all six): sparse-high, sparse-low, noisy-high,
+    /// noisy-low, vq-high, vq-low.
+    #[arg(long, value_delimiter = ',')]
+    pub arms: Vec<String>,
+    /// Closed-loop protocol episodes per model.
+    #[arg(long, default_value_t = 20)]
+    pub episodes: usize,
+    /// CEM candidates, iterations and horizon (blocks) of the planner.
+    #[arg(long, default_value_t = 100)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 10)]
+    pub iterations: usize,
+    #[arg(long, default_value_t = 5)]
+    pub horizon: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// One regulariser setting of the paper's tables.
+struct Arm {
+    name: &'static str,
+    latents: &'static str,
+    capacity: &'static str,
+    sets: &'static [&'static str],
+    /// The paper's figures (SSv2 / DROID): Table 1 w/o change, w/ change, ratio; Table 2
+    /// ratio; Table 3 cosine, planning confidence, planning error, inverse MSE (VQ: none).
+    paper_leakage: [f64; 3],
+    paper_transfer_ratio: f64,
+    paper_control: Option<[f64; 4]>,
+}
+
+const ARMS: [Arm; 6] = [
+    Arm {
+        name: "sparse-high",
+        latents: "sparse",
+        capacity: "high (l1 0.1)",
+        sets: &["regularizer.kind=sparse", "regularizer.l1=0.1"],
+        paper_leakage: [0.266, 0.469, 1.76],
+        paper_transfer_ratio: 1.00,
+        paper_control: Some([0.95, 0.183, 0.077, 3.8]),
+    },
+    Arm {
+        name: "sparse-low",
+        latents: "sparse",
+        capacity: "low (l1 0.5)",
+        sets: &["regularizer.kind=sparse", "regularizer.l1=0.5"],
+        paper_leakage: [0.268, 0.467, 1.74],
+        paper_transfer_ratio: 1.00,
+        paper_control: Some([0.95, 0.462, 0.086, 4.1]),
+    },
+    Arm {
+        name: "noisy-high",
+        latents: "noisy",
+        capacity: "high (beta 0.001)",
+        sets: &["regularizer.kind=noisy", "regularizer.beta=0.001"],
+        paper_leakage: [0.271, 0.457, 1.69],
+        paper_transfer_ratio: 1.00,
+        paper_control: Some([0.42, 0.994, 0.094, 3.9]),
+    },
+    Arm {
+        name: "noisy-low",
+        latents: "noisy",
+        capacity: "low (beta 0.01)",
+        sets: &["regularizer.kind=noisy", "regularizer.beta=0.01"],
+        paper_leakage: [0.272, 0.459, 1.69],
+        paper_transfer_ratio: 1.00,
+        paper_control: Some([0.42, 0.989, 0.098, 3.7]),
+    },
+    Arm {
+        name: "vq-high",
+        latents: "VQ",
+        capacity: "high (k 64)",
+        sets: &["regularizer.kind=vq", "regularizer.codebook_size=64"],
+        paper_leakage: [0.270, 0.461, 1.71],
+        paper_transfer_ratio: 1.03,
+        paper_control: None,
+    },
+    Arm {
+        name: "vq-low",
+        latents: "VQ",
+        capacity: "low (k 16)",
+        sets: &["regularizer.kind=vq", "regularizer.codebook_size=16"],
+        paper_leakage: [0.277, 0.469, 1.69],
+        paper_transfer_ratio: 1.01,
+        paper_control: None,
+    },
+];
+
+/// Marks a folder as this experiment's report folder; holds the data settings it was made with.
+const MARKER: &str = ".lam-experiment.json";
+/// Written when the data stage has finished.
+const DATA_DONE: &str = "data/.done";
+
+fn arms_of(names: &[String]) -> Result<Vec<&'static Arm>> {
+    if names.is_empty() {
+        return Ok(ARMS.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            ARMS.iter().find(|a| a.name == n).with_context(|| {
+                let known: Vec<_> = ARMS.iter().map(|a| a.name).collect();
+                format!("unknown arm `{n}` (expected one of {})", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// Makes, checks or (with `fresh`) clears the report folder. A folder with content but no
+/// marker is refused; one made with other data settings is refused unless `fresh`.
+fn prepare_out(out: &Path, experiment: &str, data: &Value, fresh: bool) -> Result<()> {
+    let marker = out.join(MARKER);
+    let expected = json!({ "experiment": experiment, "data": data });
+    if marker.is_file() {
+        let found = read_json(&marker)?;
+        if fresh {
+            for sub in ["data", "encoder", "shards", "arms"] {
+                let p = out.join(sub);
+                if p.exists() {
+                    std::fs::remove_dir_all(&p)
+                        .with_context(|| format!("cannot clear {}", p.display()))?;
+                }
+            }
+        } else if found != expected {
+            bail!(
+                "{} was made by `lam experiment {}` with other data settings ({}); pass --fresh \
+                 to start over there, or another --out",
+                out.display(),
+                found["experiment"].as_str().unwrap_or("?"),
+                found["data"]
+            );
+        }
+    } else if out.is_dir()
+        && std::fs::read_dir(out)
+            .with_context(|| format!("cannot read {}", out.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{} is not empty and was not made by lam experiment (no {MARKER}): refusing to write \
+             there; pass another --out",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    lam_data::shards::write_atomic(&marker, serde_json::to_string_pretty(&expected)?.as_bytes())
+}
+
+/// Mean and standard error of the mean (0 for one value).
+fn mean_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (f64::NAN, 0.0);
+    }
+    let m = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (m, 0.0);
+    }
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
+    (m, (var / n).sqrt())
+}
+
+/// `mean` or `mean ± se` with `digits` decimals.
+fn fmt_ms((m, se): (f64, f64), digits: usize) -> String {
+    if !m.is_finite() {
+        "-".into()
+    } else if se > 0.0 {
+        format!("{m:.digits$} ± {se:.digits$}")
+    } else {
+        format!("{m:.digits$}")
+    }
+}
+
+fn is_baseline(summary: &Value) -> bool {
+    matches!(
+        summary["method"].as_str(),
+        Some("scripted expert") | Some("random policy")
+    )
+}
+
+/// The world-model method's summary of a `lam plan eval` report (not a baseline's).
+fn model_summary(plan: &Value) -> Result<Value> {
+    plan["summaries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| !is_baseline(s))
+        .cloned()
+        .context("the plan report holds no world-model method")
+}
+
+/// The scripted expert's and the random policy's summaries of a `lam plan eval` report.
+fn baseline_summaries(plan: &Value) -> Vec<Value> {
+    plan["summaries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| is_baseline(s))
+        .cloned()
+        .collect()
+}
+
+pub fn run(cmd: ExperimentCommand) -> Result<()> {
+    match cmd {
+        ExperimentCommand::Regularizers(a) => regularizers(a),
+    }
+}
+
+fn regularizers(a: RegularizerArgs) -> Result<()> {
+    let started = Instant::now();
+    let arms = arms_of(&a.arms)?;
+    ensure!(a.seeds >= 1, "--seeds must be at least 1");
+    ensure!(a.episodes >= 1, "--episodes must be at least 1");
+    let data = DataSpec {
+        task: a.task.clone(),
+        human_episodes: a.human_episodes,
+        human_policy: a.human_policy,
+        robot_episodes: a.robot_episodes,
+        robot_policy: PolicyKind::Mixed,
+        encoder_steps: a.encoder_steps,
+        oracle: a.oracle,
+        frameskip: 5,
+        history: 3,
+        device: a.device.clone(),
+    };
+    data.check()?;
+    let data_settings = json!({
+        "task": data.task,
+        "human_episodes": data.human_episodes,
+        "human_policy": data.human_policy.to_string(),
+        "robot_episodes": data.robot_episodes,
+        "robot_policy": data.robot_policy.to_string(),
+        "encoder_steps": data.encoder_steps,
+        "oracle": data.oracle,
+        "frameskip": data.frameskip,
+        "history": data.history,
+    });
+    let out = &a.out;
+    prepare_out(out, "regularizers", &data_settings, a.fresh)?;
+    let mut steps = Steps::default();
+    let layout = if out.join(DATA_DONE).is_file() {
+        info!("data stage already done in {}", out.display());
+        data.layout(out)
+    } else {
+        let l = data.run(out, &mut steps, 9)?;
+        lam_data::shards::write_atomic(&out.join(DATA_DONE), b"")?;
+        l
+    };
+    let plan = PlanSpec {
+        task: a.task.clone(),
+        episodes: a.episodes,
+        samples: a.samples,
+        iterations: a.iterations,
+        horizon: a.horizon,
+        hold_actions: false,
+        baselines: false,
+        device: a.device.clone(),
+    };
+    let arm_settings = |arm: &Arm, seed: u64| {
+        json!({
+            "sets": arm.sets, "seed": seed, "steps": a.steps, "episodes": a.episodes,
+            "samples": a.samples, "iterations": a.iterations, "horizon": a.horizon,
+        })
+    };
+
+    let mut results: Vec<(&Arm, Vec<Value>)> = Vec::new();
+    let mut baselines = Value::Null;
+    for (i, arm) in arms.iter().enumerate() {
+        let mut per_seed = Vec::new();
+        for seed in 0..a.seeds {
+            let dir = out.join("arms").join(arm.name).join(format!("seed-{seed}"));
+            let result_path = dir.join("result.json");
+            let settings = arm_settings(arm, seed);
+            if let Ok(done) = read_json(&result_path) {
+                if done["settings"] == settings {
+                    info!("{} seed {seed}: kept from an earlier run", arm.name);
+                    if baselines.is_null() && !done["baselines"].is_null() {
+                        baselines = done["baselines"].clone();
+                    }
+                    per_seed.push(done);
+                    continue;
+                }
+            }
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot clear {}", dir.display()))?;
+            }
+            let t0 = Instant::now();
+            let (run, ctrl, plan_dir) = (dir.join("lam"), dir.join("controller"), dir.join("plan"));
+            let mut sets: Vec<String> = arm.sets.iter().map(|s| s.to_string()).collect();
+            sets.push(format!("train.seed={seed}"));
+            let title = format!("{} seed {seed} ({}/{})", arm.name, i + 1, arms.len());
+            steps.run(
+                &format!("{title}: training"),
+                &train_argv(&layout.human_shards, &run, a.steps, &sets, &a.device),
+            )?;
+            steps.run(
+                &format!("{title}: leakage and transfer"),
+                &eval_argv(
+                    &run,
+                    &layout.human_shards,
+                    &dir.join("eval.json"),
+                    &a.device,
+                ),
+            )?;
+            steps.run(
+                &format!("{title}: controller"),
+                &fit_argv(&run, &layout.robot_shards, &ctrl, &a.device),
+            )?;
+            // The expert and random baselines once, with the first model planned.
+            let with_baselines = baselines.is_null();
+            let plan = PlanSpec {
+                baselines: with_baselines,
+                ..plan.clone()
+            };
+            steps.run(
+                &format!("{title}: closed loop"),
+                &plan.argv(&run, &layout.encoder, &ctrl, &plan_dir),
+            )?;
+            let plan_report = read_json(&plan_dir.join(format!("plan_eval_{}.json", a.task)))?;
+            if with_baselines {
+                baselines = json!(baseline_summaries(&plan_report));
+            }
+            let result = json!({
+                "arm": arm.name,
+                "seed": seed,
+                "settings": settings,
+                "eval": read_json(&dir.join("eval.json"))?,
+                "controller": read_json(&ctrl.join("controller.json"))?["report"],
+                "plan": model_summary(&plan_report)?,
+                "baselines": if with_baselines { baselines.clone() } else { Value::Null },
+                "seconds": t0.elapsed().as_secs_f64(),
+            });
+            lam_data::shards::write_atomic(
+                &result_path,
+                serde_json::to_string_pretty(&result)?.as_bytes(),
+            )?;
+            per_seed.push(result);
+        }
+        results.push((arm, per_seed));
+    }
+    let total = started.elapsed().as_secs_f64();
+    let report = write_report(&a, out, &results, &baselines, &steps.log, total)?;
+    println!("{report}");
+    println!(
+        "experiment finished in {total:.0} s; report: {} (report.md, report.json, figures.png)",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Every seed's value of `path` (a JSON pointer) for one arm.
+fn values(per_seed: &[Value], path: &str) -> Vec<f64> {
+    per_seed
+        .iter()
+        .filter_map(|r| r.pointer(path).and_then(Value::as_f64))
+        .collect()
+}
+
+fn write_report(
+    a: &RegularizerArgs,
+    out: &Path,
+    results: &[(&Arm, Vec<Value>)],
+    baselines: &Value,
+    log: &[(String, f64)],
+    total: f64,
+) -> Result<String> {
+    let stat = |per: &[Value], p: &str| mean_se(&values(per, p));
+    let mut md = String::new();
+    writeln!(
+        md,
+        "# lam experiment regularizers\n\nTables 1-3 of the latent-action world-model paper \
+         (`latent-action-wm-robot-control`) on the simulated suite, with closed-loop success \
+         added. Task `{}`; {} unlabeled human-domain episodes ({} policy) for every latent \
+         action model; {} labeled robot episodes (mixed policy) for every controller; \
+         embedding: {}; {} training steps per model; {} seed(s) per arm (± is the standard \
+         error over seeds); {} protocol episodes per model, CEM {} x {} / {} elites, horizon \
+         {} blocks of 5 steps. Wall time of this invocation {:.0} s (arms kept from an earlier \
+         run not counted).\n",
+        a.task,
+        a.human_episodes,
+        a.human_policy,
+        a.robot_episodes,
+        if a.oracle {
+            "the simulator's true state (oracle)"
+        } else {
+            "the pretrained sim encoder's keypoints (as `lam demo`)"
+        },
+        a.steps,
+        a.seeds,
+        a.episodes,
+        a.samples,
+        a.iterations,
+        (a.samples / 10).max(2),
+        a.horizon,
+        total
+    )?;
+
+    writeln!(md, "## Closed-loop success per regulariser\n")?;
+    writeln!(
+        md,
+        "| latents | capacity | success | mean steps | ms per plan |"
+    )?;
+    writeln!(md, "| --- | --- | ---: | ---: | ---: |")?;
+    for (arm, per) in results {
+        let succ = values(per, "/plan/success_rate");
+        let eps: f64 = values(per, "/plan/episodes").iter().sum();
+        let k: f64 = succ
+            .iter()
+            .zip(values(per, "/plan/episodes"))
+            .map(|(r, n)| r * n)
+            .sum();
+        let (m, se) = mean_se(&succ);
+        writeln!(
+            md,
+            "| {} | {} | {} ({k:.0}/{eps:.0}) | {} | {} |",
+            arm.latents,
+            arm.capacity,
+            if se > 0.0 {
+                format!("{:.0}% ± {:.0}", 100.0 * m, 100.0 * se)
+            } else {
+                format!("{:.0}%", 100.0 * m)
+            },
+            fmt_ms(stat(per, "/plan/mean_steps"), 1),
+            fmt_ms(stat(per, "/plan/mean_plan_ms"), 0),
+        )?;
+    }
+    for b in baselines.as_array().into_iter().flatten() {
+        writeln!(
+            md,
+            "| {} | - | {:.0}% | {:.1} | - |",
+            b["method"].as_str().unwrap_or("?"),
+            100.0 * b["success_rate"].as_f64().unwrap_or(f64::NAN),
+            b["mean_steps"].as_f64().unwrap_or(f64::NAN)
+        )?;
+    }
+
+    writeln!(
+        md,
+        "\n## Table 1: scene change (leakage), L1 in the standardised embedding\n\nThe cut \
+         pairs each clip's context with the next frame of a clip from another episode. \
+         E_cut(z = 0) is the cut with the latent zeroed: the gap to E_cut shows the world model \
+         uses z.\n"
+    )?;
+    writeln!(
+        md,
+        "| latents | capacity | w/o change | w/ change | ratio | E_cut(z = 0) | paper (SSv2): w/o / w/ / ratio |"
+    )?;
+    writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: | --- |")?;
+    for (arm, per) in results {
+        let p = arm.paper_leakage;
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {:.3} / {:.3} / {:.2}x |",
+            arm.latents,
+            arm.capacity,
+            fmt_ms(stat(per, "/eval/leakage/e_normal"), 4),
+            fmt_ms(stat(per, "/eval/leakage/e_cut"), 4),
+            fmt_ms(stat(per, "/eval/leakage/ratio"), 2),
+            fmt_ms(stat(per, "/eval/leakage/e_cut_no_action"), 4),
+            p[0],
+            p[1],
+            p[2]
+        )?;
+    }
+
+    writeln!(
+        md,
+        "\n## Table 2: cycle consistency (transfer)\n\nA latent inferred on one clip drives \
+         the world model from another clip's context; the IDM re-infers z' from that \
+         prediction and z' drives the first clip again. Ratio = transfer error / original \
+         error (1 = the action survives the round trip).\n"
+    )?;
+    writeln!(
+        md,
+        "| latents | capacity | original | transfer | ratio | cos(z, z') | paper ratio |"
+    )?;
+    writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: | ---: |")?;
+    for (arm, per) in results {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {:.2}x |",
+            arm.latents,
+            arm.capacity,
+            fmt_ms(stat(per, "/eval/transfer/original_error"), 4),
+            fmt_ms(stat(per, "/eval/transfer/transfer_error"), 4),
+            fmt_ms(stat(per, "/eval/transfer/ratio"), 3),
+            fmt_ms(stat(per, "/eval/transfer/latent_cosine"), 3),
+            arm.paper_transfer_ratio
+        )?;
+    }
+
+    writeln!(
+        md,
+        "\n## Table 3: controller and MPC planning\n\nController: held-out cosine and R^2 of \
+         g_ctrl(a) against the IDM's latents, inverse MSE of the robot actions (their variance \
+         is what a constant would score), and the world model's held-out prediction error fed \
+         the controller's latents against the IDM's. Planning confidence and error are the \
+         closed loop's means.\n"
+    )?;
+    writeln!(
+        md,
+        "| latents | capacity | cos sim | R^2 | inv. MSE (action var.) | pred. error ctrl / IDM | plan. conf. | plan. err. | paper (DROID): cos / conf. / err. / inv. MSE |"
+    )?;
+    writeln!(
+        md,
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"
+    )?;
+    for (arm, per) in results {
+        let paper = arm
+            .paper_control
+            .map(|p| format!("{:.2} / {:.3} / {:.3} / {:.1}", p[0], p[1], p[2], p[3]))
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} ({}) | {} / {} | {} | {} | {paper} |",
+            arm.latents,
+            arm.capacity,
+            fmt_ms(stat(per, "/controller/cosine"), 3),
+            fmt_ms(stat(per, "/controller/r2"), 3),
+            fmt_ms(stat(per, "/controller/inverse_mse"), 3),
+            fmt_ms(stat(per, "/controller/action_variance"), 3),
+            fmt_ms(stat(per, "/controller/prediction_error"), 4),
+            fmt_ms(stat(per, "/controller/prediction_error_idm"), 4),
+            fmt_ms(stat(per, "/plan/mean_confidence"), 3),
+            fmt_ms(stat(per, "/plan/mean_planning_error"), 4),
+        )?;
+    }
+
+    // The paper's claim, read off these numbers: the arm(s) with the highest mean.
+    let best = |p: &str| {
+        let means: Vec<(&str, f64)> = results
+            .iter()
+            .map(|(arm, per)| (arm.name, mean_se(&values(per, p)).0))
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        let top = means.iter().map(|m| m.1).fold(f64::NEG_INFINITY, f64::max);
+        let names: Vec<&str> = means
+            .iter()
+            .filter(|m| m.1 >= top - 1e-9)
+            .map(|m| m.0)
+            .collect();
+        (!names.is_empty()).then(|| (names.join(", "), top))
+    };
+    writeln!(
+        md,
+        "\n## Does \"sparse is best for video, noisy for planning\" hold?\n"
+    )?;
+    for (what, path) in [
+        ("highest leakage ratio (video)", "/eval/leakage/ratio"),
+        ("highest controller cosine", "/controller/cosine"),
+        ("highest controller R^2", "/controller/r2"),
+        ("highest planning confidence", "/plan/mean_confidence"),
+        ("highest closed-loop success", "/plan/success_rate"),
+    ] {
+        if let Some((name, v)) = best(path) {
+            writeln!(md, "- {what}: **{name}** ({v:.3})")?;
+        }
+    }
+    writeln!(
+        md,
+        "\nThe paper's claim holds here if a sparse arm leads the leakage ratio and a noisy arm \
+         leads planning confidence and success; with one seed and {} episodes a success \
+         difference under about {:.0} points is within one standard error.",
+        a.episodes,
+        100.0 * (0.25 / a.episodes as f64).sqrt()
+    )?;
+
+    writeln!(
+        md,
+        "\n## Figures\n\n![success and leakage per regulariser](figures.png)\n"
+    )?;
+    writeln!(md, "## Commands run by this invocation\n")?;
+    if log.is_empty() {
+        writeln!(md, "(none: every stage was kept from an earlier run)")?;
+    }
+    for (c, s) in log {
+        writeln!(md, "- `{c}` ({s:.0} s)")?;
+    }
+    lam_data::shards::write_atomic(&out.join("report.md"), md.as_bytes())?;
+
+    let json_report = json!({
+        "experiment": "regularizers",
+        "settings": {
+            "task": a.task, "human_episodes": a.human_episodes,
+            "human_policy": a.human_policy.to_string(), "robot_episodes": a.robot_episodes,
+            "oracle": a.oracle, "steps": a.steps, "seeds": a.seeds, "episodes": a.episodes,
+            "samples": a.samples, "iterations": a.iterations, "horizon": a.horizon,
+        },
+        "arms": results.iter().map(|(arm, per)| json!({
+            "arm": arm.name, "latents": arm.latents, "capacity": arm.capacity,
+            "paper": {
+                "leakage": arm.paper_leakage,
+                "transfer_ratio": arm.paper_transfer_ratio,
+                "control": arm.paper_control,
+            },
+            "seeds": per,
+        })).collect::<Vec<_>>(),
+        "baselines": baselines,
+        "commands": log.iter().map(|(c, s)| json!({"command": c, "seconds": s})).collect::<Vec<_>>(),
+        "wall_seconds": total,
+    });
+    lam_data::shards::write_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&json_report)?.as_bytes(),
+    )?;
+
+    let panel = |title: &str, y: &str, p: &str, range: Option<(f64, f64)>| BarPanel {
+        title: title.into(),
+        y_desc: y.into(),
+        bars: results
+            .iter()
+            .map(|(arm, per)| {
+                let (m, se) = mean_se(&values(per, p));
+                (arm.name.to_string(), m, se)
+            })
+            .collect(),
+        percent: range == Some((0.0, 1.0)),
+        range,
+    };
+    bar_panels(
+        &out.join("figures.png"),
+        &[
+            panel(
+                "closed-loop success",
+                "success",
+                "/plan/success_rate",
+                Some((0.0, 1.0)),
+            ),
+            panel(
+                "leakage ratio (scene cut)",
+                "E_cut / E_normal",
+                "/eval/leakage/ratio",
+                None,
+            ),
+            panel(
+                "controller R^2 (cut at -1)",
+                "R^2",
+                "/controller/r2",
+                Some((-1.0, 1.0)),
+            ),
+        ],
+    )?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_folder_is_refused_when_foreign_or_made_with_other_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = json!({"task": "reach", "human_episodes": 400});
+        // A folder someone else filled: refused, left as it was.
+        let foreign = tmp.path().join("mine");
+        std::fs::create_dir_all(foreign.join("arms")).unwrap();
+        std::fs::write(foreign.join("arms/keep.txt"), b"precious").unwrap();
+        let err = format!(
+            "{:#}",
+            prepare_out(&foreign, "regularizers", &data, true).unwrap_err()
+        );
+        assert!(err.contains("not made by lam experiment"), "{err}");
+        assert!(foreign.join("arms/keep.txt").is_file());
+        // A new folder is marked; the same settings are accepted again and keep what is there.
+        let out = tmp.path().join("exp");
+        prepare_out(&out, "regularizers", &data, false).unwrap();
+        std::fs::create_dir_all(out.join("arms/noisy-high")).unwrap();
+        prepare_out(&out, "regularizers", &data, false).unwrap();
+        assert!(out.join("arms/noisy-high").is_dir());
+        // Other data settings: refused without --fresh, cleared with it.
+        let other = json!({"task": "push", "human_episodes": 400});
+        let err = format!(
+            "{:#}",
+            prepare_out(&out, "regularizers", &other, false).unwrap_err()
+        );
+        assert!(
+            err.contains("other data settings") && err.contains("--fresh"),
+            "{err}"
+        );
+        assert!(out.join("arms/noisy-high").is_dir());
+        prepare_out(&out, "regularizers", &other, true).unwrap();
+        assert!(!out.join("arms").exists());
+        assert_eq!(read_json(&out.join(MARKER)).unwrap()["data"], other);
+    }
+
+    #[test]
+    fn arms_are_named_and_summarised_with_standard_errors() {
+        assert_eq!(arms_of(&[]).unwrap().len(), 6);
+        let two = arms_of(&["noisy-high".into(), "vq-low".into()]).unwrap();
+        assert_eq!(
+            two[1].sets,
+            &["regularizer.kind=vq", "regularizer.codebook_size=16"]
+        );
+        let err = format!("{:#}", arms_of(&["lasso".into()]).err().unwrap());
+        assert!(
+            err.contains("lasso") && err.contains("sparse-high"),
+            "{err}"
+        );
+        let (m, se) = mean_se(&[0.5, 0.7]);
+        assert!((m - 0.6).abs() < 1e-12 && (se - 0.1).abs() < 1e-12);
+        assert_eq!(mean_se(&[0.4]), (0.4, 0.0));
+        assert_eq!(fmt_ms((0.61234, 0.0), 2), "0.61");
+        assert_eq!(fmt_ms((0.6, 0.1), 1), "0.6 ± 0.1");
+    }
+}

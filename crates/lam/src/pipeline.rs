@@ -1,0 +1,332 @@
+//! The simulated suite's pipeline as `lam` command lines, shared by `lam demo` and
+//! `lam experiment`: each stage is an ordinary command run in this process and logged, so a
+//! report can list what was run and each step can be rerun by hand.
+//!
+//! The data stage records unlabeled `human` video and a small labeled `robot` set, pretrains
+//! the sim encoder on the human frames (unless the oracle state is the embedding) and embeds
+//! both recordings into shards of `history + 1` frames, one frame per block of `frameskip`
+//! simulator steps. The model stages train a latent action model on the human shards, score
+//! it, fit the controller on the robot shards and plan closed loop in the robot domain.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use lam_sim::PolicyKind;
+use serde_json::Value;
+use tracing::info;
+
+/// The commands run so far, with their wall times.
+#[derive(Default)]
+pub struct Steps {
+    pub log: Vec<(String, f64)>,
+}
+
+impl Steps {
+    /// Runs one `lam` command line in this process and records it.
+    pub fn run(&mut self, title: &str, argv: &[String]) -> Result<()> {
+        let shown = format!("lam {}", argv.join(" "));
+        info!("{title}: {shown}");
+        let t0 = Instant::now();
+        let cli = crate::Cli::try_parse_from(
+            std::iter::once("lam".to_string()).chain(argv.iter().cloned()),
+        )
+        .with_context(|| format!("step `{shown}`"))?;
+        crate::run(cli).with_context(|| format!("step `{shown}` failed"))?;
+        self.log.push((shown, t0.elapsed().as_secs_f64()));
+        Ok(())
+    }
+}
+
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
+}
+
+/// A command line from displayable pieces.
+pub fn args(items: &[&dyn std::fmt::Display]) -> Vec<String> {
+    items.iter().map(|x| x.to_string()).collect()
+}
+
+/// What the data stage records and how it embeds it (the demo's defaults are its flags').
+#[derive(Clone, Debug)]
+pub struct DataSpec {
+    pub task: String,
+    pub human_episodes: usize,
+    pub human_policy: PolicyKind,
+    pub robot_episodes: usize,
+    pub robot_policy: PolicyKind,
+    pub encoder_steps: usize,
+    /// Embed the simulator's true state instead of pretraining the sim encoder.
+    pub oracle: bool,
+    pub frameskip: usize,
+    pub history: usize,
+    pub device: String,
+}
+
+/// Where the data stage puts things under a report folder.
+#[derive(Clone, Debug)]
+pub struct DataLayout {
+    pub human: PathBuf,
+    pub robot: PathBuf,
+    /// The encoder `lam embed` and `lam plan eval` take: a folder, or `oracle`.
+    pub encoder: String,
+    pub human_shards: PathBuf,
+    pub robot_shards: PathBuf,
+}
+
+impl DataSpec {
+    pub fn check(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.frameskip >= 1 && 10 % self.frameskip == 0,
+            "--frameskip must divide the recordings' 10 steps per second (1, 2, 5 or 10), got {}",
+            self.frameskip
+        );
+        anyhow::ensure!(self.history >= 1, "--history must be at least 1");
+        Ok(())
+    }
+
+    pub fn layout(&self, out: &Path) -> DataLayout {
+        DataLayout {
+            human: out.join("data/human"),
+            robot: out.join("data/robot"),
+            encoder: if self.oracle {
+                lam_encoder::oracle::ORACLE.to_string()
+            } else {
+                out.join("encoder/encoder").display().to_string()
+            },
+            human_shards: out.join("shards/human"),
+            robot_shards: out.join("shards/robot"),
+        }
+    }
+
+    /// Records, pretrains the encoder and embeds (`total` numbers the steps in the log:
+    /// they are the first five of that many).
+    pub fn run(&self, out: &Path, steps: &mut Steps, total: usize) -> Result<DataLayout> {
+        self.check()?;
+        let l = self.layout(out);
+        let (task, dev) = (&self.task, &self.device);
+        let (human, robot) = (l.human.display(), l.robot.display());
+        steps.run(
+            &format!("1/{total} recording unlabeled human video"),
+            &args(&[
+                &"sim",
+                &"record",
+                &"--task",
+                task,
+                &"--domain",
+                &"human",
+                &"--policy",
+                &self.human_policy,
+                &"--nuisances",
+                &"off",
+                &"--episodes",
+                &self.human_episodes,
+                &"--out",
+                &human,
+                &"--quiet",
+            ]),
+        )?;
+        steps.run(
+            &format!("2/{total} recording a small labeled robot set"),
+            &args(&[
+                &"sim",
+                &"record",
+                &"--task",
+                task,
+                &"--domain",
+                &"robot",
+                &"--policy",
+                &self.robot_policy,
+                &"--episodes",
+                &self.robot_episodes,
+                &"--seed",
+                &5000,
+                &"--out",
+                &robot,
+                &"--quiet",
+            ]),
+        )?;
+        if !self.oracle {
+            steps.run(
+                &format!("3/{total} pretraining the sim encoder on the human frames"),
+                &args(&[
+                    &"encoder",
+                    &"pretrain",
+                    &"--data",
+                    &human,
+                    &"--out",
+                    &out.join("encoder").display(),
+                    &"--patch",
+                    &16,
+                    &"--dim",
+                    &32,
+                    &"--steps",
+                    &self.encoder_steps,
+                    &"--probe-task",
+                    task,
+                    &"--probe-domain",
+                    &"robot",
+                    &"--device",
+                    dev,
+                    &"--quiet",
+                ]),
+            )?;
+        }
+        let fps = 10 / self.frameskip;
+        for (src, dst, val) in [
+            (&l.human, &l.human_shards, 0.05),
+            (&l.robot, &l.robot_shards, 0.2),
+        ] {
+            steps.run(
+                &format!("4-5/{total} embedding"),
+                &args(&[
+                    &"embed",
+                    &"--data",
+                    &src.display(),
+                    &"--encoder",
+                    &l.encoder,
+                    &"--out",
+                    &dst.display(),
+                    &"--fps",
+                    &fps,
+                    &"--frames",
+                    &(self.history + 1),
+                    &"--stride",
+                    &1,
+                    &"--val-fraction",
+                    &val,
+                    &"--pooling",
+                    &if self.oracle { "mean" } else { "keypoints" },
+                    &"--device",
+                    dev,
+                ]),
+            )?;
+        }
+        Ok(l)
+    }
+}
+
+/// `lam train` of a latent action model on `shards` with standardised tokens and extra
+/// `section.field=value` settings (the regulariser among them).
+pub fn train_argv(
+    shards: &Path,
+    run: &Path,
+    steps: usize,
+    sets: &[String],
+    device: &str,
+) -> Vec<String> {
+    let mut v = args(&[
+        &"train",
+        &"--data",
+        &shards.display(),
+        &"--run",
+        &run.display(),
+        &"--steps",
+        &steps,
+        &"--set",
+        &"model.standardize=true",
+        &"--device",
+        &device,
+    ]);
+    for kv in sets {
+        v.extend(["--set".to_string(), kv.clone()]);
+    }
+    v
+}
+
+/// `lam eval` (leakage and transfer) of a run on `shards`, into `out`.
+pub fn eval_argv(run: &Path, shards: &Path, out: &Path, device: &str) -> Vec<String> {
+    args(&[
+        &"eval",
+        &"--run",
+        &run.display(),
+        &"--data",
+        &shards.display(),
+        &"--out",
+        &out.display(),
+        &"--device",
+        &device,
+    ])
+}
+
+/// `lam control fit` of a controller on labeled `shards`.
+pub fn fit_argv(run: &Path, shards: &Path, out: &Path, device: &str) -> Vec<String> {
+    args(&[
+        &"control",
+        &"fit",
+        &"--run",
+        &run.display(),
+        &"--data",
+        &shards.display(),
+        &"--out",
+        &out.display(),
+        &"--device",
+        &device,
+    ])
+}
+
+/// The closed-loop planner: CEM over blocks of robot actions through the controller, MSE to
+/// the goal embedding at the best step of the horizon.
+#[derive(Clone, Debug)]
+pub struct PlanSpec {
+    pub task: String,
+    pub episodes: usize,
+    pub samples: usize,
+    pub iterations: usize,
+    pub horizon: usize,
+    pub hold_actions: bool,
+    /// Also evaluate the scripted expert and the random policy.
+    pub baselines: bool,
+    pub device: String,
+}
+
+impl PlanSpec {
+    pub fn argv(&self, run: &Path, encoder: &str, controller: &Path, out: &Path) -> Vec<String> {
+        let mut v = args(&[
+            &"plan",
+            &"eval",
+            &"--run",
+            &run.display(),
+            &"--encoder",
+            &encoder,
+            &"--controller",
+            &controller.display(),
+            &"--task",
+            &self.task,
+            &"--domain",
+            &"robot",
+            &"--episodes",
+            &self.episodes,
+            &"--planner",
+            &"cem",
+            &"--space",
+            &"action",
+            &"--cost",
+            &"mse",
+            &"--objective",
+            &"min",
+            &"--samples",
+            &self.samples,
+            &"--iterations",
+            &self.iterations,
+            &"--elites",
+            &(self.samples / 10).max(2),
+            &"--horizon",
+            &self.horizon,
+            &"--out",
+            &out.display(),
+            &"--device",
+            &self.device,
+        ]);
+        if self.baselines {
+            v.push("--baselines".into());
+        }
+        if self.hold_actions {
+            v.push("--hold-actions".into());
+        }
+        v
+    }
+}
