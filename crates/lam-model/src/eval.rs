@@ -12,6 +12,12 @@
 //! (s^B_t, predicted s^B_t+1); z' is applied back to A. Reported: A's original error with z^A,
 //! the transfer error with z', their ratio (1 = the action survives the round trip), and the
 //! cosine between z^A and z'.
+//!
+//! **Open loop.** From each clip's first frame alone, the world model steps through the clip
+//! under the IDM's latents of its real transitions, fed back its own predictions (no later
+//! real frame); the mean L1 error over the predicted frames and at the last one. A world model
+//! that ignores its visual context and reads the next frame from z does well teacher-forced
+//! and drifts here (the paper's action-dropout ablation).
 
 use anyhow::{Result, ensure};
 use burn::prelude::*;
@@ -42,9 +48,19 @@ pub struct TransferReport {
 }
 
 #[derive(Clone, Debug, Serialize)]
+pub struct OpenLoopReport {
+    pub clips: usize,
+    /// Predicted frames per clip (the clip's frames after the first).
+    pub steps: usize,
+    pub error: f64,
+    pub last_step_error: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
     pub leakage: LeakageReport,
     pub transfer: TransferReport,
+    pub open_loop: OpenLoopReport,
 }
 
 impl EvalReport {
@@ -54,7 +70,8 @@ impl EvalReport {
         let t = &self.transfer;
         format!(
             "leakage (scene cut), {} clips\n  E_normal          {:>10.5}\n  E_cut             {:>10.5}\n  E_cut (z = 0)     {:>10.5}\n  ratio             {:>10.3}\n\
-             transfer (cycle), {} clips\n  original error    {:>10.5}\n  transfer error    {:>10.5}\n  ratio             {:>10.3}\n  cos(z, z')        {:>10.3}\n",
+             transfer (cycle), {} clips\n  original error    {:>10.5}\n  transfer error    {:>10.5}\n  ratio             {:>10.3}\n  cos(z, z')        {:>10.3}\n\
+             open loop, {} clips of {} predicted frames\n  error             {:>10.5}\n  last frame        {:>10.5}\n",
             l.clips,
             l.e_normal,
             l.e_cut,
@@ -64,7 +81,11 @@ impl EvalReport {
             t.original_error,
             t.transfer_error,
             t.ratio,
-            t.latent_cosine
+            t.latent_cosine,
+            self.open_loop.clips,
+            self.open_loop.steps,
+            self.open_loop.error,
+            self.open_loop.last_step_error,
         )
     }
 }
@@ -115,6 +136,7 @@ pub fn evaluate(
     let t = cfg.model.frames;
     let (mut e_normal, mut e_cut, mut e_zero) = (0.0, 0.0, 0.0);
     let (mut orig, mut transfer, mut cos) = (0.0, 0.0, 0.0);
+    let (mut open, mut open_last) = (0.0, 0.0);
     let mut seen = 0usize;
     let mut start = 0;
     let partners = scene_cut_partners(&(0..n).map(|i| val.clip_id(i)).collect::<Vec<_>>());
@@ -194,8 +216,25 @@ pub fn evaluate(
         orig += scalar(err_normal.mean()) * m as f64;
         transfer += scalar(l1_per_position(pred_a2, next_a).mean()) * m as f64;
         let dot = (z_a.clone() * z_back.clone()).sum_dim(2);
-        let norms = (z_a.square().sum_dim(2) * z_back.square().sum_dim(2)).sqrt() + 1e-12;
+        let norms = (z_a.clone().square().sum_dim(2) * z_back.square().sum_dim(2)).sqrt() + 1e-12;
         cos += scalar((dot / norms).mean()) * m as f64;
+
+        // Open loop from the first frame under A's latents.
+        let (mut cache, mut frame) = (None, a.clone().slice(s![.., 0..1, .., ..]).squeeze_dim(1));
+        let mut sum = 0.0;
+        for k in 0..t - 1 {
+            let zk = z_a.clone().slice(s![.., k..k + 1, ..]).squeeze_dim(1);
+            let (pred, next) = model.world_model.step(cache.as_ref(), frame, zk, t);
+            let target = a.clone().slice(s![.., k + 1..k + 2, .., ..]).squeeze_dim(1);
+            let err = scalar((pred.clone() - target).abs().mean());
+            sum += err;
+            if k == t - 2 {
+                open_last += err * m as f64;
+            }
+            frame = pred;
+            cache = Some(next);
+        }
+        open += sum / (t - 1) as f64 * m as f64;
         seen += m;
         start = end;
     }
@@ -216,6 +255,12 @@ pub fn evaluate(
             transfer_error: transfer,
             ratio: transfer / (orig + 1e-8),
             latent_cosine: cos,
+        },
+        open_loop: OpenLoopReport {
+            clips: seen,
+            steps: t - 1,
+            error: open / k,
+            last_step_error: open_last / k,
         },
     })
 }

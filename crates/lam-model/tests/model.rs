@@ -268,6 +268,16 @@ fn training_learns_actions_not_frames() {
         report.leakage.ratio
     );
     assert!(report.leakage.e_cut_no_action > report.leakage.e_normal);
+    // Open loop over the clip's frames after the first: training lowers it below the
+    // untrained model's.
+    assert_eq!(report.open_loop.steps, cfg.model.frames - 1);
+    let untrained = evaluate(&cfg, &init_model(&cfg, &dev), &val_set, &dev, 50, 25).unwrap();
+    assert!(
+        report.open_loop.error < 0.8 * untrained.open_loop.error,
+        "open loop {} trained vs {} untrained",
+        report.open_loop.error,
+        untrained.open_loop.error
+    );
 }
 
 #[test]

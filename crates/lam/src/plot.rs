@@ -84,6 +84,23 @@ pub fn tick_label(v: f64) -> String {
 }
 
 /// Draws the curves on a log-scale y axis.
+/// Labelled ticks of a log axis: 1, 1.5, 2, 3, 5 and 7 times the powers of ten in `[lo, hi]`
+/// (a range within one decade still gets several).
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut p = 10f64.powf(lo.log10().floor());
+    while p <= hi {
+        ticks.extend(
+            [1.0, 1.5, 2.0, 3.0, 5.0, 7.0]
+                .map(|m| m * p)
+                .into_iter()
+                .filter(|t| (lo..=hi).contains(t)),
+        );
+        p *= 10.0;
+    }
+    ticks
+}
+
 pub fn line_plot(out: &Path, title: &str, y_desc: &str, series: &[Series]) -> Result<()> {
     ensure_font()?;
     let all: Vec<(f64, f64)> = series
@@ -102,7 +119,12 @@ pub fn line_plot(out: &Path, title: &str, y_desc: &str, series: &[Series]) -> Re
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, (y_min..y_max).log_scale())?;
+        .build_cartesian_2d(
+            0.0..x_max,
+            (y_min..y_max)
+                .log_scale()
+                .with_key_points(log_ticks(y_min, y_max)),
+        )?;
     chart
         .configure_mesh()
         .x_desc("step")
