@@ -62,6 +62,10 @@ pub struct DataArgs {
     /// Embed the simulator's true state instead of the pretrained sim encoder's keypoints.
     #[arg(long)]
     pub oracle: bool,
+    /// Use the finished data stage of another experiment's report folder (made with the same
+    /// data settings) instead of recording and embedding again.
+    #[arg(long, value_name = "REPORT_DIR")]
+    pub data_from: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -338,6 +342,27 @@ fn prepare_data(
         "history": data.history,
     });
     prepare_out(out, experiment, &data_settings, d.fresh)?;
+    if let Some(from) = &d.data_from {
+        let found = read_json(&from.join(MARKER)).with_context(|| {
+            format!(
+                "--data-from {}: not a lam experiment report folder",
+                from.display()
+            )
+        })?;
+        ensure!(
+            found["data"] == data_settings,
+            "--data-from {}: its data was made with other settings ({}) than this run's ({})",
+            from.display(),
+            found["data"],
+            data_settings
+        );
+        ensure!(
+            from.join(DATA_DONE).is_file(),
+            "--data-from {}: its data stage has not finished",
+            from.display()
+        );
+        return Ok(data.layout(from));
+    }
     if out.join(DATA_DONE).is_file() {
         info!("data stage already done in {}", out.display());
         return Ok(data.layout(out));
@@ -998,6 +1023,31 @@ mod tests {
         prepare_out(&out, "regularizers", &other, true).unwrap();
         assert!(!out.join("arms").exists());
         assert_eq!(read_json(&out.join(MARKER)).unwrap()["data"], other);
+    }
+
+    #[test]
+    fn finished_units_are_kept_only_for_the_same_settings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("arm");
+        let first = kept_or_run(&dir, &json!({"steps": 10}), || {
+            std::fs::create_dir_all(dir.join("lam")).unwrap();
+            Ok(json!({"success": 0.5}))
+        })
+        .unwrap();
+        assert_eq!(first["success"], 0.5);
+        assert_eq!(first["settings"], json!({"steps": 10}));
+        // Same settings: read back, the work is not redone.
+        let again = kept_or_run(&dir, &json!({"steps": 10}), || panic!("redone")).unwrap();
+        assert_eq!(again["success"], 0.5);
+        // Other settings: the folder is cleared and the work redone.
+        let other =
+            kept_or_run(&dir, &json!({"steps": 20}), || Ok(json!({"success": 0.7}))).unwrap();
+        assert_eq!(other["success"], 0.7);
+        assert!(!dir.join("lam").exists());
+        // A failed unit leaves no result behind.
+        let err = kept_or_run(&dir, &json!({"steps": 30}), || anyhow::bail!("diverged"));
+        assert!(err.is_err());
+        assert!(!dir.join("result.json").exists());
     }
 
     #[test]
