@@ -84,16 +84,21 @@ pub fn tick_label(v: f64) -> String {
 }
 
 /// Draws the curves on a log-scale y axis.
-/// Labelled ticks of a log axis: 1, 1.5, 2, 3, 5 and 7 times the powers of ten in `[lo, hi]`
-/// (a range within one decade still gets several).
+/// Labelled ticks of a log axis: 1, 2 and 5 times the powers of ten inside `[lo, hi]`, and
+/// more steps between them when the range spans less than a factor of 20.
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let steps: &[f64] = if hi / lo > 20.0 {
+        &[1.0, 2.0, 5.0]
+    } else {
+        &[1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    };
     let mut ticks = Vec::new();
     let mut p = 10f64.powf(lo.log10().floor());
     while p <= hi {
         ticks.extend(
-            [1.0, 1.5, 2.0, 3.0, 5.0, 7.0]
+            steps
+                .iter()
                 .map(|m| m * p)
-                .into_iter()
                 .filter(|t| (lo..=hi).contains(t)),
         );
         p *= 10.0;
