@@ -1178,9 +1178,9 @@ fn wild(a: WildArgs) -> Result<()> {
     )?;
     writeln!(
         md,
-        "| task | latent-action WM + controller | action-conditioned WM | scripted expert | random policy | controller cos / R^2 |"
+        "| task | latent-action WM + controller | action-conditioned WM | scripted expert | random policy | controller cos / R^2 | pred. error ctrl / IDM latents |"
     )?;
-    writeln!(md, "| --- | ---: | ---: | ---: | ---: | --- |")?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: | --- | --- |")?;
     for r in &results {
         let rate = |pred: &dyn Fn(&str) -> bool| {
             r["summaries"]
@@ -1197,7 +1197,7 @@ fn wild(a: WildArgs) -> Result<()> {
         let c = &r["controller"];
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {:.3} / {} |",
+            "| {} | {} | {} | {} | {} | {:.3} / {} | {} / {} |",
             r["task"].as_str().unwrap_or("?"),
             rate(&|m| m.starts_with("latent-action")),
             rate(&|m| m.contains("action-conditioned")),
@@ -1207,6 +1207,12 @@ fn wild(a: WildArgs) -> Result<()> {
             c["r2"]
                 .as_f64()
                 .map_or("-".to_string(), |x| format!("{x:.3}")),
+            c["prediction_error"]
+                .as_f64()
+                .map_or("-".to_string(), |x| format!("{x:.4}")),
+            c["prediction_error_idm"]
+                .as_f64()
+                .map_or("-".to_string(), |x| format!("{x:.4}")),
         )?;
     }
     writeln!(md, "\n## Commands run by this invocation\n")?;
