@@ -12,7 +12,8 @@
 //! 4. train the latent action model on the human shards with per-channel standardised tokens
 //!    and the noisy regulariser (`lam train --set model.standardize=true --set
 //!    regularizer.kind=noisy`) and score leakage and transfer (`lam eval`);
-//! 5. fit the controller on the labeled robot shards (`lam control fit`);
+//! 5. fit the controller on the labeled robot shards (`lam control fit`; frame-conditioned
+//!    for tasks with objects, `--controller`);
 //! 6. plan closed loop in the robot domain with the fixed evaluation protocol, CEM over blocks
 //!    of robot actions through the controller (cost: MSE to the goal embedding at the best
 //!    step of the horizon), next to the
@@ -90,6 +91,13 @@ pub struct DemoArgs {
     /// Policy of the labeled robot recordings: expert, random or mixed.
     #[arg(long, default_value = "mixed")]
     pub robot_policy: PolicyKind,
+    /// Controller between robot action blocks and latent actions: `action` reads the block
+    /// alone, `frame` also the frame it acts on (`lam control fit --frame-conditioned`: the
+    /// effect of a push depends on where the object is), `auto` takes `frame` for tasks with
+    /// objects and `action` for `reach` (push on the oracle state: 58% against 5%; reach: 40%
+    /// against 55% from pixels, 70% against 65% on the oracle state).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub controller: ControllerKind,
     /// Extra `section.field=value` settings for the latent action model's training, after the
     /// demo's own (repeatable; see `lam train --set`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -97,6 +105,24 @@ pub struct DemoArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ControllerKind {
+    Auto,
+    Action,
+    Frame,
+}
+
+impl ControllerKind {
+    /// Whether the controller reads the frame for `task`.
+    pub fn frame_conditioned(self, task: &str) -> bool {
+        match self {
+            ControllerKind::Auto => task != "reach",
+            ControllerKind::Action => false,
+            ControllerKind::Frame => true,
+        }
+    }
 }
 
 /// File that marks a folder as a demo report folder (written by the demo itself).
@@ -164,9 +190,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "7/9 leakage and transfer",
         &eval_argv(&lam_run, &l.human_shards, &out.join("eval.json"), dev),
     )?;
+    let mut fit = fit_argv(&lam_run, &l.robot_shards, &ctrl, dev);
+    if a.controller.frame_conditioned(task) {
+        fit.push("--frame-conditioned".into());
+    }
     steps.run(
         "8/9 fitting the controller on the labeled robot shards",
-        &fit_argv(&lam_run, &l.robot_shards, &ctrl, dev),
+        &fit,
     )?;
     let plan = PlanSpec {
         task: task.clone(),
@@ -313,6 +343,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_controller_reads_the_frame_where_objects_are() {
+        assert!(!ControllerKind::Auto.frame_conditioned("reach"));
+        assert!(ControllerKind::Auto.frame_conditioned("push"));
+        assert!(ControllerKind::Auto.frame_conditioned("pusht"));
+        assert!(ControllerKind::Frame.frame_conditioned("reach"));
+        assert!(!ControllerKind::Action.frame_conditioned("push"));
+    }
 
     #[test]
     fn report_folder_is_cleared_only_when_the_demo_made_it() {
