@@ -10,7 +10,6 @@ use lam_data::{ShardSet, Split};
 use lam_model::config::{LamConfig, RegularizerKind};
 use lam_model::eval::evaluate;
 use lam_model::train::{TrainOptions, init_model, train};
-use lam_model::world_model::WorldModel;
 
 /// Training tests run one at a time: rayon splits reductions adaptively, so float results
 /// of a run depend (at the 1e-6 level) on what else competes for the two cores.

@@ -477,6 +477,7 @@ fn kept_or_run(dir: &Path, settings: &Value, run: impl FnOnce() -> Result<Value>
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let t0 = Instant::now();
     let mut result = run()?;
     result["settings"] = settings.clone();
