@@ -567,13 +567,8 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
         results.push((arm, per_seed));
     }
     let total = started.elapsed().as_secs_f64();
-    let report = write_report(&a, out, &results, &baselines, &steps.log, total)?;
-    println!("{report}");
-    println!(
-        "experiment finished in {total:.0} s; report: {} (report.md, report.json, figures.png)",
-        out.display()
-    );
-    Ok(())
+    let (md, report) = write_report(&a, out, &results, &baselines, total)?;
+    finish(out, md, report, &steps.log, total, &["figures.png"])
 }
 
 /// The paper's two runs of appendix A: action dropout 0.15 (the default) and 0.
@@ -747,18 +742,6 @@ fn training(a: TrainingArgs) -> Result<()> {
 ![open loop over training](open_loop.png)
 "
     )?;
-    writeln!(
-        md,
-        "## Commands run by this invocation
-"
-    )?;
-    if steps.log.is_empty() {
-        writeln!(md, "(none: every stage was kept from an earlier run)")?;
-    }
-    for (c, s) in &steps.log {
-        writeln!(md, "- `{c}` ({s:.0} s)")?;
-    }
-    lam_data::shards::write_atomic(&out.join("report.md"), md.as_bytes())?;
     let report = json!({
         "experiment": "training",
         "settings": {
@@ -766,20 +749,15 @@ fn training(a: TrainingArgs) -> Result<()> {
             "human_episodes": d.human_episodes, "oracle": d.oracle,
         },
         "runs": runs,
-        "commands": steps.log.iter().map(|(c, s)| json!({"command": c, "seconds": s})).collect::<Vec<_>>(),
-        "wall_seconds": total,
     });
-    lam_data::shards::write_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    println!("{md}");
-    println!(
-        "experiment finished in {total:.0} s; report: {} (report.md, report.json, leakage.png, \
-         open_loop.png)",
-        out.display()
-    );
-    Ok(())
+    finish(
+        out,
+        md,
+        report,
+        &steps.log,
+        total,
+        &["leakage.png", "open_loop.png"],
+    )
 }
 
 /// The encoder arms: frozen, then finetuned under each guard.
@@ -998,14 +976,6 @@ fn encoders(a: EncoderArgs) -> Result<()> {
             f(r["plan"]["mean_plan_ms"].as_f64(), 0),
         )?;
     }
-    writeln!(md, "\n## Commands run by this invocation\n")?;
-    if steps.log.is_empty() {
-        writeln!(md, "(none: every stage was kept from an earlier run)")?;
-    }
-    for (c, s) in &steps.log {
-        writeln!(md, "- `{c}` ({s:.0} s)")?;
-    }
-    lam_data::shards::write_atomic(&out.join("report.md"), md.as_bytes())?;
     let report = json!({
         "experiment": "encoders",
         "settings": {
@@ -1013,13 +983,7 @@ fn encoders(a: EncoderArgs) -> Result<()> {
             "encoder_lr": a.encoder_lr, "episodes": a.episodes,
         },
         "arms": results,
-        "commands": steps.log.iter().map(|(c, s)| json!({"command": c, "seconds": s})).collect::<Vec<_>>(),
-        "wall_seconds": total,
     });
-    lam_data::shards::write_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
     let bars = |p: &dyn Fn(&Value) -> Option<f64>| -> Vec<(String, f64, f64)> {
         results
             .iter()
@@ -1058,12 +1022,7 @@ fn encoders(a: EncoderArgs) -> Result<()> {
             },
         ],
     )?;
-    println!("{md}");
-    println!(
-        "experiment finished in {total:.0} s; report: {} (report.md, report.json, figures.png)",
-        out.display()
-    );
-    Ok(())
+    finish(out, md, report, &steps.log, total, &["figures.png"])
 }
 
 fn wild(a: WildArgs) -> Result<()> {
@@ -1239,14 +1198,6 @@ fn wild(a: WildArgs) -> Result<()> {
             num(&c["prediction_error_idm"], 4),
         )?;
     }
-    writeln!(md, "\n## Commands run by this invocation\n")?;
-    if steps.log.is_empty() {
-        writeln!(md, "(none: every stage was kept from an earlier run)")?;
-    }
-    for (c, s) in &steps.log {
-        writeln!(md, "- `{c}` ({s:.0} s)")?;
-    }
-    lam_data::shards::write_atomic(&out.join("report.md"), md.as_bytes())?;
     let report = json!({
         "experiment": "wild",
         "settings": {
@@ -1254,19 +1205,8 @@ fn wild(a: WildArgs) -> Result<()> {
             "robot_episodes": d.robot_episodes, "steps": a.steps, "episodes": a.episodes,
         },
         "tasks": results,
-        "commands": steps.log.iter().map(|(c, s)| json!({"command": c, "seconds": s})).collect::<Vec<_>>(),
-        "wall_seconds": total,
     });
-    lam_data::shards::write_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    println!("{md}");
-    println!(
-        "experiment finished in {total:.0} s; report: {} (report.md, report.json)",
-        out.display()
-    );
-    Ok(())
+    finish(out, md, report, &steps.log, total, &[])
 }
 
 fn lawm(a: LawmArgs) -> Result<()> {
@@ -1403,35 +1343,59 @@ fn lawm(a: LawmArgs) -> Result<()> {
             writeln!(md, "| {arm} | {task} | {} |", fmt_ms(mean_se(v), 3))?;
         }
     }
-    writeln!(md, "\n## Commands run by this invocation\n")?;
-    if steps.log.is_empty() {
-        writeln!(md, "(none: every stage was kept from an earlier run)")?;
-    }
-    for (c, s) in &steps.log {
-        writeln!(md, "- `{c}` ({s:.0} s)")?;
-    }
-    lam_data::shards::write_atomic(&out.join("report.md"), md.as_bytes())?;
     let report = json!({
         "experiment": "lawm",
         "seeds": per_seed,
-        "commands": steps.log.iter().map(|(c, s)| json!({"command": c, "seconds": s})).collect::<Vec<_>>(),
-        "wall_seconds": total,
     });
-    lam_data::shards::write_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    println!("{md}");
-    println!(
-        "experiment finished in {total:.0} s; report: {} (report.md, report.json)",
-        out.display()
-    );
-    Ok(())
+    finish(out, md, report, &steps.log, total, &[])
 }
 
 /// The folder holding the data stage's outputs: `--data-from`'s, or the report folder.
 fn out_or_from<'a>(d: &'a DataArgs, out: &'a Path) -> &'a Path {
     d.data_from.as_deref().unwrap_or(out)
+}
+
+/// Ends an experiment: appends the commands this invocation ran to the report's markdown and
+/// JSON (with its wall time), writes `report.md` and `report.json` into `out`, and prints the
+/// report and where it is (`figures`: the other files the experiment wrote there).
+fn finish(
+    out: &Path,
+    mut md: String,
+    mut report: Value,
+    log: &[(String, f64)],
+    total: f64,
+    figures: &[&str],
+) -> Result<()> {
+    md.truncate(md.trim_end().len());
+    md.push_str("\n\n## Commands run by this invocation\n\n");
+    if log.is_empty() {
+        md.push_str("(none: every stage was kept from an earlier run)\n");
+    }
+    for (c, s) in log {
+        writeln!(md, "- `{c}` ({s:.0} s)")?;
+    }
+    report["commands"] = json!(
+        log.iter()
+            .map(|(c, s)| json!({"command": c, "seconds": s}))
+            .collect::<Vec<_>>()
+    );
+    report["wall_seconds"] = json!(total);
+    lam_data::shards::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    lam_data::shards::write_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    println!("{md}");
+    let files: Vec<&str> = ["report.md", "report.json"]
+        .into_iter()
+        .chain(figures.iter().copied())
+        .collect();
+    println!(
+        "experiment finished in {total:.0} s; report: {} ({})",
+        out.display(),
+        files.join(", ")
+    );
+    Ok(())
 }
 
 /// Every seed's value of `path` (a JSON pointer) for one arm.
@@ -1447,9 +1411,8 @@ fn write_report(
     out: &Path,
     results: &[(&Arm, Vec<Value>)],
     baselines: &Value,
-    log: &[(String, f64)],
     total: f64,
-) -> Result<String> {
+) -> Result<(String, Value)> {
     let stat = |per: &[Value], p: &str| mean_se(&values(per, p));
     let mut md = String::new();
     writeln!(
@@ -1661,15 +1624,6 @@ fn write_report(
         md,
         "\n## Figures\n\n![success and leakage per regulariser](figures.png)\n"
     )?;
-    writeln!(md, "## Commands run by this invocation\n")?;
-    if log.is_empty() {
-        writeln!(md, "(none: every stage was kept from an earlier run)")?;
-    }
-    for (c, s) in log {
-        writeln!(md, "- `{c}` ({s:.0} s)")?;
-    }
-    lam_data::shards::write_atomic(&out.join("report.md"), md.as_bytes())?;
-
     let json_report = json!({
         "experiment": "regularizers",
         "settings": {
@@ -1688,13 +1642,7 @@ fn write_report(
             "seeds": per,
         })).collect::<Vec<_>>(),
         "baselines": baselines,
-        "commands": log.iter().map(|(c, s)| json!({"command": c, "seconds": s})).collect::<Vec<_>>(),
-        "wall_seconds": total,
     });
-    lam_data::shards::write_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&json_report)?.as_bytes(),
-    )?;
 
     let panel = |title: &str, y: &str, p: &str, range: Option<(f64, f64)>| BarPanel {
         title: title.into(),
@@ -1732,7 +1680,7 @@ fn write_report(
             ),
         ],
     )?;
-    Ok(md)
+    Ok((md, json_report))
 }
 
 #[cfg(test)]
