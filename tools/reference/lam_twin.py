@@ -157,7 +157,7 @@ def loss_terms(model, clips, cfg, dropout):
     d = z.shape[-1]
     z_in = z
     if dropout > 0:
-        keep = (torch.rand(b, t - 1, 1) >= dropout).float()
+        keep = (torch.rand(b, t - 1, 1, device=clips.device) >= dropout).float()
         z_in = z * keep
     pred = model.world_model(clips[:, :-1], z_in)
     l_pred = (pred - clips[:, 1:]).abs().mean()
@@ -248,6 +248,14 @@ def optimizers(model, o, steps, muon_f32=False):
     return [muon, adamw], scheds
 
 
+def peak_bytes(device):
+    """Peak CUDA allocation on a GPU; the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
@@ -255,6 +263,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--muon-f32", action="store_true", help="Newton-Schulz in float32 (lam's math) instead of torch.optim.Muon's bfloat16")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -262,7 +271,13 @@ def main():
     cfg = json.load(open(os.path.join(args.dir, "config.json")))
     model = Lam(cfg["model"])
     load_burn_weights(model, os.path.join(args.dir, "model.safetensors"))
-    clips = load_file(os.path.join(args.dir, "batch.safetensors"))["clips"]
+    device = torch.device(args.device)
+    model.to(device)
+    clips = load_file(os.path.join(args.dir, "batch.safetensors"))["clips"].to(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     with torch.no_grad():
         parity = {k: float(v) for k, v in loss_terms(model, clips, cfg, 0.0).items()}
@@ -282,13 +297,16 @@ def main():
 
     for _ in range(args.warmup):
         step()
+    sync()
     t0 = time.perf_counter()
     last = float("nan")
     for _ in range(args.steps):
         last = step()
+    sync()
     ms = (time.perf_counter() - t0) * 1000 / args.steps
     print(json.dumps({"parity": parity, "ms_per_step": ms, "final_loss": last, "muon": "f32" if args.muon_f32 else "torch.optim.Muon (bf16)",
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+                      "threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device),
+                      "peak_bytes": peak_bytes(device)}))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from lam_twin import Lam, apply_rope, load_burn_weights, rope_tables  # noqa: E402
+from lam_twin import Lam, apply_rope, load_burn_weights, peak_bytes, rope_tables  # noqa: E402
 
 
 def block_cached(blk, x, c, cos, sin, heads, past):
@@ -131,8 +131,9 @@ def cosine_cost(finals, goal):
 
 def cem(roll, problem, p, cached, gen):
     h, d = p["horizon"], problem["history_z"].shape[-1]
-    mean = torch.zeros(h, d)
-    std = torch.ones(h, d)
+    dev = problem["current"].device
+    mean = torch.zeros(h, d, device=dev)
+    std = torch.ones(h, d, device=dev)
     base = None
     if cached:
         base, pos = roll.prefill(problem["history"], problem["history_z"])
@@ -158,6 +159,7 @@ def main():
     ap.add_argument("--dir", required=True)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -165,10 +167,17 @@ def main():
     model = Lam(cfg["model"])
     load_burn_weights(model, os.path.join(args.dir, "model.safetensors"))
     model.eval()
-    problem = load_file(os.path.join(args.dir, "problem.safetensors"))
+    device = torch.device(args.device)
+    model.to(device)
+    problem = {k: v.to(device) for k, v in load_file(os.path.join(args.dir, "problem.safetensors")).items()}
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     window = cfg["window"]
     roll = Roller(model.world_model, window)
-    out = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    out = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
     with torch.inference_mode():
         seqs = problem["seqs"]
         base, pos = roll.prefill(problem["history"], problem["history_z"])
@@ -178,14 +187,17 @@ def main():
         out["parity_recompute_max_abs"] = float((f_re - problem["finals"]).abs().max())
         p = cfg["planner"]
         for cached in (False, True):
-            gen = torch.Generator().manual_seed(0)
+            gen = torch.Generator(device=device).manual_seed(0)
             cem(roll, problem, p, cached, gen)  # warm-up
+            sync()
             times = []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 cem(roll, problem, p, cached, gen)
+                sync()
                 times.append(time.perf_counter() - t0)
             out["ms_per_plan_" + ("cached" if cached else "recompute")] = 1000 * min(times)
+    out["peak_bytes"] = peak_bytes(device)
     print(json.dumps(out))
 
 

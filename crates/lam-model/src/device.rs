@@ -1,29 +1,113 @@
-//! Parsing `--device cpu|cuda[:N]` into a burn device.
+//! Parsing `--device` into a burn device.
+//!
+//! | spec | backend | cargo feature |
+//! | --- | --- | --- |
+//! | `cpu` (or `flex`) | burn's flex CPU backend | always built |
+//! | `cuda`, `cuda:N` | CUDA (cubecl-cuda) | `cuda` (its build script downloads LLVM) |
+//! | `vulkan`, `vulkan:N` | Vulkan compute through wgpu (SPIR-V) | `vulkan` (builds offline) |
+//! | `wgpu`, `wgpu:N` | wgpu on whichever graphics API the machine offers | `wgpu` (builds offline) |
+//!
+//! `N` is the index of the discrete GPU (0 when left out).
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use burn::prelude::Device;
 
-/// `cpu` (burn's flex backend) or `cuda` / `cuda:N` (when built with the `cuda` feature).
+/// The device a `--device` spec names, or an error that says which feature it needs.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" | "flex" => Ok(Device::flex()),
-        s if s == "cuda" || s.starts_with("cuda:") => cuda(s),
-        other => bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
+    let (kind, index) = match spec.split_once(':') {
+        Some((kind, n)) => {
+            let index = n.parse::<usize>().map_err(|_| {
+                anyhow!("bad device index `{n}` in `{spec}` (expected e.g. {kind}:0)")
+            })?;
+            (kind, Some(index))
+        }
+        None => (spec, None),
+    };
+    match kind {
+        "cpu" | "flex" if index.is_none() => Ok(Device::flex()),
+        "cuda" => cuda(index.unwrap_or(0)),
+        "vulkan" => vulkan(index.unwrap_or(0)),
+        "wgpu" => wgpu(index.unwrap_or(0)),
+        _ => bail!(
+            "unknown device `{spec}` (expected cpu, cuda[:N], vulkan[:N] or wgpu[:N]; {})",
+            built_with()
+        ),
+    }
+}
+
+/// The GPU backends this binary was built with, in words (for errors and `lam --version`-like
+/// reports).
+pub fn built_with() -> String {
+    let gpus: Vec<&str> = [
+        cfg!(feature = "cuda").then_some("cuda"),
+        cfg!(feature = "vulkan").then_some("vulkan"),
+        cfg!(feature = "wgpu").then_some("wgpu"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if gpus.is_empty() {
+        "this lam was built for the CPU only".into()
+    } else {
+        format!("this lam was built with {}", gpus.join(", "))
     }
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(spec: &str) -> Result<Device> {
-    let index = match spec.strip_prefix("cuda:") {
-        Some(n) => n
-            .parse::<usize>()
-            .map_err(|_| anyhow::anyhow!("bad CUDA device index in `{spec}`"))?,
-        None => 0,
-    };
+fn cuda(index: usize) -> Result<Device> {
     Ok(Device::cuda(index))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(spec: &str) -> Result<Device> {
-    bail!("device `{spec}` needs a lam built with `--features cuda`")
+fn cuda(_: usize) -> Result<Device> {
+    bail!(
+        "device `cuda` needs a lam built with `--features cuda` ({})",
+        built_with()
+    )
+}
+
+#[cfg(feature = "vulkan")]
+fn vulkan(index: usize) -> Result<Device> {
+    Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index)))
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn vulkan(_: usize) -> Result<Device> {
+    bail!(
+        "device `vulkan` needs a lam built with `--features vulkan` ({})",
+        built_with()
+    )
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu(index: usize) -> Result<Device> {
+    Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index)))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu(_: usize) -> Result<Device> {
+    bail!(
+        "device `wgpu` needs a lam built with `--features wgpu` ({})",
+        built_with()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_or_say_what_is_wrong() {
+        assert!(parse_device("cpu").is_ok());
+        assert!(parse_device("flex").is_ok());
+        let bad = parse_device("cuda:x").unwrap_err().to_string();
+        assert!(bad.contains("bad device index `x`"), "{bad}");
+        let unknown = parse_device("tpu").unwrap_err().to_string();
+        assert!(unknown.contains("unknown device `tpu`"), "{unknown}");
+        assert!(parse_device("cpu:1").is_err());
+        if !cfg!(feature = "vulkan") {
+            let missing = parse_device("vulkan:0").unwrap_err().to_string();
+            assert!(missing.contains("--features vulkan"), "{missing}");
+        }
+    }
 }

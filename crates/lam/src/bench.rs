@@ -49,9 +49,14 @@ pub struct CommonBenchArgs {
     /// ingest; transformers for the encoders).
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// cpu, cuda or cuda:N (the twin always runs on the CPU).
+    /// lam's device: cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo
+    /// feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The PyTorch twin's device for `train` and `plan`: cpu or cuda[:N] (ingest's twins run on
+    /// the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub twin_device: String,
     /// Skip the twin (Rust timing only).
     #[arg(long)]
     pub rust_only: bool,
@@ -202,6 +207,14 @@ fn host<const D: usize>(t: &Tensor<D>) -> (Vec<usize>, Vec<f32>) {
     )
 }
 
+/// This process's peak resident memory in bytes (Linux `VmHWM`), where the system says it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Runs a twin script and parses the JSON it prints.
 fn run_twin(python: &str, script: &str, args: &[String]) -> Result<Value> {
     let output = Command::new(python)
@@ -302,6 +315,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             args.warmup.to_string(),
             "--threads".into(),
             args.common.threads.to_string(),
+            "--device".into(),
+            args.common.twin_device.clone(),
         ];
         if args.twin_muon_f32 {
             twin_args.push("--muon-f32".into());
@@ -312,8 +327,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             .context("twin JSON lacks ms_per_step")?;
         let ratio = torch_ms / rust_ms;
         println!(
-            "  PyTorch twin ({} threads) {torch_ms:>9.2} ms/step",
-            twin["threads"]
+            "  PyTorch twin ({}, {} threads) {torch_ms:>9.2} ms/step",
+            twin["device"], twin["threads"]
         );
         println!("  speed vs PyTorch       {ratio:>9.2}x  (>1: lam is faster)");
         let mut worst: f64 = 0.0;
@@ -332,6 +347,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         result["speed_ratio_vs_torch"] = json!(ratio);
         result["torch"] = twin["torch"].clone();
         result["torch_threads"] = twin["threads"].clone();
+        result["torch_device"] = twin["device"].clone();
+        result["torch_peak_bytes"] = twin["peak_bytes"].clone();
         result["torch_muon"] = twin["muon"].clone();
         result["parity_lam"] = json!(
             parity
@@ -342,6 +359,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         result["parity_torch"] = twin["parity"].clone();
         result["parity_worst_relative_error"] = json!(worst);
     }
+    // Host memory only: a GPU device's own allocations are not in it.
+    result["lam_peak_rss_bytes"] = json!(peak_rss_bytes());
     if let Some(out) = args.common.out {
         lam_data::shards::write_atomic(&out, serde_json::to_string_pretty(&result)?.as_bytes())?;
     }
@@ -483,6 +502,8 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
                 args.repeats.to_string(),
                 "--threads".into(),
                 args.common.threads.to_string(),
+                "--device".into(),
+                args.common.twin_device.clone(),
             ],
         )?;
         let t_re = twin["ms_per_plan_recompute"]
@@ -492,8 +513,8 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
             .as_f64()
             .context("twin JSON lacks ms_per_plan_cached")?;
         println!(
-            "  PyTorch, recompute history  {t_re:>10.1} ms/plan   ({} threads)",
-            twin["threads"]
+            "  PyTorch, recompute history  {t_re:>10.1} ms/plan   ({}, {} threads)",
+            twin["device"], twin["threads"]
         );
         println!("  PyTorch, key/value cache    {t_c:>10.1} ms/plan");
         println!(
@@ -518,7 +539,11 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         result["parity"] = json!({"cached": twin["parity_cached_max_abs"], "recompute": twin["parity_recompute_max_abs"]});
         result["torch"] = twin["torch"].clone();
         result["torch_threads"] = twin["threads"].clone();
+        result["torch_device"] = twin["device"].clone();
+        result["torch_peak_bytes"] = twin["peak_bytes"].clone();
     }
+    // Host memory only: a GPU device's own allocations are not in it.
+    result["lam_peak_rss_bytes"] = json!(peak_rss_bytes());
     if let Some(out) = args.common.out {
         lam_data::shards::write_atomic(&out, serde_json::to_string_pretty(&result)?.as_bytes())?;
     }

@@ -51,7 +51,7 @@ pub struct SupportArgs {
     /// Hidden width of the MLP.
     #[arg(long, default_value_t = SupportConfig::default().hidden)]
     pub hidden: usize,
-    /// cpu, cuda or cuda:N.
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -92,7 +92,7 @@ pub struct FitArgs {
     /// earlier fit's checkpoints in OUT are removed.
     #[arg(long)]
     pub resume: bool,
-    /// cpu, cuda or cuda:N.
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// `--config OUT/config.toml`, `--set lr=3e-4 --set patience=10` (every field of the

@@ -102,7 +102,7 @@ pub struct DemoArgs {
     /// demo's own (repeatable; see `lam train --set`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub train_set: Vec<String>,
-    /// cpu, cuda or cuda:N.
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -143,7 +143,7 @@ pub struct PretrainArgs {
     pub collapse_min_rank: f64,
     #[arg(long, default_value_t = PretrainConfig::default().collapse_std_ratio)]
     pub collapse_std_ratio: f64,
-    /// cpu (or cuda / cuda:N in a build with the `cuda` feature).
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Hide the progress bar.

@@ -80,7 +80,7 @@ pub struct DataArgs {
     /// data settings) instead of recording and embedding again.
     #[arg(long, value_name = "REPORT_DIR")]
     pub data_from: Option<PathBuf>,
-    /// cpu, cuda or cuda:N.
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -201,7 +201,7 @@ pub struct LawmArgs {
     /// Training seeds.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
-    /// cpu, cuda or cuda:N.
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

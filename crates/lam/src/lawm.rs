@@ -30,7 +30,7 @@ use crate::settings_args::ConfigArgs;
 /// `lam lawm`: a subcommand and the device every one of them runs on.
 #[derive(Args, Debug)]
 pub struct LawmArgs {
-    /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, global = true, default_value = "cpu")]
     pub device: String,
     #[command(subcommand)]

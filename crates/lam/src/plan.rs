@@ -146,7 +146,7 @@ pub struct PlanEvalArgs {
     /// order; file names say which).
     #[arg(long, default_value_t = 2)]
     pub strips: usize,
-    /// cpu, cuda or cuda:N.
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// `--config OUT/config.toml`, `--set min_std=0.1 --set icem_beta=1.5` (every field of

@@ -113,7 +113,7 @@ pub struct ServeArgs {
     /// least 2 s) is closed to make room for a new one, so idle sockets cannot lock clients out.
     #[arg(long, default_value_t = 300.0)]
     pub idle_timeout_s: f64,
-    /// cpu, cuda or cuda:N.
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -57,7 +57,7 @@ pub struct TrainArgs {
     /// are deleted); without --force or --resume such a folder is refused.
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
-    /// cpu, cuda or cuda:N.
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Hide the progress bar.
@@ -426,7 +426,7 @@ pub struct EvalArgs {
     /// Write the report as JSON here (default: CHECKPOINT/eval.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// cpu, cuda or cuda:N.
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
