@@ -187,9 +187,16 @@ fn embed_into(opts: &EmbedOptions, out_dir: &Path, device: &Device) -> Result<Em
     let action_dim = source.action_dim().map(|a| a * block);
     let grid = encoder.grid(size as usize);
     anyhow::ensure!(
-        opts.pooling != Pooling::Keypoints || encoder.keypoints() > 0,
+        !matches!(opts.pooling, Pooling::Keypoints | Pooling::KeypointsContext)
+            || encoder.keypoints() > 0,
         "--pooling keypoints needs a sim encoder with keypoints; {} has none",
         opts.encoder.display()
+    );
+    anyhow::ensure!(
+        opts.pooling != Pooling::KeypointsContext || encoder.context.is_some(),
+        "--pooling keypoints-context needs {}/{}: fit it first with `lam encoder context`",
+        opts.encoder.display(),
+        crate::context::CONTEXT_FILE
     );
     let dim = encoder.out_dim();
 

@@ -17,6 +17,7 @@ use burn::prelude::*;
 use lam_ingest::{Normalization, Preprocessor};
 use serde::{Deserialize, Serialize};
 
+use crate::context::ContextProjection;
 use crate::dinov2::Dinov2;
 use crate::hf::HfFolder;
 use crate::sim::{self, SimEncoder};
@@ -35,6 +36,11 @@ pub enum Pooling {
     /// (x, y in [-1, 1] per keypoint; the mean token's keypoint channels times sqrt(N)),
     /// without the head's channels.
     Keypoints,
+    /// The keypoint positions followed by the encoder folder's episode-static context features
+    /// (`context.json`, fitted by `lam encoder context`: see [`crate::context`]), `[T, 1, 2K + C]`:
+    /// what moves, and the scene layout the keypoints drop.
+    #[serde(rename = "keypoints-context")]
+    KeypointsContext,
 }
 
 /// The loaded model.
@@ -77,6 +83,9 @@ pub fn pool(tokens: Tensor<4>, pooling: Pooling, keypoints: usize) -> Tensor<4> 
     match pooling {
         Pooling::None => tokens,
         Pooling::Mean => tokens.mean_dim(2),
+        Pooling::KeypointsContext => panic!(
+            "keypoints-context pooling needs the encoder's context projection: use Encoder::encode"
+        ),
         Pooling::Keypoints => {
             let [b, t, n, d] = tokens.dims();
             let k = keypoints;
@@ -93,6 +102,8 @@ pub struct Encoder {
     pub model: Model,
     pub info: EncoderInfo,
     pub pooling: Pooling,
+    /// The folder's `context.json`, if it has one (for [`Pooling::KeypointsContext`]).
+    pub context: Option<ContextProjection>,
 }
 
 impl Encoder {
@@ -116,6 +127,7 @@ impl Encoder {
                 model: Model::Sim(model),
                 info,
                 pooling: Pooling::None,
+                context: ContextProjection::load_beside(path)?,
             });
         }
         if !path.join("config.json").exists() {
@@ -186,6 +198,7 @@ impl Encoder {
                 config,
             },
             pooling: Pooling::None,
+            context: ContextProjection::load_beside(path)?,
         })
     }
 
@@ -212,9 +225,13 @@ impl Encoder {
         let base = self.with_pooling(Pooling::None);
         let k = base.keypoints();
         let enc = if grid == [1, 1] && base.grid(size) != [1, 1] {
-            // One token per frame: the keypoints alone when the run's width says so.
+            // One token per frame: the keypoints alone (or with the folder's context features)
+            // when the run's width says so.
+            let context = base.context.as_ref().map_or(0, |c| c.outputs);
             if k > 0 && dim == 2 * k && dim != base.info.dim {
                 base.with_pooling(Pooling::Keypoints)
+            } else if k > 0 && context > 0 && dim == 2 * k + context && dim != base.info.dim {
+                base.with_pooling(Pooling::KeypointsContext)
             } else {
                 base.with_pooling(Pooling::Mean)
             }
@@ -265,6 +282,9 @@ impl Encoder {
     pub fn out_dim(&self) -> usize {
         match self.pooling {
             Pooling::Keypoints => 2 * self.keypoints(),
+            Pooling::KeypointsContext => {
+                2 * self.keypoints() + self.context.as_ref().map_or(0, |c| c.outputs)
+            }
             _ => self.info.dim,
         }
     }
@@ -272,7 +292,7 @@ impl Encoder {
     /// Token grid `[rows, cols]` of a `size x size` frame, after pooling.
     pub fn grid(&self, size: usize) -> [usize; 2] {
         match self.pooling {
-            Pooling::Mean | Pooling::Keypoints => [1, 1],
+            Pooling::Mean | Pooling::Keypoints | Pooling::KeypointsContext => [1, 1],
             Pooling::None => [size / self.info.patch_size, size / self.info.patch_size],
         }
     }
@@ -295,11 +315,34 @@ impl Encoder {
         };
         let k = self.keypoints();
         assert!(
-            self.pooling != Pooling::Keypoints || (k > 0 && 2 * k < self.info.dim),
+            !matches!(self.pooling, Pooling::Keypoints | Pooling::KeypointsContext)
+                || (k > 0 && 2 * k < self.info.dim),
             "keypoint pooling needs a sim encoder with keypoints ({} has {k})",
             self.info.path.display()
         );
-        pool(tokens, self.pooling, k)
+        if self.pooling != Pooling::KeypointsContext {
+            return pool(tokens, self.pooling, k);
+        }
+        let context = self.context.as_ref().unwrap_or_else(|| {
+            panic!(
+                "keypoints-context pooling needs {}/{} (lam encoder context)",
+                self.info.path.display(),
+                crate::context::CONTEXT_FILE
+            )
+        });
+        let [b, t, n, d] = tokens.dims();
+        let device = tokens.device();
+        let keypoints = pool(tokens.clone(), Pooling::Keypoints, k);
+        let mean =
+            Tensor::<2>::from_data(TensorData::new(context.mean.clone(), [1, n * d]), &device);
+        let weights = Tensor::<2>::from_data(
+            TensorData::new(context.weights.clone(), [n * d, context.outputs]),
+            &device,
+        );
+        let extra = (tokens.reshape([b * t, n * d]) - mean)
+            .matmul(weights)
+            .reshape([b, t, 1, context.outputs]);
+        Tensor::cat(vec![keypoints, extra], 3)
     }
 
     /// Tokens `[1, N, D]` of one RGB frame (`height x width x 3` bytes, row-major), prepared

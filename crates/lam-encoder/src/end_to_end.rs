@@ -208,6 +208,11 @@ impl EndToEndConfig {
             self.pooling != Pooling::Keypoints || self.encoder.keypoints > 0,
             "pooling keypoints needs an encoder with keypoints"
         );
+        ensure!(
+            self.pooling != Pooling::KeypointsContext,
+            "end-to-end training learns its encoder, so it has no fitted context features: \
+             pooling mean or keypoints"
+        );
         Ok(())
     }
 
@@ -718,6 +723,7 @@ pub fn train_end_to_end(
                 set,
                 p,
                 cfg.encoder.keypoints,
+                None,
                 device,
             )?)),
             _ => Ok(None),

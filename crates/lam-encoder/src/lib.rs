@@ -9,6 +9,7 @@
 //! - [`embed`]: source -> clips -> encoder -> shards (`lam embed`), resumable.
 //! - [`resize`]: bicubic resizing of position embeddings.
 
+pub mod context;
 pub mod dinov2;
 pub mod embed;
 pub mod encoder;

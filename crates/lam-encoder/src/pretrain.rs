@@ -918,9 +918,14 @@ pub fn pretrain(
     };
     let run_probe = |encoder: &SimEncoder| -> Result<Option<ProbeReport>> {
         match (&cfg.probe, &probe_set) {
-            (Some(p), Some(set)) => {
-                Ok(Some(probe_encoder(encoder, set, p, enc.keypoints, device)?))
-            }
+            (Some(p), Some(set)) => Ok(Some(probe_encoder(
+                encoder,
+                set,
+                p,
+                enc.keypoints,
+                None,
+                device,
+            )?)),
             _ => Ok(None),
         }
     };

@@ -186,7 +186,18 @@ pub struct ProbeReport {
     /// On the keypoint positions alone (the last `2 keypoints` channels of the mean token:
     /// what `lam embed --pooling keypoints` keeps), for encoders with keypoints.
     pub keypoints: Option<ProbeFit>,
+    /// On the keypoint positions plus [`CONTEXT_FEATURES`] episode-static context features of
+    /// all tokens ([`crate::context`]: fitted on the probe's training episodes with the episode
+    /// as the only label), for encoders with keypoints: whether the layout the keypoints drop
+    /// can be put back without labels.
+    pub keypoints_context: Option<ProbeFit>,
+    /// Where those context features came from: `context.json` (the encoder folder's, fitted
+    /// on unlabeled video by `lam encoder context`) or `probe episodes`.
+    pub context_from: Option<String>,
 }
+
+/// Context features the probe adds to the keypoints.
+pub const CONTEXT_FEATURES: usize = 4;
 
 /// Ridge R^2 on held-out rows. `x_*` are `[n, p]`, `y_*` `[n, k]`, row-major.
 pub fn ridge_probe(
@@ -370,7 +381,16 @@ pub fn probe_line(name: &str, p: &ProbeReport) -> String {
         objects + &walls
     };
     let keypoints = p.keypoints.as_ref().map_or(String::new(), |k| {
-        format!("; keypoints alone: agent {:.3}{}", k.agent, objects(k))
+        let ctx = p.keypoints_context.as_ref().map_or(String::new(), |c| {
+            format!(
+                "; keypoints + {} context features ({}): agent {:.3}{}",
+                c.features - p.keypoints.as_ref().map_or(0, |k| k.features),
+                p.context_from.as_deref().unwrap_or("?"),
+                c.agent,
+                objects(c)
+            )
+        });
+        format!("; keypoints alone: agent {:.3}{}{ctx}", k.agent, objects(k))
     });
     format!(
         "{name}: probe R^2 ({} {}, {} held-out frames): mean token: agent {:.3}{}; all tokens: agent {:.3}{}{keypoints}",
@@ -460,6 +480,7 @@ pub fn probe_encoder(
     set: &ProbeSet,
     cfg: &ProbeConfig,
     keypoints: usize,
+    folder_context: Option<&crate::context::ContextProjection>,
     device: &Device,
 ) -> Result<ProbeReport> {
     ensure!(!set.is_empty(), "probe: no frames");
@@ -480,6 +501,54 @@ pub fn probe_encoder(
         [n_tok, d] = encoder.forward_host(x, &mut tokens, &mut pooled);
     }
     let (train, test) = held_out_split(set);
+    let keypoint_features = |k: usize| -> Result<Vec<f32>> {
+        ensure!(
+            2 * k <= d,
+            "probe: {k} keypoints do not fit in {d} channels"
+        );
+        Ok(pooled
+            .chunks_exact(d)
+            .flat_map(|row| row[d - 2 * k..].iter().copied())
+            .collect())
+    };
+    let keypoints_context = match keypoints {
+        0 => None,
+        k => {
+            let p = n_tok * d;
+            let fitted: Vec<f32> = train
+                .iter()
+                .flat_map(|&i| tokens[i * p..(i + 1) * p].iter().copied())
+                .collect();
+            let videos: Vec<usize> = train.iter().map(|&i| set.episode[i]).collect();
+            let ctx = match folder_context {
+                Some(c) => {
+                    ensure!(
+                        c.inputs == p,
+                        "probe: the context projection takes {} numbers, the tokens are {p}",
+                        c.inputs
+                    );
+                    c.clone()
+                }
+                None => crate::context::ContextProjection::fit(
+                    &fitted,
+                    p,
+                    &videos,
+                    CONTEXT_FEATURES,
+                    1e-3,
+                )?,
+            };
+            let extra = ctx.apply(&tokens);
+            let kp = keypoint_features(k)?;
+            let c = ctx.outputs;
+            let w = 2 * k + c;
+            let both: Vec<f32> = kp
+                .chunks_exact(2 * k)
+                .zip(extra.chunks_exact(c))
+                .flat_map(|(a, b)| a.iter().chain(b).copied().collect::<Vec<_>>())
+                .collect();
+            Some(fit(&both, w, set, &train, &test)?)
+        }
+    };
     Ok(ProbeReport {
         task: cfg.task.clone(),
         domain: cfg.domain.clone(),
@@ -490,18 +559,16 @@ pub fn probe_encoder(
         tokens: fit(&tokens, n_tok * d, set, &train, &test)?,
         keypoints: match keypoints {
             0 => None,
-            k => {
-                ensure!(
-                    2 * k <= d,
-                    "probe: {k} keypoints do not fit in {d} channels"
-                );
-                let kp: Vec<f32> = pooled
-                    .chunks_exact(d)
-                    .flat_map(|row| row[d - 2 * k..].iter().copied())
-                    .collect();
-                Some(fit(&kp, 2 * k, set, &train, &test)?)
-            }
+            k => Some(fit(&keypoint_features(k)?, 2 * k, set, &train, &test)?),
         },
+        context_from: keypoints_context.as_ref().map(|_| {
+            match folder_context {
+                Some(_) => crate::context::CONTEXT_FILE,
+                None => "probe episodes",
+            }
+            .to_string()
+        }),
+        keypoints_context,
     })
 }
 
@@ -619,13 +686,13 @@ mod tests {
             ..ProbeConfig::default()
         };
         let set = sim_probe_set(&cfg, 32, &Normalization::IMAGENET).unwrap();
-        let report = probe_encoder(&encoder, &set, &cfg, 4, &device).unwrap();
+        let report = probe_encoder(&encoder, &set, &cfg, 4, None, &device).unwrap();
         let kp = report.keypoints.expect("a keypoints-only fit");
         assert_eq!(kp.features, 8);
         assert!(kp.walls.is_some() && kp.objects.is_none(), "{kp:?}");
         assert_eq!(report.pooled.features, 16);
-        let none = probe_encoder(&encoder, &set, &cfg, 0, &device).unwrap();
+        let none = probe_encoder(&encoder, &set, &cfg, 0, None, &device).unwrap();
         assert!(none.keypoints.is_none());
-        assert!(probe_encoder(&encoder, &set, &cfg, 9, &device).is_err());
+        assert!(probe_encoder(&encoder, &set, &cfg, 9, None, &device).is_err());
     }
 }

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use burn::prelude::*;
 use lam_data::{ShardIndex, ShardSet, Split};
+use lam_encoder::context::{CONTEXT_FILE, ContextProjection};
 use lam_encoder::embed::{EmbedOptions, embed, merge_parts};
 use lam_encoder::pretrain::{
     Frames, PretrainConfig, PretrainRun, PretrainSummary, pretrain, synthetic_frames,
@@ -515,6 +516,50 @@ fn pixel_keypoints_learn_to_sit_on_what_moves() {
             assert!((kp[f * 8 + c] - want).abs() < 1e-5 && want.abs() <= 1.0 + 1e-5);
         }
     }
+    // Context features: fitted on the unpooled tokens of frames grouped into videos of 5,
+    // saved into the encoder folder, and appended after the keypoints by `for_run` when the
+    // run's width is 2K + C; the tensor path agrees with the host projection.
+    let enc = Encoder::load(&run.join("encoder"), &dev).unwrap();
+    assert!(enc.context.is_none());
+    let count = 40.min(frames.len());
+    let idx: Vec<usize> = (0..count).collect();
+    let tokens = enc
+        .encode(frames.tensor(&idx, &dev).reshape([count, 1, 3, 32, 32]))
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let videos: Vec<usize> = idx.iter().map(|i| i / 5).collect();
+    let ctx = ContextProjection::fit(&tokens, 16 * 32, &videos, 2, 1e-3).unwrap();
+    ctx.save_beside(&run.join("encoder")).unwrap();
+    let enc = Encoder::load(&run.join("encoder"), &dev)
+        .unwrap()
+        .for_run([1, 1], 10, 32, Path::new("run"))
+        .unwrap();
+    assert_eq!(
+        (enc.pooling, enc.out_dim()),
+        (Pooling::KeypointsContext, 10)
+    );
+    let clip = frames.tensor(&[0, 1], &dev).reshape([1, 2, 3, 32, 32]);
+    let both = enc.encode(clip).into_data().try_into_vec::<f32>().unwrap();
+    let want = ctx.apply(&tokens[..2 * 16 * 32]);
+    for f in 0..2 {
+        for c in 0..8 {
+            assert!((both[f * 10 + c] - kp[f * 8 + c]).abs() < 1e-5);
+        }
+        for c in 0..2 {
+            let (got, want) = (both[f * 10 + 8 + c], want[f * 2 + c]);
+            assert!(
+                (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                "{got} vs {want}"
+            );
+        }
+    }
+    // A corrupt context file is named, not silently ignored.
+    fs::write(run.join("encoder").join(CONTEXT_FILE), "{\"inputs\": 3}").unwrap();
+    let err = load_err(&run.join("encoder"));
+    assert!(err.contains(CONTEXT_FILE), "{err}");
+    fs::remove_file(run.join("encoder").join(CONTEXT_FILE)).unwrap();
+
     // A width that is neither the keypoints' nor the tokens' is named.
     let enc = Encoder::load(&run.join("encoder"), &dev).unwrap();
     let err = match enc.for_run([1, 1], 7, 32, Path::new("run")) {

@@ -27,6 +27,34 @@ pub enum EncoderCommand {
     /// Held-out linear-probe R^2 of a sim encoder for the simulator's true positions (agent,
     /// objects, interior walls) on freshly played episodes.
     Probe(ProbeArgs),
+    /// Fit episode-static context features (the scene layout the keypoints drop: reach's
+    /// door) of a sim encoder on unlabeled video, into ENCODER/context.json, for
+    /// `lam embed --pooling keypoints-context`.
+    Context(ContextArgs),
+}
+
+#[derive(Args)]
+pub struct ContextArgs {
+    /// Encoder folder (the projection is written into it).
+    pub encoder: PathBuf,
+    /// Unlabeled video: a lam-sim recording, a LeRobot dataset or a video folder.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Context features.
+    #[arg(long, default_value_t = 4)]
+    pub features: usize,
+    /// Frames per video (the first ones, at --fps).
+    #[arg(long, default_value_t = 8)]
+    pub frames_per_video: usize,
+    /// Videos read at most.
+    #[arg(long, default_value_t = 400)]
+    pub videos: usize,
+    /// Frames per second the clips are read at.
+    #[arg(long, default_value_t = 2.0)]
+    pub fps: f64,
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args)]
@@ -192,6 +220,43 @@ pub struct InfoArgs {
 }
 
 /// How frames are pooled to tokens (`lam_encoder::encoder::Pooling`).
+fn run_context(a: ContextArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let encoder = lam_encoder::encoder::Encoder::load(&a.encoder, &device)?;
+    let source = Source::open(&a.data, None)?;
+    let spec = ClipSpec {
+        fps: a.fps,
+        frames: 8,
+        size: encoder.info.default_size as u32,
+        stride: 8,
+        norm: encoder.info.norm,
+        max_clips: None,
+    };
+    let (context, fit) = lam_encoder::context::fit_from_source(
+        &encoder,
+        source.as_clip_source(),
+        &spec,
+        a.frames_per_video,
+        a.videos,
+        a.features,
+        &device,
+    )?;
+    context.save_beside(&a.encoder)?;
+    let ratios: Vec<String> = fit.ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!(
+        "{}/{}: {} context features of {} token numbers, fitted on {} frames of {} videos \
+         (between- / within-video variance {})",
+        a.encoder.display(),
+        lam_encoder::context::CONTEXT_FILE,
+        context.outputs,
+        context.inputs,
+        fit.frames,
+        fit.videos,
+        ratios.join(", ")
+    );
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum PoolingArg {
     /// All patch tokens.
@@ -200,6 +265,8 @@ pub enum PoolingArg {
     Mean,
     /// Sim encoders with keypoints: the keypoint positions alone.
     Keypoints,
+    /// The keypoint positions and the encoder's context features (`lam encoder context`).
+    KeypointsContext,
 }
 
 impl From<PoolingArg> for Pooling {
@@ -208,6 +275,7 @@ impl From<PoolingArg> for Pooling {
             PoolingArg::None => Pooling::None,
             PoolingArg::Mean => Pooling::Mean,
             PoolingArg::Keypoints => Pooling::Keypoints,
+            PoolingArg::KeypointsContext => Pooling::KeypointsContext,
         }
     }
 }
@@ -289,6 +357,7 @@ pub fn run_encoder(cmd: EncoderCommand) -> Result<()> {
         EncoderCommand::Pretrain(a) => run_pretrain(a),
         EncoderCommand::Info(a) => run_info(a),
         EncoderCommand::Probe(a) => run_probe(a),
+        EncoderCommand::Context(a) => run_context(a),
     }
 }
 
@@ -407,7 +476,14 @@ fn run_probe(a: ProbeArgs) -> Result<()> {
     };
     let set =
         lam_encoder::probe::sim_probe_set(&cfg, encoder.info.default_size, &encoder.info.norm)?;
-    let report = lam_encoder::probe::probe_encoder(sim, &set, &cfg, encoder.keypoints(), &device)?;
+    let report = lam_encoder::probe::probe_encoder(
+        sim,
+        &set,
+        &cfg,
+        encoder.keypoints(),
+        encoder.context.as_ref(),
+        &device,
+    )?;
     println!(
         "{}",
         lam_encoder::probe::probe_line(&a.path.display().to_string(), &report)
