@@ -7,7 +7,10 @@
 //! | `vulkan`, `vulkan:N` | Vulkan compute through wgpu (SPIR-V) | `vulkan` (builds offline) |
 //! | `wgpu`, `wgpu:N` | wgpu on whichever graphics API the machine offers | `wgpu` (builds offline) |
 //!
-//! `N` is the index of the discrete GPU (0 when left out).
+//! Without `:N` the wgpu backends take the adapter wgpu ranks best (a discrete GPU where there is
+//! one, else whatever the driver offers, e.g. Mesa's CPU Vulkan driver); `:N` asks for the Nth
+//! discrete GPU. A GPU device is started when it is parsed, so a missing driver or loader is an
+//! error here, not a crash in the middle of training.
 
 use anyhow::{Result, anyhow, bail};
 use burn::prelude::Device;
@@ -26,8 +29,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     match kind {
         "cpu" | "flex" if index.is_none() => Ok(Device::flex()),
         "cuda" => cuda(index.unwrap_or(0)),
-        "vulkan" => vulkan(index.unwrap_or(0)),
-        "wgpu" => wgpu(index.unwrap_or(0)),
+        "vulkan" => vulkan(index),
+        "wgpu" => wgpu(index),
         _ => bail!(
             "unknown device `{spec}` (expected cpu, cuda[:N], vulkan[:N] or wgpu[:N]; {})",
             built_with()
@@ -53,9 +56,41 @@ pub fn built_with() -> String {
     }
 }
 
+/// `device` once it has run a first operation; a backend that cannot start (no driver, no
+/// adapter, no loader) panics on its runner thread, which becomes an error naming `spec`.
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
+fn started(spec: &str, device: Device) -> Result<Device> {
+    use burn::prelude::Tensor;
+    let probe = std::panic::AssertUnwindSafe(&device);
+    let ran = std::panic::catch_unwind(move || {
+        let _ = Tensor::<1>::zeros([1], *probe).into_data();
+    });
+    match ran {
+        Ok(()) => Ok(device),
+        Err(_) => bail!(
+            "device `{spec}` could not be started (the backend's own message is above): is the \
+             GPU driver installed, and for vulkan / wgpu a Vulkan loader (libvulkan1) with the \
+             driver's ICD file (VK_DRIVER_FILES)?"
+        ),
+    }
+}
+
+#[cfg(any(feature = "vulkan", feature = "wgpu"))]
+fn spec_of(kind: &str, index: Option<usize>) -> String {
+    index.map_or(kind.to_string(), |n| format!("{kind}:{n}"))
+}
+
+#[cfg(any(feature = "vulkan", feature = "wgpu"))]
+fn wgpu_kind(index: Option<usize>) -> burn::tensor::DeviceKind {
+    match index {
+        Some(n) => burn::tensor::DeviceKind::DiscreteGpu(n),
+        None => burn::tensor::DeviceKind::DefaultDevice,
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> Result<Device> {
-    Ok(Device::cuda(index))
+    started(&format!("cuda:{index}"), Device::cuda(index))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -67,12 +102,12 @@ fn cuda(_: usize) -> Result<Device> {
 }
 
 #[cfg(feature = "vulkan")]
-fn vulkan(index: usize) -> Result<Device> {
-    Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(index)))
+fn vulkan(index: Option<usize>) -> Result<Device> {
+    started(&spec_of("vulkan", index), Device::vulkan(wgpu_kind(index)))
 }
 
 #[cfg(not(feature = "vulkan"))]
-fn vulkan(_: usize) -> Result<Device> {
+fn vulkan(_: Option<usize>) -> Result<Device> {
     bail!(
         "device `vulkan` needs a lam built with `--features vulkan` ({})",
         built_with()
@@ -80,12 +115,12 @@ fn vulkan(_: usize) -> Result<Device> {
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu(index: usize) -> Result<Device> {
-    Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index)))
+fn wgpu(index: Option<usize>) -> Result<Device> {
+    started(&spec_of("wgpu", index), Device::wgpu(wgpu_kind(index)))
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn wgpu(_: usize) -> Result<Device> {
+fn wgpu(_: Option<usize>) -> Result<Device> {
     bail!(
         "device `wgpu` needs a lam built with `--features wgpu` ({})",
         built_with()
