@@ -11,12 +11,12 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::shards::{Clip, ShardIndex, ShardWriter, Split};
+use crate::shards::{Clip, INDEX_FILE, ShardIndex, ShardWriter, Split};
 
 /// Settings of the synthetic source. Defaults give a small CPU-sized set.
 #[derive(Clone, Debug)]
@@ -105,8 +105,14 @@ pub fn generate_clip(
     (emb, actions)
 }
 
-/// Writes a synthetic shard set to `dir` and returns its index.
+/// Writes a synthetic shard set to `dir` and returns its index. A folder that already holds
+/// shards is refused: the shard writer would append the new clips to the old ones.
 pub fn write_synthetic(dir: &Path, cfg: &SyntheticConfig) -> Result<ShardIndex> {
+    ensure!(
+        !dir.join(INDEX_FILE).exists(),
+        "{} already holds shards ({INDEX_FILE}); remove it or write elsewhere",
+        dir.display()
+    );
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let agent_dir: Vec<f32> = {
         let v: Vec<f32> = (0..cfg.dim)
@@ -168,5 +174,9 @@ mod tests {
         assert_eq!(acts.len(), 7 * 2);
         assert!(acts.iter().all(|a| (-1.0..=1.0).contains(a)));
         assert_eq!(ShardSet::open(a.path(), Some(Split::Val)).unwrap().len(), 2);
+        // Writing again into the same folder is refused rather than doubling its clips.
+        let err = write_synthetic(a.path(), &cfg).unwrap_err().to_string();
+        assert!(err.contains("already holds shards"), "{err}");
+        assert_eq!(ShardSet::open(a.path(), None).unwrap().len(), 20);
     }
 }
