@@ -511,8 +511,16 @@ pub fn probe_encoder(
             .flat_map(|row| row[d - 2 * k..].iter().copied())
             .collect())
     };
+    let train_episodes = train
+        .iter()
+        .map(|&i| set.episode[i])
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    // Fitting the context needs more training episodes than features; with fewer (a tiny probe)
+    // and no folder projection the row is left out.
     let keypoints_context = match keypoints {
         0 => None,
+        _ if folder_context.is_none() && train_episodes <= CONTEXT_FEATURES => None,
         k => {
             let p = n_tok * d;
             let fitted: Vec<f32> = train
