@@ -523,11 +523,6 @@ pub fn probe_encoder(
         _ if folder_context.is_none() && train_episodes <= CONTEXT_FEATURES => None,
         k => {
             let p = n_tok * d;
-            let fitted: Vec<f32> = train
-                .iter()
-                .flat_map(|&i| tokens[i * p..(i + 1) * p].iter().copied())
-                .collect();
-            let videos: Vec<usize> = train.iter().map(|&i| set.episode[i]).collect();
             let ctx = match folder_context {
                 Some(c) => {
                     ensure!(
@@ -537,13 +532,20 @@ pub fn probe_encoder(
                     );
                     c.clone()
                 }
-                None => crate::context::ContextProjection::fit(
-                    &fitted,
-                    p,
-                    &videos,
-                    CONTEXT_FEATURES,
-                    1e-3,
-                )?,
+                None => {
+                    let fitted: Vec<f32> = train
+                        .iter()
+                        .flat_map(|&i| tokens[i * p..(i + 1) * p].iter().copied())
+                        .collect();
+                    let videos: Vec<usize> = train.iter().map(|&i| set.episode[i]).collect();
+                    crate::context::ContextProjection::fit(
+                        &fitted,
+                        p,
+                        &videos,
+                        CONTEXT_FEATURES,
+                        1e-3,
+                    )?
+                }
             };
             let extra = ctx.apply(&tokens);
             let kp = keypoint_features(k)?;

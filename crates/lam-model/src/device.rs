@@ -28,9 +28,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     };
     match kind {
         "cpu" | "flex" if index.is_none() => Ok(Device::flex()),
-        "cuda" => cuda(index.unwrap_or(0)),
-        "vulkan" => vulkan(index),
-        "wgpu" => wgpu(index),
+        "cuda" => cuda(spec, index),
+        "vulkan" => vulkan(spec, index),
+        "wgpu" => wgpu(spec, index),
         _ => bail!(
             "unknown device `{spec}` (expected cpu, cuda[:N], vulkan[:N] or wgpu[:N]; {})",
             built_with()
@@ -75,9 +75,13 @@ fn started(spec: &str, device: Device) -> Result<Device> {
     }
 }
 
-#[cfg(any(feature = "vulkan", feature = "wgpu"))]
-fn spec_of(kind: &str, index: Option<usize>) -> String {
-    index.map_or(kind.to_string(), |n| format!("{kind}:{n}"))
+/// The error for a GPU backend this binary was built without.
+#[cfg(not(all(feature = "cuda", feature = "vulkan", feature = "wgpu")))]
+fn not_built(kind: &str) -> Result<Device> {
+    bail!(
+        "device `{kind}` needs a lam built with `--features {kind}` ({})",
+        built_with()
+    )
 }
 
 #[cfg(any(feature = "vulkan", feature = "wgpu"))]
@@ -89,42 +93,33 @@ fn wgpu_kind(index: Option<usize>) -> burn::tensor::DeviceKind {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(index: usize) -> Result<Device> {
-    started(&format!("cuda:{index}"), Device::cuda(index))
+fn cuda(spec: &str, index: Option<usize>) -> Result<Device> {
+    started(spec, Device::cuda(index.unwrap_or(0)))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_: usize) -> Result<Device> {
-    bail!(
-        "device `cuda` needs a lam built with `--features cuda` ({})",
-        built_with()
-    )
+fn cuda(_: &str, _: Option<usize>) -> Result<Device> {
+    not_built("cuda")
 }
 
 #[cfg(feature = "vulkan")]
-fn vulkan(index: Option<usize>) -> Result<Device> {
-    started(&spec_of("vulkan", index), Device::vulkan(wgpu_kind(index)))
+fn vulkan(spec: &str, index: Option<usize>) -> Result<Device> {
+    started(spec, Device::vulkan(wgpu_kind(index)))
 }
 
 #[cfg(not(feature = "vulkan"))]
-fn vulkan(_: Option<usize>) -> Result<Device> {
-    bail!(
-        "device `vulkan` needs a lam built with `--features vulkan` ({})",
-        built_with()
-    )
+fn vulkan(_: &str, _: Option<usize>) -> Result<Device> {
+    not_built("vulkan")
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu(index: Option<usize>) -> Result<Device> {
-    started(&spec_of("wgpu", index), Device::wgpu(wgpu_kind(index)))
+fn wgpu(spec: &str, index: Option<usize>) -> Result<Device> {
+    started(spec, Device::wgpu(wgpu_kind(index)))
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn wgpu(_: Option<usize>) -> Result<Device> {
-    bail!(
-        "device `wgpu` needs a lam built with `--features wgpu` ({})",
-        built_with()
-    )
+fn wgpu(_: &str, _: Option<usize>) -> Result<Device> {
+    not_built("wgpu")
 }
 
 #[cfg(test)]
