@@ -78,6 +78,12 @@ pub struct ModelConfig {
     /// blocks and through it after, and CEM finds that path.
     #[serde(default)]
     pub rollout_weight: f64,
+    /// What the IDM reads of a transition: `pair` (both pooled frames, the paper's IDM,
+    /// default) or `delta` (their difference s_t+1 - s_t alone). A `delta` IDM cannot say
+    /// where the agent is, only how the frame changed, so its latent cannot carry the next
+    /// frame's absolute state: it stays what a robot action can predict.
+    #[serde(default)]
+    pub idm_input: crate::idm::IdmInput,
 }
 
 /// What conditions the world model's AdaLN-zero blocks.
@@ -238,6 +244,7 @@ impl LamConfig {
                     residual: false,
                     standardize: false,
                     rollout_weight: 0.0,
+                    idm_input: crate::idm::IdmInput::Pair,
                 },
                 regularizer,
                 optim,
@@ -269,6 +276,7 @@ impl LamConfig {
                     residual: false,
                     standardize: false,
                     rollout_weight: 0.0,
+                    idm_input: crate::idm::IdmInput::Pair,
                 },
                 regularizer,
                 optim,

@@ -3,6 +3,7 @@
 //! Each frame's patch tokens are mean-pooled to one D-vector; the pooled pair
 //! [pool(s_t), pool(s_t+1)] goes through a 3-layer GELU MLP (Linear-GELU-Linear-GELU-Linear).
 //! For the `noisy` regulariser the last layer outputs 2d values, read as (mu, log sigma^2).
+//! With `model.idm_input = "delta"` the MLP reads s_t+1 - s_t alone instead of the pair.
 //! The IDM sees the future frame on purpose: it labels transitions for the world model.
 
 use burn::nn::{Linear, LinearConfig};
@@ -25,6 +26,18 @@ pub enum IdmHead {
     Gaussian,
 }
 
+/// What the IDM reads of a transition (`model.idm_input`).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdmInput {
+    /// Both pooled frames `[s_t, s_t+1]` (the paper's IDM).
+    #[default]
+    Pair,
+    /// Their difference `s_t+1 - s_t` alone: the latent can say how the frame changed, not
+    /// where things are.
+    Delta,
+}
+
 /// Sizes of an [`Idm`] (a stage-1 run takes them from `model.*`:
 /// [`crate::config::ModelConfig`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +50,8 @@ pub struct IdmConfig {
     pub latent_dim: usize,
     /// Point latents or a Gaussian's mean and log-variance.
     pub head: IdmHead,
+    /// Both frames or their difference.
+    pub input: IdmInput,
 }
 
 impl IdmConfig {
@@ -45,8 +60,12 @@ impl IdmConfig {
             IdmHead::Point => self.latent_dim,
             IdmHead::Gaussian => 2 * self.latent_dim,
         };
+        let width = match self.input {
+            IdmInput::Pair => 2 * self.embed_dim,
+            IdmInput::Delta => self.embed_dim,
+        };
         Idm {
-            fc1: LinearConfig::new(2 * self.embed_dim, self.hidden).init(device),
+            fc1: LinearConfig::new(width, self.hidden).init(device),
             fc2: LinearConfig::new(self.hidden, self.hidden).init(device),
             fc3: LinearConfig::new(self.hidden, out).init(device),
         }
@@ -77,11 +96,56 @@ impl Idm {
         k: usize,
         d: usize,
     ) -> Tensor<3> {
-        let x = Tensor::cat(vec![now, next], 2).reshape([b * k, 2 * d]);
+        // The first layer's width says which input the IDM was made for.
+        let x = if self.fc1.weight.dims()[0] == d {
+            (next - now).reshape([b * k, d])
+        } else {
+            Tensor::cat(vec![now, next], 2).reshape([b * k, 2 * d])
+        };
         let x = gelu(self.fc1.forward(x));
         let x = gelu(self.fc2.forward(x));
         let out = self.fc3.forward(x);
         let o = out.dims()[1];
         out.reshape([b, k, o])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idm(input: IdmInput, device: &Device) -> Idm {
+        IdmConfig {
+            embed_dim: 6,
+            hidden: 16,
+            latent_dim: 3,
+            head: IdmHead::Point,
+            input,
+        }
+        .init(device)
+    }
+
+    /// A delta IDM labels a transition by how the frame changed: moved elsewhere by the same
+    /// amount, the latent is the same; the pair IDM's is not.
+    #[test]
+    fn delta_idm_reads_the_change_not_the_place() {
+        let device = Device::default();
+        let now = Tensor::<3>::random([2, 4, 6], Distribution::Normal(0.0, 1.0), &device);
+        let step = Tensor::<3>::random([2, 4, 6], Distribution::Normal(0.0, 1.0), &device);
+        let shift = Tensor::<3>::random([2, 4, 6], Distribution::Normal(0.0, 3.0), &device);
+        let gap = |m: &Idm| {
+            let here = m.forward_pair(now.clone(), now.clone() + step.clone(), 2, 4, 6);
+            let there = m.forward_pair(
+                now.clone() + shift.clone(),
+                now.clone() + shift.clone() + step.clone(),
+                2,
+                4,
+                6,
+            );
+            assert_eq!(here.dims(), [2, 4, 3]);
+            (here - there).abs().max().into_scalar::<f32>()
+        };
+        assert!(gap(&idm(IdmInput::Delta, &device)) < 1e-5);
+        assert!(gap(&idm(IdmInput::Pair, &device)) > 1e-3);
     }
 }

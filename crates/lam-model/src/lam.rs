@@ -130,6 +130,7 @@ impl LatentActionModel {
                 hidden: m.idm_hidden,
                 latent_dim: m.latent_dim,
                 head,
+                input: m.idm_input,
             }
             .init(device),
             world_model: m.world_model().init(device),
