@@ -113,6 +113,7 @@ impl Idm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Distribution;
 
     fn idm(input: IdmInput, device: &Device) -> Idm {
         IdmConfig {

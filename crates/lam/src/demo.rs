@@ -29,7 +29,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use lam_sim::PolicyKind;
 use serde_json::{Value, json};
 
 use crate::pipeline::{
@@ -42,32 +41,12 @@ pub struct DemoArgs {
     /// replaced; a folder holding the demo's subfolders that lam demo did not make is refused).
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
-    /// Task recorded and planned: reach, push, pusht or sort.
-    #[arg(long, default_value = "reach")]
-    pub task: String,
-    /// Unlabeled human-domain episodes recorded.
-    #[arg(long, default_value_t = 400)]
-    pub human_episodes: usize,
-    /// Labeled robot episodes recorded (for the controller).
-    #[arg(long, default_value_t = 100)]
-    pub robot_episodes: usize,
-    /// Sim-encoder pretraining steps.
-    #[arg(long, default_value_t = 400)]
-    pub encoder_steps: usize,
+    /// What is recorded and how it is embedded.
+    #[command(flatten)]
+    pub data: DataSpec,
     /// Training steps of the latent action model.
     #[arg(long, default_value_t = 2000)]
     pub steps: usize,
-    /// Simulator steps per world-model step (action blocks; the recordings run at 10 steps
-    /// per second, so 5 embeds 2 frames per second). Must divide 10.
-    #[arg(long, default_value_t = 5)]
-    pub frameskip: usize,
-    /// Frames of history the world model conditions on.
-    #[arg(long, default_value_t = 3)]
-    pub history: usize,
-    /// Use the oracle encoder (the simulator's true state) instead of pretraining the sim
-    /// encoder: tells whether dynamics and planning work when vision does.
-    #[arg(long)]
-    pub oracle: bool,
     /// Closed-loop evaluation episodes.
     #[arg(long, default_value_t = 20)]
     pub episodes: usize,
@@ -83,14 +62,6 @@ pub struct DemoArgs {
     /// --hold-actions`), instead of every step's action.
     #[arg(long)]
     pub hold_actions: bool,
-    /// Policy of the unlabeled human-domain recordings: expert, random or mixed. Random
-    /// exploration (play) by default: its full-speed pushes into walls are what teaches the
-    /// world model that walls stop the agent (reach: 55% against 10% with mixed-policy video).
-    #[arg(long, default_value = "random")]
-    pub human_policy: PolicyKind,
-    /// Policy of the labeled robot recordings: expert, random or mixed.
-    #[arg(long, default_value = "mixed")]
-    pub robot_policy: PolicyKind,
     /// Controller between robot action blocks and latent actions: `action` reads the block
     /// alone, `frame` also the frame it acts on (`lam control fit --frame-conditioned`: the
     /// effect of a push depends on where the object is), `auto` takes `frame` for tasks with
@@ -102,9 +73,6 @@ pub struct DemoArgs {
     /// demo's own (repeatable; see `lam train --set`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub train_set: Vec<String>,
-    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -161,23 +129,12 @@ fn prepare_out(out: &Path) -> Result<()> {
 pub fn run(a: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let out = &a.out;
-    let data = DataSpec {
-        task: a.task.clone(),
-        human_episodes: a.human_episodes,
-        human_policy: a.human_policy,
-        robot_episodes: a.robot_episodes,
-        robot_policy: a.robot_policy,
-        encoder_steps: a.encoder_steps,
-        oracle: a.oracle,
-        frameskip: a.frameskip,
-        history: a.history,
-        device: a.device.clone(),
-    };
+    let data = a.data.clone();
     data.check()?;
     prepare_out(out)?;
     let (lam_run, ctrl, plan_dir) = (out.join("lam"), out.join("controller"), out.join("plan"));
-    let dev = &a.device;
-    let task = &a.task;
+    let dev = &a.data.device;
+    let task = &a.data.task;
     let mut steps = Steps::default();
     let l = data.run(out, &mut steps, 9)?;
     let mut sets = vec!["regularizer.kind=noisy".to_string()];
@@ -272,7 +229,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "Task `{task}` of the simulated suite: {} unlabeled human-domain episodes ({} policy, \
          no actions read) and {} labeled robot episodes ({} policy); closed-loop evaluation in \
          the robot domain on the fixed protocol ({} episodes).\n",
-        a.human_episodes, a.human_policy, a.robot_episodes, a.robot_policy, a.episodes
+        a.data.human_episodes, a.data.human_policy, a.data.robot_episodes, a.data.robot_policy, a.episodes
     )?;
     writeln!(md, "## Closed-loop planning\n")?;
     let plan_md =

@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Subcommand};
-use lam_sim::PolicyKind;
 use serde_json::{Value, json};
 use tracing::info;
 
@@ -58,31 +57,13 @@ pub struct DataArgs {
     /// Start over: clear what an earlier run of this experiment wrote into --out.
     #[arg(long)]
     pub fresh: bool,
-    /// Task recorded and planned: reach, push, pusht or sort.
-    #[arg(long, default_value = "reach")]
-    pub task: String,
-    /// Unlabeled human-domain episodes (random exploration, as `lam demo`).
-    #[arg(long, default_value_t = 400)]
-    pub human_episodes: usize,
-    /// Policy of the unlabeled recordings.
-    #[arg(long, default_value = "random")]
-    pub human_policy: PolicyKind,
-    /// Labeled robot episodes for the controllers.
-    #[arg(long, default_value_t = 100)]
-    pub robot_episodes: usize,
-    /// Sim-encoder pretraining steps.
-    #[arg(long, default_value_t = 400)]
-    pub encoder_steps: usize,
-    /// Embed the simulator's true state instead of the pretrained sim encoder's keypoints.
-    #[arg(long)]
-    pub oracle: bool,
+    /// What is recorded and how it is embedded (the flags of `lam demo`).
+    #[command(flatten)]
+    pub spec: DataSpec,
     /// Use the finished data stage of another experiment's report folder (made with the same
     /// data settings) instead of recording and embedding again.
     #[arg(long, value_name = "REPORT_DIR")]
     pub data_from: Option<PathBuf>,
-    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 #[derive(Args)]
@@ -408,18 +389,7 @@ fn prepare_data(
     experiment: &str,
     steps: &mut Steps,
 ) -> Result<DataLayout> {
-    let data = DataSpec {
-        task: d.task.clone(),
-        human_episodes: d.human_episodes,
-        human_policy: d.human_policy,
-        robot_episodes: d.robot_episodes,
-        robot_policy: PolicyKind::Mixed,
-        encoder_steps: d.encoder_steps,
-        oracle: d.oracle,
-        frameskip: 5,
-        history: 3,
-        device: d.device.clone(),
-    };
+    let data = d.spec.clone();
     data.check()?;
     let data_settings = json!({
         "task": data.task,
@@ -496,16 +466,16 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
     let mut steps = Steps::default();
     let layout = prepare_data(d, out, "regularizers", &mut steps)?;
     let plan = PlanSpec {
-        task: d.task.clone(),
+        task: d.spec.task.clone(),
         episodes: a.episodes,
         samples: a.samples,
         iterations: a.iterations,
         horizon: a.horizon,
         hold_actions: false,
         baselines: false,
-        device: d.device.clone(),
+        device: d.spec.device.clone(),
     };
-    let dev = &d.device;
+    let dev = &d.spec.device;
 
     let mut results: Vec<(&Arm, Vec<Value>)> = Vec::new();
     let mut baselines = Value::Null;
@@ -545,7 +515,7 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
                     &format!("{title}: closed loop"),
                     &plan.argv(&run, &layout.encoder, &ctrl, &plan_dir),
                 )?;
-                let plan_report = read_json(&plan_dir.join(format!("plan_eval_{}.json", d.task)))?;
+                let plan_report = read_json(&plan_dir.join(format!("plan_eval_{}.json", d.spec.task)))?;
                 Ok(json!({
                     "arm": arm.name,
                     "seed": seed,
@@ -603,7 +573,7 @@ fn training(a: TrainingArgs) -> Result<()> {
             ]);
             steps.run(
                 &format!("{name}: training"),
-                &train_argv(&layout.human_shards, &run, a.steps, &sets, &d.device),
+                &train_argv(&layout.human_shards, &run, a.steps, &sets, &d.spec.device),
             )?;
             let ckpts = lam_model::checkpoint::checkpoints_dir(&run);
             let mut folders: Vec<PathBuf> = std::fs::read_dir(&ckpts)
@@ -627,7 +597,7 @@ fn training(a: TrainingArgs) -> Result<()> {
                 let json_out = dir.join(format!("eval-step-{step}.json"));
                 steps.run(
                     &format!("{name}: scoring step {step}"),
-                    &eval_argv(f, &layout.human_shards, &json_out, &d.device),
+                    &eval_argv(f, &layout.human_shards, &json_out, &d.spec.device),
                 )?;
                 let mut e = read_json(&json_out)?;
                 e["step"] = json!(step);
@@ -677,10 +647,10 @@ fn training(a: TrainingArgs) -> Result<()> {
          one with 0. Wall time of this invocation {total:.0} s.\n",
         arm.latents,
         arm.capacity,
-        d.human_episodes,
-        d.task,
-        d.human_policy,
-        if d.oracle {
+        d.spec.human_episodes,
+        d.spec.task,
+        d.spec.human_policy,
+        if d.spec.oracle {
             "the oracle state"
         } else {
             "the pretrained sim encoder's keypoints"
@@ -745,8 +715,8 @@ fn training(a: TrainingArgs) -> Result<()> {
     let report = json!({
         "experiment": "training",
         "settings": {
-            "arm": arm.name, "steps": a.steps, "every": every, "task": d.task,
-            "human_episodes": d.human_episodes, "oracle": d.oracle,
+            "arm": arm.name, "steps": a.steps, "every": every, "task": d.spec.task,
+            "human_episodes": d.spec.human_episodes, "oracle": d.spec.oracle,
         },
         "runs": runs,
     });
@@ -766,7 +736,7 @@ const GUARDS: [&str; 5] = ["frozen", "distill", "sigreg", "ema", "none"];
 fn encoders(a: EncoderArgs) -> Result<()> {
     let started = Instant::now();
     ensure!(
-        !a.data.oracle,
+        !a.data.spec.oracle,
         "the encoder experiment needs the pretrained sim encoder: drop --oracle"
     );
     let arms: Vec<&str> = if a.arms.is_empty() {
@@ -782,11 +752,11 @@ fn encoders(a: EncoderArgs) -> Result<()> {
             .collect::<Result<_>>()?
     };
     let (out, d) = (&a.out, &a.data);
-    let dev = &d.device;
+    let dev = &d.spec.device;
     let mut steps = Steps::default();
     let layout = prepare_data(d, out, "encoders", &mut steps)?;
     let plan = PlanSpec {
-        task: d.task.clone(),
+        task: d.spec.task.clone(),
         episodes: a.episodes,
         samples: 100,
         iterations: 10,
@@ -849,7 +819,7 @@ fn encoders(a: EncoderArgs) -> Result<()> {
                         &"--regularizer",
                         &"noisy",
                         &"--probe-task",
-                        &d.task,
+                        &d.spec.task,
                         &"--device",
                         dev,
                         &"--quiet",
@@ -891,7 +861,7 @@ fn encoders(a: EncoderArgs) -> Result<()> {
                 &format!("{title}: closed loop"),
                 &plan.argv(&run, &encoder, &ctrl, &plan_dir),
             )?;
-            let plan_report = read_json(&plan_dir.join(format!("plan_eval_{}.json", d.task)))?;
+            let plan_report = read_json(&plan_dir.join(format!("plan_eval_{}.json", d.spec.task)))?;
             Ok(json!({
                 "arm": guard,
                 "encoder": stats,
@@ -926,13 +896,13 @@ fn encoders(a: EncoderArgs) -> Result<()> {
          on {} labeled robot episodes and CEM 100 x 10 on {} protocol episodes. Statistics \
          on held-out frames; probe R^2 on 300 robot-domain frames from the keypoints. Wall \
          time of this invocation {total:.0} s.\n",
-        d.task,
-        d.human_episodes,
-        d.human_policy,
-        d.encoder_steps,
+        d.spec.task,
+        d.spec.human_episodes,
+        d.spec.human_policy,
+        d.spec.encoder_steps,
         a.steps,
         a.encoder_lr,
-        d.robot_episodes,
+        d.spec.robot_episodes,
         a.episodes,
     )?;
     writeln!(
@@ -979,7 +949,7 @@ fn encoders(a: EncoderArgs) -> Result<()> {
     let report = json!({
         "experiment": "encoders",
         "settings": {
-            "task": d.task, "human_episodes": d.human_episodes, "steps": a.steps,
+            "task": d.spec.task, "human_episodes": d.spec.human_episodes, "steps": a.steps,
             "encoder_lr": a.encoder_lr, "episodes": a.episodes,
         },
         "arms": results,
@@ -1039,7 +1009,10 @@ fn wild(a: WildArgs) -> Result<()> {
     let mut results = Vec::new();
     for task in &a.tasks {
         let d = DataArgs {
-            task: task.clone(),
+            spec: DataSpec {
+                task: task.clone(),
+                ..a.data.spec.clone()
+            },
             fresh: false,
             ..a.data.clone()
         };
@@ -1049,7 +1022,7 @@ fn wild(a: WildArgs) -> Result<()> {
         let settings = json!({
             "steps": a.steps, "episodes": a.episodes, "controllers": ["action", "frame"],
         });
-        let dev = &d.device;
+        let dev = &d.spec.device;
         let result = kept_or_run(&dir, &settings, || {
             let (run, ac, ctrl, plan_dir) = (
                 dir.join("lam"),
@@ -1145,12 +1118,12 @@ fn wild(a: WildArgs) -> Result<()> {
          episodes alone; both {} steps, the same embedding ({}), planner (CEM 100 x 10 over \
          blocks of 5 robot actions, horizon 5) and {} protocol episodes. Wall time of this \
          invocation {total:.0} s.\n",
-        d.human_episodes,
-        d.human_policy,
-        d.robot_episodes,
-        d.robot_episodes,
+        d.spec.human_episodes,
+        d.spec.human_policy,
+        d.spec.robot_episodes,
+        d.spec.robot_episodes,
         a.steps,
-        if d.oracle {
+        if d.spec.oracle {
             "the simulator's true state"
         } else {
             "the pretrained sim encoder's keypoints"
@@ -1201,8 +1174,8 @@ fn wild(a: WildArgs) -> Result<()> {
     let report = json!({
         "experiment": "wild",
         "settings": {
-            "tasks": a.tasks, "human_episodes": d.human_episodes, "oracle": d.oracle,
-            "robot_episodes": d.robot_episodes, "steps": a.steps, "episodes": a.episodes,
+            "tasks": a.tasks, "human_episodes": d.spec.human_episodes, "oracle": d.spec.oracle,
+            "robot_episodes": d.spec.robot_episodes, "steps": a.steps, "episodes": a.episodes,
         },
         "tasks": results,
     });
@@ -1425,11 +1398,11 @@ fn write_report(
          error over seeds); {} protocol episodes per model, CEM {} x {} / {} elites, horizon \
          {} blocks of 5 steps. Wall time of this invocation {:.0} s; the arms took {:.0} s in \
          all when they ran (each arm's own wall time, in report.json).\n",
-        a.data.task,
-        a.data.human_episodes,
-        a.data.human_policy,
-        a.data.robot_episodes,
-        if a.data.oracle {
+        a.data.spec.task,
+        a.data.spec.human_episodes,
+        a.data.spec.human_policy,
+        a.data.spec.robot_episodes,
+        if a.data.spec.oracle {
             "the simulator's true state (oracle)"
         } else {
             "the pretrained sim encoder's keypoints (as `lam demo`)"
@@ -1627,9 +1600,9 @@ fn write_report(
     let json_report = json!({
         "experiment": "regularizers",
         "settings": {
-            "task": a.data.task, "human_episodes": a.data.human_episodes,
-            "human_policy": a.data.human_policy.to_string(), "robot_episodes": a.data.robot_episodes,
-            "oracle": a.data.oracle, "steps": a.steps, "seeds": a.seeds, "episodes": a.episodes,
+            "task": a.data.spec.task, "human_episodes": a.data.spec.human_episodes,
+            "human_policy": a.data.spec.human_policy.to_string(), "robot_episodes": a.data.spec.robot_episodes,
+            "oracle": a.data.spec.oracle, "steps": a.steps, "seeds": a.seeds, "episodes": a.episodes,
             "samples": a.samples, "iterations": a.iterations, "horizon": a.horizon,
         },
         "arms": results.iter().map(|(arm, per)| json!({

@@ -50,19 +50,43 @@ pub fn args(items: &[&dyn std::fmt::Display]) -> Vec<String> {
     items.iter().map(|x| x.to_string()).collect()
 }
 
-/// What the data stage records and how it embeds it (the demo's defaults are its flags').
-#[derive(Clone, Debug)]
+/// What the data stage records and how it embeds it: the flags `lam demo` and every
+/// `lam experiment` that records the suite share (their one owner).
+#[derive(Clone, Debug, clap::Args)]
 pub struct DataSpec {
+    /// Task recorded and planned: reach, push, pusht or sort.
+    #[arg(long, default_value = "reach")]
     pub task: String,
+    /// Unlabeled human-domain episodes recorded.
+    #[arg(long, default_value_t = 400)]
     pub human_episodes: usize,
+    /// Policy of the unlabeled human-domain recordings: expert, random or mixed. Random
+    /// exploration (play) by default: its full-speed pushes into walls are what teaches the
+    /// world model that walls stop the agent (reach: 55% against 10% with mixed-policy video).
+    #[arg(long, default_value = "random")]
     pub human_policy: PolicyKind,
+    /// Labeled robot episodes recorded (for the controller).
+    #[arg(long, default_value_t = 100)]
     pub robot_episodes: usize,
+    /// Policy of the labeled robot recordings: expert, random or mixed.
+    #[arg(long, default_value = "mixed")]
     pub robot_policy: PolicyKind,
+    /// Sim-encoder pretraining steps.
+    #[arg(long, default_value_t = 400)]
     pub encoder_steps: usize,
-    /// Embed the simulator's true state instead of pretraining the sim encoder.
+    /// Use the oracle encoder (the simulator's true state) instead of pretraining the sim
+    /// encoder: tells whether dynamics and planning work when vision does.
+    #[arg(long)]
     pub oracle: bool,
+    /// Simulator steps per world-model step (action blocks; the recordings run at 10 steps
+    /// per second, so 5 embeds 2 frames per second). Must divide 10.
+    #[arg(long, default_value_t = 5)]
     pub frameskip: usize,
+    /// Frames of history the world model conditions on.
+    #[arg(long, default_value_t = 3)]
     pub history: usize,
+    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
 }
 
