@@ -127,6 +127,25 @@ impl Default for ControllerConfig {
     }
 }
 
+/// Sizes of an [`Mlp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlpConfig {
+    pub d_in: usize,
+    pub hidden: usize,
+    pub d_out: usize,
+}
+
+impl MlpConfig {
+    pub fn init(&self, device: &Device) -> Mlp {
+        Mlp {
+            fc1: LinearConfig::new(self.d_in, self.hidden).init(device),
+            fc2: LinearConfig::new(self.hidden, self.hidden).init(device),
+            fc3: LinearConfig::new(self.hidden, self.d_out).init(device),
+        }
+    }
+}
+
+/// A 3-layer GELU MLP: Linear-GELU-Linear-GELU-Linear.
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc1: Linear,
@@ -135,14 +154,7 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(d_in: usize, hidden: usize, d_out: usize, device: &Device) -> Self {
-        Self {
-            fc1: LinearConfig::new(d_in, hidden).init(device),
-            fc2: LinearConfig::new(hidden, hidden).init(device),
-            fc3: LinearConfig::new(hidden, d_out).init(device),
-        }
-    }
-
+    /// `[M, d_in] -> [M, d_out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.fc3
             .forward(gelu(self.fc2.forward(gelu(self.fc1.forward(x)))))
@@ -158,22 +170,37 @@ pub struct Controller {
     pub inverse: Mlp,
 }
 
-impl Controller {
-    /// A controller between `action_dim`-D robot actions and `latent_dim`-D latents, reading
-    /// `frame_dim`-D pooled frames as well (0: actions only).
-    pub fn new(
-        action_dim: usize,
-        latent_dim: usize,
-        frame_dim: usize,
-        hidden: usize,
-        device: &Device,
-    ) -> Self {
-        Self {
-            forward: Mlp::new(action_dim + frame_dim, hidden, latent_dim, device),
-            inverse: Mlp::new(latent_dim + frame_dim, hidden, action_dim, device),
+/// Sizes of a [`Controller`] (its training settings are [`ControllerConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControllerNetConfig {
+    /// Robot action dimension A (a block of k actions counts k times).
+    pub action_dim: usize,
+    /// Latent action dimension d.
+    pub latent_dim: usize,
+    /// Width of the pooled frame it reads as well (0: actions only).
+    pub frame_dim: usize,
+    /// Hidden width of both MLPs.
+    pub hidden: usize,
+}
+
+impl ControllerNetConfig {
+    pub fn init(&self, device: &Device) -> Controller {
+        let mlp = |d_in, d_out| {
+            MlpConfig {
+                d_in,
+                hidden: self.hidden,
+                d_out,
+            }
+            .init(device)
+        };
+        Controller {
+            forward: mlp(self.action_dim + self.frame_dim, self.latent_dim),
+            inverse: mlp(self.latent_dim + self.frame_dim, self.action_dim),
         }
     }
+}
 
+impl Controller {
     /// Robot action dimension A.
     pub fn action_dim(&self) -> usize {
         self.inverse.fc3.weight.dims()[1]
@@ -547,13 +574,15 @@ pub fn fit_with(
         0
     };
     let fresh = |dev: &Device| {
-        stable_param_ids(Controller::new(
-            train.action_dim,
-            train.latent_dim,
-            frame_dim,
-            cfg.hidden,
-            dev,
-        ))
+        stable_param_ids(
+            ControllerNetConfig {
+                action_dim: train.action_dim,
+                latent_dim: train.latent_dim,
+                frame_dim,
+                hidden: cfg.hidden,
+            }
+            .init(dev),
+        )
     };
     let mut ctrl = fresh(&ad);
     let mut opt = AdamWConfig::new()
@@ -938,12 +967,12 @@ pub fn load(dir: &Path, device: &Device) -> Result<Controller> {
         as usize;
     // Controllers saved before frame conditioning existed read actions only.
     let frame_dim = meta["frame_dim"].as_u64().unwrap_or(0) as usize;
-    let ctrl = Controller::new(
-        get("action_dim")?,
-        get("latent_dim")?,
+    let ctrl = ControllerNetConfig {
+        action_dim: get("action_dim")?,
+        latent_dim: get("latent_dim")?,
         frame_dim,
         hidden,
-        device,
-    );
+    }
+    .init(device);
     lam_model::checkpoint::load_weights(ctrl, &weights)
 }

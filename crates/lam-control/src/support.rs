@@ -42,7 +42,7 @@ use lam_data::ShardSet;
 use lam_model::LatentActionModel;
 use lam_model::idm::Idm;
 
-use crate::controller::{Mlp, rows};
+use crate::controller::{Mlp, MlpConfig, rows};
 
 /// Support critic training settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -328,7 +328,12 @@ pub fn fit(
     let ad = device.clone().autodiff();
     ad.seed(cfg.seed);
     let mut critic = SupportCritic {
-        net: Mlp::new(2 * train.dim, cfg.hidden, 1, &ad),
+        net: MlpConfig {
+            d_in: 2 * train.dim,
+            hidden: cfg.hidden,
+            d_out: 1,
+        }
+        .init(&ad),
         frame_mean,
         frame_std,
         delta_mean,
@@ -436,7 +441,12 @@ pub fn load(dir: &Path, device: &Device) -> Result<SupportCritic> {
     );
     let cfg: SupportConfig = serde_json::from_value(meta["config"].clone())
         .with_context(|| format!("{}: bad `config`", meta_path.display()))?;
-    let net = Mlp::new(2 * d, cfg.hidden, 1, device);
+    let net = MlpConfig {
+        d_in: 2 * d,
+        hidden: cfg.hidden,
+        d_out: 1,
+    }
+    .init(device);
     let net = lam_model::checkpoint::load_weights(net, &dir.join("support.safetensors"))?;
     Ok(SupportCritic {
         net,

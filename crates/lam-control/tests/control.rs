@@ -155,7 +155,13 @@ fn action_space_plans_stay_in_bounds() {
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let wm = acting_world_model(&cfg, &dev);
-    let ctrl = lam_control::controller::Controller::new(2, 16, 0, 32, &dev);
+    let ctrl = lam_control::controller::ControllerNetConfig {
+        action_dim: 2,
+        latent_dim: 16,
+        frame_dim: 0,
+        hidden: 32,
+    }
+    .init(&dev);
     let current = Tensor::<3>::random([1, 16, 32], Distribution::Normal(0.0, 1.0), &dev);
     let problem = Problem {
         world_model: &wm,

@@ -40,12 +40,18 @@ fn pooled_colour_encoder(
 #[test]
 fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
     use lam_control::closed_loop::{Agent, Mode};
-    use lam_control::controller::Controller;
+    use lam_control::controller::ControllerNetConfig;
     use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let lam = lam_model::train::init_model(&cfg, &dev);
-    let ctrl = Controller::new(2, 16, 0, 32, &dev);
+    let ctrl = ControllerNetConfig {
+        action_dim: 2,
+        latent_dim: 16,
+        frame_dim: 0,
+        hidden: 32,
+    }
+    .init(&dev);
     assert_eq!((ctrl.action_dim(), ctrl.latent_dim()), (2, 16));
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
@@ -120,13 +126,19 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
 #[test]
 fn closed_loop_executes_action_blocks() {
     use lam_control::closed_loop::{Agent, Mode};
-    use lam_control::controller::Controller;
+    use lam_control::controller::ControllerNetConfig;
     use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let lam = lam_model::train::init_model(&cfg, &dev);
     // Blocks of 2 two-dimensional robot actions: the controller takes 4 numbers.
-    let ctrl = Controller::new(4, 16, 0, 32, &dev);
+    let ctrl = ControllerNetConfig {
+        action_dim: 4,
+        latent_dim: 16,
+        frame_dim: 0,
+        hidden: 32,
+    }
+    .init(&dev);
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
     let encoder = pooled_colour_encoder(&dev);

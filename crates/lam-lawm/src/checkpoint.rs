@@ -112,7 +112,7 @@ pub fn load_state(ckpt: &Path) -> Result<CheckpointState> {
 pub fn load_policy(path: &Path, device: &Device) -> Result<(Policy, CheckpointState)> {
     let ckpt = resolve(path)?;
     let state = load_state(&ckpt)?;
-    let policy = Policy::new(&state.config.policy, state.action_dim, device);
+    let policy = state.config.policy.init(state.action_dim, device);
     let own = ckpt.join("policy.safetensors");
     let weights = if own.exists() {
         own

@@ -312,12 +312,9 @@ mod tests {
         );
         // DreamerV3's 50M world model.
         let device = lam_model::device::parse_device("cpu").unwrap();
-        let wm = crate::rssm::Rssm::new(
-            &baku.world_model,
-            baku.policy.image_size,
-            baku.policy.latent_dim,
-            &device,
-        );
+        let wm = baku
+            .world_model
+            .init(baku.policy.image_size, baku.policy.latent_dim, &device);
         let params = wm.num_params();
         assert!((45_000_000..55_000_000).contains(&params), "{params}");
         assert_eq!(LawmConfig::preset("tiny").unwrap(), LawmConfig::default());

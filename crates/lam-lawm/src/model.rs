@@ -41,19 +41,21 @@ pub struct PretrainOut {
     pub latents: Tensor<3>,
 }
 
-impl Lawm {
-    pub fn new(cfg: &LawmConfig, device: &Device) -> Self {
-        Self {
-            policy: Policy::new(&cfg.policy, cfg.policy.latent_dim, device),
-            world_model: Rssm::new(
-                &cfg.world_model,
-                cfg.policy.image_size,
-                cfg.policy.latent_dim,
+impl LawmConfig {
+    /// The policy and the world model, both on latent actions.
+    pub fn init(&self, device: &Device) -> Lawm {
+        Lawm {
+            policy: self.policy.init(self.policy.latent_dim, device),
+            world_model: self.world_model.init(
+                self.policy.image_size,
+                self.policy.latent_dim,
                 device,
             ),
         }
     }
+}
 
+impl Lawm {
     /// `policy_frames` `[B, H, 3, S, S]`, `instr` `[B, I]`, `wm_frames` `[B, n+1, 3, S, S]`.
     pub fn forward_loss(
         &self,

@@ -229,9 +229,10 @@ pub fn ddim_levels(k: usize, steps: usize) -> Vec<usize> {
     levels
 }
 
-impl Policy {
+impl PolicyConfig {
     /// A policy whose head emits chunks of `action_dim`.
-    pub fn new(cfg: &PolicyConfig, action_dim: usize, device: &Device) -> Self {
+    pub fn init(&self, action_dim: usize, device: &Device) -> Policy {
+        let cfg = self;
         let out = cfg.chunk * action_dim;
         let (mlp_head, diffusion_head) = match cfg.head {
             HeadKind::Mlp => (
@@ -252,7 +253,7 @@ impl Policy {
             mean: 0.0,
             std: 0.02,
         };
-        Self {
+        Policy {
             encoder: FilmEncoder::new(cfg, device),
             instr_token: LinearConfig::new(cfg.instruction_dim, cfg.d_model).init(device),
             readout: normal.init([1, cfg.d_model], device),
@@ -272,7 +273,9 @@ impl Policy {
             action_dim,
         }
     }
+}
 
+impl Policy {
     /// Replaces the layers whose shape depends on the action dimension by fresh ones for
     /// `action_dim` (the finetuning stage's re-initialisation of the last action layer).
     pub fn reinit_action_layers(

@@ -147,15 +147,13 @@ pub struct Observed {
     pub prior_logp: Tensor<4>,
 }
 
-impl Rssm {
-    pub fn new(
-        cfg: &WorldModelConfig,
-        image_size: usize,
-        action_dim: usize,
-        device: &Device,
-    ) -> Self {
+impl WorldModelConfig {
+    /// A world model of `image_size`-pixel square frames, conditioned on `action_dim`-D
+    /// actions (or latent actions).
+    pub fn init(&self, image_size: usize, action_dim: usize, device: &Device) -> Rssm {
+        let cfg = self;
         let stoch = cfg.groups * cfg.classes;
-        Self {
+        Rssm {
             encoder: ImageEncoder::new(cfg, image_size, device),
             img_in: LinearConfig::new(stoch + action_dim, cfg.hidden).init(device),
             img_norm: LayerNormConfig::new(cfg.hidden).init(device),
@@ -170,7 +168,9 @@ impl Rssm {
             unimix: cfg.unimix,
         }
     }
+}
 
+impl Rssm {
     /// Log-probabilities `[B, G, C]` of logits `[B, G*C]` after the uniform mixture.
     pub fn unimix_logp(&self, logits: Tensor<2>) -> Tensor<3> {
         let b = logits.dims()[0];

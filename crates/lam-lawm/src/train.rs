@@ -32,7 +32,6 @@ use crate::checkpoint::{self, CheckpointState, Stage};
 use crate::config::{HeadKind, LawmConfig};
 use crate::data::FrameData;
 use crate::model::{Lawm, PretrainNoise};
-use crate::policy::Policy;
 use lam_data::MetricsLog;
 use lam_data::shards::write_atomic;
 use lam_model::checkpoint::load_weights;
@@ -273,7 +272,7 @@ pub fn pretrain(
     let (n, h) = (cfg.policy.chunk, cfg.policy.history);
     let ad = device.clone().autodiff();
     ad.seed(cfg.train.seed);
-    let mut model = stable_param_ids(Lawm::new(cfg, &ad));
+    let mut model = stable_param_ids(cfg.init(&ad));
     let mut optim = optimizer(cfg);
     let mut start = 0;
     let mut last = None;
@@ -388,7 +387,7 @@ pub fn train_policy(
     // The words the policy knows: the data's, and those of the checkpoint it starts from.
     let mut vocabulary = data.vocabulary.clone();
     let policy = match init {
-        PolicyInit::Scratch => Policy::new(&cfg.policy, action_dim, &ad),
+        PolicyInit::Scratch => cfg.policy.init(action_dim, &ad),
         PolicyInit::From(path) => {
             let (p, state) = checkpoint::load_policy(path, &ad)?;
             cfg.policy = state.config.policy.clone();

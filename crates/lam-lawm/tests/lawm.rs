@@ -10,12 +10,11 @@ use lam_lawm::config::{HeadKind, LawmConfig};
 use lam_lawm::data::{FrameData, Labels};
 use lam_lawm::eval::{EvalOptions, evaluate};
 use lam_lawm::instruction::InstructionEmbedder;
-use lam_lawm::model::{Lawm, PretrainNoise};
+use lam_lawm::model::PretrainNoise;
 use lam_lawm::rssm::kl_balanced;
 use lam_lawm::train::{
     PolicyInit, RunOptions, gumbels, pretrain, read_metrics, step_rng, train_policy,
 };
-use lam_lawm::{Policy, Rssm};
 use lam_sim::{Domain, PolicyKind, RecordConfig, Task, record};
 
 fn tiny() -> LawmConfig {
@@ -96,14 +95,14 @@ fn policy_and_world_model_shapes() {
     for head in [HeadKind::Mlp, HeadKind::Diffusion] {
         let mut pc = cfg.policy.clone();
         pc.head = head;
-        let policy = Policy::new(&pc, pc.latent_dim, &d);
+        let policy = pc.init(pc.latent_dim, &d);
         let frames = Tensor::<5>::zeros([2, pc.history, 3, 32, 32], &d);
         let instr = Tensor::<2>::ones([2, pc.instruction_dim], &d);
         let noise = vec![0.1f32; 2 * pc.chunk * pc.latent_dim];
         let z = policy.chunk(&pc, frames, instr, &noise);
         assert_eq!(z.dims(), [2, pc.chunk, pc.latent_dim]);
     }
-    let wm = Rssm::new(&cfg.world_model, 32, cfg.policy.latent_dim, &d);
+    let wm = cfg.world_model.init(32, cfg.policy.latent_dim, &d);
     let (g, c) = (cfg.world_model.groups, cfg.world_model.classes);
     let t = cfg.policy.chunk + 1;
     let frames = Tensor::<5>::zeros([2, t, 3, 32, 32], &d);
@@ -120,7 +119,7 @@ fn rssm_step_prior_posterior_and_straight_through_sample() {
     let _serial = serial();
     let cfg = tiny();
     let d = dev();
-    let wm = Rssm::new(&cfg.world_model, 32, 3, &d);
+    let wm = cfg.world_model.init(32, 3, &d);
     let (g, c, h) = (
         cfg.world_model.groups,
         cfg.world_model.classes,
@@ -278,7 +277,7 @@ fn joint_loss_reaches_the_policy() {
     let _serial = serial();
     let cfg = tiny();
     let d = dev().autodiff();
-    let model = Lawm::new(&cfg, &d);
+    let model = cfg.init(&d);
     let (n, g, c) = (
         cfg.policy.chunk,
         cfg.world_model.groups,

@@ -229,7 +229,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "Task `{task}` of the simulated suite: {} unlabeled human-domain episodes ({} policy, \
          no actions read) and {} labeled robot episodes ({} policy); closed-loop evaluation in \
          the robot domain on the fixed protocol ({} episodes).\n",
-        a.data.human_episodes, a.data.human_policy, a.data.robot_episodes, a.data.robot_policy, a.episodes
+        a.data.human_episodes,
+        a.data.human_policy,
+        a.data.robot_episodes,
+        a.data.robot_policy,
+        a.episodes
     )?;
     writeln!(md, "## Closed-loop planning\n")?;
     let plan_md =

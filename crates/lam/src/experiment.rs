@@ -515,7 +515,8 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
                     &format!("{title}: closed loop"),
                     &plan.argv(&run, &layout.encoder, &ctrl, &plan_dir),
                 )?;
-                let plan_report = read_json(&plan_dir.join(format!("plan_eval_{}.json", d.spec.task)))?;
+                let plan_report =
+                    read_json(&plan_dir.join(format!("plan_eval_{}.json", d.spec.task)))?;
                 Ok(json!({
                     "arm": arm.name,
                     "seed": seed,

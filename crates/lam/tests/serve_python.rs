@@ -14,10 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
-use lam_control::controller::{self, Controller, ControllerConfig};
+use lam_control::controller::{self, ControllerConfig, ControllerNetConfig};
+use lam_lawm::LawmConfig;
 use lam_lawm::checkpoint::{CheckpointState, Stage};
 use lam_lawm::data::ActionNorm;
-use lam_lawm::{LawmConfig, Policy};
 use lam_model::LamConfig;
 use lam_model::checkpoint::{TrainState, save_weights};
 use lam_sim::{Domain, Env, Task};
@@ -111,7 +111,13 @@ fn write_mpc_fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         hidden: 32,
         ..Default::default()
     };
-    let ctrl = Controller::new(2, cfg.model.latent_dim, 0, ccfg.hidden, &device);
+    let ctrl = ControllerNetConfig {
+        action_dim: 2,
+        latent_dim: cfg.model.latent_dim,
+        frame_dim: 0,
+        hidden: ccfg.hidden,
+    }
+    .init(&device);
     // What `lam control fit` writes: the weights and controller.json (dimensions, config).
     std::fs::create_dir_all(&ctrl_dir).unwrap();
     save_weights(&ctrl, &ctrl_dir.join("controller.safetensors")).unwrap();
@@ -129,7 +135,7 @@ fn write_mpc_fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 fn write_lawm_fixture(dir: &Path) -> PathBuf {
     let device = Device::flex();
     let cfg = LawmConfig::default();
-    let policy = Policy::new(&cfg.policy, 2, &device);
+    let policy = cfg.policy.init(2, &device);
     let state = CheckpointState {
         stage: Stage::Policy,
         step: 0,
