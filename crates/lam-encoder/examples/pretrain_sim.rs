@@ -44,12 +44,12 @@ fn main() -> Result<()> {
     let cfg: PretrainConfig = serde_json::from_value(config)?;
     let rec = out.join("rec");
     if !rec.join("meta/info.json").exists() {
-        let cfg = lam_sim::RecordConfig {
+        let cfg = lam_suite::RecordConfig {
             task: lam_sim::Task::Push,
             episodes,
-            ..lam_sim::RecordConfig::default()
+            ..lam_suite::RecordConfig::default()
         };
-        lam_sim::record(&cfg, &rec, true)?;
+        lam_suite::record(&cfg, &rec, true)?;
     }
     let source = Source::open(&rec, None)?;
     let norm = Normalization::IMAGENET;

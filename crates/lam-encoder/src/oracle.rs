@@ -68,7 +68,7 @@ pub fn embed_oracle(opts: &EmbedOptions) -> Result<OracleSummary> {
         "--frames must be at least 2 (shards hold transitions), got {}",
         opts.frames
     );
-    let data = lam_sim::Dataset::open(&opts.data).with_context(|| {
+    let data = lam_suite::Dataset::open(&opts.data).with_context(|| {
         format!(
             "the oracle encoder reads lam-sim recordings; {} is not one",
             opts.data.display()
@@ -82,7 +82,7 @@ pub fn embed_oracle(opts: &EmbedOptions) -> Result<OracleSummary> {
     let k = frame_step(data.fps(), opts.fps)?;
     let labeled = data.info()["features"].get("action").is_some();
     // Per-episode layouts (walls, objects) from the ground truth.
-    let layouts = data.read_layouts()?;
+    let layouts = lam_suite::layouts(&data)?;
     ensure!(
         layouts.len() == data.len(),
         "{}: {} episodes but {} layouts in its ground truth",

@@ -270,11 +270,11 @@ fn pretrain_then_embed_a_sim_recording_with_actions_and_resume() {
 
     // Record a small labeled sim dataset (LeRobot v3) and embed it with the checkpoint.
     let rec = dir.path().join("rec");
-    let rcfg = lam_sim::RecordConfig {
+    let rcfg = lam_suite::RecordConfig {
         episodes: 4,
-        ..lam_sim::RecordConfig::default()
+        ..lam_suite::RecordConfig::default()
     };
-    lam_sim::record(&rcfg, &rec, false).unwrap();
+    lam_suite::record(&rcfg, &rec, false).unwrap();
     let out = dir.path().join("shards");
     let mut opts = EmbedOptions::new(rec.clone(), s.checkpoint.clone(), out.clone());
     opts.fps = 5.0;
@@ -416,11 +416,11 @@ fn oracle_shards_hold_the_true_state_and_action_blocks() {
     use lam_encoder::oracle::{ORACLE, embed_oracle};
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec");
-    let rcfg = lam_sim::RecordConfig {
+    let rcfg = lam_suite::RecordConfig {
         episodes: 3,
-        ..lam_sim::RecordConfig::default()
+        ..lam_suite::RecordConfig::default()
     };
-    lam_sim::record(&rcfg, &rec, false).unwrap();
+    lam_suite::record(&rcfg, &rec, false).unwrap();
     let out = dir.path().join("oracle");
     let mut opts = EmbedOptions::new(rec.clone(), PathBuf::from(ORACLE), out.clone());
     opts.fps = 2.0; // blocks of 5 steps of the 10 fps recording
@@ -437,9 +437,9 @@ fn oracle_shards_hold_the_true_state_and_action_blocks() {
     let set = ShardSet::open(&out, None).unwrap();
     assert_eq!(set.len(), s.clips);
     // The first clip of episode 0: states 0, 5, 10 and the actions 0..10 in order.
-    let data = lam_sim::Dataset::open(&rec).unwrap();
+    let data = lam_suite::Dataset::open(&rec).unwrap();
     let gt = data.read_ground_truth(0).unwrap();
-    let layout = &data.read_layouts().unwrap()[0];
+    let layout = &lam_suite::layouts(&data).unwrap()[0];
     let first = (0..set.len()).find(|&i| set.clip_id(i) == 0).unwrap();
     let clip = set.clip(first);
     for (j, t) in [0usize, 5, 10].iter().enumerate() {

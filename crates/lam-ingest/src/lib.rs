@@ -9,6 +9,8 @@
 //! - [`ClipSpec`]: fps, frames per clip, size, stride, normalisation.
 //! - [`ClipSource`]: the interface of data sources; [`VideoFolder`] and
 //!   [`lerobot::LeRobotDataset`] implement it.
+//! - [`lerobot::recording`]: the LeRobot v3.0 datasets lam writes (the simulated suite's
+//!   recordings: [`video_file`] encodes their videos, [`parquet_table`] their tables).
 //! - [`run`]: reads a whole source, skipping and reporting bad files
 //!   ([`IngestReport`]); [`Split`] picks train or validation items.
 //!
@@ -39,6 +41,7 @@ pub mod decode;
 pub mod error;
 pub mod folder;
 pub mod lerobot;
+pub mod parquet_table;
 pub mod preprocess;
 pub mod report;
 pub mod run;
@@ -46,6 +49,7 @@ pub mod source;
 pub mod spec;
 pub mod split;
 pub mod video;
+pub mod video_file;
 
 pub use clip::{Clip, ClipAssembler, Frame};
 pub use decode::{DecodeOptions, VideoInfo, VideoReader, Window};

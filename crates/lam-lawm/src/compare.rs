@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use lam_data::shards::write_atomic;
-use lam_sim::{Dataset, Domain, PolicyKind, RecordConfig, Task, record};
+use lam_sim::{Domain, PolicyKind, Task};
+use lam_suite::{Dataset, RecordConfig, record};
 use serde::Serialize;
 use serde_json::json;
 

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
-use lam_sim::{Dataset, Domain, Task};
+use lam_sim::{Domain, Task};
+use lam_suite::Dataset;
 
 use crate::instruction::InstructionEmbedder;
 

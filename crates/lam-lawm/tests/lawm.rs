@@ -15,7 +15,8 @@ use lam_lawm::rssm::kl_balanced;
 use lam_lawm::train::{
     PolicyInit, RunOptions, gumbels, pretrain, read_metrics, step_rng, train_policy,
 };
-use lam_sim::{Domain, PolicyKind, RecordConfig, Task, record};
+use lam_sim::{Domain, PolicyKind, Task};
+use lam_suite::{RecordConfig, record};
 
 fn tiny() -> LawmConfig {
     let mut c = LawmConfig::default();

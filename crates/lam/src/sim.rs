@@ -7,13 +7,13 @@ use clap::{Args, Subcommand, ValueEnum};
 use lam_sim::domain::Domain;
 use lam_sim::env::{Env, EnvConfig};
 use lam_sim::expert::{ExpertConfig, expert_rollout};
-use lam_sim::lerobot::Dataset;
 use lam_sim::nuisances::NuisanceConfig;
 use lam_sim::policy::{PolicyKind, RandomPolicy};
 use lam_sim::protocol::eval_protocol;
-use lam_sim::record::{RecordConfig, record};
 use lam_sim::strip::{spread, write_strip};
 use lam_sim::tasks::Task;
+use lam_suite::Dataset;
+use lam_suite::{RecordConfig, record};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -242,7 +242,7 @@ fn run_record(a: RecordArgs) -> anyhow::Result<()> {
         a.task,
         a.domain,
         a.policy,
-        lam_sim::video::output_codec(),
+        lam_ingest::video_file::output_codec(),
         root.display(),
         100.0 * success
     );

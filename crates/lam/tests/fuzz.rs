@@ -230,11 +230,11 @@ fn fuzz_shard_folders() {
 /// The files of a fresh `episodes`-episode lam-sim recording (LeRobot layout with video).
 fn recording(episodes: usize) -> Vec<(String, Vec<u8>)> {
     let src = tempfile::tempdir().unwrap();
-    let cfg = lam_sim::RecordConfig {
+    let cfg = lam_suite::RecordConfig {
         episodes,
         ..Default::default()
     };
-    let (root, _) = lam_sim::record(&cfg, src.path(), false).unwrap();
+    let (root, _) = lam_suite::record(&cfg, src.path(), false).unwrap();
     read_tree(&root)
 }
 

@@ -12,6 +12,7 @@ mod columns;
 mod episodes;
 mod frames;
 mod info;
+pub mod recording;
 mod template;
 
 pub use episodes::{Episode, EpisodeVideo};

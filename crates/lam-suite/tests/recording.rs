@@ -1,6 +1,7 @@
 //! LeRobot recording round trip and input errors.
 
-use lam_sim::{Dataset, Domain, Env, PolicyKind, RecordConfig, Task};
+use lam_sim::{Domain, Env, PolicyKind, Task};
+use lam_suite::{Dataset, RecordConfig};
 use std::path::PathBuf;
 
 fn tmp(name: &str) -> PathBuf {
@@ -29,7 +30,7 @@ fn robot_recording_round_trip() {
         episodes_per_file: 2,
         ..Default::default()
     };
-    let (root, _) = lam_sim::record(&cfg, &out, false).unwrap();
+    let (root, _) = lam_suite::record(&cfg, &out, false).unwrap();
     for f in [
         "meta/info.json",
         "meta/stats.json",
@@ -88,7 +89,7 @@ fn human_actions_stay_out_of_the_dataset() {
         seed: 3,
         ..Default::default()
     };
-    let (root, success) = lam_sim::record(&cfg, &out, false).unwrap();
+    let (root, success) = lam_suite::record(&cfg, &out, false).unwrap();
     assert_eq!(success, 1.0);
     let ds = Dataset::open(&root).unwrap();
     let ep = ds.read_episode(0).unwrap();
@@ -133,7 +134,7 @@ fn bad_inputs_name_the_culprit() {
         episodes: 1,
         ..Default::default()
     };
-    let err = lam_sim::record(&cfg, &taken, false)
+    let err = lam_suite::record(&cfg, &taken, false)
         .unwrap_err()
         .to_string();
     assert!(err.contains(&taken.display().to_string()), "{err}");

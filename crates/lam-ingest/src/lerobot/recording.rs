@@ -1,4 +1,5 @@
-//! LeRobot v3.0 datasets: writer and reader.
+//! LeRobot v3.0 datasets as lam records them (the simulated suite's recordings): writer, and
+//! reader of the whole recording with its ground truth.
 //!
 //! Layout written (paths relative to the dataset root):
 //!
@@ -21,7 +22,7 @@
 //! an episode's frames sit at `from_timestamp + timestamp` in its video.
 
 use crate::parquet_table::{Table, TableBuilder};
-use crate::video::{VideoWriter, output_codec, read_video};
+use crate::video_file::{VideoWriter, output_codec, read_video};
 use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -795,9 +796,10 @@ impl Dataset {
         })
     }
 
-    /// Every episode's layout (walls, objects, zones), in episode order, from
-    /// `ground_truth/info.json`. Errors name the file and the episode.
-    pub fn read_layouts(&self) -> anyhow::Result<Vec<crate::scene::Layout>> {
+    /// Every episode's layout (walls, objects, zones: the simulator's `Layout`), in episode
+    /// order, from `ground_truth/info.json`, parsed into `T`. Errors name the file and the
+    /// episode.
+    pub fn read_layouts<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<Vec<T>> {
         let path = self.root.join("ground_truth/info.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;

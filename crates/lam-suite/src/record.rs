@@ -1,12 +1,12 @@
 //! Recording episodes of the suite into LeRobot v3 datasets.
 
-use crate::domain::Domain;
-use crate::env::{Env, EnvConfig};
-use crate::expert::ExpertConfig;
-use crate::lerobot::{DatasetSpec, DatasetWriter, EpisodeRecord};
-use crate::policy::{Policy, PolicyKind};
-use crate::scene::SimState;
-use crate::tasks::Task;
+use lam_ingest::lerobot::recording::{DatasetSpec, DatasetWriter, EpisodeRecord};
+use lam_sim::domain::Domain;
+use lam_sim::env::{Env, EnvConfig};
+use lam_sim::expert::ExpertConfig;
+use lam_sim::policy::{Policy, PolicyKind};
+use lam_sim::scene::SimState;
+use lam_sim::tasks::Task;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -115,7 +115,7 @@ pub fn record(cfg: &RecordConfig, out: &Path, progress: bool) -> anyhow::Result<
         robot_type: format!("lam-sim-{}", cfg.domain),
         episodes_per_file: cfg.episodes_per_file,
         provenance: json!({"task": cfg.task, "domain": cfg.domain, "record": cfg, "action_space": space,
-                           "video_codec": crate::video::output_codec()}),
+                           "video_codec": lam_ingest::video_file::output_codec()}),
     };
     anyhow::ensure!(
         (cfg.env.physics.control_hz - spec.fps as f32).abs() < 1e-6,
