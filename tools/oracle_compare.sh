@@ -10,6 +10,9 @@
 # 6,000 steps and plans the protocol with CEM 300 x 30 / 30 elites, horizon 5 blocks, one
 # action held per block, MSE cost at the best step of the horizon.
 #
+# ENCODER=DIR (a sim encoder folder) embeds the frames with that encoder instead, pooled by
+# POOLING_KIND (keypoints by default; none keeps every token): the same row from pixels.
+#
 # usage: tools/oracle_compare.sh OUT [EPISODES] [TASK]   (LAM=path/to/lam for another binary)
 set -euo pipefail
 OUT=${1:?output folder}
@@ -17,14 +20,17 @@ EPISODES=${2:-20}
 TASK=${3:-reach}
 LAM=${LAM:-target/release/lam}
 POLICY=${POLICY:-random}
+ENCODER=${ENCODER:-oracle}
+POOLING=()
+if [ "$ENCODER" != oracle ]; then POOLING=(--pooling "${POOLING_KIND:-keypoints}"); fi
 mkdir -p "$OUT"
 rm -rf "$OUT"/{robot,shards,ac,plan}
 "$LAM" sim record --task "$TASK" --domain robot --policy "$POLICY" --episodes 1000 --seed 7000 \
   --out "$OUT/robot" --quiet
-"$LAM" embed --data "$OUT/robot" --encoder oracle --out "$OUT/shards" --fps 2 --frames 4 \
-  --stride 1 --val-fraction 0.05
+"$LAM" embed --data "$OUT/robot" --encoder "$ENCODER" --out "$OUT/shards" --fps 2 --frames 4 \
+  --stride 1 --val-fraction 0.05 "${POOLING[@]}"
 "$LAM" train --data "$OUT/shards" --run "$OUT/ac" --steps 6000 --set model.standardize=true \
   --set model.conditioning=action --set model.latent_dim=10 --quiet   # 5 robot actions of 2-D per block
-"$LAM" plan eval --action-run "$OUT/ac" --encoder oracle --task "$TASK" --episodes "$EPISODES" \
+"$LAM" plan eval --action-run "$OUT/ac" --encoder "$ENCODER" --task "$TASK" --episodes "$EPISODES" \
   --cost mse --objective min --samples 300 --iterations 30 --elites 30 --hold-actions \
   --out "$OUT/plan"
