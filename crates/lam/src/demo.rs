@@ -129,12 +129,12 @@ fn prepare_out(out: &Path) -> Result<()> {
 pub fn run(a: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let out = &a.out;
-    let data = a.data.clone();
+    let data = &a.data;
     data.check()?;
     prepare_out(out)?;
     let (lam_run, ctrl, plan_dir) = (out.join("lam"), out.join("controller"), out.join("plan"));
-    let dev = &a.data.device;
-    let task = &a.data.task;
+    let dev = &data.device;
+    let task = &data.task;
     let mut steps = Steps::default();
     let l = data.run(out, &mut steps, 9)?;
     let mut sets = vec!["regularizer.kind=noisy".to_string()];

@@ -1009,14 +1009,9 @@ fn wild(a: WildArgs) -> Result<()> {
     let mut steps = Steps::default();
     let mut results = Vec::new();
     for task in &a.tasks {
-        let d = DataArgs {
-            spec: DataSpec {
-                task: task.clone(),
-                ..a.data.spec.clone()
-            },
-            fresh: false,
-            ..a.data.clone()
-        };
+        let mut d = a.data.clone();
+        d.spec.task = task.clone();
+        d.fresh = false;
         let tdir = out.join("tasks").join(task);
         let layout = prepare_data(&d, &tdir, "wild", &mut steps)?;
         let dir = tdir.join("arms");
