@@ -181,7 +181,7 @@ fn embed_into(opts: &EmbedOptions, out_dir: &Path, device: &Device) -> Result<Em
     let source = Source::open(&opts.data, opts.cameras.clone())?;
     let clip_source = source.as_clip_source();
     let block = match &source {
-        Source::LeRobot(d) => crate::oracle::frame_step(d.fps(), opts.fps).unwrap_or(1),
+        Source::LeRobot(d) => lam_ingest::spec::frame_step(d.fps(), opts.fps).unwrap_or(1),
         Source::Folder(_) => 1,
     };
     let action_dim = source.action_dim().map(|a| a * block);

@@ -63,7 +63,7 @@ use crate::encoder::{Pooling, pool};
 use crate::pretrain::{
     CollapseCheck, CollapseStats, collapse_metric, directions, sigreg, sigreg_knots,
 };
-use crate::probe::{ProbeConfig, ProbeReport, probe_encoder, sim_probe_set};
+use crate::probe::{ProbeConfig, ProbeFrames, ProbeReport, probe_encoder, probe_set};
 use crate::sim::{ARCHITECTURE, SimCheckpointMeta, SimEncoder, SimEncoderConfig};
 use crate::stats::embedding_stats;
 
@@ -355,6 +355,9 @@ pub struct EndToEndRun {
     pub stop_after: Option<usize>,
     /// Linear probe of the simulator's true state, before and after (sim data only).
     pub probe: Option<ProbeConfig>,
+    /// Where the probe's frames come from (`lam_eval::probe::SIM_PROBE_FRAMES` for the
+    /// simulated suite); without one a configured probe is skipped with a warning.
+    pub probe_frames: Option<ProbeFrames>,
     /// Normalisation of the pixels (the encoder keeps it).
     pub norm: Normalization,
     /// What the run read, recorded in `run.json`.
@@ -712,10 +715,12 @@ pub fn train_end_to_end(
     let stride = eval.len().div_ceil(cfg.eval_frames.max(1)).max(1);
     let eval: Vec<usize> = eval.into_iter().step_by(stride).collect();
     let before = eval_stats(&initial.valid(), data, &eval, &cfg, device);
-    let probe_set = match &run.probe {
-        Some(p) => Some(sim_probe_set(p, cfg.encoder.image_size, &run.norm)?),
-        None => None,
-    };
+    let probe_set = probe_set(
+        run.probe.as_ref(),
+        run.probe_frames,
+        cfg.encoder.image_size,
+        &run.norm,
+    )?;
     let probe = |enc: &SimEncoder| -> Result<Option<ProbeReport>> {
         match (&run.probe, &probe_set) {
             (Some(p), Some(set)) => Ok(Some(probe_encoder(
@@ -1106,6 +1111,7 @@ mod tests {
             stop_on_collapse: false,
             stop_after: None,
             probe: None,
+            probe_frames: None,
             norm: Normalization::IMAGENET,
             source: "synthetic".into(),
         }

@@ -15,7 +15,6 @@ pub mod embed;
 pub mod encoder;
 pub mod end_to_end;
 pub mod hf;
-pub mod oracle;
 pub mod pretrain;
 pub mod probe;
 pub mod resize;

@@ -39,7 +39,7 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::probe::{ProbeConfig, ProbeReport, probe_encoder, sim_probe_set};
+use crate::probe::{ProbeConfig, ProbeFrames, ProbeReport, probe_encoder, probe_set};
 use crate::sim::{ARCHITECTURE, SimBlock, SimCheckpointMeta, SimEncoder, SimEncoderConfig};
 use crate::stats::{EmbeddingStats, embedding_stats};
 use crate::vit::patchify;
@@ -799,6 +799,9 @@ pub struct PretrainRun {
     /// Stop at the first collapse check that fails and write the encoder of the last
     /// checkpoint before it, instead of warning and going on.
     pub stop_on_collapse: bool,
+    /// Where the state probe's frames come from (`lam_eval::probe::SIM_PROBE_FRAMES` for the
+    /// simulated suite); without one a configured probe is skipped with a warning.
+    pub probe_frames: Option<ProbeFrames>,
 }
 
 impl PretrainRun {
@@ -808,6 +811,7 @@ impl PretrainRun {
             progress: false,
             resume: false,
             stop_on_collapse: false,
+            probe_frames: None,
         }
     }
 }
@@ -912,10 +916,7 @@ pub fn pretrain(
     if start == 0 {
         log(json!({"step": 0, "split": "eval", "stats": before}))?;
     }
-    let probe_set = match &cfg.probe {
-        Some(p) => Some(sim_probe_set(p, enc.image_size, &norm)?),
-        None => None,
-    };
+    let probe_set = probe_set(cfg.probe.as_ref(), run.probe_frames, enc.image_size, &norm)?;
     let run_probe = |encoder: &SimEncoder| -> Result<Option<ProbeReport>> {
         match (&cfg.probe, &probe_set) {
             (Some(p), Some(set)) => Ok(Some(probe_encoder(

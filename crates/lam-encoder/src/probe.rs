@@ -1,8 +1,9 @@
 //! Linear probes: how much of the simulator's true state a frozen encoder's embeddings hold.
 //!
 //! A collapse statistic (std, effective rank) says the embeddings vary; a probe says whether
-//! they vary with what matters. Frames are rendered straight from lam-sim's [`Env`] together
-//! with the physical state (agent position, and each movable object's position), the encoder
+//! they vary with what matters. Frames come with the physical state (agent position, and each
+//! movable object's position; rendered by the simulator through a [`ProbeFrames`], which for
+//! the suite is `lam_eval::probe::sim_probe_set`), the encoder
 //! embeds them, and a ridge regression (closed form, on the host) maps the embeddings to the
 //! state. It is fit on some episodes and scored by R^2 on held-out episodes, for two feature
 //! sets:
@@ -19,7 +20,6 @@
 use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use lam_ingest::Normalization;
-use lam_sim::{Domain, Env, ExpertConfig, Policy, PolicyKind, Task};
 use serde::{Deserialize, Serialize};
 
 use crate::sim::SimEncoder;
@@ -84,74 +84,28 @@ impl ProbeSet {
     }
 }
 
-/// Renders `cfg.episodes` episodes of a mixed policy (the expert interrupted by random
-/// segments) and keeps frames with the agent's and objects' positions.
-pub fn sim_probe_set(cfg: &ProbeConfig, size: usize, norm: &Normalization) -> Result<ProbeSet> {
-    ensure!(
-        cfg.episodes >= 4 && cfg.frames_per_episode > 0 && cfg.stride > 0,
-        "probe: needs at least 4 episodes, frames_per_episode > 0 and stride > 0"
-    );
-    let task: Task = cfg.task.parse()?;
-    let domain: Domain = cfg.domain.parse()?;
-    let mut set = ProbeSet {
-        size,
-        frames: Vec::new(),
-        targets: Vec::new(),
-        names: Vec::new(),
-        object_targets: 0,
-        episode: Vec::new(),
-    };
-    let plane = size * size;
-    for e in 0..cfg.episodes {
-        let seed = cfg.seed + e as u64;
-        let mut env = Env::new(task, domain, seed, size as u32)?;
-        let mut policy = Policy::new(PolicyKind::Mixed, ExpertConfig::default(), seed);
-        if set.names.is_empty() {
-            set.names = vec!["agent.x".into(), "agent.y".into()];
-            for i in 0..env.state().objects.len() {
-                set.names.push(format!("object{i}.x"));
-                set.names.push(format!("object{i}.y"));
-            }
-            set.object_targets = set.names.len() - 2;
-            for i in 0..env.layout().interior_walls().len() {
-                set.names.push(format!("wall{i}.pos"));
-            }
+/// Where a probe's frames come from: `(settings, frame side, normalisation)` to frames with
+/// their true state. The simulated suite's is `lam_eval::probe::sim_probe_set` (this crate
+/// knows no simulator); runs that probe take one ([`crate::pretrain::PretrainRun`],
+/// [`crate::end_to_end::EndToEndRun`]).
+pub type ProbeFrames = fn(&ProbeConfig, usize, &Normalization) -> Result<ProbeSet>;
+
+/// The frames of a configured probe, from `frames`; `None` when no probe is configured, or
+/// (with a warning) when one is but no frame source was given.
+pub fn probe_set(
+    cfg: Option<&ProbeConfig>,
+    frames: Option<ProbeFrames>,
+    size: usize,
+    norm: &Normalization,
+) -> Result<Option<ProbeSet>> {
+    match (cfg, frames) {
+        (Some(c), Some(f)) => f(c, size, norm).map(Some),
+        (Some(_), None) => {
+            tracing::warn!("a state probe is configured but no frames were given: skipped");
+            Ok(None)
         }
-        let mut kept = 0;
-        let mut step = 0usize;
-        while kept < cfg.frames_per_episode {
-            if step % cfg.stride == 0 {
-                let rgb = env.render();
-                for c in 0..3 {
-                    set.frames
-                        .extend((0..plane).map(|i| norm.apply(c, rgb[i * 3 + c])));
-                }
-                let s = env.state();
-                set.targets.extend_from_slice(&s.agent.pos);
-                for o in &s.objects {
-                    set.targets.extend_from_slice(&o.pos);
-                }
-                // A wall's position along its length (reach: moves with the door).
-                for w in env.layout().interior_walls() {
-                    let axis = usize::from(w.half[1] > w.half[0]);
-                    set.targets.push(w.center[axis]);
-                }
-                set.episode.push(e);
-                kept += 1;
-            }
-            let action = policy.act(&env);
-            let info = env.step(&action)?;
-            step += 1;
-            if info.truncated {
-                break;
-            }
-        }
+        (None, _) => Ok(None),
     }
-    ensure!(
-        set.targets.len() == set.len() * set.names.len(),
-        "probe: episodes disagree on the number of objects"
-    );
-    Ok(set)
 }
 
 /// Held-out R^2 of one ridge probe.
@@ -431,9 +385,10 @@ fn sums(y: &[f32], pred: &[f64], k: usize) -> (Vec<f64>, Vec<f64>) {
     (sse, sst)
 }
 
-/// Fits a probe on `train` rows and scores it on `test` rows, with grouped R^2 for the agent
-/// (targets 0, 1), the objects and the interior walls.
-fn fit(
+/// Fits a probe of `features` (`p` numbers per frame of `set`) on `train` rows and scores it
+/// on `test` rows, with grouped R^2 for the agent (targets 0, 1), the objects and the interior
+/// walls.
+pub fn fit_features(
     features: &[f32],
     p: usize,
     set: &ProbeSet,
@@ -467,7 +422,7 @@ fn fit(
 }
 
 /// Frames of the first three quarters of the episodes (fit) and of the rest (scored).
-fn held_out_split(set: &ProbeSet) -> (Vec<usize>, Vec<usize>) {
+pub fn held_out_split(set: &ProbeSet) -> (Vec<usize>, Vec<usize>) {
     let episodes = set.episode.iter().max().map_or(0, |e| e + 1);
     let first_test = episodes - episodes / 4;
     (0..set.len()).partition(|&i| set.episode[i] < first_test)
@@ -556,7 +511,7 @@ pub fn probe_encoder(
                 .zip(extra.chunks_exact(c))
                 .flat_map(|(a, b)| a.iter().chain(b).copied().collect::<Vec<_>>())
                 .collect();
-            Some(fit(&both, w, set, &train, &test)?)
+            Some(fit_features(&both, w, set, &train, &test)?)
         }
     };
     Ok(ProbeReport {
@@ -565,11 +520,17 @@ pub fn probe_encoder(
         train_frames: train.len(),
         test_frames: test.len(),
         targets: set.names.clone(),
-        pooled: fit(&pooled, d, set, &train, &test)?,
-        tokens: fit(&tokens, n_tok * d, set, &train, &test)?,
+        pooled: fit_features(&pooled, d, set, &train, &test)?,
+        tokens: fit_features(&tokens, n_tok * d, set, &train, &test)?,
         keypoints: match keypoints {
             0 => None,
-            k => Some(fit(&keypoint_features(k)?, 2 * k, set, &train, &test)?),
+            k => Some(fit_features(
+                &keypoint_features(k)?,
+                2 * k,
+                set,
+                &train,
+                &test,
+            )?),
         },
         context_from: keypoints_context.as_ref().map(|_| {
             match folder_context {
@@ -635,74 +596,5 @@ mod tests {
         let y = [1.0f32, 2.0, 3.0, 4.0];
         assert!((r2_scores(&y, &[1.0, 2.0, 3.0, 4.0], 1)[0] - 1.0).abs() < 1e-12);
         assert!(r2_scores(&y, &[2.5; 4], 1)[0].abs() < 1e-12);
-    }
-
-    #[test]
-    fn sim_probe_frames_follow_the_state() {
-        // Raw pixels as features: the agent's position is a (nearly) linear function of the
-        // frame's pixels when the scene is static but for the agent and the object, so the
-        // probe must find it; this checks that frames and states line up.
-        let cfg = ProbeConfig {
-            episodes: 8,
-            frames_per_episode: 20,
-            ..ProbeConfig::default()
-        };
-        let set = sim_probe_set(&cfg, 32, &Normalization::IMAGENET).unwrap();
-        assert_eq!(set.len(), 8 * 20);
-        assert_eq!(set.names, ["agent.x", "agent.y", "object0.x", "object0.y"]);
-        let p = 3 * 32 * 32;
-        let (train, test) = held_out_split(&set);
-        assert_eq!((train.len(), test.len()), (6 * 20, 2 * 20));
-        let f = fit(&set.frames, p, &set, &train, &test).unwrap();
-        assert!(f.agent > 0.5, "{f:?}");
-    }
-
-    #[test]
-    fn reach_probes_where_the_door_is() {
-        // Reach has no objects but a middle wall in two pieces whose positions move with the
-        // door: raw pixels show it, so the walls' probe must find it.
-        let cfg = ProbeConfig {
-            task: "reach".into(),
-            episodes: 16,
-            frames_per_episode: 6,
-            ..ProbeConfig::default()
-        };
-        let set = sim_probe_set(&cfg, 32, &Normalization::IMAGENET).unwrap();
-        assert_eq!(set.names, ["agent.x", "agent.y", "wall0.pos", "wall1.pos"]);
-        assert_eq!(set.object_targets, 0);
-        let p = 3 * 32 * 32;
-        let (train, test) = held_out_split(&set);
-        let f = fit(&set.frames, p, &set, &train, &test).unwrap();
-        assert!(f.objects.is_none(), "{f:?}");
-        assert!(f.walls.is_some_and(|w| w > 0.5), "{f:?}");
-    }
-
-    #[test]
-    fn keypoints_alone_are_probed_for_encoders_with_keypoints() {
-        let device = Device::flex();
-        let enc = crate::sim::SimEncoderConfig {
-            image_size: 32,
-            dim: 16,
-            depth: 1,
-            keypoints: 4,
-            pixel_keypoints: true,
-            ..Default::default()
-        };
-        let encoder = SimEncoder::new(&enc, &device);
-        let cfg = ProbeConfig {
-            task: "reach".into(),
-            episodes: 8,
-            frames_per_episode: 6,
-            ..ProbeConfig::default()
-        };
-        let set = sim_probe_set(&cfg, 32, &Normalization::IMAGENET).unwrap();
-        let report = probe_encoder(&encoder, &set, &cfg, 4, None, &device).unwrap();
-        let kp = report.keypoints.expect("a keypoints-only fit");
-        assert_eq!(kp.features, 8);
-        assert!(kp.walls.is_some() && kp.objects.is_none(), "{kp:?}");
-        assert_eq!(report.pooled.features, 16);
-        let none = probe_encoder(&encoder, &set, &cfg, 0, None, &device).unwrap();
-        assert!(none.keypoints.is_none());
-        assert!(probe_encoder(&encoder, &set, &cfg, 9, None, &device).is_err());
     }
 }

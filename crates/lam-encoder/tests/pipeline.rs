@@ -114,7 +114,11 @@ fn test_frames() -> Frames {
 
 /// Pretrains `cfg` on `frames` into the folder `run`, on the CPU, without a progress bar.
 fn pretrain_into(cfg: &PretrainConfig, frames: &Frames, run: &Path) -> PretrainSummary {
-    pretrain_with(cfg, frames, &PretrainRun::new(run)).unwrap()
+    let run = PretrainRun {
+        probe_frames: Some(lam_eval::probe::SIM_PROBE_FRAMES),
+        ..PretrainRun::new(run)
+    };
+    pretrain_with(cfg, frames, &run).unwrap()
 }
 
 fn pretrain_with(
@@ -409,52 +413,6 @@ fn video_folder_to_pooled_dinov2_shards() {
     assert_eq!(s.report.skipped.len(), 1, "{}", s.report);
     let report = fs::read_to_string(out.join("report.json")).unwrap();
     assert!(report.contains("broken.mp4"), "{report}");
-}
-
-#[test]
-fn oracle_shards_hold_the_true_state_and_action_blocks() {
-    use lam_encoder::oracle::{ORACLE, embed_oracle};
-    let dir = tempfile::tempdir().unwrap();
-    let rec = dir.path().join("rec");
-    let rcfg = lam_suite::RecordConfig {
-        episodes: 3,
-        ..lam_suite::RecordConfig::default()
-    };
-    lam_suite::record(&rcfg, &rec, false).unwrap();
-    let out = dir.path().join("oracle");
-    let mut opts = EmbedOptions::new(rec.clone(), PathBuf::from(ORACLE), out.clone());
-    opts.fps = 2.0; // blocks of 5 steps of the 10 fps recording
-    opts.frames = 3;
-    opts.stride = Some(1);
-    opts.val_fraction = 0.0;
-    let s = embed_oracle(&opts).unwrap();
-    assert_eq!(s.frame_step, 5);
-    // reach: agent (x, y) + the two wall segments around the door (centre, half length).
-    assert_eq!(s.dim, 6);
-    assert_eq!(s.action_dim, Some(10));
-    let index = ShardIndex::load(&out).unwrap();
-    assert_eq!((index.frames, index.grid, index.dim), (3, [1, 1], 6));
-    let set = ShardSet::open(&out, None).unwrap();
-    assert_eq!(set.len(), s.clips);
-    // The first clip of episode 0: states 0, 5, 10 and the actions 0..10 in order.
-    let data = lam_suite::Dataset::open(&rec).unwrap();
-    let gt = data.read_ground_truth(0).unwrap();
-    let layout = &lam_suite::layouts(&data).unwrap()[0];
-    let first = (0..set.len()).find(|&i| set.clip_id(i) == 0).unwrap();
-    let clip = set.clip(first);
-    for (j, t) in [0usize, 5, 10].iter().enumerate() {
-        let want = lam_sim::scene::oracle_from_vec(&gt.states[*t], layout);
-        assert_eq!(&clip[j * 6..(j + 1) * 6], want.as_slice(), "frame {j}");
-        // The agent's position in [-1, 1] matches the state's.
-        assert!((clip[j * 6] - (gt.states[*t][0] / 5.0 - 1.0)).abs() < 1e-5);
-    }
-    let acts = set.actions(first).unwrap();
-    let want: Vec<f32> = gt.actions[0..10].iter().flatten().copied().collect();
-    assert_eq!(acts, want);
-    // A rate that does not divide the recording's is named.
-    opts.fps = 3.0;
-    let err = format!("{:#}", embed_oracle(&opts).unwrap_err());
-    assert!(err.contains("does not divide"), "{err}");
 }
 
 #[test]

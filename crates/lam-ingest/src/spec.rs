@@ -153,6 +153,20 @@ impl ClipSpec {
     }
 }
 
+/// Frames between two clip frames: `source_fps / fps`, which must be a whole number.
+pub fn frame_step(source_fps: f64, fps: f64) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        fps > 0.0 && fps <= source_fps,
+        "clip fps {fps} must be in (0, {source_fps}] (the recording's rate)"
+    );
+    let k = (source_fps / fps).round();
+    anyhow::ensure!(
+        ((source_fps / fps) - k).abs() < 1e-6,
+        "clip fps {fps} does not divide the recording's {source_fps} fps"
+    );
+    Ok(k as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +209,13 @@ mod tests {
         assert!((n.apply(0, 255) - (1.0 - 0.485) / 0.229).abs() < 1e-6);
         assert!((n.apply(2, 0) + 0.406 / 0.225).abs() < 1e-6);
         assert_eq!(n.table()[1][128], n.apply(1, 128));
+    }
+
+    #[test]
+    fn frame_step_needs_a_divisor() {
+        assert_eq!(frame_step(10.0, 2.0).unwrap(), 5);
+        assert_eq!(frame_step(10.0, 10.0).unwrap(), 1);
+        assert!(frame_step(10.0, 3.0).is_err());
+        assert!(frame_step(10.0, 20.0).is_err());
     }
 }

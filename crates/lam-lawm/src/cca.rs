@@ -147,8 +147,8 @@ pub fn latent_cca(
         }
         let ep0 = &data.episodes[0];
         out.push(TaskCca {
-            task: ep0.task.map_or("unknown".into(), |t| t.name().to_string()),
-            domain: ep0.domain.map_or("unknown".into(), |d| d.to_string()),
+            task: ep0.task.clone().unwrap_or_else(|| "unknown".into()),
+            domain: ep0.domain.clone().unwrap_or_else(|| "unknown".into()),
             samples: z_rows.len(),
             correlation: first_canonical_correlation(&z_rows, &a_rows)?,
         });

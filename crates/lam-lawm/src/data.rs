@@ -1,6 +1,7 @@
-//! Episodes held in memory as u8 frames, from lam-sim recordings (through lam-sim: their
-//! provenance and hidden ground truth) or any other source lam-ingest reads (LeRobot v2.1 /
-//! v3.0 datasets, folders of videos).
+//! Episodes held in memory as u8 frames, from lam-sim recordings (through lam-ingest's
+//! recording reader: their provenance and hidden ground truth) or any other source lam-ingest
+//! reads (LeRobot v2.1 / v3.0 datasets, folders of videos). Tasks and embodiments are the
+//! names a recording declares; this crate knows no simulator.
 //!
 //! - Pretraining loads frames and instructions only ([`Labels::None`]): the action column,
 //!   if the dataset has one, is discarded as soon as an episode is decoded.
@@ -17,8 +18,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
-use lam_sim::{Domain, Task};
-use lam_suite::Dataset;
+use lam_ingest::lerobot::recording::Dataset;
 
 use crate::instruction::InstructionEmbedder;
 
@@ -40,8 +40,10 @@ pub struct Episode {
     pub instruction: Vec<f32>,
     /// Actions per frame (exported or ground truth, as asked).
     pub actions: Option<Vec<Vec<f32>>>,
-    pub task: Option<Task>,
-    pub domain: Option<Domain>,
+    /// The suite task a lam-sim recording declares (`reach`, `push`, ...).
+    pub task: Option<String>,
+    /// The embodiment a lam-sim recording declares (`robot`, `human`, ...).
+    pub domain: Option<String>,
 }
 
 /// Per-dimension action normalisation `(a - mean) / std`.
@@ -77,23 +79,34 @@ pub struct FrameData {
     pub vocabulary: Vec<String>,
 }
 
-/// The text a policy is conditioned on for an episode of `task` whose instruction is
-/// `instruction`: the suite's language task `sort` on its episode instruction ("push the red
-/// box into the blue zone"), the suite's other tasks, whose instruction carries no choice, on
-/// the task's name; `None` (a dataset of unknown origin) keeps the instruction.
-pub fn conditioning_text(task: Option<Task>, instruction: &str) -> String {
+/// The suite's one language-conditioned task: its episode instruction says which box goes to
+/// which zone.
+pub const LANGUAGE_TASK: &str = "sort";
+
+/// The text a policy is conditioned on for an episode of suite task `task` whose instruction
+/// is `instruction`: the language task ([`LANGUAGE_TASK`]) on its episode instruction ("push
+/// the red box into the blue zone"), the suite's other tasks on the task's name (as the LAWM
+/// paper conditions its single-task policies); `None` (a dataset of unknown origin) keeps the
+/// instruction.
+pub fn conditioning_text(task: Option<&str>, instruction: &str) -> String {
     match task {
-        Some(Task::Sort) | None => instruction.to_string(),
-        Some(t) => t.name().to_string(),
+        Some(LANGUAGE_TASK) | None => instruction.to_string(),
+        Some(t) => t.to_string(),
     }
 }
 
-/// Task and domain a lam-sim recording declares in `meta/info.json`.
-pub fn provenance(ds: &Dataset) -> (Option<Task>, Option<Domain>) {
+/// Task and domain names a lam-sim recording declares in `meta/info.json`
+/// (`provenance.task_name` / `domain_name`; recordings made before those fields were written
+/// give the lower case of `task` / `domain`, the simulator's type names).
+pub fn provenance(ds: &Dataset) -> (Option<String>, Option<String>) {
     let p = &ds.info()["lam_sim"]["provenance"];
-    let task = serde_json::from_value::<Task>(p["task"].clone()).ok();
-    let domain = serde_json::from_value::<Domain>(p["domain"].clone()).ok();
-    (task, domain)
+    let name = |key: &str| {
+        p[format!("{key}_name")]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| p[key].as_str().map(str::to_lowercase))
+    };
+    (name("task"), name("domain"))
 }
 
 /// Converts an HWC RGB frame of side `from` to CHW bytes of side `to` (box average).
@@ -302,11 +315,11 @@ impl FrameData {
     }
 
     /// Tasks present, in first-seen order.
-    pub fn tasks(&self) -> Vec<Task> {
-        let mut out = Vec::new();
-        for t in self.episodes.iter().filter_map(|e| e.task) {
-            if !out.contains(&t) {
-                out.push(t);
+    pub fn tasks(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in self.episodes.iter().filter_map(|e| e.task.as_ref()) {
+            if !out.contains(t) {
+                out.push(t.clone());
             }
         }
         out
@@ -359,7 +372,8 @@ impl Loading<'_> {
 }
 
 /// A lam-sim recording (a LeRobot v3 dataset whose meta declares its task and domain), if
-/// `dir` is one: read through lam-sim for its hidden ground truth and provenance.
+/// `dir` is one: read through lam-ingest's recording reader for its hidden ground truth and
+/// provenance.
 fn sim_recording(dir: &Path) -> Option<Dataset> {
     let ds = Dataset::open(dir).ok()?;
     provenance(&ds).0.is_some().then_some(ds)
@@ -404,14 +418,14 @@ fn load_sim(ds: &Dataset, dir: &Path, l: &mut Loading) -> Result<()> {
         for f in &ep.frames {
             frames.extend(to_chw(f, w, size));
         }
-        let text = conditioning_text(task, &ep.task);
+        let text = conditioning_text(task.as_deref(), &ep.task);
         let episode = Episode {
             len: ep.frames.len(),
             frames,
             instruction: l.embedder.embed(&text),
             actions,
-            task,
-            domain,
+            task: task.clone(),
+            domain: domain.clone(),
         };
         l.push(dir, text, episode)?;
     }

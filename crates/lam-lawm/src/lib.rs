@@ -7,19 +7,19 @@
 //! video ([`train::pretrain`]). The world model is then dropped, the policy's action layer is
 //! re-initialised to the robot's action dimension, and the policy is finetuned on a few
 //! labeled demonstrations ([`train::train_policy`]); [`session`] acts with it (evaluation and
-//! `lam serve`), [`eval::evaluate`] measures closed-loop
-//! success with the simulator's evaluation protocol, [`cca`] the first canonical correlation
-//! between latent and true actions, and [`compare`] repeats the paper's Figure-4 comparison.
+//! `lam serve`), and [`cca`] measures the first canonical correlation between latent and true
+//! actions. The crate knows no simulator: the closed-loop evaluation on the suite's protocol
+//! and the paper's Figure-4 comparison are lam-eval's (`lam_eval::lawm`,
+//! `lam_eval::lawm_compare`).
 //!
 //! Modules, in reading order: [`config`], [`instruction`], [`policy`], [`rssm`], [`model`],
-//! [`data`], [`checkpoint`], [`train`], [`session`], [`eval`], [`cca`], [`compare`]; the `lam lawm` commands are the `lam` binary's.
+//! [`data`], [`checkpoint`], [`train`], [`session`], [`cca`]; the `lam lawm` commands are the
+//! `lam` binary's.
 
 pub mod cca;
 pub mod checkpoint;
-pub mod compare;
 pub mod config;
 pub mod data;
-pub mod eval;
 pub mod instruction;
 pub mod model;
 pub mod policy;

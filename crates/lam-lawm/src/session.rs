@@ -1,6 +1,6 @@
 //! Acting with a finetuned policy: the loaded checkpoint ([`PolicyRunner`]) and one episode's
 //! state ([`PolicySession`]: its instruction, the last H frames, the chunk actions still to
-//! play). The closed-loop evaluation ([`crate::eval`]) and `lam serve` both act through these,
+//! play). The closed-loop evaluation (`lam_eval::lawm`) and `lam serve` both act through these,
 //! so a policy behaves the same wherever it runs.
 //!
 //! One step of an episode: [`PolicySession::observe`] the current frame, then

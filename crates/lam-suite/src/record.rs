@@ -114,7 +114,8 @@ pub fn record(cfg: &RecordConfig, out: &Path, progress: bool) -> anyhow::Result<
         state_names: SimState::vec_names(n_objects),
         robot_type: format!("lam-sim-{}", cfg.domain),
         episodes_per_file: cfg.episodes_per_file,
-        provenance: json!({"task": cfg.task, "domain": cfg.domain, "record": cfg, "action_space": space,
+        provenance: json!({"task": cfg.task, "domain": cfg.domain,
+                           "task_name": cfg.task.name(), "domain_name": cfg.domain.name(), "record": cfg, "action_space": space,
                            "video_codec": lam_ingest::video_file::output_codec()}),
     };
     anyhow::ensure!(

@@ -295,7 +295,7 @@ pub struct EmbedArgs {
     pub data: PathBuf,
     /// Encoder folder: a Hugging Face model (config.json + *.safetensors) or a sim-encoder
     /// checkpoint (from `lam encoder pretrain`); or `oracle`: the simulator's true state of a
-    /// lam-sim recording, one token per frame (see `lam_encoder::oracle`).
+    /// lam-sim recording, one token per frame (see `lam_suite::oracle`).
     #[arg(long)]
     pub encoder: PathBuf,
     /// Output shard folder (resumed if it already holds shards of the same settings).
@@ -425,6 +425,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         progress: !a.quiet,
         resume: a.resume,
         stop_on_collapse: a.stop_on_collapse,
+        probe_frames: Some(lam_eval::probe::SIM_PROBE_FRAMES),
         ..PretrainRun::new(&a.out)
     };
     let s = pretrain(&cfg, &frames, norm, &device, &run)?;
@@ -474,8 +475,7 @@ fn run_probe(a: ProbeArgs) -> Result<()> {
         episodes: a.episodes,
         ..Default::default()
     };
-    let set =
-        lam_encoder::probe::sim_probe_set(&cfg, encoder.info.default_size, &encoder.info.norm)?;
+    let set = lam_eval::probe::sim_probe_set(&cfg, encoder.info.default_size, &encoder.info.norm)?;
     let report = lam_encoder::probe::probe_encoder(
         sim,
         &set,
@@ -517,12 +517,22 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
         part: a.part,
         ..EmbedOptions::new(a.data, a.encoder, a.out.clone())
     };
-    if lam_encoder::oracle::is_oracle(&opts.encoder) {
+    if lam_suite::oracle::is_oracle(&opts.encoder) {
         anyhow::ensure!(
             opts.part.is_none(),
             "--part splits encoder jobs; the oracle reads a recording's state in seconds"
         );
-        let s = lam_encoder::oracle::embed_oracle(&opts)?;
+        let s = lam_suite::oracle::embed_oracle(&lam_suite::oracle::OracleOptions {
+            data: opts.data.clone(),
+            out: opts.out.clone(),
+            fps: opts.fps,
+            frames: opts.frames,
+            stride: opts.stride,
+            clips_per_shard: opts.clips_per_shard,
+            val_fraction: opts.val_fraction,
+            split_seed: opts.split_seed,
+            max_clips_per_item: opts.max_clips_per_item,
+        })?;
         println!(
             "oracle shards: {} clips of {} episodes in {:.1}s -> {} (D={}, {} recording \
              frames per clip frame{})",

@@ -17,11 +17,11 @@ use anyhow::{Result, ensure};
 use clap::{Args, Subcommand};
 use lam_sim::Domain;
 
+use lam_eval::lawm::{EvalOptions, evaluate};
+use lam_eval::lawm_compare::{CompareOptions, compare, table};
 use lam_lawm::cca::latent_cca;
-use lam_lawm::compare::{CompareOptions, compare, table};
 use lam_lawm::config::{HeadKind, LawmConfig};
 use lam_lawm::data::{FrameData, Labels, check_dirs};
-use lam_lawm::eval::{EvalOptions, evaluate};
 use lam_lawm::instruction::InstructionEmbedder;
 use lam_lawm::train::{PolicyInit, RunOptions, pretrain, train_policy};
 
@@ -304,7 +304,7 @@ pub fn run(args: LawmArgs) -> Result<()> {
         }
         LawmCommand::Eval(a) => {
             let opts = EvalOptions {
-                tasks: lam_lawm::eval::parse_tasks(&a.task)?,
+                tasks: lam_eval::lawm::parse_tasks(&a.task)?,
                 domain: a.domain.parse::<Domain>()?,
                 episodes: a.episodes,
                 execute: a.execute,
@@ -337,7 +337,7 @@ pub fn run(args: LawmArgs) -> Result<()> {
             }
         }
         LawmCommand::Compare(a) => {
-            let tasks = lam_lawm::eval::parse_tasks(&a.tasks)?;
+            let tasks = lam_eval::lawm::parse_tasks(&a.tasks)?;
             ensure!(
                 !a.model.resume,
                 "compare runs every stage afresh; --resume applies to pretrain and finetune"

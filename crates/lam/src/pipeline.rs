@@ -117,7 +117,7 @@ impl DataSpec {
             human: out.join("data/human"),
             robot: out.join("data/robot"),
             encoder: if self.oracle {
-                lam_encoder::oracle::ORACLE.to_string()
+                lam_suite::oracle::ORACLE.to_string()
             } else {
                 out.join("encoder/encoder").display().to_string()
             },

@@ -272,7 +272,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut source = match &args.encoder {
-        Some(p) if lam_encoder::oracle::is_oracle(p) => Some(FrameSource::Oracle),
+        Some(p) if lam_suite::oracle::is_oracle(p) => Some(FrameSource::Oracle),
         Some(p) => Some(FrameSource::Learned(Encoder::load(p, &device)?)),
         None => None,
     };

@@ -191,7 +191,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .context("--run needs --encoder (the encoder the run's tokens came from)")?;
     let (cfg, lam, ckpt) = lam_model::checkpoint::load_run(run, &device)?;
     ensure!(
-        !lam_encoder::oracle::is_oracle(enc_path),
+        !lam_suite::oracle::is_oracle(enc_path),
         "the oracle encoder reads the simulator's state, which a served client does not send; \
          serve a run trained on a learned encoder"
     );

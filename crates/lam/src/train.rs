@@ -386,6 +386,7 @@ pub fn train_end_to_end_run(args: &TrainArgs) -> Result<EndToEndSummary> {
         stop_on_collapse: e.stop_on_collapse,
         stop_after: None,
         probe,
+        probe_frames: Some(lam_eval::probe::SIM_PROBE_FRAMES),
         norm,
         source: std::fs::canonicalize(&source_path)
             .unwrap_or(source_path.clone())

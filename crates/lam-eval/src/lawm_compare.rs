@@ -1,4 +1,4 @@
-//! The paper's Figure-4 comparison on the simulated suite.
+//! The LAWM paper's Figure-4 comparison on the simulated suite.
 //!
 //! For the given tasks, recordings are made (or reused) under `OUT/data/`:
 //!
@@ -31,12 +31,13 @@ use lam_suite::{Dataset, RecordConfig, record};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cca::{TaskCca, latent_cca};
-use crate::config::LawmConfig;
-use crate::data::{FrameData, Labels};
-use crate::eval::{EvalOptions, TaskResult, evaluate};
-use crate::instruction::InstructionEmbedder;
-use crate::train::{PolicyInit, RunOptions, RunSummary, pretrain, train_policy};
+use lam_lawm::cca::{TaskCca, latent_cca};
+use lam_lawm::config::LawmConfig;
+use lam_lawm::data::{FrameData, Labels};
+use lam_lawm::instruction::InstructionEmbedder;
+use lam_lawm::train::{PolicyInit, RunOptions, RunSummary, pretrain, train_policy};
+
+use crate::lawm::{EvalOptions, TaskResult, evaluate};
 
 /// Comparison settings. Defaults in brackets.
 #[derive(Clone, Debug)]

@@ -5,24 +5,24 @@
 //!
 //! Pass `oracle` wherever an encoder folder is taken: `lam embed --encoder oracle` reads a
 //! lam-sim recording's ground truth (`ground_truth/frames.parquet`, every domain) instead of
-//! decoding its video, and `lam plan eval --encoder oracle` reads the environment's state.
-//! Clips follow the same rules as [`crate::embed`]: frames resampled to `fps` (which must
-//! divide the recording's rate), `frames` per clip, `stride` resampled frames between clip
-//! starts, split by episode; a labeled recording (actions exported, i.e. not `human`) gives
-//! action blocks `[T - 1, k A]`, the k = recording fps / clip fps actions taken between two
-//! clip frames.
+//! decoding its video ([`embed_oracle`], here because it needs no network: the suite's data
+//! alone), and `lam plan eval --encoder oracle` reads the environment's state. Clips follow
+//! the same rules as lam-encoder's embedding: frames resampled to `fps` (which must divide the
+//! recording's rate, [`lam_ingest::spec::frame_step`]), `frames` per clip, `stride` resampled
+//! frames between clip starts, split by episode; a labeled recording (actions exported, i.e.
+//! not `human`) gives action blocks `[T - 1, k A]`, the k = recording fps / clip fps actions
+//! taken between two clip frames.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use lam_data::shards::{ShardWriter, write_atomic};
 use lam_data::{Split as ShardSplit, shards::Clip as ShardClip};
+use lam_ingest::spec::frame_step;
 use lam_ingest::{Split, Subset};
 use serde_json::json;
-
-use crate::embed::EmbedOptions;
 
 /// The name that selects the oracle encoder.
 pub const ORACLE: &str = "oracle";
@@ -32,18 +32,44 @@ pub fn is_oracle(path: &Path) -> bool {
     path.as_os_str() == ORACLE
 }
 
-/// Frames between two clip frames: `source_fps / fps`, which must be a whole number.
-pub fn frame_step(source_fps: f64, fps: f64) -> Result<usize> {
-    ensure!(
-        fps > 0.0 && fps <= source_fps,
-        "clip fps {fps} must be in (0, {source_fps}] (the recording's rate)"
-    );
-    let k = (source_fps / fps).round();
-    ensure!(
-        ((source_fps / fps) - k).abs() < 1e-6,
-        "clip fps {fps} does not divide the recording's {source_fps} fps"
-    );
-    Ok(k as usize)
+/// What an oracle embedding job reads and writes (the subset of `lam embed`'s settings that
+/// apply to it; defaults as `lam embed`'s).
+#[derive(Clone, Debug)]
+pub struct OracleOptions {
+    /// A lam-sim recording.
+    pub data: PathBuf,
+    /// Output shard folder.
+    pub out: PathBuf,
+    /// Clip frame rate (4).
+    pub fps: f64,
+    /// Frames per clip T (8).
+    pub frames: usize,
+    /// Resampled frames between clip starts; `None` = `frames` (no overlap).
+    pub stride: Option<usize>,
+    /// Clips per shard file (256).
+    pub clips_per_shard: usize,
+    /// Validation fraction of the split by episode (0.02).
+    pub val_fraction: f64,
+    /// Split seed (0).
+    pub split_seed: u64,
+    /// At most this many clips per episode.
+    pub max_clips_per_item: Option<usize>,
+}
+
+impl OracleOptions {
+    pub fn new(data: PathBuf, out: PathBuf) -> Self {
+        Self {
+            data,
+            out,
+            fps: 4.0,
+            frames: 8,
+            stride: None,
+            clips_per_shard: 256,
+            val_fraction: 0.02,
+            split_seed: 0,
+            max_clips_per_item: None,
+        }
+    }
 }
 
 /// What an oracle embedding job wrote.
@@ -61,14 +87,14 @@ pub struct OracleSummary {
 
 /// Writes oracle shards of the lam-sim recording `opts.data` into `opts.out` (replacing any
 /// shard set there: the job takes seconds, so it does not resume).
-pub fn embed_oracle(opts: &EmbedOptions) -> Result<OracleSummary> {
+pub fn embed_oracle(opts: &OracleOptions) -> Result<OracleSummary> {
     let started = Instant::now();
     ensure!(
         opts.frames >= 2,
         "--frames must be at least 2 (shards hold transitions), got {}",
         opts.frames
     );
-    let data = lam_suite::Dataset::open(&opts.data).with_context(|| {
+    let data = crate::Dataset::open(&opts.data).with_context(|| {
         format!(
             "the oracle encoder reads lam-sim recordings; {} is not one",
             opts.data.display()
@@ -82,7 +108,7 @@ pub fn embed_oracle(opts: &EmbedOptions) -> Result<OracleSummary> {
     let k = frame_step(data.fps(), opts.fps)?;
     let labeled = data.info()["features"].get("action").is_some();
     // Per-episode layouts (walls, objects) from the ground truth.
-    let layouts = lam_suite::layouts(&data)?;
+    let layouts = crate::layouts(&data)?;
     ensure!(
         layouts.len() == data.len(),
         "{}: {} episodes but {} layouts in its ground truth",
@@ -217,17 +243,4 @@ pub fn embed_oracle(opts: &EmbedOptions) -> Result<OracleSummary> {
         frame_step: k,
         seconds,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frame_step_needs_a_divisor() {
-        assert_eq!(frame_step(10.0, 2.0).unwrap(), 5);
-        assert_eq!(frame_step(10.0, 10.0).unwrap(), 1);
-        assert!(frame_step(10.0, 3.0).is_err());
-        assert!(frame_step(10.0, 20.0).is_err());
-    }
 }

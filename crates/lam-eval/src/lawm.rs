@@ -1,11 +1,11 @@
-//! Closed-loop evaluation with the simulator's fixed protocol.
+//! Closed-loop evaluation of a LAWM policy with the simulator's fixed protocol.
 //!
 //! For every protocol episode of a task (`lam_sim::eval_protocol`: seeded start state, the
 //! goal the scripted expert reaches 25 steps later, a 50-step budget) the finetuned policy
 //! sees its last H rendered frames and the conditioning instruction (the episode's own for
 //! `sort`, the task's name otherwise), emits a chunk, and the first `execute` actions of the
 //! chunk are played (de-normalised, clipped to the action space) before it plans again
-//! ([`crate::session`], as `lam serve` acts). All episodes of a task run in lockstep so that
+//! ([`lam_lawm::session`], as `lam serve` acts). All episodes of a task run in lockstep so that
 //! the policy sees them as one batch. An episode
 //! succeeds when the protocol's goal test holds at any step within the budget.
 
@@ -16,8 +16,8 @@ use burn::prelude::*;
 use lam_sim::{Domain, Env, Task, eval_protocol};
 use serde::Serialize;
 
-use crate::data::{conditioning_text, to_chw};
-use crate::session::{PolicyRunner, PolicySession};
+use lam_lawm::data::{conditioning_text, to_chw};
+use lam_lawm::session::{PolicyRunner, PolicySession};
 
 /// Evaluation settings. Defaults in brackets.
 #[derive(Clone, Debug)]
@@ -87,7 +87,10 @@ pub fn evaluate_task(runner: &PolicyRunner, task: Task, opts: &EvalOptions) -> R
             opts.domain
         );
         let success = env.success();
-        let session = runner.session(&conditioning_text(Some(task), &ep.instruction), task as u64);
+        let session = runner.session(
+            &conditioning_text(Some(task.name()), &ep.instruction),
+            task as u64,
+        );
         runs.push(Running {
             session,
             done: success,

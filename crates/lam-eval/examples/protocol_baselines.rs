@@ -3,7 +3,7 @@
 //! per episode) and `expert` (the scripted expert with the protocol's own seed, which defines
 //! the goals, so it must score 100%).
 //!
-//! `cargo run --release -p lam-lawm --example protocol_baselines -- reach,push 20`
+//! `cargo run --release -p lam-eval --example protocol_baselines -- reach,push 20`
 
 use lam_sim::{Domain, Expert, ExpertConfig, eval_protocol};
 use rand::rngs::StdRng;
@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let tasks = lam_lawm::eval::parse_tasks(args.get(1).map_or("reach,push", String::as_str))?;
+    let tasks = lam_eval::lawm::parse_tasks(args.get(1).map_or("reach,push", String::as_str))?;
     let n: usize = args.get(2).map_or(Ok(20), |s| s.parse())?;
     for task in tasks {
         let episodes = eval_protocol(task, Domain::Robot, n, 32)?;
