@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Reference fixture for lam-lawm's CCA: scikit-learn's first canonical correlation.
+"""Reference fixture for lam-lawm-train's CCA: scikit-learn's first canonical correlation.
 
-Writes crates/lam-lawm/tests/fixtures/cca_sklearn.json with three cases of paired data
+Writes crates/lam-lawm-train/tests/fixtures/cca_sklearn.json with three cases of paired data
 (latent-like X, n x 7, and action-like Y, n x 2 or n x 3) and the Pearson correlation of
 the first pair of canonical components from sklearn.cross_decomposition.CCA.
 
@@ -39,7 +39,7 @@ def main():
         cca = CCA(n_components=1, max_iter=5000, tol=1e-12).fit(x, y)
         u, v = cca.transform(x, y)
         c["rho"] = float(np.corrcoef(u[:, 0], v[:, 0])[0, 1])
-    out = pathlib.Path(__file__).resolve().parents[2] / "crates/lam-lawm/tests/fixtures/cca_sklearn.json"
+    out = pathlib.Path(__file__).resolve().parents[2] / "crates/lam-lawm-train/tests/fixtures/cca_sklearn.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"sklearn": sklearn.__version__, "cases": cases}))
     print(out, [round(c["rho"], 6) for c in cases])

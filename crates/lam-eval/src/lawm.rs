@@ -16,8 +16,9 @@ use burn::prelude::*;
 use lam_sim::{Domain, Env, Task, eval_protocol};
 use serde::Serialize;
 
-use lam_lawm::data::{conditioning_text, to_chw};
+use lam_lawm::session::to_chw;
 use lam_lawm::session::{PolicyRunner, PolicySession};
+use lam_lawm_train::data::conditioning_text;
 
 /// Evaluation settings. Defaults in brackets.
 #[derive(Clone, Debug)]

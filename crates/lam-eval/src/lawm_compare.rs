@@ -31,11 +31,11 @@ use lam_suite::{Dataset, RecordConfig, record};
 use serde::Serialize;
 use serde_json::json;
 
-use lam_lawm::cca::{TaskCca, latent_cca};
 use lam_lawm::config::LawmConfig;
-use lam_lawm::data::{FrameData, Labels};
 use lam_lawm::instruction::InstructionEmbedder;
-use lam_lawm::train::{PolicyInit, RunOptions, RunSummary, pretrain, train_policy};
+use lam_lawm_train::cca::{TaskCca, latent_cca};
+use lam_lawm_train::data::{FrameData, Labels};
+use lam_lawm_train::train::{PolicyInit, RunOptions, RunSummary, pretrain, train_policy};
 
 use crate::lawm::{EvalOptions, TaskResult, evaluate};
 

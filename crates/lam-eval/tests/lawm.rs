@@ -5,9 +5,9 @@
 use burn::prelude::*;
 use lam_eval::lawm::{EvalOptions, evaluate, parse_tasks};
 use lam_lawm::config::LawmConfig;
-use lam_lawm::data::{FrameData, Labels};
 use lam_lawm::instruction::InstructionEmbedder;
-use lam_lawm::train::{PolicyInit, RunOptions, pretrain, train_policy};
+use lam_lawm_train::data::{FrameData, Labels};
+use lam_lawm_train::train::{PolicyInit, RunOptions, pretrain, train_policy};
 use lam_sim::{Domain, PolicyKind, Task};
 use lam_suite::{RecordConfig, record};
 

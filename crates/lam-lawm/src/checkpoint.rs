@@ -26,8 +26,7 @@ use lam_model::checkpoint::{load_weights, save_weights};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LawmConfig;
-use crate::data::ActionNorm;
-use crate::policy::Policy;
+use crate::policy::{ActionNorm, Policy};
 
 /// What a checkpoint's policy head emits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -351,7 +351,7 @@ impl Policy {
     pub fn act<'a>(
         &self,
         cfg: &PolicyConfig,
-        norm: &crate::data::ActionNorm,
+        norm: &ActionNorm,
         histories: &[&'a std::collections::VecDeque<Vec<u8>>],
         instructions: &[&'a [f32]],
         seed: u64,
@@ -390,8 +390,8 @@ impl Policy {
         );
         let ins = Tensor::<2>::from_data(TensorData::new(ins, [b, cfg.instruction_dim]), device);
         let noise = if cfg.head == HeadKind::Diffusion {
-            crate::train::normals(
-                &mut crate::train::step_rng(seed, step, 9),
+            normals(
+                &mut lam_model::train::step_rng(seed, step, 9),
                 b * cfg.chunk * d,
             )
         } else {
@@ -464,4 +464,35 @@ impl Policy {
         let pred = head.eps(noisy, k, feat);
         (pred - eps).powi_scalar(2).mean()
     }
+}
+
+/// Per-dimension action normalisation `(a - mean) / std`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActionNorm {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl ActionNorm {
+    pub fn normalize(&self, a: &[f32]) -> Vec<f32> {
+        a.iter()
+            .zip(self.mean.iter().zip(&self.std))
+            .map(|(v, (m, s))| (v - m) / s)
+            .collect()
+    }
+
+    pub fn denormalize(&self, a: &[f32]) -> Vec<f32> {
+        a.iter()
+            .zip(self.mean.iter().zip(&self.std))
+            .map(|(v, (m, s))| v * s + m)
+            .collect()
+    }
+}
+
+/// `n` draws of the standard normal distribution from `rng`.
+pub fn normals(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
+    use rand_distr::Distribution;
+    (0..n)
+        .map(|_| rand_distr::StandardNormal.sample(rng))
+        .collect()
 }

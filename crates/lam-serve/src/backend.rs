@@ -140,7 +140,7 @@ fn optional_string(field: &str, v: Option<Value>) -> Result<Option<String>, Stri
 /// centre square), in [0, 255].
 pub fn lawm_frame(img: &Image, size: usize) -> Result<Vec<u8>> {
     if img.width == img.height && img.width % size == 0 {
-        return Ok(lam_lawm::data::to_chw(&img.rgb, img.width, size));
+        return Ok(lam_lawm::session::to_chw(&img.rgb, img.width, size));
     }
     let bytes = lam_ingest::Normalization {
         mean: [0.0; 3],

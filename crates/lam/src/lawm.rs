@@ -19,11 +19,11 @@ use lam_sim::Domain;
 
 use lam_eval::lawm::{EvalOptions, evaluate};
 use lam_eval::lawm_compare::{CompareOptions, compare, table};
-use lam_lawm::cca::latent_cca;
 use lam_lawm::config::{HeadKind, LawmConfig};
-use lam_lawm::data::{FrameData, Labels, check_dirs};
 use lam_lawm::instruction::InstructionEmbedder;
-use lam_lawm::train::{PolicyInit, RunOptions, pretrain, train_policy};
+use lam_lawm_train::cca::latent_cca;
+use lam_lawm_train::data::{FrameData, Labels, check_dirs};
+use lam_lawm_train::train::{PolicyInit, RunOptions, pretrain, train_policy};
 
 use crate::settings_args::ConfigArgs;
 

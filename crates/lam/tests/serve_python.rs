@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use lam_control::controller::{self, ControllerConfig, ControllerNetConfig};
+use lam_lawm::ActionNorm;
 use lam_lawm::LawmConfig;
 use lam_lawm::checkpoint::{CheckpointState, Stage};
-use lam_lawm::data::ActionNorm;
 use lam_model::LamConfig;
 use lam_model::checkpoint::{TrainState, save_weights};
 use lam_sim::{Domain, Env, Task};

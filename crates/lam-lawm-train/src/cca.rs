@@ -19,9 +19,9 @@ use burn::prelude::*;
 use nalgebra::DMatrix;
 use serde::Serialize;
 
-use crate::checkpoint::{Stage, load_policy};
 use crate::data::{FrameData, Labels};
 use crate::train::{normals, step_rng};
+use lam_lawm::checkpoint::{Stage, load_policy};
 
 /// Rows as a matrix.
 fn matrix(rows: &[Vec<f64>]) -> DMatrix<f64> {
@@ -121,7 +121,7 @@ pub fn latent_cca(
         for (i, chunk) in samples.chunks(64).enumerate() {
             let frames = data.history(chunk, cfg.history, device);
             let instr = data.instructions(chunk, device);
-            let noise = if cfg.head == crate::config::HeadKind::Diffusion {
+            let noise = if cfg.head == lam_lawm::config::HeadKind::Diffusion {
                 normals(
                     &mut step_rng(0, i, 7),
                     chunk.len() * cfg.chunk * state.action_dim,

@@ -1,6 +1,6 @@
 //! Training loops of the two stages.
 //!
-//! - [`pretrain`]: policy + RSSM jointly on unlabeled frames (the loss of [`crate::model`]).
+//! - [`pretrain`]: policy + RSSM jointly on unlabeled frames (the loss of `lam_lawm::model`).
 //! - [`train_policy`]: the policy alone on labeled action chunks, from scratch
 //!   ([`PolicyInit::Scratch`]) or from a checkpoint whose action layers are re-initialised
 //!   to the real action dimension ([`PolicyInit::From`]): supervised pretraining,
@@ -11,7 +11,7 @@
 //! Every random draw of step s (batch, shift augmentation, diffusion noise and levels, Gumbel
 //! noise) comes from a generator seeded with (seed, s), so a run is reproducible from its
 //! config alone, and a run resumed from a checkpoint (weights + AdamW state, see
-//! [`crate::checkpoint`]) continues exactly as the uninterrupted run would have. Each run
+//! [`lam_lawm::checkpoint`]) continues exactly as the uninterrupted run would have. Each run
 //! writes `config.json`, `metrics.jsonl` (one JSON object per logged step) and checkpoints.
 
 use std::fs;
@@ -25,15 +25,14 @@ use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngExt;
 use rand::rngs::StdRng;
-use rand_distr::{Distribution, StandardNormal};
 use serde_json::{Value, json};
 
-use crate::checkpoint::{self, CheckpointState, Stage};
-use crate::config::{HeadKind, LawmConfig};
 use crate::data::FrameData;
-use crate::model::{Lawm, PretrainNoise};
 use lam_data::MetricsLog;
 use lam_data::shards::write_atomic;
+use lam_lawm::checkpoint::{self, CheckpointState, Stage};
+use lam_lawm::config::{HeadKind, LawmConfig};
+use lam_lawm::model::{Lawm, PretrainNoise};
 use lam_model::checkpoint::load_weights;
 use lam_model::optim::stable_param_ids;
 
@@ -79,9 +78,7 @@ pub fn shifts(rng: &mut StdRng, b: usize, max: usize) -> Vec<(i32, i32)> {
         .collect()
 }
 
-pub fn normals(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| StandardNormal.sample(rng)).collect()
-}
+pub use lam_lawm::policy::normals;
 
 pub fn gumbels(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n)

@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use burn::prelude::*;
-use lam_lawm::cca::{first_canonical_correlation, latent_cca};
 use lam_lawm::checkpoint::{Stage, load_policy, load_state, resolve};
 use lam_lawm::config::{HeadKind, LawmConfig};
-use lam_lawm::data::{FrameData, Labels};
 use lam_lawm::instruction::InstructionEmbedder;
 use lam_lawm::model::PretrainNoise;
 use lam_lawm::rssm::kl_balanced;
-use lam_lawm::train::{
+use lam_lawm_train::cca::{first_canonical_correlation, latent_cca};
+use lam_lawm_train::data::{FrameData, Labels};
+use lam_lawm_train::train::{
     PolicyInit, RunOptions, gumbels, pretrain, read_metrics, step_rng, train_policy,
 };
 use lam_sim::{Domain, PolicyKind, Task};
@@ -486,7 +486,7 @@ fn bad_inputs_name_the_value() {
             .unwrap()
     );
     assert!(err.contains("/nonexistent/lawm-data"), "{err}");
-    let err = lam_lawm::data::check_dirs(std::slice::from_ref(&missing))
+    let err = lam_lawm_train::data::check_dirs(std::slice::from_ref(&missing))
         .unwrap_err()
         .to_string();
     assert!(err.contains("/nonexistent/lawm-data"), "{err}");
@@ -685,8 +685,8 @@ fn resume_restores_optimizer_state_and_continues_exactly() {
 #[test]
 fn spatial_softmax_finds_the_peak_and_shift_moves_the_frame() {
     let _serial = serial();
-    use lam_lawm::data::shift_frame;
     use lam_lawm::policy::spatial_softmax;
+    use lam_lawm_train::data::shift_frame;
     // One channel, 4x4, a strong peak at (x=3, y=1): coordinates (1, -1/3).
     let mut v = vec![0f32; 16];
     v[4 + 3] = 50.0;

@@ -20,7 +20,9 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use lam_ingest::lerobot::recording::Dataset;
 
-use crate::instruction::InstructionEmbedder;
+use lam_lawm::instruction::InstructionEmbedder;
+pub use lam_lawm::policy::ActionNorm;
+pub use lam_lawm::session::to_chw;
 
 /// Which action labels to load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,29 +46,6 @@ pub struct Episode {
     pub task: Option<String>,
     /// The embodiment a lam-sim recording declares (`robot`, `human`, ...).
     pub domain: Option<String>,
-}
-
-/// Per-dimension action normalisation `(a - mean) / std`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ActionNorm {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
-
-impl ActionNorm {
-    pub fn normalize(&self, a: &[f32]) -> Vec<f32> {
-        a.iter()
-            .zip(self.mean.iter().zip(&self.std))
-            .map(|(v, (m, s))| (v - m) / s)
-            .collect()
-    }
-
-    pub fn denormalize(&self, a: &[f32]) -> Vec<f32> {
-        a.iter()
-            .zip(self.mean.iter().zip(&self.std))
-            .map(|(v, (m, s))| v * s + m)
-            .collect()
-    }
 }
 
 /// Episodes of one or more datasets.
@@ -107,26 +86,6 @@ pub fn provenance(ds: &Dataset) -> (Option<String>, Option<String>) {
             .or_else(|| p[key].as_str().map(str::to_lowercase))
     };
     (name("task"), name("domain"))
-}
-
-/// Converts an HWC RGB frame of side `from` to CHW bytes of side `to` (box average).
-pub fn to_chw(rgb: &[u8], from: usize, to: usize) -> Vec<u8> {
-    let f = from / to;
-    let mut out = vec![0u8; 3 * to * to];
-    for c in 0..3 {
-        for y in 0..to {
-            for x in 0..to {
-                let mut acc = 0u32;
-                for dy in 0..f {
-                    for dx in 0..f {
-                        acc += rgb[((y * f + dy) * from + x * f + dx) * 3 + c] as u32;
-                    }
-                }
-                out[(c * to + y) * to + x] = ((acc + (f * f / 2) as u32) / (f * f) as u32) as u8;
-            }
-        }
-    }
-    out
 }
 
 /// A CHW frame of side `s` translated by `(dx, dy)` pixels, the uncovered border filled by
@@ -186,7 +145,7 @@ impl FrameData {
             size,
             action_dim,
             dirs: dirs.to_vec(),
-            vocabulary: crate::instruction::vocabulary_of(texts.iter().map(String::as_str)),
+            vocabulary: lam_lawm::instruction::vocabulary_of(texts.iter().map(String::as_str)),
         })
     }
 
