@@ -10,7 +10,7 @@
 //! - [`ClipSource`]: the interface of data sources; [`VideoFolder`] and
 //!   [`lerobot::LeRobotDataset`] implement it.
 //! - [`lerobot::recording`]: the LeRobot v3.0 datasets lam writes (the simulated suite's
-//!   recordings: [`video_file`] encodes their videos, [`parquet_table`] their tables).
+//!   recordings: [`video_writer`] encodes their videos, [`parquet_writer`] their tables).
 //! - [`run`]: reads a whole source, skipping and reporting bad files
 //!   ([`IngestReport`]); [`Split`] picks train or validation items.
 //!
@@ -41,7 +41,7 @@ pub mod decode;
 pub mod error;
 pub mod folder;
 pub mod lerobot;
-pub mod parquet_table;
+pub mod parquet_writer;
 pub mod preprocess;
 pub mod report;
 pub mod run;
@@ -49,7 +49,7 @@ pub mod source;
 pub mod spec;
 pub mod split;
 pub mod video;
-pub mod video_file;
+pub mod video_writer;
 
 pub use clip::{Clip, ClipAssembler, Frame};
 pub use decode::{DecodeOptions, VideoInfo, VideoReader, Window};

@@ -344,7 +344,7 @@ fn load_sim(ds: &Dataset, dir: &Path, l: &mut Loading) -> Result<()> {
     let (task, domain) = provenance(ds);
     let n = max_episodes.map_or(ds.len(), |m| m.min(ds.len()));
     for meta in &ds.episodes()[..n] {
-        let k = meta.episode_index as usize;
+        let k = meta.index as usize;
         let ep = ds.read_episode(k)?;
         let (w, h) = (ep.width as usize, ep.height as usize);
         ensure!(

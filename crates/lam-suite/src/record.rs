@@ -116,7 +116,7 @@ pub fn record(cfg: &RecordConfig, out: &Path, progress: bool) -> anyhow::Result<
         episodes_per_file: cfg.episodes_per_file,
         provenance: json!({"task": cfg.task, "domain": cfg.domain,
                            "task_name": cfg.task.name(), "domain_name": cfg.domain.name(), "record": cfg, "action_space": space,
-                           "video_codec": lam_ingest::video_file::output_codec()}),
+                           "video_codec": lam_ingest::video_writer::output_codec()}),
     };
     anyhow::ensure!(
         (cfg.env.physics.control_hz - spec.fps as f32).abs() < 1e-6,

@@ -242,7 +242,7 @@ fn run_record(a: RecordArgs) -> anyhow::Result<()> {
         a.task,
         a.domain,
         a.policy,
-        lam_ingest::video_file::output_codec(),
+        lam_ingest::video_writer::output_codec(),
         root.display(),
         100.0 * success
     );

@@ -6,9 +6,9 @@
 
 use crate::error::{IngestError, Result};
 use arrow_array::{
-    Array, ArrayRef, FixedSizeListArray, Float16Array, Float32Array, Float64Array, Int8Array,
-    Int16Array, Int32Array, Int64Array, LargeListArray, LargeStringArray, ListArray, RecordBatch,
-    StringArray, StringViewArray, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
+    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, Float64Array,
+    Int8Array, Int16Array, Int32Array, Int64Array, LargeListArray, LargeStringArray, ListArray,
+    RecordBatch, StringArray, StringViewArray, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
 };
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -117,6 +117,25 @@ impl Columns {
             }
             ints_into(a.as_ref(), &mut out)
                 .ok_or_else(|| self.bad(name, "integers", a.as_ref()))?;
+        }
+        Ok(out)
+    }
+
+    /// A boolean column; nulls are an error.
+    pub fn bools(&self, name: &str) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(self.rows);
+        for a in self.arrays(name)? {
+            let b = a
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| self.bad(name, "booleans", a.as_ref()))?;
+            if b.null_count() > 0 {
+                return Err(IngestError::dataset(
+                    &self.path,
+                    format!("column {name:?} has null values"),
+                ));
+            }
+            out.extend(b.values().iter());
         }
         Ok(out)
     }

@@ -8,7 +8,7 @@
 //! the `timestamp` column, so [`EpisodeData::row_at`] finds the action row
 //! of each clip frame. The split groups an episode's cameras together.
 
-mod columns;
+pub(crate) mod columns;
 mod episodes;
 mod frames;
 mod info;

@@ -1,5 +1,6 @@
-//! LeRobot v3.0 datasets as lam records them (the simulated suite's recordings): writer, and
-//! reader of the whole recording with its ground truth.
+//! LeRobot v3.0 datasets as lam records them (the simulated suite's recordings): the writer,
+//! and the recording's view through lam-ingest's one LeRobot reader (frames at their own
+//! size, the provenance, the ground truth).
 //!
 //! Layout written (paths relative to the dataset root):
 //!
@@ -21,8 +22,12 @@
 //! Episodes are grouped `episodes_per_file` to a data file and a video file;
 //! an episode's frames sit at `from_timestamp + timestamp` in its video.
 
-use crate::parquet_table::{Table, TableBuilder};
-use crate::video_file::{VideoWriter, output_codec, read_video};
+use super::columns::Columns;
+use super::{Episode, LeRobotDataset, LeRobotOptions, Matrix};
+use crate::parquet_writer::TableBuilder;
+use crate::source::ClipSource;
+use crate::spec::{ClipSpec, Normalization};
+use crate::video_writer::{VideoWriter, output_codec};
 use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -150,7 +155,7 @@ pub struct DatasetWriter {
     rows: FileRows,
     video: Option<VideoWriter>,
     video_frames: u64,
-    episodes: Vec<EpisodeMeta>,
+    episodes: Vec<EpisodeRow>,
     tasks: Vec<String>,
     total_frames: i64,
     gt_episode: Vec<i64>,
@@ -345,7 +350,7 @@ impl DatasetWriter {
         self.video_frames += n as u64;
         let to_ts = self.video_frames as f64 / fps;
         let (chunk_i, file_i) = (chunk as i64, file as i64);
-        self.episodes.push(EpisodeMeta {
+        self.episodes.push(EpisodeRow {
             episode_index,
             tasks: vec![ep.task.clone()],
             length: n as i64,
@@ -413,8 +418,8 @@ impl DatasetWriter {
         // Episodes.
         let mut t = TableBuilder::new();
         let eps = &self.episodes;
-        let col_i = |f: &dyn Fn(&EpisodeMeta) -> i64| eps.iter().map(f).collect::<Vec<i64>>();
-        let col_f = |f: &dyn Fn(&EpisodeMeta) -> f64| eps.iter().map(f).collect::<Vec<f64>>();
+        let col_i = |f: &dyn Fn(&EpisodeRow) -> i64| eps.iter().map(f).collect::<Vec<i64>>();
+        let col_f = |f: &dyn Fn(&EpisodeRow) -> f64| eps.iter().map(f).collect::<Vec<f64>>();
         let vk = |s: &str| format!("videos/{VIDEO_KEY}/{s}");
         t.i64("episode_index", col_i(&|e| e.episode_index))
             .str_list("tasks", eps.iter().map(|e| e.tasks.clone()).collect())
@@ -535,33 +540,30 @@ impl Drop for DatasetWriter {
     }
 }
 
-/// One episode's row of `meta/episodes`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpisodeMeta {
-    /// Episode index.
-    pub episode_index: i64,
-    /// Instruction(s).
-    pub tasks: Vec<String>,
-    /// Frames.
-    pub length: i64,
+/// One episode's row of `meta/episodes`, as the writer keeps it.
+#[derive(Clone, Debug, PartialEq)]
+struct EpisodeRow {
+    episode_index: i64,
+    tasks: Vec<String>,
+    length: i64,
     /// Data file chunk and file index.
-    pub data_file: (i64, i64),
+    data_file: (i64, i64),
     /// Global frame index range `[from, to)`.
-    pub dataset_range: (i64, i64),
+    dataset_range: (i64, i64),
     /// Video file chunk and file index.
-    pub video_file: (i64, i64),
+    video_file: (i64, i64),
     /// Video time range `[from, to)` in seconds.
-    pub video_range: (f64, f64),
+    video_range: (f64, f64),
 }
 
 /// One episode read back.
 #[derive(Clone, Debug)]
 pub struct EpisodeData {
-    /// Frame width and height.
+    /// Frame width and height (recordings are square).
     pub width: u32,
     /// See `width`.
     pub height: u32,
-    /// RGB frames, `width * height * 3` bytes each.
+    /// RGB frames, `width * height * 3` bytes each, one per row of the episode.
     pub frames: Vec<Vec<u8>>,
     /// Actions per frame, when the dataset has an `action` column.
     pub actions: Option<Vec<Vec<f32>>>,
@@ -584,19 +586,12 @@ pub struct GroundTruth {
     pub success: Vec<bool>,
 }
 
-/// A LeRobot v3 dataset opened for reading.
+/// A recording opened for reading: lam-ingest's one LeRobot reader ([`LeRobotDataset`], which
+/// reads any v2.1 / v3.0 dataset) with what only lam's recordings add: `meta/info.json` as
+/// written (its `lam_sim` provenance) and the ground truth.
 pub struct Dataset {
-    root: PathBuf,
+    inner: LeRobotDataset,
     info: Value,
-    fps: f64,
-    video_key: String,
-    episodes: Vec<EpisodeMeta>,
-}
-
-fn template(t: &str, chunk: i64, file: i64, key: &str) -> String {
-    t.replace("{chunk_index:03d}", &format!("{chunk:03}"))
-        .replace("{file_index:03d}", &format!("{file:03}"))
-        .replace("{video_key}", key)
 }
 
 impl Dataset {
@@ -606,88 +601,33 @@ impl Dataset {
         if !root.is_dir() {
             bail!("dataset folder {} does not exist", root.display());
         }
+        let inner = LeRobotDataset::open(root, &LeRobotOptions::default())?;
+        anyhow::ensure!(
+            !inner.cameras().is_empty(),
+            "{} declares no video feature",
+            root.join("meta/info.json").display()
+        );
         let info_path = root.join("meta/info.json");
-        let text = std::fs::read_to_string(&info_path).with_context(|| {
-            format!(
-                "{} is not a LeRobot dataset: cannot read {}",
-                root.display(),
-                info_path.display()
-            )
-        })?;
+        let text = std::fs::read_to_string(&info_path)
+            .with_context(|| format!("cannot read {}", info_path.display()))?;
         let info: Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", info_path.display()))?;
-        let version = info["codebase_version"].as_str().unwrap_or("");
-        anyhow::ensure!(
-            version.starts_with("v3"),
-            "{}: codebase_version is {version:?}, only v3.x is supported",
-            info_path.display()
-        );
-        let fps = info["fps"]
-            .as_f64()
-            .ok_or_else(|| anyhow!("{} has no numeric \"fps\"", info_path.display()))?;
-        let video_key = info["features"]
-            .as_object()
-            .and_then(|f| {
-                f.iter()
-                    .find(|(_, v)| v["dtype"] == "video")
-                    .map(|(k, _)| k.clone())
-            })
-            .ok_or_else(|| anyhow!("{} declares no video feature", info_path.display()))?;
-        let dir = root.join("meta/episodes");
-        let mut files: Vec<PathBuf> =
-            walk_parquet(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
-        files.sort();
-        anyhow::ensure!(
-            !files.is_empty(),
-            "{} holds no episode tables",
-            dir.display()
-        );
-        let mut episodes = Vec::new();
-        for f in files {
-            let t = Table::read(&f)?;
-            let vk = |s: &str| format!("videos/{video_key}/{s}");
-            let idx = t.i64("episode_index")?;
-            let tasks = t.str_list("tasks")?;
-            let length = t.i64("length")?;
-            let (dc, df) = (t.i64("data/chunk_index")?, t.i64("data/file_index")?);
-            let (from, to) = (t.i64("dataset_from_index")?, t.i64("dataset_to_index")?);
-            let (vc, vf) = (t.i64(&vk("chunk_index"))?, t.i64(&vk("file_index"))?);
-            let (vfrom, vto) = (t.f64(&vk("from_timestamp"))?, t.f64(&vk("to_timestamp"))?);
-            for i in 0..idx.len() {
-                episodes.push(EpisodeMeta {
-                    episode_index: idx[i],
-                    tasks: tasks[i].clone(),
-                    length: length[i],
-                    data_file: (dc[i], df[i]),
-                    dataset_range: (from[i], to[i]),
-                    video_file: (vc[i], vf[i]),
-                    video_range: (vfrom[i], vto[i]),
-                });
-            }
-        }
-        episodes.sort_by_key(|e| e.episode_index);
-        Ok(Self {
-            root: root.to_path_buf(),
-            info,
-            fps,
-            video_key,
-            episodes,
-        })
+        Ok(Self { inner, info })
     }
 
     /// Number of episodes.
     pub fn len(&self) -> usize {
-        self.episodes.len()
+        self.inner.episodes().len()
     }
 
     /// Whether the dataset has no episodes.
     pub fn is_empty(&self) -> bool {
-        self.episodes.is_empty()
+        self.inner.episodes().is_empty()
     }
 
     /// Frames per second.
     pub fn fps(&self) -> f64 {
-        self.fps
+        self.inner.fps()
     }
 
     /// The parsed `meta/info.json`.
@@ -695,104 +635,82 @@ impl Dataset {
         &self.info
     }
 
-    /// Episode table rows.
-    pub fn episodes(&self) -> &[EpisodeMeta] {
-        &self.episodes
+    /// The episodes, sorted by index.
+    pub fn episodes(&self) -> &[Episode] {
+        self.inner.episodes()
     }
 
-    fn meta(&self, episode: usize) -> anyhow::Result<&EpisodeMeta> {
-        self.episodes
-            .iter()
-            .find(|e| e.episode_index == episode as i64)
-            .ok_or_else(|| {
-                anyhow!(
-                    "episode {episode} is not in {} ({} episodes)",
-                    self.root.display(),
-                    self.episodes.len()
-                )
-            })
-    }
-
-    /// Reads the frames, actions and states of `episode`.
+    /// Reads the frames (the first camera, every row's frame at the video's own size, through
+    /// the one decoder and frame preparation), actions and states of `episode`.
     pub fn read_episode(&self, episode: usize) -> anyhow::Result<EpisodeData> {
-        let m = self.meta(episode)?;
-        let data_t = self.info["data_path"]
-            .as_str()
-            .unwrap_or("data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet");
-        let data_path = self.root.join(template(
-            data_t,
-            m.data_file.0,
-            m.data_file.1,
-            &self.video_key,
-        ));
-        let table = Table::read(&data_path)?;
-        let ep_col = table.i64("episode_index")?;
-        let rows: Vec<usize> = (0..ep_col.len())
-            .filter(|&i| ep_col[i] == m.episode_index)
-            .collect();
-        anyhow::ensure!(
-            rows.len() as i64 == m.length,
-            "{}: episode {episode} has {} rows, meta/episodes says {}",
-            data_path.display(),
-            rows.len(),
-            m.length
-        );
-        let ts_all = table.f64("timestamp")?;
-        let timestamps: Vec<f32> = rows.iter().map(|&i| ts_all[i] as f32).collect();
-        let pick = |name: &str| -> anyhow::Result<Option<Vec<Vec<f32>>>> {
-            if !table.has(name) {
-                return Ok(None);
-            }
-            let all = table.f32_vectors(name)?;
-            Ok(Some(rows.iter().map(|&i| all[i].clone()).collect()))
+        let index = episode as u64;
+        let meta = self.inner.episode(index).ok_or_else(|| {
+            anyhow!(
+                "episode {episode} is not in {} ({} episodes)",
+                self.inner.root().display(),
+                self.len()
+            )
+        })?;
+        let rows = self.inner.episode_data(index)?;
+        let camera = &self.inner.cameras()[0];
+        let item = self
+            .inner
+            .items()
+            .iter()
+            .find(|i| i.episode == Some(index) && i.camera.as_ref() == Some(camera))
+            .ok_or_else(|| anyhow!("episode {episode} has no {camera} video"))?;
+        let side = self.inner.info().features[camera]
+            .shape
+            .first()
+            .copied()
+            .filter(|&s| s > 0)
+            .with_context(|| {
+                format!(
+                    "{}: the {camera} feature has no frame size",
+                    self.inner.root().join("meta/info.json").display()
+                )
+            })?;
+        let spec = ClipSpec {
+            fps: self.fps(),
+            frames: 1,
+            size: side as u32,
+            stride: 1,
+            norm: Normalization::UNIT,
+            max_clips: None,
         };
-        let actions = pick("action")?;
-        let states = pick("observation.state")?;
-        let video_t = self.info["video_path"]
-            .as_str()
-            .unwrap_or("videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4");
-        let video_path = self.root.join(template(
-            video_t,
-            m.video_file.0,
-            m.video_file.1,
-            &self.video_key,
-        ));
-        let half = 0.5 / self.fps;
-        let first = m.video_range.0 + timestamps.first().copied().unwrap_or(0.0) as f64 - half;
-        let last = m.video_range.0 + timestamps.last().copied().unwrap_or(0.0) as f64 + half;
-        let video = read_video(&video_path, Some((first, last)))?;
-        // Match each row to the decoded frame nearest its video time.
-        let mut frames = Vec::with_capacity(timestamps.len());
-        for &ts in &timestamps {
-            let want = m.video_range.0 + ts as f64;
-            let k = video
-                .times
-                .iter()
-                .enumerate()
-                .min_by(|a, b| (a.1 - want).abs().total_cmp(&(b.1 - want).abs()))
-                .map(|(k, _)| k)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{} has no frames for episode {episode}",
-                        video_path.display()
-                    )
-                })?;
-            anyhow::ensure!(
-                (video.times[k] - want).abs() <= half + 1e-6,
-                "{}: no frame at {want:.3}s for episode {episode} (nearest {:.3}s)",
-                video_path.display(),
-                video.times[k]
-            );
-            frames.push(video.frames[k].clone());
-        }
+        let mut clips = self.inner.clips(item, &spec)?;
+        clips.sort_by_key(|c| c.index);
+        anyhow::ensure!(
+            clips.len() == rows.len() && rows.len() as u64 == meta.length,
+            "{}: episode {episode} has {} rows (meta/episodes says {}) but {} video frames",
+            item.path.display(),
+            rows.len(),
+            meta.length,
+            clips.len()
+        );
+        // Values in [0, 1], channel-first, back to packed RGB bytes.
+        let plane = side * side;
+        let frames = clips
+            .iter()
+            .map(|c| {
+                (0..plane)
+                    .flat_map(|i| (0..3).map(move |ch| (i, ch)))
+                    .map(|(i, ch)| (c.data[ch * plane + i] * 255.0).round().clamp(0.0, 255.0) as u8)
+                    .collect()
+            })
+            .collect();
+        let vectors = |m: &Option<Matrix>| {
+            m.as_ref()
+                .map(|m| (0..m.rows).map(|r| m.row(r).to_vec()).collect())
+        };
         Ok(EpisodeData {
-            width: video.width,
-            height: video.height,
+            width: side as u32,
+            height: side as u32,
             frames,
-            actions,
-            states,
-            timestamps,
-            task: m.tasks.first().cloned().unwrap_or_default(),
+            actions: vectors(&rows.actions),
+            states: vectors(&rows.states),
+            timestamps: rows.timestamps.iter().map(|&t| t as f32).collect(),
+            task: meta.tasks.first().cloned().unwrap_or_default(),
         })
     }
 
@@ -800,7 +718,7 @@ impl Dataset {
     /// order, from `ground_truth/info.json`, parsed into `T`. Errors name the file and the
     /// episode.
     pub fn read_layouts<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<Vec<T>> {
-        let path = self.root.join("ground_truth/info.json");
+        let path = self.inner.root().join("ground_truth/info.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let info: Value = serde_json::from_str(&text)
@@ -820,31 +738,22 @@ impl Dataset {
 
     /// Reads the ground truth of `episode` from `ground_truth/frames.parquet`.
     pub fn read_ground_truth(&self, episode: usize) -> anyhow::Result<GroundTruth> {
-        self.meta(episode)?;
-        let path = self.root.join("ground_truth/frames.parquet");
-        let t = Table::read(&path)?;
-        let ep = t.i64("episode_index")?;
+        anyhow::ensure!(
+            self.inner.episode(episode as u64).is_some(),
+            "episode {episode} is not in {} ({} episodes)",
+            self.inner.root().display(),
+            self.len()
+        );
+        let path = self.inner.root().join("ground_truth/frames.parquet");
+        let t = Columns::read(&path, &["episode_index", "action", "state", "success"])?;
+        let ep = t.ints("episode_index")?;
         let rows: Vec<usize> = (0..ep.len()).filter(|&i| ep[i] == episode as i64).collect();
-        let actions = t.f32_vectors("action")?;
-        let states = t.f32_vectors("state")?;
-        let success = t.bool("success")?;
+        let (actions, states) = (t.matrix("action")?, t.matrix("state")?);
+        let success = t.bools("success")?;
         Ok(GroundTruth {
-            actions: rows.iter().map(|&i| actions[i].clone()).collect(),
-            states: rows.iter().map(|&i| states[i].clone()).collect(),
+            actions: rows.iter().map(|&i| actions.row(i).to_vec()).collect(),
+            states: rows.iter().map(|&i| states.row(i).to_vec()).collect(),
             success: rows.iter().map(|&i| success[i]).collect(),
         })
     }
-}
-
-fn walk_parquet(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.is_dir() {
-            out.extend(walk_parquet(&p)?);
-        } else if p.extension().is_some_and(|e| e == "parquet") {
-            out.push(p);
-        }
-    }
-    Ok(out)
 }

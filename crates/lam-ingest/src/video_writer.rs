@@ -1,11 +1,10 @@
-//! MP4 video in and out through FFmpeg (ffmpeg-next).
+//! Writing MP4 video through FFmpeg (ffmpeg-next); reading is [`crate::decode`]'s.
 //!
 //! Writing uses H.264 through libx264 (yuv420p, CRF 15, no B-frames, a
 //! keyframe every 10 frames) and falls back to FFmpeg's own MPEG-4 Part 2
-//! encoder at a high bit rate when libx264 is missing. Reading decodes every
-//! frame to RGB with its presentation time.
+//! encoder at a high bit rate when libx264 is missing.
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling::{context::Context as Scaler, flag::Flags as ScaleFlags};
 use ffmpeg::util::frame::video::Video as Frame;
@@ -180,103 +179,4 @@ impl VideoWriter {
             .with_context(|| format!("cannot finish {}", self.path.display()))?;
         Ok(())
     }
-}
-
-/// A decoded video: RGB frames with their presentation times.
-pub struct DecodedVideo {
-    /// Frame width.
-    pub width: u32,
-    /// Frame height.
-    pub height: u32,
-    /// Presentation time of each frame, seconds.
-    pub times: Vec<f64>,
-    /// RGB frames, `width * height * 3` bytes each.
-    pub frames: Vec<Vec<u8>>,
-}
-
-/// Decodes the frames of `path` whose time lies in `[from, to)` seconds
-/// (all frames when `range` is `None`).
-pub fn read_video(path: &Path, range: Option<(f64, f64)>) -> anyhow::Result<DecodedVideo> {
-    init();
-    if !path.is_file() {
-        bail!("video file {} does not exist", path.display());
-    }
-    let mut ictx = ffmpeg::format::input(&path)
-        .with_context(|| format!("cannot open video {}", path.display()))?;
-    let stream = ictx
-        .streams()
-        .best(ffmpeg::media::Type::Video)
-        .ok_or_else(|| anyhow!("video {} has no video stream", path.display()))?;
-    let index = stream.index();
-    let tb = stream.time_base();
-    let mut decoder = ffmpeg::codec::context::Context::from_parameters(stream.parameters())?
-        .decoder()
-        .video()
-        .with_context(|| format!("cannot decode video {}", path.display()))?;
-    let (width, height) = (decoder.width(), decoder.height());
-    let mut scaler = Scaler::get(
-        decoder.format(),
-        width,
-        height,
-        Pixel::RGB24,
-        width,
-        height,
-        ScaleFlags::BILINEAR,
-    )?;
-    let mut out = DecodedVideo {
-        width,
-        height,
-        times: vec![],
-        frames: vec![],
-    };
-    let tb = f64::from(tb.numerator()) / f64::from(tb.denominator());
-    let mut take =
-        |decoder: &mut ffmpeg::decoder::Video, out: &mut DecodedVideo| -> anyhow::Result<()> {
-            let mut decoded = Frame::empty();
-            while decoder.receive_frame(&mut decoded).is_ok() {
-                let t = decoded.timestamp().or(decoded.pts()).unwrap_or(0) as f64 * tb;
-                if let Some((from, to)) = range
-                    && (t < from - 1e-6 || t >= to - 1e-6)
-                {
-                    continue;
-                }
-                let mut rgb = Frame::empty();
-                scaler.run(&decoded, &mut rgb)?;
-                let row = width as usize * 3;
-                let stride = rgb.stride(0);
-                let mut buf = Vec::with_capacity(row * height as usize);
-                for y in 0..height as usize {
-                    buf.extend_from_slice(&rgb.data(0)[y * stride..y * stride + row]);
-                }
-                out.times.push(t);
-                out.frames.push(buf);
-            }
-            Ok(())
-        };
-    if let Some((from, _)) = range
-        && from > 0.0
-    {
-        let ts = (from * 1.0e6) as i64;
-        // FFmpeg seeks in microseconds here. Seek to the keyframe at or before `from`; decoding from there
-        // reaches the wanted frames. A failed seek falls back to a full scan.
-        let _ = ictx.seek(ts, ..ts + 1);
-    }
-    for (s, packet) in ictx.packets() {
-        if s.index() == index {
-            decoder
-                .send_packet(&packet)
-                .with_context(|| format!("corrupt video data in {}", path.display()))?;
-            take(&mut decoder, &mut out)?;
-            // Without B-frames packets arrive in presentation order: stop
-            // once they are well past the range.
-            if let Some((_, to)) = range
-                && packet.pts().is_some_and(|p| p as f64 * tb >= to + 1.0)
-            {
-                break;
-            }
-        }
-    }
-    decoder.send_eof()?;
-    take(&mut decoder, &mut out)?;
-    Ok(out)
 }
