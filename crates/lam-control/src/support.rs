@@ -148,7 +148,8 @@ pub struct Support<'a> {
     pub margin: f32,
 }
 
-fn standardise(x: Tensor<2>, mean: &[f32], std: &[f32]) -> Tensor<2> {
+/// `(x - mean) / std` per channel of `x` `[M, D]`.
+pub(crate) fn standardise(x: Tensor<2>, mean: &[f32], std: &[f32]) -> Tensor<2> {
     let device = x.device();
     let n = mean.len();
     let m = Tensor::<1>::from_data(TensorData::new(mean.to_vec(), [n]), &device).reshape([1, n]);
@@ -205,37 +206,55 @@ impl Pairs {
     }
 }
 
-/// Every consecutive pair of frames of a shard set, pooled in the model's space (standardised
-/// as the world model sees them when the model standardises its tokens).
-pub fn pairs_of(
+/// Every clip of a shard set pooled in the model's space (standardised as the world model
+/// sees them when the model standardises its tokens): `[clips, T, D]` row-major on host.
+pub(crate) fn pooled_clips(
     lam: &LatentActionModel,
     data: &ShardSet,
     device: &Device,
     batch: usize,
-) -> Result<Pairs> {
+) -> Result<Vec<f32>> {
     let idx = &data.index;
     let (t, d) = (idx.frames, idx.dim);
-    ensure!(
-        t >= 2,
-        "{}: clips of {t} frame(s) hold no transitions",
-        data.dir.display()
-    );
-    let (mut frames, mut deltas) = (Vec::new(), Vec::new());
+    let mut out = Vec::with_capacity(data.len() * t * d);
     for chunk in (0..data.len()).collect::<Vec<_>>().chunks(batch.max(1)) {
         let clips = Tensor::<4>::from_data(
             TensorData::new(data.batch(chunk), [chunk.len(), t, idx.tokens, d]),
             device,
         );
         let pooled = Idm::pool(lam.normalize(clips));
-        let from = pooled.clone().slice(s![.., 0..t - 1, ..]);
-        let to = pooled.slice(s![.., 1..t, ..]);
-        let read = |x: Tensor<3>| {
-            x.into_data()
+        out.extend(
+            pooled
+                .into_data()
                 .try_into_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))
-        };
-        deltas.extend(read(to - from.clone())?);
-        frames.extend(read(from)?);
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Every consecutive pair of frames of a shard set, pooled in the model's space
+/// ([`pooled_clips`]).
+pub fn pairs_of(
+    lam: &LatentActionModel,
+    data: &ShardSet,
+    device: &Device,
+    batch: usize,
+) -> Result<Pairs> {
+    let (t, d) = (data.index.frames, data.index.dim);
+    ensure!(
+        t >= 2,
+        "{}: clips of {t} frame(s) hold no transitions",
+        data.dir.display()
+    );
+    let pooled = pooled_clips(lam, data, device, batch)?;
+    let (mut frames, mut deltas) = (Vec::new(), Vec::new());
+    for clip in pooled.chunks_exact(t * d) {
+        for k in 0..t - 1 {
+            let (from, to) = (&clip[k * d..(k + 1) * d], &clip[(k + 1) * d..(k + 2) * d]);
+            frames.extend_from_slice(from);
+            deltas.extend(to.iter().zip(from).map(|(b, a)| b - a));
+        }
     }
     Ok(Pairs {
         frames,
@@ -244,7 +263,8 @@ pub fn pairs_of(
     })
 }
 
-fn mean_std(v: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
+/// Per-channel mean and std (floored at 1e-4) of rows of `dim` values.
+pub(crate) fn mean_std(v: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
     let n = (v.len() / dim).max(1) as f64;
     let mut mean = vec![0f64; dim];
     for row in v.chunks_exact(dim) {
@@ -296,7 +316,7 @@ fn pair_loss(
     (loss, real, shuffled)
 }
 
-fn host(t: Tensor<1>) -> Vec<f32> {
+pub(crate) fn host(t: Tensor<1>) -> Vec<f32> {
     t.into_data().try_into_vec::<f32>().expect("f32 logits")
 }
 

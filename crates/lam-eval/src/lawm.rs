@@ -16,7 +16,6 @@ use burn::prelude::*;
 use lam_sim::{Domain, Env, Task, eval_protocol};
 use serde::Serialize;
 
-use lam_lawm::session::to_chw;
 use lam_lawm::session::{PolicyRunner, PolicySession};
 use lam_lawm_train::data::conditioning_text;
 
@@ -106,7 +105,13 @@ pub fn evaluate_task(runner: &PolicyRunner, task: Task, opts: &EvalOptions) -> R
             break;
         }
         for r in active.iter_mut() {
-            let frame = to_chw(&r.env.render(), size, size);
+            let frame = lam_ingest::preprocess::rgb_bytes(
+                &r.env.render(),
+                size as u32,
+                size as u32,
+                size as u32,
+            )
+            .map_err(anyhow::Error::msg)?;
             r.session.observe(frame);
         }
         let mut sessions: Vec<&mut PolicySession> =

@@ -221,6 +221,19 @@ impl Preprocessor {
     }
 }
 
+/// A packed RGB picture (`width x height x 3` bytes) prepared as every frame lam sees is
+/// ([`Preprocessor::process_rgb`]: short side resized, centre square of side `size`) and kept
+/// as bytes, channel-first: `3 * size * size` values in [0, 255]. What a LAWM policy takes, in
+/// training (its episodes are read through the same preparation) and when it acts.
+pub fn rgb_bytes(rgb: &[u8], width: u32, height: u32, size: u32) -> Result<Vec<u8>, String> {
+    let mut chw = Vec::with_capacity(3 * size as usize * size as usize);
+    Preprocessor::new(size, &Normalization::UNIT).process_rgb(rgb, width, height, &mut chw)?;
+    Ok(chw
+        .iter()
+        .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

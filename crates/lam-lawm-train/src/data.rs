@@ -10,9 +10,9 @@
 //! - The CCA analysis loads the hidden true actions from `ground_truth/`
 //!   ([`Labels::GroundTruth`]); training never does.
 //!
-//! Frames are stored channel-first; a recording larger than the model's input is reduced by
-//! box averaging when its side is a multiple of the model's side. Pixel values enter the
-//! networks as `x / 255 - 0.5`.
+//! Frames are stored channel-first as bytes, prepared by lam-ingest's one frame preparation
+//! at the model's side (what the policy sees when it acts: [`lam_ingest::preprocess::rgb_bytes`]).
+//! Pixel values enter the networks as `x / 255 - 0.5`.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,6 @@ use lam_ingest::lerobot::recording::Dataset;
 
 use lam_lawm::instruction::InstructionEmbedder;
 pub use lam_lawm::policy::ActionNorm;
-pub use lam_lawm::session::to_chw;
 
 /// Which action labels to load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,10 +123,7 @@ impl FrameData {
         };
         for dir in dirs {
             let before = l.episodes.len();
-            match sim_recording(dir) {
-                Some(ds) => load_sim(&ds, dir, &mut l)?,
-                None => load_ingest(dir, &mut l)?,
-            }
+            load_source(dir, sim_recording(dir).as_ref(), &mut l)?;
             ensure!(
                 l.episodes.len() > before,
                 "dataset {} has no episodes",
@@ -338,75 +334,24 @@ fn sim_recording(dir: &Path) -> Option<Dataset> {
     provenance(&ds).0.is_some().then_some(ds)
 }
 
-/// The episodes of a lam-sim recording.
-fn load_sim(ds: &Dataset, dir: &Path, l: &mut Loading) -> Result<()> {
-    let (size, labels, max_episodes) = (l.size, l.labels, l.max_episodes);
-    let (task, domain) = provenance(ds);
-    let n = max_episodes.map_or(ds.len(), |m| m.min(ds.len()));
-    for meta in &ds.episodes()[..n] {
-        let k = meta.index as usize;
-        let ep = ds.read_episode(k)?;
-        let (w, h) = (ep.width as usize, ep.height as usize);
-        ensure!(
-            w == h && w >= size && w.is_multiple_of(size),
-            "{}: frames are {w}x{h}, which cannot be reduced to the model's {size}x{size} \
-             (need square frames whose side is a multiple of {size})",
-            dir.display()
-        );
-        let actions = match labels {
-            Labels::None => None,
-            Labels::Actions => Some(ep.actions.clone().with_context(|| {
-                format!(
-                    "dataset {} has no action column (its domain hides actions); \
-                     finetuning needs labeled demonstrations",
-                    dir.display()
-                )
-            })?),
-            Labels::GroundTruth => Some(ds.read_ground_truth(k)?.actions),
-        };
-        if let Some(a) = &actions {
-            ensure!(
-                a.len() == ep.frames.len(),
-                "{}: episode {k} has {} frames but {} actions",
-                dir.display(),
-                ep.frames.len(),
-                a.len()
-            );
-        }
-        let mut frames = Vec::with_capacity(ep.frames.len() * 3 * size * size);
-        for f in &ep.frames {
-            frames.extend(to_chw(f, w, size));
-        }
-        let text = conditioning_text(task.as_deref(), &ep.task);
-        let episode = Episode {
-            len: ep.frames.len(),
-            frames,
-            instruction: l.embedder.embed(&text),
-            actions,
-            task: task.clone(),
-            domain: domain.clone(),
-        };
-        l.push(dir, text, episode)?;
-    }
-
-    Ok(())
-}
-
 /// Frames per second LAWM samples a folder of videos at (LeRobot datasets: their own rate).
 pub const VIDEO_FOLDER_FPS: f64 = 10.0;
 
-/// The episodes of any other source lam-ingest reads: a LeRobot v2.1 / v3.0 dataset (the
-/// first camera of each episode at the dataset's rate, its task string as the instruction,
-/// its `action` column as labels) or a folder of videos (one episode per video at
-/// [`VIDEO_FOLDER_FPS`], no instruction, no labels). Frames are prepared by lam-ingest's one
-/// frame preparation (short side resized, centre crop).
-fn load_ingest(dir: &Path, l: &mut Loading) -> Result<()> {
+/// The episodes of any source lam-ingest reads: a LeRobot v2.1 / v3.0 dataset (the first
+/// camera of each episode at the dataset's rate, its task string as the instruction, its
+/// `action` column as labels) or a folder of videos (one episode per video at
+/// [`VIDEO_FOLDER_FPS`], no instruction, no labels). A lam-sim `recording` adds its task and
+/// domain (the instruction is then [`conditioning_text`]'s) and its hidden true actions
+/// ([`Labels::GroundTruth`]). Frames are prepared by lam-ingest's one frame preparation
+/// (short side resized, centre crop), as the policy sees them when it acts.
+fn load_source(dir: &Path, recording: Option<&Dataset>, l: &mut Loading) -> Result<()> {
     let (size, labels, max_episodes) = (l.size, l.labels, l.max_episodes);
     ensure!(
-        labels != Labels::GroundTruth,
+        labels != Labels::GroundTruth || recording.is_some(),
         "{}: hidden true actions exist only in lam-sim recordings (their ground_truth/)",
         dir.display()
     );
+    let (task, domain) = recording.map(provenance).unwrap_or((None, None));
     let source = lam_ingest::Source::open(dir, None)
         .with_context(|| format!("cannot open dataset {}", dir.display()))?;
     let fps = match &source {
@@ -416,7 +361,8 @@ fn load_ingest(dir: &Path, l: &mut Loading) -> Result<()> {
     if labels == Labels::Actions {
         ensure!(
             source.action_dim().is_some(),
-            "dataset {} has no 1-D action feature; finetuning needs labeled demonstrations",
+            "dataset {} has no action column (a lam-sim recording of a domain that hides its \
+             actions, or no 1-D action feature); finetuning needs labeled demonstrations",
             dir.display()
         );
     }
@@ -468,29 +414,49 @@ fn load_ingest(dir: &Path, l: &mut Loading) -> Result<()> {
                     .episode(ep)
                     .and_then(|e| e.tasks.first().cloned())
                     .unwrap_or_default();
-                let actions = if labels == Labels::Actions {
-                    let data = d.episode_data(ep)?;
-                    let table = data.actions.as_ref().with_context(|| {
-                        format!("{}: episode {ep} has no actions", dir.display())
-                    })?;
-                    let rows = frames_of
-                        .iter()
-                        .map(|c| {
-                            let r = data.row_at(c.times[0]).with_context(|| {
-                                format!(
-                                    "{}: episode {ep} has no action at {:.3} s",
-                                    dir.display(),
-                                    c.times[0]
-                                )
-                            })?;
-                            Ok(table.row(r).to_vec())
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    Some(rows)
-                } else {
-                    None
+                let actions = match labels {
+                    Labels::None => None,
+                    Labels::Actions | Labels::GroundTruth => {
+                        let data = d.episode_data(ep)?;
+                        let truth = match recording {
+                            Some(r) if labels == Labels::GroundTruth => {
+                                Some(r.read_ground_truth(ep as usize)?.actions)
+                            }
+                            _ => None,
+                        };
+                        let rows = frames_of
+                            .iter()
+                            .map(|c| {
+                                let r = data.row_at(c.times[0]).with_context(|| {
+                                    format!(
+                                        "{}: episode {ep} has no row at {:.3} s",
+                                        dir.display(),
+                                        c.times[0]
+                                    )
+                                })?;
+                                match &truth {
+                                    Some(t) => t.get(r).cloned().with_context(|| {
+                                        format!(
+                                            "{}: episode {ep}'s ground truth has no row {r}",
+                                            dir.display()
+                                        )
+                                    }),
+                                    None => {
+                                        let table = data.actions.as_ref().with_context(|| {
+                                            format!(
+                                                "{}: episode {ep} has no actions",
+                                                dir.display()
+                                            )
+                                        })?;
+                                        Ok(table.row(r).to_vec())
+                                    }
+                                }
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        Some(rows)
+                    }
                 };
-                (text, actions)
+                (conditioning_text(task.as_deref(), &text), actions)
             }
             _ => (String::new(), None),
         };
@@ -499,8 +465,8 @@ fn load_ingest(dir: &Path, l: &mut Loading) -> Result<()> {
             frames,
             instruction: l.embedder.embed(&text),
             actions,
-            task: None,
-            domain: None,
+            task: task.clone(),
+            domain: domain.clone(),
         };
         l.push(dir, text, episode)?;
     }

@@ -212,23 +212,3 @@ impl PolicySession {
         self.steps
     }
 }
-
-/// Converts an HWC RGB frame of side `from` to CHW bytes of side `to` (box average).
-pub fn to_chw(rgb: &[u8], from: usize, to: usize) -> Vec<u8> {
-    let f = from / to;
-    let mut out = vec![0u8; 3 * to * to];
-    for c in 0..3 {
-        for y in 0..to {
-            for x in 0..to {
-                let mut acc = 0u32;
-                for dy in 0..f {
-                    for dx in 0..f {
-                        acc += rgb[((y * f + dy) * from + x * f + dx) * 3 + c] as u32;
-                    }
-                }
-                out[(c * to + y) * to + x] = ((acc + (f * f / 2) as u32) / (f * f) as u32) as u8;
-            }
-        }
-    }
-    out
-}

@@ -134,26 +134,11 @@ fn optional_string(field: &str, v: Option<Value>) -> Result<Option<String>, Stri
     }
 }
 
-/// Bytes of an image flattened to `size x size` CHW for the LAWM policy: the box filter the
-/// policy was trained with when the frame is a square multiple of `size`, otherwise the frame
-/// preparation of every other frame lam sees (`lam_ingest::Preprocessor`: short side resized,
-/// centre square), in [0, 255].
+/// Bytes of an image as the LAWM policy takes them: `size x size` CHW, prepared as every frame
+/// lam sees (`lam_ingest::preprocess::rgb_bytes`), as its training episodes were.
 pub fn lawm_frame(img: &Image, size: usize) -> Result<Vec<u8>> {
-    if img.width == img.height && img.width % size == 0 {
-        return Ok(lam_lawm::session::to_chw(&img.rgb, img.width, size));
-    }
-    let bytes = lam_ingest::Normalization {
-        mean: [0.0; 3],
-        std: [1.0 / 255.0; 3],
-    };
-    let mut chw = Vec::with_capacity(3 * size * size);
-    lam_ingest::Preprocessor::new(size as u32, &bytes)
-        .process_rgb(&img.rgb, img.width as u32, img.height as u32, &mut chw)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(chw
-        .iter()
-        .map(|v| v.round().clamp(0.0, 255.0) as u8)
-        .collect())
+    lam_ingest::preprocess::rgb_bytes(&img.rgb, img.width as u32, img.height as u32, size as u32)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 impl<'a> Backend<'a> {
