@@ -54,7 +54,6 @@ fn main() {
         current,
         goal,
         support: None,
-        distance: None,
     };
     let (c, h) = (pcfg.samples, pcfg.horizon);
     let z = Tensor::<3>::random([c, h, d], normal, &dev);

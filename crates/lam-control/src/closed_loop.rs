@@ -23,7 +23,6 @@ use lam_model::config::{Conditioning, LamConfig};
 use serde::Serialize;
 
 use crate::controller::Controller;
-use crate::distance::GoalDistance;
 use crate::planner::{Plan, PlannerConfig, PlannerKind, Problem, SearchSpace, plan};
 use crate::support::Support;
 use crate::waypoints::{GoalMap, WaypointGraph};
@@ -100,9 +99,6 @@ pub struct Agent<'a> {
     /// Penalise predicted transitions the unlabeled video never shows (sampling planners;
     /// see [`crate::support`]).
     pub support: Option<Support<'a>>,
-    /// Add the unlabeled video's estimated distance from each predicted step to the goal
-    /// (sampling planners; see [`crate::distance`]).
-    pub distance: Option<GoalDistance<'a>>,
 }
 
 /// One action block from [`MpcSession::act`].
@@ -247,24 +243,6 @@ impl<'a> Agent<'a> {
                 sup.weight
             );
         }
-        if let Some(dist) = self.distance {
-            ensure!(
-                self.planner.kind != PlannerKind::Gradient,
-                "the distance critic's term is applied by the sampling planners (cem, icem, \
-                 mppi, random), not by the gradient planner"
-            );
-            ensure!(
-                dist.critic.frame_dim() == self.cfg.model.embed_dim,
-                "the distance critic reads {}-D frames; the world model's are {}-D",
-                dist.critic.frame_dim(),
-                self.cfg.model.embed_dim
-            );
-            ensure!(
-                dist.weight.is_finite() && dist.weight >= 0.0,
-                "distance weight must be a finite number >= 0, got {}",
-                dist.weight
-            );
-        }
         if self.mode == Mode::ActionConditioned {
             ensure!(
                 self.cfg.model.latent_dim == block,
@@ -386,7 +364,6 @@ impl MpcSession<'_> {
                 current: s.clone(),
                 goal: target,
                 support: agent.support,
-                distance: agent.distance,
             };
             let space = agent.search_space();
             let t0 = Instant::now();

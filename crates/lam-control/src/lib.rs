@@ -3,7 +3,6 @@
 
 pub mod closed_loop;
 pub mod controller;
-pub mod distance;
 pub mod planner;
 pub mod rollout;
 pub mod support;

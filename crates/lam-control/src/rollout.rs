@@ -4,8 +4,7 @@
 //! tokens against the cache. On the CPU, `WorldModel::rollout_shared` runs the whole rollout
 //! in host kernels with the context keys/values shared by all candidates; elsewhere the cache
 //! is repeated per candidate and `WorldModel::step` runs each step. Costs: MSE, L1 or cosine
-//! to the goal, at the final or the best step, plus the distance critic's estimate of each
-//! step's distance to the goal and the support critic's penalty. Shared by
+//! to the goal, at the final or the best step, plus the support critic's penalty. Shared by
 //! the sampling planners ([`crate::planner`]) and the gradient planner (`planner/gradient.rs`).
 
 use burn::prelude::*;
@@ -156,22 +155,6 @@ pub fn support_penalty(problem: &Problem, steps: Tensor<4>) -> Option<Tensor<1>>
     Some(pen.reshape([c]) * support.weight)
 }
 
-/// The distance critic's term `[C, H]` of candidates whose predicted frames are `steps`
-/// `[C, H, N, D]`: the weighted estimated frames from each predicted step (pooled) to the
-/// goal. `None` without a critic.
-pub fn goal_distance(problem: &Problem, steps: Tensor<4>) -> Option<Tensor<2>> {
-    let dist = problem.distance?;
-    let [c, h, _, d] = steps.dims();
-    let goal = problem
-        .goal
-        .clone()
-        .mean_dim(1)
-        .reshape([1, d])
-        .expand([c * h, d]);
-    let frames = steps.mean_dim(2).reshape([c * h, d]);
-    Some(dist.critic.distance(frames, goal).reshape([c, h]) * dist.weight)
-}
-
 /// Cost per candidate `[C]` of the predicted frames of every step `[C, H, N, D]` against the
 /// goal `[1, N, D]`, under `objective`.
 pub fn trajectory_cost(
@@ -181,30 +164,13 @@ pub fn trajectory_cost(
     steps: Tensor<4>,
     goal: Tensor<3>,
 ) -> Tensor<1> {
-    trajectory_cost_with(kind, pooled, objective, steps, goal, None)
-}
-
-/// [`trajectory_cost`] with `extra` `[C, H]` (e.g. [`goal_distance`]) added to every step's
-/// cost before the objective picks or averages the steps.
-pub fn trajectory_cost_with(
-    kind: CostKind,
-    pooled: bool,
-    objective: Objective,
-    steps: Tensor<4>,
-    goal: Tensor<3>,
-    extra: Option<Tensor<2>>,
-) -> Tensor<1> {
     let [c, h, n, d] = steps.dims();
     let per_step = |k: usize| {
         let frames = steps
             .clone()
             .slice(s![.., k..k + 1, .., ..])
             .reshape([c, n, d]);
-        let base = cost(kind, pooled, frames, goal.clone());
-        match &extra {
-            Some(e) => base + e.clone().slice(s![.., k..k + 1]).reshape([c]),
-            None => base,
-        }
+        cost(kind, pooled, frames, goal.clone())
     };
     match objective {
         Objective::Final => per_step(h - 1),

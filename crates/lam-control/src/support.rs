@@ -149,7 +149,7 @@ pub struct Support<'a> {
 }
 
 /// `(x - mean) / std` per channel of `x` `[M, D]`.
-pub(crate) fn standardise(x: Tensor<2>, mean: &[f32], std: &[f32]) -> Tensor<2> {
+fn standardise(x: Tensor<2>, mean: &[f32], std: &[f32]) -> Tensor<2> {
     let device = x.device();
     let n = mean.len();
     let m = Tensor::<1>::from_data(TensorData::new(mean.to_vec(), [n]), &device).reshape([1, n]);
@@ -264,7 +264,7 @@ pub fn pairs_of(
 }
 
 /// Per-channel mean and std (floored at 1e-4) of rows of `dim` values.
-pub(crate) fn mean_std(v: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
+fn mean_std(v: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
     let n = (v.len() / dim).max(1) as f64;
     let mut mean = vec![0f64; dim];
     for row in v.chunks_exact(dim) {
@@ -316,7 +316,7 @@ fn pair_loss(
     (loss, real, shuffled)
 }
 
-pub(crate) fn host(t: Tensor<1>) -> Vec<f32> {
+fn host(t: Tensor<1>) -> Vec<f32> {
     t.into_data().try_into_vec::<f32>().expect("f32 logits")
 }
 

@@ -44,7 +44,6 @@ fn cached_and_recomputed_rollouts_agree() {
         current: current.clone(),
         goal: current.clone(),
         support: None,
-        distance: None,
     };
     let space = SearchSpace::Latent { dim: 16 };
     let seqs: Vec<f32> = Tensor::<3>::random([6, 5, 16], normal, &dev)
@@ -83,7 +82,6 @@ fn planners_reach_a_reachable_goal() {
         current: current.clone(),
         goal: current.clone(),
         support: None,
-        distance: None,
     };
     let goal = rollout(&base, &space, &target, 1, 3);
     let problem = Problem {
@@ -174,7 +172,6 @@ fn action_space_plans_stay_in_bounds() {
         current: current.clone(),
         goal: current * 0.5,
         support: None,
-        distance: None,
     };
     let space = SearchSpace::Action {
         low: vec![-1.0, -0.5],

@@ -77,7 +77,6 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
         hold_actions: false,
         waypoints: None,
         support: None,
-        distance: None,
     };
     let r = run_episode(&agent, &episodes[0], &encoder, true).unwrap();
     assert!(r.steps >= 1 && r.steps <= 50);
@@ -163,7 +162,6 @@ fn closed_loop_executes_action_blocks() {
         hold_actions: false,
         waypoints: None,
         support: None,
-        distance: None,
     };
     agent.check().unwrap();
     // One plan per block of two environment steps.

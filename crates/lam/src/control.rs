@@ -1,6 +1,6 @@
 //! `lam control fit`: the controller between robot actions and latent actions; `lam control
 //! support`: the support critic planners can use to avoid predicted changes the video never
-//! shows; `lam control distance`: the distance critic, a cost-to-go learned from the video.
+//! shows.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +8,6 @@ use anyhow::Result;
 use burn::prelude::Device;
 use clap::{Args, Subcommand};
 use lam_control::controller::{self, ControllerConfig, ControllerReport};
-use lam_control::distance::{DistanceConfig, DistanceReport};
 use lam_control::support::{SupportConfig, SupportReport};
 use lam_data::{ShardSet, Split};
 use lam_model::LatentActionModel;
@@ -27,37 +26,6 @@ pub enum ControlCommand {
     /// Fit the support critic on a world model's training shards (actions not needed): which
     /// changes happen in which frames, so planners can avoid predictions that never do.
     Support(SupportArgs),
-    /// Fit the distance critic on a world model's training shards (actions not needed; clips
-    /// of consecutive starts, `lam embed --stride 1`): how many frames the video takes from
-    /// one frame to another, a cost-to-go for planners that knows where the video goes round
-    /// walls.
-    Distance(DistanceArgs),
-}
-
-#[derive(Args, Clone)]
-pub struct DistanceArgs {
-    /// Stage-1 run folder (latest checkpoint) or checkpoint folder.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Shard folder of video like the model's, embedded with `--stride 1` (actions not
-    /// needed): `train` fits, `val` reports.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Output folder for distance.safetensors and distance.json.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Optimiser steps.
-    #[arg(long, default_value_t = DistanceConfig::default().steps)]
-    pub steps: usize,
-    /// Largest gap between the two frames of a training pair, in frames of the shards.
-    #[arg(long, default_value_t = DistanceConfig::default().max_gap)]
-    pub max_gap: usize,
-    /// Hidden width of the MLP.
-    #[arg(long, default_value_t = DistanceConfig::default().hidden)]
-    pub hidden: usize,
-    /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 #[derive(Args, Clone)]
@@ -188,42 +156,7 @@ pub fn run(cmd: ControlCommand) -> Result<()> {
             }
             Ok(())
         }
-        ControlCommand::Distance(args) => {
-            let r = distance(&args)?;
-            println!(
-                "distance critic: held-out mean absolute error {:.2} frames (a constant: {:.2}), \
-                 correlation {:.3}, on {} held-out episodes ({} training)\nsaved to {}",
-                r.val_mae,
-                r.val_mae_constant,
-                r.val_correlation,
-                r.val_episodes,
-                r.train_episodes,
-                args.out.display()
-            );
-            Ok(())
-        }
     }
-}
-
-pub fn distance(args: &DistanceArgs) -> Result<DistanceReport> {
-    let device = parse_device(&args.device)?;
-    let (_, lam, _, train, val) = open_run_and_data(&args.run, &args.data, &device)?;
-    info!(
-        "reading the episodes of {} + {} clips",
-        train.len(),
-        val.len()
-    );
-    let tr = lam_control::distance::episodes_of(&lam, &train, &device, 64)?;
-    let va = lam_control::distance::episodes_of(&lam, &val, &device, 64)?;
-    let dcfg = DistanceConfig {
-        steps: args.steps,
-        max_gap: args.max_gap,
-        hidden: args.hidden,
-        ..Default::default()
-    };
-    let (critic, report) = lam_control::distance::fit(&dcfg, &tr, &va, &device)?;
-    lam_control::distance::save(&critic, &args.out, &report, &dcfg)?;
-    Ok(report)
 }
 
 /// The frozen stage-1 model of `run` (and its checkpoint folder) and the train / val splits of

@@ -133,15 +133,6 @@ pub struct PlanEvalArgs {
     /// their rate elsewhere cost anything).
     #[arg(long, default_value_t = 3.0)]
     pub support_margin: f32,
-    /// Distance critic folder (`lam control distance`, fitted on the world model's video):
-    /// the sampling planners add `--distance-weight` times its estimate of the frames from
-    /// each predicted step to the goal to that step's cost (a cost-to-go that knows where the
-    /// video goes round walls).
-    #[arg(long)]
-    pub distance: Option<PathBuf>,
-    /// Weight of the distance critic's estimate (in frames of the video) in each step's cost.
-    #[arg(long, default_value_t = 0.1)]
-    pub distance_weight: f32,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
     pub learning_rate: f64,
@@ -366,10 +357,6 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             Some(p) => Some(lam_control::support::load(p, &device)?),
             None => None,
         };
-        let distance = match &args.distance {
-            Some(p) => Some(lam_control::distance::load(p, &device)?),
-            None => None,
-        };
         let (mode, kinds) = match conditioning {
             Conditioning::Latent => (args.space, args.planner.clone()),
             Conditioning::Action => (Mode::ActionConditioned, args.planner.clone()),
@@ -438,12 +425,6 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                     weight: args.support_weight,
                     margin: args.support_margin,
                 }),
-                distance: distance
-                    .as_ref()
-                    .map(|critic| lam_control::distance::GoalDistance {
-                        critic,
-                        weight: args.distance_weight,
-                    }),
                 low: space.low.clone(),
                 high: space.high.clone(),
             };
@@ -469,11 +450,6 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                     "{name}, support {} (margin {})",
                     args.support_weight, args.support_margin
                 )
-            } else {
-                name
-            };
-            let name = if agent.distance.is_some() {
-                format!("{name}, distance {}", args.distance_weight)
             } else {
                 name
             };

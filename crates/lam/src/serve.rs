@@ -235,7 +235,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         hold_actions: args.hold_actions,
         waypoints: None,
         support: None,
-        distance: None,
         low,
         high,
     };

@@ -26,7 +26,6 @@ use lam_model::world_model::{KvCache, WorldModel};
 use serde::{Deserialize, Serialize};
 
 use crate::controller::Controller;
-use crate::distance::GoalDistance;
 use crate::support::Support;
 use cem::Cem;
 use icem::Icem;
@@ -364,9 +363,6 @@ pub struct Problem<'a> {
     /// Penalise predicted transitions the training video never shows (sampling planners;
     /// see [`crate::support`]).
     pub support: Option<Support<'a>>,
-    /// Add the video's estimated distance from each predicted step to the goal (sampling
-    /// planners; see [`crate::distance`]).
-    pub distance: Option<GoalDistance<'a>>,
 }
 
 /// The chosen plan.

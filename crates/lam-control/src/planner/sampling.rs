@@ -8,9 +8,7 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::{Plan, PlannerConfig, Problem, SearchSpace};
-use crate::rollout::{
-    final_frames, goal_distance, pooled_cosine, rollout_all, support_penalty, trajectory_cost_with,
-};
+use crate::rollout::{final_frames, pooled_cosine, rollout_all, support_penalty, trajectory_cost};
 
 /// What one sampling planner does its own way. Sequences are `[c, h * dim]` row-major.
 pub(super) trait Sampler {
@@ -81,13 +79,12 @@ pub(super) fn plan(
         sampler.place(&mut seqs, &mean, it + 1 == iterations);
         space.clamp(&mut seqs);
         let steps = rollout_all(problem, space, &seqs, c, h);
-        let mut costs = trajectory_cost_with(
+        let mut costs = trajectory_cost(
             cfg.cost,
             cfg.pooled,
             cfg.objective,
             steps.clone(),
             problem.goal.clone(),
-            goal_distance(problem, steps.clone()),
         );
         if let Some(p) = support_penalty(problem, steps) {
             costs = costs + p;
@@ -106,13 +103,12 @@ pub(super) fn plan(
     }
     let best_steps = rollout_all(problem, space, &best.1, 1, h);
     if problem.support.is_some() && tracing::enabled!(tracing::Level::DEBUG) {
-        let goal = host(trajectory_cost_with(
+        let goal = host(trajectory_cost(
             cfg.cost,
             cfg.pooled,
             cfg.objective,
             best_steps.clone(),
             problem.goal.clone(),
-            goal_distance(problem, best_steps.clone()),
         ))[0];
         let pen = support_penalty(problem, best_steps.clone()).map(host);
         tracing::debug!("chosen plan: goal cost {goal:.4}, support penalty {pen:?}");
