@@ -228,10 +228,13 @@ impl Preprocessor {
 pub fn rgb_bytes(rgb: &[u8], width: u32, height: u32, size: u32) -> Result<Vec<u8>, String> {
     let mut chw = Vec::with_capacity(3 * size as usize * size as usize);
     Preprocessor::new(size, &Normalization::UNIT).process_rgb(rgb, width, height, &mut chw)?;
-    Ok(chw
-        .iter()
-        .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
-        .collect())
+    Ok(chw.into_iter().map(unit_to_byte).collect())
+}
+
+/// The byte of a value prepared with [`Normalization::UNIT`] (`v / 255` in [0, 1]): the
+/// inverse of that preparation, for frames kept as bytes.
+pub fn unit_to_byte(v: f32) -> u8 {
+    (v * 255.0).round().clamp(0.0, 255.0) as u8
 }
 
 #[cfg(test)]

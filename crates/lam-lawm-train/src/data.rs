@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use lam_ingest::lerobot::recording::Dataset;
+use lam_ingest::preprocess::unit_to_byte;
 
 use lam_lawm::instruction::InstructionEmbedder;
 pub use lam_lawm::policy::ActionNorm;
@@ -372,10 +373,7 @@ fn load_source(dir: &Path, recording: Option<&Dataset>, l: &mut Loading) -> Resu
         frames: 1,
         size: size as u32,
         stride: 1,
-        norm: lam_ingest::Normalization {
-            mean: [0.0; 3],
-            std: [1.0; 3],
-        },
+        norm: lam_ingest::Normalization::UNIT,
         max_clips: None,
     };
     let clips = source.as_clip_source();
@@ -402,11 +400,7 @@ fn load_source(dir: &Path, recording: Option<&Dataset>, l: &mut Loading) -> Resu
         }
         let mut frames = Vec::with_capacity(frames_of.len() * 3 * size * size);
         for c in &frames_of {
-            frames.extend(
-                c.data
-                    .iter()
-                    .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8),
-            );
+            frames.extend(c.data.iter().copied().map(unit_to_byte));
         }
         let (text, actions) = match (&source, item.episode) {
             (lam_ingest::Source::LeRobot(d), Some(ep)) => {
@@ -417,43 +411,41 @@ fn load_source(dir: &Path, recording: Option<&Dataset>, l: &mut Loading) -> Resu
                 let actions = match labels {
                     Labels::None => None,
                     Labels::Actions | Labels::GroundTruth => {
+                        // The episode's row of each frame, then that row's label.
                         let data = d.episode_data(ep)?;
-                        let truth = match recording {
-                            Some(r) if labels == Labels::GroundTruth => {
-                                Some(r.read_ground_truth(ep as usize)?.actions)
-                            }
-                            _ => None,
-                        };
                         let rows = frames_of
                             .iter()
                             .map(|c| {
-                                let r = data.row_at(c.times[0]).with_context(|| {
+                                data.row_at(c.times[0]).with_context(|| {
                                     format!(
                                         "{}: episode {ep} has no row at {:.3} s",
                                         dir.display(),
                                         c.times[0]
                                     )
-                                })?;
-                                match &truth {
-                                    Some(t) => t.get(r).cloned().with_context(|| {
-                                        format!(
-                                            "{}: episode {ep}'s ground truth has no row {r}",
-                                            dir.display()
-                                        )
-                                    }),
-                                    None => {
-                                        let table = data.actions.as_ref().with_context(|| {
+                                })
+                            })
+                            .collect::<Result<Vec<usize>>>()?;
+                        Some(match recording {
+                            Some(rec) if labels == Labels::GroundTruth => {
+                                let truth = rec.read_ground_truth(ep as usize)?.actions;
+                                rows.iter()
+                                    .map(|&r| {
+                                        truth.get(r).cloned().with_context(|| {
                                             format!(
-                                                "{}: episode {ep} has no actions",
+                                                "{}: episode {ep}'s ground truth has no row {r}",
                                                 dir.display()
                                             )
-                                        })?;
-                                        Ok(table.row(r).to_vec())
-                                    }
-                                }
-                            })
-                            .collect::<Result<Vec<_>>>()?;
-                        Some(rows)
+                                        })
+                                    })
+                                    .collect::<Result<Vec<_>>>()?
+                            }
+                            _ => {
+                                let table = data.actions.as_ref().with_context(|| {
+                                    format!("{}: episode {ep} has no actions", dir.display())
+                                })?;
+                                rows.iter().map(|&r| table.row(r).to_vec()).collect()
+                            }
+                        })
                     }
                 };
                 (conditioning_text(task.as_deref(), &text), actions)

@@ -25,6 +25,7 @@
 use super::columns::Columns;
 use super::{Episode, LeRobotDataset, LeRobotOptions, Matrix};
 use crate::parquet_writer::TableBuilder;
+use crate::preprocess::unit_to_byte;
 use crate::source::ClipSource;
 use crate::spec::{ClipSpec, Normalization};
 use crate::video_writer::{VideoWriter, output_codec};
@@ -695,7 +696,7 @@ impl Dataset {
             .map(|c| {
                 (0..plane)
                     .flat_map(|i| (0..3).map(move |ch| (i, ch)))
-                    .map(|(i, ch)| (c.data[ch * plane + i] * 255.0).round().clamp(0.0, 255.0) as u8)
+                    .map(|(i, ch)| unit_to_byte(c.data[ch * plane + i]))
                     .collect()
             })
             .collect();
