@@ -280,6 +280,15 @@ impl Frames {
             .extend((start..start + count.saturating_sub(1)).map(|i| (i, i + 1)));
     }
 
+    /// Appends another set of frames of the same side (its pairs shifted to follow ours).
+    pub fn append(&mut self, other: Frames) {
+        assert_eq!(self.size, other.size, "frames of different sides");
+        let start = self.len();
+        self.data.extend(other.data);
+        self.pairs
+            .extend(other.pairs.into_iter().map(|(a, b)| (a + start, b + start)));
+    }
+
     /// Stacks frames `indices` into `[B, 3, S, S]`.
     pub fn tensor(&self, indices: &[usize], device: &Device) -> Tensor<4> {
         let mut v = Vec::with_capacity(indices.len() * self.frame_len());
@@ -1275,6 +1284,22 @@ mod tests {
     #[derive(Module, Debug)]
     struct Cloud {
         x: Param<Tensor<2>>,
+    }
+
+    #[test]
+    fn appended_frames_keep_their_own_pairs() {
+        let norm = Normalization::IMAGENET;
+        let mut all = synthetic_frames(2, 3, 8, &norm, 1);
+        let other = synthetic_frames(1, 4, 8, &norm, 2);
+        let last = other.frame(3).to_vec();
+        all.append(other);
+        assert_eq!(all.len(), 10);
+        // Two runs of 3 frames, then one of 4: no pair crosses a run's end.
+        assert_eq!(
+            all.pairs,
+            vec![(0, 1), (1, 2), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9)]
+        );
+        assert_eq!(all.frame(9), &last[..]);
     }
 
     #[test]

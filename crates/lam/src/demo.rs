@@ -4,9 +4,13 @@
 //! 1. record unlabeled `human` video (400 episodes of random exploration: play in which the
 //!    agent also pushes into walls) and a small labeled `robot` set (100 mixed-policy
 //!    episodes) (`lam sim record`);
-//! 2. pretrain the sim encoder on the human frames (`lam encoder pretrain`);
-//! 3. embed both recordings into shards, one token per frame (the encoder's keypoint
-//!    positions, `--pooling keypoints`; the oracle's state with `--oracle`), one shard frame per
+//! 2. pretrain the sim encoder on the frames of both recordings, no labels read (`lam encoder
+//!    pretrain --data HUMAN --data ROBOT`);
+//! 3. fit the encoder's context features on the human video (`lam encoder context`: the scene
+//!    layout the keypoints drop, e.g. `reach`'s door) and embed both recordings into shards,
+//!    one token per frame (the encoder's keypoint positions and the context features,
+//!    `--pooling keypoints-context`; `--pooling keypoints` leaves the context out; the
+//!    oracle's state with `--oracle`), one shard frame per
 //!    block of `frameskip` (5) simulator steps, clips of `history` (3) frames + the next
 //!    (`lam embed --fps 2 --frames 4`); the labeled robot shards carry blocks of 5 actions;
 //! 4. train the latent action model on the human shards with per-channel standardised tokens
@@ -227,12 +231,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     writeln!(
         md,
         "Task `{task}` of the simulated suite: {} unlabeled human-domain episodes ({} policy, \
-         no actions read) and {} labeled robot episodes ({} policy); closed-loop evaluation in \
-         the robot domain on the fixed protocol ({} episodes).\n",
+         no actions read) and {} labeled robot episodes ({} policy); frame embedding: {}; \
+         closed-loop evaluation in the robot domain on the fixed protocol ({} episodes).\n",
         a.data.human_episodes,
         a.data.human_policy,
         a.data.robot_episodes,
         a.data.robot_policy,
+        a.data.embedding(),
         a.episodes
     )?;
     writeln!(md, "## Closed-loop planning\n")?;

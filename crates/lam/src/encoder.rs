@@ -10,7 +10,7 @@ use lam_ingest::{ClipSpec, Normalization};
 use lam_encoder::embed::{EmbedOptions, Source, embed};
 use lam_encoder::encoder::{Encoder, Pooling};
 use lam_encoder::pretrain::{
-    PretrainConfig, PretrainRun, frames_from_source, pretrain, synthetic_frames,
+    Frames, PretrainConfig, PretrainRun, frames_from_source, pretrain, synthetic_frames,
 };
 use lam_encoder::probe::ProbeConfig;
 use lam_encoder::sim::SimEncoderConfig;
@@ -78,8 +78,10 @@ pub struct ProbeArgs {
 #[derive(Args)]
 pub struct PretrainArgs {
     /// Frames from this source: a lam-sim recording, a LeRobot dataset or a video folder.
+    /// Repeat to pretrain on several (e.g. unlabeled video of two embodiments); --max-frames
+    /// is then split evenly between them.
     #[arg(long, conflicts_with = "synthetic")]
-    pub data: Option<PathBuf>,
+    pub data: Vec<PathBuf>,
     /// Instead of --data, this many generated episodes of moving shapes (40 frames each).
     #[arg(long)]
     pub synthetic: Option<usize>,
@@ -89,7 +91,7 @@ pub struct PretrainArgs {
     /// Frame rate frames are sampled at from --data.
     #[arg(long, default_value_t = 10.0)]
     pub fps: f64,
-    /// At most this many frames are loaded.
+    /// At most this many frames are loaded (in all, over the --data sources).
     #[arg(long, default_value_t = 4000)]
     pub max_frames: usize,
     /// Optimiser steps.
@@ -397,9 +399,10 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
     };
     let cfg = a.settings.resolve(from_flags, PRETRAIN_FLAG_KEYS)?;
     let norm = Normalization::IMAGENET;
-    let frames = match (&a.data, a.synthetic) {
-        (Some(path), _) => {
-            let source = Source::open(path, None)?;
+    let frames = match (a.data.as_slice(), a.synthetic) {
+        ([], Some(runs)) => synthetic_frames(runs, 40, cfg.encoder.image_size, &norm, cfg.seed),
+        ([], None) => bail!("give --data SRC or --synthetic EPISODES"),
+        (paths, _) => {
             let spec = ClipSpec {
                 fps: a.fps,
                 frames: 8,
@@ -408,13 +411,20 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
                 norm,
                 max_clips: None,
             };
-            let (frames, report) =
-                frames_from_source(source.as_clip_source(), &spec, a.max_frames)?;
-            eprintln!("{report}");
+            let mut frames = Frames {
+                size: spec.size as usize,
+                ..Frames::default()
+            };
+            for (i, path) in paths.iter().enumerate() {
+                // An even share of what is left, so a short source leaves its rest to the next.
+                let share = (a.max_frames - frames.len()) / (paths.len() - i);
+                let source = Source::open(path, None)?;
+                let (part, report) = frames_from_source(source.as_clip_source(), &spec, share)?;
+                eprintln!("{report}");
+                frames.append(part);
+            }
             frames
         }
-        (None, Some(runs)) => synthetic_frames(runs, 40, cfg.encoder.image_size, &norm, cfg.seed),
-        (None, None) => bail!("give --data SRC or --synthetic EPISODES"),
     };
     eprintln!(
         "pretraining on {} frames ({} consecutive pairs)",

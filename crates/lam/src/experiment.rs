@@ -398,6 +398,8 @@ fn prepare_data(
         "robot_episodes": data.robot_episodes,
         "robot_policy": data.robot_policy.to_string(),
         "encoder_steps": data.encoder_steps,
+        "encoder_frames": "human+robot",
+        "pooling": data.pooling.name(),
         "oracle": data.oracle,
         "frameskip": data.frameskip,
         "history": data.history,
@@ -651,11 +653,7 @@ fn training(a: TrainingArgs) -> Result<()> {
         d.spec.human_episodes,
         d.spec.task,
         d.spec.human_policy,
-        if d.spec.oracle {
-            "the oracle state"
-        } else {
-            "the pretrained sim encoder's keypoints"
-        },
+        d.spec.embedding(),
         a.steps,
         every,
         3,
@@ -734,12 +732,15 @@ fn training(a: TrainingArgs) -> Result<()> {
 /// The encoder arms: frozen, then finetuned under each guard.
 const GUARDS: [&str; 5] = ["frozen", "distill", "sigreg", "ema", "none"];
 
-fn encoders(a: EncoderArgs) -> Result<()> {
+fn encoders(mut a: EncoderArgs) -> Result<()> {
     let started = Instant::now();
     ensure!(
         !a.data.spec.oracle,
         "the encoder experiment needs the pretrained sim encoder: drop --oracle"
     );
+    // Every arm plans on the keypoints alone: end-to-end training embeds them, and context
+    // features are fitted to an encoder after its training.
+    a.data.spec.pooling = crate::pipeline::SuitePooling::Keypoints;
     let arms: Vec<&str> = if a.arms.is_empty() {
         GUARDS.to_vec()
     } else {
@@ -1119,11 +1120,7 @@ fn wild(a: WildArgs) -> Result<()> {
         d.spec.robot_episodes,
         d.spec.robot_episodes,
         a.steps,
-        if d.spec.oracle {
-            "the simulator's true state"
-        } else {
-            "the pretrained sim encoder's keypoints"
-        },
+        d.spec.embedding(),
         a.episodes,
     )?;
     writeln!(
@@ -1398,11 +1395,7 @@ fn write_report(
         a.data.spec.human_episodes,
         a.data.spec.human_policy,
         a.data.spec.robot_episodes,
-        if a.data.spec.oracle {
-            "the simulator's true state (oracle)"
-        } else {
-            "the pretrained sim encoder's keypoints (as `lam demo`)"
-        },
+        a.data.spec.embedding(),
         a.steps,
         a.seeds,
         a.episodes,

@@ -3,7 +3,8 @@
 //! report can list what was run and each step can be rerun by hand.
 //!
 //! The data stage records unlabeled `human` video and a small labeled `robot` set, pretrains
-//! the sim encoder on the human frames (unless the oracle state is the embedding) and embeds
+//! the sim encoder on the frames of both (the robot's labels unused: its frames make the
+//! keypoints precise on the robot's embodiment; unless the oracle state is the embedding) and embeds
 //! both recordings into shards of `history + 1` frames, one frame per block of `frameskip`
 //! simulator steps. The model stages train a latent action model on the human shards, score
 //! it, fit the controller on the robot shards and plan closed loop in the robot domain.
@@ -74,6 +75,11 @@ pub struct DataSpec {
     /// Sim-encoder pretraining steps.
     #[arg(long, default_value_t = 400)]
     pub encoder_steps: usize,
+    /// Frame embedding of the sim encoder: `keypoints-context` appends to the keypoint
+    /// positions (what moves) the 4 context features fitted on the human video (`lam encoder
+    /// context`: the scene layout, e.g. where `reach`'s door is); `keypoints` leaves them out.
+    #[arg(long, value_enum, default_value = "keypoints-context")]
+    pub pooling: SuitePooling,
     /// Use the oracle encoder (the simulator's true state) instead of pretraining the sim
     /// encoder: tells whether dynamics and planning work when vision does.
     #[arg(long)]
@@ -88,6 +94,23 @@ pub struct DataSpec {
     /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+/// The sim encoder's frame embeddings the data stage offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SuitePooling {
+    Keypoints,
+    KeypointsContext,
+}
+
+impl SuitePooling {
+    /// `lam embed --pooling`'s name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SuitePooling::Keypoints => "keypoints",
+            SuitePooling::KeypointsContext => "keypoints-context",
+        }
+    }
 }
 
 /// Where the data stage puts things under a report folder.
@@ -110,6 +133,17 @@ impl DataSpec {
         );
         anyhow::ensure!(self.history >= 1, "--history must be at least 1");
         Ok(())
+    }
+
+    /// The frame embedding in words, for reports.
+    pub fn embedding(&self) -> &'static str {
+        match (self.oracle, self.pooling) {
+            (true, _) => "the simulator's true state (oracle)",
+            (false, SuitePooling::Keypoints) => "the pretrained sim encoder's keypoints",
+            (false, SuitePooling::KeypointsContext) => {
+                "the pretrained sim encoder's keypoints and context features"
+            }
+        }
     }
 
     pub fn layout(&self, out: &Path) -> DataLayout {
@@ -175,12 +209,14 @@ impl DataSpec {
         )?;
         if !self.oracle {
             steps.run(
-                &format!("3/{total} pretraining the sim encoder on the human frames"),
+                &format!("3/{total} pretraining the sim encoder on the human and robot frames"),
                 &args(&[
                     &"encoder",
                     &"pretrain",
                     &"--data",
                     &human,
+                    &"--data",
+                    &robot,
                     &"--out",
                     &out.join("encoder").display(),
                     &"--patch",
@@ -198,6 +234,20 @@ impl DataSpec {
                     &"--quiet",
                 ]),
             )?;
+            if self.pooling == SuitePooling::KeypointsContext {
+                steps.run(
+                    &format!("3/{total} fitting the encoder's context features on the human video"),
+                    &args(&[
+                        &"encoder",
+                        &"context",
+                        &l.encoder,
+                        &"--data",
+                        &human,
+                        &"--device",
+                        dev,
+                    ]),
+                )?;
+            }
         }
         let fps = 10 / self.frameskip;
         for (src, dst, val) in [
@@ -223,7 +273,7 @@ impl DataSpec {
                     &"--val-fraction",
                     &val,
                     &"--pooling",
-                    &if self.oracle { "mean" } else { "keypoints" },
+                    &if self.oracle { "mean" } else { self.pooling.name() },
                     &"--device",
                     dev,
                 ]),
