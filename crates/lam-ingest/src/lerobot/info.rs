@@ -50,6 +50,10 @@ pub struct Info {
     #[serde(default)]
     pub video_path: Option<String>,
     pub features: BTreeMap<String, Feature>,
+    /// The whole file as parsed JSON (what a writer added beyond the fields above, e.g. a
+    /// lam recording's `lam_sim` provenance).
+    #[serde(skip)]
+    pub raw: serde_json::Value,
 }
 
 fn default_chunks_size() -> u64 {
@@ -62,10 +66,13 @@ impl Info {
     /// non-positive fps.
     pub fn read(path: &Path) -> Result<Info> {
         let text = std::fs::read_to_string(path).map_err(|e| IngestError::io(path, e))?;
-        let info: Info = serde_json::from_str(&text).map_err(|source| IngestError::Json {
+        let json_error = |source| IngestError::Json {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let raw: serde_json::Value = serde_json::from_str(&text).map_err(json_error)?;
+        let mut info: Info = serde_json::from_str(&text).map_err(json_error)?;
+        info.raw = raw;
         info.layout_at(path)?;
         if !(info.fps.is_finite() && info.fps > 0.0) {
             return Err(IngestError::dataset(

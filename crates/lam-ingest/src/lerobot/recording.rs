@@ -593,6 +593,8 @@ pub struct GroundTruth {
 pub struct Dataset {
     inner: LeRobotDataset,
     info: Value,
+    /// Every episode's ground truth, read from `ground_truth/frames.parquet` on first use.
+    ground_truth: std::sync::OnceLock<Vec<GroundTruth>>,
 }
 
 impl Dataset {
@@ -608,12 +610,12 @@ impl Dataset {
             "{} declares no video feature",
             root.join("meta/info.json").display()
         );
-        let info_path = root.join("meta/info.json");
-        let text = std::fs::read_to_string(&info_path)
-            .with_context(|| format!("cannot read {}", info_path.display()))?;
-        let info: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", info_path.display()))?;
-        Ok(Self { inner, info })
+        let info = inner.info().raw.clone();
+        Ok(Self {
+            inner,
+            info,
+            ground_truth: std::sync::OnceLock::new(),
+        })
     }
 
     /// Number of episodes.
@@ -737,7 +739,8 @@ impl Dataset {
             .collect()
     }
 
-    /// Reads the ground truth of `episode` from `ground_truth/frames.parquet`.
+    /// The ground truth of `episode` from `ground_truth/frames.parquet` (the file is read once,
+    /// on the first call, for every episode).
     pub fn read_ground_truth(&self, episode: usize) -> anyhow::Result<GroundTruth> {
         anyhow::ensure!(
             self.inner.episode(episode as u64).is_some(),
@@ -745,16 +748,48 @@ impl Dataset {
             self.inner.root().display(),
             self.len()
         );
+        if self.ground_truth.get().is_none() {
+            let all = self.read_all_ground_truth()?;
+            // Another caller may have filled it meanwhile: the same file, the same values.
+            let _ = self.ground_truth.set(all);
+        }
+        let all = self.ground_truth.get().expect("filled above");
+        all.get(episode).cloned().ok_or_else(|| {
+            anyhow!(
+                "{}: no ground truth rows for episode {episode}",
+                self.inner.root().join("ground_truth/frames.parquet").display()
+            )
+        })
+    }
+
+    /// Every episode's ground truth (index = episode index), split from one read of
+    /// `ground_truth/frames.parquet`.
+    fn read_all_ground_truth(&self) -> anyhow::Result<Vec<GroundTruth>> {
         let path = self.inner.root().join("ground_truth/frames.parquet");
         let t = Columns::read(&path, &["episode_index", "action", "state", "success"])?;
         let ep = t.ints("episode_index")?;
-        let rows: Vec<usize> = (0..ep.len()).filter(|&i| ep[i] == episode as i64).collect();
         let (actions, states) = (t.matrix("action")?, t.matrix("state")?);
         let success = t.bools("success")?;
-        Ok(GroundTruth {
-            actions: rows.iter().map(|&i| actions.row(i).to_vec()).collect(),
-            states: rows.iter().map(|&i| states.row(i).to_vec()).collect(),
-            success: rows.iter().map(|&i| success[i]).collect(),
-        })
+        let episodes = ep.iter().map(|&e| e.max(0) as usize + 1).max().unwrap_or(0);
+        let mut all = vec![
+            GroundTruth {
+                actions: Vec::new(),
+                states: Vec::new(),
+                success: Vec::new(),
+            };
+            episodes.max(self.len())
+        ];
+        for (i, &e) in ep.iter().enumerate() {
+            anyhow::ensure!(
+                e >= 0,
+                "{}: row {i} has episode_index {e}",
+                path.display()
+            );
+            let g = &mut all[e as usize];
+            g.actions.push(actions.row(i).to_vec());
+            g.states.push(states.row(i).to_vec());
+            g.success.push(success[i]);
+        }
+        Ok(all)
     }
 }
