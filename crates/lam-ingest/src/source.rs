@@ -108,10 +108,7 @@ impl Source {
     /// Action dimension of a labeled LeRobot dataset (a 1-D action feature).
     pub fn action_dim(&self) -> Option<usize> {
         match self {
-            Source::LeRobot(d) => match d.action_shape() {
-                Some([a]) if *a > 0 => Some(*a),
-                _ => None,
-            },
+            Source::LeRobot(d) => d.action_dim(),
             Source::Folder(_) => None,
         }
     }

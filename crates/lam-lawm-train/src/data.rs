@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use lam_ingest::lerobot::recording::Dataset;
+use lam_ingest::{ClipSource, LeRobotDataset};
 use lam_ingest::preprocess::unit_to_byte;
 
 use lam_lawm::instruction::InstructionEmbedder;
@@ -353,15 +354,23 @@ fn load_source(dir: &Path, recording: Option<&Dataset>, l: &mut Loading) -> Resu
         dir.display()
     );
     let (task, domain) = recording.map(provenance).unwrap_or((None, None));
-    let source = lam_ingest::Source::open(dir, None)
-        .with_context(|| format!("cannot open dataset {}", dir.display()))?;
-    let fps = match &source {
-        lam_ingest::Source::LeRobot(d) => d.fps(),
-        lam_ingest::Source::Folder(_) => VIDEO_FOLDER_FPS,
+    // A recording is already open; anything else is opened here.
+    let opened;
+    let (lerobot, clips): (Option<&LeRobotDataset>, &dyn ClipSource) = match recording {
+        Some(rec) => (Some(rec.lerobot()), rec.lerobot()),
+        None => {
+            opened = lam_ingest::Source::open(dir, None)
+                .with_context(|| format!("cannot open dataset {}", dir.display()))?;
+            match &opened {
+                lam_ingest::Source::LeRobot(d) => (Some(d), d),
+                lam_ingest::Source::Folder(f) => (None, f),
+            }
+        }
     };
+    let fps = lerobot.map_or(VIDEO_FOLDER_FPS, |d| d.fps());
     if labels == Labels::Actions {
         ensure!(
-            source.action_dim().is_some(),
+            lerobot.and_then(|d| d.action_dim()).is_some(),
             "dataset {} has no action column (a lam-sim recording of a domain that hides its \
              actions, or no 1-D action feature); finetuning needs labeled demonstrations",
             dir.display()
@@ -376,7 +385,6 @@ fn load_source(dir: &Path, recording: Option<&Dataset>, l: &mut Loading) -> Resu
         norm: lam_ingest::Normalization::UNIT,
         max_clips: None,
     };
-    let clips = source.as_clip_source();
     let mut groups = std::collections::BTreeSet::new();
     for item in clips.items() {
         // One camera per episode.
@@ -402,8 +410,8 @@ fn load_source(dir: &Path, recording: Option<&Dataset>, l: &mut Loading) -> Resu
         for c in &frames_of {
             frames.extend(c.data.iter().copied().map(unit_to_byte));
         }
-        let (text, actions) = match (&source, item.episode) {
-            (lam_ingest::Source::LeRobot(d), Some(ep)) => {
+        let (text, actions) = match (lerobot, item.episode) {
+            (Some(d), Some(ep)) => {
                 let text = d
                     .episode(ep)
                     .and_then(|e| e.tasks.first().cloned())

@@ -171,6 +171,14 @@ impl LeRobotDataset {
             .map(|f| f.shape.as_slice())
     }
 
+    /// Action dimension of a labeled dataset (a 1-D action feature of positive width).
+    pub fn action_dim(&self) -> Option<usize> {
+        match self.action_shape() {
+            Some([a]) if *a > 0 => Some(*a),
+            _ => None,
+        }
+    }
+
     /// Timestamps, actions and states of episode `index`. Errors name the
     /// data file: missing, unreadable, missing columns, or no rows for the
     /// episode.

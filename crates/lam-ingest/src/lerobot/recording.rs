@@ -633,6 +633,11 @@ impl Dataset {
         self.inner.fps()
     }
 
+    /// The recording as the LeRobot dataset it is (its clips, episodes and rows).
+    pub fn lerobot(&self) -> &LeRobotDataset {
+        &self.inner
+    }
+
     /// The parsed `meta/info.json`.
     pub fn info(&self) -> &Value {
         &self.info
