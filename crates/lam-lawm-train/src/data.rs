@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use lam_ingest::lerobot::recording::Dataset;
-use lam_ingest::{ClipSource, LeRobotDataset};
 use lam_ingest::preprocess::unit_to_byte;
+use lam_ingest::{ClipSource, LeRobotDataset};
 
 use lam_lawm::instruction::InstructionEmbedder;
 pub use lam_lawm::policy::ActionNorm;

@@ -273,7 +273,11 @@ impl DataSpec {
                     &"--val-fraction",
                     &val,
                     &"--pooling",
-                    &if self.oracle { "mean" } else { self.pooling.name() },
+                    &if self.oracle {
+                        "mean"
+                    } else {
+                        self.pooling.name()
+                    },
                     &"--device",
                     dev,
                 ]),

@@ -762,7 +762,10 @@ impl Dataset {
         all.get(episode).cloned().ok_or_else(|| {
             anyhow!(
                 "{}: no ground truth rows for episode {episode}",
-                self.inner.root().join("ground_truth/frames.parquet").display()
+                self.inner
+                    .root()
+                    .join("ground_truth/frames.parquet")
+                    .display()
             )
         })
     }
@@ -785,11 +788,7 @@ impl Dataset {
             episodes.max(self.len())
         ];
         for (i, &e) in ep.iter().enumerate() {
-            anyhow::ensure!(
-                e >= 0,
-                "{}: row {i} has episode_index {e}",
-                path.display()
-            );
+            anyhow::ensure!(e >= 0, "{}: row {i} has episode_index {e}", path.display());
             let g = &mut all[e as usize];
             g.actions.push(actions.row(i).to_vec());
             g.states.push(states.row(i).to_vec());
