@@ -60,6 +60,7 @@ fn main() -> Result<()> {
         stride: 8,
         norm,
         max_clips: None,
+        phases: 1,
     };
     let (frames, report) = frames_from_source(source.as_clip_source(), &spec, 4000)?;
     eprintln!(

@@ -73,8 +73,10 @@ pub struct EmbedOptions {
     pub val_fraction: f64,
     /// Split seed. Default 0.
     pub split_seed: u64,
-    /// At most this many clips per item.
+    /// At most this many clips per item (per phase).
     pub max_clips_per_item: Option<usize>,
+    /// Time grids per item (see [`ClipSpec::phases`]). Default 1.
+    pub phases: usize,
     /// Token pooling. Default none.
     pub pooling: Pooling,
     /// V-JEPA 2 frame mapping. Default per-frame.
@@ -105,6 +107,7 @@ impl EmbedOptions {
             val_fraction: 0.02,
             split_seed: 0,
             max_clips_per_item: None,
+            phases: 1,
             pooling: Pooling::None,
             frame_mode: FrameMode::PerFrame,
             workers: 2,
@@ -176,6 +179,7 @@ fn embed_into(opts: &EmbedOptions, out_dir: &Path, device: &Device) -> Result<Em
         stride: opts.stride.unwrap_or(opts.frames),
         norm: encoder.info.norm,
         max_clips: opts.max_clips_per_item,
+        phases: opts.phases,
     };
     spec.validate()?;
     let source = Source::open(&opts.data, opts.cameras.clone())?;
@@ -217,6 +221,8 @@ fn embed_into(opts: &EmbedOptions, out_dir: &Path, device: &Device) -> Result<Em
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    // One grid is what shard sets made before phases existed hold: they stay resumable.
+    .chain((spec.phases > 1).then(|| ("phases".to_string(), spec.phases.to_string())))
     .chain(opts.part.map(|p| (PART_KEY.to_string(), p.to_string())))
     .collect();
     fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;

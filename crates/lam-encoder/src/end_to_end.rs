@@ -225,6 +225,7 @@ impl EndToEndConfig {
             stride: self.stride,
             norm,
             max_clips: None,
+            phases: 1,
         }
     }
 

@@ -77,6 +77,11 @@ pub struct ClipSpec {
     /// At most this many clips per item (video or episode camera); `None`
     /// (default) takes them all.
     pub max_clips: Option<usize>,
+    /// Time grids per item. Default 1. Phase `p` resamples the item again on
+    /// the grid `start + (k + p / phases) / fps` and cuts its own clips there
+    /// (`max_clips` per phase): with clips at 2 fps of a 10 fps recording,
+    /// 5 phases start a clip at every recorded step.
+    pub phases: usize,
 }
 
 impl Default for ClipSpec {
@@ -88,6 +93,7 @@ impl Default for ClipSpec {
             stride: 8,
             norm: Normalization::IMAGENET,
             max_clips: None,
+            phases: 1,
         }
     }
 }
@@ -109,6 +115,9 @@ impl ClipSpec {
         }
         if self.stride == 0 {
             return Err(IngestError::Spec("stride must be at least 1, got 0".into()));
+        }
+        if self.phases == 0 {
+            return Err(IngestError::Spec("phases must be at least 1, got 0".into()));
         }
         if self.max_clips == Some(0) {
             return Err(IngestError::Spec(
@@ -200,6 +209,17 @@ mod tests {
             ..ClipSpec::default()
         };
         assert!(bad.validate().unwrap_err().to_string().contains("fps"));
+        let no_grid = ClipSpec {
+            phases: 0,
+            ..ClipSpec::default()
+        };
+        assert!(
+            no_grid
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("phases")
+        );
         assert!(ClipSpec::default().validate().is_ok());
     }
 

@@ -25,6 +25,11 @@ pub struct ItemStats {
 /// Cuts the video at `path` (restricted to `window`) into clips following
 /// `spec`, handing each to `sink` as soon as it is complete. Frames no clip
 /// needs (stride gaps, past `max_clips`) are decoded but not converted.
+///
+/// With `spec.phases` P > 1 the window is read P times, phase `p` on the grid
+/// shifted by `p / (P fps)` seconds; its clips carry times on the item's clock
+/// (shift included) and indices `c P + p` (clip `c` of phase `p`), so indices
+/// stay unique and follow the clips' start times.
 pub fn for_each_video_clip(
     path: &Path,
     window: Window,
@@ -36,33 +41,45 @@ pub fn for_each_video_clip(
     spec.validate()?;
     let mut reader = VideoReader::open(path, options)?;
     let mut pre = Preprocessor::new(spec.size, &spec.norm);
-    let mut asm = ClipAssembler::new(item_id, spec);
     let limit = spec.max_clips.map(|m| (m - 1) * spec.stride + spec.frames);
     let needed = |k: usize| spec.frame_needed(k);
-    let stats = reader.sample(window, spec.fps, limit, &needed, &mut |s| {
-        let mut data = Vec::with_capacity(pre.frame_len());
-        pre.process(s.frame, &mut data)
-            .map_err(|reason| IngestError::video(path, reason))?;
-        let frame = Frame {
-            position: s.index,
-            time: s.time,
-            data,
-        };
-        if let Some(clip) = asm.push(frame) {
-            sink(clip)?;
-        }
-        Ok(if asm.is_full() {
-            ControlFlow::Break(())
+    let mut total = ItemStats::default();
+    for phase in 0..spec.phases {
+        let shift = phase as f64 / (spec.phases as f64 * spec.fps);
+        let grid = if phase == 0 {
+            window
         } else {
-            ControlFlow::Continue(())
-        })
-    })?;
-    Ok(ItemStats {
-        clips: asm.emitted(),
-        positions: stats.positions,
-        decoded: stats.decoded,
-        bad_packets: stats.bad_packets,
-    })
+            Window {
+                start: Some(window.start.unwrap_or(0.0) + shift),
+                end: window.end,
+            }
+        };
+        let mut asm = ClipAssembler::new(item_id, spec);
+        let stats = reader.sample(grid, spec.fps, limit, &needed, &mut |s| {
+            let mut data = Vec::with_capacity(pre.frame_len());
+            pre.process(s.frame, &mut data)
+                .map_err(|reason| IngestError::video(path, reason))?;
+            let frame = Frame {
+                position: s.index,
+                time: s.time + shift,
+                data,
+            };
+            if let Some(mut clip) = asm.push(frame) {
+                clip.index = clip.index * spec.phases + phase;
+                sink(clip)?;
+            }
+            Ok(if asm.is_full() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        total.clips += asm.emitted();
+        total.positions += stats.positions;
+        total.decoded += stats.decoded;
+        total.bad_packets += stats.bad_packets;
+    }
+    Ok(total)
 }
 
 /// All resampled, preprocessed frames of a video window, in order, without

@@ -32,6 +32,23 @@ fn all_frames(path: &Path, spec: &ClipSpec) -> Vec<Frame> {
     out
 }
 
+fn all_clips(path: &Path, spec: &ClipSpec) -> Vec<Clip> {
+    let mut out = Vec::new();
+    for_each_video_clip(
+        path,
+        Window::ALL,
+        "t",
+        spec,
+        &DecodeOptions::default(),
+        &mut |c| {
+            out.push(c);
+            Ok(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
 fn check_resampling(codec: Codec) {
     let dir = tempfile::tempdir().unwrap();
     let path = make_video(dir.path(), "t", "testsrc=size=64x48:rate=10", 2.0, codec);
@@ -51,19 +68,7 @@ fn check_resampling(codec: Codec) {
     // Up-sampling repeats frames: 2 s at 15 fps gives 30 frames.
     assert_eq!(all_frames(&path, &spec(15.0, 1, 16)).len(), 30, "{codec:?}");
     // Clips of 4 with stride 4: two clips [4, 3, 32, 32].
-    let mut clips = Vec::new();
-    for_each_video_clip(
-        &path,
-        Window::ALL,
-        "t",
-        &spec(4.0, 4, 32),
-        &DecodeOptions::default(),
-        &mut |c| {
-            clips.push(c);
-            Ok(())
-        },
-    )
-    .unwrap();
+    let clips = all_clips(&path, &spec(4.0, 4, 32));
     assert_eq!(clips.len(), 2);
     assert_eq!(clips[1].shape(), [4, 3, 32, 32]);
     assert_eq!(clips[1].positions, vec![4, 5, 6, 7]);
@@ -320,5 +325,60 @@ fn frames_offline_and_frames_given_as_pixels_are_prepared_identically() {
                 .unwrap();
             assert_eq!(online, f.data, "frame {k} at size {size}");
         }
+    }
+}
+
+#[test]
+fn phases_start_a_clip_at_every_step_of_a_block() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 s of testsrc at 10 fps: every frame differs (its counter and moving pattern).
+    let path = testsrc(dir.path(), "t", 64, 48, 10, 2.0);
+    let every = all_frames(&path, &spec(10.0, 1, 32));
+    assert_eq!(every.len(), 20);
+    // Clips of 2 frames 5 steps apart (2 fps), stride 1, on 5 grids: one clip per start step.
+    let phased = ClipSpec {
+        stride: 1,
+        phases: 5,
+        ..spec(2.0, 2, 32)
+    };
+    let clips = all_clips(&path, &phased);
+    // Each grid holds 4 frames (times p/10 + k/2 < 2 s), so 3 clips per phase.
+    assert_eq!(clips.len(), 15);
+    let mut indices: Vec<usize> = clips.iter().map(|c| c.index).collect();
+    indices.sort();
+    assert_eq!(indices, (0..15).collect::<Vec<_>>());
+    for c in &clips {
+        // Clip c of phase p starts at step 5 c + p, which is its index c P + p; times are on
+        // the item's clock.
+        let first = c.index;
+        assert!(
+            (c.times[0] - first as f64 / 10.0).abs() < 1e-9,
+            "{:?}",
+            c.times
+        );
+        assert!((c.times[1] - c.times[0] - 0.5).abs() < 1e-9);
+        assert_eq!(c.frame(0), every[first].data.as_slice(), "clip {}", c.index);
+        assert_eq!(
+            c.frame(1),
+            every[first + 5].data.as_slice(),
+            "clip {}",
+            c.index
+        );
+    }
+    // One grid is today's clips exactly.
+    let single = all_clips(
+        &path,
+        &ClipSpec {
+            phases: 1,
+            ..phased
+        },
+    );
+    let phase0: Vec<_> = clips.iter().filter(|c| c.index % 5 == 0).collect();
+    assert_eq!(single.len(), phase0.len());
+    for (a, b) in single.iter().zip(phase0) {
+        assert_eq!(
+            (a.index * 5, &a.times, &a.data),
+            (b.index, &b.times, &b.data)
+        );
     }
 }

@@ -384,6 +384,7 @@ fn load_source(dir: &Path, recording: Option<&Dataset>, l: &mut Loading) -> Resu
         stride: 1,
         norm: lam_ingest::Normalization::UNIT,
         max_clips: None,
+        phases: 1,
     };
     let mut groups = std::collections::BTreeSet::new();
     for item in clips.items() {

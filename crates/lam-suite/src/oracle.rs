@@ -52,8 +52,11 @@ pub struct OracleOptions {
     pub val_fraction: f64,
     /// Split seed (0).
     pub split_seed: u64,
-    /// At most this many clips per episode.
+    /// At most this many clips per episode (per phase).
     pub max_clips_per_item: Option<usize>,
+    /// Grids per episode (1): phase p cuts the clips again from recording frame p on, so with
+    /// `phases` = k (recording frames per clip frame) every block of k steps starts a clip.
+    pub phases: usize,
 }
 
 impl OracleOptions {
@@ -68,6 +71,7 @@ impl OracleOptions {
             val_fraction: 0.02,
             split_seed: 0,
             max_clips_per_item: None,
+            phases: 1,
         }
     }
 }
@@ -118,6 +122,11 @@ pub fn embed_oracle(opts: &OracleOptions) -> Result<OracleSummary> {
     );
     let stride = opts.stride.unwrap_or(opts.frames);
     ensure!(stride > 0, "--stride must be at least 1");
+    ensure!(
+        (1..=k).contains(&opts.phases),
+        "--phases must be between 1 and the {k} recording frames per clip frame, got {}",
+        opts.phases
+    );
     let split = Split {
         val_fraction: opts.val_fraction,
         seed: opts.split_seed,
@@ -172,33 +181,35 @@ pub fn embed_oracle(opts: &OracleOptions) -> Result<OracleSummary> {
         };
         ids.insert(ep as i64, group);
         let span = (opts.frames - 1) * k;
-        let mut c = 0usize;
-        while c * stride * k + span < n {
-            if opts.max_clips_per_item.is_some_and(|m| c >= m) {
-                break;
-            }
-            let first = c * stride * k;
-            let mut embeddings = Vec::with_capacity(opts.frames * d);
-            for j in 0..opts.frames {
-                embeddings.extend_from_slice(&emb[first + j * k]);
-            }
-            let actions = labeled.then(|| {
-                let mut v = Vec::with_capacity((opts.frames - 1) * k * a);
-                for row in &gt.actions[first..first + span] {
-                    v.extend_from_slice(row);
+        for phase in 0..opts.phases {
+            let mut c = 0usize;
+            while phase + c * stride * k + span < n {
+                if opts.max_clips_per_item.is_some_and(|m| c >= m) {
+                    break;
                 }
-                v
-            });
-            w.push(
-                side,
-                ShardClip {
-                    embeddings,
-                    actions,
-                    id: ep as i64,
-                },
-            )?;
-            clips += 1;
-            c += 1;
+                let first = phase + c * stride * k;
+                let mut embeddings = Vec::with_capacity(opts.frames * d);
+                for j in 0..opts.frames {
+                    embeddings.extend_from_slice(&emb[first + j * k]);
+                }
+                let actions = labeled.then(|| {
+                    let mut v = Vec::with_capacity((opts.frames - 1) * k * a);
+                    for row in &gt.actions[first..first + span] {
+                        v.extend_from_slice(row);
+                    }
+                    v
+                });
+                w.push(
+                    side,
+                    ShardClip {
+                        embeddings,
+                        actions,
+                        id: ep as i64,
+                    },
+                )?;
+                clips += 1;
+                c += 1;
+            }
         }
     }
     let mut writer = writer.context("no episode gave a clip")?;
@@ -209,6 +220,7 @@ pub fn embed_oracle(opts: &OracleOptions) -> Result<OracleSummary> {
         ("fps", opts.fps.to_string()),
         ("frame_step", k.to_string()),
         ("stride", stride.to_string()),
+        ("phases", opts.phases.to_string()),
         ("val_fraction", opts.val_fraction.to_string()),
     ] {
         writer.set_source(key, &value);

@@ -43,6 +43,35 @@ fn oracle_shards_hold_the_true_state_and_action_blocks() {
     let acts = set.actions(first).unwrap();
     let want: Vec<f32> = gt.actions[0..10].iter().flatten().copied().collect();
     assert_eq!(acts, want);
+    // Five grids: a clip starts at every step. Episode 0's clips in order start at steps
+    // 0, 5, 10, ... (phase 0), then 1, 6, ... (phase 1) and so on, and carry their own actions.
+    opts.phases = 5;
+    let phased = embed_oracle(&opts).unwrap();
+    let set = ShardSet::open(&out, None).unwrap();
+    let per_phase = (0..5)
+        .map(|p| (gt.states.len() - p - 10 - 1) / 5 + 1)
+        .collect::<Vec<_>>();
+    let ep0: Vec<usize> = (0..set.len()).filter(|&i| set.clip_id(i) == 0).collect();
+    assert_eq!(ep0.len(), per_phase.iter().sum::<usize>());
+    assert!(
+        phased.clips > 4 * s.clips,
+        "{} vs {}",
+        phased.clips,
+        s.clips
+    );
+    let starts = (0..5).flat_map(|p| (0..per_phase[p]).map(move |c| p + 5 * c));
+    for (&i, t0) in ep0.iter().zip(starts) {
+        let clip = set.clip(i);
+        let want = lam_sim::scene::oracle_from_vec(&gt.states[t0 + 5], layout);
+        assert_eq!(&clip[6..12], want.as_slice(), "clip from step {t0}");
+        let acts = set.actions(i).unwrap();
+        let want: Vec<f32> = gt.actions[t0..t0 + 10].iter().flatten().copied().collect();
+        assert_eq!(acts, want, "clip from step {t0}");
+    }
+    opts.phases = 6;
+    let err = format!("{:#}", embed_oracle(&opts).unwrap_err());
+    assert!(err.contains("--phases"), "{err}");
+    opts.phases = 1;
     // A rate that does not divide the recording's is named.
     opts.fps = 3.0;
     let err = format!("{:#}", embed_oracle(&opts).unwrap_err());

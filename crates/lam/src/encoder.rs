@@ -233,6 +233,7 @@ fn run_context(a: ContextArgs) -> Result<()> {
         stride: 8,
         norm: encoder.info.norm,
         max_clips: None,
+        phases: 1,
     };
     let (context, fit) = lam_encoder::context::fit_from_source(
         &encoder,
@@ -329,6 +330,11 @@ pub struct EmbedArgs {
     /// At most this many clips per video / episode camera.
     #[arg(long)]
     pub max_clips_per_item: Option<usize>,
+    /// Cut every video / episode this many times, on clip grids shifted by 1 / (phases x fps)
+    /// seconds: with clips at 2 fps of a 10 fps recording, 5 phases start a clip at every
+    /// step, five times the transitions (labeled blocks included) from the same episodes.
+    #[arg(long, default_value_t = 1)]
+    pub phases: usize,
     /// Token pooling per frame.
     #[arg(long, value_enum, default_value = "none")]
     pub pooling: PoolingArg,
@@ -410,6 +416,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
                 stride: 8,
                 norm,
                 max_clips: None,
+                phases: 1,
             };
             let mut frames = Frames {
                 size: spec.size as usize,
@@ -516,6 +523,7 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
         val_fraction: a.val_fraction,
         split_seed: a.split_seed,
         max_clips_per_item: a.max_clips_per_item,
+        phases: a.phases,
         pooling: a.pooling.into(),
         frame_mode: match a.frame_mode {
             FrameModeArg::PerFrame => FrameMode::PerFrame,
@@ -542,6 +550,7 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
             val_fraction: opts.val_fraction,
             split_seed: opts.split_seed,
             max_clips_per_item: opts.max_clips_per_item,
+            phases: opts.phases,
         })?;
         println!(
             "oracle shards: {} clips of {} episodes in {:.1}s -> {} (D={}, {} recording \

@@ -685,6 +685,7 @@ impl Dataset {
             stride: 1,
             norm: Normalization::UNIT,
             max_clips: None,
+            phases: 1,
         };
         let mut clips = self.inner.clips(item, &spec)?;
         clips.sort_by_key(|c| c.index);
