@@ -15,7 +15,9 @@ pub struct Clip {
     /// Id of the item the clip comes from (see [`crate::Item::id`]).
     pub item: String,
     /// Position of the clip within its item: clip `index` starts at resampled
-    /// frame `index * stride`.
+    /// frame `index * stride`. With P > 1 [`ClipSpec::phases`], clip `c` of
+    /// phase `p` has index `c P + p` (it starts at frame `c * stride` of its
+    /// phase's grid).
     pub index: usize,
     /// Pixel data, `[T, 3, H, W]` row-major (see the type's docs).
     pub data: Vec<f32>,
@@ -26,7 +28,8 @@ pub struct Clip {
     /// W, columns per frame.
     pub width: usize,
     /// Time of each frame in seconds from the item's start (for a LeRobot
-    /// episode: the episode's `timestamp` column), on the grid `k / fps`.
+    /// episode: the episode's `timestamp` column), on the grid `k / fps` (shifted by
+    /// `p / (P fps)` for phase `p` of [`ClipSpec::phases`]).
     pub times: Vec<f64>,
     /// Resampled-frame index `k` of each frame within the item.
     pub positions: Vec<usize>,
