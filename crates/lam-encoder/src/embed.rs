@@ -188,6 +188,16 @@ fn embed_into(opts: &EmbedOptions, out_dir: &Path, device: &Device) -> Result<Em
         Source::LeRobot(d) => lam_ingest::spec::frame_step(d.fps(), opts.fps).unwrap_or(1),
         Source::Folder(_) => 1,
     };
+    // More grids than recording frames per clip frame would cut the same clips twice.
+    if let Source::LeRobot(d) = &source
+        && let Ok(k) = lam_ingest::spec::frame_step(d.fps(), opts.fps)
+    {
+        ensure!(
+            opts.phases <= k,
+            "--phases must be between 1 and the {k} recording frames per clip frame, got {}",
+            opts.phases
+        );
+    }
     let action_dim = source.action_dim().map(|a| a * block);
     let grid = encoder.grid(size as usize);
     anyhow::ensure!(

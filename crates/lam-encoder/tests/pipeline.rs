@@ -380,6 +380,11 @@ fn pretrain_then_embed_a_sim_recording_with_actions_and_resume() {
         err.contains("cannot resume") && (err.contains("fps") || err.contains("action_block")),
         "{err}"
     );
+    // More grids than recording frames per clip frame (10 fps / 2 fps = 5) would cut the same
+    // clips twice.
+    opts.phases = 6;
+    let err = format!("{:#}", embed(&opts, &Device::flex()).unwrap_err());
+    assert!(err.contains("--phases"), "{err}");
 }
 
 #[test]

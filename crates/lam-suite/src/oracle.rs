@@ -54,8 +54,10 @@ pub struct OracleOptions {
     pub split_seed: u64,
     /// At most this many clips per episode (per phase).
     pub max_clips_per_item: Option<usize>,
-    /// Grids per episode (1): phase p cuts the clips again from recording frame p on, so with
-    /// `phases` = k (recording frames per clip frame) every block of k steps starts a clip.
+    /// Grids per episode (1), as `lam embed --phases` on video: phase p cuts the clips again
+    /// from recording frame `p k / phases` on (the frame on screen 1 / (phases fps) seconds
+    /// later per phase), so with `phases` = k (recording frames per clip frame) every step
+    /// starts a clip.
     pub phases: usize,
 }
 
@@ -182,12 +184,13 @@ pub fn embed_oracle(opts: &OracleOptions) -> Result<OracleSummary> {
         ids.insert(ep as i64, group);
         let span = (opts.frames - 1) * k;
         for phase in 0..opts.phases {
+            let offset = phase * k / opts.phases;
             let mut c = 0usize;
-            while phase + c * stride * k + span < n {
+            while offset + c * stride * k + span < n {
                 if opts.max_clips_per_item.is_some_and(|m| c >= m) {
                     break;
                 }
-                let first = phase + c * stride * k;
+                let first = offset + c * stride * k;
                 let mut embeddings = Vec::with_capacity(opts.frames * d);
                 for j in 0..opts.frames {
                     embeddings.extend_from_slice(&emb[first + j * k]);

@@ -68,6 +68,15 @@ fn oracle_shards_hold_the_true_state_and_action_blocks() {
         let want: Vec<f32> = gt.actions[t0..t0 + 10].iter().flatten().copied().collect();
         assert_eq!(acts, want, "clip from step {t0}");
     }
+    // Two grids: the second starts at frame 2 (5 / 2 steps, the frame on screen then), as the
+    // video path's grid shifted by half a clip frame.
+    opts.phases = 2;
+    embed_oracle(&opts).unwrap();
+    let set = ShardSet::open(&out, None).unwrap();
+    let ep0: Vec<usize> = (0..set.len()).filter(|&i| set.clip_id(i) == 0).collect();
+    let second = ep0[per_phase[0]];
+    let want: Vec<f32> = gt.actions[2..12].iter().flatten().copied().collect();
+    assert_eq!(set.actions(second).unwrap(), want);
     opts.phases = 6;
     let err = format!("{:#}", embed_oracle(&opts).unwrap_err());
     assert!(err.contains("--phases"), "{err}");
