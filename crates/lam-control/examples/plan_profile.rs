@@ -54,6 +54,7 @@ fn main() {
         current,
         goal,
         support: None,
+        feasible: None,
     };
     let (c, h) = (pcfg.samples, pcfg.horizon);
     let z = Tensor::<3>::random([c, h, d], normal, &dev);

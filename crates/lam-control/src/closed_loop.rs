@@ -23,6 +23,7 @@ use lam_model::config::{Conditioning, LamConfig};
 use serde::Serialize;
 
 use crate::controller::Controller;
+use crate::feasible::Feasible;
 use crate::planner::{Plan, PlannerConfig, PlannerKind, Problem, SearchSpace, plan};
 use crate::support::Support;
 use crate::waypoints::{GoalMap, WaypointGraph};
@@ -99,6 +100,9 @@ pub struct Agent<'a> {
     /// Penalise predicted transitions the unlabeled video never shows (sampling planners;
     /// see [`crate::support`]).
     pub support: Option<Support<'a>>,
+    /// Replace each planned latent by the nearest one the unlabeled video shows from frames
+    /// like the one it starts at (sampling planners; see [`crate::feasible`]).
+    pub feasible: Option<Feasible<'a>>,
 }
 
 /// One action block from [`MpcSession::act`].
@@ -243,6 +247,32 @@ impl<'a> Agent<'a> {
                 sup.weight
             );
         }
+        if let Some(f) = self.feasible {
+            ensure!(
+                self.planner.kind != PlannerKind::Gradient,
+                "the feasibility projection is applied by the sampling planners (cem, icem, \
+                 mppi, random), not by the gradient planner"
+            );
+            ensure!(
+                self.mode != Mode::ActionConditioned,
+                "the feasibility projection maps latent actions; an action-conditioned world \
+                 model has none"
+            );
+            ensure!(
+                f.set.frame_dim() == self.cfg.model.embed_dim
+                    && f.set.latent_dim() == self.cfg.model.latent_dim,
+                "the feasible set holds {}-D frames and {}-D latents; the world model's are \
+                 {}-D and {}-D",
+                f.set.frame_dim(),
+                f.set.latent_dim(),
+                self.cfg.model.embed_dim,
+                self.cfg.model.latent_dim
+            );
+            ensure!(
+                f.neighbours >= 1,
+                "feasible neighbours must be at least 1, got 0"
+            );
+        }
         if self.mode == Mode::ActionConditioned {
             ensure!(
                 self.cfg.model.latent_dim == block,
@@ -364,6 +394,7 @@ impl MpcSession<'_> {
                 current: s.clone(),
                 goal: target,
                 support: agent.support,
+                feasible: agent.feasible,
             };
             let space = agent.search_space();
             let t0 = Instant::now();

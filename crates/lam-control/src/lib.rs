@@ -3,6 +3,7 @@
 
 pub mod closed_loop;
 pub mod controller;
+pub mod feasible;
 pub mod planner;
 pub mod rollout;
 pub mod support;

@@ -40,7 +40,7 @@ pub fn rollout_all(
 ) -> Tensor<4> {
     let device = problem.current.device();
     let x = Tensor::<3>::from_data(TensorData::new(seqs.to_vec(), [c, h, space.dim()]), &device);
-    if space.frame_controller().is_some() {
+    if space.frame_controller().is_some() || problem.feasible.is_some() {
         return rollout_tensor(problem, space, x);
     }
     let z = space.latents(x);
@@ -64,17 +64,23 @@ pub fn rollout_all(
 /// Rolls sequences `x` `[C, H, dim]` through the world model step by step on the tensor path
 /// (differentiable with respect to `x`); the predicted frames of every step `[C, H, N, D]`.
 /// A frame-conditioned controller turns each step's actions into latents from the pooled
-/// frame they act on: the current frame, then the model's own predictions.
+/// frame they act on: the current frame, then the model's own predictions; with a feasible
+/// set each latent is then projected from that frame ([`crate::feasible`]).
 pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3>) -> Tensor<4> {
-    let Some(ctrl) = space.frame_controller() else {
+    let ctrl = space.frame_controller();
+    if ctrl.is_none() && problem.feasible.is_none() {
         return problem.world_model.rollout_steps(
             problem.cache,
             problem.current.clone(),
             space.latents(x),
             problem.window,
         );
+    }
+    // Latents that do not read the frame are made for every step at once.
+    let (x, z) = match ctrl {
+        Some(_) => (space.expand_tensor(x), None),
+        None => (x.clone(), Some(space.latents(x))),
     };
-    let x = space.expand_tensor(x);
     let [c, h, width] = x.dims();
     let d = problem.current.dims()[2];
     problem.world_model.rollout_with(
@@ -84,8 +90,24 @@ pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3
         h,
         problem.window,
         |k, frame| {
-            let a = x.clone().slice(s![.., k..k + 1, ..]).reshape([c, width]);
-            ctrl.to_latent(a, Some(frame.clone().mean_dim(1).reshape([c, d])))
+            let pooled = frame.clone().mean_dim(1).reshape([c, d]);
+            let zk = match (&z, ctrl) {
+                (Some(z), _) => {
+                    let dz = z.dims()[2];
+                    z.clone().slice(s![.., k..k + 1, ..]).reshape([c, dz])
+                }
+                (None, Some(ctrl)) => {
+                    let a = x.clone().slice(s![.., k..k + 1, ..]).reshape([c, width]);
+                    ctrl.to_latent(a, Some(pooled.clone()))
+                }
+                (None, None) => {
+                    unreachable!("latents are made up front without a frame controller")
+                }
+            };
+            match problem.feasible {
+                Some(f) => f.project(pooled, zk),
+                None => zk,
+            }
         },
     )
 }

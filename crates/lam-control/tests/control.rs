@@ -44,6 +44,7 @@ fn cached_and_recomputed_rollouts_agree() {
         current: current.clone(),
         goal: current.clone(),
         support: None,
+        feasible: None,
     };
     let space = SearchSpace::Latent { dim: 16 };
     let seqs: Vec<f32> = Tensor::<3>::random([6, 5, 16], normal, &dev)
@@ -82,6 +83,7 @@ fn planners_reach_a_reachable_goal() {
         current: current.clone(),
         goal: current.clone(),
         support: None,
+        feasible: None,
     };
     let goal = rollout(&base, &space, &target, 1, 3);
     let problem = Problem {
@@ -172,6 +174,7 @@ fn action_space_plans_stay_in_bounds() {
         current: current.clone(),
         goal: current * 0.5,
         support: None,
+        feasible: None,
     };
     let space = SearchSpace::Action {
         low: vec![-1.0, -0.5],

@@ -1,6 +1,7 @@
 //! Closed-loop MPC episodes on the simulated suite's protocol, with tiny untrained models.
 
 use burn::prelude::*;
+use lam_control::feasible::{Feasible, FeasibleSet};
 use lam_control::planner::{PlannerConfig, PlannerKind};
 use lam_eval::mpc::run_episode;
 use lam_model::config::LamConfig;
@@ -77,6 +78,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
         hold_actions: false,
         waypoints: None,
         support: None,
+        feasible: None,
     };
     let r = run_episode(&agent, &episodes[0], &encoder, true).unwrap();
     assert!(r.steps >= 1 && r.steps <= 50);
@@ -162,6 +164,7 @@ fn closed_loop_executes_action_blocks() {
         hold_actions: false,
         waypoints: None,
         support: None,
+        feasible: None,
     };
     agent.check().unwrap();
     // One plan per block of two environment steps.
@@ -186,6 +189,51 @@ fn closed_loop_executes_action_blocks() {
             );
         }
     }
+    // Planned latents projected onto a feasible set: the same blocks, and the planners and
+    // sets it cannot serve are named.
+    let d = cfg.model.embed_dim;
+    let frames: Vec<f32> = (0..64 * d).map(|i| (i * 37 % 101) as f32 / 101.0).collect();
+    let latents: Vec<f32> = (0..64 * 16)
+        .map(|i| (i * 53 % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    let set = FeasibleSet::new(&frames, &latents, d, 16, &dev).unwrap();
+    let projected = Agent {
+        feasible: Some(Feasible {
+            set: &set,
+            neighbours: 8,
+        }),
+        planner: agent.planner.clone(),
+        low: agent.low.clone(),
+        high: agent.high.clone(),
+        ..agent
+    };
+    projected.check().unwrap();
+    let r = run_episode(&projected, &episodes[0], &encoder, false).unwrap();
+    assert_eq!(r.plans, (r.steps as usize).div_ceil(2));
+    let gradient = Agent {
+        planner: PlannerConfig {
+            kind: PlannerKind::Gradient,
+            ..projected.planner.clone()
+        },
+        low: agent.low.clone(),
+        high: agent.high.clone(),
+        ..projected
+    };
+    let err = format!("{:#}", gradient.check().unwrap_err());
+    assert!(err.contains("gradient planner"), "{err}");
+    let narrow = FeasibleSet::new(&frames, &latents[..64 * 8], d, 8, &dev).unwrap();
+    let mismatched = Agent {
+        feasible: Some(Feasible {
+            set: &narrow,
+            neighbours: 8,
+        }),
+        planner: agent.planner.clone(),
+        low: agent.low.clone(),
+        high: agent.high.clone(),
+        ..agent
+    };
+    let err = format!("{:#}", mismatched.check().unwrap_err());
+    assert!(err.contains("8-D latents"), "{err}");
     // A block size that does not match the controller is named.
     let wrong = Agent {
         frameskip: 3,

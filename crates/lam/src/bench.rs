@@ -406,6 +406,7 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         current: current.clone(),
         goal: goal.clone(),
         support: None,
+        feasible: None,
     };
     // Fixed candidates for the rollout parity check.
     let seqs_t = Tensor::<3>::random([16, args.horizon, d], normal, &device);

@@ -66,6 +66,11 @@ pub struct DemoArgs {
     /// --hold-actions`), instead of every step's action.
     #[arg(long)]
     pub hold_actions: bool,
+    /// Neighbours of the feasibility projection (`lam plan eval --feasible` on the human
+    /// shards: each planned latent becomes the nearest one the unlabeled video shows from the
+    /// K frames most like the one it starts at); 0 plans without it.
+    #[arg(long, default_value_t = 0)]
+    pub feasible_neighbours: usize,
     /// Controller between robot action blocks and latent actions: `action` reads the block
     /// alone, `frame` also the frame it acts on (`lam control fit --frame-conditioned`: the
     /// effect of a push depends on where the object is), `auto` takes `frame` for tasks with
@@ -166,6 +171,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         iterations: a.iterations,
         horizon: a.horizon,
         hold_actions: a.hold_actions,
+        feasible: (a.feasible_neighbours > 0)
+            .then(|| (l.human_shards.clone(), a.feasible_neighbours)),
         baselines: true,
         device: dev.clone(),
     };

@@ -474,6 +474,7 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
         iterations: a.iterations,
         horizon: a.horizon,
         hold_actions: false,
+        feasible: None,
         baselines: false,
         device: d.spec.device.clone(),
     };
@@ -764,6 +765,7 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
         iterations: 10,
         horizon: 5,
         hold_actions: false,
+        feasible: None,
         baselines: false,
         device: dev.clone(),
     };
@@ -1070,6 +1072,7 @@ fn wild(a: WildArgs) -> Result<()> {
                 iterations: 10,
                 horizon: 5,
                 hold_actions: false,
+                feasible: None,
                 baselines: true,
                 device: dev.clone(),
             };

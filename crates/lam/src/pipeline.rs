@@ -356,6 +356,9 @@ pub struct PlanSpec {
     pub iterations: usize,
     pub horizon: usize,
     pub hold_actions: bool,
+    /// Project planned latents onto what this shard folder (the world model's video) shows
+    /// from like frames, with this many neighbours (`lam plan eval --feasible`).
+    pub feasible: Option<(PathBuf, usize)>,
     /// Also evaluate the scripted expert and the random policy.
     pub baselines: bool,
     pub device: String,
@@ -404,6 +407,14 @@ impl PlanSpec {
         }
         if self.hold_actions {
             v.push("--hold-actions".into());
+        }
+        if let Some((dir, k)) = &self.feasible {
+            v.extend(args(&[
+                &"--feasible",
+                &dir.display(),
+                &"--feasible-neighbours",
+                k,
+            ]));
         }
         v
     }

@@ -133,6 +133,16 @@ pub struct PlanEvalArgs {
     /// their rate elsewhere cost anything).
     #[arg(long, default_value_t = 3.0)]
     pub support_margin: f32,
+    /// Shard folder of the world model's own (unlabeled) video, embedded with the same
+    /// encoder: every planned latent is replaced by the nearest one that video shows from the
+    /// `--feasible-neighbours` frames most like the one it starts at (a push into a wall
+    /// becomes the slide along it; lam_control::feasible). Sampling planners, latent-action
+    /// world models.
+    #[arg(long)]
+    pub feasible: Option<PathBuf>,
+    /// Nearest frames whose latents span each projection's hull.
+    #[arg(long, default_value_t = 16)]
+    pub feasible_neighbours: usize,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
     pub learning_rate: f64,
@@ -357,6 +367,22 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             Some(p) => Some(lam_control::support::load(p, &device)?),
             None => None,
         };
+        let feasible = match (&args.feasible, conditioning) {
+            (Some(dir), Conditioning::Latent) => {
+                let t0 = std::time::Instant::now();
+                let set = lam_data::ShardSet::open(dir, Some(lam_data::Split::Train))?;
+                let f = lam_control::feasible::FeasibleSet::of_shards(&lam, &set, &device, 64)
+                    .with_context(|| format!("feasible set from {}", dir.display()))?;
+                tracing::info!(
+                    "feasible set from {}: {} transitions in {:.1} s",
+                    dir.display(),
+                    f.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+                Some(f)
+            }
+            _ => None,
+        };
         let (mode, kinds) = match conditioning {
             Conditioning::Latent => (args.space, args.planner.clone()),
             Conditioning::Action => (Mode::ActionConditioned, args.planner.clone()),
@@ -425,6 +451,12 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                     weight: args.support_weight,
                     margin: args.support_margin,
                 }),
+                feasible: feasible
+                    .as_ref()
+                    .map(|set| lam_control::feasible::Feasible {
+                        set,
+                        neighbours: args.feasible_neighbours,
+                    }),
                 low: space.low.clone(),
                 high: space.high.clone(),
             };
@@ -450,6 +482,11 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                     "{name}, support {} (margin {})",
                     args.support_weight, args.support_margin
                 )
+            } else {
+                name
+            };
+            let name = if agent.feasible.is_some() {
+                format!("{name}, feasible k={}", args.feasible_neighbours)
             } else {
                 name
             };

@@ -235,6 +235,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         hold_actions: args.hold_actions,
         waypoints: None,
         support: None,
+        feasible: None,
         low,
         high,
     };

@@ -26,6 +26,7 @@ use lam_model::world_model::{KvCache, WorldModel};
 use serde::{Deserialize, Serialize};
 
 use crate::controller::Controller;
+use crate::feasible::Feasible;
 use crate::support::Support;
 use cem::Cem;
 use icem::Icem;
@@ -363,6 +364,9 @@ pub struct Problem<'a> {
     /// Penalise predicted transitions the training video never shows (sampling planners;
     /// see [`crate::support`]).
     pub support: Option<Support<'a>>,
+    /// Replace each planned latent by the nearest one the training video shows from frames
+    /// like the one it starts at (sampling planners; see [`crate::feasible`]).
+    pub feasible: Option<Feasible<'a>>,
 }
 
 /// The chosen plan.

@@ -1,0 +1,415 @@
+//! Feasibility projection: a planned latent action replaced by the nearest one the unlabeled
+//! video shows from frames like the one it starts at.
+//!
+//! A latent action says what happened. Pushed into a wall the agent does not move, so the
+//! video holds no latent that moves it through one, and the controller (fitted on a few
+//! labeled episodes, mostly in the open) maps a push toward the wall to the motion the push
+//! makes in the open. The world model, given that latent, predicts the motion: the planner
+//! sees a way through the wall, and the agent stays pressed against it.
+//!
+//! The video does show what can happen from each frame. This module keeps every transition of
+//! the world model's training shards as its pooled model-space frame s_i and its IDM latent
+//! z_i, and maps a latent z planned from frame s to the point nearest z in the convex hull of
+//! the latents of s's K nearest frames. On open floor those latents go every way and z passes
+//! nearly unchanged; against a wall none goes into it, and a push into the wall becomes the
+//! part of it along the wall: the slide a frictionless contact makes, learned from video
+//! alone. The hull holds every mixture of the neighbours' latents, so a slower motion or none
+//! at all stays possible wherever a faster one was seen.
+//!
+//! Frames are compared after standardising each channel with the set's mean and std (channels
+//! that never vary count for nothing). The hull projection is solved per query by pairwise
+//! Frank-Wolfe on the mixture weights, which converges linearly on a simplex. The projection
+//! runs on the host and is not differentiable: the sampling planners use it
+//! (`lam plan eval --feasible SHARDS`).
+
+use std::collections::HashSet;
+
+use anyhow::{Result, ensure};
+use burn::prelude::*;
+
+use lam_data::ShardSet;
+use lam_model::LatentActionModel;
+
+use crate::support::pooled_clips;
+
+/// Frank-Wolfe iterations per projection (each moves weight between two neighbours).
+const ITERATIONS: usize = 200;
+
+/// Transitions of a world model's video: pooled model-space frames and their IDM latents.
+pub struct FeasibleSet {
+    /// Standardised frames `[M, D]`.
+    frames: Tensor<2>,
+    /// Their squared norms `[1, M]`.
+    norms: Tensor<2>,
+    /// Latents `[M, d]`, row-major on host.
+    latents: Vec<f32>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    dim: usize,
+    latent_dim: usize,
+}
+
+/// A feasible set and the neighbours each projection reads.
+#[derive(Clone, Copy)]
+pub struct Feasible<'a> {
+    pub set: &'a FeasibleSet,
+    /// Nearest frames whose latents span the hull (K).
+    pub neighbours: usize,
+}
+
+impl Feasible<'_> {
+    /// Latents `[B, d]` planned from pooled model-space frames `[B, D]`, each replaced by the
+    /// nearest point of its frame's hull.
+    pub fn project(&self, frames: Tensor<2>, z: Tensor<2>) -> Tensor<2> {
+        self.set.project(frames, z, self.neighbours)
+    }
+}
+
+impl FeasibleSet {
+    /// A set from frames `[M, D]` and latents `[M, d]` (row-major); rows that repeat a frame
+    /// and latent exactly (overlapping clips) are kept once.
+    pub fn new(
+        frames: &[f32],
+        latents: &[f32],
+        dim: usize,
+        latent_dim: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        ensure!(
+            dim > 0 && latent_dim > 0,
+            "feasible set: frame and latent widths must be positive"
+        );
+        ensure!(
+            frames.len() % dim == 0 && latents.len() % latent_dim == 0,
+            "feasible set: {} frame values are not rows of {dim}, or {} latent values rows of \
+             {latent_dim}",
+            frames.len(),
+            latents.len()
+        );
+        let m = frames.len() / dim;
+        ensure!(
+            latents.len() / latent_dim == m,
+            "feasible set: {m} frames but {} latents",
+            latents.len() / latent_dim
+        );
+        ensure!(m > 0, "feasible set: no transitions");
+        if let Some(i) = frames.iter().chain(latents).position(|v| !v.is_finite()) {
+            anyhow::bail!("feasible set: value {i} is not finite");
+        }
+        let mut seen = HashSet::new();
+        let (mut fr, mut la) = (Vec::new(), Vec::new());
+        for i in 0..m {
+            let (f, z) = (
+                &frames[i * dim..(i + 1) * dim],
+                &latents[i * latent_dim..(i + 1) * latent_dim],
+            );
+            let key: Vec<u32> = f.iter().chain(z).map(|v| v.to_bits()).collect();
+            if seen.insert(key) {
+                fr.extend_from_slice(f);
+                la.extend_from_slice(z);
+            }
+        }
+        let m = fr.len() / dim;
+        let mut mean = vec![0f64; dim];
+        let mut sq = vec![0f64; dim];
+        for row in fr.chunks_exact(dim) {
+            for (c, &v) in row.iter().enumerate() {
+                mean[c] += v as f64;
+                sq[c] += (v as f64) * (v as f64);
+            }
+        }
+        let mean: Vec<f32> = mean.iter().map(|s| (s / m as f64) as f32).collect();
+        let std: Vec<f32> = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, &mu)| {
+                let var = (s / m as f64 - (mu as f64) * (mu as f64)).max(0.0);
+                // A channel that never varies says nothing about where a frame is.
+                if var.sqrt() < 1e-6 {
+                    f32::INFINITY
+                } else {
+                    var.sqrt() as f32
+                }
+            })
+            .collect();
+        let standard: Vec<f32> = fr
+            .chunks_exact(dim)
+            .flat_map(|row| {
+                row.iter()
+                    .zip(mean.iter().zip(&std))
+                    .map(|(v, (mu, s))| (v - mu) / s)
+            })
+            .collect();
+        let frames = Tensor::<2>::from_data(TensorData::new(standard, [m, dim]), device);
+        let norms = frames.clone().square().sum_dim(1).reshape([1, m]);
+        Ok(Self {
+            frames,
+            norms,
+            latents: la,
+            mean,
+            std,
+            dim,
+            latent_dim,
+        })
+    }
+
+    /// Every transition of a shard set: its pooled model-space frame and the IDM's latent
+    /// (the mean latent of a noisy regulariser), as the world model trained on them.
+    pub fn of_shards(
+        lam: &LatentActionModel,
+        data: &ShardSet,
+        device: &Device,
+        batch: usize,
+    ) -> Result<Self> {
+        let (t, d) = (data.index.frames, data.index.dim);
+        ensure!(
+            t >= 2,
+            "{}: clips of {t} frame(s) hold no transitions",
+            data.dir.display()
+        );
+        let pooled = pooled_clips(lam, data, device, batch)?;
+        let clips = pooled.len() / (t * d);
+        let (mut frames, mut latents, mut latent_dim) = (Vec::new(), Vec::new(), 1);
+        for chunk in (0..clips).collect::<Vec<_>>().chunks(batch.max(1)) {
+            let rows: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&c| pooled[c * t * d..(c + 1) * t * d].iter().copied())
+                .collect();
+            let x = Tensor::<3>::from_data(TensorData::new(rows, [chunk.len(), t, d]), device);
+            let now = x.clone().slice(s![.., 0..t - 1, ..]);
+            let next = x.slice(s![.., 1..t, ..]);
+            frames.extend(host(now.clone().reshape([chunk.len() * (t - 1) * d])));
+            let z = lam.infer(now, next, &[]).z;
+            latent_dim = z.dims()[2];
+            latents.extend(host(z.flatten::<1>(0, 2)));
+        }
+        Self::new(&frames, &latents, d, latent_dim, device)
+    }
+
+    /// Transitions kept.
+    pub fn len(&self) -> usize {
+        self.latents.len() / self.latent_dim
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn frame_dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn latent_dim(&self) -> usize {
+        self.latent_dim
+    }
+
+    /// Latents `[B, d]` planned from pooled model-space frames `[B, D]`, each replaced by the
+    /// point nearest it in the convex hull of the latents of its frame's `k` nearest frames.
+    pub fn project(&self, frames: Tensor<2>, z: Tensor<2>, k: usize) -> Tensor<2> {
+        let [b, d] = frames.dims();
+        let device = frames.device();
+        let m = self.len();
+        let k = k.clamp(1, m);
+        let mean = Tensor::<1>::from_data(TensorData::new(self.mean.clone(), [d]), &device);
+        let std = Tensor::<1>::from_data(TensorData::new(self.std.clone(), [d]), &device);
+        let q = (frames - mean.unsqueeze()) / std.unsqueeze();
+        // Squared distances up to each query's own norm, which does not change its order.
+        let dist = self.norms.clone() - q.matmul(self.frames.clone().transpose()).mul_scalar(2.0);
+        let dist = host(dist.reshape([b * m]));
+        let z = host(z.reshape([b * self.latent_dim]));
+        let dz = self.latent_dim;
+        let mut out = vec![0f32; b * dz];
+        let mut near: Vec<(f32, usize)> = Vec::with_capacity(k);
+        let mut hull = vec![0f32; k * dz];
+        for row in 0..b {
+            nearest_rows(&dist[row * m..(row + 1) * m], k, &mut near);
+            for (slot, &(_, i)) in near.iter().enumerate() {
+                hull[slot * dz..(slot + 1) * dz]
+                    .copy_from_slice(&self.latents[i * dz..(i + 1) * dz]);
+            }
+            nearest_in_hull(
+                &hull,
+                dz,
+                &z[row * dz..(row + 1) * dz],
+                &mut out[row * dz..(row + 1) * dz],
+            );
+        }
+        Tensor::from_data(TensorData::new(out, [b, dz]), &device)
+    }
+}
+
+/// The `k` smallest entries of `dist` as (distance, index), in `near`: one pass that keeps
+/// the k best seen and replaces the worst of them when a nearer one comes.
+fn nearest_rows(dist: &[f32], k: usize, near: &mut Vec<(f32, usize)>) {
+    near.clear();
+    near.extend(dist[..k].iter().copied().zip(0..k));
+    let worst = |near: &[(f32, usize)]| {
+        (0..near.len())
+            .max_by(|&a, &b| near[a].0.total_cmp(&near[b].0))
+            .unwrap_or(0)
+    };
+    let mut w = worst(near);
+    for (i, &d) in dist.iter().enumerate().skip(k) {
+        if d < near[w].0 {
+            near[w] = (d, i);
+            w = worst(near);
+        }
+    }
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 tensor")
+}
+
+/// The point nearest `z` in the convex hull of `points` (rows of `dim`), into `out`: pairwise
+/// Frank-Wolfe on the mixture weights w of f(w) = |P^T w - z|^2 / 2, started at the nearest
+/// point; each step moves weight from the neighbour the gradient likes least to the one it
+/// likes most, by the exact line search along that direction.
+pub fn nearest_in_hull(points: &[f32], dim: usize, z: &[f32], out: &mut [f32]) {
+    let k = points.len() / dim;
+    let p = |i: usize| &points[i * dim..(i + 1) * dim];
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    // Gram matrix G = P P^T and b = P z; the gradient is G w - b.
+    let mut gram = vec![0f32; k * k];
+    for i in 0..k {
+        for j in i..k {
+            let g = dot(p(i), p(j));
+            gram[i * k + j] = g;
+            gram[j * k + i] = g;
+        }
+    }
+    let b: Vec<f32> = (0..k).map(|i| dot(p(i), z)).collect();
+    let start = (0..k)
+        .min_by(|&i, &j| {
+            let di = gram[i * k + i] - 2.0 * b[i];
+            let dj = gram[j * k + j] - 2.0 * b[j];
+            di.total_cmp(&dj)
+        })
+        .unwrap_or(0);
+    let mut w = vec![0f32; k];
+    w[start] = 1.0;
+    // G w, kept up to date.
+    let mut gw: Vec<f32> = (0..k).map(|i| gram[i * k + start]).collect();
+    for _ in 0..ITERATIONS {
+        let grad = |i: usize| gw[i] - b[i];
+        let toward = (0..k)
+            .min_by(|&i, &j| grad(i).total_cmp(&grad(j)))
+            .unwrap_or(0);
+        let away = (0..k)
+            .filter(|&i| w[i] > 0.0)
+            .max_by(|&i, &j| grad(i).total_cmp(&grad(j)))
+            .unwrap_or(toward);
+        let gap = grad(away) - grad(toward);
+        if toward == away || gap <= 1e-9 {
+            break;
+        }
+        let curvature =
+            gram[toward * k + toward] - 2.0 * gram[toward * k + away] + gram[away * k + away];
+        let step = if curvature > 1e-12 {
+            (gap / curvature).min(w[away])
+        } else {
+            w[away]
+        };
+        w[toward] += step;
+        w[away] -= step;
+        if w[away] < 1e-9 {
+            w[away] = 0.0;
+        }
+        for (i, g) in gw.iter_mut().enumerate() {
+            *g += step * (gram[i * k + toward] - gram[i * k + away]);
+        }
+    }
+    out.fill(0.0);
+    for (i, &wi) in w.iter().enumerate() {
+        if wi > 0.0 {
+            for (o, v) in out.iter_mut().zip(p(i)) {
+                *o += wi * v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device() -> Device {
+        Device::default()
+    }
+
+    #[test]
+    fn hull_keeps_points_inside_and_projects_those_outside() {
+        // The unit square's corners.
+        let sq = [0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0];
+        let mut out = [0f32; 2];
+        nearest_in_hull(&sq, 2, &[0.3, 0.6], &mut out);
+        assert!(
+            (out[0] - 0.3).abs() < 1e-4 && (out[1] - 0.6).abs() < 1e-4,
+            "{out:?}"
+        );
+        nearest_in_hull(&sq, 2, &[2.0, 0.5], &mut out);
+        assert!(
+            (out[0] - 1.0).abs() < 1e-4 && (out[1] - 0.5).abs() < 1e-4,
+            "{out:?}"
+        );
+        nearest_in_hull(&sq, 2, &[-1.0, -2.0], &mut out);
+        assert!(out[0].abs() < 1e-4 && out[1].abs() < 1e-4, "{out:?}");
+    }
+
+    /// A corridor: frames are the agent's x in [0, 1] with a wall at x = 1. From every frame
+    /// the video shows motions dx in [-0.2, 0.2] that stay left of the wall, and dy in
+    /// [-0.2, 0.2].
+    fn corridor() -> FeasibleSet {
+        let (mut frames, mut latents) = (Vec::new(), Vec::new());
+        for i in 0..=100 {
+            let x = i as f32 / 100.0;
+            for (dx, dy) in [
+                (-0.2, -0.2),
+                (-0.2, 0.2),
+                (0.2, -0.2),
+                (0.2, 0.2),
+                (0.0, 0.0),
+            ] {
+                let dx = f32::min(dx, 1.0 - x);
+                frames.push(x);
+                latents.extend([dx, dy]);
+            }
+        }
+        FeasibleSet::new(&frames, &latents, 1, 2, &device()).unwrap()
+    }
+
+    #[test]
+    fn a_push_into_the_wall_becomes_the_slide_along_it() {
+        let set = corridor();
+        let dev = device();
+        let frames = Tensor::<2>::from_data(TensorData::new(vec![0.5, 1.0], [2, 1]), &dev);
+        let z = Tensor::<2>::from_data(TensorData::new(vec![0.15, 0.1, 0.15, 0.1], [2, 2]), &dev);
+        let out = host(set.project(frames, z, 10));
+        // In the open the latent passes unchanged.
+        assert!(
+            (out[0] - 0.15).abs() < 1e-3 && (out[1] - 0.1).abs() < 1e-3,
+            "{out:?}"
+        );
+        // At the wall the push loses its part into the wall and keeps the slide.
+        assert!(
+            out[2].abs() < 0.02 && (out[3] - 0.1).abs() < 1e-3,
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn repeated_rows_are_kept_once_and_bad_values_are_refused() {
+        let dev = device();
+        let set = FeasibleSet::new(&[0.0, 0.0, 1.0], &[1.0, 1.0, 2.0], 1, 1, &dev).unwrap();
+        assert_eq!(set.len(), 2);
+        let err = FeasibleSet::new(&[0.0, f32::NAN], &[1.0, 1.0], 1, 1, &dev)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not finite"), "{err}");
+        assert!(FeasibleSet::new(&[0.0, 1.0], &[1.0], 1, 1, &dev).is_err());
+    }
+}
