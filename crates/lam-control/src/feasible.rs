@@ -30,7 +30,7 @@ use burn::prelude::*;
 use lam_data::ShardSet;
 use lam_model::LatentActionModel;
 
-use crate::support::pooled_clips;
+use crate::support::pooled_transitions;
 
 /// Frank-Wolfe iterations per projection (each moves weight between two neighbours).
 const ITERATIONS: usize = 200;
@@ -161,13 +161,7 @@ impl FeasibleSet {
         device: &Device,
         batch: usize,
     ) -> Result<Self> {
-        let (t, d) = (data.index.frames, data.index.dim);
-        ensure!(
-            t >= 2,
-            "{}: clips of {t} frame(s) hold no transitions",
-            data.dir.display()
-        );
-        let pooled = pooled_clips(lam, data, device, batch)?;
+        let (pooled, t, d) = pooled_transitions(lam, data, device, batch)?;
         let clips = pooled.len() / (t * d);
         let (mut frames, mut latents, mut latent_dim) = (Vec::new(), Vec::new(), 1);
         for chunk in (0..clips).collect::<Vec<_>>().chunks(batch.max(1)) {

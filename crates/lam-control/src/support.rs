@@ -233,6 +233,23 @@ pub(crate) fn pooled_clips(
     Ok(out)
 }
 
+/// [`pooled_clips`] of a shard set whose clips hold transitions (two frames or more), with
+/// the clips' length T and width D.
+pub(crate) fn pooled_transitions(
+    lam: &LatentActionModel,
+    data: &ShardSet,
+    device: &Device,
+    batch: usize,
+) -> Result<(Vec<f32>, usize, usize)> {
+    let (t, d) = (data.index.frames, data.index.dim);
+    ensure!(
+        t >= 2,
+        "{}: clips of {t} frame(s) hold no transitions",
+        data.dir.display()
+    );
+    Ok((pooled_clips(lam, data, device, batch)?, t, d))
+}
+
 /// Every consecutive pair of frames of a shard set, pooled in the model's space
 /// ([`pooled_clips`]).
 pub fn pairs_of(
@@ -241,13 +258,7 @@ pub fn pairs_of(
     device: &Device,
     batch: usize,
 ) -> Result<Pairs> {
-    let (t, d) = (data.index.frames, data.index.dim);
-    ensure!(
-        t >= 2,
-        "{}: clips of {t} frame(s) hold no transitions",
-        data.dir.display()
-    );
-    let pooled = pooled_clips(lam, data, device, batch)?;
+    let (pooled, t, d) = pooled_transitions(lam, data, device, batch)?;
     let (mut frames, mut deltas) = (Vec::new(), Vec::new());
     for clip in pooled.chunks_exact(t * d) {
         for k in 0..t - 1 {
