@@ -140,8 +140,9 @@ pub struct PlanEvalArgs {
     /// world models.
     #[arg(long)]
     pub feasible: Option<PathBuf>,
-    /// Nearest frames whose latents span each projection's hull.
-    #[arg(long, default_value_t = 16)]
+    /// Nearest frames whose latents span each projection's hull (8: 74% on the oracle `reach`
+    /// against 62% with 16 and 36% with 4; docs/benchmarks.md, "Contact from the video").
+    #[arg(long, default_value_t = 8)]
     pub feasible_neighbours: usize,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
