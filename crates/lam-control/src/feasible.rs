@@ -30,7 +30,8 @@ use burn::prelude::*;
 use lam_data::ShardSet;
 use lam_model::LatentActionModel;
 
-use crate::support::pooled_transitions;
+use crate::host;
+use crate::support::{channel_mean_std, pooled_transitions};
 
 /// Frank-Wolfe iterations per projection (each moves weight between two neighbours).
 const ITERATIONS: usize = 200;
@@ -110,27 +111,11 @@ impl FeasibleSet {
             }
         }
         let m = fr.len() / dim;
-        let mut mean = vec![0f64; dim];
-        let mut sq = vec![0f64; dim];
-        for row in fr.chunks_exact(dim) {
-            for (c, &v) in row.iter().enumerate() {
-                mean[c] += v as f64;
-                sq[c] += (v as f64) * (v as f64);
-            }
-        }
-        let mean: Vec<f32> = mean.iter().map(|s| (s / m as f64) as f32).collect();
-        let std: Vec<f32> = sq
-            .iter()
-            .zip(&mean)
-            .map(|(s, &mu)| {
-                let var = (s / m as f64 - (mu as f64) * (mu as f64)).max(0.0);
-                // A channel that never varies says nothing about where a frame is.
-                if var.sqrt() < 1e-6 {
-                    f32::INFINITY
-                } else {
-                    var.sqrt() as f32
-                }
-            })
+        let (mean, std) = channel_mean_std(&fr, dim);
+        // A channel that never varies says nothing about where a frame is.
+        let std: Vec<f32> = std
+            .into_iter()
+            .map(|s| if s < 1e-6 { f32::INFINITY } else { s })
             .collect();
         let standard: Vec<f32> = fr
             .chunks_exact(dim)
@@ -249,13 +234,6 @@ fn nearest_rows(dist: &[f32], k: usize, near: &mut Vec<(f32, usize)>) {
             w = worst(near);
         }
     }
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 tensor")
 }
 
 /// The point nearest `z` in the convex hull of `points` (rows of `dim`), into `out`: pairwise

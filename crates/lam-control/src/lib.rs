@@ -8,3 +8,12 @@ pub mod planner;
 pub mod rollout;
 pub mod support;
 pub mod waypoints;
+
+use burn::prelude::*;
+
+/// Host copy of an f32 tensor's values, row-major.
+pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .expect("f32 tensor data")
+}

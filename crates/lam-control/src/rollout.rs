@@ -9,6 +9,7 @@
 
 use burn::prelude::*;
 
+use crate::controller::Controller;
 use crate::planner::{CostKind, Objective, Problem, SearchSpace};
 
 /// Rolls `seqs` (`[C, H, dim]` row-major, in the search space) through the world model and
@@ -76,12 +77,17 @@ pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3
             problem.window,
         );
     }
-    // Latents that do not read the frame are made for every step at once.
-    let (x, z) = match ctrl {
-        Some(_) => (space.expand_tensor(x), None),
-        None => (x.clone(), Some(space.latents(x))),
+    // Each step's latents: made for every step at once, or by the frame-conditioned
+    // controller from the frame the step acts on.
+    enum StepLatents<'c> {
+        Made(Tensor<3>),
+        FromFrame(&'c Controller, Tensor<3>),
+    }
+    let [c, h, _] = x.dims();
+    let latents = match ctrl {
+        Some(ctrl) => StepLatents::FromFrame(ctrl, space.expand_tensor(x)),
+        None => StepLatents::Made(space.latents(x)),
     };
-    let [c, h, width] = x.dims();
     let d = problem.current.dims()[2];
     problem.world_model.rollout_with(
         problem.cache,
@@ -91,18 +97,13 @@ pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3
         problem.window,
         |k, frame| {
             let pooled = frame.clone().mean_dim(1).reshape([c, d]);
-            let zk = match (&z, ctrl) {
-                (Some(z), _) => {
-                    let dz = z.dims()[2];
-                    z.clone().slice(s![.., k..k + 1, ..]).reshape([c, dz])
-                }
-                (None, Some(ctrl)) => {
-                    let a = x.clone().slice(s![.., k..k + 1, ..]).reshape([c, width]);
-                    ctrl.to_latent(a, Some(pooled.clone()))
-                }
-                (None, None) => {
-                    unreachable!("latents are made up front without a frame controller")
-                }
+            let step = |t: &Tensor<3>| {
+                let w = t.dims()[2];
+                t.clone().slice(s![.., k..k + 1, ..]).reshape([c, w])
+            };
+            let zk = match &latents {
+                StepLatents::Made(z) => step(z),
+                StepLatents::FromFrame(ctrl, a) => ctrl.to_latent(step(a), Some(pooled.clone())),
             };
             match problem.feasible {
                 Some(f) => f.project(pooled, zk),

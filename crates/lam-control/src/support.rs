@@ -43,6 +43,7 @@ use lam_model::LatentActionModel;
 use lam_model::idm::Idm;
 
 use crate::controller::{Mlp, MlpConfig, rows};
+use crate::host;
 
 /// Support critic training settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -276,6 +277,12 @@ pub fn pairs_of(
 
 /// Per-channel mean and std (floored at 1e-4) of rows of `dim` values.
 fn mean_std(v: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mean, std) = channel_mean_std(v, dim);
+    (mean, std.into_iter().map(|s| s.max(1e-4)).collect())
+}
+
+/// Per-channel mean and (population) std of rows of `dim` values.
+pub(crate) fn channel_mean_std(v: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
     let n = (v.len() / dim).max(1) as f64;
     let mut mean = vec![0f64; dim];
     for row in v.chunks_exact(dim) {
@@ -291,7 +298,7 @@ fn mean_std(v: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
     }
     (
         mean.iter().map(|&m| m as f32).collect(),
-        var.iter().map(|&s| (s.sqrt() as f32).max(1e-4)).collect(),
+        var.iter().map(|&s| s.sqrt() as f32).collect(),
     )
 }
 
@@ -325,10 +332,6 @@ fn pair_loss(
     let loss =
         (softplus(real.clone().neg(), 1.0).mean() + softplus(shuffled.clone(), 1.0).mean()) * 0.5;
     (loss, real, shuffled)
-}
-
-fn host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().try_into_vec::<f32>().expect("f32 logits")
 }
 
 /// Fits the critic on `train`'s transitions; reports on `val`'s.

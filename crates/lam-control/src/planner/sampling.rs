@@ -2,12 +2,12 @@
 //! roll them out in one batch, score them, keep the best seen, and let the planner refit the
 //! Gaussian ([`Sampler`]) for the next iteration.
 
-use burn::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::{Plan, PlannerConfig, Problem, SearchSpace};
+use crate::host;
 use crate::rollout::{final_frames, pooled_cosine, rollout_all, support_penalty, trajectory_cost};
 
 /// What one sampling planner does its own way. Sequences are `[c, h * dim]` row-major.
@@ -50,10 +50,6 @@ pub(super) trait Sampler {
         mean: &mut [f32],
         std: &mut [f32],
     );
-}
-
-pub(super) fn host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().try_into_vec::<f32>().expect("f32 costs")
 }
 
 /// Plans with `sampler`; returns the best sequence seen.
