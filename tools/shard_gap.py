@@ -4,7 +4,9 @@ The feasibility projection (`lam plan eval --feasible`) looks up the frames of t
 model's video nearest each planned frame; this tells whether a robot's frames have near
 neighbours in that video at all. Prints each channel's mean and std of the query set in the
 reference set's units, and the median distance to the 1st and 8th nearest reference frame,
-from the reference set itself and from the query set.
+from the reference set itself and from the query set, over every channel and over the channels whose
+query mean lies within 1 reference std of the reference mean and whose query std is within a
+factor 3 of the reference std (what `lam plan eval --feasible-domain` keeps).
 
     .venv/bin/python tools/shard_gap.py REFERENCE_SHARDS QUERY_SHARDS
 """
@@ -53,14 +55,18 @@ def main():
     np.set_printoptions(precision=2, suppress=True, linewidth=120)
     print("query channel means in reference units:", q.mean(0))
     print("query channel stds in reference units: ", q.std(0))
-    rng = np.random.default_rng(0)
-    for name, pts, skip in [("reference", r, True), ("query", q, False)]:
-        pick = pts[rng.choice(len(pts), min(300, len(pts)), replace=False)]
-        d = nearest(pick, r, skip)
-        print(
-            f"{name} -> reference: median distance to the 1st / 8th nearest frame "
-            f"{np.median(d[:, 0]):.3f} / {np.median(d[:, 7]):.3f}"
-        )
+    qs = q.std(0)
+    keep = (np.abs(q.mean(0)) <= 1.0) & (qs >= 1 / 3) & (qs <= 3.0)
+    print("channels kept by the domain match:", np.flatnonzero(keep))
+    for label, cols in [("all channels", slice(None)), ("matched channels", keep)]:
+        rng = np.random.default_rng(0)
+        for name, pts, skip in [("reference", r, True), ("query", q, False)]:
+            pick = pts[rng.choice(len(pts), min(300, len(pts)), replace=False)]
+            d = nearest(pick[:, cols], r[:, cols], skip)
+            print(
+                f"{label}: {name} -> reference: median distance to the 1st / 8th nearest "
+                f"frame {np.median(d[:, 0]):.3f} / {np.median(d[:, 7]):.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -31,10 +31,17 @@ use lam_data::ShardSet;
 use lam_model::LatentActionModel;
 
 use crate::host;
-use crate::support::{channel_mean_std, pooled_transitions};
+use crate::support::{channel_mean_std, pooled_clips, pooled_transitions};
 
 /// Frank-Wolfe iterations per projection (each moves weight between two neighbours).
 const ITERATIONS: usize = 200;
+
+/// [`FeasibleSet::match_domain`]: a channel whose mean in the other domain lies further than
+/// this many of the set's stds from the set's mean is left out of the distance.
+pub const MATCH_MEAN: f32 = 1.0;
+/// [`FeasibleSet::match_domain`]: ... or whose std there is more than this factor above or
+/// below the set's.
+pub const MATCH_SPREAD: f32 = 3.0;
 
 /// Transitions of a world model's video: pooled model-space frames and their IDM latents.
 pub struct FeasibleSet {
@@ -163,6 +170,73 @@ impl FeasibleSet {
             latents.extend(host(z.flatten::<1>(0, 2)));
         }
         Self::new(&frames, &latents, d, latent_dim, device)
+    }
+
+    /// Leaves out of the frame distance every channel whose values in another domain's
+    /// frames (`[N, D]` row-major: the frames the agent will plan from, such as the robot's
+    /// labeled episodes) do not look like the set's: a mean more than [`MATCH_MEAN`] of the
+    /// set's stds from the set's mean, or a std outside [`MATCH_SPREAD`] times the set's. A
+    /// part drawn differently in the two domains (the robot's body against the hand) is then
+    /// not read as "far from every frame of the video". Returns the channels left out.
+    pub fn match_domain(&mut self, frames: &[f32]) -> Result<Vec<usize>> {
+        let d = self.dim;
+        ensure!(
+            !frames.is_empty() && frames.len() % d == 0,
+            "feasible set: {} domain frame values are not rows of {d}",
+            frames.len()
+        );
+        if let Some(i) = frames.iter().position(|v| !v.is_finite()) {
+            anyhow::bail!("feasible set: domain frame value {i} is not finite");
+        }
+        let (mean, std) = channel_mean_std(frames, d);
+        let dropped: Vec<usize> = (0..d)
+            .filter(|&c| {
+                let s = self.std[c];
+                s.is_finite()
+                    && ((mean[c] - self.mean[c]).abs() > MATCH_MEAN * s
+                        || std[c] < s / MATCH_SPREAD
+                        || std[c] > s * MATCH_SPREAD)
+            })
+            .collect();
+        if dropped.is_empty() {
+            return Ok(dropped);
+        }
+        let keep: Vec<f32> = (0..d)
+            .map(|c| if dropped.contains(&c) { 0.0 } else { 1.0 })
+            .collect();
+        for &c in &dropped {
+            self.std[c] = f32::INFINITY;
+        }
+        let device = self.frames.device();
+        let keep = Tensor::<2>::from_data(TensorData::new(keep, [1, d]), &device);
+        self.frames = self.frames.clone() * keep;
+        self.norms = self
+            .frames
+            .clone()
+            .square()
+            .sum_dim(1)
+            .reshape([1, self.len()]);
+        Ok(dropped)
+    }
+
+    /// [`Self::match_domain`] on every frame of a shard set (pooled in the world model's
+    /// space).
+    pub fn match_domain_of_shards(
+        &mut self,
+        lam: &LatentActionModel,
+        data: &ShardSet,
+        device: &Device,
+        batch: usize,
+    ) -> Result<Vec<usize>> {
+        ensure!(
+            data.index.dim == self.dim,
+            "{}: frames of {} channels, the feasible set's have {}",
+            data.dir.display(),
+            data.index.dim,
+            self.dim
+        );
+        let frames = pooled_clips(lam, data, device, batch)?;
+        self.match_domain(&frames)
     }
 
     /// Transitions kept.
@@ -370,6 +444,46 @@ mod tests {
             out[2].abs() < 0.02 && (out[3] - 0.1).abs() < 1e-3,
             "{out:?}"
         );
+    }
+
+    /// The corridor with a second channel: a part that sits still at 0 in the video but is
+    /// drawn elsewhere (and moves) in the agent's domain.
+    #[test]
+    fn a_channel_drawn_differently_in_the_agents_domain_is_left_out() {
+        let dev = device();
+        let (mut frames, mut latents) = (Vec::new(), Vec::new());
+        for i in 0..=100 {
+            let x = i as f32 / 100.0;
+            for (dx, dy) in [(-0.2, -0.2), (0.2, 0.2), (0.2, -0.2), (0.0, 0.0)] {
+                // The still part jitters a little so the channel is not constant, upward only
+                // in the open half.
+                let jitter = if x < 0.5 { 0.01 } else { -0.01 } * (i % 2) as f32;
+                frames.extend([x, jitter]);
+                latents.extend([f32::min(dx, 1.0 - x), dy]);
+            }
+        }
+        let mut set = FeasibleSet::new(&frames, &latents, 2, 2, &dev).unwrap();
+        // At the wall, with the part far off: the nearest video frames by both channels are
+        // wherever the part's channel is largest, not at the wall.
+        let query = || Tensor::<2>::from_data(TensorData::new(vec![1.0, 5.0], [1, 2]), &dev);
+        let z = || Tensor::<2>::from_data(TensorData::new(vec![0.15, 0.1], [1, 2]), &dev);
+        let before = host(set.project(query(), z(), 8));
+        let agent: Vec<f32> = (0..50)
+            .flat_map(|i| [i as f32 / 50.0, 4.0 + (i % 5) as f32])
+            .collect();
+        let dropped = set.match_domain(&agent).unwrap();
+        assert_eq!(dropped, vec![1]);
+        let after = host(set.project(query(), z(), 8));
+        assert!(
+            before[0] > 0.1,
+            "the mismatched part hid the wall: {before:?}"
+        );
+        assert!(
+            after[0].abs() < 0.02 && (after[1] - 0.1).abs() < 1e-3,
+            "{after:?}"
+        );
+        assert!(set.match_domain(&[1.0]).is_err());
+        assert!(set.match_domain(&[1.0, f32::NAN]).is_err());
     }
 
     #[test]

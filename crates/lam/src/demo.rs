@@ -36,7 +36,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::pipeline::{
-    DataSpec, PlanSpec, Steps, args, eval_argv, fit_argv, read_json, train_argv,
+    DataSpec, FeasibleSpec, PlanSpec, Steps, args, eval_argv, fit_argv, read_json, train_argv,
 };
 
 #[derive(Args)]
@@ -68,7 +68,8 @@ pub struct DemoArgs {
     pub hold_actions: bool,
     /// Neighbours of the feasibility projection (`lam plan eval --feasible` on the human
     /// shards: each planned latent becomes the nearest one the unlabeled video shows from the
-    /// K frames most like the one it starts at); 0 plans without it.
+    /// K frames most like the one it starts at, frames compared on the channels that look
+    /// alike in the robot's shards); 0 plans without it.
     #[arg(long, default_value_t = 0)]
     pub feasible_neighbours: usize,
     /// Controller between robot action blocks and latent actions: `action` reads the block
@@ -171,8 +172,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
         iterations: a.iterations,
         horizon: a.horizon,
         hold_actions: a.hold_actions,
-        feasible: (a.feasible_neighbours > 0)
-            .then(|| (l.human_shards.clone(), a.feasible_neighbours)),
+        feasible: (a.feasible_neighbours > 0).then(|| FeasibleSpec {
+            shards: l.human_shards.clone(),
+            neighbours: a.feasible_neighbours,
+            domain: Some(l.robot_shards.clone()),
+        }),
         baselines: true,
         device: dev.clone(),
     };

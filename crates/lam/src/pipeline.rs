@@ -356,12 +356,24 @@ pub struct PlanSpec {
     pub iterations: usize,
     pub horizon: usize,
     pub hold_actions: bool,
-    /// Project planned latents onto what this shard folder (the world model's video) shows
-    /// from like frames, with this many neighbours (`lam plan eval --feasible`).
-    pub feasible: Option<(PathBuf, usize)>,
+    /// Project planned latents onto what the world model's video shows from like frames
+    /// (`lam plan eval --feasible`).
+    pub feasible: Option<FeasibleSpec>,
     /// Also evaluate the scripted expert and the random policy.
     pub baselines: bool,
     pub device: String,
+}
+
+/// The feasibility projection of a [`PlanSpec`].
+#[derive(Clone, Debug)]
+pub struct FeasibleSpec {
+    /// Shard folder of the world model's video.
+    pub shards: PathBuf,
+    /// Neighbours whose latents span each hull.
+    pub neighbours: usize,
+    /// Shards of the domain the agent acts in (`--feasible-domain`: channels unlike the
+    /// video's there are left out of the frame distance).
+    pub domain: Option<PathBuf>,
 }
 
 impl PlanSpec {
@@ -408,13 +420,16 @@ impl PlanSpec {
         if self.hold_actions {
             v.push("--hold-actions".into());
         }
-        if let Some((dir, k)) = &self.feasible {
+        if let Some(f) = &self.feasible {
             v.extend(args(&[
                 &"--feasible",
-                &dir.display(),
+                &f.shards.display(),
                 &"--feasible-neighbours",
-                k,
+                &f.neighbours,
             ]));
+            if let Some(domain) = &f.domain {
+                v.extend(args(&[&"--feasible-domain", &domain.display()]));
+            }
         }
         v
     }

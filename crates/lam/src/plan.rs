@@ -144,6 +144,11 @@ pub struct PlanEvalArgs {
     /// against 62% with 16 and 36% with 4; docs/benchmarks.md, "Contact from the video").
     #[arg(long, default_value_t = 8)]
     pub feasible_neighbours: usize,
+    /// Shard folder of the domain the agent acts in (the controller's labeled shards, same
+    /// encoder): channels whose mean or spread there is unlike the `--feasible` video's (a
+    /// body drawn differently) are left out of the frame distance.
+    #[arg(long, requires = "feasible")]
+    pub feasible_domain: Option<PathBuf>,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
     pub learning_rate: f64,
@@ -372,8 +377,20 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             (Some(dir), Conditioning::Latent) => {
                 let t0 = std::time::Instant::now();
                 let set = lam_data::ShardSet::open(dir, Some(lam_data::Split::Train))?;
-                let f = lam_control::feasible::FeasibleSet::of_shards(&lam, &set, &device, 64)
+                let mut f = lam_control::feasible::FeasibleSet::of_shards(&lam, &set, &device, 64)
                     .with_context(|| format!("feasible set from {}", dir.display()))?;
+                if let Some(domain) = &args.feasible_domain {
+                    let agent = lam_data::ShardSet::open(domain, None)?;
+                    let dropped = f
+                        .match_domain_of_shards(&lam, &agent, &device, 64)
+                        .with_context(|| format!("feasible domain {}", domain.display()))?;
+                    tracing::info!(
+                        "feasible set: channels {dropped:?} of {} unlike {}'s, left out of the \
+                         frame distance",
+                        f.frame_dim(),
+                        domain.display()
+                    );
+                }
                 tracing::info!(
                     "feasible set from {}: {} transitions in {:.1} s",
                     dir.display(),
