@@ -298,6 +298,60 @@ impl Transitions {
     }
 }
 
+/// The latents `[n, d]` (row-major) a controller makes of `n` action blocks drawn uniformly
+/// within per-step bounds `low` / `high` (repeated over the block); a frame-conditioned
+/// controller reads them in rows of `frames` (pooled model-space frames, row-major) drawn at
+/// random.
+pub fn latents_of_random_blocks(
+    ctrl: &Controller,
+    low: &[f32],
+    high: &[f32],
+    frames: Option<&[f32]>,
+    n: usize,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    use rand::RngExt;
+    let a = ctrl.action_dim();
+    ensure!(
+        !low.is_empty() && low.len() == high.len() && a % low.len() == 0,
+        "controller of {a} action values per block: bounds of {} / {} values do not divide it",
+        low.len(),
+        high.len()
+    );
+    let mut rng = StdRng::seed_from_u64(0);
+    let actions: Vec<f32> = (0..n * a)
+        .map(|i| {
+            let (lo, hi) = (low[i % low.len()], high[i % low.len()]);
+            lo + (hi - lo) * rng.random::<f32>()
+        })
+        .collect();
+    let actions = Tensor::<2>::from_data(TensorData::new(actions, [n, a]), device);
+    let d = ctrl.frame_dim();
+    let frames = match (d, frames) {
+        (0, _) => None,
+        (_, Some(f)) if !f.is_empty() && f.len() % d == 0 => {
+            let rows = f.len() / d;
+            let pick: Vec<f32> = (0..n)
+                .flat_map(|_| {
+                    let r = rng.random_range(0..rows);
+                    f[r * d..(r + 1) * d].iter().copied()
+                })
+                .collect();
+            Some(Tensor::<2>::from_data(
+                TensorData::new(pick, [n, d]),
+                device,
+            ))
+        }
+        (_, _) => anyhow::bail!(
+            "a frame-conditioned controller needs frames of {d} values to place its blocks in"
+        ),
+    };
+    ctrl.to_latent(actions, frames)
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading the controller's latents: {e:?}"))
+}
+
 /// Labels every transition of a labeled shard set with the frozen IDM; `keep_clips` keeps the
 /// normalised clips as well (for fitting through the world model).
 pub fn pseudo_label(

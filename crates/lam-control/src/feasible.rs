@@ -31,7 +31,7 @@ use lam_data::ShardSet;
 use lam_model::LatentActionModel;
 
 use crate::host;
-use crate::support::{channel_mean_std, pooled_clips, pooled_transitions};
+use crate::support::{channel_mean_std, pooled_transitions};
 
 /// Frank-Wolfe iterations per projection (each moves weight between two neighbours).
 const ITERATIONS: usize = 200;
@@ -51,6 +51,9 @@ pub struct FeasibleSet {
     norms: Tensor<2>,
     /// Latents `[M, d]`, row-major on host.
     latents: Vec<f32>,
+    /// With [`Self::restrict`]: an orthonormal basis `[r, d]` (row-major) of the latent
+    /// directions the projection acts on, and the latents' coordinates in it `[M, r]`.
+    basis: Option<(Vec<f32>, Vec<f32>)>,
     mean: Vec<f32>,
     std: Vec<f32>,
     dim: usize,
@@ -138,6 +141,7 @@ impl FeasibleSet {
             frames,
             norms,
             latents: la,
+            basis: None,
             mean,
             std,
             dim,
@@ -145,31 +149,15 @@ impl FeasibleSet {
         })
     }
 
-    /// Every transition of a shard set: its pooled model-space frame and the IDM's latent
-    /// (the mean latent of a noisy regulariser), as the world model trained on them.
+    /// Every transition of a shard set ([`transitions`]), as the world model trained on them.
     pub fn of_shards(
         lam: &LatentActionModel,
         data: &ShardSet,
         device: &Device,
         batch: usize,
     ) -> Result<Self> {
-        let (pooled, t, d) = pooled_transitions(lam, data, device, batch)?;
-        let clips = pooled.len() / (t * d);
-        let (mut frames, mut latents, mut latent_dim) = (Vec::new(), Vec::new(), 1);
-        for chunk in (0..clips).collect::<Vec<_>>().chunks(batch.max(1)) {
-            let rows: Vec<f32> = chunk
-                .iter()
-                .flat_map(|&c| pooled[c * t * d..(c + 1) * t * d].iter().copied())
-                .collect();
-            let x = Tensor::<3>::from_data(TensorData::new(rows, [chunk.len(), t, d]), device);
-            let now = x.clone().slice(s![.., 0..t - 1, ..]);
-            let next = x.slice(s![.., 1..t, ..]);
-            frames.extend(host(now.clone().reshape([chunk.len() * (t - 1) * d])));
-            let z = lam.infer(now, next, &[]).z;
-            latent_dim = z.dims()[2];
-            latents.extend(host(z.flatten::<1>(0, 2)));
-        }
-        Self::new(&frames, &latents, d, latent_dim, device)
+        let t = transitions(lam, data, device, batch)?;
+        Self::new(&t.frames, &t.latents, t.dim, t.latent_dim, device)
     }
 
     /// Leaves out of the frame distance every channel whose values in another domain's
@@ -219,24 +207,82 @@ impl FeasibleSet {
         Ok(dropped)
     }
 
-    /// [`Self::match_domain`] on every frame of a shard set (pooled in the world model's
-    /// space).
-    pub fn match_domain_of_shards(
-        &mut self,
-        lam: &LatentActionModel,
-        data: &ShardSet,
+    /// What the projection does to the labeled transitions of the agent's own domain
+    /// (frames `[M, D]`, the IDM's latents of what happened `z_obs` and the controller's
+    /// latents of the actions taken `z_ctrl`, all `[M, d]` row-major), with `k` neighbours.
+    /// The projection should leave what happened in place and pull the controller's latent
+    /// toward it where the two disagree most (the contacts).
+    pub fn check(
+        &self,
+        frames: &[f32],
+        z_obs: &[f32],
+        z_ctrl: &[f32],
+        k: usize,
         device: &Device,
-        batch: usize,
-    ) -> Result<Vec<usize>> {
+    ) -> Result<FeasibleCheck> {
+        let (d, dz) = (self.dim, self.latent_dim);
+        let m = frames.len() / d;
         ensure!(
-            data.index.dim == self.dim,
-            "{}: frames of {} channels, the feasible set's have {}",
-            data.dir.display(),
-            data.index.dim,
-            self.dim
+            m > 0 && frames.len() == m * d && z_obs.len() == m * dz && z_ctrl.len() == m * dz,
+            "feasible check: {} frame values of width {d}, {} observed and {} controller latent \
+             values of width {dz} do not make the same rows",
+            frames.len(),
+            z_obs.len(),
+            z_ctrl.len()
         );
-        let frames = pooled_clips(lam, data, device, batch)?;
-        self.match_domain(&frames)
+        let project = |z: &[f32]| -> Vec<f32> {
+            let mut out = Vec::with_capacity(z.len());
+            for start in (0..m).step_by(256) {
+                let end = (start + 256).min(m);
+                let f = Tensor::<2>::from_data(
+                    TensorData::new(frames[start * d..end * d].to_vec(), [end - start, d]),
+                    device,
+                );
+                let zt = Tensor::<2>::from_data(
+                    TensorData::new(z[start * dz..end * dz].to_vec(), [end - start, dz]),
+                    device,
+                );
+                out.extend(host(self.project(f, zt, k)));
+            }
+            out
+        };
+        let dist = |a: &[f32], b: &[f32]| -> Vec<f32> {
+            a.chunks_exact(dz)
+                .zip(b.chunks_exact(dz))
+                .map(|(x, y)| {
+                    x.iter()
+                        .zip(y)
+                        .map(|(p, q)| (p - q) * (p - q))
+                        .sum::<f32>()
+                        .sqrt()
+                })
+                .collect()
+        };
+        let norms: Vec<f32> = z_obs
+            .chunks_exact(dz)
+            .map(|z| dot(z, z).sqrt().max(1e-6))
+            .collect();
+        let moved: Vec<f32> = dist(&project(z_obs), z_obs)
+            .iter()
+            .zip(&norms)
+            .map(|(a, n)| a / n)
+            .collect();
+        let before = dist(z_ctrl, z_obs);
+        let after = dist(&project(z_ctrl), z_obs);
+        // The tenth of the transitions where the controller misses most.
+        let mut order: Vec<usize> = (0..m).collect();
+        order.sort_by(|&i, &j| before[j].total_cmp(&before[i]));
+        let worst = &order[..m.div_ceil(10)];
+        let mean =
+            |v: &[f32], idx: &[usize]| idx.iter().map(|&i| v[i]).sum::<f32>() / idx.len() as f32;
+        Ok(FeasibleCheck {
+            transitions: m,
+            moved_median: median(moved),
+            controller_error: mean(&before, &order),
+            projected_error: mean(&after, &order),
+            worst_controller_error: mean(&before, worst),
+            worst_projected_error: mean(&after, worst),
+        })
     }
 
     /// Transitions kept.
@@ -271,24 +317,171 @@ impl FeasibleSet {
         let dist = host(dist.reshape([b * m]));
         let z = host(z.reshape([b * self.latent_dim]));
         let dz = self.latent_dim;
-        let mut out = vec![0f32; b * dz];
+        // The hull lives in the basis' coordinates when there is one (r numbers per latent),
+        // else in the latents themselves.
+        let (points, r) = match &self.basis {
+            Some((basis, coords)) => (coords, basis.len() / dz),
+            None => (&self.latents, dz),
+        };
+        let mut out = z.clone();
         let mut near: Vec<(f32, usize)> = Vec::with_capacity(k);
-        let mut hull = vec![0f32; k * dz];
+        let mut hull = vec![0f32; k * r];
+        let (mut zr, mut pr) = (vec![0f32; r], vec![0f32; r]);
         for row in 0..b {
             nearest_rows(&dist[row * m..(row + 1) * m], k, &mut near);
             for (slot, &(_, i)) in near.iter().enumerate() {
-                hull[slot * dz..(slot + 1) * dz]
-                    .copy_from_slice(&self.latents[i * dz..(i + 1) * dz]);
+                hull[slot * r..(slot + 1) * r].copy_from_slice(&points[i * r..(i + 1) * r]);
             }
-            nearest_in_hull(
-                &hull,
-                dz,
-                &z[row * dz..(row + 1) * dz],
-                &mut out[row * dz..(row + 1) * dz],
-            );
+            let zrow = &z[row * dz..(row + 1) * dz];
+            let orow = &mut out[row * dz..(row + 1) * dz];
+            match &self.basis {
+                Some((basis, _)) => {
+                    // z = B^T (B z) + rest: only the part in the basis is projected.
+                    for (j, c) in zr.iter_mut().enumerate() {
+                        *c = dot(&basis[j * dz..(j + 1) * dz], zrow);
+                    }
+                    nearest_in_hull(&hull, r, &zr, &mut pr);
+                    for j in 0..r {
+                        let shift = pr[j] - zr[j];
+                        for (o, bv) in orow.iter_mut().zip(&basis[j * dz..(j + 1) * dz]) {
+                            *o += shift * bv;
+                        }
+                    }
+                }
+                None => nearest_in_hull(&hull, dz, zrow, orow),
+            }
         }
         Tensor::from_data(TensorData::new(out, [b, dz]), &device)
     }
+
+    /// Projects only the part of each latent in the span of `directions` (rows of the latent
+    /// width; the controller's latents of random action blocks, say): the `r` leading
+    /// principal directions of those rows that hold `share` of their variance. What a push
+    /// can change lies in that span; the other parts of a latent (what the IDM also writes of
+    /// the scene) pass unchanged instead of being pulled toward the neighbours'. Returns r.
+    pub fn restrict(&mut self, directions: &[f32], share: f32) -> Result<usize> {
+        let dz = self.latent_dim;
+        ensure!(
+            !directions.is_empty() && directions.len() % dz == 0,
+            "feasible set: {} direction values are not rows of the latent width {dz}",
+            directions.len()
+        );
+        ensure!(
+            share > 0.0 && share <= 1.0,
+            "feasible set: variance share {share} is not in (0, 1]"
+        );
+        if let Some(i) = directions.iter().position(|v| !v.is_finite()) {
+            anyhow::bail!("feasible set: direction value {i} is not finite");
+        }
+        let (mean, _) = channel_mean_std(directions, dz);
+        let n = (directions.len() / dz) as f64;
+        let mut cov = nalgebra::DMatrix::<f64>::zeros(dz, dz);
+        for row in directions.chunks_exact(dz) {
+            let c = nalgebra::DVector::from_iterator(
+                dz,
+                row.iter().zip(&mean).map(|(v, m)| (v - m) as f64),
+            );
+            cov += &c * c.transpose() / n;
+        }
+        let eig = nalgebra::SymmetricEigen::new(cov);
+        let mut order: Vec<usize> = (0..dz).collect();
+        order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+        let total: f64 = eig.eigenvalues.iter().map(|v| v.max(0.0)).sum();
+        ensure!(total > 0.0, "feasible set: the directions do not vary");
+        let mut r = 0;
+        let mut held = 0.0;
+        while r < dz && held < share as f64 * total {
+            held += eig.eigenvalues[order[r]].max(0.0);
+            r += 1;
+        }
+        let basis: Vec<f32> = order[..r]
+            .iter()
+            .flat_map(|&c| {
+                eig.eigenvectors
+                    .column(c)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let coords: Vec<f32> = self
+            .latents
+            .chunks_exact(dz)
+            .flat_map(|z| {
+                (0..r)
+                    .map(|j| dot(&basis[j * dz..(j + 1) * dz], z))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.basis = Some((basis, coords));
+        Ok(r)
+    }
+}
+
+/// [`FeasibleSet::check`]: latent distances to what happened, mean over the transitions and
+/// over the tenth where the controller misses most.
+#[derive(Clone, Copy, Debug)]
+pub struct FeasibleCheck {
+    pub transitions: usize,
+    /// Median of |project(z_obs) - z_obs| / |z_obs|: how far the projection moves what did
+    /// happen (0 when the video's hulls hold the agent's own motions).
+    pub moved_median: f32,
+    /// Mean |z_ctrl - z_obs| and |project(z_ctrl) - z_obs|.
+    pub controller_error: f32,
+    pub projected_error: f32,
+    /// The same over the worst tenth by |z_ctrl - z_obs|.
+    pub worst_controller_error: f32,
+    pub worst_projected_error: f32,
+}
+
+fn median(mut v: Vec<f32>) -> f32 {
+    v.sort_by(f32::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f32::NAN)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Transitions of a shard set: pooled model-space frames `[M, dim]` and the IDM's latents
+/// `[M, latent_dim]` (the mean latent of a noisy regulariser), row-major.
+pub struct Transitions {
+    pub frames: Vec<f32>,
+    pub latents: Vec<f32>,
+    pub dim: usize,
+    pub latent_dim: usize,
+}
+
+/// Every consecutive pair of frames of a shard set's clips, pooled in the model's space, with
+/// the latent the IDM gives it.
+pub fn transitions(
+    lam: &LatentActionModel,
+    data: &ShardSet,
+    device: &Device,
+    batch: usize,
+) -> Result<Transitions> {
+    let (pooled, t, d) = pooled_transitions(lam, data, device, batch)?;
+    let clips = pooled.len() / (t * d);
+    let (mut frames, mut latents, mut latent_dim) = (Vec::new(), Vec::new(), 1);
+    for chunk in (0..clips).collect::<Vec<_>>().chunks(batch.max(1)) {
+        let rows: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&c| pooled[c * t * d..(c + 1) * t * d].iter().copied())
+            .collect();
+        let x = Tensor::<3>::from_data(TensorData::new(rows, [chunk.len(), t, d]), device);
+        let now = x.clone().slice(s![.., 0..t - 1, ..]);
+        let next = x.slice(s![.., 1..t, ..]);
+        frames.extend(host(now.clone().reshape([chunk.len() * (t - 1) * d])));
+        let z = lam.infer(now, next, &[]).z;
+        latent_dim = z.dims()[2];
+        latents.extend(host(z.flatten::<1>(0, 2)));
+    }
+    Ok(Transitions {
+        frames,
+        latents,
+        dim: d,
+        latent_dim,
+    })
 }
 
 /// The `k` smallest entries of `dist` as (distance, index), in `near`: one pass that keeps
@@ -484,6 +677,71 @@ mod tests {
         );
         assert!(set.match_domain(&[1.0]).is_err());
         assert!(set.match_domain(&[1.0, f32::NAN]).is_err());
+    }
+
+    /// The corridor's latents with a third part the IDM also writes (scene noise, unrelated
+    /// to the push): without the restriction the projection pulls it toward the neighbours'
+    /// values; restricted to what the controller's blocks span (the first two parts) it
+    /// passes, and the wall still stops the push.
+    #[test]
+    fn a_restricted_projection_leaves_what_a_push_cannot_change() {
+        let dev = device();
+        let (mut frames, mut latents) = (Vec::new(), Vec::new());
+        for i in 0..=100 {
+            let x = i as f32 / 100.0;
+            for (j, (dx, dy)) in [
+                (-0.2, -0.2),
+                (-0.2, 0.2),
+                (0.2, -0.2),
+                (0.2, 0.2),
+                (0.0, 0.0),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                frames.push(x);
+                latents.extend([f32::min(dx, 1.0 - x), dy, 0.1 * j as f32 - 0.2]);
+            }
+        }
+        let mut set = FeasibleSet::new(&frames, &latents, 1, 3, &dev).unwrap();
+        let query = || Tensor::<2>::from_data(TensorData::new(vec![1.0], [1, 1]), &dev);
+        let z = || Tensor::<2>::from_data(TensorData::new(vec![0.15, 0.1, 1.5], [1, 3]), &dev);
+        let whole = host(set.project(query(), z(), 10));
+        assert!(whole[2] < 0.25, "{whole:?}");
+        // The controller's blocks move the first two parts only.
+        let blocks: Vec<f32> = (0..200)
+            .flat_map(|i| {
+                let t = i as f32 * 0.37;
+                [t.sin(), (2.0 * t).cos(), 0.0]
+            })
+            .collect();
+        assert_eq!(set.restrict(&blocks, 0.99).unwrap(), 2);
+        let part = host(set.project(query(), z(), 10));
+        assert!(
+            part[0].abs() < 0.02 && (part[1] - 0.1).abs() < 1e-3 && (part[2] - 1.5).abs() < 1e-3,
+            "{part:?}"
+        );
+        assert!(set.restrict(&[1.0, 2.0], 0.9).is_err());
+        assert!(set.restrict(&blocks, 0.0).is_err());
+    }
+
+    #[test]
+    fn the_check_sees_the_projection_fix_the_controllers_pushes_into_the_wall() {
+        let dev = device();
+        let set = corridor();
+        // At the wall the agent pushed right and slid up; in the open it moved right. The
+        // controller says "right" both times.
+        let frames = [1.0, 0.5];
+        let z_obs = [0.0, 0.1, 0.15, 0.1];
+        let z_ctrl = [0.15, 0.1, 0.15, 0.1];
+        let c = set.check(&frames, &z_obs, &z_ctrl, 10, &dev).unwrap();
+        assert_eq!(c.transitions, 2);
+        assert!(c.moved_median < 0.01, "{c:?}");
+        assert!((c.controller_error - 0.075).abs() < 1e-3, "{c:?}");
+        assert!(c.projected_error < 0.01, "{c:?}");
+        assert!((c.worst_controller_error - 0.15).abs() < 1e-3, "{c:?}");
+        assert!(c.worst_projected_error < 0.02, "{c:?}");
+        assert!(set.check(&frames, &z_obs[..2], &z_ctrl, 10, &dev).is_err());
     }
 
     #[test]

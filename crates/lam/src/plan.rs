@@ -149,6 +149,12 @@ pub struct PlanEvalArgs {
     /// body drawn differently) are left out of the frame distance.
     #[arg(long, requires = "feasible")]
     pub feasible_domain: Option<PathBuf>,
+    /// Project only the part of each latent in the span of what the controller makes of
+    /// random action blocks (the leading principal directions holding this share of their
+    /// variance); the rest of the latent passes unchanged. 0: the whole latent. A
+    /// frame-conditioned controller reads the `--feasible-domain` frames.
+    #[arg(long, default_value_t = 0.0, requires = "feasible")]
+    pub feasible_subspace: f32,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
     pub learning_rate: f64,
@@ -379,16 +385,66 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 let set = lam_data::ShardSet::open(dir, Some(lam_data::Split::Train))?;
                 let mut f = lam_control::feasible::FeasibleSet::of_shards(&lam, &set, &device, 64)
                     .with_context(|| format!("feasible set from {}", dir.display()))?;
-                if let Some(domain) = &args.feasible_domain {
-                    let agent = lam_data::ShardSet::open(domain, None)?;
+                let mut domain = None;
+                if let Some(dir) = &args.feasible_domain {
+                    let agent = lam_data::ShardSet::open(dir, None)?;
+                    let t = lam_control::controller::pseudo_label(
+                        &cfg, &lam, &agent, &device, 64, false,
+                    )
+                    .with_context(|| format!("feasible domain {}", dir.display()))?;
                     let dropped = f
-                        .match_domain_of_shards(&lam, &agent, &device, 64)
-                        .with_context(|| format!("feasible domain {}", domain.display()))?;
+                        .match_domain(&t.frames)
+                        .with_context(|| format!("feasible domain {}", dir.display()))?;
                     tracing::info!(
                         "feasible set: channels {dropped:?} of {} unlike {}'s, left out of the \
                          frame distance",
                         f.frame_dim(),
-                        domain.display()
+                        dir.display()
+                    );
+                    domain = Some((dir, t));
+                }
+                if args.feasible_subspace > 0.0 {
+                    let ctrl = ctrl
+                        .as_ref()
+                        .context("--feasible-subspace needs --controller")?;
+                    let latents = lam_control::controller::latents_of_random_blocks(
+                        ctrl,
+                        &space.low,
+                        &space.high,
+                        domain.as_ref().map(|(_, t)| t.frames.as_slice()),
+                        4096,
+                        &device,
+                    )
+                    .context("--feasible-subspace")?;
+                    let r = f.restrict(&latents, args.feasible_subspace)?;
+                    tracing::info!(
+                        "feasible set: projecting in the {r} of {} latent directions that hold \
+                         {:.0}% of the controller's random blocks' variance",
+                        f.latent_dim(),
+                        100.0 * args.feasible_subspace
+                    );
+                }
+                if let (Some((dir, t)), Some(ctrl)) = (&domain, ctrl.as_ref()) {
+                    let all: Vec<usize> = (0..t.len()).collect();
+                    let z_ctrl = host_vec(ctrl.latents_of(t, &all, &device))?;
+                    let c = f.check(
+                        &t.frames,
+                        &t.latents,
+                        &z_ctrl,
+                        args.feasible_neighbours,
+                        &device,
+                    )?;
+                    tracing::info!(
+                        "feasible set on the {} transitions of {}: what happened moved by a \
+                         median {:.3} of its norm; the controller's latents {:.3} from what \
+                         happened, {:.3} once projected (its worst tenth: {:.3} -> {:.3})",
+                        c.transitions,
+                        dir.display(),
+                        c.moved_median,
+                        c.controller_error,
+                        c.projected_error,
+                        c.worst_controller_error,
+                        c.worst_projected_error
                     );
                 }
                 tracing::info!(
@@ -682,4 +738,11 @@ fn write_strips(
         lam_sim::strip::write_strip(&path, &refs, size as u32, 2 * size as u32, 2)?;
     }
     Ok(())
+}
+
+/// A tensor's values on the host.
+fn host_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading a tensor: {e:?}"))
 }
