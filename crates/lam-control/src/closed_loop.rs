@@ -23,7 +23,7 @@ use lam_model::config::{Conditioning, LamConfig};
 use serde::Serialize;
 
 use crate::controller::Controller;
-use crate::feasible::Feasible;
+use crate::feasible::{Feasible, Target};
 use crate::planner::{Plan, PlannerConfig, PlannerKind, Problem, SearchSpace, plan};
 use crate::support::Support;
 use crate::waypoints::{GoalMap, WaypointGraph};
@@ -258,15 +258,17 @@ impl<'a> Agent<'a> {
                 "the feasibility projection maps latent actions; an action-conditioned world \
                  model has none"
             );
+            let (what, width) = match f.target {
+                Target::Latent => ("latents", self.cfg.model.latent_dim),
+                Target::Change => ("frame changes", self.cfg.model.embed_dim),
+            };
             ensure!(
-                f.set.frame_dim() == self.cfg.model.embed_dim
-                    && f.set.latent_dim() == self.cfg.model.latent_dim,
-                "the feasible set holds {}-D frames and {}-D latents; the world model's are \
-                 {}-D and {}-D",
+                f.set.frame_dim() == self.cfg.model.embed_dim && f.set.latent_dim() == width,
+                "the feasible set holds {}-D frames and {}-D rows to project; the world model's \
+                 frames are {}-D and its {what} {width}-D",
                 f.set.frame_dim(),
                 f.set.latent_dim(),
                 self.cfg.model.embed_dim,
-                self.cfg.model.latent_dim
             );
             ensure!(
                 f.neighbours >= 1,

@@ -66,6 +66,21 @@ pub struct Feasible<'a> {
     pub set: &'a FeasibleSet,
     /// Nearest frames whose latents span the hull (K).
     pub neighbours: usize,
+    /// What is projected: the planned latents, or the world model's predicted changes.
+    pub target: Target,
+}
+
+/// What a [`Feasible`] projects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Each planned latent, onto the hull of the latents the video shows from like frames
+    /// (the set holds IDM latents: [`FeasibleSet::of_shards`]).
+    Latent,
+    /// Each predicted frame's change from the frame before, onto the hull of the changes the
+    /// video shows from like frames (the set holds changes: [`FeasibleSet::of_shard_changes`]):
+    /// what the video shows of walls, read in frames rather than in latents, so it holds
+    /// across bodies whose latents differ.
+    Change,
 }
 
 impl Feasible<'_> {
@@ -73,6 +88,18 @@ impl Feasible<'_> {
     /// nearest point of its frame's hull.
     pub fn project(&self, frames: Tensor<2>, z: Tensor<2>) -> Tensor<2> {
         self.set.project(frames, z, self.neighbours)
+    }
+
+    /// Predicted frames `[B, N, D]` from frames `[B, N, D]` whose pooled change is replaced
+    /// by the nearest change of the hull ([`Target::Change`]); each token moves by the pooled
+    /// correction.
+    pub fn correct_prediction(&self, from: &Tensor<3>, pred: Tensor<3>) -> Tensor<3> {
+        let [b, _, d] = pred.dims();
+        let p0 = from.clone().mean_dim(1).reshape([b, d]);
+        let p1 = pred.clone().mean_dim(1).reshape([b, d]);
+        let change = p1.clone() - p0.clone();
+        let kept = self.set.project(p0, change.clone(), self.neighbours);
+        pred + (kept - change).unsqueeze_dim::<3>(1)
     }
 }
 
@@ -158,6 +185,38 @@ impl FeasibleSet {
     ) -> Result<Self> {
         let t = transitions(lam, data, device, batch)?;
         Self::new(&t.frames, &t.latents, t.dim, t.latent_dim, device)
+    }
+
+    /// Every transition of a shard set as its pooled frame and what it changed (pooled next
+    /// frame minus frame): a set whose "latents" are frame changes, for projecting the world
+    /// model's predicted changes ([`Target::Change`]) instead of its latents.
+    pub fn of_shard_changes(
+        lam: &LatentActionModel,
+        data: &ShardSet,
+        device: &Device,
+        batch: usize,
+    ) -> Result<Self> {
+        let t = transitions(lam, data, device, batch)?;
+        Self::new(&t.frames, &t.changes, t.dim, t.dim, device)
+    }
+
+    /// For a set of frame changes: project only the channels that count in the frame
+    /// distance (not those [`Self::match_domain`] left out, nor constant ones), so a part drawn
+    /// differently in the agent's domain moves as the world model predicts it.
+    pub fn change_only_matched_channels(&mut self) -> Result<usize> {
+        ensure!(
+            self.latent_dim == self.dim,
+            "feasible set: its latents are not frame changes"
+        );
+        let d = self.dim;
+        let live: Vec<usize> = (0..d).filter(|&c| self.std[c].is_finite()).collect();
+        ensure!(!live.is_empty(), "feasible set: no channel varies");
+        let basis: Vec<f32> = live
+            .iter()
+            .flat_map(|&c| (0..d).map(move |j| if j == c { 1.0 } else { 0.0 }))
+            .collect();
+        self.set_basis(basis);
+        Ok(live.len())
     }
 
     /// Leaves out of the frame distance every channel whose values in another domain's
@@ -404,6 +463,14 @@ impl FeasibleSet {
                     .collect::<Vec<_>>()
             })
             .collect();
+        self.set_basis(basis);
+        Ok(r)
+    }
+
+    /// Projects in the span of orthonormal rows `basis` `[r, d]` only.
+    fn set_basis(&mut self, basis: Vec<f32>) {
+        let dz = self.latent_dim;
+        let r = basis.len() / dz;
         let coords: Vec<f32> = self
             .latents
             .chunks_exact(dz)
@@ -414,7 +481,6 @@ impl FeasibleSet {
             })
             .collect();
         self.basis = Some((basis, coords));
-        Ok(r)
     }
 }
 
@@ -448,6 +514,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub struct Transitions {
     pub frames: Vec<f32>,
     pub latents: Vec<f32>,
+    /// What each transition changed, pooled next frame minus pooled frame `[M, dim]`.
+    pub changes: Vec<f32>,
     pub dim: usize,
     pub latent_dim: usize,
 }
@@ -462,7 +530,8 @@ pub fn transitions(
 ) -> Result<Transitions> {
     let (pooled, t, d) = pooled_transitions(lam, data, device, batch)?;
     let clips = pooled.len() / (t * d);
-    let (mut frames, mut latents, mut latent_dim) = (Vec::new(), Vec::new(), 1);
+    let (mut frames, mut latents, mut changes, mut latent_dim) =
+        (Vec::new(), Vec::new(), Vec::new(), 1);
     for chunk in (0..clips).collect::<Vec<_>>().chunks(batch.max(1)) {
         let rows: Vec<f32> = chunk
             .iter()
@@ -471,7 +540,9 @@ pub fn transitions(
         let x = Tensor::<3>::from_data(TensorData::new(rows, [chunk.len(), t, d]), device);
         let now = x.clone().slice(s![.., 0..t - 1, ..]);
         let next = x.slice(s![.., 1..t, ..]);
-        frames.extend(host(now.clone().reshape([chunk.len() * (t - 1) * d])));
+        let rows = chunk.len() * (t - 1) * d;
+        frames.extend(host(now.clone().reshape([rows])));
+        changes.extend(host((next.clone() - now.clone()).reshape([rows])));
         let z = lam.infer(now, next, &[]).z;
         latent_dim = z.dims()[2];
         latents.extend(host(z.flatten::<1>(0, 2)));
@@ -479,6 +550,7 @@ pub fn transitions(
     Ok(Transitions {
         frames,
         latents,
+        changes,
         dim: d,
         latent_dim,
     })
@@ -742,6 +814,47 @@ mod tests {
         assert!((c.worst_controller_error - 0.15).abs() < 1e-3, "{c:?}");
         assert!(c.worst_projected_error < 0.02, "{c:?}");
         assert!(set.check(&frames, &z_obs[..2], &z_ctrl, 10, &dev).is_err());
+    }
+
+    /// Frames of two channels, the agent's x (wall at x = 1) and a part drawn only in the
+    /// agent's domain; the video's changes stay left of the wall. A predicted frame that
+    /// crosses the wall is pulled back to it, and the agent-only part moves as predicted.
+    #[test]
+    fn a_predicted_change_through_the_wall_is_stopped_at_it() {
+        let dev = device();
+        let (mut frames, mut changes) = (Vec::new(), Vec::new());
+        for i in 0..=100 {
+            let x = i as f32 / 100.0;
+            for dx in [-0.2, -0.1, 0.0, 0.1, 0.2] {
+                frames.extend([x, 0.01 * (i % 2) as f32]);
+                changes.extend([f32::min(dx, 1.0 - x), 0.0]);
+            }
+        }
+        let mut set = FeasibleSet::new(&frames, &changes, 2, 2, &dev).unwrap();
+        let agent: Vec<f32> = (0..50)
+            .flat_map(|i| [i as f32 / 50.0, 3.0 + (i % 4) as f32])
+            .collect();
+        assert_eq!(set.match_domain(&agent).unwrap(), vec![1]);
+        assert_eq!(set.change_only_matched_channels().unwrap(), 1);
+        let f = Feasible {
+            set: &set,
+            neighbours: 10,
+            target: Target::Change,
+        };
+        // Two candidates, one token each: in the open, and at the wall.
+        let from =
+            Tensor::<3>::from_data(TensorData::new(vec![0.5, 4.0, 1.0, 4.0], [2, 1, 2]), &dev);
+        let pred =
+            Tensor::<3>::from_data(TensorData::new(vec![0.65, 4.5, 1.15, 4.5], [2, 1, 2]), &dev);
+        let out = host(f.correct_prediction(&from, pred));
+        assert!(
+            (out[0] - 0.65).abs() < 1e-3 && (out[1] - 4.5).abs() < 1e-4,
+            "{out:?}"
+        );
+        assert!(
+            (out[2] - 1.0).abs() < 0.03 && (out[3] - 4.5).abs() < 1e-4,
+            "{out:?}"
+        );
     }
 
     #[test]

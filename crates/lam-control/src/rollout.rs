@@ -10,6 +10,7 @@
 use burn::prelude::*;
 
 use crate::controller::Controller;
+use crate::feasible::Target;
 use crate::planner::{CostKind, Objective, Problem, SearchSpace};
 
 /// Rolls `seqs` (`[C, H, dim]` row-major, in the search space) through the world model and
@@ -66,7 +67,8 @@ pub fn rollout_all(
 /// (differentiable with respect to `x`); the predicted frames of every step `[C, H, N, D]`.
 /// A frame-conditioned controller turns each step's actions into latents from the pooled
 /// frame they act on: the current frame, then the model's own predictions; with a feasible
-/// set each latent is then projected from that frame ([`crate::feasible`]).
+/// set each latent is then projected from that frame, or each predicted frame's change from
+/// the frame before ([`crate::feasible`]).
 pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3>) -> Tensor<4> {
     let ctrl = space.frame_controller();
     if ctrl.is_none() && problem.feasible.is_none() {
@@ -106,9 +108,13 @@ pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3
                 StepLatents::FromFrame(ctrl, a) => ctrl.to_latent(step(a), Some(pooled.clone())),
             };
             match problem.feasible {
-                Some(f) => f.project(pooled, zk),
-                None => zk,
+                Some(f) if f.target == Target::Latent => f.project(pooled, zk),
+                _ => zk,
             }
+        },
+        |from, pred| match problem.feasible {
+            Some(f) if f.target == Target::Change => f.correct_prediction(from, pred),
+            _ => pred,
         },
     )
 }

@@ -201,6 +201,7 @@ fn closed_loop_executes_action_blocks() {
         feasible: Some(Feasible {
             set: &set,
             neighbours: 8,
+            target: lam_control::feasible::Target::Latent,
         }),
         planner: agent.planner.clone(),
         low: agent.low.clone(),
@@ -226,6 +227,7 @@ fn closed_loop_executes_action_blocks() {
         feasible: Some(Feasible {
             set: &narrow,
             neighbours: 8,
+            target: lam_control::feasible::Target::Latent,
         }),
         planner: agent.planner.clone(),
         low: agent.low.clone(),

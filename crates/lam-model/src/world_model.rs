@@ -251,15 +251,23 @@ impl WorldModel {
         window: usize,
     ) -> Tensor<4> {
         let [c, h, _] = z.dims();
-        self.rollout_with(cache, current, c, h, window, |k, _| {
-            z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1)
-        })
+        self.rollout_with(
+            cache,
+            current,
+            c,
+            h,
+            window,
+            |k, _| z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1),
+            |_, pred| pred,
+        )
     }
 
     /// [`rollout_steps`](Self::rollout_steps) for `c` candidates over `h` steps whose latent
     /// action at step k, `[C, d]`, is `z_of(k, frame)` of the frame `[C, N, D]` it acts on
     /// (the current frame, then the model's own predictions): latents that depend on the
-    /// state, such as a frame-conditioned controller's.
+    /// state, such as a frame-conditioned controller's. Each predicted frame `[C, N, D]` is
+    /// passed through `then(frame, prediction)` before it is kept and fed on (the identity
+    /// for the model's own rollout).
     pub fn rollout_with(
         &self,
         cache: Option<&KvCache>,
@@ -268,6 +276,7 @@ impl WorldModel {
         h: usize,
         window: usize,
         mut z_of: impl FnMut(usize, &Tensor<3>) -> Tensor<2>,
+        mut then: impl FnMut(&Tensor<3>, Tensor<3>) -> Tensor<3>,
     ) -> Tensor<4> {
         let [_, n, d] = current.dims();
         let mut cache = cache.map(|k| k.repeat(c));
@@ -275,7 +284,8 @@ impl WorldModel {
         let mut steps = Vec::with_capacity(h);
         for k in 0..h {
             let zk = z_of(k, &frame);
-            let (pred, next) = self.step(cache.as_ref(), frame, zk, window);
+            let (pred, next) = self.step(cache.as_ref(), frame.clone(), zk, window);
+            let pred = then(&frame, pred);
             steps.push(pred.clone());
             frame = pred;
             cache = Some(next);

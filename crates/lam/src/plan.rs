@@ -155,6 +155,12 @@ pub struct PlanEvalArgs {
     /// frame-conditioned controller reads the `--feasible-domain` frames.
     #[arg(long, default_value_t = 0.0, requires = "feasible")]
     pub feasible_subspace: f32,
+    /// What the projection acts on: `latent` (each planned latent, onto the latents the video
+    /// shows from like frames) or `change` (each predicted frame's change, onto the changes
+    /// the video shows from like frames: holds when the agent's body and the video's differ
+    /// in their latents).
+    #[arg(long, value_enum, default_value = "latent")]
+    pub feasible_target: FeasibleTargetArg,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
     pub learning_rate: f64,
@@ -383,8 +389,18 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             (Some(dir), Conditioning::Latent) => {
                 let t0 = std::time::Instant::now();
                 let set = lam_data::ShardSet::open(dir, Some(lam_data::Split::Train))?;
-                let mut f = lam_control::feasible::FeasibleSet::of_shards(&lam, &set, &device, 64)
-                    .with_context(|| format!("feasible set from {}", dir.display()))?;
+                let target = lam_control::feasible::Target::from(args.feasible_target);
+                let mut f = match target {
+                    lam_control::feasible::Target::Latent => {
+                        lam_control::feasible::FeasibleSet::of_shards(&lam, &set, &device, 64)
+                    }
+                    lam_control::feasible::Target::Change => {
+                        lam_control::feasible::FeasibleSet::of_shard_changes(
+                            &lam, &set, &device, 64,
+                        )
+                    }
+                }
+                .with_context(|| format!("feasible set from {}", dir.display()))?;
                 let mut domain = None;
                 if let Some(dir) = &args.feasible_domain {
                     let agent = lam_data::ShardSet::open(dir, None)?;
@@ -402,6 +418,18 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                         dir.display()
                     );
                     domain = Some((dir, t));
+                }
+                if target == lam_control::feasible::Target::Change {
+                    ensure!(
+                        args.feasible_subspace == 0.0,
+                        "--feasible-subspace restricts latents; --feasible-target change \
+                         projects frame changes"
+                    );
+                    let live = f.change_only_matched_channels()?;
+                    tracing::info!(
+                        "feasible set: projecting the predicted change of {live} of {} channels",
+                        f.frame_dim()
+                    );
                 }
                 if args.feasible_subspace > 0.0 {
                     let ctrl = ctrl
@@ -424,7 +452,9 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                         100.0 * args.feasible_subspace
                     );
                 }
-                if let (Some((dir, t)), Some(ctrl)) = (&domain, ctrl.as_ref()) {
+                if let (Some((dir, t)), Some(ctrl), lam_control::feasible::Target::Latent) =
+                    (&domain, ctrl.as_ref(), target)
+                {
                     let all: Vec<usize> = (0..t.len()).collect();
                     let z_ctrl = host_vec(ctrl.latents_of(t, &all, &device))?;
                     let c = f.check(
@@ -530,6 +560,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                     .map(|set| lam_control::feasible::Feasible {
                         set,
                         neighbours: args.feasible_neighbours,
+                        target: args.feasible_target.into(),
                     }),
                 low: space.low.clone(),
                 high: space.high.clone(),
@@ -738,6 +769,22 @@ fn write_strips(
         lam_sim::strip::write_strip(&path, &refs, size as u32, 2 * size as u32, 2)?;
     }
     Ok(())
+}
+
+/// `--feasible-target`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum FeasibleTargetArg {
+    Latent,
+    Change,
+}
+
+impl From<FeasibleTargetArg> for lam_control::feasible::Target {
+    fn from(a: FeasibleTargetArg) -> Self {
+        match a {
+            FeasibleTargetArg::Latent => Self::Latent,
+            FeasibleTargetArg::Change => Self::Change,
+        }
+    }
 }
 
 /// A tensor's values on the host.
