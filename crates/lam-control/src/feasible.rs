@@ -42,6 +42,9 @@ pub const MATCH_MEAN: f32 = 1.0;
 /// [`FeasibleSet::match_domain`]: ... or whose std there is more than this factor above or
 /// below the set's.
 pub const MATCH_SPREAD: f32 = 3.0;
+/// [`FeasibleSet::change_only_matched_channels`]: a channel whose change spread in the
+/// agent's domain differs by more than this factor from the video's is not projected.
+pub const MATCH_CHANGE: f32 = 2.0;
 
 /// Transitions of a world model's video: pooled model-space frames and their IDM latents.
 pub struct FeasibleSet {
@@ -201,22 +204,46 @@ impl FeasibleSet {
     }
 
     /// For a set of frame changes: project only the channels that count in the frame
-    /// distance (not those [`Self::match_domain`] left out, nor constant ones), so a part drawn
-    /// differently in the agent's domain moves as the world model predicts it.
-    pub fn change_only_matched_channels(&mut self) -> Result<usize> {
+    /// distance (not those [`Self::match_domain`] left out, nor constant ones), and, given
+    /// the agent's own changes (`[M, D]` row-major), only those whose change spread there is
+    /// within [`MATCH_CHANGE`] times the video's (a feature that follows the agent's body in
+    /// one domain and not in the other). The rest move as the world model predicts them.
+    /// Returns the channels projected.
+    pub fn change_only_matched_channels(
+        &mut self,
+        domain_changes: Option<&[f32]>,
+    ) -> Result<Vec<usize>> {
+        let d = self.dim;
         ensure!(
-            self.latent_dim == self.dim,
+            self.latent_dim == d,
             "feasible set: its latents are not frame changes"
         );
-        let d = self.dim;
-        let live: Vec<usize> = (0..d).filter(|&c| self.std[c].is_finite()).collect();
-        ensure!(!live.is_empty(), "feasible set: no channel varies");
+        let (_, own) = channel_mean_std(&self.latents, d);
+        let other = match domain_changes {
+            Some(c) => {
+                ensure!(
+                    !c.is_empty() && c.len() % d == 0,
+                    "feasible set: {} domain change values are not rows of {d}",
+                    c.len()
+                );
+                Some(channel_mean_std(c, d).1)
+            }
+            None => None,
+        };
+        let live: Vec<usize> = (0..d)
+            .filter(|&c| self.std[c].is_finite())
+            .filter(|&c| match &other {
+                Some(o) => o[c] <= own[c] * MATCH_CHANGE && o[c] * MATCH_CHANGE >= own[c],
+                None => true,
+            })
+            .collect();
+        ensure!(!live.is_empty(), "feasible set: no channel to project");
         let basis: Vec<f32> = live
             .iter()
             .flat_map(|&c| (0..d).map(move |j| if j == c { 1.0 } else { 0.0 }))
             .collect();
         self.set_basis(basis);
-        Ok(live.len())
+        Ok(live)
     }
 
     /// Leaves out of the frame distance every channel whose values in another domain's
@@ -835,7 +862,7 @@ mod tests {
             .flat_map(|i| [i as f32 / 50.0, 3.0 + (i % 4) as f32])
             .collect();
         assert_eq!(set.match_domain(&agent).unwrap(), vec![1]);
-        assert_eq!(set.change_only_matched_channels().unwrap(), 1);
+        assert_eq!(set.change_only_matched_channels(None).unwrap(), vec![0]);
         let f = Feasible {
             set: &set,
             neighbours: 10,

@@ -1,7 +1,7 @@
 //! Closed-loop MPC episodes on the simulated suite's protocol, with tiny untrained models.
 
 use burn::prelude::*;
-use lam_control::feasible::{Feasible, FeasibleSet};
+use lam_control::feasible::{Feasible, FeasibleSet, Target};
 use lam_control::planner::{PlannerConfig, PlannerKind};
 use lam_eval::mpc::run_episode;
 use lam_model::config::LamConfig;
@@ -201,7 +201,7 @@ fn closed_loop_executes_action_blocks() {
         feasible: Some(Feasible {
             set: &set,
             neighbours: 8,
-            target: lam_control::feasible::Target::Latent,
+            target: Target::Latent,
         }),
         planner: agent.planner.clone(),
         low: agent.low.clone(),
@@ -227,7 +227,7 @@ fn closed_loop_executes_action_blocks() {
         feasible: Some(Feasible {
             set: &narrow,
             neighbours: 8,
-            target: lam_control::feasible::Target::Latent,
+            target: Target::Latent,
         }),
         planner: agent.planner.clone(),
         low: agent.low.clone(),
@@ -235,7 +235,43 @@ fn closed_loop_executes_action_blocks() {
         ..agent
     };
     let err = format!("{:#}", mismatched.check().unwrap_err());
-    assert!(err.contains("8-D latents"), "{err}");
+    assert!(
+        err.contains("8-D rows") && err.contains("latents 16-D"),
+        "{err}"
+    );
+    // Projecting the predicted frames' changes instead: a set of changes as wide as the
+    // frames plans an episode, and a set of latents is refused for it.
+    let changes: Vec<f32> = (0..64 * d)
+        .map(|i| (i * 29 % 89) as f32 / 89.0 - 0.5)
+        .collect();
+    let change_set = FeasibleSet::new(&frames, &changes, d, d, &dev).unwrap();
+    let corrected = Agent {
+        feasible: Some(Feasible {
+            set: &change_set,
+            neighbours: 8,
+            target: Target::Change,
+        }),
+        planner: agent.planner.clone(),
+        low: agent.low.clone(),
+        high: agent.high.clone(),
+        ..agent
+    };
+    corrected.check().unwrap();
+    let r = run_episode(&corrected, &episodes[0], &encoder, false).unwrap();
+    assert_eq!(r.plans, (r.steps as usize).div_ceil(2));
+    let latents_for_changes = Agent {
+        feasible: Some(Feasible {
+            set: &set,
+            neighbours: 8,
+            target: Target::Change,
+        }),
+        planner: agent.planner.clone(),
+        low: agent.low.clone(),
+        high: agent.high.clone(),
+        ..agent
+    };
+    let err = format!("{:#}", latents_for_changes.check().unwrap_err());
+    assert!(err.contains("frame changes"), "{err}");
     // A block size that does not match the controller is named.
     let wrong = Agent {
         frameskip: 3,

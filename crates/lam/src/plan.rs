@@ -425,9 +425,20 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                         "--feasible-subspace restricts latents; --feasible-target change \
                          projects frame changes"
                     );
-                    let live = f.change_only_matched_channels()?;
+                    let changes = match &args.feasible_domain {
+                        Some(dir) => {
+                            let agent = lam_data::ShardSet::open(dir, None)?;
+                            Some(
+                                lam_control::feasible::transitions(&lam, &agent, &device, 64)
+                                    .with_context(|| format!("feasible domain {}", dir.display()))?
+                                    .changes,
+                            )
+                        }
+                        None => None,
+                    };
+                    let live = f.change_only_matched_channels(changes.as_deref())?;
                     tracing::info!(
-                        "feasible set: projecting the predicted change of {live} of {} channels",
+                        "feasible set: projecting the predicted change of channels {live:?} of {}",
                         f.frame_dim()
                     );
                 }
