@@ -77,10 +77,10 @@ pub struct Feasible<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     /// Each planned latent, onto the hull of the latents the video shows from like frames
-    /// (the set holds IDM latents: [`FeasibleSet::of_shards`]).
+    /// (the set holds IDM latents).
     Latent,
     /// Each predicted frame's change from the frame before, onto the hull of the changes the
-    /// video shows from like frames (the set holds changes: [`FeasibleSet::of_shard_changes`]):
+    /// video shows from like frames (the set holds changes):
     /// what the video shows of walls, read in frames rather than in latents, so it holds
     /// across bodies whose latents differ.
     Change,
@@ -179,28 +179,21 @@ impl FeasibleSet {
         })
     }
 
-    /// Every transition of a shard set ([`transitions`]), as the world model trained on them.
+    /// Every transition of a shard set ([`transitions`]), as the world model trained on them:
+    /// each frame with its IDM latent ([`Target::Latent`]) or with what it changed, pooled
+    /// next frame minus frame ([`Target::Change`]).
     pub fn of_shards(
         lam: &LatentActionModel,
         data: &ShardSet,
+        target: Target,
         device: &Device,
         batch: usize,
     ) -> Result<Self> {
         let t = transitions(lam, data, device, batch)?;
-        Self::new(&t.frames, &t.latents, t.dim, t.latent_dim, device)
-    }
-
-    /// Every transition of a shard set as its pooled frame and what it changed (pooled next
-    /// frame minus frame): a set whose "latents" are frame changes, for projecting the world
-    /// model's predicted changes ([`Target::Change`]) instead of its latents.
-    pub fn of_shard_changes(
-        lam: &LatentActionModel,
-        data: &ShardSet,
-        device: &Device,
-        batch: usize,
-    ) -> Result<Self> {
-        let t = transitions(lam, data, device, batch)?;
-        Self::new(&t.frames, &t.changes, t.dim, t.dim, device)
+        match target {
+            Target::Latent => Self::new(&t.frames, &t.latents, t.dim, t.latent_dim, device),
+            Target::Change => Self::new(&t.frames, &t.changes, t.dim, t.dim, device),
+        }
     }
 
     /// For a set of frame changes: project only the channels that count in the frame

@@ -197,17 +197,7 @@ fn closed_loop_executes_action_blocks() {
         .map(|i| (i * 53 % 97) as f32 / 97.0 - 0.5)
         .collect();
     let set = FeasibleSet::new(&frames, &latents, d, 16, &dev).unwrap();
-    let projected = Agent {
-        feasible: Some(Feasible {
-            set: &set,
-            neighbours: 8,
-            target: Target::Latent,
-        }),
-        planner: agent.planner.clone(),
-        low: agent.low.clone(),
-        high: agent.high.clone(),
-        ..agent
-    };
+    let projected = with_feasible(&agent, &set, Target::Latent);
     projected.check().unwrap();
     let r = run_episode(&projected, &episodes[0], &encoder, false).unwrap();
     assert_eq!(r.plans, (r.steps as usize).div_ceil(2));
@@ -223,17 +213,7 @@ fn closed_loop_executes_action_blocks() {
     let err = format!("{:#}", gradient.check().unwrap_err());
     assert!(err.contains("gradient planner"), "{err}");
     let narrow = FeasibleSet::new(&frames, &latents[..64 * 8], d, 8, &dev).unwrap();
-    let mismatched = Agent {
-        feasible: Some(Feasible {
-            set: &narrow,
-            neighbours: 8,
-            target: Target::Latent,
-        }),
-        planner: agent.planner.clone(),
-        low: agent.low.clone(),
-        high: agent.high.clone(),
-        ..agent
-    };
+    let mismatched = with_feasible(&agent, &narrow, Target::Latent);
     let err = format!("{:#}", mismatched.check().unwrap_err());
     assert!(
         err.contains("8-D rows") && err.contains("latents 16-D"),
@@ -245,31 +225,11 @@ fn closed_loop_executes_action_blocks() {
         .map(|i| (i * 29 % 89) as f32 / 89.0 - 0.5)
         .collect();
     let change_set = FeasibleSet::new(&frames, &changes, d, d, &dev).unwrap();
-    let corrected = Agent {
-        feasible: Some(Feasible {
-            set: &change_set,
-            neighbours: 8,
-            target: Target::Change,
-        }),
-        planner: agent.planner.clone(),
-        low: agent.low.clone(),
-        high: agent.high.clone(),
-        ..agent
-    };
+    let corrected = with_feasible(&agent, &change_set, Target::Change);
     corrected.check().unwrap();
     let r = run_episode(&corrected, &episodes[0], &encoder, false).unwrap();
     assert_eq!(r.plans, (r.steps as usize).div_ceil(2));
-    let latents_for_changes = Agent {
-        feasible: Some(Feasible {
-            set: &set,
-            neighbours: 8,
-            target: Target::Change,
-        }),
-        planner: agent.planner.clone(),
-        low: agent.low.clone(),
-        high: agent.high.clone(),
-        ..agent
-    };
+    let latents_for_changes = with_feasible(&agent, &set, Target::Change);
     let err = format!("{:#}", latents_for_changes.check().unwrap_err());
     assert!(err.contains("frame changes"), "{err}");
     // A block size that does not match the controller is named.
@@ -279,4 +239,23 @@ fn closed_loop_executes_action_blocks() {
     };
     let err = format!("{:#}", wrong.check().unwrap_err());
     assert!(err.contains("block"), "{err}");
+}
+
+/// `agent` planning with feasible set `set` (8 neighbours) projecting `target`.
+fn with_feasible<'a>(
+    agent: &lam_control::closed_loop::Agent<'a>,
+    set: &'a FeasibleSet,
+    target: Target,
+) -> lam_control::closed_loop::Agent<'a> {
+    lam_control::closed_loop::Agent {
+        feasible: Some(Feasible {
+            set,
+            neighbours: 8,
+            target,
+        }),
+        planner: agent.planner.clone(),
+        low: agent.low.clone(),
+        high: agent.high.clone(),
+        ..*agent
+    }
 }

@@ -390,17 +390,9 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 let t0 = std::time::Instant::now();
                 let set = lam_data::ShardSet::open(dir, Some(lam_data::Split::Train))?;
                 let target = lam_control::feasible::Target::from(args.feasible_target);
-                let mut f = match target {
-                    lam_control::feasible::Target::Latent => {
-                        lam_control::feasible::FeasibleSet::of_shards(&lam, &set, &device, 64)
-                    }
-                    lam_control::feasible::Target::Change => {
-                        lam_control::feasible::FeasibleSet::of_shard_changes(
-                            &lam, &set, &device, 64,
-                        )
-                    }
-                }
-                .with_context(|| format!("feasible set from {}", dir.display()))?;
+                let mut f =
+                    lam_control::feasible::FeasibleSet::of_shards(&lam, &set, target, &device, 64)
+                        .with_context(|| format!("feasible set from {}", dir.display()))?;
                 let mut domain = None;
                 if let Some(dir) = &args.feasible_domain {
                     let agent = lam_data::ShardSet::open(dir, None)?;
