@@ -265,13 +265,20 @@ impl FeasibleSet {
                         || std[c] > s * MATCH_SPREAD)
             })
             .collect();
+        self.leave_out(&dropped);
+        Ok(dropped)
+    }
+
+    /// Leaves channels out of the frame distance.
+    pub fn leave_out(&mut self, dropped: &[usize]) {
+        let d = self.dim;
         if dropped.is_empty() {
-            return Ok(dropped);
+            return;
         }
         let keep: Vec<f32> = (0..d)
             .map(|c| if dropped.contains(&c) { 0.0 } else { 1.0 })
             .collect();
-        for &c in &dropped {
+        for &c in dropped {
             self.std[c] = f32::INFINITY;
         }
         let device = self.frames.device();
@@ -283,7 +290,6 @@ impl FeasibleSet {
             .square()
             .sum_dim(1)
             .reshape([1, self.len()]);
-        Ok(dropped)
     }
 
     /// What the projection does to the labeled transitions of the agent's own domain
