@@ -346,10 +346,7 @@ pub fn latents_of_random_blocks(
             "a frame-conditioned controller needs frames of {d} values to place its blocks in"
         ),
     };
-    ctrl.to_latent(actions, frames)
-        .into_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading the controller's latents: {e:?}"))
+    Ok(crate::host(ctrl.to_latent(actions, frames)))
 }
 
 /// Labels every transition of a labeled shard set with the frozen IDM; `keep_clips` keeps the

@@ -30,6 +30,7 @@ use burn::prelude::*;
 use lam_data::ShardSet;
 use lam_model::LatentActionModel;
 
+use crate::controller::{Controller, Transitions as LabeledTransitions};
 use crate::host;
 use crate::support::{channel_mean_std, pooled_transitions};
 
@@ -439,6 +440,20 @@ impl FeasibleSet {
         Tensor::from_data(TensorData::new(out, [b, dz]), &device)
     }
 
+    /// [`Self::check`] on a controller's labeled transitions: `z_ctrl` is what `ctrl` makes of
+    /// each transition's action in its frame.
+    pub fn check_controller(
+        &self,
+        ctrl: &Controller,
+        t: &LabeledTransitions,
+        k: usize,
+        device: &Device,
+    ) -> Result<FeasibleCheck> {
+        let all: Vec<usize> = (0..t.len()).collect();
+        let z_ctrl = host(ctrl.latents_of(t, &all, device));
+        self.check(&t.frames, &t.latents, &z_ctrl, k, device)
+    }
+
     /// Projects only the part of each latent in the span of `directions` (rows of the latent
     /// width; the controller's latents of random action blocks, say): the `r` leading
     /// principal directions of those rows that hold `share` of their variance. What a push
@@ -608,7 +623,6 @@ fn nearest_rows(dist: &[f32], k: usize, near: &mut Vec<(f32, usize)>) {
 pub fn nearest_in_hull(points: &[f32], dim: usize, z: &[f32], out: &mut [f32]) {
     let k = points.len() / dim;
     let p = |i: usize| &points[i * dim..(i + 1) * dim];
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     // Gram matrix G = P P^T and b = P z; the gradient is G w - b.
     let mut gram = vec![0f32; k * k];
     for i in 0..k {

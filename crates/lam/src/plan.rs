@@ -393,23 +393,36 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 let mut f =
                     lam_control::feasible::FeasibleSet::of_shards(&lam, &set, target, &device, 64)
                         .with_context(|| format!("feasible set from {}", dir.display()))?;
-                let mut domain = None;
+                // The agent's own shards, read once: labeled transitions for the latent
+                // target (their actions feed the check), frame changes for the change target.
+                let (mut labeled, mut changes) = (None, None);
                 if let Some(dir) = &args.feasible_domain {
                     let agent = lam_data::ShardSet::open(dir, None)?;
-                    let t = lam_control::controller::pseudo_label(
-                        &cfg, &lam, &agent, &device, 64, false,
-                    )
-                    .with_context(|| format!("feasible domain {}", dir.display()))?;
-                    let dropped = f
-                        .match_domain(&t.frames)
-                        .with_context(|| format!("feasible domain {}", dir.display()))?;
+                    let context = || format!("feasible domain {}", dir.display());
+                    let dropped = match target {
+                        lam_control::feasible::Target::Latent => {
+                            let t = lam_control::controller::pseudo_label(
+                                &cfg, &lam, &agent, &device, 64, false,
+                            )
+                            .with_context(context)?;
+                            let dropped = f.match_domain(&t.frames).with_context(context)?;
+                            labeled = Some(t);
+                            dropped
+                        }
+                        lam_control::feasible::Target::Change => {
+                            let t = lam_control::feasible::transitions(&lam, &agent, &device, 64)
+                                .with_context(context)?;
+                            let dropped = f.match_domain(&t.frames).with_context(context)?;
+                            changes = Some(t.changes);
+                            dropped
+                        }
+                    };
                     tracing::info!(
                         "feasible set: channels {dropped:?} of {} unlike {}'s, left out of the \
                          frame distance",
                         f.frame_dim(),
                         dir.display()
                     );
-                    domain = Some((dir, t));
                 }
                 if target == lam_control::feasible::Target::Change {
                     ensure!(
@@ -417,17 +430,6 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                         "--feasible-subspace restricts latents; --feasible-target change \
                          projects frame changes"
                     );
-                    let changes = match &args.feasible_domain {
-                        Some(dir) => {
-                            let agent = lam_data::ShardSet::open(dir, None)?;
-                            Some(
-                                lam_control::feasible::transitions(&lam, &agent, &device, 64)
-                                    .with_context(|| format!("feasible domain {}", dir.display()))?
-                                    .changes,
-                            )
-                        }
-                        None => None,
-                    };
                     let live = f.change_only_matched_channels(changes.as_deref())?;
                     tracing::info!(
                         "feasible set: projecting the predicted change of channels {live:?} of {}",
@@ -442,7 +444,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                         ctrl,
                         &space.low,
                         &space.high,
-                        domain.as_ref().map(|(_, t)| t.frames.as_slice()),
+                        labeled.as_ref().map(|t| t.frames.as_slice()),
                         4096,
                         &device,
                     )
@@ -455,24 +457,16 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                         100.0 * args.feasible_subspace
                     );
                 }
-                if let (Some((dir, t)), Some(ctrl), lam_control::feasible::Target::Latent) =
-                    (&domain, ctrl.as_ref(), target)
+                if let (Some(t), Some(ctrl), Some(domain)) =
+                    (&labeled, ctrl.as_ref(), &args.feasible_domain)
                 {
-                    let all: Vec<usize> = (0..t.len()).collect();
-                    let z_ctrl = host_vec(ctrl.latents_of(t, &all, &device))?;
-                    let c = f.check(
-                        &t.frames,
-                        &t.latents,
-                        &z_ctrl,
-                        args.feasible_neighbours,
-                        &device,
-                    )?;
+                    let c = f.check_controller(ctrl, t, args.feasible_neighbours, &device)?;
                     tracing::info!(
                         "feasible set on the {} transitions of {}: what happened moved by a \
                          median {:.3} of its norm; the controller's latents {:.3} from what \
                          happened, {:.3} once projected (its worst tenth: {:.3} -> {:.3})",
                         c.transitions,
-                        dir.display(),
+                        domain.display(),
                         c.moved_median,
                         c.controller_error,
                         c.projected_error,
@@ -788,11 +782,4 @@ impl From<FeasibleTargetArg> for lam_control::feasible::Target {
             FeasibleTargetArg::Change => Self::Change,
         }
     }
-}
-
-/// A tensor's values on the host.
-fn host_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading a tensor: {e:?}"))
 }
