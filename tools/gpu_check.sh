@@ -1,29 +1,58 @@
 #!/usr/bin/env bash
-# What lam does on a machine with an NVIDIA GPU, in one short run (about 5-8 minutes).
+# What lam does on a machine with an NVIDIA GPU, in one short run (BUDGET_S seconds, default 520).
 #
-# Build the binary on a machine with the package registries (no download in any build script):
-#   cargo build --release -p lam --features vulkan      # or wgpu; `cuda` needs internet to build
-# then, on the GPU machine, from the repository root:
-#   LAM=target/release/lam bash tools/gpu_check.sh [OUT]
+# Build and pack the binary on a machine with the package registries (no download in any build
+# script; `cuda` needs internet to build):
+#   cargo build --release -p lam --features vulkan,wgpu && bash tools/gpu_pack.sh
+# then, on the GPU machine, from the repository root (with .gpu/ and .gl/ carried there):
+#   bash tools/gpu_check.sh [OUT]
+# It unpacks .gpu/ (the binary and its FFmpeg libraries) into /tmp/lam-gpu unless LAM names a
+# binary, and Debian's Vulkan loader from .gl/ where the machine has none; it needs at run time
+# only the NVIDIA driver. Python with torch (CUDA) runs the PyTorch twins when present; without
+# it the twins are skipped.
 #
-# It needs at run time only the NVIDIA driver and a Vulkan loader (libvulkan1). Where the loader
-# is missing, Debian's .deb files put in .gl/ beside this checkout are unpacked first
-# (`apt-get download libvulkan1 libegl1 libglvnd0` on any Debian machine). Python with torch
-# (CUDA) is used for the PyTorch twins when present; without it the twins are skipped.
+# Steps: what the machine offers; which GPU device comes up (DEVICE, default vulkan, then wgpu);
+# `lam bench train` (tiny, medium) and `lam bench plan` (tiny, LeWM-sized) against the twins on
+# CUDA; then `lam demo --device DEVICE` (the whole pipeline: encoder, stage 1, controller,
+# closed loop) in whatever time is left (DEMO=0 skips it). Each step gets at most its own
+# limit and never more than what is left of BUDGET_S; a failing step is logged and the rest run.
 #
-# Writes into OUT (default docs/results): gpu_machine.json (driver, GPU, Vulkan, CUDA
-# libraries, torch), gpu_bench_train_{tiny,medium}.json, gpu_bench_plan_{tiny,lewm}.json and
-# gpu_check.log. Each step has its own time limit; a failing step is logged and the rest run.
+# Writes into OUT (default docs/results): gpu_machine.json, gpu_bench_train_{tiny,medium}.json,
+# gpu_bench_plan_{tiny,lewm}.json, gpu_demo_summary.md, gpu_demo_metrics.json and gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-docs/results}
+if [ -z "${LAM:-}" ] && [ -f .gpu/lam.xz ]; then
+  mkdir -p /tmp/lam-gpu/lib
+  xz -dc .gpu/lam.xz > /tmp/lam-gpu/lam 2>/dev/null \
+    || python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.gpu/lam.xz'), open('/tmp/lam-gpu/lam', 'wb'))"
+  chmod +x /tmp/lam-gpu/lam
+  [ -f .gpu/libs.tar.xz ] && tar xJf .gpu/libs.tar.xz -C /tmp/lam-gpu/lib
+  export LD_LIBRARY_PATH=/tmp/lam-gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  LAM=/tmp/lam-gpu/lam
+fi
 LAM=${LAM:-target/release/lam}
 DEVICE=${DEVICE:-vulkan}
 PYTHON=${PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-520}
+START=$(date +%s)
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 
-step() { echo; echo "== $*"; }
+step() { echo; echo "== [$(( $(date +%s) - START )) s] $*"; }
+# limit SECONDS: the step's own limit, cut to what is left of the budget (0: skip the step).
+limit() {
+  local left=$(( BUDGET_S - ($(date +%s) - START) ))
+  if [ "$left" -lt 20 ]; then echo 0; elif [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
+# timed LIMIT CMD...: runs CMD under the step's limit and says how it ended.
+timed() {
+  local t; t=$(limit "$1"); shift
+  if [ "$t" = 0 ]; then echo "SKIPPED (budget spent)"; return 1; fi
+  timeout "$t" "$@"; local rc=$?
+  if [ $rc = 124 ]; then echo "STOPPED at its limit of $t s"; elif [ $rc != 0 ]; then echo "FAILED (exit $rc)"; fi
+  return $rc
+}
 
 step "Vulkan loader"
 if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
@@ -42,6 +71,7 @@ done
 echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-(unset: the default search path of the loader)}"
 
 step "machine"
+if ldd "$LAM" | grep "not found"; then echo "the libraries above are missing: lam will not start"; fi
 TWIN_DEVICE=cpu
 if "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   TWIN_DEVICE=cuda
@@ -86,24 +116,40 @@ twin() {
   fi
 }
 
+step "which GPU device comes up"
+for d in "$DEVICE" wgpu; do
+  if timed 120 "$LAM" bench train --device "$d" --rust-only --steps 1 --warmup 1; then
+    DEVICE=$d; echo "using --device $DEVICE"; break
+  fi
+  echo "--device $d did not run a training step"
+done
+
 step "lam on $DEVICE: training step, tiny model (parity of every loss term against the twin)"
-timeout 240 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 20 --warmup 3 \
-  --out "$OUT/gpu_bench_train_tiny.json" || echo "FAILED (exit $?)"
+timed 100 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 20 --warmup 3 \
+  --out "$OUT/gpu_bench_train_tiny.json"
+
+step "lam on $DEVICE: one CEM plan 300 x 30, horizon 5, tiny model"
+timed 120 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 2 \
+  --out "$OUT/gpu_bench_plan_tiny.json"
 
 step "lam on $DEVICE: training step, medium model"
 M="--set model.wm_dim=256 --set model.wm_depth=4 --set model.wm_heads=4 --set model.embed_dim=128
    --set model.grid=[8,8] --set model.latent_dim=32 --set model.idm_hidden=512 --set train.batch_size=16"
-timeout 300 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 10 --warmup 2 $M \
-  --out "$OUT/gpu_bench_train_medium.json" || echo "FAILED (exit $?)"
-
-step "lam on $DEVICE: one CEM plan 300 x 30, horizon 5, tiny model"
-timeout 300 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 2 \
-  --out "$OUT/gpu_bench_plan_tiny.json" || echo "FAILED (exit $?)"
+timed 100 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 10 --warmup 2 $M \
+  --out "$OUT/gpu_bench_train_medium.json"
 
 step "lam on $DEVICE: one CEM plan, LeWM-sized predictor (one token per frame, 6 blocks, width 256, history 3)"
 L="--set model.grid=[1,1] --set model.wm_dim=256 --set model.wm_depth=6 --set model.wm_heads=4
    --set model.embed_dim=192"
-timeout 300 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 2 --history 3 $L \
-  --out "$OUT/gpu_bench_plan_lewm.json" || echo "FAILED (exit $?)"
+timed 100 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 2 --history 3 $L \
+  --out "$OUT/gpu_bench_plan_lewm.json"
+
+if [ "${DEMO:-1}" = 0 ]; then step "done (DEMO=0: no demo): $(ls "$OUT"/gpu_* | tr '\n' ' ')"; exit 0; fi
+step "lam demo --device $DEVICE (the whole pipeline) in what is left of the budget"
+rm -rf runs/demo-gpu
+timed 100000 "$LAM" demo --device "$DEVICE" --out runs/demo-gpu
+for f in summary.md metrics.json; do
+  [ -f "runs/demo-gpu/$f" ] && cp "runs/demo-gpu/$f" "$OUT/gpu_demo_$f"
+done
 
 step "done: $(ls "$OUT"/gpu_* | tr '\n' ' ')"

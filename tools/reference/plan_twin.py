@@ -139,7 +139,7 @@ def cem(roll, problem, p, cached, gen):
         base, pos = roll.prefill(problem["history"], problem["history_z"])
     best = (math.inf, None)
     for _ in range(p["iterations"]):
-        seqs = mean + std * torch.randn(p["samples"], h, d, generator=gen)
+        seqs = mean + std * torch.randn(p["samples"], h, d, generator=gen, device=gen.device)
         if cached:
             finals = roll.rollout_cached(base, pos, problem["current"], seqs)
         else:
