@@ -55,13 +55,14 @@ timed() {
 }
 
 step "Vulkan loader"
-if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
+# The NVIDIA driver's Vulkan ICD needs libGLdispatch (libglvnd) beside the loader.
+if ! ldconfig -p | grep -q 'libvulkan.so.1' || ! ldconfig -p | grep -q 'libGLdispatch.so.0'; then
   if compgen -G ".gl/*.deb" >/dev/null; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
     echo "unpacked $(ls .gl/*.deb | wc -l) packages from .gl/"
   else
-    echo "no libvulkan.so.1 and no .gl/*.deb: the vulkan device will not come up"
+    echo "no libvulkan.so.1 or libGLdispatch.so.0, and no .gl/*.deb: the vulkan device will not come up"
   fi
 fi
 for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json \

@@ -17,8 +17,6 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/lam}
 SKIP=${SKIP:-'libc\.so|libm\.so|libpthread|libdl\.so|ld-linux|librt\.so|libgcc_s|libstdc\+\+|libcrypto\.so\.3|libssl\.so\.3|libz\.so|libbz2|liblzma|libpcre2-8|libgcrypt|libgpg-error|libselinux|libffi|libexpat'}
 mkdir -p .gpu .gl
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >> .git/info/exclude
-grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >> .git/info/exclude
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 strip -o "$tmp/lam" "$BIN"
@@ -33,7 +31,7 @@ if [ -f "$tmp/libs/libcodec2.so.1.0" ]; then
   cc -shared -fPIC -Wl,-soname,libcodec2.so.1.0 -o "$tmp/libs/libcodec2.so.1.0" "$tmp/codec2.c"
 fi
 tar cf - -C "$tmp/libs" . | xz -T2 -9e > .gpu/libs.tar.xz.part && mv .gpu/libs.tar.xz.part .gpu/libs.tar.xz
-if ! compgen -G ".gl/libvulkan1_*.deb" >/dev/null; then
+if ! compgen -G ".gl/libvulkan1_*.deb" >/dev/null || ! compgen -G ".gl/libglvnd0_*.deb" >/dev/null; then
   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists='"$tmp/lists"
   mkdir -p "$tmp/lists/partial"
   apt-get $o update >/dev/null
