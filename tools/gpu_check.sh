@@ -12,13 +12,18 @@
 # it the twins are skipped.
 #
 # Steps: what the machine offers; which GPU device comes up (DEVICE, default vulkan, then wgpu);
-# `lam bench train` (tiny, medium) and `lam bench plan` (tiny, LeWM-sized) against the twins on
-# CUDA; then `lam demo --device DEVICE` (the whole pipeline: encoder, stage 1, controller,
-# closed loop) in whatever time is left (DEMO=0 skips it). Each step gets at most its own
-# limit and never more than what is left of BUDGET_S; a failing step is logged and the rest run.
+# `lam bench train` (tiny, medium), `lam bench plan` (tiny, LeWM-sized) and `lam bench e2e`
+# (the end-to-end step: sim encoder + IDM + world model) against the twins on CUDA; the
+# `--scale paper` model on the suite's embeddings (`lam bench train` and `plan` with the `paper`
+# preset); `lam experiment regularizers --scale paper`, one arm, few steps and episodes
+# (EXPERIMENT=0 skips it); then `lam demo --device DEVICE` (the whole pipeline: encoder, stage 1,
+# controller, closed loop) in whatever time is left (DEMO=0 skips it). Each step gets at most
+# its own limit and never more than what is left of BUDGET_S; a failing step is logged and the
+# rest run.
 #
-# Writes into OUT (default docs/results): gpu_machine.json, gpu_bench_train_{tiny,medium}.json,
-# gpu_bench_plan_{tiny,lewm}.json, gpu_demo_summary.md, gpu_demo_metrics.json and gpu_check.log.
+# Writes into OUT (default docs/results): gpu_machine.json, gpu_bench_train_{tiny,medium,paper}.json,
+# gpu_bench_plan_{tiny,lewm,paper}.json, gpu_bench_e2e.json, gpu_experiment_paper.md,
+# gpu_demo_summary.md, gpu_demo_metrics.json and gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-docs/results}
@@ -144,6 +149,29 @@ L="--set model.grid=[1,1] --set model.wm_dim=256 --set model.wm_depth=6 --set mo
    --set model.embed_dim=192"
 timed 100 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 2 --history 3 $L \
   --out "$OUT/gpu_bench_plan_lewm.json"
+
+step "lam on $DEVICE: end-to-end training step (sim encoder + IDM + world model, tiny)"
+timed 100 "$LAM" bench e2e --device "$DEVICE" $(twin) --twin-muon-f32 --steps 10 --warmup 3 \
+  --out "$OUT/gpu_bench_e2e.json"
+
+# The --scale paper model on the suite's embeddings: 20 channels (keypoints + context), one
+# token per frame, 3 frames of history.
+P="--preset paper --set model.embed_dim=20 --set model.grid=[1,1] --set model.frames=4"
+step "lam on $DEVICE: training step of the --scale paper model (768 wide, 12 blocks, batch 256)"
+timed 100 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 5 --warmup 2 $P \
+  --out "$OUT/gpu_bench_train_paper.json"
+
+step "lam on $DEVICE: one CEM plan 300 x 30, horizon 5, through the --scale paper model"
+timed 100 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 1 --history 3 $P \
+  --out "$OUT/gpu_bench_plan_paper.json"
+
+if [ "${EXPERIMENT:-1}" != 0 ]; then
+  step "lam experiment regularizers --scale paper on $DEVICE: one arm, 200 steps, 4 episodes"
+  rm -rf runs/experiment-paper-gpu
+  timed 300 "$LAM" experiment regularizers --scale paper --device "$DEVICE" --arms noisy-high \
+    --steps 200 --episodes 4 --human-episodes 200 --out runs/experiment-paper-gpu
+  [ -f runs/experiment-paper-gpu/report.md ] && cp runs/experiment-paper-gpu/report.md "$OUT/gpu_experiment_paper.md"
+fi
 
 if [ "${DEMO:-1}" = 0 ]; then step "done (DEMO=0: no demo): $(ls "$OUT"/gpu_* | tr '\n' ' ')"; exit 0; fi
 step "lam demo --device $DEVICE (the whole pipeline) in what is left of the budget"

@@ -171,7 +171,7 @@ def load_burn_weights(model, path):
     src = load_file(path)
     state = {}
     for name, p in model.named_parameters():
-        mod_name, leaf = name.rsplit(".", 1)
+        mod_name, leaf = name.rsplit(".", 1) if "." in name else ("", name)
         mod = model.get_submodule(mod_name)
         if isinstance(mod, nn.LayerNorm):
             key = f"{mod_name}.{'gamma' if leaf == 'weight' else 'beta'}"

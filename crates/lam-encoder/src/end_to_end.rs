@@ -569,8 +569,18 @@ fn materialize<M: Module>(module: M) -> M {
     module
 }
 
+/// The latent action model a run starts from: as `lam_model::train::init_model`, with every
+/// draw made under the generator's lock.
+pub fn initial_model(lam_cfg: &LamConfig, device: &Device) -> LatentActionModel {
+    let _guard = lam_model::train::rng_lock();
+    device.seed(lam_cfg.train.seed);
+    materialize(lam_model::optim::stable_param_ids(LatentActionModel::new(
+        lam_cfg, device,
+    )))
+}
+
 /// The encoder a run starts from: `init`'s weights, or a fresh one drawn from `seed`.
-fn initial_encoder(cfg: &EndToEndConfig, seed: u64, device: &Device) -> Result<SimEncoder> {
+pub fn initial_encoder(cfg: &EndToEndConfig, seed: u64, device: &Device) -> Result<SimEncoder> {
     let encoder = match &cfg.init {
         Some(path) => crate::sim::load_checkpoint(path, device)?.0,
         None => {
@@ -632,6 +642,73 @@ fn check(lam_cfg: &LamConfig, cfg: &EndToEndConfig, data: &ClipFrames) -> Result
     Ok(())
 }
 
+/// The networks one step reads: the latent action model, the online encoder, the EMA target
+/// and the frozen initial encoder (the last two read by their guards only).
+#[derive(Clone, Copy)]
+pub struct Nets<'a> {
+    pub model: &'a LatentActionModel,
+    pub encoder: &'a SimEncoder,
+    pub target: &'a SimEncoder,
+    pub frozen: &'a SimEncoder,
+}
+
+/// What one step's forward pass gives.
+pub struct StepForward {
+    /// The latent action model's loss terms on the standardised embeddings.
+    pub out: lam_model::lam::StepOutput,
+    /// The guard's weighted term.
+    pub guard: Tensor<1>,
+    /// The batch's per-channel embedding mean and std `[D']`.
+    pub batch_mean: Tensor<1>,
+    pub batch_std: Tensor<1>,
+}
+
+/// The forward pass of one training step on clips `x` `[B, T, 3, S, S]` (module docs, steps
+/// 1-4): `sigreg_dirs` `[D', M]` are the step's SIGReg directions (with the `sigreg` guard),
+/// `knots` the quadrature points and weights of [`sigreg_knots`]. `lam bench e2e` runs it
+/// too, for the parity check against its PyTorch twin.
+pub fn step_forward(
+    lam_cfg: &LamConfig,
+    cfg: &EndToEndConfig,
+    nets: Nets,
+    x: Tensor<5>,
+    noise: &lam_model::lam::StepNoise,
+    sigreg_dirs: Option<Tensor<2>>,
+    (tk, wk): (&Tensor<1>, &Tensor<1>),
+) -> StepForward {
+    let [b, t, c, h, w] = x.dims();
+    let device = x.device();
+    let (emb, tokens) = embed(nets.encoder, x.clone(), cfg.pooling, cfg.encoder.keypoints);
+    let (emb, batch_mean, batch_std) = standardize(emb);
+    let dp = emb.dims()[3];
+    let targets = (cfg.guard == Guard::Ema).then(|| {
+        let next = x.clone().slice(s![.., 1..t, .., .., ..]);
+        standardize(embed(nets.target, next, cfg.pooling, cfg.encoder.keypoints).0)
+            .0
+            .detach()
+    });
+    let out = nets
+        .model
+        .forward_loss_to(lam_cfg, emb.clone(), targets, None, noise);
+    let guard = match (cfg.guard, sigreg_dirs) {
+        (Guard::Sigreg, Some(dirs)) => sigreg(emb.reshape([b * t, dp]), dirs, tk.clone(), wk.clone())
+            .mul_scalar(cfg.sigreg_weight),
+        (Guard::Sigreg, None) => panic!("the sigreg guard needs the step's directions"),
+        (Guard::Distill, _) => {
+            let reference = nets.frozen.forward(x.reshape([b * t, c, h, w])).detach();
+            let diff = tokens - reference;
+            (diff.clone() * diff).mean().mul_scalar(cfg.distill_weight)
+        }
+        (Guard::Ema | Guard::None, _) => Tensor::<1>::zeros([1], &device),
+    };
+    StepForward {
+        out,
+        guard,
+        batch_mean,
+        batch_std,
+    }
+}
+
 /// Trains (or resumes) an end-to-end run; see the module docs. `lam_cfg.model` must say one
 /// embedding of [`EndToEndConfig::embed_dim`] channels per frame and the clips' length.
 pub fn train_end_to_end(
@@ -649,14 +726,7 @@ pub fn train_end_to_end(
     let resume_from = checkpoint::prepare_run(dir, run.resume, run.force)?;
     let ad = device.clone().autodiff();
     let total = lam_cfg.train.steps;
-    let mut model = {
-        // As `lam_model::train::init_model`, with every draw made under the lock.
-        let _guard = lam_model::train::rng_lock();
-        ad.seed(lam_cfg.train.seed);
-        materialize(lam_model::optim::stable_param_ids(LatentActionModel::new(
-            lam_cfg, &ad,
-        )))
-    };
+    let mut model = initial_model(lam_cfg, &ad);
     let built = lam_model::optim::build(&model, &lam_cfg.optim, total)?;
     let (mut optimizer, mut scheduler) = (built.optimizer, built.scheduler);
     // Each copy drawn (or loaded) apart: a clone shares its parameters' state, and taking
@@ -757,38 +827,26 @@ pub fn train_end_to_end(
     for step in start..end {
         let idx = batch_indices(lam_cfg.train.seed, step, b, data.train.len());
         let x = data.batch(&data.train, &idx, &ad);
-        let (emb, tokens) = embed(&encoder, x.clone(), cfg.pooling, cfg.encoder.keypoints);
-        let (emb, batch_mean, batch_std) = standardize(emb);
-        let targets = (cfg.guard == Guard::Ema).then(|| {
-            let next = x.clone().slice(s![.., 1..t, .., .., ..]);
-            standardize(embed(&target, next, cfg.pooling, cfg.encoder.keypoints).0)
-                .0
-                .detach()
-        });
         let noise = step_noise(lam_cfg, step, b * (t - 1));
-        let out = model.forward_loss_to(lam_cfg, emb.clone(), targets, None, &noise);
+        let sigreg_dirs = (cfg.guard == Guard::Sigreg).then(|| {
+            let mut rng = step_rng(lam_cfg.train.seed, step, 7);
+            let dirs = directions(&mut rng, dp, cfg.sigreg_directions);
+            Tensor::from_data(TensorData::new(dirs, [dp, cfg.sigreg_directions]), &ad)
+        });
+        let nets = Nets {
+            model: &model,
+            encoder: &encoder,
+            target: &target,
+            frozen: &frozen,
+        };
+        let StepForward {
+            out,
+            guard,
+            batch_mean,
+            batch_std,
+        } = step_forward(lam_cfg, &cfg, nets, x, &noise, sigreg_dirs, (&tk, &wk));
         let host = |v: Tensor<1>| v.detach().into_data().try_into_vec::<f32>().expect("f32");
         running.update(&host(batch_mean), &host(batch_std), step == 0);
-        let guard = match cfg.guard {
-            Guard::Sigreg => {
-                let mut rng = step_rng(lam_cfg.train.seed, step, 7);
-                let dirs = directions(&mut rng, dp, cfg.sigreg_directions);
-                sigreg(
-                    emb.reshape([b * t, dp]),
-                    Tensor::from_data(TensorData::new(dirs, [dp, cfg.sigreg_directions]), &ad),
-                    tk.clone(),
-                    wk.clone(),
-                )
-                .mul_scalar(cfg.sigreg_weight)
-            }
-            Guard::Distill => {
-                let [_, _, c, h, w] = x.dims();
-                let reference = frozen.forward(x.reshape([b * t, c, h, w])).detach();
-                let diff = tokens - reference;
-                (diff.clone() * diff).mean().mul_scalar(cfg.distill_weight)
-            }
-            Guard::Ema | Guard::None => Tensor::<1>::zeros([1], &ad),
-        };
         let loss = out.terms.total.clone() + guard.clone();
         last = scalar(&loss);
         if !last.is_finite() {

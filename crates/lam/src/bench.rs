@@ -1,5 +1,6 @@
 //! `lam bench`: Rust against a PyTorch twin of the same computation, on this machine.
 
+mod e2e;
 mod ingest;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,9 @@ pub enum BenchCommand {
     /// Time one CEM plan (300 x 30, horizon 5) against the PyTorch twin
     /// (tools/reference/plan_twin.py), with and without the key/value cache.
     Plan(PlanBenchArgs),
+    /// Time the end-to-end stage-1 training step (sim encoder + IDM + world model, `lam train
+    /// --frames`) against its PyTorch twin (tools/reference/e2e_twin.py).
+    E2e(e2e::E2eBenchArgs),
     /// Decode + preprocess throughput of lam-ingest against PyAV + NumPy
     /// (tools/reference/ingest_twin.py), and encoder throughput of lam-encoder against
     /// transformers on the same weights (tools/reference/encoder_twin.py).
@@ -160,6 +164,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Train(args) => bench_train(args),
         BenchCommand::Plan(args) => bench_plan(args),
+        BenchCommand::E2e(args) => e2e::bench_e2e(args),
         BenchCommand::Ingest(args) => ingest::bench_ingest(args),
     }
 }

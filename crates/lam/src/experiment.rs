@@ -64,6 +64,118 @@ pub struct DataArgs {
     /// data settings) instead of recording and embedding again.
     #[arg(long, value_name = "REPORT_DIR")]
     pub data_from: Option<PathBuf>,
+    /// cpu (each flag's default: the scale of docs/experiments.md) or paper (the papers'
+    /// model sizes and lengths, for a GPU, wherever a flag is not typed: see [`Scale`]).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub scale: Scale,
+}
+
+/// How large an experiment runs. `paper` takes the source papers' settings for every flag the
+/// command line does not type (a typed flag always wins):
+///
+/// - stage 1: `lam train --preset paper` (world model 768 wide, 12 blocks, 12 heads; IDM
+///   hidden 1024; latent 128; batch 256; the embedding's width and grid are the data's) for
+///   10,000 steps; an unfrozen encoder at batch 128 and learning rate 1e-5 (the seed paper's
+///   runs);
+/// - data: 4,000 unlabeled human episodes (the labeled robot set stays at 100 episodes);
+/// - controller: up to 10,000 steps (early stopping as at CPU scale);
+/// - planning: CEM 300 samples x 30 iterations / 30 elites, horizon 5 (the anchors' CEM), on
+///   50 protocol episodes per model;
+/// - LAWM: the `paper-baku` preset (latent 7, chunk 10, a 49.4M-parameter DreamerV3 world
+///   model, an 8.1M-parameter policy); the paper gives no step counts, so `--steps` and
+///   `--finetune-steps` keep their defaults unless typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scale {
+    Cpu,
+    Paper,
+}
+
+/// The settings `--scale paper` takes (see [`Scale`]).
+mod paper {
+    pub const LAM_PRESET: &str = "paper";
+    pub const STEPS: usize = 10_000;
+    pub const UNFROZEN_BATCH: usize = 128;
+    pub const ENCODER_LR: f64 = 1e-5;
+    pub const HUMAN_EPISODES: usize = 4_000;
+    pub const CONTROLLER_STEPS: usize = 10_000;
+    pub const SAMPLES: usize = 300;
+    pub const ITERATIONS: usize = 30;
+    pub const EPISODES: usize = 50;
+    pub const LAWM_PRESET: &str = "paper-baku";
+}
+
+impl Scale {
+    fn name(self) -> &'static str {
+        match self {
+            Scale::Cpu => "cpu",
+            Scale::Paper => "paper",
+        }
+    }
+
+    /// Sets `field` to the paper's `value` at paper scale unless the flag `id` was typed.
+    fn pick<T>(self, id: &str, field: &mut T, value: T) {
+        if self == Scale::Paper && !crate::settings_args::given(id) {
+            *field = value;
+        }
+    }
+
+    /// A `lam train` command line at this scale.
+    fn train(self, mut argv: Vec<String>) -> Vec<String> {
+        if self == Scale::Paper {
+            argv.extend(["--preset".into(), paper::LAM_PRESET.into()]);
+        }
+        argv
+    }
+
+    /// An end-to-end `lam train --frames` command line at this scale (the seed paper's batch
+    /// for an unfrozen encoder).
+    fn train_unfrozen(self, argv: Vec<String>) -> Vec<String> {
+        let mut argv = self.train(argv);
+        if self == Scale::Paper {
+            argv.extend([
+                "--set".into(),
+                format!("train.batch_size={}", paper::UNFROZEN_BATCH),
+            ]);
+        }
+        argv
+    }
+
+    /// A `lam control fit` command line at this scale.
+    fn fit(self, mut argv: Vec<String>) -> Vec<String> {
+        if self == Scale::Paper {
+            argv.extend(["--set".into(), format!("steps={}", paper::CONTROLLER_STEPS)]);
+        }
+        argv
+    }
+
+    /// CEM samples and iterations of the experiments whose planner has no flags (the demo's
+    /// at CPU scale).
+    fn cem(self) -> (usize, usize) {
+        match self {
+            Scale::Cpu => (100, 10),
+            Scale::Paper => (paper::SAMPLES, paper::ITERATIONS),
+        }
+    }
+
+    /// The data settings at this scale.
+    fn data(self, d: &mut DataArgs) {
+        self.pick(
+            "human_episodes",
+            &mut d.spec.human_episodes,
+            paper::HUMAN_EPISODES,
+        );
+    }
+
+    /// What a report says of its scale.
+    fn describe(self) -> &'static str {
+        match self {
+            Scale::Cpu => "`--scale cpu` (the CPU scale: the tiny preset and each flag's default)",
+            Scale::Paper => {
+                "`--scale paper` (the papers' model sizes and lengths wherever no flag was typed; \
+                 docs/experiments.md lists them)"
+            }
+        }
+    }
 }
 
 #[derive(Args)]
@@ -185,6 +297,9 @@ pub struct LawmArgs {
     /// cpu, or cuda[:N] / vulkan[:N] / wgpu[:N] in a build with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// cpu (the tiny LAWM preset) or paper (the `paper-baku` preset: see [`Scale`]).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub scale: Scale,
 }
 
 /// One regulariser setting of the paper's tables.
@@ -458,8 +573,23 @@ fn kept_or_run(dir: &Path, settings: &Value, run: impl FnOnce() -> Result<Value>
     Ok(result)
 }
 
+impl RegularizerArgs {
+    /// The settings at `--scale` (see [`Scale`]).
+    fn scaled(mut self) -> Self {
+        let scale = self.data.scale;
+        scale.data(&mut self.data);
+        scale.pick("steps", &mut self.steps, paper::STEPS);
+        scale.pick("episodes", &mut self.episodes, paper::EPISODES);
+        scale.pick("samples", &mut self.samples, paper::SAMPLES);
+        scale.pick("iterations", &mut self.iterations, paper::ITERATIONS);
+        self
+    }
+}
+
 fn regularizers(a: RegularizerArgs) -> Result<()> {
     let started = Instant::now();
+    let a = a.scaled();
+    let scale = a.data.scale;
     let arms = arms_of(&a.arms)?;
     ensure!(a.seeds >= 1, "--seeds must be at least 1");
     ensure!(a.episodes >= 1, "--episodes must be at least 1");
@@ -489,6 +619,7 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
             let settings = json!({
                 "sets": arm.sets, "seed": seed, "steps": a.steps, "episodes": a.episodes,
                 "samples": a.samples, "iterations": a.iterations, "horizon": a.horizon,
+                "scale": scale.name(),
             });
             // The expert and random baselines once, with the first model planned.
             let with_baselines = baselines.is_null();
@@ -500,7 +631,7 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
                 let title = format!("{} seed {seed} ({}/{})", arm.name, i + 1, arms.len());
                 steps.run(
                     &format!("{title}: training"),
-                    &train_argv(&layout.human_shards, &run, a.steps, &sets, dev),
+                    &scale.train(train_argv(&layout.human_shards, &run, a.steps, &sets, dev)),
                 )?;
                 steps.run(
                     &format!("{title}: leakage, transfer, open loop"),
@@ -508,7 +639,7 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
                 )?;
                 steps.run(
                     &format!("{title}: controller"),
-                    &fit_argv(&run, &layout.robot_shards, &ctrl, dev),
+                    &scale.fit(fit_argv(&run, &layout.robot_shards, &ctrl, dev)),
                 )?;
                 let plan = PlanSpec {
                     baselines: with_baselines,
@@ -542,14 +673,26 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
     }
     let total = started.elapsed().as_secs_f64();
     let (md, report) = write_report(&a, out, &results, &baselines, total)?;
-    finish(out, md, report, &steps.log, total, &["figures.png"])
+    finish(out, md, report, &steps.log, total, scale, &["figures.png"])
 }
 
 /// The paper's two runs of appendix A: action dropout 0.15 (the default) and 0.
 const DROPOUTS: [(&str, f64); 2] = [("dropout-0.15", 0.15), ("dropout-0", 0.0)];
 
+impl TrainingArgs {
+    /// The settings at `--scale` (see [`Scale`]).
+    fn scaled(mut self) -> Self {
+        let scale = self.data.scale;
+        scale.data(&mut self.data);
+        scale.pick("steps", &mut self.steps, paper::STEPS);
+        self
+    }
+}
+
 fn training(a: TrainingArgs) -> Result<()> {
     let started = Instant::now();
+    let a = a.scaled();
+    let scale = a.data.scale;
     let arm = arms_of(std::slice::from_ref(&a.arm))?[0];
     ensure!(
         a.points >= 2 && a.steps >= a.points,
@@ -566,6 +709,7 @@ fn training(a: TrainingArgs) -> Result<()> {
         let dir = out.join("runs").join(name);
         let settings = json!({
             "sets": arm.sets, "action_dropout": dropout, "steps": a.steps, "every": every,
+            "scale": scale.name(),
         });
         let result = kept_or_run(&dir, &settings, || {
             let run = dir.join("lam");
@@ -577,7 +721,13 @@ fn training(a: TrainingArgs) -> Result<()> {
             ]);
             steps.run(
                 &format!("{name}: training"),
-                &train_argv(&layout.human_shards, &run, a.steps, &sets, &d.spec.device),
+                &scale.train(train_argv(
+                    &layout.human_shards,
+                    &run,
+                    a.steps,
+                    &sets,
+                    &d.spec.device,
+                )),
             )?;
             let ckpts = lam_model::checkpoint::checkpoints_dir(&run);
             let mut folders: Vec<PathBuf> = std::fs::read_dir(&ckpts)
@@ -726,12 +876,25 @@ fn training(a: TrainingArgs) -> Result<()> {
         report,
         &steps.log,
         total,
+        scale,
         &["leakage.png", "open_loop.png"],
     )
 }
 
 /// The encoder arms: frozen, then finetuned under each guard.
 const GUARDS: [&str; 5] = ["frozen", "distill", "sigreg", "ema", "none"];
+
+impl EncoderArgs {
+    /// The settings at `--scale` (see [`Scale`]).
+    fn scaled(mut self) -> Self {
+        let scale = self.data.scale;
+        scale.data(&mut self.data);
+        scale.pick("steps", &mut self.steps, paper::STEPS);
+        scale.pick("encoder_lr", &mut self.encoder_lr, paper::ENCODER_LR);
+        scale.pick("episodes", &mut self.episodes, paper::EPISODES);
+        self
+    }
+}
 
 fn encoders(mut a: EncoderArgs) -> Result<()> {
     let started = Instant::now();
@@ -742,6 +905,9 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
     // Every arm plans on the keypoints alone: end-to-end training embeds them, and context
     // features are fitted to an encoder after its training.
     a.data.spec.pooling = crate::pipeline::SuitePooling::Keypoints;
+    let a = a.scaled();
+    let scale = a.data.scale;
+    let (samples, iterations) = scale.cem();
     let arms: Vec<&str> = if a.arms.is_empty() {
         GUARDS.to_vec()
     } else {
@@ -761,8 +927,8 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
     let plan = PlanSpec {
         task: d.spec.task.clone(),
         episodes: a.episodes,
-        samples: 100,
-        iterations: 10,
+        samples,
+        iterations,
         horizon: 5,
         hold_actions: false,
         feasible: None,
@@ -776,7 +942,7 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
         let dir = out.join("arms").join(guard);
         let settings = json!({
             "guard": guard, "steps": a.steps, "encoder_lr": a.encoder_lr,
-            "episodes": a.episodes,
+            "episodes": a.episodes, "scale": scale.name(),
         });
         let title = format!("{guard} ({}/{})", i + 1, arms.len());
         let result = kept_or_run(&dir, &settings, || {
@@ -784,13 +950,13 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
             let (encoder, robot_shards, stats) = if guard == "frozen" {
                 steps.run(
                     &format!("{title}: stage 1 on the frozen encoder's shards"),
-                    &train_argv(
+                    &scale.train(train_argv(
                         &layout.human_shards,
                         &run,
                         a.steps,
                         &["regularizer.kind=noisy".to_string()],
                         dev,
-                    ),
+                    )),
                 )?;
                 (
                     layout.encoder.clone(),
@@ -804,7 +970,7 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
             } else {
                 steps.run(
                     &format!("{title}: end-to-end stage 1 from the pretrained encoder"),
-                    &crate::pipeline::args(&[
+                    &scale.train_unfrozen(crate::pipeline::args(&[
                         &"train",
                         &"--frames",
                         &layout.human.display(),
@@ -827,7 +993,7 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
                         &"--device",
                         dev,
                         &"--quiet",
-                    ]),
+                    ])),
                 )?;
                 let encoder = run.join("encoder").display().to_string();
                 let shards = dir.join("shards-robot");
@@ -859,7 +1025,7 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
             };
             steps.run(
                 &format!("{title}: controller"),
-                &fit_argv(&run, &robot_shards, &ctrl, dev),
+                &scale.fit(fit_argv(&run, &robot_shards, &ctrl, dev)),
             )?;
             steps.run(
                 &format!("{title}: closed loop"),
@@ -996,11 +1162,25 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
             },
         ],
     )?;
-    finish(out, md, report, &steps.log, total, &["figures.png"])
+    finish(out, md, report, &steps.log, total, scale, &["figures.png"])
+}
+
+impl WildArgs {
+    /// The settings at `--scale` (see [`Scale`]).
+    fn scaled(mut self) -> Self {
+        let scale = self.data.scale;
+        scale.data(&mut self.data);
+        scale.pick("steps", &mut self.steps, paper::STEPS);
+        scale.pick("episodes", &mut self.episodes, paper::EPISODES);
+        self
+    }
 }
 
 fn wild(a: WildArgs) -> Result<()> {
     let started = Instant::now();
+    let a = a.scaled();
+    let scale = a.data.scale;
+    let (samples, iterations) = scale.cem();
     ensure!(!a.tasks.is_empty(), "--tasks is empty");
     ensure!(
         a.data.data_from.is_none(),
@@ -1020,6 +1200,7 @@ fn wild(a: WildArgs) -> Result<()> {
         let dir = tdir.join("arms");
         let settings = json!({
             "steps": a.steps, "episodes": a.episodes, "controllers": ["action", "frame"],
+            "scale": scale.name(),
         });
         let dev = &d.spec.device;
         let result = kept_or_run(&dir, &settings, || {
@@ -1032,17 +1213,17 @@ fn wild(a: WildArgs) -> Result<()> {
             let (ctrl_frame, plan_frame) = (dir.join("controller-frame"), dir.join("plan-frame"));
             steps.run(
                 &format!("{task}: latent action model on the unlabeled human shards"),
-                &train_argv(
+                &scale.train(train_argv(
                     &layout.human_shards,
                     &run,
                     a.steps,
                     &["regularizer.kind=noisy".to_string()],
                     dev,
-                ),
+                )),
             )?;
             steps.run(
                 &format!("{task}: controller on the labeled robot shards"),
-                &fit_argv(&run, &layout.robot_shards, &ctrl, dev),
+                &scale.fit(fit_argv(&run, &layout.robot_shards, &ctrl, dev)),
             )?;
             let block = lam_data::ShardIndex::load(&layout.robot_shards)?
                 .action_dim
@@ -1054,7 +1235,7 @@ fn wild(a: WildArgs) -> Result<()> {
                 })?;
             steps.run(
                 &format!("{task}: action-conditioned world model on the labeled robot shards"),
-                &train_argv(
+                &scale.train(train_argv(
                     &layout.robot_shards,
                     &ac,
                     a.steps,
@@ -1063,13 +1244,13 @@ fn wild(a: WildArgs) -> Result<()> {
                         format!("model.latent_dim={block}"),
                     ],
                     dev,
-                ),
+                )),
             )?;
             let plan = PlanSpec {
                 task: task.clone(),
                 episodes: a.episodes,
-                samples: 100,
-                iterations: 10,
+                samples,
+                iterations,
                 horizon: 5,
                 hold_actions: false,
                 feasible: None,
@@ -1079,7 +1260,7 @@ fn wild(a: WildArgs) -> Result<()> {
             let mut argv = plan.argv(&run, &layout.encoder, &ctrl, &plan_dir);
             argv.extend(["--action-run".to_string(), ac.display().to_string()]);
             steps.run(&format!("{task}: closed loop, both models"), &argv)?;
-            let mut fit = fit_argv(&run, &layout.robot_shards, &ctrl_frame, dev);
+            let mut fit = scale.fit(fit_argv(&run, &layout.robot_shards, &ctrl_frame, dev));
             fit.push("--frame-conditioned".into());
             steps.run(
                 &format!("{task}: frame-conditioned controller g(a, s)"),
@@ -1175,11 +1356,12 @@ fn wild(a: WildArgs) -> Result<()> {
         },
         "tasks": results,
     });
-    finish(out, md, report, &steps.log, total, &[])
+    finish(out, md, report, &steps.log, total, scale, &[])
 }
 
 fn lawm(a: LawmArgs) -> Result<()> {
     let started = Instant::now();
+    let scale = a.scale;
     ensure!(a.seeds >= 1, "--seeds must be at least 1");
     let out = &a.out;
     prepare_out(out, "lawm", &json!({ "tasks": a.tasks }), a.fresh)?;
@@ -1190,7 +1372,7 @@ fn lawm(a: LawmArgs) -> Result<()> {
         let settings = json!({
             "tasks": a.tasks, "video_episodes": a.video_episodes, "demos": a.demos,
             "steps": a.steps, "finetune_steps": a.finetune_steps, "episodes": a.episodes,
-            "seed": seed,
+            "seed": seed, "scale": scale.name(),
         });
         let result = kept_or_run(&dir, &settings, || {
             let cmp = dir.join("compare");
@@ -1218,7 +1400,10 @@ fn lawm(a: LawmArgs) -> Result<()> {
                     &"--seed",
                     &seed,
                     &"--quiet",
-                ]),
+                ])
+                .into_iter()
+                .chain(lawm_preset(scale, a.steps, seed))
+                .collect::<Vec<_>>(),
             )?;
             Ok(json!({ "seed": seed, "compare": read_json(&cmp.join("compare.json"))? }))
         })?;
@@ -1316,7 +1501,25 @@ fn lawm(a: LawmArgs) -> Result<()> {
         "experiment": "lawm",
         "seeds": per_seed,
     });
-    finish(out, md, report, &steps.log, total, &[])
+    finish(out, md, report, &steps.log, total, scale, &[])
+}
+
+/// The LAWM settings `lam lawm compare` gets at `scale`: at paper scale the `paper-baku`
+/// preset, with the pretraining steps and seed as `--set` items (over a preset, `lam lawm`
+/// reads only the flags typed on the command line, and here the command line is the
+/// experiment's).
+fn lawm_preset(scale: Scale, steps: usize, seed: u64) -> Vec<String> {
+    match scale {
+        Scale::Cpu => Vec::new(),
+        Scale::Paper => vec![
+            "--preset".into(),
+            paper::LAWM_PRESET.into(),
+            "--set".into(),
+            format!("train.steps={steps}"),
+            "--set".into(),
+            format!("train.seed={seed}"),
+        ],
+    }
 }
 
 /// The folder holding the data stage's outputs: `--data-from`'s, or the report folder.
@@ -1333,9 +1536,11 @@ fn finish(
     mut report: Value,
     log: &[(String, f64)],
     total: f64,
+    scale: Scale,
     figures: &[&str],
 ) -> Result<()> {
     md.truncate(md.trim_end().len());
+    write!(md, "\n\nScale: {}.", scale.describe())?;
     md.push_str("\n\n## Commands run by this invocation\n\n");
     if log.is_empty() {
         md.push_str("(none: every stage was kept from an earlier run)\n");
@@ -1349,6 +1554,7 @@ fn finish(
             .collect::<Vec<_>>()
     );
     report["wall_seconds"] = json!(total);
+    report["scale"] = json!(scale.name());
     lam_data::shards::write_atomic(&out.join("report.md"), md.as_bytes())?;
     lam_data::shards::write_atomic(
         &out.join("report.json"),
@@ -1651,6 +1857,49 @@ fn write_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn regularizer_args(line: &[&str]) -> RegularizerArgs {
+        let argv = ["lam", "experiment", "regularizers"].iter().chain(line);
+        match crate::Cli::try_parse_from(argv).unwrap().command {
+            crate::Command::Experiment(ExperimentCommand::Regularizers(a)) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn paper_scale_takes_the_papers_sizes_and_cpu_scale_the_defaults() {
+        // No command line was remembered in this test process, so no flag counts as typed.
+        let cpu = regularizer_args(&[]).scaled();
+        assert_eq!((cpu.steps, cpu.episodes, cpu.samples, cpu.iterations), (2000, 20, 100, 10));
+        assert_eq!(cpu.data.spec.human_episodes, 400);
+        let argv = vec!["train".to_string()];
+        assert_eq!(cpu.data.scale.train(argv.clone()), argv);
+        assert_eq!(cpu.data.scale.fit(argv.clone()), argv);
+
+        let p = regularizer_args(&["--scale", "paper"]).scaled();
+        assert_eq!(
+            (p.steps, p.episodes, p.samples, p.iterations),
+            (10_000, 50, 300, 30)
+        );
+        assert_eq!(p.data.spec.human_episodes, 4_000);
+        let train = p.data.scale.train_unfrozen(argv.clone());
+        assert_eq!(
+            train,
+            ["train", "--preset", "paper", "--set", "train.batch_size=128"]
+        );
+        assert_eq!(p.data.scale.fit(argv), ["train", "--set", "steps=10000"]);
+        // The preset it names exists and has the paper's sizes.
+        let cfg = lam_model::LamConfig::preset(paper::LAM_PRESET).unwrap();
+        assert_eq!((cfg.model.wm_dim, cfg.model.wm_depth, cfg.train.batch_size), (768, 12, 256));
+        use lam_model::settings::Settings;
+        assert!(lam_lawm::LawmConfig::preset(paper::LAWM_PRESET).is_ok());
+        assert_eq!(
+            lawm_preset(Scale::Paper, 600, 2),
+            ["--preset", "paper-baku", "--set", "train.steps=600", "--set", "train.seed=2"]
+        );
+        assert!(lawm_preset(Scale::Cpu, 600, 2).is_empty());
+    }
 
     #[test]
     fn report_folder_is_refused_when_foreign_or_made_with_other_data() {

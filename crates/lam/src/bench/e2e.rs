@@ -1,0 +1,275 @@
+//! `lam bench e2e`: the end-to-end stage-1 training step (sim encoder + IDM + world model,
+//! `lam train --frames`) against its PyTorch twin (tools/reference/e2e_twin.py).
+//!
+//! lam's side is the training loop users run, [`train_end_to_end`], timed by difference: a run
+//! of `warmup` steps and a run of `warmup + steps` steps on the same synthetic clips, so the
+//! setup and the closing checkpoint cancel out (after an untimed one-step run, so that a GPU
+//! backend's kernel compilation falls in neither). The twin gets the same initial weights (the
+//! encoder and model every run starts from), one batch, the step's SIGReg directions and
+//! quadrature, and reports its loss terms on them: the parity check against
+//! [`step_forward`], the function the loop runs.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use clap::Args;
+use lam_encoder::end_to_end::{
+    ClipFrames, EndToEndConfig, EndToEndRun, Guard, Nets, initial_encoder, initial_model,
+    step_forward, train_end_to_end,
+};
+use lam_encoder::lam_ingest::Normalization;
+use lam_encoder::pretrain::{directions, sigreg_knots};
+use lam_model::LamConfig;
+use lam_model::checkpoint;
+use lam_model::config::RegularizerKind;
+use lam_model::device::parse_device;
+use lam_model::lam::StepNoise;
+use serde_json::json;
+
+use super::{CommonBenchArgs, host, peak_rss_bytes, run_twin, write_tensors};
+
+#[derive(Args)]
+pub struct E2eBenchArgs {
+    #[command(flatten)]
+    pub common: CommonBenchArgs,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed warmup steps.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Frames per clip (history + the next), as `lam train --frames --clip-frames`.
+    #[arg(long, default_value_t = 4)]
+    pub clip_frames: usize,
+    /// Let the twin run Muon's Newton-Schulz in float32 (lam's math).
+    #[arg(long)]
+    pub twin_muon_f32: bool,
+}
+
+/// Distinct synthetic frames the clips are cut from.
+const FRAMES: usize = 512;
+
+pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
+    ensure!(
+        args.steps >= 1 && args.warmup >= 1,
+        "--steps and --warmup must be at least 1"
+    );
+    let e2e = EndToEndConfig {
+        eval_frames: 16,
+        ..EndToEndConfig::default()
+    };
+    let t = args.clip_frames;
+    let mut cfg = LamConfig::preset(&args.common.preset)?.with_overrides(&args.common.overrides)?;
+    cfg.model.embed_dim = e2e.embed_dim();
+    cfg.model.grid = [1, 1];
+    cfg.model.frames = t;
+    cfg.model.standardize = true;
+    cfg.train.log_every = usize::MAX;
+    cfg.train.checkpoint_every = 0;
+    cfg.train.val_batches = 1;
+    ensure!(
+        cfg.regularizer.kind == RegularizerKind::Sparse && e2e.guard == Guard::Sigreg,
+        "the twin implements the sparse regulariser and the sigreg guard"
+    );
+    let device = parse_device(&args.common.device)?;
+    let ad = device.clone().autodiff();
+    let (b, s) = (cfg.train.batch_size, e2e.encoder.image_size);
+
+    // Synthetic clips: normalised pixels, windows of consecutive frames.
+    ad.seed(cfg.train.seed + 1);
+    let pixels = Tensor::<2>::random([FRAMES, 3 * s * s], Distribution::Normal(0.0, 1.0), &ad)
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("f32");
+    let windows: Vec<Vec<usize>> = (0..FRAMES - t).map(|i| (i..i + t).collect()).collect();
+    let data = ClipFrames {
+        size: s,
+        frames_per_clip: t,
+        pixels,
+        val: windows[..b.min(windows.len())].to_vec(),
+        train: windows,
+    };
+
+    // The twin's inputs: the initial weights, one batch, the step's SIGReg draws.
+    let dir = tempfile::tempdir()?;
+    let encoder = initial_encoder(&e2e, cfg.train.seed, &ad)?;
+    let model = initial_model(&cfg, &ad);
+    checkpoint::save_weights(&encoder, &dir.path().join("encoder.safetensors"))?;
+    checkpoint::save_weights(&model, &dir.path().join("model.safetensors"))?;
+    let idx: Vec<usize> = (0..b).collect();
+    let x = data.batch(&data.train, &idx, &ad);
+    let dp = e2e.embed_dim();
+    let dirs = directions(
+        &mut lam_model::train::step_rng(cfg.train.seed, 0, 7),
+        dp,
+        e2e.sigreg_directions,
+    );
+    let (tk, wk) = sigreg_knots(e2e.sigreg_knots, e2e.sigreg_t_max);
+    let k = tk.len();
+    let to_tensor = |v: &[f32], shape: [usize; 1]| {
+        Tensor::<1>::from_data(TensorData::new(v.to_vec(), shape), &ad)
+    };
+    let (tkt, wkt) = (to_tensor(&tk, [k]), to_tensor(&wk, [k]));
+    let dirs_t = Tensor::<2>::from_data(
+        TensorData::new(dirs.clone(), [dp, e2e.sigreg_directions]),
+        &ad,
+    );
+    let (xs, xv) = host(&x);
+    write_tensors(
+        &dir.path().join("batch.safetensors"),
+        vec![
+            ("clips", xs, xv),
+            ("directions", vec![dp, e2e.sigreg_directions], dirs),
+            ("knots", vec![k], tk),
+            ("weights", vec![k], wk),
+        ],
+    )?;
+    std::fs::write(dir.path().join("config.json"), serde_json::to_string(&cfg)?)?;
+    std::fs::write(dir.path().join("e2e.json"), serde_json::to_string(&e2e)?)?;
+    let nets = Nets {
+        model: &model,
+        encoder: &encoder,
+        target: &encoder,
+        frozen: &encoder,
+    };
+    let fwd = step_forward(
+        &cfg,
+        &e2e,
+        nets,
+        x,
+        &StepNoise::default(),
+        Some(dirs_t),
+        (&tkt, &wkt),
+    );
+    let mut parity: Vec<(&str, f32)> = fwd.out.terms.named();
+    let guard = fwd.guard.into_scalar::<f32>();
+    parity.push(("sigreg", guard));
+    let (params_model, params_encoder) = (model.num_params(), encoder.num_params());
+    drop((model, encoder));
+
+    // lam: the training loop, timed by difference.
+    let run = |steps: usize, name: &str| -> Result<f64> {
+        let mut c = cfg.clone();
+        c.train.steps = steps;
+        let run = EndToEndRun {
+            dir: dir.path().join(name),
+            resume: false,
+            force: true,
+            progress: false,
+            stop_on_collapse: false,
+            stop_after: None,
+            probe: None,
+            probe_frames: None,
+            norm: Normalization::IMAGENET,
+            source: "lam bench e2e (synthetic clips)".into(),
+        };
+        let t0 = Instant::now();
+        let summary = train_end_to_end(&c, &e2e, &data, &device, &run)?;
+        ensure!(
+            summary.final_loss.is_finite(),
+            "lam's end-to-end run diverged"
+        );
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    // An untimed run first: a GPU backend compiles its kernels on first use.
+    run(1, "first")?;
+    let short = run(args.warmup, "short")?;
+    let long = run(args.warmup + args.steps, "long")?;
+    let rust_ms = (long - short).max(0.0) * 1000.0 / args.steps as f64;
+
+    println!(
+        "end-to-end stage-1 training step (sim encoder {}x{} patch {} D {} depth {} + latent action \
+         model), batch {b} x T={t}, {} + {} parameters",
+        s,
+        s,
+        e2e.encoder.patch_size,
+        e2e.encoder.dim,
+        e2e.encoder.depth,
+        params_encoder,
+        params_model
+    );
+    println!(
+        "  lam (burn, {})      {rust_ms:>9.2} ms/step  (runs of {} and {} steps: {short:.2} s, {long:.2} s)",
+        args.common.device,
+        args.warmup,
+        args.warmup + args.steps
+    );
+    let mut result = json!({
+        "bench": "e2e_train_step",
+        "preset": args.common.preset,
+        "overrides": args.common.overrides,
+        "shapes": {"batch": b, "frames": t, "image": s, "patch": e2e.encoder.patch_size,
+                    "encoder_dim": e2e.encoder.dim, "encoder_depth": e2e.encoder.depth,
+                    "wm_dim": cfg.model.wm_dim, "wm_depth": cfg.model.wm_depth,
+                    "latent_dim": cfg.model.latent_dim, "guard": "sigreg", "pooling": "mean"},
+        "params_encoder": params_encoder,
+        "params_model": params_model,
+        "device": args.common.device,
+        "rust_ms_per_step": rust_ms,
+        "rust_seconds_short_long": [short, long],
+    });
+    if !args.common.rust_only {
+        let mut twin_args: Vec<String> = vec![
+            "--dir".into(),
+            dir.path().display().to_string(),
+            "--steps".into(),
+            args.steps.to_string(),
+            "--warmup".into(),
+            args.warmup.to_string(),
+            "--threads".into(),
+            args.common.threads.to_string(),
+            "--device".into(),
+            args.common.twin_device.clone(),
+        ];
+        if args.twin_muon_f32 {
+            twin_args.push("--muon-f32".into());
+        }
+        let twin = run_twin(&args.common.python, "e2e_twin.py", &twin_args)?;
+        let torch_ms = twin["ms_per_step"]
+            .as_f64()
+            .context("twin JSON lacks ms_per_step")?;
+        let ratio = torch_ms / rust_ms;
+        println!(
+            "  PyTorch twin ({}, {} threads) {torch_ms:>9.2} ms/step",
+            twin["device"], twin["threads"]
+        );
+        println!("  speed vs PyTorch       {ratio:>9.2}x  (>1: lam is faster)");
+        let mut worst: f64 = 0.0;
+        for (name, v) in &parity {
+            if let Some(t) = twin["parity"][*name].as_f64() {
+                let rel = ((*v as f64) - t).abs() / t.abs().max(1e-6);
+                worst = worst.max(rel);
+            }
+        }
+        println!(
+            "  parity: same weights and batch, loss {:.6} + sigreg {:.6} (lam) vs {:.6} + {:.6} (PyTorch), worst relative term error {worst:.2e}",
+            parity[0].1,
+            guard,
+            twin["parity"]["loss"].as_f64().unwrap_or(f64::NAN),
+            twin["parity"]["sigreg"].as_f64().unwrap_or(f64::NAN),
+        );
+        result["torch_ms_per_step"] = json!(torch_ms);
+        result["speed_ratio_vs_torch"] = json!(ratio);
+        result["torch"] = twin["torch"].clone();
+        result["torch_threads"] = twin["threads"].clone();
+        result["torch_device"] = twin["device"].clone();
+        result["torch_peak_bytes"] = twin["peak_bytes"].clone();
+        result["torch_muon"] = twin["muon"].clone();
+        result["parity_lam"] = json!(
+            parity
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect::<serde_json::Map<_, _>>()
+        );
+        result["parity_torch"] = twin["parity"].clone();
+        result["parity_worst_relative_error"] = json!(worst);
+    }
+    // Host memory only: a GPU device's own allocations are not in it.
+    result["lam_peak_rss_bytes"] = json!(peak_rss_bytes());
+    if let Some(out) = args.common.out {
+        lam_data::shards::write_atomic(&out, serde_json::to_string_pretty(&result)?.as_bytes())?;
+    }
+    Ok(())
+}
