@@ -691,8 +691,10 @@ pub fn step_forward(
         .model
         .forward_loss_to(lam_cfg, emb.clone(), targets, None, noise);
     let guard = match (cfg.guard, sigreg_dirs) {
-        (Guard::Sigreg, Some(dirs)) => sigreg(emb.reshape([b * t, dp]), dirs, tk.clone(), wk.clone())
-            .mul_scalar(cfg.sigreg_weight),
+        (Guard::Sigreg, Some(dirs)) => {
+            sigreg(emb.reshape([b * t, dp]), dirs, tk.clone(), wk.clone())
+                .mul_scalar(cfg.sigreg_weight)
+        }
         (Guard::Sigreg, None) => panic!("the sigreg guard needs the step's directions"),
         (Guard::Distill, _) => {
             let reference = nets.frozen.forward(x.reshape([b * t, c, h, w])).detach();

@@ -1871,7 +1871,10 @@ mod tests {
     fn paper_scale_takes_the_papers_sizes_and_cpu_scale_the_defaults() {
         // No command line was remembered in this test process, so no flag counts as typed.
         let cpu = regularizer_args(&[]).scaled();
-        assert_eq!((cpu.steps, cpu.episodes, cpu.samples, cpu.iterations), (2000, 20, 100, 10));
+        assert_eq!(
+            (cpu.steps, cpu.episodes, cpu.samples, cpu.iterations),
+            (2000, 20, 100, 10)
+        );
         assert_eq!(cpu.data.spec.human_episodes, 400);
         let argv = vec!["train".to_string()];
         assert_eq!(cpu.data.scale.train(argv.clone()), argv);
@@ -1886,17 +1889,33 @@ mod tests {
         let train = p.data.scale.train_unfrozen(argv.clone());
         assert_eq!(
             train,
-            ["train", "--preset", "paper", "--set", "train.batch_size=128"]
+            [
+                "train",
+                "--preset",
+                "paper",
+                "--set",
+                "train.batch_size=128"
+            ]
         );
         assert_eq!(p.data.scale.fit(argv), ["train", "--set", "steps=10000"]);
         // The preset it names exists and has the paper's sizes.
         let cfg = lam_model::LamConfig::preset(paper::LAM_PRESET).unwrap();
-        assert_eq!((cfg.model.wm_dim, cfg.model.wm_depth, cfg.train.batch_size), (768, 12, 256));
+        assert_eq!(
+            (cfg.model.wm_dim, cfg.model.wm_depth, cfg.train.batch_size),
+            (768, 12, 256)
+        );
         use lam_model::settings::Settings;
         assert!(lam_lawm::LawmConfig::preset(paper::LAWM_PRESET).is_ok());
         assert_eq!(
             lawm_preset(Scale::Paper, 600, 2),
-            ["--preset", "paper-baku", "--set", "train.steps=600", "--set", "train.seed=2"]
+            [
+                "--preset",
+                "paper-baku",
+                "--set",
+                "train.steps=600",
+                "--set",
+                "train.seed=2"
+            ]
         );
         assert!(lawm_preset(Scale::Cpu, 600, 2).is_empty());
     }
