@@ -19,7 +19,8 @@
 # (EXPERIMENT=0 skips it); then `lam demo --device DEVICE` (the whole pipeline: encoder, stage 1,
 # controller, closed loop) in whatever time is left (DEMO=0 skips it). Each step gets at most
 # its own limit and never more than what is left of BUDGET_S; a failing step is logged and the
-# rest run.
+# rest run. BENCHES names the benchmarks to run (default all: train_tiny plan_tiny train_medium
+# plan_lewm e2e train_paper plan_paper), e.g. BENCHES=e2e EXPERIMENT=0 DEMO=0 for one.
 #
 # Writes into OUT (default docs/results): gpu_machine.json, gpu_bench_train_{tiny,medium,paper}.json,
 # gpu_bench_plan_{tiny,lewm,paper}.json, gpu_bench_e2e.json, gpu_experiment_paper.md,
@@ -45,6 +46,9 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 
 step() { echo; echo "== [$(( $(date +%s) - START )) s] $*"; }
+BENCHES=${BENCHES:-train_tiny plan_tiny train_medium plan_lewm e2e train_paper plan_paper}
+# want NAME: whether BENCHES holds the benchmark NAME.
+want() { [[ " $BENCHES " == *" $1 "* ]]; }
 # limit SECONDS: the step's own limit, cut to what is left of the budget (0: skip the step).
 limit() {
   local left=$(( BUDGET_S - ($(date +%s) - START) ))
@@ -130,40 +134,54 @@ for d in "$DEVICE" wgpu; do
   echo "--device $d did not run a training step"
 done
 
-step "lam on $DEVICE: training step, tiny model (parity of every loss term against the twin)"
-timed 100 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 20 --warmup 3 \
-  --out "$OUT/gpu_bench_train_tiny.json"
+if want train_tiny; then
+  step "lam on $DEVICE: training step, tiny model (parity of every loss term against the twin)"
+  timed 100 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 20 --warmup 3 \
+    --out "$OUT/gpu_bench_train_tiny.json"
+fi
 
-step "lam on $DEVICE: one CEM plan 300 x 30, horizon 5, tiny model"
-timed 120 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 2 \
-  --out "$OUT/gpu_bench_plan_tiny.json"
+if want plan_tiny; then
+  step "lam on $DEVICE: one CEM plan 300 x 30, horizon 5, tiny model"
+  timed 120 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 2 \
+    --out "$OUT/gpu_bench_plan_tiny.json"
+fi
 
-step "lam on $DEVICE: training step, medium model"
-M="--set model.wm_dim=256 --set model.wm_depth=4 --set model.wm_heads=4 --set model.embed_dim=128
-   --set model.grid=[8,8] --set model.latent_dim=32 --set model.idm_hidden=512 --set train.batch_size=16"
-timed 100 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 10 --warmup 2 $M \
-  --out "$OUT/gpu_bench_train_medium.json"
+if want train_medium; then
+  step "lam on $DEVICE: training step, medium model"
+  M="--set model.wm_dim=256 --set model.wm_depth=4 --set model.wm_heads=4 --set model.embed_dim=128
+     --set model.grid=[8,8] --set model.latent_dim=32 --set model.idm_hidden=512 --set train.batch_size=16"
+  timed 100 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 10 --warmup 2 $M \
+    --out "$OUT/gpu_bench_train_medium.json"
+fi
 
-step "lam on $DEVICE: one CEM plan, LeWM-sized predictor (one token per frame, 6 blocks, width 256, history 3)"
-L="--set model.grid=[1,1] --set model.wm_dim=256 --set model.wm_depth=6 --set model.wm_heads=4
-   --set model.embed_dim=192"
-timed 100 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 2 --history 3 $L \
-  --out "$OUT/gpu_bench_plan_lewm.json"
+if want plan_lewm; then
+  step "lam on $DEVICE: one CEM plan, LeWM-sized predictor (one token per frame, 6 blocks, width 256, history 3)"
+  L="--set model.grid=[1,1] --set model.wm_dim=256 --set model.wm_depth=6 --set model.wm_heads=4
+     --set model.embed_dim=192"
+  timed 100 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 2 --history 3 $L \
+    --out "$OUT/gpu_bench_plan_lewm.json"
+fi
 
-step "lam on $DEVICE: end-to-end training step (sim encoder + IDM + world model, tiny)"
-timed 100 "$LAM" bench e2e --device "$DEVICE" $(twin) --twin-muon-f32 --steps 10 --warmup 3 \
-  --out "$OUT/gpu_bench_e2e.json"
+if want e2e; then
+  step "lam on $DEVICE: end-to-end training step (sim encoder + IDM + world model, tiny)"
+  timed 100 "$LAM" bench e2e --device "$DEVICE" $(twin) --twin-muon-f32 --steps 10 --warmup 3 \
+    --out "$OUT/gpu_bench_e2e.json"
+fi
 
 # The --scale paper model on the suite's embeddings: 20 channels (keypoints + context), one
 # token per frame, 3 frames of history.
 P="--preset paper --set model.embed_dim=20 --set model.grid=[1,1] --set model.frames=4"
-step "lam on $DEVICE: training step of the --scale paper model (768 wide, 12 blocks, batch 256)"
-timed 100 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 5 --warmup 2 $P \
-  --out "$OUT/gpu_bench_train_paper.json"
+if want train_paper; then
+  step "lam on $DEVICE: training step of the --scale paper model (768 wide, 12 blocks, batch 256)"
+  timed 100 "$LAM" bench train --device "$DEVICE" $(twin) --twin-muon-f32 --steps 5 --warmup 2 $P \
+    --out "$OUT/gpu_bench_train_paper.json"
+fi
 
-step "lam on $DEVICE: one CEM plan 300 x 30, horizon 5, through the --scale paper model"
-timed 100 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 1 --history 3 $P \
-  --out "$OUT/gpu_bench_plan_paper.json"
+if want plan_paper; then
+  step "lam on $DEVICE: one CEM plan 300 x 30, horizon 5, through the --scale paper model"
+  timed 100 "$LAM" bench plan --device "$DEVICE" $(twin) --repeats 1 --history 3 $P \
+    --out "$OUT/gpu_bench_plan_paper.json"
+fi
 
 if [ "${EXPERIMENT:-1}" != 0 ]; then
   step "lam experiment regularizers --scale paper on $DEVICE: one arm, 200 steps, 4 episodes"
