@@ -665,7 +665,7 @@ pub struct StepForward {
 
 /// The forward pass of one training step on clips `x` `[B, T, 3, S, S]` (module docs, steps
 /// 1-4): `sigreg_dirs` `[D', M]` are the step's SIGReg directions (with the `sigreg` guard),
-/// `knots` the quadrature points and weights of [`sigreg_knots`]. `lam bench e2e` runs it
+/// `(tk, wk)` the quadrature points and weights of [`sigreg_knots`]. `lam bench e2e` runs it
 /// too, for the parity check against its PyTorch twin.
 pub fn step_forward(
     lam_cfg: &LamConfig,
