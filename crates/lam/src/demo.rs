@@ -18,11 +18,14 @@
 //!    regularizer.kind=noisy`) and score leakage and transfer (`lam eval`);
 //! 5. fit the controller on the labeled robot shards (`lam control fit`; frame-conditioned
 //!    for tasks with objects, `--controller`);
-//! 6. plan closed loop in the robot domain with the fixed evaluation protocol, CEM over blocks
+//! 6. train the reference: an action-conditioned world model on the same labeled robot shards
+//!    alone (`lam train --set model.conditioning=action`; what the labels give without the
+//!    video; `--action-steps 0` skips it);
+//! 7. plan closed loop in the robot domain with the fixed evaluation protocol, CEM over blocks
 //!    of robot actions through the controller (cost: MSE to the goal embedding at the best
-//!    step of the horizon), next to the
+//!    step of the horizon), next to the action-conditioned reference on the same episodes, the
 //!    random policy and the scripted expert (`lam plan eval`);
-//! 7. plot the training curves and write `summary.md` + `metrics.json`.
+//! 8. plot the training curves and write `summary.md` + `metrics.json`.
 //!
 //! Every step is an ordinary `lam` command run in this process; the summary lists them so
 //! each can be rerun or changed by hand.
@@ -79,6 +82,10 @@ pub struct DemoArgs {
     /// against 55% from pixels, 70% against 65% on the oracle state).
     #[arg(long, value_enum, default_value = "auto")]
     pub controller: ControllerKind,
+    /// Training steps of the action-conditioned reference world model (trained on the labeled
+    /// robot shards alone and planned on the same episodes); 0 skips it.
+    #[arg(long, default_value_t = 6000)]
+    pub action_steps: usize,
     /// Extra `section.field=value` settings for the latent action model's training, after the
     /// demo's own (repeatable; see `lam train --set`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -106,7 +113,15 @@ impl ControllerKind {
 /// File that marks a folder as a demo report folder (written by the demo itself).
 const MARKER: &str = ".lam-demo";
 /// Subfolders a demo writes, replaced by the next run into the same folder.
-const SUBFOLDERS: [&str; 6] = ["data", "encoder", "shards", "lam", "controller", "plan"];
+const SUBFOLDERS: [&str; 7] = [
+    "data",
+    "encoder",
+    "shards",
+    "lam",
+    "controller",
+    "action_conditioned",
+    "plan",
+];
 
 /// Creates the report folder, or clears what an earlier demo wrote there. A folder that holds
 /// any of the demo's subfolders but no marker was not made by `lam demo`: it is refused, never
@@ -146,15 +161,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let dev = &data.device;
     let task = &data.task;
     let mut steps = Steps::default();
-    let l = data.run(out, &mut steps, 9)?;
+    let l = data.run(out, &mut steps, 10)?;
     let mut sets = vec!["regularizer.kind=noisy".to_string()];
     sets.extend(a.train_set.iter().cloned());
     steps.run(
-        "6/9 training the latent action model on the human shards",
+        "6/10 training the latent action model on the human shards",
         &train_argv(&l.human_shards, &lam_run, a.steps, &sets, dev),
     )?;
     steps.run(
-        "7/9 leakage and transfer",
+        "7/10 leakage and transfer",
         &eval_argv(&lam_run, &l.human_shards, &out.join("eval.json"), dev),
     )?;
     let mut fit = fit_argv(&lam_run, &l.robot_shards, &ctrl, dev);
@@ -162,9 +177,33 @@ pub fn run(a: DemoArgs) -> Result<()> {
         fit.push("--frame-conditioned".into());
     }
     steps.run(
-        "8/9 fitting the controller on the labeled robot shards",
+        "8/10 fitting the controller on the labeled robot shards",
         &fit,
     )?;
+    let ac_run = out.join("action_conditioned");
+    if a.action_steps > 0 {
+        let block = lam_data::ShardIndex::load(&l.robot_shards)?
+            .action_dim
+            .with_context(|| {
+                format!(
+                    "{}: no actions in the robot shards",
+                    l.robot_shards.display()
+                )
+            })?;
+        steps.run(
+            "9/10 training the action-conditioned reference on the labeled robot shards alone",
+            &train_argv(
+                &l.robot_shards,
+                &ac_run,
+                a.action_steps,
+                &[
+                    "model.conditioning=action".to_string(),
+                    format!("model.latent_dim={block}"),
+                ],
+                dev,
+            ),
+        )?;
+    }
     let plan = PlanSpec {
         task: task.clone(),
         episodes: a.episodes,
@@ -180,10 +219,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
         baselines: true,
         device: dev.clone(),
     };
-    steps.run(
-        "9/9 planning closed loop in the robot domain",
-        &plan.argv(&lam_run, &l.encoder, &ctrl, &plan_dir),
-    )?;
+    let mut plan_argv = plan.argv(&lam_run, &l.encoder, &ctrl, &plan_dir);
+    if a.action_steps > 0 {
+        plan_argv.extend(["--action-run".to_string(), ac_run.display().to_string()]);
+    }
+    steps.run("10/10 planning closed loop in the robot domain", &plan_argv)?;
     // The figures are the report's last step: a machine without the plot font (a bare GPU
     // node, say) still gets the summary and the metrics, and the summary says why no plot.
     let plotted = steps.run(
@@ -256,6 +296,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
         a.data.embedding(),
         a.episodes
     )?;
+    if a.action_steps > 0 {
+        writeln!(
+            md,
+            "The action-conditioned WM is the reference: a world model trained on the {} \
+             labeled robot episodes alone ({} steps, `action_conditioned/`), planned on the \
+             same episodes: what the labels give without the video.\n",
+            a.data.robot_episodes, a.action_steps
+        )?;
+    }
     writeln!(md, "## Closed-loop planning\n")?;
     let plan_md =
         std::fs::read_to_string(out.join(format!("plan/plan_eval_{task}.md"))).unwrap_or_default();
