@@ -19,7 +19,6 @@ random clips of a pool of synthetic frames, built on the host and moved to the d
 step as lam does. Prints one JSON object.
 """
 
-import argparse
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from lam_twin import Lam, load_burn_weights, loss_terms, optimizers, peak_bytes
+from lam_twin import Lam, load_burn_weights, loss_terms, optimizers, peak_bytes, step_bench_args
 
 
 class SimBlock(nn.Module):
@@ -121,17 +120,7 @@ def warmup_cosine(peak, warm, total, min_fraction, step):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", required=True)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--muon-f32", action="store_true", help="Newton-Schulz in float32 (lam's math)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    args = ap.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = step_bench_args(10)
     cfg = json.load(open(os.path.join(args.dir, "config.json")))
     e2e = json.load(open(os.path.join(args.dir, "e2e.json")))
     device = torch.device(args.device)

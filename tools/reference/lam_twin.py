@@ -256,10 +256,12 @@ def peak_bytes(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def main():
+def step_bench_args(default_steps):
+    """The command line of a training-step twin (this one and e2e_twin.py), parsed, with the
+    thread count and the seed set."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=default_steps)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--muon-f32", action="store_true", help="Newton-Schulz in float32 (lam's math) instead of torch.optim.Muon's bfloat16")
@@ -268,6 +270,11 @@ def main():
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    return args
+
+
+def main():
+    args = step_bench_args(20)
     cfg = json.load(open(os.path.join(args.dir, "config.json")))
     model = Lam(cfg["model"])
     load_burn_weights(model, os.path.join(args.dir, "model.safetensors"))

@@ -236,6 +236,83 @@ fn run_twin(python: &str, script: &str, args: &[String]) -> Result<Value> {
     serde_json::from_slice(&output.stdout).with_context(|| format!("{script} printed no JSON"))
 }
 
+/// A training-step twin's run on the inputs lam wrote to `dir`.
+struct TrainTwin<'a> {
+    common: &'a CommonBenchArgs,
+    dir: &'a Path,
+    steps: usize,
+    warmup: usize,
+    /// Newton-Schulz in float32 (lam's math) instead of torch.optim.Muon's bfloat16.
+    muon_f32: bool,
+}
+
+/// Runs the training-step twin `script`, prints its time against lam's `rust_ms`, records
+/// its timing, memory and loss terms beside lam's `parity` in `result`, and returns the twin's
+/// loss terms with the worst relative difference from lam's.
+fn train_twin(
+    run: TrainTwin,
+    script: &str,
+    rust_ms: f64,
+    parity: &[(&str, f32)],
+    result: &mut Value,
+) -> Result<(Value, f64)> {
+    let TrainTwin {
+        common,
+        dir,
+        steps,
+        warmup,
+        muon_f32,
+    } = run;
+    let mut twin_args: Vec<String> = vec![
+        "--dir".into(),
+        dir.display().to_string(),
+        "--steps".into(),
+        steps.to_string(),
+        "--warmup".into(),
+        warmup.to_string(),
+        "--threads".into(),
+        common.threads.to_string(),
+        "--device".into(),
+        common.twin_device.clone(),
+    ];
+    if muon_f32 {
+        twin_args.push("--muon-f32".into());
+    }
+    let twin = run_twin(&common.python, script, &twin_args)?;
+    let torch_ms = twin["ms_per_step"]
+        .as_f64()
+        .context("twin JSON lacks ms_per_step")?;
+    let ratio = torch_ms / rust_ms;
+    println!(
+        "  PyTorch twin ({}, {} threads) {torch_ms:>9.2} ms/step",
+        twin["device"], twin["threads"]
+    );
+    println!("  speed vs PyTorch       {ratio:>9.2}x  (>1: lam is faster)");
+    let mut worst: f64 = 0.0;
+    for (name, v) in parity {
+        if let Some(t) = twin["parity"][*name].as_f64() {
+            let rel = ((*v as f64) - t).abs() / t.abs().max(1e-6);
+            worst = worst.max(rel);
+        }
+    }
+    result["torch_ms_per_step"] = json!(torch_ms);
+    result["speed_ratio_vs_torch"] = json!(ratio);
+    result["torch"] = twin["torch"].clone();
+    result["torch_threads"] = twin["threads"].clone();
+    result["torch_device"] = twin["device"].clone();
+    result["torch_peak_bytes"] = twin["peak_bytes"].clone();
+    result["torch_muon"] = twin["muon"].clone();
+    result["parity_lam"] = json!(
+        parity
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect::<serde_json::Map<_, _>>()
+    );
+    result["parity_torch"] = twin["parity"].clone();
+    result["parity_worst_relative_error"] = json!(worst);
+    Ok((twin["parity"].clone(), worst))
+}
+
 fn bench_train(args: TrainBenchArgs) -> Result<()> {
     let cfg = LamConfig::preset(&args.common.preset)?.with_overrides(&args.common.overrides)?;
     ensure!(
@@ -311,58 +388,19 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         args.common.device
     );
     if !args.common.rust_only {
-        let mut twin_args: Vec<String> = vec![
-            "--dir".into(),
-            dir.path().display().to_string(),
-            "--steps".into(),
-            args.steps.to_string(),
-            "--warmup".into(),
-            args.warmup.to_string(),
-            "--threads".into(),
-            args.common.threads.to_string(),
-            "--device".into(),
-            args.common.twin_device.clone(),
-        ];
-        if args.twin_muon_f32 {
-            twin_args.push("--muon-f32".into());
-        }
-        let twin = run_twin(&args.common.python, "lam_twin.py", &twin_args)?;
-        let torch_ms = twin["ms_per_step"]
-            .as_f64()
-            .context("twin JSON lacks ms_per_step")?;
-        let ratio = torch_ms / rust_ms;
-        println!(
-            "  PyTorch twin ({}, {} threads) {torch_ms:>9.2} ms/step",
-            twin["device"], twin["threads"]
-        );
-        println!("  speed vs PyTorch       {ratio:>9.2}x  (>1: lam is faster)");
-        let mut worst: f64 = 0.0;
-        for (name, v) in &parity {
-            if let Some(t) = twin["parity"][*name].as_f64() {
-                let rel = ((*v as f64) - t).abs() / t.abs().max(1e-6);
-                worst = worst.max(rel);
-            }
-        }
+        let twin = TrainTwin {
+            common: &args.common,
+            dir: dir.path(),
+            steps: args.steps,
+            warmup: args.warmup,
+            muon_f32: args.twin_muon_f32,
+        };
+        let (torch_parity, worst) = train_twin(twin, "lam_twin.py", rust_ms, &parity, &mut result)?;
         println!(
             "  parity: same weights and batch, loss {:.6} (lam) vs {:.6} (PyTorch), worst relative term error {worst:.2e}",
             parity[0].1,
-            twin["parity"]["loss"].as_f64().unwrap_or(f64::NAN)
+            torch_parity["loss"].as_f64().unwrap_or(f64::NAN)
         );
-        result["torch_ms_per_step"] = json!(torch_ms);
-        result["speed_ratio_vs_torch"] = json!(ratio);
-        result["torch"] = twin["torch"].clone();
-        result["torch_threads"] = twin["threads"].clone();
-        result["torch_device"] = twin["device"].clone();
-        result["torch_peak_bytes"] = twin["peak_bytes"].clone();
-        result["torch_muon"] = twin["muon"].clone();
-        result["parity_lam"] = json!(
-            parity
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect::<serde_json::Map<_, _>>()
-        );
-        result["parity_torch"] = twin["parity"].clone();
-        result["parity_worst_relative_error"] = json!(worst);
     }
     // Host memory only: a GPU device's own allocations are not in it.
     result["lam_peak_rss_bytes"] = json!(peak_rss_bytes());

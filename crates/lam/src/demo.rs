@@ -39,7 +39,8 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::pipeline::{
-    DataSpec, FeasibleSpec, PlanSpec, Steps, args, eval_argv, fit_argv, read_json, train_argv,
+    DataSpec, FeasibleSpec, PlanSpec, Steps, action_conditioned_argv, args, eval_argv, fit_argv,
+    read_json, train_argv,
 };
 
 #[derive(Args)]
@@ -182,26 +183,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
     )?;
     let ac_run = out.join("action_conditioned");
     if a.action_steps > 0 {
-        let block = lam_data::ShardIndex::load(&l.robot_shards)?
-            .action_dim
-            .with_context(|| {
-                format!(
-                    "{}: no actions in the robot shards",
-                    l.robot_shards.display()
-                )
-            })?;
         steps.run(
             "9/10 training the action-conditioned reference on the labeled robot shards alone",
-            &train_argv(
-                &l.robot_shards,
-                &ac_run,
-                a.action_steps,
-                &[
-                    "model.conditioning=action".to_string(),
-                    format!("model.latent_dim={block}"),
-                ],
-                dev,
-            ),
+            &action_conditioned_argv(&l.robot_shards, &ac_run, a.action_steps, dev)?,
         )?;
     }
     let plan = PlanSpec {

@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use crate::pipeline::{
-    DataLayout, DataSpec, PlanSpec, Steps, eval_argv, fit_argv, read_json, train_argv,
+    DataLayout, DataSpec, PlanSpec, Steps, action_conditioned_argv, eval_argv, fit_argv, read_json,
+    train_argv,
 };
 use crate::plot::{BarPanel, bar_panels};
 
@@ -1225,26 +1226,14 @@ fn wild(a: WildArgs) -> Result<()> {
                 &format!("{task}: controller on the labeled robot shards"),
                 &scale.fit(fit_argv(&run, &layout.robot_shards, &ctrl, dev)),
             )?;
-            let block = lam_data::ShardIndex::load(&layout.robot_shards)?
-                .action_dim
-                .with_context(|| {
-                    format!(
-                        "{}: no actions in the robot shards",
-                        layout.robot_shards.display()
-                    )
-                })?;
             steps.run(
                 &format!("{task}: action-conditioned world model on the labeled robot shards"),
-                &scale.train(train_argv(
+                &scale.train(action_conditioned_argv(
                     &layout.robot_shards,
                     &ac,
                     a.steps,
-                    &[
-                        "model.conditioning=action".to_string(),
-                        format!("model.latent_dim={block}"),
-                    ],
                     dev,
-                )),
+                )?),
             )?;
             let plan = PlanSpec {
                 task: task.clone(),

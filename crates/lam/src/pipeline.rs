@@ -315,6 +315,29 @@ pub fn train_argv(
     v
 }
 
+/// `lam train` of an action-conditioned world model on labeled `shards` (its latent is the
+/// shards' action block), standardised tokens as [`train_argv`].
+pub fn action_conditioned_argv(
+    shards: &Path,
+    run: &Path,
+    steps: usize,
+    device: &str,
+) -> Result<Vec<String>> {
+    let block = lam_data::ShardIndex::load(shards)?
+        .action_dim
+        .with_context(|| format!("{}: no actions in the robot shards", shards.display()))?;
+    Ok(train_argv(
+        shards,
+        run,
+        steps,
+        &[
+            "model.conditioning=action".to_string(),
+            format!("model.latent_dim={block}"),
+        ],
+        device,
+    ))
+}
+
 /// `lam eval` (leakage and transfer) of a run on `shards`, into `out`.
 pub fn eval_argv(run: &Path, shards: &Path, out: &Path, device: &str) -> Vec<String> {
     args(&[

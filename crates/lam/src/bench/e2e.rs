@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use clap::Args;
@@ -28,7 +28,7 @@ use lam_model::device::parse_device;
 use lam_model::lam::StepNoise;
 use serde_json::json;
 
-use super::{CommonBenchArgs, host, peak_rss_bytes, run_twin, write_tensors};
+use super::{CommonBenchArgs, TrainTwin, host, peak_rss_bytes, train_twin, write_tensors};
 
 #[derive(Args)]
 pub struct E2eBenchArgs {
@@ -211,60 +211,21 @@ pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
         "rust_seconds_short_long": [short, long],
     });
     if !args.common.rust_only {
-        let mut twin_args: Vec<String> = vec![
-            "--dir".into(),
-            dir.path().display().to_string(),
-            "--steps".into(),
-            args.steps.to_string(),
-            "--warmup".into(),
-            args.warmup.to_string(),
-            "--threads".into(),
-            args.common.threads.to_string(),
-            "--device".into(),
-            args.common.twin_device.clone(),
-        ];
-        if args.twin_muon_f32 {
-            twin_args.push("--muon-f32".into());
-        }
-        let twin = run_twin(&args.common.python, "e2e_twin.py", &twin_args)?;
-        let torch_ms = twin["ms_per_step"]
-            .as_f64()
-            .context("twin JSON lacks ms_per_step")?;
-        let ratio = torch_ms / rust_ms;
-        println!(
-            "  PyTorch twin ({}, {} threads) {torch_ms:>9.2} ms/step",
-            twin["device"], twin["threads"]
-        );
-        println!("  speed vs PyTorch       {ratio:>9.2}x  (>1: lam is faster)");
-        let mut worst: f64 = 0.0;
-        for (name, v) in &parity {
-            if let Some(t) = twin["parity"][*name].as_f64() {
-                let rel = ((*v as f64) - t).abs() / t.abs().max(1e-6);
-                worst = worst.max(rel);
-            }
-        }
+        let twin = TrainTwin {
+            common: &args.common,
+            dir: dir.path(),
+            steps: args.steps,
+            warmup: args.warmup,
+            muon_f32: args.twin_muon_f32,
+        };
+        let (torch_parity, worst) = train_twin(twin, "e2e_twin.py", rust_ms, &parity, &mut result)?;
         println!(
             "  parity: same weights and batch, loss {:.6} + sigreg {:.6} (lam) vs {:.6} + {:.6} (PyTorch), worst relative term error {worst:.2e}",
             parity[0].1,
             guard,
-            twin["parity"]["loss"].as_f64().unwrap_or(f64::NAN),
-            twin["parity"]["sigreg"].as_f64().unwrap_or(f64::NAN),
+            torch_parity["loss"].as_f64().unwrap_or(f64::NAN),
+            torch_parity["sigreg"].as_f64().unwrap_or(f64::NAN),
         );
-        result["torch_ms_per_step"] = json!(torch_ms);
-        result["speed_ratio_vs_torch"] = json!(ratio);
-        result["torch"] = twin["torch"].clone();
-        result["torch_threads"] = twin["threads"].clone();
-        result["torch_device"] = twin["device"].clone();
-        result["torch_peak_bytes"] = twin["peak_bytes"].clone();
-        result["torch_muon"] = twin["muon"].clone();
-        result["parity_lam"] = json!(
-            parity
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect::<serde_json::Map<_, _>>()
-        );
-        result["parity_torch"] = twin["parity"].clone();
-        result["parity_worst_relative_error"] = json!(worst);
     }
     // Host memory only: a GPU device's own allocations are not in it.
     result["lam_peak_rss_bytes"] = json!(peak_rss_bytes());
