@@ -1,6 +1,10 @@
 //! The path templates of LeRobot's `info.json` (`data_path`, `video_path`),
 //! which use Python `str.format` syntax: `{name}` and `{name:03d}`.
 
+/// The widest zero-padded field a template may ask for; an index needs at
+/// most 20 digits, so anything wider is a corrupt `info.json`.
+const MAX_WIDTH: usize = 64;
+
 /// A value substituted into a template.
 #[derive(Clone, Copy, Debug)]
 pub enum Value<'a> {
@@ -52,9 +56,15 @@ pub fn render(template: &str, values: &[(&str, Value<'_>)]) -> Result<String, St
                             out.push_str(&v.to_string());
                         } else {
                             let zero = digits.starts_with('0');
-                            let width: usize = digits.parse().map_err(|_| {
-                                format!("unsupported format spec {spec:?} in {template:?}")
-                            })?;
+                            let width: usize =
+                                digits.parse().ok().filter(|w| *w <= MAX_WIDTH).ok_or_else(
+                                    || {
+                                        format!(
+                                            "unsupported format spec {spec:?} in {template:?} \
+                                         (a width of at most {MAX_WIDTH} digits)"
+                                        )
+                                    },
+                                )?;
                             if zero {
                                 out.push_str(&format!("{v:0width$}"));
                             } else {
@@ -97,5 +107,9 @@ mod tests {
                 .contains("missing")
         );
         assert_eq!(render("{{x}}", &[]).unwrap(), "{x}");
+        // A width past what formatting can pad is an error, not a panic.
+        let wide = render("{i:099999999d}", &[("i", Value::Int(3))]).unwrap_err();
+        assert!(wide.contains("099999999d"), "{wide}");
+        assert!(render("{i:0100000000000000000000d}", &[("i", Value::Int(3))]).is_err());
     }
 }
