@@ -116,6 +116,14 @@ pub struct PretrainConfig {
     /// any start. Default 1.0.
     #[serde(default = "default_one")]
     pub keypoint_motion_weight: f64,
+    /// Recolour each training pair (both frames alike) by a random permutation of the colour
+    /// channels and a random sign per channel (in normalised units: an inversion about the
+    /// normalisation's mean), one of 48 colourings. The encoder then cannot tell bodies apart
+    /// by colour, only by shape and motion, so that a keypoint trained on one embodiment's
+    /// video (a hand) also follows another's (a robot's disc) instead of one keypoint per
+    /// body. Evaluation, probe and embedding see the frames as they are. Default false.
+    #[serde(default)]
+    pub colour_augment: bool,
     /// Linear probe of the simulator's true state run before and after training (see
     /// [`crate::probe`]); `None` skips it. Default: push, robot domain, 40 episodes. (A
     /// settings file without a `[probe]` table means no probe.)
@@ -195,6 +203,7 @@ impl Default for PretrainConfig {
             frame_recon_hidden: 128,
             frame_recon_motion: default_motion_share(),
             keypoint_motion_weight: 1.0,
+            colour_augment: false,
             probe: Some(ProbeConfig::default()),
             checkpoint_every: default_checkpoint_every(),
             collapse_min_rank: default_collapse_min_rank(),
@@ -609,13 +618,76 @@ pub fn directions(rng: &mut StdRng, d: usize, m: usize) -> Vec<f32> {
 /// The random draws of one pretraining step, in the order the run's one generator makes
 /// them: the batch's frames (pairs x_t of the batch, then their x_t+1), the SIGReg
 /// directions of the tokens and of the frames, and the pixels of the frame-level
-/// reconstruction. Drawn apart from the step's tensor work so that a resumed run can replay
+/// reconstruction, then (with `colour_augment`) each pair's colouring. Drawn apart from the step's tensor work so that a resumed run can replay
 /// the draws of the steps it skips (host work only) and go on with the same stream.
 struct StepDraws {
     idx: Vec<usize>,
     dir_tokens: Vec<f32>,
     dir_frames: Vec<f32>,
     pixels: Option<(Vec<f32>, Vec<f32>)>,
+    /// One colouring per pair (`colour_augment`).
+    colourings: Option<Vec<Colouring>>,
+}
+
+/// A recolouring of a frame: output channel `c` is `sign[c]` times input channel `from[c]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Colouring {
+    from: [usize; 3],
+    sign: [f32; 3],
+}
+
+impl Colouring {
+    const PERMUTATIONS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+
+    fn draw(rng: &mut StdRng) -> Self {
+        let from = Self::PERMUTATIONS[rng.random_range(0..6)];
+        let bits = rng.random_range(0..8u32);
+        let sign = [0, 1, 2].map(|c| if bits >> c & 1 == 1 { -1.0 } else { 1.0 });
+        Self { from, sign }
+    }
+
+    /// Recolours one colour triple.
+    fn pixel(&self, rgb: [f32; 3]) -> [f32; 3] {
+        [0, 1, 2].map(|c| self.sign[c] * rgb[self.from[c]])
+    }
+
+    /// Appends frame `f` (`[3, S, S]` planes) recoloured to `out`.
+    fn extend_frame(&self, f: &[f32], out: &mut Vec<f32>) {
+        let plane = f.len() / 3;
+        for c in 0..3 {
+            let src = &f[self.from[c] * plane..(self.from[c] + 1) * plane];
+            out.extend(src.iter().map(|v| self.sign[c] * v));
+        }
+    }
+}
+
+/// The batch `[2B, 3, S, S]` of frames `idx` (x_t of each pair, then x_t+1), each pair
+/// recoloured by its own colouring when there are colourings.
+fn batch_tensor(
+    frames: &Frames,
+    idx: &[usize],
+    colourings: Option<&[Colouring]>,
+    device: &Device,
+) -> Tensor<4> {
+    let Some(colourings) = colourings else {
+        return frames.tensor(idx, device);
+    };
+    let b = colourings.len();
+    let mut v = Vec::with_capacity(idx.len() * frames.frame_len());
+    for (row, &i) in idx.iter().enumerate() {
+        colourings[row % b].extend_frame(frames.frame(i), &mut v);
+    }
+    Tensor::from_data(
+        TensorData::new(v, [idx.len(), 3, frames.size, frames.size]),
+        device,
+    )
 }
 
 fn draw_step(
@@ -647,11 +719,29 @@ fn draw_step(
             rng,
         )
     });
+    let colourings = cfg
+        .colour_augment
+        .then(|| (0..b).map(|_| Colouring::draw(rng)).collect::<Vec<_>>());
+    let pixels = match (pixels, &colourings) {
+        (Some((coords, mut colours)), Some(cs)) => {
+            // Rows of q colour triples, frame by frame as in `idx`.
+            let q = cfg.frame_recon_pixels;
+            for (row, chunk) in colours.chunks_exact_mut(3 * q).enumerate() {
+                for px in chunk.chunks_exact_mut(3) {
+                    let out = cs[row % b].pixel([px[0], px[1], px[2]]);
+                    px.copy_from_slice(&out);
+                }
+            }
+            Some((coords, colours))
+        }
+        (pixels, _) => pixels,
+    };
     StepDraws {
         idx,
         dir_tokens,
         dir_frames,
         pixels,
+        colourings,
     }
 }
 
@@ -972,9 +1062,10 @@ pub fn pretrain(
             dir_tokens,
             dir_frames,
             pixels,
+            colourings,
         } = draw_step(cfg, frames, &foreground, &mut rng);
         let b = cfg.batch;
-        let x = frames.tensor(&idx, &ad);
+        let x = batch_tensor(frames, &idx, colourings.as_deref(), &ad);
         let s = model.encoder.forward(x.clone()); // [2B, N, D]
         // Prediction and the token-level SIGReg act on the head's channels; the keypoint
         // channels are peaked by design (one token holds a keypoint's weight), and a
@@ -1300,6 +1391,76 @@ mod tests {
             vec![(0, 1), (1, 2), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9)]
         );
         assert_eq!(all.frame(9), &last[..]);
+    }
+
+    #[test]
+    fn a_pairs_colouring_recolours_both_frames_and_the_reconstruction_targets() {
+        let norm = Normalization::IMAGENET;
+        let frames = synthetic_frames(3, 5, 16, &norm, 4);
+        let foreground = foreground_pixels(&frames);
+        let cfg = PretrainConfig {
+            batch: 6,
+            frame_recon_pixels: 32,
+            colour_augment: true,
+            ..PretrainConfig::default()
+        };
+        let draws = draw_step(&cfg, &frames, &foreground, &mut StdRng::seed_from_u64(9));
+        let cs = draws.colourings.clone().expect("colourings drawn");
+        assert_eq!(cs.len(), cfg.batch);
+        // Over a few steps every colouring is a permutation with signs, and more than one
+        // of the 48 turns up.
+        let mut rng = StdRng::seed_from_u64(1);
+        let seen: std::collections::HashSet<String> = (0..40)
+            .map(|_| format!("{:?}", Colouring::draw(&mut rng)))
+            .collect();
+        assert!(seen.len() > 10, "{} colourings in 40 draws", seen.len());
+        for c in &cs {
+            let mut from = c.from;
+            from.sort();
+            assert_eq!(from, [0, 1, 2]);
+            assert!(c.sign.iter().all(|s| s.abs() == 1.0));
+        }
+        let device = Device::flex();
+        let x = batch_tensor(&frames, &draws.idx, Some(&cs), &device)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let n = frames.frame_len();
+        let plane = n / 3;
+        for (row, &i) in draws.idx.iter().enumerate() {
+            // x_t and x_t+1 of a pair (rows r and r + B) share the pair's colouring.
+            let c = cs[row % cfg.batch];
+            let f = frames.frame(i);
+            for ch in 0..3 {
+                for j in [0, plane / 2, plane - 1] {
+                    assert_eq!(
+                        x[row * n + ch * plane + j],
+                        c.sign[ch] * f[c.from[ch] * plane + j]
+                    );
+                }
+            }
+        }
+        // The frame-level reconstruction's targets are the recoloured frame's pixels.
+        let (coords, colours) = draws.pixels.expect("pixels drawn");
+        let s = frames.size;
+        for row in 0..draws.idx.len() {
+            for k in 0..cfg.frame_recon_pixels {
+                let at = row * cfg.frame_recon_pixels + k;
+                let px = ((coords[2 * at] + 1.0) / 2.0 * s as f32 - 0.5).round() as usize;
+                let py = ((coords[2 * at + 1] + 1.0) / 2.0 * s as f32 - 0.5).round() as usize;
+                for ch in 0..3 {
+                    assert_eq!(colours[3 * at + ch], x[row * n + ch * plane + py * s + px]);
+                }
+            }
+        }
+        // Without the setting nothing is recoloured and the draws are the earlier ones.
+        let plain = PretrainConfig {
+            colour_augment: false,
+            ..cfg.clone()
+        };
+        let d = draw_step(&plain, &frames, &foreground, &mut StdRng::seed_from_u64(9));
+        assert!(d.colourings.is_none());
+        assert_eq!(d.idx, draws.idx);
     }
 
     #[test]
