@@ -14,29 +14,13 @@ use lam_lawm_train::data::{FrameData, Labels};
 use lam_lawm_train::train::{
     PolicyInit, RunOptions, gumbels, pretrain, read_metrics, step_rng, train_policy,
 };
+use lam_model::settings::Settings;
 use lam_sim::{Domain, PolicyKind, Task};
 use lam_suite::{RecordConfig, record};
 
 fn tiny() -> LawmConfig {
-    let mut c = LawmConfig::default();
-    c.policy.image_size = 32;
-    c.policy.chunk = 4;
-    c.policy.latent_dim = 3;
-    c.policy.instruction_dim = 8;
-    c.policy.channels = 4;
-    c.policy.d_model = 16;
-    c.policy.heads = 2;
-    c.policy.layers = 1;
-    c.policy.head_hidden = 16;
-    c.world_model.channels = 4;
-    c.world_model.embed = 16;
-    c.world_model.deter = 16;
-    c.world_model.hidden = 16;
-    c.world_model.groups = 4;
-    c.world_model.classes = 4;
-    c.train.batch_size = 4;
+    let mut c = LawmConfig::preset("smoke").unwrap();
     c.train.lr = 2e-3;
-    c.train.log_every = 1;
     c
 }
 

@@ -194,7 +194,7 @@ pub struct LawmConfig {
 
 impl Settings for LawmConfig {
     const WHAT: &'static str = "LAWM";
-    const PRESETS: &'static [&'static str] = &["tiny", "paper-baku", "paper-diffusion"];
+    const PRESETS: &'static [&'static str] = &["tiny", "paper-baku", "paper-diffusion", "smoke"];
 
     /// `tiny`: the CPU-sized defaults above. `paper-baku` / `paper-diffusion`: the sizes the
     /// LAWM paper trains with where it gives them: latent actions of dimension 7, chunks of
@@ -204,7 +204,10 @@ impl Settings for LawmConfig {
     /// instead of 4096, because this GRU is dense where DreamerV3's is a block GRU of 8
     /// blocks: 49.4M parameters here (`lam lawm pretrain` logs the count). The paper's
     /// policy is BAKU (7M parameters, sizes not given); ours widens the default trunk to 256
-    /// channels and 8 layers (8.1M parameters with the BAKU head).
+    /// channels and 8 layers (8.1M parameters with the BAKU head). `smoke`: the smallest
+    /// widths that still run every part (chunks of 4, a 3-d latent, 16-wide trunk and world
+    /// model, batch 4, a metrics line every step): seconds per run, for tests and for
+    /// checking a pipeline end to end before a real run.
     fn preset(name: &str) -> anyhow::Result<Self> {
         let tiny = Self::default();
         let paper = |chunk: usize, head: HeadKind| Self {
@@ -239,6 +242,34 @@ impl Settings for LawmConfig {
             "tiny" => Ok(tiny),
             "paper-baku" => Ok(paper(10, HeadKind::Mlp)),
             "paper-diffusion" => Ok(paper(16, HeadKind::Diffusion)),
+            "smoke" => Ok(Self {
+                policy: PolicyConfig {
+                    image_size: 32,
+                    chunk: 4,
+                    latent_dim: 3,
+                    instruction_dim: 8,
+                    channels: 4,
+                    d_model: 16,
+                    heads: 2,
+                    layers: 1,
+                    head_hidden: 16,
+                    ..tiny.policy.clone()
+                },
+                world_model: WorldModelConfig {
+                    channels: 4,
+                    embed: 16,
+                    deter: 16,
+                    hidden: 16,
+                    groups: 4,
+                    classes: 4,
+                    ..tiny.world_model.clone()
+                },
+                train: TrainConfig {
+                    batch_size: 4,
+                    log_every: 1,
+                    ..tiny.train.clone()
+                },
+            }),
             other => Err(settings::unknown_preset::<Self>(other)),
         }
     }
