@@ -116,11 +116,6 @@ pub struct PretrainConfig {
     /// any start. Default 1.0.
     #[serde(default = "default_one")]
     pub keypoint_motion_weight: f64,
-    /// The keypoint motion term acts on the first this many keypoints only (0: on all); the
-    /// others are shaped by the frame-level reconstruction alone, which has to render what
-    /// does not move in most pairs (a box the agent pushes now and then). Default 0.
-    #[serde(default)]
-    pub keypoint_motion_count: usize,
     /// Recolour each training pair (both frames alike) by a random permutation of the colour
     /// channels and a random sign per channel (in normalised units: an inversion about the
     /// normalisation's mean), one of 48 colourings. The encoder then cannot tell bodies apart
@@ -208,7 +203,6 @@ impl Default for PretrainConfig {
             frame_recon_hidden: 128,
             frame_recon_motion: default_motion_share(),
             keypoint_motion_weight: 1.0,
-            keypoint_motion_count: 0,
             colour_augment: false,
             probe: Some(ProbeConfig::default()),
             checkpoint_every: default_checkpoint_every(),
@@ -1161,12 +1155,6 @@ pub fn pretrain(
         ) {
             // Keypoint distributions of x_t, [B, K, h*w].
             let maps = stem.maps(x.clone().slice(s![0..b, .., .., ..]));
-            let [_, all, _, _] = maps.dims();
-            let moved = match cfg.keypoint_motion_count {
-                0 => all,
-                m => m.min(all),
-            };
-            let maps = maps.slice(s![.., 0..moved, .., ..]);
             let [_, k, h, w] = maps.dims();
             let p = softmax(maps.reshape([b, k, h * w]), 2);
             // Where the pair differs, at the maps' resolution, [B, 1, h*w], over its maximum.
