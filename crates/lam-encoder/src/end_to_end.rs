@@ -60,10 +60,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::encoder::{Pooling, pool};
-use crate::pretrain::{
-    CollapseCheck, CollapseStats, collapse_metric, directions, sigreg, sigreg_knots,
-};
+use crate::pretrain::{CollapseCheck, CollapseStats, collapse_metric, directions};
 use crate::probe::{ProbeConfig, ProbeFrames, ProbeReport, probe_encoder, probe_set};
+use crate::sigreg::{sigreg, sigreg_knots};
 use crate::sim::{ARCHITECTURE, SimCheckpointMeta, SimEncoder, SimEncoderConfig};
 use crate::stats::embedding_stats;
 

@@ -5,7 +5,8 @@
 //! - [`dinov2`] (DINOv2, with and without registers) and [`vjepa2`] (V-JEPA 2): Hugging Face
 //!   folders (`config.json` + `*.safetensors`, read by [`hf`]), matching `transformers`.
 //! - [`sim`]: the small trainable encoder of the simulated suite; [`pretrain`] trains it
-//!   (SIGReg-regularised JEPA) and [`stats`] reports embedding std and effective rank.
+//!   (SIGReg-regularised JEPA, [`sigreg`]) and [`stats`] reports embedding std and effective
+//!   rank.
 //! - [`embed`]: source -> clips -> encoder -> shards (`lam embed`), resumable.
 //! - [`resize`]: bicubic resizing of position embeddings.
 
@@ -18,6 +19,7 @@ pub mod hf;
 pub mod pretrain;
 pub mod probe;
 pub mod resize;
+pub mod sigreg;
 pub mod sim;
 pub mod stats;
 pub mod vit;

@@ -12,12 +12,9 @@
 //! with gradients through both branches (no stop-gradient, no EMA target). Prediction alone
 //! is minimised by a constant encoder; SIGReg (Sketched Isotropic Gaussian Regulariser) rules
 //! that out by pushing the token distribution towards an isotropic standard Gaussian: the
-//! tokens are projected on `directions` random unit vectors (redrawn every step), and for each
-//! 1-D projection the Epps-Pulley statistic compares its empirical characteristic function
-//! with the Gaussian's, `integral over t of w(t) |mean_n exp(i t u_n) - exp(-t^2/2)|^2` with the
-//! window `w(t) = exp(-t^2/2)`, by the trapezoid rule on `knots` points of [-t_max, t_max]
-//! (using the integrand's symmetry, on [0, t_max] doubled). The statistic is averaged over
-//! directions. A collapsed encoder (all tokens equal) scores about 0.5; a Gaussian one 0.
+//! tokens are projected on `directions` random unit vectors (redrawn every step) and each
+//! projection's characteristic function is compared with the Gaussian's (see
+//! [`crate::sigreg`]). A collapsed encoder (all tokens equal) scores about 0.5; a Gaussian one 0.
 //!
 //! Collapse stays visible: the per-channel std and effective rank of the tokens and of the
 //! per-frame mean tokens of a fixed evaluation set are logged before, during and after
@@ -40,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::probe::{ProbeConfig, ProbeFrames, ProbeReport, probe_encoder, probe_set};
+use crate::sigreg::{sigreg, sigreg_knots};
 use crate::sim::{ARCHITECTURE, SimBlock, SimCheckpointMeta, SimEncoder, SimEncoderConfig};
 use crate::stats::{EmbeddingStats, embedding_stats};
 use crate::vit::patchify;
@@ -567,36 +565,6 @@ pub struct Jepa {
     pub decoder: Linear,
     /// Mean token of a frame and pixel coordinates -> the pixel's colour.
     pub frame_decoder: BroadcastDecoder,
-}
-
-/// SIGReg statistic of the rows of `x` `[N, D]` along the unit columns of `directions`
-/// `[D, M]`; `t` are the quadrature points `[K]` and `w` their weights (window included).
-pub fn sigreg(x: Tensor<2>, directions: Tensor<2>, t: Tensor<1>, w: Tensor<1>) -> Tensor<1> {
-    let [k] = t.dims();
-    let proj = x.matmul(directions); // [N, M]
-    let arg = proj.unsqueeze_dim::<3>(2) * t.clone().reshape([1, 1, k]);
-    let re = arg.clone().cos().mean_dim(0); // [1, M, K]
-    let im = arg.sin().mean_dim(0);
-    let gauss = (t.clone() * t).mul_scalar(-0.5).exp().reshape([1, 1, k]);
-    let d = re - gauss;
-    let err = d.clone() * d + im.clone() * im;
-    (err * w.reshape([1, 1, k])).sum_dim(2).mean()
-}
-
-/// Quadrature points on [0, t_max] and weights for the symmetric integral over
-/// [-t_max, t_max] with the window exp(-t^2/2).
-pub fn sigreg_knots(knots: usize, t_max: f64) -> (Vec<f32>, Vec<f32>) {
-    let h = t_max / (knots - 1) as f64;
-    let t: Vec<f64> = (0..knots).map(|i| i as f64 * h).collect();
-    let w = t
-        .iter()
-        .enumerate()
-        .map(|(i, &ti)| {
-            let trap = if i == 0 || i == knots - 1 { 0.5 } else { 1.0 };
-            (2.0 * h * trap * (-ti * ti / 2.0).exp()) as f32
-        })
-        .collect();
-    (t.iter().map(|&v| v as f32).collect(), w)
 }
 
 /// `m` random unit vectors of dimension `d`, as the columns of a `[d, m]` row-major matrix.

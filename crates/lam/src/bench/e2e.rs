@@ -20,7 +20,8 @@ use lam_encoder::end_to_end::{
     step_forward, train_end_to_end,
 };
 use lam_encoder::lam_ingest::Normalization;
-use lam_encoder::pretrain::{directions, sigreg_knots};
+use lam_encoder::pretrain::directions;
+use lam_encoder::sigreg::sigreg_knots;
 use lam_model::LamConfig;
 use lam_model::checkpoint;
 use lam_model::config::RegularizerKind;
