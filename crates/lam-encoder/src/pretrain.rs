@@ -586,8 +586,9 @@ pub fn directions(rng: &mut StdRng, d: usize, m: usize) -> Vec<f32> {
 /// The random draws of one pretraining step, in the order the run's one generator makes
 /// them: the batch's frames (pairs x_t of the batch, then their x_t+1), the SIGReg
 /// directions of the tokens and of the frames, and the pixels of the frame-level
-/// reconstruction, then (with `colour_augment`) each pair's colouring. Drawn apart from the step's tensor work so that a resumed run can replay
-/// the draws of the steps it skips (host work only) and go on with the same stream.
+/// reconstruction, then (with `colour_augment`) each pair's colouring. Drawn apart from the
+/// step's tensor work so that a resumed run can replay the draws of the steps it skips (host
+/// work only) and go on with the same stream.
 struct StepDraws {
     idx: Vec<usize>,
     dir_tokens: Vec<f32>,
