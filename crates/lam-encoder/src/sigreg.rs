@@ -17,7 +17,9 @@
 //! projections are computed in one host pass instead ([`statistic_and_gradient`]: one sine and
 //! cosine per projection, the knots' multiples by the angle-addition recurrence, vectorised
 //! over directions), and enter the graph as a first-order surrogate with the same value and
-//! gradient. The test `host_sigreg_matches_the_tensor_ops` holds the two to each other.
+//! gradient. The test `host_sigreg_matches_the_tensor_ops` holds the two to each other; the
+//! environment variable `LAM_SIGREG_TENSOR_OPS` (any value) makes the CPU take the tensor ops
+//! too, to time one against the other.
 
 use burn::prelude::*;
 
@@ -42,7 +44,9 @@ pub fn sigreg_knots(knots: usize, t_max: f64) -> (Vec<f32>, Vec<f32>) {
 /// Returns `[1]`.
 pub fn sigreg(x: Tensor<2>, directions: Tensor<2>, t: Tensor<1>, w: Tensor<1>) -> Tensor<1> {
     let proj = x.matmul(directions); // [N, M]
-    if proj.device().without_autodiff() == Device::flex() {
+    if std::env::var_os("LAM_SIGREG_TENSOR_OPS").is_none()
+        && proj.device().without_autodiff() == Device::flex()
+    {
         let knots = host(t.clone());
         if let Some(step) = even_step(&knots) {
             return host_surrogate(proj, step, &host(w));

@@ -136,6 +136,13 @@ struct PlotArgs {
     out: Option<PathBuf>,
 }
 
+/// mimalloc instead of the system allocator: burn's CPU backend allocates a fresh buffer for
+/// most tensor ops, and glibc's malloc hands large ones back to the OS at every free, so each
+/// step paid page faults and zeroing again (about 10% of a training step in `perf`).
+/// Measured with `lam bench train` / `e2e` / `plan` (docs/benchmarks.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
