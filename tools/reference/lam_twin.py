@@ -249,9 +249,20 @@ def optimizers(model, o, steps, muon_f32=False):
 
 
 def peak_bytes(device):
-    """Peak CUDA allocation on a GPU; the process's peak resident memory on the CPU."""
+    """Peak CUDA allocation on a GPU; the process's peak resident memory on the CPU.
+
+    On Linux the peak is read from /proc/self/status (VmHWM, reset at exec): getrusage's
+    ru_maxrss survives exec, so a twin started by lam would report lam's own peak whenever
+    that was the larger."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
