@@ -212,6 +212,27 @@ fn host<const D: usize>(t: &Tensor<D>) -> (Vec<usize>, Vec<f32>) {
     )
 }
 
+/// Adds lam's memory to a benchmark's result and writes it to `out`: the process's peak
+/// resident memory (host memory only), and what the device's allocator holds at the end
+/// (`bytes_reserved`: live allocations plus the pages its pools keep for reuse, so about its
+/// high-water mark) on a backend that reports its pools (the GPU backends; printed too).
+pub(crate) fn finish(mut result: Value, device: &Device, out: Option<&Path>) -> Result<()> {
+    result["lam_peak_rss_bytes"] = json!(peak_rss_bytes());
+    if let Some(usage) = device.memory_pool_usage() {
+        println!(
+            "  lam device memory: {:.1} MB reserved by the allocator, {:.1} MB in use",
+            usage.bytes_reserved as f64 / 1e6,
+            usage.bytes_in_use as f64 / 1e6
+        );
+        result["lam_device_bytes_reserved"] = json!(usage.bytes_reserved);
+        result["lam_device_bytes_in_use"] = json!(usage.bytes_in_use);
+    }
+    if let Some(out) = out {
+        lam_data::shards::write_atomic(out, serde_json::to_string_pretty(&result)?.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// This process's peak resident memory in bytes (Linux `VmHWM`), where the system says it.
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -402,12 +423,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
             torch_parity["loss"].as_f64().unwrap_or(f64::NAN)
         );
     }
-    // Host memory only: a GPU device's own allocations are not in it.
-    result["lam_peak_rss_bytes"] = json!(peak_rss_bytes());
-    if let Some(out) = args.common.out {
-        lam_data::shards::write_atomic(&out, serde_json::to_string_pretty(&result)?.as_bytes())?;
-    }
-    Ok(())
+    finish(result, &device, args.common.out.as_deref())
 }
 
 fn bench_plan(args: PlanBenchArgs) -> Result<()> {
@@ -600,10 +616,30 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         result["torch_device"] = twin["device"].clone();
         result["torch_peak_bytes"] = twin["peak_bytes"].clone();
     }
-    // Host memory only: a GPU device's own allocations are not in it.
-    result["lam_peak_rss_bytes"] = json!(peak_rss_bytes());
-    if let Some(out) = args.common.out {
-        lam_data::shards::write_atomic(&out, serde_json::to_string_pretty(&result)?.as_bytes())?;
+    finish(result, &device, args.common.out.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_is_written_with_the_memory_lam_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("bench.json");
+        // Some memory in use first, so that the peak is not the bare process's.
+        let held = std::hint::black_box(vec![1u8; 32 << 20]);
+        finish(json!({"bench": "test"}), &Device::flex(), Some(&out)).unwrap();
+        drop(held);
+        let written: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(written["bench"], "test");
+        if cfg!(target_os = "linux") {
+            let peak = written["lam_peak_rss_bytes"]
+                .as_u64()
+                .expect("peak RSS on Linux");
+            assert!(peak >= 32 << 20, "peak {peak}");
+        }
+        // The CPU backend keeps no pools to report.
+        assert!(written.get("lam_device_bytes_reserved").is_none());
     }
-    Ok(())
 }

@@ -29,7 +29,7 @@ use lam_model::device::parse_device;
 use lam_model::lam::StepNoise;
 use serde_json::json;
 
-use super::{CommonBenchArgs, TrainTwin, host, peak_rss_bytes, train_twin, write_tensors};
+use super::{CommonBenchArgs, TrainTwin, finish, host, train_twin, write_tensors};
 
 #[derive(Args)]
 pub struct E2eBenchArgs {
@@ -228,10 +228,5 @@ pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
             torch_parity["sigreg"].as_f64().unwrap_or(f64::NAN),
         );
     }
-    // Host memory only: a GPU device's own allocations are not in it.
-    result["lam_peak_rss_bytes"] = json!(peak_rss_bytes());
-    if let Some(out) = args.common.out {
-        lam_data::shards::write_atomic(&out, serde_json::to_string_pretty(&result)?.as_bytes())?;
-    }
-    Ok(())
+    finish(result, &device, args.common.out.as_deref())
 }
