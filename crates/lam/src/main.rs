@@ -139,7 +139,8 @@ struct PlotArgs {
 /// mimalloc instead of the system allocator: burn's CPU backend allocates a fresh buffer for
 /// most tensor ops, and glibc's malloc hands large ones back to the OS at every free, so each
 /// step paid page faults and zeroing again (about 10% of a training step in `perf`).
-/// Measured with `lam bench train` / `e2e` / `plan` (docs/benchmarks.md, "The allocator").
+/// Measured with `lam bench train` / `e2e` / `plan` (docs/benchmarks.md, "The allocator, and
+/// SIGReg on the host").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -56,15 +56,15 @@ pub fn render(template: &str, values: &[(&str, Value<'_>)]) -> Result<String, St
                             out.push_str(&v.to_string());
                         } else {
                             let zero = digits.starts_with('0');
-                            let width: usize =
-                                digits.parse().ok().filter(|w| *w <= MAX_WIDTH).ok_or_else(
-                                    || {
-                                        format!(
-                                            "unsupported format spec {spec:?} in {template:?} \
-                                         (a width of at most {MAX_WIDTH} digits)"
-                                        )
-                                    },
-                                )?;
+                            let width = match digits.parse::<usize>() {
+                                Ok(w) if w <= MAX_WIDTH => w,
+                                _ => {
+                                    return Err(format!(
+                                        "unsupported format spec {spec:?} in {template:?} (a \
+                                         width of at most {MAX_WIDTH} digits)"
+                                    ));
+                                }
+                            };
                             if zero {
                                 out.push_str(&format!("{v:0width$}"));
                             } else {
