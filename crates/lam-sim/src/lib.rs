@@ -31,7 +31,7 @@ pub use domain::{ActionSpace, AgentParams, AgentShape, Domain};
 pub use env::{Env, EnvConfig, StepInfo};
 pub use expert::{Expert, ExpertConfig, expert_rollout};
 pub use nuisances::NuisanceConfig;
-pub use policy::{MixedPolicy, Policy, PolicyKind, RandomPolicy};
+pub use policy::{MixedPolicy, Policy, PolicyKind, RandomPolicy, SeekPolicy};
 pub use protocol::{BUDGET, EVAL_SEED_BASE, EvalEpisode, EvalOutcome, GOAL_OFFSET, eval_protocol};
 pub use scene::{BodyState, Goal, Layout, ObjectTarget, PointTarget, SimState};
 pub use tasks::Task;

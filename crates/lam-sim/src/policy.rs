@@ -18,6 +18,8 @@ pub enum PolicyKind {
     Random,
     /// The expert, interrupted by random segments ([`MixedPolicy`]).
     Mixed,
+    /// Goal-seeking play: full speed straight at random points ([`SeekPolicy`]).
+    Seek,
 }
 
 impl PolicyKind {
@@ -27,6 +29,7 @@ impl PolicyKind {
             PolicyKind::Expert => "expert",
             PolicyKind::Random => "random",
             PolicyKind::Mixed => "mixed",
+            PolicyKind::Seek => "seek",
         }
     }
 }
@@ -44,7 +47,10 @@ impl FromStr for PolicyKind {
             "expert" => Ok(PolicyKind::Expert),
             "random" => Ok(PolicyKind::Random),
             "mixed" => Ok(PolicyKind::Mixed),
-            _ => anyhow::bail!("unknown policy {s:?}; expected one of: expert, random, mixed"),
+            "seek" => Ok(PolicyKind::Seek),
+            _ => {
+                anyhow::bail!("unknown policy {s:?}; expected one of: expert, random, mixed, seek")
+            }
         }
     }
 }
@@ -156,6 +162,57 @@ impl MixedPolicy {
     }
 }
 
+/// Goal-seeking play: the agent heads at full speed in a straight line for a point drawn
+/// uniformly on the arena's floor, for up to `max_hold` [30] steps or until it is within
+/// 0.3 units of it, then draws the next point. A point behind a wall presses the agent into
+/// the wall and slides it along, as a naive controller heading for a goal would: the
+/// contacts a planner meets on its way to a goal, which world models and controllers must
+/// see in their labeled data. Needs a Cartesian velocity action (the robot and human
+/// domains); elsewhere it acts as [`RandomPolicy`].
+pub struct SeekPolicy {
+    rng: Rng,
+    max_hold: u32,
+    target: [f32; 2],
+    left: u32,
+    fallback: RandomPolicy,
+}
+
+impl SeekPolicy {
+    /// A seeking policy whose points are fixed by `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: Rng::derive(seed, 6),
+            max_hold: 30,
+            target: [0.0, 0.0],
+            left: 0,
+            fallback: RandomPolicy::new(seed),
+        }
+    }
+
+    /// The action for `env`.
+    pub fn act(&mut self, env: &Env) -> Vec<f32> {
+        if !matches!(env.domain(), Domain::Robot | Domain::Human) {
+            return self.fallback.act(env);
+        }
+        let pos = env.state().agent.pos;
+        let gap = [self.target[0] - pos[0], self.target[1] - pos[1]];
+        let dist = gap[0].hypot(gap[1]);
+        if self.left == 0 || dist < 0.3 {
+            let (lo, hi) = (
+                crate::scene::WALL + 0.3,
+                crate::scene::ARENA - crate::scene::WALL - 0.3,
+            );
+            self.target = [self.rng.uniform(lo, hi), self.rng.uniform(lo, hi)];
+            self.left = 1 + self.rng.below(self.max_hold as usize) as u32;
+            return self.act(env);
+        }
+        self.left -= 1;
+        let max = env.domain().agent().max_speed;
+        env.domain()
+            .action_from_velocity([gap[0] / dist * max, gap[1] / dist * max])
+    }
+}
+
 /// Any of the data-generating policies behind one interface.
 pub enum Policy {
     /// See [`Expert`].
@@ -164,6 +221,8 @@ pub enum Policy {
     Random(RandomPolicy),
     /// See [`MixedPolicy`].
     Mixed(MixedPolicy),
+    /// See [`SeekPolicy`].
+    Seek(SeekPolicy),
 }
 
 impl Policy {
@@ -173,6 +232,7 @@ impl Policy {
             PolicyKind::Expert => Policy::Expert(Expert::new(cfg, seed)),
             PolicyKind::Random => Policy::Random(RandomPolicy::new(seed)),
             PolicyKind::Mixed => Policy::Mixed(MixedPolicy::new(cfg, seed)),
+            PolicyKind::Seek => Policy::Seek(SeekPolicy::new(seed)),
         }
     }
 
@@ -182,6 +242,7 @@ impl Policy {
             Policy::Expert(p) => p.act(env),
             Policy::Random(p) => p.act(env),
             Policy::Mixed(p) => p.act(env),
+            Policy::Seek(p) => p.act(env),
         }
     }
 }

@@ -512,7 +512,7 @@ fn prepare_data(
         "human_episodes": data.human_episodes,
         "human_policy": data.human_policy.to_string(),
         "robot_episodes": data.robot_episodes,
-        "robot_policy": data.robot_policy.to_string(),
+        "robot_policy": data.robot_policy().to_string(),
         "encoder_steps": data.encoder_steps,
         "encoder_frames": "human+robot",
         "pooling": data.pooling.name(),
@@ -1864,7 +1864,7 @@ mod tests {
             (cpu.steps, cpu.episodes, cpu.samples, cpu.iterations),
             (2000, 20, 100, 10)
         );
-        assert_eq!(cpu.data.spec.human_episodes, 400);
+        assert_eq!(cpu.data.spec.human_episodes, 1000);
         let argv = vec!["train".to_string()];
         assert_eq!(cpu.data.scale.train(argv.clone()), argv);
         assert_eq!(cpu.data.scale.fit(argv.clone()), argv);

@@ -73,7 +73,8 @@ pub struct RecordArgs {
     /// Seed of the first episode; episode i uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Policy: expert, random or mixed.
+    /// Policy: expert, random, mixed or seek (goal-seeking play: full speed straight at
+    /// random points, pressing into the walls on the way).
     #[arg(long, default_value = "expert")]
     pub policy: PolicyKind,
     /// In-the-wild nuisances (colours, texture, distractors, camera).
