@@ -399,6 +399,11 @@ mod tests {
         // The bare flag, as earlier command lines wrote it, still means true.
         assert!(parse(&["--hold-actions", "--episodes", "3"]).hold_actions);
         assert!(Cli::try_parse_from(["demo", "--controller", "auto"]).is_err());
+        // Labels drawn from the evaluation protocol's seeds are refused, naming the flag.
+        let leak = parse(&["--robot-seed", "999999950"]);
+        let err = format!("{:#}", leak.data.check().unwrap_err());
+        assert!(err.contains("--robot-seed 999999950"), "{err}");
+        assert!(parse(&["--robot-seed", "6000"]).data.check().is_ok());
     }
 
     #[test]

@@ -513,6 +513,7 @@ fn prepare_data(
         "human_policy": data.human_policy.to_string(),
         "robot_episodes": data.robot_episodes,
         "robot_policy": data.robot_policy().to_string(),
+        "robot_seed": data.robot_seed,
         "encoder_steps": data.encoder_steps,
         "encoder_frames": "human+robot",
         "pooling": data.pooling.name(),
