@@ -162,8 +162,11 @@ impl MixedPolicy {
     }
 }
 
+/// Most steps [`SeekPolicy`] heads for one point.
+const SEEK_MAX_HOLD: u32 = 30;
+
 /// Goal-seeking play: the agent heads at full speed in a straight line for a point drawn
-/// uniformly on the arena's floor, for up to `max_hold` [30] steps or until it is within
+/// uniformly on the arena's floor, for up to 30 steps (`SEEK_MAX_HOLD`) or until it is within
 /// 0.3 units of it, then draws the next point. A point behind a wall presses the agent into
 /// the wall and slides it along, as a naive controller heading for a goal would: the
 /// contacts a planner meets on its way to a goal, which world models and controllers must
@@ -171,7 +174,6 @@ impl MixedPolicy {
 /// domains); elsewhere it acts as [`RandomPolicy`].
 pub struct SeekPolicy {
     rng: Rng,
-    max_hold: u32,
     target: [f32; 2],
     left: u32,
     fallback: RandomPolicy,
@@ -182,7 +184,6 @@ impl SeekPolicy {
     pub fn new(seed: u64) -> Self {
         Self {
             rng: Rng::derive(seed, 6),
-            max_hold: 30,
             target: [0.0, 0.0],
             left: 0,
             fallback: RandomPolicy::new(seed),
@@ -203,7 +204,7 @@ impl SeekPolicy {
                 crate::scene::ARENA - crate::scene::WALL - 0.3,
             );
             self.target = [self.rng.uniform(lo, hi), self.rng.uniform(lo, hi)];
-            self.left = 1 + self.rng.below(self.max_hold as usize) as u32;
+            self.left = 1 + self.rng.below(SEEK_MAX_HOLD as usize) as u32;
             return self.act(env);
         }
         self.left -= 1;

@@ -73,11 +73,23 @@ fn reset_and_restored_state_replay_identically() {
     );
 }
 
-/// Share of steps in which the agent, asked for at least half its top speed, moves less than a
-/// quarter of what it was asked: it is pressed against a wall or an object.
-fn blocked_share(make: impl Fn(u64) -> Policy) -> f64 {
-    let (mut blocked, mut total) = (0usize, 0usize);
-    for seed in 0..12u64 {
+/// One step of a `reach` rollout, as the wall measurements below read it.
+struct StepSeen {
+    /// The agent's position before and after the step.
+    before: [f32; 2],
+    after: [f32; 2],
+    /// Distance the action asked for, and the distance at half the top speed.
+    asked: f32,
+    half_speed: f32,
+    /// Distance the agent moved.
+    moved: f32,
+}
+
+/// Episodes 100..112 of `reach` in the robot domain, 100 steps each, every step shown to
+/// `visit`; returns the number of episodes.
+fn reach_steps(make: impl Fn(u64) -> Policy, mut visit: impl FnMut(&StepSeen)) -> usize {
+    let episodes = 12u64;
+    for seed in 0..episodes {
         let mut env = Env::new(Task::Reach, Domain::Robot, 100 + seed, 32).unwrap();
         let mut policy = make(seed);
         let max = env.domain().agent().max_speed;
@@ -86,14 +98,28 @@ fn blocked_share(make: impl Fn(u64) -> Policy) -> f64 {
             let before = env.state().agent.pos;
             env.step(&a).unwrap();
             let after = env.state().agent.pos;
-            let asked = (a[0] * a[0] + a[1] * a[1]).sqrt() * max * env.dt();
-            let moved = ((after[0] - before[0]).powi(2) + (after[1] - before[1]).powi(2)).sqrt();
-            if asked > 0.5 * max * env.dt() {
-                total += 1;
-                blocked += usize::from(moved < 0.25 * asked);
-            }
+            visit(&StepSeen {
+                before,
+                after,
+                asked: (a[0] * a[0] + a[1] * a[1]).sqrt() * max * env.dt(),
+                half_speed: 0.5 * max * env.dt(),
+                moved: ((after[0] - before[0]).powi(2) + (after[1] - before[1]).powi(2)).sqrt(),
+            });
         }
     }
+    episodes as usize
+}
+
+/// Share of steps in which the agent, asked for at least half its top speed, moves less than a
+/// quarter of what it was asked: it is pressed against a wall or an object.
+fn blocked_share(make: impl Fn(u64) -> Policy) -> f64 {
+    let (mut blocked, mut total) = (0usize, 0usize);
+    reach_steps(make, |s| {
+        if s.asked > s.half_speed {
+            total += 1;
+            blocked += usize::from(s.moved < 0.25 * s.asked);
+        }
+    });
     blocked as f64 / total.max(1) as f64
 }
 
@@ -116,28 +142,12 @@ fn random_exploration_presses_into_walls() {
 /// (pressed against the wall beside the door), and how often it passes through the door.
 fn middle_wall_contacts_and_crossings(make: impl Fn(u64) -> Policy) -> (f64, f64) {
     let (mut contacts, mut crossings) = (0usize, 0usize);
-    let episodes = 12u64;
-    for seed in 0..episodes {
-        let mut env = Env::new(Task::Reach, Domain::Robot, 100 + seed, 32).unwrap();
-        let mut policy = make(seed);
-        let max = env.domain().agent().max_speed;
-        for _ in 0..100 {
-            let a = policy.act(&env);
-            let before = env.state().agent.pos;
-            env.step(&a).unwrap();
-            let after = env.state().agent.pos;
-            let asked = (a[0] * a[0] + a[1] * a[1]).sqrt() * max * env.dt();
-            let moved = ((after[0] - before[0]).powi(2) + (after[1] - before[1]).powi(2)).sqrt();
-            let by_the_wall = (before[0] - 5.0).abs() < 0.6;
-            contacts +=
-                usize::from(by_the_wall && asked > 0.5 * max * env.dt() && moved < 0.5 * asked);
-            crossings += usize::from((before[0] < 5.0) != (after[0] < 5.0));
-        }
-    }
-    (
-        contacts as f64 / episodes as f64,
-        crossings as f64 / episodes as f64,
-    )
+    let episodes = reach_steps(make, |s| {
+        let by_the_wall = (s.before[0] - 5.0).abs() < 0.6;
+        contacts += usize::from(by_the_wall && s.asked > s.half_speed && s.moved < 0.5 * s.asked);
+        crossings += usize::from((s.before[0] < 5.0) != (s.after[0] < 5.0));
+    }) as f64;
+    (contacts as f64 / episodes, crossings as f64 / episodes)
 }
 
 #[test]
