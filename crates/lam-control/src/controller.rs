@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 pub struct ControllerConfig {
     /// Hidden width of both MLPs (256).
     pub hidden: usize,
-    /// Optimiser steps (2000; the paper trains 10,000 on DROID).
+    /// Optimiser steps (10,000, as the paper on DROID; early stopping usually ends it sooner).
     pub steps: usize,
     /// Transitions per batch (256).
     pub batch_size: usize,
@@ -61,9 +61,10 @@ pub struct ControllerConfig {
     #[serde(default = "default_weight_decay")]
     pub weight_decay: f64,
     /// Early stopping: the last `selection_fraction` of the training transitions (whole
-    /// clips, 0.1) are held out, the weights with the lowest held-out loss are kept, and
-    /// training stops after `patience` (5) checks every `check_every` (100) steps without
-    /// improvement. 0 disables it.
+    /// clips, 0.1) are held out; each direction keeps its own weights with the lowest
+    /// held-out loss (the inverse overfits long before the controller stops improving), and
+    /// training stops once both have gone `patience` (5) checks every `check_every` (100)
+    /// steps without improvement. 0 disables it.
     #[serde(default = "default_selection_fraction")]
     pub selection_fraction: f64,
     #[serde(default = "default_check_every")]
@@ -112,7 +113,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
             hidden: 256,
-            steps: 2000,
+            steps: 10_000,
             batch_size: 256,
             lr: 1e-3,
             weight_decay: default_weight_decay(),
@@ -434,11 +435,13 @@ pub struct ControllerReport {
     pub train_transitions: usize,
     pub val_transitions: usize,
     /// Steps run (fewer than configured when early stopping ended training) and the step
-    /// whose weights were kept.
+    /// whose controller (a -> z) weights were kept; `inverse_best_step` is the inverse's.
     #[serde(default)]
     pub steps_run: usize,
     #[serde(default)]
     pub best_step: usize,
+    #[serde(default)]
+    pub inverse_best_step: usize,
     /// Mean cosine similarity between g_ctrl(a) and the IDM pseudo-label.
     pub cosine: f64,
     /// R^2 of g_ctrl(a) against the pseudo-labels, all channels (absent when the latents do
@@ -537,13 +540,21 @@ pub struct FitCheckpoints {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 struct FitState {
     step: usize,
-    /// Held-out loss and step of the best weights so far (`best.safetensors`), if any.
-    best: Option<(f32, usize)>,
-    since_best: usize,
+    /// Held-out loss and step of the best weights so far of the controller and of the
+    /// inverse (together in `best.safetensors`), if any, and the checks since each.
+    best: Option<(Selected, Selected)>,
+    since_best: (usize, usize),
     /// Early stopping ended the fit at this checkpoint.
     stopped: bool,
     train_transitions: usize,
     config: ControllerConfig,
+}
+
+/// Held-out loss and step of one direction's best weights.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+struct Selected {
+    loss: f32,
+    step: usize,
 }
 
 /// Fits both MLPs on `train`; reports on `val`.
@@ -655,8 +666,10 @@ pub fn fit_with(
     });
     let mut wm_opt = tune.then(|| AdamWConfig::new().init());
     let mut start = 0;
-    let mut best: Option<(f32, usize, Controller, Option<WorldModel>)> = None;
-    let mut since_best = 0usize;
+    // The best weights so far: the controller's and the inverse's, each chosen on its own
+    // held-out loss (the world model trained along goes with the controller).
+    let mut best: Option<(Selected, Selected, Controller, Option<WorldModel>)> = None;
+    let mut since_best = (0usize, 0usize);
     let mut stopped = false;
     if let Some(ck) = checkpoints {
         if let Some(dir) = lam_model::checkpoint::resume_or_clear(&ck.dir, ck.resume)? {
@@ -677,7 +690,7 @@ pub fn fit_with(
                 )?);
                 wm_opt = Some(lam_model::checkpoint::load_optimizer(&sub, o)?);
             }
-            if let Some((loss, step)) = state.best {
+            if let Some((fwd, inv)) = state.best {
                 let weights = lam_model::checkpoint::load_weights(
                     fresh(device),
                     &dir.join("best.safetensors"),
@@ -689,7 +702,7 @@ pub fn fit_with(
                     )?),
                     _ => None,
                 };
-                best = Some((loss, step, weights, wm));
+                best = Some((fwd, inv, weights, wm));
             }
             (start, since_best, stopped) = (state.step, state.since_best, state.stopped);
         }
@@ -708,11 +721,14 @@ pub fn fit_with(
             c.next();
         }
     }
-    let loss_of = |ctrl: &Controller, a: Tensor<2>, z: Tensor<2>, f: Option<Tensor<2>>| {
-        (ctrl.to_latent(a.clone(), f.clone()) - z.clone())
-            .square()
-            .mean()
-            + (ctrl.to_action(z, f) - a).square().mean()
+    // The two directions' regression losses (controller, inverse).
+    let losses_of = |ctrl: &Controller, a: Tensor<2>, z: Tensor<2>, f: Option<Tensor<2>>| {
+        (
+            (ctrl.to_latent(a.clone(), f.clone()) - z.clone())
+                .square()
+                .mean(),
+            (ctrl.to_action(z, f) - a).square().mean(),
+        )
     };
     // The weighted prediction loss of clips `idx` through `wm` (and, for a world model
     // being trained, fed the IDM's latents too).
@@ -750,7 +766,8 @@ pub fn fit_with(
         let a = rows(&train.actions, train.action_dim, &idx, &ad);
         let z = rows(&train.latents, train.latent_dim, &idx, &ad);
         let f = frames_of(&ctrl, train, &idx, &ad);
-        let mut loss = loss_of(&ctrl, a, z, f);
+        let (forward_loss, inverse_loss) = losses_of(&ctrl, a, z, f);
+        let mut loss = forward_loss + inverse_loss;
         if let (Some(t), Some(wm), Some(c)) = (&through, &wm_ad, clip_batches.as_mut()) {
             loss = loss + through_loss(&ctrl, wm, t.clips, &c.next(), &ad);
         }
@@ -770,30 +787,51 @@ pub fn fit_with(
         if check {
             let valid = ctrl.valid();
             let valid_wm = wm_ad.as_ref().filter(|_| tune).map(|w| w.valid());
-            let mut l = loss_of(&valid, sel_a.clone(), sel_z.clone(), sel_f.clone());
+            let (mut lf, li) = losses_of(&valid, sel_a.clone(), sel_z.clone(), sel_f.clone());
             if let Some(t) = &through
                 && !t.held_out.is_empty()
             {
                 let wm = valid_wm.as_ref().unwrap_or(t.given);
-                l = l + through_loss(&valid, wm, t.clips, &t.held_out, device);
+                lf = lf + through_loss(&valid, wm, t.clips, &t.held_out, device);
             }
-            let l = l.into_scalar::<f32>();
+            let (lf, li) = (lf.into_scalar::<f32>(), li.into_scalar::<f32>());
             ensure!(
-                l.is_finite(),
-                "controller loss became {l} at step {steps_run}; lower --lr"
+                lf.is_finite() && li.is_finite(),
+                "controller losses became {lf} / {li} at step {steps_run}; lower --lr"
             );
             if let Some(m) = metrics.as_mut() {
                 let t = train_loss.into_scalar::<f32>();
                 m.write(&serde_json::json!({"step": steps_run, "split": "train", "loss": t}))?;
-                m.write(&serde_json::json!({"step": steps_run, "split": "val", "loss": l}))?;
+                m.write(
+                    &serde_json::json!({"step": steps_run, "split": "val", "loss": lf + li,
+                    "controller": lf, "inverse": li}),
+                )?;
             }
-            if best.as_ref().is_none_or(|(b, ..)| l < *b) {
-                best = Some((l, steps_run, valid, valid_wm));
-                since_best = 0;
-            } else {
-                since_best += 1;
-                stopped = cfg.patience > 0 && since_best >= cfg.patience;
+            let now = |loss| Selected {
+                loss,
+                step: steps_run,
+            };
+            match best.as_mut() {
+                None => {
+                    best = Some((now(lf), now(li), valid, valid_wm));
+                    since_best = (0, 0);
+                }
+                Some((fwd, inv, kept, kept_wm)) => {
+                    if lf < fwd.loss {
+                        (*fwd, kept.forward, *kept_wm) = (now(lf), valid.forward.clone(), valid_wm);
+                        since_best.0 = 0;
+                    } else {
+                        since_best.0 += 1;
+                    }
+                    if li < inv.loss {
+                        (*inv, kept.inverse) = (now(li), valid.inverse);
+                        since_best.1 = 0;
+                    } else {
+                        since_best.1 += 1;
+                    }
+                }
             }
+            stopped = cfg.patience > 0 && since_best.0.min(since_best.1) >= cfg.patience;
         }
         let save = checkpoints.filter(|_| {
             cfg.check_every > 0 && steps_run % cfg.check_every == 0 && steps_run < cfg.steps
@@ -801,7 +839,7 @@ pub fn fit_with(
         if let Some(ck) = save {
             let state = FitState {
                 step: steps_run,
-                best: best.as_ref().map(|(l, s, ..)| (*l, *s)),
+                best: best.as_ref().map(|(f, i, ..)| (*f, *i)),
                 since_best,
                 stopped,
                 train_transitions: train.len(),
@@ -826,10 +864,11 @@ pub fn fit_with(
             })?;
         }
     }
-    let (ctrl, best_step, tuned) = match best {
-        Some((_, s, c, w)) => (c, s, w),
+    let (ctrl, best_step, inverse_best_step, tuned) = match best {
+        Some((f, i, c, w)) => (c, f.step, i.step, w),
         None => (
             ctrl.valid(),
+            steps_run,
             steps_run,
             wm_ad.filter(|_| tune).map(|w| w.valid()),
         ),
@@ -862,6 +901,7 @@ pub fn fit_with(
             val_transitions: val.len(),
             steps_run,
             best_step,
+            inverse_best_step,
             cosine: held_out.cosine,
             r2: held_out.r2,
             inverse_mse: held_out.inverse_mse,
