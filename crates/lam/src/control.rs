@@ -127,6 +127,10 @@ pub fn run(cmd: ControlCommand) -> Result<()> {
                     "world-model prediction error (L1) on the held-out clips: {c:.4} fed the controller's latents, {i:.4} fed the IDM's"
                 );
             }
+            println!(
+                "{} steps run; weights kept: the controller's of step {}, the inverse's of step {}",
+                report.steps_run, report.best_step, report.inverse_best_step
+            );
             println!("saved to {}", args.out.display());
             Ok(())
         }
