@@ -349,10 +349,16 @@ fn planning_objectives_score_final_mean_and_best_step() {
     assert!("best".parse::<Objective>().is_err());
 }
 
-/// Transitions in which the same action moves the agent one way in free space and the other
-/// way against a "wall" (the frame's first channel says which): the latent depends on the
-/// frame, as it does when walls stop the agent.
-fn state_dependent_transitions(n: usize, seed: u64) -> lam_control::controller::Transitions {
+/// `n` transitions of uniform 2-D actions in [-1, 1]; `make` gives each action's latent
+/// (`latent_dim` values) and frame (`frame_dim` values), drawing any noise from the same
+/// generator after the action.
+fn transitions(
+    n: usize,
+    seed: u64,
+    latent_dim: usize,
+    frame_dim: usize,
+    make: impl Fn([f32; 2], &mut rand::rngs::StdRng) -> (Vec<f32>, Vec<f32>),
+) -> lam_control::controller::Transitions {
     use rand::{RngExt, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (mut actions, mut latents, mut frames) = (Vec::new(), Vec::new(), Vec::new());
@@ -361,21 +367,34 @@ fn state_dependent_transitions(n: usize, seed: u64) -> lam_control::controller::
             rng.random_range(-1.0f32..1.0),
             rng.random_range(-1.0f32..1.0),
         ];
-        let wall = rng.random_bool(0.5);
-        let sign = if wall { -1.0 } else { 1.0 };
+        let (z, f) = make(a, &mut rng);
         actions.extend(a);
-        latents.extend([sign * a[0], sign * a[1], 0.5 * a[0] + 0.2]);
-        frames.extend([sign, rng.random_range(-1.0f32..1.0)]);
+        latents.extend(z);
+        frames.extend(f);
     }
     lam_control::controller::Transitions {
         actions,
         latents,
         frames,
         action_dim: 2,
-        latent_dim: 3,
-        frame_dim: 2,
+        latent_dim,
+        frame_dim,
         clips: None,
     }
+}
+
+/// Transitions in which the same action moves the agent one way in free space and the other
+/// way against a "wall" (the frame's first channel says which): the latent depends on the
+/// frame, as it does when walls stop the agent.
+fn state_dependent_transitions(n: usize, seed: u64) -> lam_control::controller::Transitions {
+    use rand::RngExt;
+    transitions(n, seed, 3, 2, |a, rng| {
+        let sign = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
+        (
+            vec![sign * a[0], sign * a[1], 0.5 * a[0] + 0.2],
+            vec![sign, rng.random_range(-1.0f32..1.0)],
+        )
+    })
 }
 
 #[test]
@@ -468,27 +487,13 @@ fn planner_settings_no_planner_can_run_are_named() {
 /// of noise: the controller (a, s) -> z can learn it, the inverse (z, s) -> a cannot recover
 /// the second value and, reading the frames' noise, soon fits only that.
 fn half_invertible_transitions(n: usize, seed: u64) -> lam_control::controller::Transitions {
-    use rand::{RngExt, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (mut actions, mut latents, mut frames) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..n {
-        let a = [
-            rng.random_range(-1.0f32..1.0),
-            rng.random_range(-1.0f32..1.0),
-        ];
-        actions.extend(a);
-        latents.extend([(3.0 * a[0]).sin(), (2.0 * a[0]).cos()]);
-        frames.extend((0..4).map(|_| rng.random_range(-1.0f32..1.0)));
-    }
-    lam_control::controller::Transitions {
-        actions,
-        latents,
-        frames,
-        action_dim: 2,
-        latent_dim: 2,
-        frame_dim: 4,
-        clips: None,
-    }
+    use rand::RngExt;
+    transitions(n, seed, 2, 4, |a, rng| {
+        (
+            vec![(3.0 * a[0]).sin(), (2.0 * a[0]).cos()],
+            (0..4).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+        )
+    })
 }
 
 #[test]
