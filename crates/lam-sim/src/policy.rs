@@ -199,11 +199,7 @@ impl SeekPolicy {
         let gap = [self.target[0] - pos[0], self.target[1] - pos[1]];
         let dist = gap[0].hypot(gap[1]);
         if self.left == 0 || dist < 0.3 {
-            let (lo, hi) = (
-                crate::scene::WALL + 0.3,
-                crate::scene::ARENA - crate::scene::WALL - 0.3,
-            );
-            self.target = [self.rng.uniform(lo, hi), self.rng.uniform(lo, hi)];
+            self.target = crate::tasks::floor_point(&mut self.rng, 0.3);
             self.left = 1 + self.rng.below(SEEK_MAX_HOLD as usize) as u32;
             return self.act(env);
         }

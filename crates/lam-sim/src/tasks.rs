@@ -112,7 +112,7 @@ fn far(p: [f32; 2], q: [f32; 2], d: f32) -> bool {
 }
 
 /// A point on the free floor at least `margin` from the border walls.
-fn floor_point(rng: &mut Rng, margin: f32) -> [f32; 2] {
+pub(crate) fn floor_point(rng: &mut Rng, margin: f32) -> [f32; 2] {
     let lo = WALL + margin;
     let hi = ARENA - WALL - margin;
     [rng.uniform(lo, hi), rng.uniform(lo, hi)]
