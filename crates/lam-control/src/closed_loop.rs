@@ -11,7 +11,10 @@
 //! Action blocks: with `frameskip` k > 1 one world-model step spans k environment steps. The
 //! session then sees a frame every k steps, labels the transition between two such frames,
 //! plans over blocks of k robot actions (`k A` numbers per step) and returns a whole block per
-//! call, which the caller executes before it encodes the next frame.
+//! call, which the caller executes before it encodes the next frame. With `act_steps` r below k
+//! (a divisor of it) it returns the first r actions of the planned block and plans again from
+//! the frame reached after them; the session keeps the frames of every call, so the history it
+//! labels and feeds the world model stays k steps apart.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -85,6 +88,11 @@ pub struct Agent<'a> {
     pub mode: Mode,
     /// World-model steps (action blocks) executed per plan.
     pub replan_every: usize,
+    /// Environment steps executed per [`MpcSession::act`] call: 0 or `frameskip` return whole
+    /// blocks (`replan_every` of them per plan); a divisor of `frameskip` below it returns that
+    /// many actions of the plan's first block and plans again at the next call (a receding
+    /// horizon within the block; the history the world model sees stays `frameskip` apart).
+    pub act_steps: usize,
     /// Environment steps per world-model step k (1: one action per step); the world model,
     /// controller and planner work on blocks of k robot actions.
     pub frameskip: usize,
@@ -105,10 +113,11 @@ pub struct Agent<'a> {
     pub feasible: Option<Feasible<'a>>,
 }
 
-/// One action block from [`MpcSession::act`].
+/// One action block (or its first `act_steps` actions) from [`MpcSession::act`].
 #[derive(Clone, Debug)]
 pub struct ActStep {
-    /// The robot actions to execute, `frameskip` of them back to back (`k A` numbers).
+    /// The robot actions to execute back to back: a block of `frameskip` (`k A` numbers), or
+    /// its first `act_steps`.
     pub action: Vec<f32>,
     /// Whether a new plan was made for this call.
     pub planned: bool,
@@ -118,7 +127,8 @@ pub struct ActStep {
     pub confidence: f32,
     /// Cost of that plan.
     pub cost: f32,
-    /// The frame the world model predicts after this block, `[1, N, D]`.
+    /// The frame the world model predicts at the end of this block, `[1, N, D]` (`frameskip`
+    /// steps after the frame acted on, also when fewer of its actions are returned).
     pub predicted: Tensor<3>,
 }
 
@@ -130,6 +140,14 @@ impl ActStep {
 }
 
 impl<'a> Agent<'a> {
+    /// Environment steps per [`MpcSession::act`] call (see [`Agent::act_steps`]).
+    pub fn steps_per_call(&self) -> usize {
+        match self.act_steps {
+            0 => self.frameskip.max(1),
+            r => r,
+        }
+    }
+
     /// Bounds of what the planner searches per step: one robot action when actions are held
     /// through a block, else the robot action bounds repeated `frameskip` times.
     pub fn block_bounds(&self) -> (Vec<f32>, Vec<f32>) {
@@ -187,6 +205,12 @@ impl<'a> Agent<'a> {
     pub fn check(&self) -> Result<()> {
         self.planner.validate()?;
         ensure!(self.frameskip >= 1, "frameskip must be at least 1");
+        ensure!(
+            self.act_steps <= self.frameskip && self.frameskip % self.steps_per_call() == 0,
+            "act steps must divide the block of {} steps, got {}",
+            self.frameskip,
+            self.act_steps
+        );
         let block = self.low.len() * self.frameskip;
         let conditioning = self.cfg.model.conditioning;
         match self.mode {
@@ -301,10 +325,11 @@ impl<'a> Agent<'a> {
             goal: self.lam.normalize(goal),
             goal_map: None,
             seed,
-            frames: Vec::new(),
-            latents: Vec::new(),
+            step: 0,
+            seen: VecDeque::new(),
+            labels: VecDeque::new(),
+            executed: VecDeque::new(),
             queue: VecDeque::new(),
-            last_action: None,
             plans: 0,
         }
     }
@@ -318,14 +343,18 @@ pub struct MpcSession<'a> {
     /// With waypoints: the data's paths to `goal` (made at the first plan).
     goal_map: Option<GoalMap>,
     seed: u64,
-    /// The last `window + 1` frames seen, `[1, N, D]` each, and the latent or action of each
-    /// transition between them (`[1, d]`).
-    frames: Vec<Tensor<3>>,
-    latents: Vec<Tensor<2>>,
-    /// Actions of the current plan still to execute, with their predicted frames and the
+    /// Environment steps executed so far (the step of the frame the next call gets).
+    step: usize,
+    /// Frames seen (`[1, N, D]`, normalised) by the step they were seen at, as far back as the
+    /// world model's history reaches (`window` blocks).
+    seen: VecDeque<(usize, Tensor<3>)>,
+    /// The latent or action block of the transition ending at a step (`[1, d]`), once made.
+    labels: VecDeque<(usize, Tensor<2>)>,
+    /// The robot action executed at each step, as far back as the history reaches.
+    executed: VecDeque<(usize, Vec<f32>)>,
+    /// Blocks of the current plan still to execute, with their predicted frames and the
     /// plan's confidence and cost.
     queue: VecDeque<(Vec<f32>, Tensor<3>, f32, f32)>,
-    last_action: Option<Vec<f32>>,
     plans: usize,
 }
 
@@ -335,7 +364,70 @@ impl MpcSession<'_> {
         self.plans
     }
 
-    /// The next action given the current frame's encoder tokens `[1, N, D]`.
+    /// The frame seen at `step`, if kept.
+    fn frame_at(&self, step: usize) -> Option<&Tensor<3>> {
+        self.seen.iter().find(|(t, _)| *t == step).map(|(_, f)| f)
+    }
+
+    /// The label of the block from `end - k` to `end` (made once and kept): the IDM's latent
+    /// between the two frames, or the `k` robot actions executed for an action-conditioned
+    /// model.
+    fn label_to(&mut self, end: usize, from: &Tensor<3>, to: &Tensor<3>) -> Tensor<2> {
+        if let Some((_, z)) = self.labels.iter().find(|(t, _)| *t == end) {
+            return z.clone();
+        }
+        let agent = self.agent;
+        let k = agent.frameskip.max(1);
+        let z = match agent.mode {
+            Mode::ActionConditioned => {
+                let a: Vec<f32> = self
+                    .executed
+                    .iter()
+                    .filter(|(t, _)| *t + k >= end && *t < end)
+                    .flat_map(|(_, a)| a.iter().copied())
+                    .collect();
+                let dim = a.len();
+                Tensor::<2>::from_data(TensorData::new(a, [1, dim]), &to.device())
+            }
+            Mode::Latent | Mode::Action => agent
+                .lam
+                .infer(from.clone().mean_dim(1), to.clone().mean_dim(1), &[])
+                .z
+                .squeeze_dim::<2>(1),
+        };
+        self.labels.push_back((end, z.clone()));
+        z
+    }
+
+    /// The history before the current frame, `frameskip` steps apart: up to `window` frames
+    /// `[1, h, N, D]` and the label of the block leaving each `[1, h, d]` (the last one ends at
+    /// the current frame `s`). None at the first step.
+    fn history(&mut self, s: &Tensor<3>, window: usize) -> Option<(Tensor<4>, Tensor<3>)> {
+        let k = self.agent.frameskip.max(1);
+        let mut frames = Vec::new();
+        let mut labels = Vec::new();
+        let mut later = s.clone();
+        let mut end = self.step;
+        while frames.len() < window && end >= k {
+            let Some(f) = self.frame_at(end - k).cloned() else {
+                break;
+            };
+            labels.push(self.label_to(end, &f, &later));
+            frames.push(f.clone());
+            later = f;
+            end -= k;
+        }
+        if frames.is_empty() {
+            return None;
+        }
+        frames.reverse();
+        labels.reverse();
+        Some((Tensor::stack::<4>(frames, 1), Tensor::stack::<3>(labels, 1)))
+    }
+
+    /// The next actions given the current frame's encoder tokens `[1, N, D]`: a block, or its
+    /// first [`Agent::steps_per_call`] actions; the caller executes them all before the next
+    /// call.
     pub fn act(&mut self, s: Tensor<3>) -> Result<ActStep> {
         let agent = self.agent;
         let cfg = agent.cfg;
@@ -350,31 +442,15 @@ impl MpcSession<'_> {
         let window = cfg.model.frames - 1;
         let wm = &agent.lam.world_model;
         let device = s.device();
-        if let Some(prev) = self.frames.last() {
-            let label = match agent.mode {
-                Mode::ActionConditioned => {
-                    let a = self.last_action.clone().unwrap_or_default();
-                    let dim = a.len();
-                    Tensor::<2>::from_data(TensorData::new(a, [1, dim]), &device)
-                }
-                Mode::Latent | Mode::Action => agent
-                    .lam
-                    .infer(prev.clone().mean_dim(1), s.clone().mean_dim(1), &[])
-                    .z
-                    .squeeze_dim::<2>(1),
-            };
-            self.latents.push(label);
-        }
+        let k = agent.frameskip.max(1);
+        let per_call = agent.steps_per_call();
         let mut planned = false;
         let mut plan_ms = 0.0;
         if self.queue.is_empty() {
             planned = true;
-            let cache = (!self.frames.is_empty()).then(|| {
-                let k = self.frames.len().min(window);
-                let f = Tensor::stack::<4>(self.frames[self.frames.len() - k..].to_vec(), 1);
-                let z = Tensor::stack::<3>(self.latents[self.latents.len() - k..].to_vec(), 1);
-                wm.prefill(f, z, window)
-            });
+            let cache = self
+                .history(&s, window)
+                .map(|(f, z)| wm.prefill(f, z, window));
             let target = match agent.waypoints {
                 Some(graph) => {
                     if self.goal_map.is_none() {
@@ -405,12 +481,16 @@ impl MpcSession<'_> {
             let p: Plan = plan(&pcfg, &problem, &space);
             plan_ms = t0.elapsed().as_secs_f64() * 1000.0;
             self.plans += 1;
-            let steps = agent.replan_every.clamp(1, pcfg.horizon);
+            let blocks = if per_call < k {
+                1
+            } else {
+                agent.replan_every.clamp(1, pcfg.horizon)
+            };
             // Predicted frames along the plan, for the planning error.
             let mut cache_p = cache;
             let mut frame_p = s.clone();
-            for k in 0..steps {
-                let searched = space.expand(p.step(k));
+            for b in 0..blocks {
+                let searched = space.expand(p.step(b));
                 let width = searched.len();
                 let x = Tensor::<2>::from_data(TensorData::new(searched, [1, width]), &device);
                 // The frame this step acts on, pooled, for frame-conditioned controllers.
@@ -430,14 +510,24 @@ impl MpcSession<'_> {
                 self.queue.push_back((a, pred, p.confidence, p.cost));
             }
         }
-        let (action, predicted, confidence, cost) =
+        let (mut action, predicted, confidence, cost) =
             self.queue.pop_front().expect("a plan filled the queue");
-        self.frames.push(s);
-        if self.frames.len() > window + 1 {
-            self.frames.remove(0);
-            self.latents.remove(0);
+        if per_call < k {
+            // The rest of the block is planned again from the next frame.
+            action.truncate(per_call * agent.low.len());
+            self.queue.clear();
         }
-        self.last_action = Some(action.clone());
+        // Keep what the history can reach: `window` blocks back from the next call's step.
+        self.seen.push_back((self.step, s));
+        let steps = action.len() / agent.low.len().max(1);
+        for (i, a) in action.chunks(agent.low.len().max(1)).enumerate() {
+            self.executed.push_back((self.step + i, a.to_vec()));
+        }
+        self.step += steps;
+        let oldest = self.step.saturating_sub(window * k);
+        self.seen.retain(|(t, _)| *t >= oldest);
+        self.labels.retain(|(t, _)| *t > oldest);
+        self.executed.retain(|(t, _)| *t >= oldest);
         Ok(ActStep {
             action,
             planned,

@@ -1,8 +1,9 @@
 //! Closed-loop MPC on the simulated suite's fixed evaluation protocol: each protocol episode
 //! is run with an [`Agent`]'s [`lam_control::closed_loop::MpcSession`], encoding the rendered
-//! frames, executing each returned block of robot actions before the next frame is encoded,
-//! and scoring success, steps, plan time, the plan's confidence and the world model's
-//! planning error (the L1 between the predicted and the reached frame). Every method is
+//! frames, executing each returned block of robot actions (or its first `act_steps`) before
+//! the next frame is encoded, and scoring success, steps, plan time, the plan's confidence and
+//! the world model's planning error (the L1 between the frame predicted at a block's end and
+//! the frame reached there). Every method is
 //! scored on the same seeded episodes.
 
 use std::collections::VecDeque;
@@ -62,7 +63,9 @@ pub fn run_episode(
     let goal = encoder(&episode.goal_frame, &episode.goal_state, &layout)?;
     let mut session = agent.session(goal.clone(), episode.seed);
     let (mut plans, mut plan_ms, mut conf, mut err, mut err_n) = (0usize, 0.0, 0.0, 0.0, 0usize);
-    let mut pending: Option<Tensor<3>> = None;
+    // Predictions waiting for the step they are of.
+    let mut pending: VecDeque<(usize, Tensor<3>)> = VecDeque::new();
+    let mut t = 0usize;
     let mut seen: Vec<Tensor<3>> = Vec::new();
     let mut predictions: Vec<Tensor<3>> = Vec::new();
     let mut frames_rgb: Vec<Vec<u8>> = Vec::new();
@@ -70,15 +73,22 @@ pub fn run_episode(
     let a_dim = agent.low.len();
     let outcome = episode.run(|env| {
         if let Some(a) = block.pop_front() {
+            t += 1;
             return Ok(a);
         }
         let rgb = env.render();
         let s = encoder(&rgb, env.state(), env.layout())?;
         // Predictions live in the model's (possibly standardised) token space.
         let seen_now = agent.lam.normalize(s.clone());
-        if let Some(p) = pending.take() {
-            err += (p - seen_now.clone()).abs().mean().into_scalar::<f32>() as f64;
-            err_n += 1;
+        while let Some((due, p)) = pending.pop_front() {
+            if due > t {
+                pending.push_front((due, p));
+                break;
+            }
+            if due == t {
+                err += (p - seen_now.clone()).abs().mean().into_scalar::<f32>() as f64;
+                err_n += 1;
+            }
         }
         let step = session.act(s.clone())?;
         if step.planned {
@@ -86,13 +96,14 @@ pub fn run_episode(
             plan_ms += step.plan_ms;
             conf += step.confidence as f64;
         }
-        pending = Some(step.predicted.clone());
+        pending.push_back((t + agent.frameskip.max(1), step.predicted.clone()));
         if trace {
             frames_rgb.push(rgb);
             seen.push(seen_now);
             predictions.push(step.predicted.clone());
         }
         block.extend(step.actions(a_dim));
+        t += 1;
         Ok(block
             .pop_front()
             .expect("a block holds at least one action"))

@@ -72,6 +72,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
         planner: planner.clone(),
         mode: Mode::Latent,
         replan_every: 3,
+        act_steps: 0,
         frameskip: 1,
         low: space.low.clone(),
         high: space.high.clone(),
@@ -158,6 +159,7 @@ fn closed_loop_executes_action_blocks() {
         },
         mode: Mode::Action,
         replan_every: 1,
+        act_steps: 0,
         frameskip: 2,
         low: space.low.clone(),
         high: space.high.clone(),
@@ -258,4 +260,78 @@ fn with_feasible<'a>(
         high: agent.high.clone(),
         ..*agent
     }
+}
+
+#[test]
+fn acting_part_of_a_block_plans_at_every_call_from_block_spaced_history() {
+    use lam_control::closed_loop::{Agent, Mode};
+    use lam_model::config::Conditioning;
+    use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
+    // An action-conditioned model on blocks of 2 two-dimensional actions: its history labels
+    // are the 4 numbers executed between two frames one block apart, whatever the call rate.
+    let mut cfg = LamConfig::preset("tiny").unwrap();
+    cfg.model.conditioning = Conditioning::Action;
+    cfg.model.latent_dim = 4;
+    let dev = Device::flex();
+    let lam = lam_model::train::init_model(&cfg, &dev);
+    let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
+    let space = episodes[0].env().unwrap().action_space();
+    let encoder = pooled_colour_encoder(&dev);
+    let whole = Agent {
+        cfg: &cfg,
+        lam: &lam,
+        controller: None,
+        planner: PlannerConfig {
+            kind: PlannerKind::Cem,
+            horizon: 2,
+            samples: 16,
+            elites: 4,
+            iterations: 2,
+            ..PlannerConfig::default()
+        },
+        mode: Mode::ActionConditioned,
+        replan_every: 1,
+        act_steps: 0,
+        frameskip: 2,
+        low: space.low.clone(),
+        high: space.high.clone(),
+        hold_actions: false,
+        waypoints: None,
+        support: None,
+        feasible: None,
+    };
+    let stepwise = Agent {
+        act_steps: 1,
+        planner: whole.planner.clone(),
+        low: whole.low.clone(),
+        high: whole.high.clone(),
+        ..whole
+    };
+    stepwise.check().unwrap();
+    // The first call plans the same block from the same frame; one of its actions comes back.
+    let layout = episodes[0].env().unwrap().layout().clone();
+    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
+    let mut env = episodes[0].env().unwrap();
+    let first = encoder(&env.render(), env.state(), env.layout()).unwrap();
+    let block = whole.session(goal.clone(), 3).act(first.clone()).unwrap();
+    let mut session = stepwise.session(goal, 3);
+    let one = session.act(first).unwrap();
+    assert_eq!(block.action.len(), 4);
+    assert_eq!(one.action, block.action[..2].to_vec());
+    // A whole episode: a plan per step, history past the first block included (an episode of
+    // the untrained model runs the protocol's 50 steps).
+    let r = run_episode(&stepwise, &episodes[0], &encoder, false).unwrap();
+    assert!(r.steps > 4, "{} steps", r.steps);
+    assert_eq!(r.plans, r.steps as usize);
+    assert!(r.mean_planning_error.is_finite() && r.mean_planning_error > 0.0);
+    // A call rate that does not divide the block is named.
+    let odd = Agent {
+        act_steps: 3,
+        planner: whole.planner.clone(),
+        low: whole.low.clone(),
+        high: whole.high.clone(),
+        ..whole
+    };
+    let err = format!("{:#}", odd.check().unwrap_err());
+    assert!(err.contains("act steps must divide"), "{err}");
 }

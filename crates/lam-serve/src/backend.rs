@@ -168,6 +168,8 @@ impl<'a> Backend<'a> {
                         "iterations": p.iterations,
                         "cost": p.cost,
                         "replan_every": m.agent.replan_every,
+                        "frameskip": m.agent.frameskip,
+                        "act_steps": m.agent.steps_per_call(),
                     },
                     "encoder": {
                         "path": info.path.display().to_string(),

@@ -102,6 +102,11 @@ pub struct PlanEvalArgs {
     /// episodes: 92% against 82%; the demo's latent-action pipeline: 50% against 55% on 20).
     #[arg(long)]
     pub hold_actions: bool,
+    /// With action blocks: environment steps executed per plan, a divisor of the block (default:
+    /// the whole block). Fewer plan again from the frame reached after them, the history the
+    /// world model sees still one block apart.
+    #[arg(long)]
+    pub act_steps: Option<usize>,
     /// Compare token by token instead of mean-pooled frames.
     #[arg(long)]
     pub per_token: bool,
@@ -205,6 +210,8 @@ pub struct PlanEvalReport {
     pub planner_settings: PlannerConfig,
     /// `--replan-every` as given (None: the default per model).
     pub replan_every: Option<usize>,
+    /// `--act-steps` as given (None: whole blocks).
+    pub act_steps: Option<usize>,
     pub summaries: Vec<EvalSummary>,
     pub results: Vec<(String, Vec<EpisodeResult>)>,
     pub wall_seconds: f64,
@@ -544,6 +551,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 },
                 mode,
                 replan_every,
+                act_steps: args.act_steps.unwrap_or(0),
                 frameskip,
                 hold_actions: args.hold_actions,
                 waypoints: graph.as_ref(),
@@ -630,6 +638,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
         episodes: episodes.len(),
         planner_settings: planner,
         replan_every: args.replan_every,
+        act_steps: args.act_steps,
         summaries,
         results,
         wall_seconds: started.elapsed().as_secs_f64(),
@@ -641,7 +650,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     )?;
     let md = format!(
         "# Closed-loop planning: {} ({}), {} episodes\n\nPlanner: {} samples x {} iterations, \
-         horizon {}, world-model steps per plan {}, cost {:?}{}, objective {:?}.\n\n{}",
+         horizon {}, world-model steps per plan {}{}, cost {:?}{}, objective {:?}.\n\n{}",
         report.task,
         report.domain,
         report.episodes,
@@ -651,6 +660,9 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
         report
             .replan_every
             .map_or("5, or 1 block".to_string(), |r| r.to_string()),
+        report.act_steps.map_or(String::new(), |r| format!(
+            " ({r} of each block's steps executed)"
+        )),
         report.planner_settings.cost,
         if report.planner_settings.pooled {
             " (pooled)"

@@ -56,6 +56,11 @@ pub struct ServeArgs {
     /// With action blocks: search one robot action per block, held for the block's steps.
     #[arg(long)]
     pub hold_actions: bool,
+    /// With action blocks: robot actions sent per observation, a divisor of the block (default:
+    /// the whole block). Fewer plan again at every observation, the history the world model
+    /// sees still one block apart.
+    #[arg(long)]
+    pub act_steps: Option<usize>,
     /// Planning cost: mse, l1 or cosine, between the predicted and the goal frame embedding.
     #[arg(long, default_value = "mse")]
     pub cost: lam_control::planner::CostKind,
@@ -231,6 +236,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         planner,
         mode: args.search_space,
         replan_every: args.replan_every,
+        act_steps: args.act_steps.unwrap_or(0),
         frameskip,
         hold_actions: args.hold_actions,
         waypoints: None,
