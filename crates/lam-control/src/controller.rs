@@ -557,6 +557,15 @@ struct Selected {
     step: usize,
 }
 
+/// The best weights of a fit so far: the controller's half (with the world model trained
+/// along, if any) and the inverse's, each chosen on its own held-out loss.
+struct Kept {
+    forward: Selected,
+    inverse: Selected,
+    weights: Controller,
+    world_model: Option<WorldModel>,
+}
+
 /// Fits both MLPs on `train`; reports on `val`.
 pub fn fit(
     cfg: &ControllerConfig,
@@ -666,9 +675,7 @@ pub fn fit_with(
     });
     let mut wm_opt = tune.then(|| AdamWConfig::new().init());
     let mut start = 0;
-    // The best weights so far: the controller's and the inverse's, each chosen on its own
-    // held-out loss (the world model trained along goes with the controller).
-    let mut best: Option<(Selected, Selected, Controller, Option<WorldModel>)> = None;
+    let mut best: Option<Kept> = None;
     let mut since_best = (0usize, 0usize);
     let mut stopped = false;
     if let Some(ck) = checkpoints {
@@ -690,7 +697,7 @@ pub fn fit_with(
                 )?);
                 wm_opt = Some(lam_model::checkpoint::load_optimizer(&sub, o)?);
             }
-            if let Some((fwd, inv)) = state.best {
+            if let Some((forward, inverse)) = state.best {
                 let weights = lam_model::checkpoint::load_weights(
                     fresh(device),
                     &dir.join("best.safetensors"),
@@ -702,7 +709,12 @@ pub fn fit_with(
                     )?),
                     _ => None,
                 };
-                best = Some((fwd, inv, weights, wm));
+                best = Some(Kept {
+                    forward,
+                    inverse,
+                    weights,
+                    world_model: wm,
+                });
             }
             (start, since_best, stopped) = (state.step, state.since_best, state.stopped);
         }
@@ -813,18 +825,26 @@ pub fn fit_with(
             };
             match best.as_mut() {
                 None => {
-                    best = Some((now(lf), now(li), valid, valid_wm));
+                    best = Some(Kept {
+                        forward: now(lf),
+                        inverse: now(li),
+                        weights: valid,
+                        world_model: valid_wm,
+                    });
                     since_best = (0, 0);
                 }
-                Some((fwd, inv, kept, kept_wm)) => {
-                    if lf < fwd.loss {
-                        (*fwd, kept.forward, *kept_wm) = (now(lf), valid.forward.clone(), valid_wm);
+                Some(kept) => {
+                    if lf < kept.forward.loss {
+                        kept.forward = now(lf);
+                        kept.weights.forward = valid.forward.clone();
+                        kept.world_model = valid_wm;
                         since_best.0 = 0;
                     } else {
                         since_best.0 += 1;
                     }
-                    if li < inv.loss {
-                        (*inv, kept.inverse) = (now(li), valid.inverse);
+                    if li < kept.inverse.loss {
+                        kept.inverse = now(li);
+                        kept.weights.inverse = valid.inverse;
                         since_best.1 = 0;
                     } else {
                         since_best.1 += 1;
@@ -839,7 +859,7 @@ pub fn fit_with(
         if let Some(ck) = save {
             let state = FitState {
                 step: steps_run,
-                best: best.as_ref().map(|(f, i, ..)| (*f, *i)),
+                best: best.as_ref().map(|k| (k.forward, k.inverse)),
                 since_best,
                 stopped,
                 train_transitions: train.len(),
@@ -847,15 +867,15 @@ pub fn fit_with(
             };
             lam_model::checkpoint::write_step(&ck.dir, steps_run, 2, |tmp| {
                 lam_model::checkpoint::save_weights(&ctrl, &tmp.join("controller.safetensors"))?;
-                if let Some((_, _, w, _)) = &best {
-                    lam_model::checkpoint::save_weights(w, &tmp.join("best.safetensors"))?;
+                if let Some(k) = &best {
+                    lam_model::checkpoint::save_weights(&k.weights, &tmp.join("best.safetensors"))?;
                 }
                 if let (Some(o), Some(wm)) = (&wm_opt, &wm_ad) {
                     let sub = tmp.join("world_model");
                     std::fs::create_dir_all(&sub)?;
                     lam_model::checkpoint::save_weights(wm, &sub.join("weights.safetensors"))?;
                     lam_model::checkpoint::save_optimizer(&sub, o)?;
-                    if let Some((_, _, _, Some(w))) = &best {
+                    if let Some(w) = best.as_ref().and_then(|k| k.world_model.as_ref()) {
                         lam_model::checkpoint::save_weights(w, &sub.join("best.safetensors"))?;
                     }
                 }
@@ -865,7 +885,7 @@ pub fn fit_with(
         }
     }
     let (ctrl, best_step, inverse_best_step, tuned) = match best {
-        Some((f, i, c, w)) => (c, f.step, i.step, w),
+        Some(k) => (k.weights, k.forward.step, k.inverse.step, k.world_model),
         None => (
             ctrl.valid(),
             steps_run,
