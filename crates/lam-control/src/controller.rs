@@ -680,7 +680,14 @@ pub fn fit_with(
     let mut stopped = false;
     if let Some(ck) = checkpoints {
         if let Some(dir) = lam_model::checkpoint::resume_or_clear(&ck.dir, ck.resume)? {
-            let state: FitState = lam_model::checkpoint::read_state(&dir)?;
+            let state: FitState = lam_model::checkpoint::read_state(&dir).with_context(|| {
+                format!(
+                    "--resume: cannot read the fit state in {} (a checkpoint written before \
+                     each direction kept its own best weights cannot be resumed: fit again \
+                     without --resume)",
+                    dir.display()
+                )
+            })?;
             ensure!(
                 state.config == *cfg && state.train_transitions == train.len(),
                 "--resume: {} was made with other settings or data; resume with the fit's own",

@@ -598,6 +598,26 @@ fn controller_fit_resumes_exactly_from_its_checkpoints() {
         fit_with(&other, &tr, &va, None, &dev, Some(&at("whole", true))).unwrap_err()
     );
     assert!(err.contains("other settings"), "{err}");
+    // A state written before each direction kept its own best (one best for both) is named,
+    // with what to do.
+    let state = dir
+        .path()
+        .join("whole")
+        .join("checkpoints")
+        .join("step-0000400")
+        .join("state.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    v["best"] = serde_json::json!({"loss": 0.1, "step": 300});
+    std::fs::write(&state, v.to_string()).unwrap();
+    let err = format!(
+        "{:#}",
+        fit_with(&cfg, &tr, &va, None, &dev, Some(&at("whole", true))).unwrap_err()
+    );
+    assert!(
+        err.contains("state.json") && err.contains("fit again without --resume"),
+        "{err}"
+    );
 }
 
 /// The tests of this file run one at a time: they share the device's random generator (weight
