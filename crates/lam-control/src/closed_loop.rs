@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::controller::Controller;
 use crate::feasible::{Feasible, Target};
-use crate::planner::{Plan, PlannerConfig, PlannerKind, Problem, SearchSpace, plan};
+use crate::planner::{Plan, PlannerConfig, PlannerKind, Problem, SearchSpace, plan_ensemble};
 use crate::support::Support;
 use crate::waypoints::{GoalMap, WaypointGraph};
 
@@ -78,6 +78,15 @@ pub fn frameskip_of(
     Ok(model_actions / action_dim)
 }
 
+/// A further world model of an ensemble (see [`Agent::ensemble`]): its config, model and, for
+/// the latent search spaces, its own controller.
+#[derive(Clone, Copy)]
+pub struct Member<'a> {
+    pub cfg: &'a LamConfig,
+    pub lam: &'a LatentActionModel,
+    pub controller: Option<&'a Controller>,
+}
+
 /// An MPC agent: the world model, how its actions map to the robot, and the planner.
 pub struct Agent<'a> {
     pub cfg: &'a LamConfig,
@@ -93,6 +102,10 @@ pub struct Agent<'a> {
     /// many actions of the plan's first block and plans again at the next call (a receding
     /// horizon within the block; the history the world model sees stays `frameskip` apart).
     pub act_steps: usize,
+    /// Further world models that score every candidate beside the agent's own (each with its
+    /// own history labels and controller; the cost is the mean over all): runs of one recipe
+    /// with other seeds, whose errors differ. Sampling planners, robot-action search spaces.
+    pub ensemble: Vec<Member<'a>>,
     /// Environment steps per world-model step k (1: one action per step); the world model,
     /// controller and planner work on blocks of k robot actions.
     pub frameskip: usize,
@@ -140,6 +153,18 @@ impl ActStep {
 }
 
 impl<'a> Agent<'a> {
+    /// Model `m` of the ensemble: 0 the agent's own, then [`Agent::ensemble`]'s.
+    fn member(&self, m: usize) -> Member<'a> {
+        match m {
+            0 => Member {
+                cfg: self.cfg,
+                lam: self.lam,
+                controller: self.controller,
+            },
+            m => self.ensemble[m - 1],
+        }
+    }
+
     /// Environment steps per [`MpcSession::act`] call (see [`Agent::act_steps`]).
     pub fn steps_per_call(&self) -> usize {
         match self.act_steps {
@@ -166,6 +191,11 @@ impl<'a> Agent<'a> {
 
     /// What the planner searches, from the agent's [`Mode`] (the one place that maps it).
     pub fn search_space(&self) -> SearchSpace<'a> {
+        self.search_space_with(self.controller)
+    }
+
+    /// [`Agent::search_space`] through `controller` (an ensemble member's).
+    fn search_space_with(&self, controller: Option<&'a Controller>) -> SearchSpace<'a> {
         let robot_actions = |controller| {
             let (low, high) = self.block_bounds();
             SearchSpace::Action {
@@ -179,7 +209,7 @@ impl<'a> Agent<'a> {
             Mode::Latent => SearchSpace::Latent {
                 dim: self.cfg.model.latent_dim,
             },
-            Mode::Action => robot_actions(self.controller),
+            Mode::Action => robot_actions(controller),
             Mode::ActionConditioned => robot_actions(None),
         }
     }
@@ -309,6 +339,45 @@ impl<'a> Agent<'a> {
                 self.low.len()
             );
         }
+        if !self.ensemble.is_empty() {
+            ensure!(
+                self.planner.kind != PlannerKind::Gradient && self.mode != Mode::Latent,
+                "an ensemble scores candidates of the sampling planners (cem, icem, mppi, \
+                 random) in a robot-action search space"
+            );
+        }
+        for (i, m) in self.ensemble.iter().enumerate() {
+            ensure!(
+                m.cfg.model.conditioning == self.cfg.model.conditioning
+                    && m.cfg.model.embed_dim == self.cfg.model.embed_dim
+                    && m.cfg.model.latent_dim == self.cfg.model.latent_dim,
+                "ensemble member {}: conditioned on {:?} with {}-D frames and {}-D actions, \
+                 the agent's model on {:?} with {}-D and {}-D",
+                i + 1,
+                m.cfg.model.conditioning,
+                m.cfg.model.embed_dim,
+                m.cfg.model.latent_dim,
+                self.cfg.model.conditioning,
+                self.cfg.model.embed_dim,
+                self.cfg.model.latent_dim
+            );
+            if self.mode == Mode::Action {
+                let Some(c) = m.controller else {
+                    bail!("ensemble member {} needs its controller", i + 1)
+                };
+                ensure!(
+                    c.action_dim() == block
+                        && c.latent_dim() == m.cfg.model.latent_dim
+                        && (c.frame_dim() == 0 || c.frame_dim() == m.cfg.model.embed_dim),
+                    "ensemble member {}: its controller maps {}-D actions to {}-D latents; the \
+                     block is {block}-D and the model's latents {}-D",
+                    i + 1,
+                    c.action_dim(),
+                    c.latent_dim(),
+                    m.cfg.model.latent_dim
+                );
+            }
+        }
         ensure!(
             self.low.len() == self.high.len() && !self.low.is_empty(),
             "action bounds: {} lows, {} highs",
@@ -320,14 +389,20 @@ impl<'a> Agent<'a> {
 
     /// A session toward `goal` (`[1, N, D]`); `seed` varies the planner's sampling.
     pub fn session(&'a self, goal: Tensor<3>, seed: u64) -> MpcSession<'a> {
+        let members = 1 + self.ensemble.len();
         MpcSession {
             agent: self,
-            goal: self.lam.normalize(goal),
+            goal: self.lam.normalize(goal.clone()),
+            member_goals: self
+                .ensemble
+                .iter()
+                .map(|m| m.lam.normalize(goal.clone()))
+                .collect(),
             goal_map: None,
             seed,
             step: 0,
             seen: VecDeque::new(),
-            labels: VecDeque::new(),
+            labels: vec![VecDeque::new(); members],
             executed: VecDeque::new(),
             queue: VecDeque::new(),
             plans: 0,
@@ -340,16 +415,19 @@ impl<'a> Agent<'a> {
 pub struct MpcSession<'a> {
     agent: &'a Agent<'a>,
     goal: Tensor<3>,
+    /// The goal as each further ensemble member standardises it.
+    member_goals: Vec<Tensor<3>>,
     /// With waypoints: the data's paths to `goal` (made at the first plan).
     goal_map: Option<GoalMap>,
     seed: u64,
     /// Environment steps executed so far (the step of the frame the next call gets).
     step: usize,
-    /// Frames seen (`[1, N, D]`, normalised) by the step they were seen at, as far back as the
-    /// world model's history reaches (`window` blocks).
+    /// Frames seen (`[1, N, D]`, as encoded) by the step they were seen at, as far back as
+    /// the world model's history reaches (`window` blocks).
     seen: VecDeque<(usize, Tensor<3>)>,
-    /// The latent or action block of the transition ending at a step (`[1, d]`), once made.
-    labels: VecDeque<(usize, Tensor<2>)>,
+    /// Per model (the agent's, then the ensemble's): the latent or action block of the
+    /// transition ending at a step (`[1, d]`), once made.
+    labels: Vec<VecDeque<(usize, Tensor<2>)>>,
     /// The robot action executed at each step, as far back as the history reaches.
     executed: VecDeque<(usize, Vec<f32>)>,
     /// Blocks of the current plan still to execute, with their predicted frames and the
@@ -372,8 +450,8 @@ impl MpcSession<'_> {
     /// The label of the block from `end - k` to `end` (made once and kept): the IDM's latent
     /// between the two frames, or the `k` robot actions executed for an action-conditioned
     /// model.
-    fn label_to(&mut self, end: usize, from: &Tensor<3>, to: &Tensor<3>) -> Tensor<2> {
-        if let Some((_, z)) = self.labels.iter().find(|(t, _)| *t == end) {
+    fn label_to(&mut self, m: usize, end: usize, from: &Tensor<3>, to: &Tensor<3>) -> Tensor<2> {
+        if let Some((_, z)) = self.labels[m].iter().find(|(t, _)| *t == end) {
             return z.clone();
         }
         let agent = self.agent;
@@ -390,20 +468,28 @@ impl MpcSession<'_> {
                 Tensor::<2>::from_data(TensorData::new(a, [1, dim]), &to.device())
             }
             Mode::Latent | Mode::Action => agent
+                .member(m)
                 .lam
                 .infer(from.clone().mean_dim(1), to.clone().mean_dim(1), &[])
                 .z
                 .squeeze_dim::<2>(1),
         };
-        self.labels.push_back((end, z.clone()));
+        self.labels[m].push_back((end, z.clone()));
         z
     }
 
-    /// The history before the current frame, `frameskip` steps apart: up to `window` frames
-    /// `[1, h, N, D]` and the label of the block leaving each `[1, h, d]` (the last one ends at
-    /// the current frame `s`). None at the first step.
-    fn history(&mut self, s: &Tensor<3>, window: usize) -> Option<(Tensor<4>, Tensor<3>)> {
+    /// The history before the current frame as model `m` sees it (standardised by it),
+    /// `frameskip` steps apart: up to `window` frames `[1, h, N, D]` and the label of the block
+    /// leaving each `[1, h, d]` (the last one ends at the current frame `s`, standardised).
+    /// None at the first step.
+    fn history(
+        &mut self,
+        m: usize,
+        s: &Tensor<3>,
+        window: usize,
+    ) -> Option<(Tensor<4>, Tensor<3>)> {
         let k = self.agent.frameskip.max(1);
+        let lam = self.agent.member(m).lam;
         let mut frames = Vec::new();
         let mut labels = Vec::new();
         let mut later = s.clone();
@@ -412,7 +498,8 @@ impl MpcSession<'_> {
             let Some(f) = self.frame_at(end - k).cloned() else {
                 break;
             };
-            labels.push(self.label_to(end, &f, &later));
+            let f = lam.normalize(f);
+            labels.push(self.label_to(m, end, &f, &later));
             frames.push(f.clone());
             later = f;
             end -= k;
@@ -431,7 +518,8 @@ impl MpcSession<'_> {
     pub fn act(&mut self, s: Tensor<3>) -> Result<ActStep> {
         let agent = self.agent;
         let cfg = agent.cfg;
-        let s = agent.lam.normalize(s);
+        let raw = s;
+        let s = agent.lam.normalize(raw.clone());
         let [one, n, d] = s.dims();
         let [_, gn, gd] = self.goal.dims();
         ensure!(
@@ -449,8 +537,39 @@ impl MpcSession<'_> {
         if self.queue.is_empty() {
             planned = true;
             let cache = self
-                .history(&s, window)
+                .history(0, &s, window)
                 .map(|(f, z)| wm.prefill(f, z, window));
+            // The ensemble's further models, each from its own history.
+            let mut member_caches = Vec::new();
+            for m in 1..=agent.ensemble.len() {
+                let member = agent.member(m);
+                let w = member.cfg.model.frames - 1;
+                let sm = member.lam.normalize(raw.clone());
+                let c = self
+                    .history(m, &sm, w)
+                    .map(|(f, z)| member.lam.world_model.prefill(f, z, w));
+                member_caches.push((member, w, sm, c));
+            }
+            let others: Vec<(Problem, SearchSpace)> = member_caches
+                .iter()
+                .zip(&self.member_goals)
+                .map(|((member, w, sm, c), goal)| {
+                    (
+                        Problem {
+                            world_model: &member.lam.world_model,
+                            cache: c.as_ref(),
+                            window: *w,
+                            history: None,
+                            use_cache: true,
+                            current: sm.clone(),
+                            goal: goal.clone(),
+                            support: None,
+                            feasible: None,
+                        },
+                        agent.search_space_with(member.controller),
+                    )
+                })
+                .collect();
             let target = match agent.waypoints {
                 Some(graph) => {
                     if self.goal_map.is_none() {
@@ -478,7 +597,7 @@ impl MpcSession<'_> {
             let t0 = Instant::now();
             let mut pcfg = agent.planner.clone();
             pcfg.seed = agent.planner.seed ^ (self.seed.wrapping_mul(31) + self.plans as u64);
-            let p: Plan = plan(&pcfg, &problem, &space);
+            let p: Plan = plan_ensemble(&pcfg, &problem, &space, &others);
             plan_ms = t0.elapsed().as_secs_f64() * 1000.0;
             self.plans += 1;
             let blocks = if per_call < k {
@@ -518,7 +637,7 @@ impl MpcSession<'_> {
             self.queue.clear();
         }
         // Keep what the history can reach: `window` blocks back from the next call's step.
-        self.seen.push_back((self.step, s));
+        self.seen.push_back((self.step, raw));
         let steps = action.len() / agent.low.len().max(1);
         for (i, a) in action.chunks(agent.low.len().max(1)).enumerate() {
             self.executed.push_back((self.step + i, a.to_vec()));
@@ -526,7 +645,9 @@ impl MpcSession<'_> {
         self.step += steps;
         let oldest = self.step.saturating_sub(window * k);
         self.seen.retain(|(t, _)| *t >= oldest);
-        self.labels.retain(|(t, _)| *t > oldest);
+        for labels in &mut self.labels {
+            labels.retain(|(t, _)| *t > oldest);
+        }
         self.executed.retain(|(t, _)| *t >= oldest);
         Ok(ActStep {
             action,

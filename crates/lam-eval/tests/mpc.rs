@@ -73,6 +73,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
         mode: Mode::Latent,
         replan_every: 3,
         act_steps: 0,
+        ensemble: Vec::new(),
         frameskip: 1,
         low: space.low.clone(),
         high: space.high.clone(),
@@ -160,6 +161,7 @@ fn closed_loop_executes_action_blocks() {
         mode: Mode::Action,
         replan_every: 1,
         act_steps: 0,
+        ensemble: Vec::new(),
         frameskip: 2,
         low: space.low.clone(),
         high: space.high.clone(),
@@ -258,6 +260,7 @@ fn with_feasible<'a>(
         planner: agent.planner.clone(),
         low: agent.low.clone(),
         high: agent.high.clone(),
+        ensemble: agent.ensemble.clone(),
         ..*agent
     }
 }
@@ -292,6 +295,7 @@ fn acting_part_of_a_block_plans_at_every_call_from_block_spaced_history() {
         mode: Mode::ActionConditioned,
         replan_every: 1,
         act_steps: 0,
+        ensemble: Vec::new(),
         frameskip: 2,
         low: space.low.clone(),
         high: space.high.clone(),
@@ -302,6 +306,7 @@ fn acting_part_of_a_block_plans_at_every_call_from_block_spaced_history() {
     };
     let stepwise = Agent {
         act_steps: 1,
+        ensemble: Vec::new(),
         planner: whole.planner.clone(),
         low: whole.low.clone(),
         high: whole.high.clone(),
@@ -327,6 +332,7 @@ fn acting_part_of_a_block_plans_at_every_call_from_block_spaced_history() {
     // A call rate that does not divide the block is named.
     let odd = Agent {
         act_steps: 3,
+        ensemble: Vec::new(),
         planner: whole.planner.clone(),
         low: whole.low.clone(),
         high: whole.high.clone(),
@@ -334,4 +340,106 @@ fn acting_part_of_a_block_plans_at_every_call_from_block_spaced_history() {
     };
     let err = format!("{:#}", odd.check().unwrap_err());
     assert!(err.contains("act steps must divide"), "{err}");
+}
+
+#[test]
+fn an_ensemble_of_copies_plans_what_its_model_plans_and_mismatched_members_are_named() {
+    use lam_control::closed_loop::{Agent, Member, Mode};
+    use lam_control::controller::ControllerNetConfig;
+    use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
+    let cfg = LamConfig::preset("tiny").unwrap();
+    let dev = Device::flex();
+    let lam = lam_model::train::init_model(&cfg, &dev);
+    let ctrl = ControllerNetConfig {
+        action_dim: 4,
+        latent_dim: 16,
+        frame_dim: 0,
+        hidden: 32,
+    }
+    .init(&dev);
+    let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
+    let space = episodes[0].env().unwrap().action_space();
+    let encoder = pooled_colour_encoder(&dev);
+    let single = Agent {
+        cfg: &cfg,
+        lam: &lam,
+        controller: Some(&ctrl),
+        planner: PlannerConfig {
+            kind: PlannerKind::Cem,
+            horizon: 2,
+            samples: 16,
+            elites: 4,
+            iterations: 2,
+            ..PlannerConfig::default()
+        },
+        mode: Mode::Action,
+        replan_every: 1,
+        act_steps: 0,
+        ensemble: Vec::new(),
+        frameskip: 2,
+        low: space.low.clone(),
+        high: space.high.clone(),
+        hold_actions: false,
+        waypoints: None,
+        support: None,
+        feasible: None,
+    };
+    let copy = Member {
+        cfg: &cfg,
+        lam: &lam,
+        controller: Some(&ctrl),
+    };
+    let pair = Agent {
+        ensemble: vec![copy],
+        planner: single.planner.clone(),
+        low: single.low.clone(),
+        high: single.high.clone(),
+        ..single
+    };
+    pair.check().unwrap();
+    // The mean of two equal costs is that cost: the same plans, step for step, and each
+    // member's history (its own labels and cache) follows the episode as the model's does.
+    let layout = episodes[0].env().unwrap().layout().clone();
+    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
+    let (mut a, mut b) = (single.session(goal.clone(), 5), pair.session(goal, 5));
+    let mut env = episodes[0].env().unwrap();
+    for _ in 0..4 {
+        let s = encoder(&env.render(), env.state(), env.layout()).unwrap();
+        let (x, y) = (a.act(s.clone()).unwrap(), b.act(s).unwrap());
+        assert_eq!(x.action, y.action);
+        assert_eq!(x.cost, y.cost);
+        for step in x.actions(2) {
+            env.step(&step).unwrap();
+        }
+    }
+    // A member whose controller takes other blocks, and an ensemble in latent space, are named.
+    let narrow = ControllerNetConfig {
+        action_dim: 2,
+        latent_dim: 16,
+        frame_dim: 0,
+        hidden: 32,
+    }
+    .init(&dev);
+    let wrong = Agent {
+        ensemble: vec![Member {
+            controller: Some(&narrow),
+            ..copy
+        }],
+        planner: single.planner.clone(),
+        low: single.low.clone(),
+        high: single.high.clone(),
+        ..single
+    };
+    let err = format!("{:#}", wrong.check().unwrap_err());
+    assert!(err.contains("ensemble member 1"), "{err}");
+    let latent = Agent {
+        mode: Mode::Latent,
+        ensemble: vec![copy],
+        planner: single.planner.clone(),
+        low: single.low.clone(),
+        high: single.high.clone(),
+        ..single
+    };
+    let err = format!("{:#}", latent.check().unwrap_err());
+    assert!(err.contains("robot-action search space"), "{err}");
 }

@@ -107,6 +107,11 @@ pub struct PlanEvalArgs {
     /// world model sees still one block apart.
     #[arg(long)]
     pub act_steps: Option<usize>,
+    /// A further latent-action world model and its controller, `RUN,CONTROLLER` (repeat for
+    /// more): every candidate is scored by the mean cost under --run's model and these (runs
+    /// of the same recipe with other seeds; each keeps its own history labels).
+    #[arg(long)]
+    pub ensemble: Vec<String>,
     /// Compare token by token instead of mean-pooled frames.
     #[arg(long)]
     pub per_token: bool,
@@ -388,6 +393,31 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             }
             _ => None,
         };
+        let member_models = match conditioning {
+            Conditioning::Latent => args
+                .ensemble
+                .iter()
+                .map(|spec| {
+                    let (run, c) = spec
+                        .split_once(',')
+                        .with_context(|| format!("--ensemble `{spec}`: expected RUN,CONTROLLER"))?;
+                    let (cfg, lam, _) = load_run(Path::new(run), &device)
+                        .with_context(|| format!("--ensemble `{spec}`"))?;
+                    let c = controller::load(Path::new(c), &device)
+                        .with_context(|| format!("--ensemble `{spec}`"))?;
+                    Ok((cfg, lam, c))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Conditioning::Action => Vec::new(),
+        };
+        let members: Vec<lam_control::closed_loop::Member> = member_models
+            .iter()
+            .map(|(cfg, lam, c)| lam_control::closed_loop::Member {
+                cfg,
+                lam,
+                controller: Some(c),
+            })
+            .collect();
         let critic = match &args.support {
             Some(p) => Some(lam_control::support::load(p, &device)?),
             None => None,
@@ -552,6 +582,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 mode,
                 replan_every,
                 act_steps: args.act_steps.unwrap_or(0),
+                ensemble: members.clone(),
                 frameskip,
                 hold_actions: args.hold_actions,
                 waypoints: graph.as_ref(),
@@ -581,6 +612,11 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                 format!("{name}, blocks of {frameskip}")
             } else {
                 name
+            };
+            let name = if agent.ensemble.is_empty() {
+                name
+            } else {
+                format!("{name}, ensemble of {}", agent.ensemble.len() + 1)
             };
             let name = if graph.is_some() {
                 format!("{name}, waypoints")

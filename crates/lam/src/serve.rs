@@ -237,6 +237,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         mode: args.search_space,
         replan_every: args.replan_every,
         act_steps: args.act_steps.unwrap_or(0),
+        ensemble: Vec::new(),
         frameskip,
         hold_actions: args.hold_actions,
         waypoints: None,

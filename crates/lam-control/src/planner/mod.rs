@@ -392,11 +392,28 @@ impl Plan {
 
 /// Plans with the configured planner; returns the best sequence found.
 pub fn plan(cfg: &PlannerConfig, problem: &Problem, space: &SearchSpace) -> Plan {
+    plan_ensemble(cfg, problem, space, &[])
+}
+
+/// [`plan`] scored by an ensemble: each candidate's cost is the mean of its cost under
+/// `problem` and under every further world model of `others` (each with its own history,
+/// goal and search space of the same width; e.g. runs of one recipe with other seeds), so a
+/// plan one model alone likes by its error is not chosen. The plan's confidence is
+/// `problem`'s. Sampling planners only (the gradient planner takes `problem` alone).
+pub fn plan_ensemble(
+    cfg: &PlannerConfig,
+    problem: &Problem,
+    space: &SearchSpace,
+    others: &[(Problem, SearchSpace)],
+) -> Plan {
+    let members: Vec<(&Problem, &SearchSpace)> = std::iter::once((problem, space))
+        .chain(others.iter().map(|(p, s)| (p, s)))
+        .collect();
     match cfg.kind {
         PlannerKind::Gradient => gradient::plan(cfg, problem, space),
-        PlannerKind::RandomShooting => sampling::plan(cfg, problem, space, &mut RandomShooting),
-        PlannerKind::Cem => sampling::plan(cfg, problem, space, &mut Cem),
-        PlannerKind::Icem => sampling::plan(cfg, problem, space, &mut Icem::default()),
-        PlannerKind::Mppi => sampling::plan(cfg, problem, space, &mut Mppi),
+        PlannerKind::RandomShooting => sampling::plan(cfg, &members, &mut RandomShooting),
+        PlannerKind::Cem => sampling::plan(cfg, &members, &mut Cem),
+        PlannerKind::Icem => sampling::plan(cfg, &members, &mut Icem::default()),
+        PlannerKind::Mppi => sampling::plan(cfg, &members, &mut Mppi),
     }
 }

@@ -52,13 +52,15 @@ pub(super) trait Sampler {
     );
 }
 
-/// Plans with `sampler`; returns the best sequence seen.
+/// Plans with `sampler` over the first member's search space, each candidate scored by the
+/// mean of its costs under every member (one member: that problem's cost); returns the best
+/// sequence seen.
 pub(super) fn plan(
     cfg: &PlannerConfig,
-    problem: &Problem,
-    space: &SearchSpace,
+    members: &[(&Problem, &SearchSpace)],
     sampler: &mut dyn Sampler,
 ) -> Plan {
+    let (problem, space) = members[0];
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let (h, dim) = (cfg.horizon, space.dim());
     let width = h * dim;
@@ -74,18 +76,23 @@ pub(super) fn plan(
             .collect();
         sampler.place(&mut seqs, &mean, it + 1 == iterations);
         space.clamp(&mut seqs);
-        let steps = rollout_all(problem, space, &seqs, c, h);
-        let mut costs = trajectory_cost(
-            cfg.cost,
-            cfg.pooled,
-            cfg.objective,
-            steps.clone(),
-            problem.goal.clone(),
-        );
-        if let Some(p) = support_penalty(problem, steps) {
-            costs = costs + p;
+        let mut costs = vec![0.0f32; c];
+        for (problem, space) in members {
+            let steps = rollout_all(problem, space, &seqs, c, h);
+            let mut cost = trajectory_cost(
+                cfg.cost,
+                cfg.pooled,
+                cfg.objective,
+                steps.clone(),
+                problem.goal.clone(),
+            );
+            if let Some(p) = support_penalty(problem, steps) {
+                cost = cost + p;
+            }
+            for (total, v) in costs.iter_mut().zip(host(cost)) {
+                *total += v / members.len() as f32;
+            }
         }
-        let costs = host(costs);
         rollouts += c;
         let mut order: Vec<usize> = (0..c).collect();
         order.sort_by(|&a, &b| costs[a].total_cmp(&costs[b]));
