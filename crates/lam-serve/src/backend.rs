@@ -170,6 +170,7 @@ impl<'a> Backend<'a> {
                         "replan_every": m.agent.replan_every,
                         "frameskip": m.agent.frameskip,
                         "act_steps": m.agent.steps_per_call(),
+                        "world_models": 1 + m.agent.ensemble.len(),
                     },
                     "encoder": {
                         "path": info.path.display().to_string(),

@@ -300,6 +300,51 @@ fn load_world_model(
     Ok((cfg, lam, source))
 }
 
+/// The further models of `--ensemble RUN,CONTROLLER` flags: each run's config and model and
+/// its controller.
+pub(crate) fn load_ensemble(
+    specs: &[String],
+    device: &Device,
+) -> Result<
+    Vec<(
+        LamConfig,
+        lam_model::LatentActionModel,
+        controller::Controller,
+    )>,
+> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (run, c) = spec
+                .split_once(',')
+                .with_context(|| format!("--ensemble `{spec}`: expected RUN,CONTROLLER"))?;
+            let (cfg, lam, _) =
+                load_run(Path::new(run), device).with_context(|| format!("--ensemble `{spec}`"))?;
+            let c = controller::load(Path::new(c), device)
+                .with_context(|| format!("--ensemble `{spec}`"))?;
+            Ok((cfg, lam, c))
+        })
+        .collect()
+}
+
+/// [`load_ensemble`]'s models as the agent's ensemble members.
+pub(crate) fn ensemble_members(
+    models: &[(
+        LamConfig,
+        lam_model::LatentActionModel,
+        controller::Controller,
+    )],
+) -> Vec<lam_control::closed_loop::Member<'_>> {
+    models
+        .iter()
+        .map(|(cfg, lam, c)| lam_control::closed_loop::Member {
+            cfg,
+            lam,
+            controller: Some(c),
+        })
+        .collect()
+}
+
 /// Runs every requested method on the same episodes.
 pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
     let started = Instant::now();
@@ -394,30 +439,10 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             _ => None,
         };
         let member_models = match conditioning {
-            Conditioning::Latent => args
-                .ensemble
-                .iter()
-                .map(|spec| {
-                    let (run, c) = spec
-                        .split_once(',')
-                        .with_context(|| format!("--ensemble `{spec}`: expected RUN,CONTROLLER"))?;
-                    let (cfg, lam, _) = load_run(Path::new(run), &device)
-                        .with_context(|| format!("--ensemble `{spec}`"))?;
-                    let c = controller::load(Path::new(c), &device)
-                        .with_context(|| format!("--ensemble `{spec}`"))?;
-                    Ok((cfg, lam, c))
-                })
-                .collect::<Result<Vec<_>>>()?,
+            Conditioning::Latent => load_ensemble(&args.ensemble, &device)?,
             Conditioning::Action => Vec::new(),
         };
-        let members: Vec<lam_control::closed_loop::Member> = member_models
-            .iter()
-            .map(|(cfg, lam, c)| lam_control::closed_loop::Member {
-                cfg,
-                lam,
-                controller: Some(c),
-            })
-            .collect();
+        let members = ensemble_members(&member_models);
         let critic = match &args.support {
             Some(p) => Some(lam_control::support::load(p, &device)?),
             None => None,

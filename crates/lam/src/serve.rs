@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// sees still one block apart.
     #[arg(long)]
     pub act_steps: Option<usize>,
+    /// A further latent-action world model and its controller, `RUN,CONTROLLER` (repeat for
+    /// more): every candidate is scored by the mean cost under --run's model and these (as
+    /// `lam plan eval --ensemble`; what `lam demo` plans with).
+    #[arg(long)]
+    pub ensemble: Vec<String>,
     /// Planning cost: mse, l1 or cosine, between the predicted and the goal frame embedding.
     #[arg(long, default_value = "mse")]
     pub cost: lam_control::planner::CostKind,
@@ -207,6 +212,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Some(p) => Some(lam_control::controller::load(p, &device)?),
         None => None,
     };
+    let member_models = crate::plan::load_ensemble(&args.ensemble, &device)?;
     let (low, high, names) = match bounds {
         Some(b) => b,
         None => bail!(
@@ -237,7 +243,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         mode: args.search_space,
         replan_every: args.replan_every,
         act_steps: args.act_steps.unwrap_or(0),
-        ensemble: Vec::new(),
+        ensemble: crate::plan::ensemble_members(&member_models),
         frameskip,
         hold_actions: args.hold_actions,
         waypoints: None,
