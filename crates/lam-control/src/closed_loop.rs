@@ -88,6 +88,7 @@ pub struct Member<'a> {
 }
 
 /// An MPC agent: the world model, how its actions map to the robot, and the planner.
+#[derive(Clone)]
 pub struct Agent<'a> {
     pub cfg: &'a LamConfig,
     pub lam: &'a LatentActionModel,
@@ -636,14 +637,19 @@ impl MpcSession<'_> {
             action.truncate(per_call * agent.low.len());
             self.queue.clear();
         }
-        // Keep what the history can reach: `window` blocks back from the next call's step.
+        // Keep what the longest history of the models can reach: its blocks back from the next
+        // call's step.
         self.seen.push_back((self.step, raw));
         let steps = action.len() / agent.low.len().max(1);
         for (i, a) in action.chunks(agent.low.len().max(1)).enumerate() {
             self.executed.push_back((self.step + i, a.to_vec()));
         }
         self.step += steps;
-        let oldest = self.step.saturating_sub(window * k);
+        let reach = (0..=agent.ensemble.len())
+            .map(|m| agent.member(m).cfg.model.frames - 1)
+            .max()
+            .unwrap_or(window);
+        let oldest = self.step.saturating_sub(reach * k);
         self.seen.retain(|(t, _)| *t >= oldest);
         for labels in &mut self.labels {
             labels.retain(|(t, _)| *t > oldest);

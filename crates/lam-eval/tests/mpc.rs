@@ -146,30 +146,7 @@ fn closed_loop_executes_action_blocks() {
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
     let encoder = pooled_colour_encoder(&dev);
-    let agent = Agent {
-        cfg: &cfg,
-        lam: &lam,
-        controller: Some(&ctrl),
-        planner: PlannerConfig {
-            kind: PlannerKind::Cem,
-            horizon: 2,
-            samples: 16,
-            elites: 4,
-            iterations: 2,
-            ..PlannerConfig::default()
-        },
-        mode: Mode::Action,
-        replan_every: 1,
-        act_steps: 0,
-        ensemble: Vec::new(),
-        frameskip: 2,
-        low: space.low.clone(),
-        high: space.high.clone(),
-        hold_actions: false,
-        waypoints: None,
-        support: None,
-        feasible: None,
-    };
+    let agent = block_agent(&cfg, &lam, Some(&ctrl), Mode::Action, &space);
     agent.check().unwrap();
     // One plan per block of two environment steps.
     let r = run_episode(&agent, &episodes[0], &encoder, false).unwrap();
@@ -257,11 +234,42 @@ fn with_feasible<'a>(
             neighbours: 8,
             target,
         }),
-        planner: agent.planner.clone(),
-        low: agent.low.clone(),
-        high: agent.high.clone(),
-        ensemble: agent.ensemble.clone(),
-        ..*agent
+        ..agent.clone()
+    }
+}
+
+/// An agent planning blocks of 2 actions of the robot's `space` with a small CEM (16
+/// candidates, 4 elites, 2 iterations, horizon 2), a whole block per call.
+fn block_agent<'a>(
+    cfg: &'a LamConfig,
+    lam: &'a lam_model::LatentActionModel,
+    controller: Option<&'a lam_control::controller::Controller>,
+    mode: lam_control::closed_loop::Mode,
+    space: &lam_sim::ActionSpace,
+) -> lam_control::closed_loop::Agent<'a> {
+    lam_control::closed_loop::Agent {
+        cfg,
+        lam,
+        controller,
+        planner: PlannerConfig {
+            kind: PlannerKind::Cem,
+            horizon: 2,
+            samples: 16,
+            elites: 4,
+            iterations: 2,
+            ..PlannerConfig::default()
+        },
+        mode,
+        replan_every: 1,
+        act_steps: 0,
+        ensemble: Vec::new(),
+        frameskip: 2,
+        low: space.low.clone(),
+        high: space.high.clone(),
+        hold_actions: false,
+        waypoints: None,
+        support: None,
+        feasible: None,
     }
 }
 
@@ -280,37 +288,10 @@ fn acting_part_of_a_block_plans_at_every_call_from_block_spaced_history() {
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
     let encoder = pooled_colour_encoder(&dev);
-    let whole = Agent {
-        cfg: &cfg,
-        lam: &lam,
-        controller: None,
-        planner: PlannerConfig {
-            kind: PlannerKind::Cem,
-            horizon: 2,
-            samples: 16,
-            elites: 4,
-            iterations: 2,
-            ..PlannerConfig::default()
-        },
-        mode: Mode::ActionConditioned,
-        replan_every: 1,
-        act_steps: 0,
-        ensemble: Vec::new(),
-        frameskip: 2,
-        low: space.low.clone(),
-        high: space.high.clone(),
-        hold_actions: false,
-        waypoints: None,
-        support: None,
-        feasible: None,
-    };
+    let whole = block_agent(&cfg, &lam, None, Mode::ActionConditioned, &space);
     let stepwise = Agent {
         act_steps: 1,
-        ensemble: Vec::new(),
-        planner: whole.planner.clone(),
-        low: whole.low.clone(),
-        high: whole.high.clone(),
-        ..whole
+        ..whole.clone()
     };
     stepwise.check().unwrap();
     // The first call plans the same block from the same frame; one of its actions comes back.
@@ -332,10 +313,6 @@ fn acting_part_of_a_block_plans_at_every_call_from_block_spaced_history() {
     // A call rate that does not divide the block is named.
     let odd = Agent {
         act_steps: 3,
-        ensemble: Vec::new(),
-        planner: whole.planner.clone(),
-        low: whole.low.clone(),
-        high: whole.high.clone(),
         ..whole
     };
     let err = format!("{:#}", odd.check().unwrap_err());
@@ -360,30 +337,7 @@ fn an_ensemble_of_copies_plans_what_its_model_plans_and_mismatched_members_are_n
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
     let encoder = pooled_colour_encoder(&dev);
-    let single = Agent {
-        cfg: &cfg,
-        lam: &lam,
-        controller: Some(&ctrl),
-        planner: PlannerConfig {
-            kind: PlannerKind::Cem,
-            horizon: 2,
-            samples: 16,
-            elites: 4,
-            iterations: 2,
-            ..PlannerConfig::default()
-        },
-        mode: Mode::Action,
-        replan_every: 1,
-        act_steps: 0,
-        ensemble: Vec::new(),
-        frameskip: 2,
-        low: space.low.clone(),
-        high: space.high.clone(),
-        hold_actions: false,
-        waypoints: None,
-        support: None,
-        feasible: None,
-    };
+    let single = block_agent(&cfg, &lam, Some(&ctrl), Mode::Action, &space);
     let copy = Member {
         cfg: &cfg,
         lam: &lam,
@@ -391,10 +345,7 @@ fn an_ensemble_of_copies_plans_what_its_model_plans_and_mismatched_members_are_n
     };
     let pair = Agent {
         ensemble: vec![copy],
-        planner: single.planner.clone(),
-        low: single.low.clone(),
-        high: single.high.clone(),
-        ..single
+        ..single.clone()
     };
     pair.check().unwrap();
     // The mean of two equal costs is that cost: the same plans, step for step, and each
@@ -425,19 +376,13 @@ fn an_ensemble_of_copies_plans_what_its_model_plans_and_mismatched_members_are_n
             controller: Some(&narrow),
             ..copy
         }],
-        planner: single.planner.clone(),
-        low: single.low.clone(),
-        high: single.high.clone(),
-        ..single
+        ..single.clone()
     };
     let err = format!("{:#}", wrong.check().unwrap_err());
     assert!(err.contains("ensemble member 1"), "{err}");
     let latent = Agent {
         mode: Mode::Latent,
         ensemble: vec![copy],
-        planner: single.planner.clone(),
-        low: single.low.clone(),
-        high: single.high.clone(),
         ..single
     };
     let err = format!("{:#}", latent.check().unwrap_err());

@@ -176,13 +176,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "7/10 leakage and transfer",
         &eval_argv(&lam_run, &l.human_shards, &out.join("eval.json"), dev),
     )?;
-    let mut fit = fit_argv(&lam_run, &l.robot_shards, &ctrl, dev);
-    if a.controller == ControllerKind::Frame {
-        fit.push("--frame-conditioned".into());
-    }
+    // `lam control fit` of a model's controller, frame-conditioned unless asked otherwise.
+    let fit = |run: &Path, controller: &Path| {
+        let mut v = fit_argv(run, &l.robot_shards, controller, dev);
+        if a.controller == ControllerKind::Frame {
+            v.push("--frame-conditioned".into());
+        }
+        v
+    };
     steps.run(
         "8/10 fitting the controller on the labeled robot shards",
-        &fit,
+        &fit(&lam_run, &ctrl),
     )?;
     // Further members of the ensemble: the same recipe with other seeds.
     let mut members = Vec::new();
@@ -200,13 +204,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
             ),
             &train_argv(&l.human_shards, &run, a.steps, &sets, dev),
         )?;
-        let mut fit = fit_argv(&run, &l.robot_shards, &controller, dev);
-        if a.controller == ControllerKind::Frame {
-            fit.push("--frame-conditioned".into());
-        }
         steps.run(
             &format!("8/10 ensemble member {}: controller", seed + 1),
-            &fit,
+            &fit(&run, &controller),
         )?;
         members.push(format!("{},{}", run.display(), controller.display()));
     }
