@@ -7,6 +7,8 @@
 //! - [`sim`]: the small trainable encoder of the simulated suite; [`pretrain`] trains it
 //!   (SIGReg-regularised JEPA, [`sigreg`]) and [`stats`] reports embedding std and effective
 //!   rank.
+//! - [`transport`]: the keypoint-transport pretraining head (keypoints on every body that
+//!   moves).
 //! - [`embed`]: source -> clips -> encoder -> shards (`lam embed`), resumable.
 //! - [`resize`]: bicubic resizing of position embeddings.
 
@@ -22,6 +24,7 @@ pub mod resize;
 pub mod sigreg;
 pub mod sim;
 pub mod stats;
+pub mod transport;
 pub mod vit;
 pub mod vjepa2;
 

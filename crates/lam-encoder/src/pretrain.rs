@@ -40,6 +40,7 @@ use crate::probe::{ProbeConfig, ProbeFrames, ProbeReport, probe_encoder, probe_s
 use crate::sigreg::{sigreg, sigreg_knots};
 use crate::sim::{ARCHITECTURE, SimBlock, SimCheckpointMeta, SimEncoder, SimEncoderConfig};
 use crate::stats::{EmbeddingStats, embedding_stats};
+use crate::transport::Transporter;
 use crate::vit::patchify;
 
 /// Pretraining settings.
@@ -114,6 +115,19 @@ pub struct PretrainConfig {
     /// any start. Default 1.0.
     #[serde(default = "default_one")]
     pub keypoint_motion_weight: f64,
+    /// Weight of the keypoint-transport term (pixel keypoints only; see [`crate::transport`]):
+    /// the pair's second frame rebuilt from the first one's features with the features at both
+    /// frames' keypoints swapped, so that every body that moves needs a keypoint on it.
+    /// Default 0 (off).
+    #[serde(default)]
+    pub keypoint_transport_weight: f64,
+    /// Channels of the transport head's feature map and decoder. Default 16.
+    #[serde(default = "default_transport_channels")]
+    pub transport_channels: usize,
+    /// Standard deviation of the transport heatmaps, in keypoint units ([-1, 1] across the
+    /// frame). Default 0.1.
+    #[serde(default = "default_transport_sigma")]
+    pub transport_sigma: f64,
     /// Recolour each training pair (both frames alike) by a random permutation of the colour
     /// channels and a random sign per channel (in normalised units: an inversion about the
     /// normalisation's mean), one of 48 colourings. The encoder then cannot tell bodies apart
@@ -164,6 +178,14 @@ impl lam_model::settings::Settings for PretrainConfig {
     }
 }
 
+fn default_transport_channels() -> usize {
+    16
+}
+
+fn default_transport_sigma() -> f64 {
+    0.1
+}
+
 fn default_checkpoint_every() -> usize {
     100
 }
@@ -201,6 +223,9 @@ impl Default for PretrainConfig {
             frame_recon_hidden: 128,
             frame_recon_motion: default_motion_share(),
             keypoint_motion_weight: 1.0,
+            keypoint_transport_weight: 0.0,
+            transport_channels: default_transport_channels(),
+            transport_sigma: default_transport_sigma(),
             colour_augment: false,
             probe: Some(ProbeConfig::default()),
             checkpoint_every: default_checkpoint_every(),
@@ -230,6 +255,20 @@ impl PretrainConfig {
         ensure!(
             self.frame_recon_pixels > 0 && self.frame_recon_hidden > 0,
             "pretrain: frame_recon_pixels and frame_recon_hidden must be > 0"
+        );
+        ensure!(
+            self.keypoint_transport_weight >= 0.0
+                && self.transport_channels > 0
+                && self.transport_sigma > 0.0
+                && self.transport_sigma.is_finite(),
+            "pretrain: keypoint_transport_weight must be >= 0, transport_channels > 0 and \
+             transport_sigma a positive number"
+        );
+        ensure!(
+            self.keypoint_transport_weight == 0.0
+                || (self.encoder.pixel_keypoints && self.encoder.keypoints > 0),
+            "pretrain: keypoint_transport_weight needs pixel keypoints (encoder.pixel_keypoints \
+             = true, encoder.keypoints > 0)"
         );
         ensure!(
             self.sigreg_directions > 0 && self.sigreg_knots >= 2 && self.sigreg_t_max > 0.0,
@@ -565,6 +604,8 @@ pub struct Jepa {
     pub decoder: Linear,
     /// Mean token of a frame and pixel coordinates -> the pixel's colour.
     pub frame_decoder: BroadcastDecoder,
+    /// The keypoint-transport head (with `keypoint_transport_weight > 0`).
+    pub transporter: Option<Transporter>,
 }
 
 /// `m` random unit vectors of dimension `d`, as the columns of a `[d, m]` row-major matrix.
@@ -956,6 +997,8 @@ pub fn pretrain(
         ),
         decoder: LinearConfig::new(enc.dim, 3 * enc.patch_size * enc.patch_size).init(&ad),
         frame_decoder: BroadcastDecoder::new(enc.dim, cfg.frame_recon_hidden, &ad),
+        transporter: (cfg.keypoint_transport_weight > 0.0)
+            .then(|| Transporter::new(cfg.transport_channels, cfg.transport_sigma as f32, &ad)),
     };
     let foreground = if cfg.frame_recon_weight > 0.0 {
         foreground_pixels(frames)
@@ -1015,6 +1058,7 @@ pub fn pretrain(
     let (mut last, mut last_pred, mut last_reg, mut last_rec, mut last_frame_rec) =
         (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
     let mut last_motion = f64::NAN;
+    let mut last_transport = f64::NAN;
     let n = enc.grid() * enc.grid();
     let mut collapse: Option<Collapse> = None;
     // Set when --stop-on-collapse stopped the run: the step of the encoder kept (0: the
@@ -1162,6 +1206,18 @@ pub fn pretrain(
                 loss = loss + motion.mul_scalar(cfg.keypoint_motion_weight);
             }
         }
+        if let (Some(stem), Some(head)) = (&model.encoder.keypoint_stem, &model.transporter) {
+            let source = x.clone().slice(s![0..b, .., .., ..]);
+            let target = x.clone().slice(s![b..2 * b, .., .., ..]);
+            let transport = head.loss(
+                source.clone(),
+                target.clone(),
+                stem.forward(source),
+                stem.forward(target),
+            );
+            last_transport = scalar(&transport);
+            loss = loss + transport.mul_scalar(cfg.keypoint_transport_weight);
+        }
         last = scalar(&loss);
         ensure!(
             last.is_finite(),
@@ -1180,7 +1236,7 @@ pub fn pretrain(
             log(json!({"step": step + 1, "split": "train", "loss": last,
                 "prediction": last_pred, "sigreg": last_reg, "reconstruction": last_rec,
                 "frame_reconstruction": last_frame_rec, "keypoint_motion": last_motion,
-                "lr": lr}))?;
+                "keypoint_transport": last_transport, "lr": lr}))?;
         }
         let done = step + 1;
         if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done != cfg.steps {
