@@ -12,6 +12,8 @@
 #
 # ENCODER=DIR (a sim encoder folder) embeds the frames with that encoder instead, pooled by
 # POOLING_KIND (keypoints by default; none keeps every token): the same row from pixels.
+# STANDARDIZE=false trains on the embedding as it is instead of standardising each channel
+# (keypoints that barely move are otherwise scaled up to the agent's and the object's spread).
 #
 # usage: tools/oracle_compare.sh OUT [EPISODES] [TASK]   (LAM=path/to/lam for another binary)
 set -euo pipefail
@@ -20,6 +22,7 @@ EPISODES=${2:-20}
 TASK=${3:-reach}
 LAM=${LAM:-target/release/lam}
 POLICY=${POLICY:-random}
+STANDARDIZE=${STANDARDIZE:-true}
 ENCODER=${ENCODER:-oracle}
 POOLING=()
 if [ "$ENCODER" != oracle ]; then POOLING=(--pooling "${POOLING_KIND:-keypoints}"); fi
@@ -29,7 +32,7 @@ rm -rf "$OUT"/{robot,shards,ac,plan}
   --out "$OUT/robot" --quiet
 "$LAM" embed --data "$OUT/robot" --encoder "$ENCODER" --out "$OUT/shards" --fps 2 --frames 4 \
   --stride 1 --val-fraction 0.05 "${POOLING[@]}"
-"$LAM" train --data "$OUT/shards" --run "$OUT/ac" --steps 6000 --set model.standardize=true \
+"$LAM" train --data "$OUT/shards" --run "$OUT/ac" --steps 6000 --set model.standardize=$STANDARDIZE \
   --set model.conditioning=action --set model.latent_dim=10 --quiet   # 5 robot actions of 2-D per block
 "$LAM" plan eval --action-run "$OUT/ac" --encoder "$ENCODER" --task "$TASK" --episodes "$EPISODES" \
   --cost mse --objective min --samples 300 --iterations 30 --elites 30 --hold-actions \

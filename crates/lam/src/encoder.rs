@@ -118,6 +118,11 @@ pub struct PretrainArgs {
     /// Weight of the keypoint motion term (keypoint blobs render the frame difference).
     #[arg(long, default_value_t = PretrainConfig::default().keypoint_motion_weight)]
     pub keypoint_motion_weight: f64,
+    /// Weight of the keypoint-transport term (the pair's second frame rebuilt from the first
+    /// one's features with the features at the keypoints swapped: a keypoint on every body
+    /// that moves, pushed objects included). 0 turns it off.
+    #[arg(long, default_value_t = PretrainConfig::default().keypoint_transport_weight)]
+    pub keypoint_transport_weight: f64,
     /// Share of the frame-level reconstruction's pixels drawn among the pixels that change
     /// between the two frames of a pair (what moves).
     #[arg(long, default_value_t = PretrainConfig::default().frame_recon_motion)]
@@ -203,6 +208,7 @@ const PRETRAIN_FLAG_KEYS: &[(&str, &str)] = &[
     ("frame_recon_weight", "frame_recon_weight"),
     ("frame_recon_motion", "frame_recon_motion"),
     ("keypoint_motion_weight", "keypoint_motion_weight"),
+    ("keypoint_transport_weight", "keypoint_transport_weight"),
     ("probe_task", "probe"),
     ("probe_domain", "probe"),
     ("probe_episodes", "probe"),
@@ -391,6 +397,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         frame_recon_weight: a.frame_recon_weight,
         frame_recon_motion: a.frame_recon_motion,
         keypoint_motion_weight: a.keypoint_motion_weight,
+        keypoint_transport_weight: a.keypoint_transport_weight,
         probe: (a.probe_episodes > 0).then(|| ProbeConfig {
             task: a.probe_task.clone(),
             domain: a.probe_domain.clone(),
