@@ -6,7 +6,8 @@
 //!    goal-seeking play on `reach`, through the door and against the wall beside it;
 //!    mixed-policy episodes on the tasks with objects) (`lam sim record`);
 //! 2. pretrain the sim encoder on the frames of both recordings, no labels read (`lam encoder
-//!    pretrain --data HUMAN --data ROBOT`);
+//!    pretrain --data HUMAN --data ROBOT`; `--keypoint-transport-weight` trains with keypoint
+//!    transport instead of the motion term, so that a keypoint follows the object);
 //! 3. fit the encoder's context features on the human video (`lam encoder context`: the scene
 //!    layout the keypoints drop, e.g. `reach`'s door) and embed both recordings into shards,
 //!    one token per frame (the encoder's keypoint positions and the context features,
@@ -15,8 +16,8 @@
 //!    block of `frameskip` (5) simulator steps, clips of `history` (3) frames + the next
 //!    (`lam embed --fps 2 --frames 4`); the labeled robot shards carry blocks of 5 actions;
 //! 4. train the latent action model on the human shards with per-channel standardised tokens
-//!    and the noisy regulariser (`lam train --set model.standardize=true --set
-//!    regularizer.kind=noisy`; 4,000 steps) and score leakage and transfer (`lam eval`);
+//!    (the keypoints as they are with keypoint transport) and the noisy regulariser (`lam
+//!    train --set model.standardize=true --set regularizer.kind=noisy`; 4,000 steps) and score leakage and transfer (`lam eval`);
 //! 5. fit the controller on the labeled robot shards (`lam control fit --frame-conditioned`:
 //!    g_ctrl(a, s); `--controller action` for g_ctrl(a));
 //! 6. train the reference: an action-conditioned world model on the same labeled robot shards
@@ -170,7 +171,14 @@ pub fn run(a: DemoArgs) -> Result<()> {
     sets.extend(a.train_set.iter().cloned());
     steps.run(
         "6/10 training the latent action model on the human shards",
-        &train_argv(&l.human_shards, &lam_run, a.steps, &sets, dev),
+        &train_argv(
+            &l.human_shards,
+            &lam_run,
+            a.steps,
+            data.standardize(),
+            &sets,
+            dev,
+        ),
     )?;
     steps.run(
         "7/10 leakage and transfer",
@@ -202,7 +210,14 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 seed + 1,
                 a.ensemble
             ),
-            &train_argv(&l.human_shards, &run, a.steps, &sets, dev),
+            &train_argv(
+                &l.human_shards,
+                &run,
+                a.steps,
+                data.standardize(),
+                &sets,
+                dev,
+            ),
         )?;
         steps.run(
             &format!("8/10 ensemble member {}: controller", seed + 1),
@@ -214,7 +229,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     if a.action_steps > 0 {
         steps.run(
             "9/10 training the action-conditioned reference on the labeled robot shards alone",
-            &action_conditioned_argv(&l.robot_shards, &ac_run, a.action_steps, dev)?,
+            &action_conditioned_argv(
+                &l.robot_shards,
+                &ac_run,
+                a.action_steps,
+                data.standardize(),
+                dev,
+            )?,
         )?;
     }
     let plan = PlanSpec {
@@ -433,9 +454,28 @@ mod tests {
         assert_eq!(d.controller, ControllerKind::Frame);
         assert_eq!(d.data.robot_policy(), PolicyKind::Seek);
         assert_eq!((d.data.human_episodes, d.steps), (1000, 4000));
+        // The motion term, 400 encoder steps, standardised tokens.
+        assert_eq!(d.data.transport_weight(), 0.0);
+        assert_eq!(d.data.encoder_steps(), 400);
+        assert!(d.data.standardize());
         assert_eq!(
             parse(&["--task", "push"]).data.robot_policy(),
             PolicyKind::Mixed
+        );
+        // Keypoint transport: 1,000 encoder steps and tokens as they are (the oracle's state
+        // stays standardised).
+        let push = parse(&["--task", "push", "--keypoint-transport-weight", "10"]).data;
+        assert_eq!((push.encoder_steps(), push.standardize()), (1000, false));
+        assert!(
+            parse(&[
+                "--task",
+                "push",
+                "--oracle",
+                "--keypoint-transport-weight",
+                "10"
+            ])
+            .data
+            .standardize()
         );
         let d = parse(&[
             "--hold-actions",

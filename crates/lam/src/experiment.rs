@@ -514,7 +514,8 @@ fn prepare_data(
         "robot_episodes": data.robot_episodes,
         "robot_policy": data.robot_policy().to_string(),
         "robot_seed": data.robot_seed,
-        "encoder_steps": data.encoder_steps,
+        "encoder_steps": data.encoder_steps(),
+        "keypoint_transport_weight": data.transport_weight(),
         "encoder_frames": "human+robot",
         "pooling": data.pooling.name(),
         "oracle": data.oracle,
@@ -633,7 +634,14 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
                 let title = format!("{} seed {seed} ({}/{})", arm.name, i + 1, arms.len());
                 steps.run(
                     &format!("{title}: training"),
-                    &scale.train(train_argv(&layout.human_shards, &run, a.steps, &sets, dev)),
+                    &scale.train(train_argv(
+                        &layout.human_shards,
+                        &run,
+                        a.steps,
+                        d.spec.standardize(),
+                        &sets,
+                        dev,
+                    )),
                 )?;
                 steps.run(
                     &format!("{title}: leakage, transfer, open loop"),
@@ -727,6 +735,7 @@ fn training(a: TrainingArgs) -> Result<()> {
                     &layout.human_shards,
                     &run,
                     a.steps,
+                    d.spec.standardize(),
                     &sets,
                     &d.spec.device,
                 )),
@@ -956,6 +965,7 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
                         &layout.human_shards,
                         &run,
                         a.steps,
+                        d.spec.standardize(),
                         &["regularizer.kind=noisy".to_string()],
                         dev,
                     )),
@@ -1071,7 +1081,7 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
         d.spec.task,
         d.spec.human_episodes,
         d.spec.human_policy,
-        d.spec.encoder_steps,
+        d.spec.encoder_steps(),
         a.steps,
         a.encoder_lr,
         d.spec.robot_episodes,
@@ -1219,6 +1229,7 @@ fn wild(a: WildArgs) -> Result<()> {
                     &layout.human_shards,
                     &run,
                     a.steps,
+                    d.spec.standardize(),
                     &["regularizer.kind=noisy".to_string()],
                     dev,
                 )),
@@ -1233,6 +1244,7 @@ fn wild(a: WildArgs) -> Result<()> {
                     &layout.robot_shards,
                     &ac,
                     a.steps,
+                    d.spec.standardize(),
                     dev,
                 )?),
             )?;

@@ -82,9 +82,20 @@ pub struct DataSpec {
     /// planned 82% and 92% on the true state.
     #[arg(long, default_value_t = 5000)]
     pub robot_seed: u64,
-    /// Sim-encoder pretraining steps.
-    #[arg(long, default_value_t = 400)]
-    pub encoder_steps: usize,
+    /// Sim-encoder pretraining steps. Default 400, 1,000 with keypoint transport.
+    #[arg(long)]
+    pub encoder_steps: Option<usize>,
+    /// Weight of the sim encoder's keypoint-transport term (`lam encoder pretrain
+    /// --keypoint-transport-weight`; with it the encoder reads frame pairs a block apart,
+    /// drops the motion term, pretrains 1,000 steps unless --encoder-steps says otherwise, and
+    /// the world models train on the keypoints as they are, not standardised per channel:
+    /// keypoints that sit still would otherwise be scaled up to the moving ones' spread).
+    /// Default 0 (the motion term). On `push` it gives the object a keypoint (object probe
+    /// R^2 0.98 against 0.10) but the demo's chain plans worse with it (16% against 38% of 50
+    /// episodes; its reference 32% either way): docs/benchmarks.md, "`push` and `pusht` from
+    /// pixels".
+    #[arg(long, default_value_t = 0.0)]
+    pub keypoint_transport_weight: f64,
     /// Frame embedding of the sim encoder: `keypoints-context` appends to the keypoint
     /// positions (what moves) the 4 context features fitted on the human video (`lam encoder
     /// context`: the scene layout, e.g. where `reach`'s door is); `keypoints` leaves them out.
@@ -142,6 +153,27 @@ impl DataSpec {
         } else {
             PolicyKind::Mixed
         })
+    }
+
+    /// The keypoint-transport weight (0: the motion term).
+    pub fn transport_weight(&self) -> f64 {
+        self.keypoint_transport_weight
+    }
+
+    /// The sim encoder's pretraining steps: the ones given, else the default of its objective.
+    pub fn encoder_steps(&self) -> usize {
+        self.encoder_steps
+            .unwrap_or(if self.transport_weight() > 0.0 {
+                1000
+            } else {
+                400
+            })
+    }
+
+    /// Whether the world models standardise each embedding channel (`model.standardize`):
+    /// not on keypoints pretrained with transport (see `--keypoint-transport-weight`).
+    pub fn standardize(&self) -> bool {
+        self.oracle || self.transport_weight() == 0.0
     }
 
     pub fn check(&self) -> Result<()> {
@@ -235,31 +267,43 @@ impl DataSpec {
             ]),
         )?;
         if !self.oracle {
+            let mut pretrain = args(&[
+                &"encoder",
+                &"pretrain",
+                &"--data",
+                &human,
+                &"--data",
+                &robot,
+                &"--out",
+                &out.join("encoder").display(),
+                &"--patch",
+                &16,
+                &"--dim",
+                &32,
+                &"--steps",
+                &self.encoder_steps(),
+                &"--probe-task",
+                task,
+                &"--probe-domain",
+                &"robot",
+                &"--device",
+                dev,
+                &"--quiet",
+            ]);
+            let transport = self.transport_weight();
+            if transport > 0.0 {
+                pretrain.extend(args(&[
+                    &"--fps",
+                    &(10 / self.frameskip),
+                    &"--keypoint-motion-weight",
+                    &0,
+                    &"--keypoint-transport-weight",
+                    &transport,
+                ]));
+            }
             steps.run(
                 &format!("3/{total} pretraining the sim encoder on the human and robot frames"),
-                &args(&[
-                    &"encoder",
-                    &"pretrain",
-                    &"--data",
-                    &human,
-                    &"--data",
-                    &robot,
-                    &"--out",
-                    &out.join("encoder").display(),
-                    &"--patch",
-                    &16,
-                    &"--dim",
-                    &32,
-                    &"--steps",
-                    &self.encoder_steps,
-                    &"--probe-task",
-                    task,
-                    &"--probe-domain",
-                    &"robot",
-                    &"--device",
-                    dev,
-                    &"--quiet",
-                ]),
+                &pretrain,
             )?;
             if self.pooling == SuitePooling::KeypointsContext {
                 steps.run(
@@ -314,12 +358,14 @@ impl DataSpec {
     }
 }
 
-/// `lam train` of a latent action model on `shards` with standardised tokens and extra
-/// `section.field=value` settings (the regulariser among them).
+/// `lam train` of a latent action model on `shards`, its tokens standardised per channel or
+/// not ([`DataSpec::standardize`]), with extra `section.field=value` settings (the regulariser
+/// among them).
 pub fn train_argv(
     shards: &Path,
     run: &Path,
     steps: usize,
+    standardize: bool,
     sets: &[String],
     device: &str,
 ) -> Vec<String> {
@@ -332,7 +378,7 @@ pub fn train_argv(
         &"--steps",
         &steps,
         &"--set",
-        &"model.standardize=true",
+        &format!("model.standardize={standardize}"),
         &"--device",
         &device,
     ]);
@@ -343,11 +389,12 @@ pub fn train_argv(
 }
 
 /// `lam train` of an action-conditioned world model on labeled `shards` (its latent is the
-/// shards' action block), standardised tokens as [`train_argv`].
+/// shards' action block), tokens standardised or not as [`train_argv`].
 pub fn action_conditioned_argv(
     shards: &Path,
     run: &Path,
     steps: usize,
+    standardize: bool,
     device: &str,
 ) -> Result<Vec<String>> {
     let block = lam_data::ShardIndex::load(shards)?
@@ -357,6 +404,7 @@ pub fn action_conditioned_argv(
         shards,
         run,
         steps,
+        standardize,
         &[
             "model.conditioning=action".to_string(),
             format!("model.latent_dim={block}"),
