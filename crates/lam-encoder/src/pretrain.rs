@@ -955,8 +955,11 @@ pub fn pretrain(
         cfg.encoder.image_size
     );
     ensure!(
-        frames.size % 2 == 0 || cfg.keypoint_motion_weight == 0.0 || !cfg.encoder.pixel_keypoints,
-        "the keypoint motion term compares frames at half resolution: frame side {} must be even",
+        frames.size % 2 == 0
+            || (cfg.keypoint_motion_weight == 0.0 && cfg.keypoint_transport_weight == 0.0)
+            || !cfg.encoder.pixel_keypoints,
+        "the keypoint motion and transport terms compare frames at half resolution: frame side \
+         {} must be even",
         frames.size
     );
     ensure!(
