@@ -41,18 +41,11 @@ fn pooled_colour_encoder(
 #[test]
 fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
     use lam_control::closed_loop::{Agent, Mode};
-    use lam_control::controller::ControllerNetConfig;
     use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let lam = lam_model::train::init_model(&cfg, &dev);
-    let ctrl = ControllerNetConfig {
-        action_dim: 2,
-        latent_dim: 16,
-        frame_dim: 0,
-        hidden: 32,
-    }
-    .init(&dev);
+    let ctrl = tiny_controller(2, &dev);
     assert_eq!((ctrl.action_dim(), ctrl.latent_dim()), (2, 16));
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
@@ -130,19 +123,12 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
 #[test]
 fn closed_loop_executes_action_blocks() {
     use lam_control::closed_loop::{Agent, Mode};
-    use lam_control::controller::ControllerNetConfig;
     use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let lam = lam_model::train::init_model(&cfg, &dev);
     // Blocks of 2 two-dimensional robot actions: the controller takes 4 numbers.
-    let ctrl = ControllerNetConfig {
-        action_dim: 4,
-        latent_dim: 16,
-        frame_dim: 0,
-        hidden: 32,
-    }
-    .init(&dev);
+    let ctrl = tiny_controller(4, &dev);
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
     let encoder = pooled_colour_encoder(&dev);
@@ -238,6 +224,18 @@ fn with_feasible<'a>(
     }
 }
 
+/// An untrained action-only controller from `action_dim` robot numbers (a block of actions)
+/// to the tiny preset's 16-D latents.
+fn tiny_controller(action_dim: usize, dev: &Device) -> lam_control::controller::Controller {
+    lam_control::controller::ControllerNetConfig {
+        action_dim,
+        latent_dim: 16,
+        frame_dim: 0,
+        hidden: 32,
+    }
+    .init(dev)
+}
+
 /// An agent planning blocks of 2 actions of the robot's `space` with a small CEM (16
 /// candidates, 4 elites, 2 iterations, horizon 2), a whole block per call.
 fn block_agent<'a>(
@@ -322,18 +320,11 @@ fn acting_part_of_a_block_plans_at_every_call_from_block_spaced_history() {
 #[test]
 fn an_ensemble_of_copies_plans_what_its_model_plans_and_mismatched_members_are_named() {
     use lam_control::closed_loop::{Agent, Member, Mode};
-    use lam_control::controller::ControllerNetConfig;
     use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
     let cfg = LamConfig::preset("tiny").unwrap();
     let dev = Device::flex();
     let lam = lam_model::train::init_model(&cfg, &dev);
-    let ctrl = ControllerNetConfig {
-        action_dim: 4,
-        latent_dim: 16,
-        frame_dim: 0,
-        hidden: 32,
-    }
-    .init(&dev);
+    let ctrl = tiny_controller(4, &dev);
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
     let encoder = pooled_colour_encoder(&dev);
@@ -364,13 +355,7 @@ fn an_ensemble_of_copies_plans_what_its_model_plans_and_mismatched_members_are_n
         }
     }
     // A member whose controller takes other blocks, and an ensemble in latent space, are named.
-    let narrow = ControllerNetConfig {
-        action_dim: 2,
-        latent_dim: 16,
-        frame_dim: 0,
-        hidden: 32,
-    }
-    .init(&dev);
+    let narrow = tiny_controller(2, &dev);
     let wrong = Agent {
         ensemble: vec![Member {
             controller: Some(&narrow),

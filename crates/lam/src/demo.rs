@@ -455,7 +455,7 @@ mod tests {
         assert_eq!(d.data.robot_policy(), PolicyKind::Seek);
         assert_eq!((d.data.human_episodes, d.steps), (1000, 4000));
         // The motion term, 400 encoder steps, standardised tokens.
-        assert_eq!(d.data.transport_weight(), 0.0);
+        assert_eq!(d.data.keypoint_transport_weight, 0.0);
         assert_eq!(d.data.encoder_steps(), 400);
         assert!(d.data.standardize());
         assert_eq!(

@@ -515,7 +515,7 @@ fn prepare_data(
         "robot_policy": data.robot_policy().to_string(),
         "robot_seed": data.robot_seed,
         "encoder_steps": data.encoder_steps(),
-        "keypoint_transport_weight": data.transport_weight(),
+        "keypoint_transport_weight": data.keypoint_transport_weight,
         "encoder_frames": "human+robot",
         "pooling": data.pooling.name(),
         "oracle": data.oracle,

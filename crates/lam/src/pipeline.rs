@@ -155,15 +155,10 @@ impl DataSpec {
         })
     }
 
-    /// The keypoint-transport weight (0: the motion term).
-    pub fn transport_weight(&self) -> f64 {
-        self.keypoint_transport_weight
-    }
-
     /// The sim encoder's pretraining steps: the ones given, else the default of its objective.
     pub fn encoder_steps(&self) -> usize {
         self.encoder_steps
-            .unwrap_or(if self.transport_weight() > 0.0 {
+            .unwrap_or(if self.keypoint_transport_weight > 0.0 {
                 1000
             } else {
                 400
@@ -173,7 +168,7 @@ impl DataSpec {
     /// Whether the world models standardise each embedding channel (`model.standardize`):
     /// not on keypoints pretrained with transport (see `--keypoint-transport-weight`).
     pub fn standardize(&self) -> bool {
-        self.oracle || self.transport_weight() == 0.0
+        self.oracle || self.keypoint_transport_weight == 0.0
     }
 
     pub fn check(&self) -> Result<()> {
@@ -225,6 +220,8 @@ impl DataSpec {
         self.check()?;
         let l = self.layout(out);
         let (task, dev) = (&self.task, &self.device);
+        // Frames per second of the recordings' 10 that are one block apart.
+        let fps = 10 / self.frameskip;
         let (human, robot) = (l.human.display(), l.robot.display());
         steps.run(
             &format!("1/{total} recording unlabeled human video"),
@@ -290,11 +287,11 @@ impl DataSpec {
                 dev,
                 &"--quiet",
             ]);
-            let transport = self.transport_weight();
+            let transport = self.keypoint_transport_weight;
             if transport > 0.0 {
                 pretrain.extend(args(&[
                     &"--fps",
-                    &(10 / self.frameskip),
+                    &fps,
                     &"--keypoint-motion-weight",
                     &0,
                     &"--keypoint-transport-weight",
@@ -320,7 +317,6 @@ impl DataSpec {
                 )?;
             }
         }
-        let fps = 10 / self.frameskip;
         for (src, dst, val) in [
             (&l.human, &l.human_shards, 0.05),
             (&l.robot, &l.robot_shards, 0.2),
