@@ -42,8 +42,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::pipeline::{
-    DataSpec, FeasibleSpec, PlanSpec, Steps, action_conditioned_argv, args, eval_argv, fit_argv,
-    read_json, train_argv,
+    DataSpec, FeasibleSpec, PlanSpec, Steps, args, eval_argv, fit_argv, read_json,
 };
 
 #[derive(Args)]
@@ -171,14 +170,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     sets.extend(a.train_set.iter().cloned());
     steps.run(
         "6/10 training the latent action model on the human shards",
-        &train_argv(
-            &l.human_shards,
-            &lam_run,
-            a.steps,
-            data.standardize(),
-            &sets,
-            dev,
-        ),
+        &data.train_argv(&l.human_shards, &lam_run, a.steps, &sets),
     )?;
     steps.run(
         "7/10 leakage and transfer",
@@ -210,14 +202,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 seed + 1,
                 a.ensemble
             ),
-            &train_argv(
-                &l.human_shards,
-                &run,
-                a.steps,
-                data.standardize(),
-                &sets,
-                dev,
-            ),
+            &data.train_argv(&l.human_shards, &run, a.steps, &sets),
         )?;
         steps.run(
             &format!("8/10 ensemble member {}: controller", seed + 1),
@@ -229,13 +214,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     if a.action_steps > 0 {
         steps.run(
             "9/10 training the action-conditioned reference on the labeled robot shards alone",
-            &action_conditioned_argv(
-                &l.robot_shards,
-                &ac_run,
-                a.action_steps,
-                data.standardize(),
-                dev,
-            )?,
+            &data.action_conditioned_argv(&l.robot_shards, &ac_run, a.action_steps)?,
         )?;
     }
     let plan = PlanSpec {

@@ -22,10 +22,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use tracing::info;
 
-use crate::pipeline::{
-    DataLayout, DataSpec, PlanSpec, Steps, action_conditioned_argv, eval_argv, fit_argv, read_json,
-    train_argv,
-};
+use crate::pipeline::{DataLayout, DataSpec, PlanSpec, Steps, eval_argv, fit_argv, read_json};
 use crate::plot::{BarPanel, bar_panels};
 
 #[derive(Subcommand)]
@@ -634,14 +631,10 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
                 let title = format!("{} seed {seed} ({}/{})", arm.name, i + 1, arms.len());
                 steps.run(
                     &format!("{title}: training"),
-                    &scale.train(train_argv(
-                        &layout.human_shards,
-                        &run,
-                        a.steps,
-                        d.spec.standardize(),
-                        &sets,
-                        dev,
-                    )),
+                    &scale.train(
+                        d.spec
+                            .train_argv(&layout.human_shards, &run, a.steps, &sets),
+                    ),
                 )?;
                 steps.run(
                     &format!("{title}: leakage, transfer, open loop"),
@@ -731,14 +724,10 @@ fn training(a: TrainingArgs) -> Result<()> {
             ]);
             steps.run(
                 &format!("{name}: training"),
-                &scale.train(train_argv(
-                    &layout.human_shards,
-                    &run,
-                    a.steps,
-                    d.spec.standardize(),
-                    &sets,
-                    &d.spec.device,
-                )),
+                &scale.train(
+                    d.spec
+                        .train_argv(&layout.human_shards, &run, a.steps, &sets),
+                ),
             )?;
             let ckpts = lam_model::checkpoint::checkpoints_dir(&run);
             let mut folders: Vec<PathBuf> = std::fs::read_dir(&ckpts)
@@ -961,13 +950,11 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
             let (encoder, robot_shards, stats) = if guard == "frozen" {
                 steps.run(
                     &format!("{title}: stage 1 on the frozen encoder's shards"),
-                    &scale.train(train_argv(
+                    &scale.train(d.spec.train_argv(
                         &layout.human_shards,
                         &run,
                         a.steps,
-                        d.spec.standardize(),
                         &["regularizer.kind=noisy".to_string()],
-                        dev,
                     )),
                 )?;
                 (
@@ -1225,13 +1212,11 @@ fn wild(a: WildArgs) -> Result<()> {
             let (ctrl_frame, plan_frame) = (dir.join("controller-frame"), dir.join("plan-frame"));
             steps.run(
                 &format!("{task}: latent action model on the unlabeled human shards"),
-                &scale.train(train_argv(
+                &scale.train(d.spec.train_argv(
                     &layout.human_shards,
                     &run,
                     a.steps,
-                    d.spec.standardize(),
                     &["regularizer.kind=noisy".to_string()],
-                    dev,
                 )),
             )?;
             steps.run(
@@ -1240,13 +1225,10 @@ fn wild(a: WildArgs) -> Result<()> {
             )?;
             steps.run(
                 &format!("{task}: action-conditioned world model on the labeled robot shards"),
-                &scale.train(action_conditioned_argv(
-                    &layout.robot_shards,
-                    &ac,
-                    a.steps,
-                    d.spec.standardize(),
-                    dev,
-                )?),
+                &scale.train(
+                    d.spec
+                        .action_conditioned_argv(&layout.robot_shards, &ac, a.steps)?,
+                ),
             )?;
             let plan = PlanSpec {
                 task: task.clone(),

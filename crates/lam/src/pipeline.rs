@@ -354,59 +354,57 @@ impl DataSpec {
     }
 }
 
-/// `lam train` of a latent action model on `shards`, its tokens standardised per channel or
-/// not ([`DataSpec::standardize`]), with extra `section.field=value` settings (the regulariser
-/// among them).
-pub fn train_argv(
-    shards: &Path,
-    run: &Path,
-    steps: usize,
-    standardize: bool,
-    sets: &[String],
-    device: &str,
-) -> Vec<String> {
-    let mut v = args(&[
-        &"train",
-        &"--data",
-        &shards.display(),
-        &"--run",
-        &run.display(),
-        &"--steps",
-        &steps,
-        &"--set",
-        &format!("model.standardize={standardize}"),
-        &"--device",
-        &device,
-    ]);
-    for kv in sets {
-        v.extend(["--set".to_string(), kv.clone()]);
+impl DataSpec {
+    /// `lam train` of a latent action model on `shards` (of this data stage), its tokens
+    /// standardised per channel or not ([`DataSpec::standardize`]), with extra
+    /// `section.field=value` settings (the regulariser among them), on the stage's device.
+    pub fn train_argv(
+        &self,
+        shards: &Path,
+        run: &Path,
+        steps: usize,
+        sets: &[String],
+    ) -> Vec<String> {
+        let mut v = args(&[
+            &"train",
+            &"--data",
+            &shards.display(),
+            &"--run",
+            &run.display(),
+            &"--steps",
+            &steps,
+            &"--set",
+            &format!("model.standardize={}", self.standardize()),
+            &"--device",
+            &self.device,
+        ]);
+        for kv in sets {
+            v.extend(["--set".to_string(), kv.clone()]);
+        }
+        v
     }
-    v
-}
 
-/// `lam train` of an action-conditioned world model on labeled `shards` (its latent is the
-/// shards' action block), tokens standardised or not as [`train_argv`].
-pub fn action_conditioned_argv(
-    shards: &Path,
-    run: &Path,
-    steps: usize,
-    standardize: bool,
-    device: &str,
-) -> Result<Vec<String>> {
-    let block = lam_data::ShardIndex::load(shards)?
-        .action_dim
-        .with_context(|| format!("{}: no actions in the robot shards", shards.display()))?;
-    Ok(train_argv(
-        shards,
-        run,
-        steps,
-        standardize,
-        &[
-            "model.conditioning=action".to_string(),
-            format!("model.latent_dim={block}"),
-        ],
-        device,
-    ))
+    /// `lam train` of an action-conditioned world model on labeled `shards` (its latent is the
+    /// shards' action block), as [`DataSpec::train_argv`].
+    pub fn action_conditioned_argv(
+        &self,
+        shards: &Path,
+        run: &Path,
+        steps: usize,
+    ) -> Result<Vec<String>> {
+        let block = lam_data::ShardIndex::load(shards)?
+            .action_dim
+            .with_context(|| format!("{}: no actions in the robot shards", shards.display()))?;
+        Ok(self.train_argv(
+            shards,
+            run,
+            steps,
+            &[
+                "model.conditioning=action".to_string(),
+                format!("model.latent_dim={block}"),
+            ],
+        ))
+    }
 }
 
 /// `lam eval` (leakage and transfer) of a run on `shards`, into `out`.
