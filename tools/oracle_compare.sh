@@ -13,7 +13,9 @@
 # ENCODER=DIR (a sim encoder folder) embeds the frames with that encoder instead, pooled by
 # POOLING_KIND (keypoints by default; none keeps every token): the same row from pixels.
 # STANDARDIZE=false trains on the embedding as it is instead of standardising each channel
-# (keypoints that barely move are otherwise scaled up to the agent's and the object's spread).
+# (keypoints that barely move are otherwise scaled up to the agent's and the object's spread);
+# SCALE=shared standardises every channel by one shared deviation instead, which keeps their
+# sizes relative to each other (model.standardize_scale; what lam demo does with transport).
 #
 # usage: tools/oracle_compare.sh OUT [EPISODES] [TASK]   (LAM=path/to/lam for another binary)
 set -euo pipefail
@@ -23,6 +25,9 @@ TASK=${3:-reach}
 LAM=${LAM:-target/release/lam}
 POLICY=${POLICY:-random}
 STANDARDIZE=${STANDARDIZE:-true}
+SCALE=${SCALE:-channel}
+SCALING=()
+if [ "$STANDARDIZE" = true ]; then SCALING=(--set "model.standardize_scale=$SCALE"); fi
 ENCODER=${ENCODER:-oracle}
 POOLING=()
 if [ "$ENCODER" != oracle ]; then POOLING=(--pooling "${POOLING_KIND:-keypoints}"); fi
@@ -33,7 +38,7 @@ rm -rf "$OUT"/{robot,shards,ac,plan}
 "$LAM" embed --data "$OUT/robot" --encoder "$ENCODER" --out "$OUT/shards" --fps 2 --frames 4 \
   --stride 1 --val-fraction 0.05 "${POOLING[@]}"
 "$LAM" train --data "$OUT/shards" --run "$OUT/ac" --steps 6000 --set model.standardize=$STANDARDIZE \
-  --set model.conditioning=action --set model.latent_dim=10 --quiet   # 5 robot actions of 2-D per block
+  "${SCALING[@]}" --set model.conditioning=action --set model.latent_dim=10 --quiet   # 5 robot actions of 2-D per block
 "$LAM" plan eval --action-run "$OUT/ac" --encoder "$ENCODER" --task "$TASK" --episodes "$EPISODES" \
   --cost mse --objective min --samples 300 --iterations 30 --elites 30 --hold-actions \
   --out "$OUT/plan"

@@ -618,6 +618,11 @@ fn check(lam_cfg: &LamConfig, cfg: &EndToEndConfig, data: &ClipFrames) -> Result
          model: model.standardize must be true"
     );
     ensure!(
+        m.standardize_scale == lam_model::config::TokenScale::Channel,
+        "end-to-end training standardises each channel by its batch statistics: \
+         model.standardize_scale must be \"channel\""
+    );
+    ensure!(
         m.embed_dim == cfg.embed_dim() && m.grid == [1, 1] && m.frames == data.frames_per_clip,
         "the model expects clips of {} frames of grid {:?} x {} channels, but the encoder \
          gives {} frames of [1, 1] x {}",

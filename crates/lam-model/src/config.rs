@@ -70,6 +70,14 @@ pub struct ModelConfig {
     /// planner's cosine cost can see.
     #[serde(default)]
     pub standardize: bool,
+    /// How `standardize` scales the channels (`channel`): each by its own std, or all by one
+    /// `shared` deviation (the root of the channels' mean variance; each channel is still
+    /// centred on its own mean). Shared keeps the channels' sizes relative to each other, so
+    /// channels that barely move (keypoints resting on nothing that moves) stay small in the
+    /// loss and the planner's cost instead of weighing as much as the ones that carry the
+    /// scene, while the whole embedding is brought to unit size for the regulariser's noise.
+    #[serde(default)]
+    pub standardize_scale: TokenScale,
     /// Weight of a second, self-fed prediction pass in the loss (0: off, teacher forcing
     /// only). The pass replaces context frames 1..T-2 by the model's own predictions of them
     /// and predicts frames 2..T-1 again, so the loss sees the model roll out on its own
@@ -100,6 +108,27 @@ pub enum Conditioning {
 impl ModelConfig {
     pub fn tokens(&self) -> usize {
         self.grid[0] * self.grid[1]
+    }
+}
+
+/// How standardisation scales the channels of the encoder tokens (`model.standardize_scale`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScale {
+    /// Every channel by its own standard deviation.
+    #[default]
+    Channel,
+    /// Every channel by one deviation shared by all.
+    Shared,
+}
+
+impl TokenScale {
+    /// The name `model.standardize_scale` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenScale::Channel => "channel",
+            TokenScale::Shared => "shared",
+        }
     }
 }
 
@@ -243,6 +272,7 @@ impl LamConfig {
                     conditioning: Conditioning::Latent,
                     residual: false,
                     standardize: false,
+                    standardize_scale: TokenScale::Channel,
                     rollout_weight: 0.0,
                     idm_input: crate::idm::IdmInput::Pair,
                 },
@@ -275,6 +305,7 @@ impl LamConfig {
                     conditioning: Conditioning::Latent,
                     residual: false,
                     standardize: false,
+                    standardize_scale: TokenScale::Channel,
                     rollout_weight: 0.0,
                     idm_input: crate::idm::IdmInput::Pair,
                 },
@@ -336,6 +367,12 @@ impl LamConfig {
         );
         ensure!(m.frames >= 2, "model.frames must be >= 2, got {}", m.frames);
         ensure!(
+            m.standardize || m.standardize_scale == TokenScale::Channel,
+            "model.standardize_scale = \"{}\" scales standardised tokens: set \
+             model.standardize = true as well",
+            m.standardize_scale.name()
+        );
+        ensure!(
             (0.0..1.0).contains(&m.action_dropout),
             "model.action_dropout must be in [0, 1), got {}",
             m.action_dropout
@@ -396,6 +433,32 @@ mod tests {
             let e = format!("{:#}", r.unwrap_err());
             assert!(e.contains(key) && e.contains("got 0"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_shared_scale_needs_standardised_tokens_and_a_known_name() {
+        let tiny = LamConfig::preset("tiny").unwrap();
+        let set = |kv: &[&str]| {
+            tiny.clone()
+                .with_overrides(&kv.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .and_then(|c| c.validate().map(|_| c))
+        };
+        let e = format!(
+            "{:#}",
+            set(&["model.standardize_scale=shared"]).unwrap_err()
+        );
+        assert!(e.contains("model.standardize = true"), "{e}");
+        let ok = set(&["model.standardize=true", "model.standardize_scale=shared"]).unwrap();
+        assert_eq!(ok.model.standardize_scale, TokenScale::Shared);
+        assert!(set(&["model.standardize=true", "model.standardize_scale=global"]).is_err());
+        // A run's config.toml written before the option reads as per-channel scaling.
+        let old = tiny
+            .to_toml()
+            .unwrap()
+            .replace("standardize_scale = \"channel\"\n", "");
+        assert!(!old.contains("standardize_scale"));
+        let back: LamConfig = toml::from_str(&old).unwrap();
+        assert_eq!(back.model.standardize_scale, TokenScale::Channel);
     }
 
     #[test]

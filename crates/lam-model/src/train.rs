@@ -22,7 +22,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde_json::{Map, Value, json};
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::{Conditioning, LamConfig, RegularizerKind};
+use crate::config::{Conditioning, LamConfig, RegularizerKind, TokenScale};
 use crate::lam::{LatentActionModel, StepNoise};
 use crate::optim::{self, stable_param_ids};
 use crate::stats::latent_stats;
@@ -169,8 +169,10 @@ pub fn actions_tensor(data: &ShardSet, indices: &[usize], device: &Device) -> Re
     ))
 }
 
-/// Per-channel mean and std of every token of every frame of `data` (std floored at 1e-6).
-pub fn token_stats(data: &ShardSet) -> (Vec<f32>, Vec<f32>) {
+/// Per-channel mean and std of every token of every frame of `data` (std floored at 1e-6);
+/// with [`TokenScale::Shared`] every channel's std is the one deviation of all channels
+/// together about their own means (the root of their mean variance).
+pub fn token_stats(data: &ShardSet, scale: TokenScale) -> (Vec<f32>, Vec<f32>) {
     let d = data.index.dim;
     let (mut sum, mut sq, mut count) = (vec![0f64; d], vec![0f64; d], 0usize);
     for i in 0..data.len() {
@@ -184,11 +186,18 @@ pub fn token_stats(data: &ShardSet) -> (Vec<f32>, Vec<f32>) {
     }
     let n = count.max(1) as f64;
     let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-    let std = sq
+    let var: Vec<f64> = sq
         .iter()
         .zip(&sum)
-        .map(|(q, s)| ((q / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-6))
+        .map(|(q, s)| (q / n - (s / n).powi(2)).max(0.0))
         .collect();
+    let std = match scale {
+        TokenScale::Channel => var.iter().map(|v| (v.sqrt() as f32).max(1e-6)).collect(),
+        TokenScale::Shared => {
+            let pooled = (var.iter().sum::<f64>() / d.max(1) as f64).sqrt() as f32;
+            vec![pooled.max(1e-6); d]
+        }
+    };
     (mean, std)
 }
 
@@ -426,7 +435,7 @@ pub fn train(
         }
     } else {
         if cfg.model.standardize {
-            let (mean, std) = token_stats(data);
+            let (mean, std) = token_stats(data, cfg.model.standardize_scale);
             model = model.with_token_stats(&mean, &std);
         }
         lam_data::shards::write_atomic(

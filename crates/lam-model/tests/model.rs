@@ -7,7 +7,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use lam_data::synthetic::{SyntheticConfig, write_synthetic};
 use lam_data::{ShardSet, Split};
-use lam_model::config::{LamConfig, RegularizerKind};
+use lam_model::config::{LamConfig, RegularizerKind, TokenScale};
 use lam_model::eval::evaluate;
 use lam_model::train::{TrainOptions, init_model, train};
 
@@ -548,7 +548,7 @@ fn standardized_model_keeps_the_training_statistics_in_its_checkpoint() {
     let run = tmp.path().join("run");
     let dev = Device::flex();
     let summary = train(&cfg, &data, None, &dev, &quiet(&run)).unwrap();
-    let (mean, std) = lam_model::train::token_stats(&data);
+    let (mean, std) = lam_model::train::token_stats(&data, TokenScale::Channel);
     let model = lam_model::checkpoint::load_weights(
         init_model(&cfg, &dev),
         &summary.last_checkpoint.unwrap().join("model.safetensors"),
@@ -577,6 +577,41 @@ fn standardized_model_keeps_the_training_statistics_in_its_checkpoint() {
         .max()
         .into_scalar::<f32>();
     assert!(m < 1e-4 && s < 1e-3, "mean {m}, std error {s}");
+    // A shared scale: every channel divided by the root of the channels' mean variance, so
+    // the channels keep their sizes relative to each other and the whole has unit variance.
+    cfg.model.standardize_scale = TokenScale::Shared;
+    let run = tmp.path().join("shared");
+    let summary = train(&cfg, &data, None, &dev, &quiet(&run)).unwrap();
+    let shared = lam_model::checkpoint::load_weights(
+        init_model(&cfg, &dev),
+        &summary.last_checkpoint.unwrap().join("model.safetensors"),
+    )
+    .unwrap();
+    let pooled = (std.iter().map(|s| s * s).sum::<f32>() / std.len() as f32).sqrt();
+    let spread =
+        std.iter().cloned().fold(0f32, f32::max) / std.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(
+        spread > 1.01,
+        "the synthetic channels differ in size ({spread})"
+    );
+    for s in host(&shared.token_std) {
+        assert!((s - pooled).abs() < 1e-4 * pooled, "{s} against {pooled}");
+    }
+    assert_eq!(host(&shared.token_mean), mean);
+    let z = shared
+        .normalize(lam_model::train::clips_tensor(&data, &all, &dev))
+        .reshape([-1, 32]);
+    let var = z.var(0).into_data().try_into_vec::<f32>().unwrap();
+    let total = var.iter().sum::<f32>() / var.len() as f32;
+    assert!((total - 1.0).abs() < 1e-3, "mean variance {total}");
+    for (v, s) in var.iter().zip(&std) {
+        assert!(
+            (v.sqrt() - s / pooled).abs() < 1e-3,
+            "channel std {} against {}",
+            v.sqrt(),
+            s / pooled
+        );
+    }
     // Without the option the model has no statistics and passes tokens through.
     let plain = init_model(&tiny(), &dev);
     assert!(plain.token_mean.is_none());

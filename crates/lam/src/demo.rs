@@ -6,18 +6,21 @@
 //!    goal-seeking play on `reach`, through the door and against the wall beside it;
 //!    mixed-policy episodes on the tasks with objects) (`lam sim record`);
 //! 2. pretrain the sim encoder on the frames of both recordings, no labels read (`lam encoder
-//!    pretrain --data HUMAN --data ROBOT`; `--keypoint-transport-weight` trains with keypoint
-//!    transport instead of the motion term, so that a keypoint follows the object);
-//! 3. fit the encoder's context features on the human video (`lam encoder context`: the scene
-//!    layout the keypoints drop, e.g. `reach`'s door) and embed both recordings into shards,
-//!    one token per frame (the encoder's keypoint positions and the context features,
-//!    `--pooling keypoints-context`; `--pooling keypoints` leaves the context out; the
-//!    oracle's state with `--oracle`), one shard frame per
-//!    block of `frameskip` (5) simulator steps, clips of `history` (3) frames + the next
-//!    (`lam embed --fps 2 --frames 4`); the labeled robot shards carry blocks of 5 actions;
-//! 4. train the latent action model on the human shards with per-channel standardised tokens
-//!    (the keypoints as they are with keypoint transport) and the noisy regulariser (`lam
-//!    train --set model.standardize=true --set regularizer.kind=noisy`; 4,000 steps) and score leakage and transfer (`lam eval`);
+//!    pretrain --data HUMAN --data ROBOT`): toward what moves (the motion term) on `reach`,
+//!    by keypoint transport on `push` and `pusht` (`--keypoint-transport-weight 10`, so that a
+//!    keypoint follows the pushed object);
+//! 3. on `reach`, fit the encoder's context features on the human video (`lam encoder
+//!    context`: the scene layout the keypoints drop, its door) and embed both recordings into
+//!    shards, one token per frame (the encoder's keypoint positions, with the context features
+//!    on `reach`: `--pooling keypoints-context` / `keypoints`; the oracle's state with
+//!    `--oracle`), one shard frame per block of `frameskip` (5) simulator steps, clips of
+//!    `history` (3) frames + the next (`lam embed --fps 2 --frames 4`); the labeled robot
+//!    shards carry blocks of 5 actions; on `push` and `pusht` the robot shards are merged
+//!    into the human ones for stage 1 (`--robot-video`; `lam data merge`, actions unused);
+//! 4. train the latent action model on those shards with standardised tokens (every channel
+//!    by its own std on `reach`, by one shared deviation with transport) and the noisy
+//!    regulariser (`lam train --set model.standardize=true --set regularizer.kind=noisy`;
+//!    4,000 steps) and score leakage and transfer (`lam eval`);
 //! 5. fit the controller on the labeled robot shards (`lam control fit --frame-conditioned`:
 //!    g_ctrl(a, s); `--controller action` for g_ctrl(a));
 //! 6. train the reference: an action-conditioned world model on the same labeled robot shards
@@ -40,6 +43,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::{Value, json};
+
+use lam_model::config::TokenScale;
 
 use crate::pipeline::{
     DataSpec, FeasibleSpec, PlanSpec, Steps, args, eval_argv, fit_argv, read_json,
@@ -169,12 +174,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let mut sets = vec!["regularizer.kind=noisy".to_string()];
     sets.extend(a.train_set.iter().cloned());
     steps.run(
-        "6/10 training the latent action model on the human shards",
-        &data.train_argv(&l.human_shards, &lam_run, a.steps, &sets),
+        "6/10 training the latent action model on the stage-1 shards",
+        &data.train_argv(&l.stage1_shards, &lam_run, a.steps, &sets),
     )?;
     steps.run(
         "7/10 leakage and transfer",
-        &eval_argv(&lam_run, &l.human_shards, &out.join("eval.json"), dev),
+        &eval_argv(&lam_run, &l.stage1_shards, &out.join("eval.json"), dev),
     )?;
     // `lam control fit` of a model's controller, frame-conditioned unless asked otherwise.
     let fit = |run: &Path, controller: &Path| {
@@ -202,7 +207,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 seed + 1,
                 a.ensemble
             ),
-            &data.train_argv(&l.human_shards, &run, a.steps, &sets),
+            &data.train_argv(&l.stage1_shards, &run, a.steps, &sets),
         )?;
         steps.run(
             &format!("8/10 ensemble member {}: controller", seed + 1),
@@ -312,6 +317,21 @@ pub fn run(a: DemoArgs) -> Result<()> {
         a.data.embedding(),
         a.episodes
     )?;
+    writeln!(
+        md,
+        "The latent action model{} trained on {} (tokens standardised {}).\n",
+        if a.ensemble > 1 { "s are" } else { " is" },
+        if a.data.robot_video() {
+            "the human video and the labeled robot episodes' frames, their actions unused \
+             (`shards/stage1`)"
+        } else {
+            "the human video alone"
+        },
+        match a.data.token_scale() {
+            TokenScale::Channel => "per channel",
+            TokenScale::Shared => "by one deviation shared by all channels",
+        }
+    )?;
     if a.action_steps > 0 {
         writeln!(
             md,
@@ -407,6 +427,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::SuitePooling::{Keypoints, KeypointsContext};
     use clap::Parser;
     use lam_sim::PolicyKind;
 
@@ -433,28 +454,55 @@ mod tests {
         assert_eq!(d.controller, ControllerKind::Frame);
         assert_eq!(d.data.robot_policy(), PolicyKind::Seek);
         assert_eq!((d.data.human_episodes, d.steps), (1000, 4000));
-        // The motion term, 400 encoder steps, standardised tokens.
-        assert_eq!(d.data.keypoint_transport_weight, 0.0);
-        assert_eq!(d.data.encoder_steps(), 400);
-        assert!(d.data.standardize());
+        // reach: the motion term, 400 encoder steps, keypoints with context, every channel
+        // standardised, stage 1 on the human video alone.
+        let recipe = |d: &DataSpec| {
+            (
+                d.transport_weight(),
+                d.encoder_steps(),
+                d.pooling(),
+                d.token_scale(),
+                d.robot_video(),
+            )
+        };
+        let reach = (0.0, 400, KeypointsContext, TokenScale::Channel, false);
+        assert_eq!(recipe(&d.data), reach);
         assert_eq!(
             parse(&["--task", "push"]).data.robot_policy(),
             PolicyKind::Mixed
         );
-        // Keypoint transport: 1,000 encoder steps and tokens as they are (the oracle's state
-        // stays standardised).
-        let push = parse(&["--task", "push", "--keypoint-transport-weight", "10"]).data;
-        assert_eq!((push.encoder_steps(), push.standardize()), (1000, false));
-        assert!(
-            parse(&[
-                "--task",
-                "push",
-                "--oracle",
-                "--keypoint-transport-weight",
-                "10"
-            ])
-            .data
-            .standardize()
+        // The tasks with objects: keypoint transport, 1,000 encoder steps, the keypoints alone
+        // on one shared scale, the robot's frames in stage 1; each can be turned back.
+        let objects = (10.0, 1000, Keypoints, TokenScale::Shared, true);
+        for task in ["push", "pusht"] {
+            assert_eq!(recipe(&parse(&["--task", task]).data), objects);
+        }
+        // The training command lines say so and parse as `lam train`.
+        for (d, scale) in [
+            (&d.data, "channel"),
+            (&parse(&["--task", "push"]).data, "shared"),
+        ] {
+            let train = d.train_argv(Path::new("s"), Path::new("r"), 10, &[]);
+            let want = format!("model.standardize_scale={scale}");
+            assert!(
+                train.windows(2).any(|w| w[0] == "--set" && w[1] == want),
+                "{train:?}"
+            );
+            let line = std::iter::once("lam".to_string()).chain(train.clone());
+            assert!(crate::Cli::try_parse_from(line).is_ok(), "{train:?}");
+        }
+        let motion = parse(&["--task", "push", "--keypoint-transport-weight", "0"]).data;
+        assert_eq!(recipe(&motion), reach);
+        let oracle = parse(&["--task", "push", "--oracle"]).data;
+        assert_eq!(recipe(&oracle), reach);
+        let human_only = parse(&["--task", "push", "--robot-video", "false"]).data;
+        assert!(!human_only.robot_video());
+        assert!(parse(&["--robot-video"]).data.robot_video());
+        assert_eq!(
+            parse(&["--task", "push", "--pooling", "keypoints-context"])
+                .data
+                .pooling(),
+            KeypointsContext
         );
         let d = parse(&[
             "--hold-actions",

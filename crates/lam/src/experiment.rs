@@ -512,9 +512,10 @@ fn prepare_data(
         "robot_policy": data.robot_policy().to_string(),
         "robot_seed": data.robot_seed,
         "encoder_steps": data.encoder_steps(),
-        "keypoint_transport_weight": data.keypoint_transport_weight,
+        "keypoint_transport_weight": data.transport_weight(),
         "encoder_frames": "human+robot",
-        "pooling": data.pooling.name(),
+        "pooling": data.pooling().name(),
+        "robot_video": data.robot_video(),
         "oracle": data.oracle,
         "frameskip": data.frameskip,
         "history": data.history,
@@ -633,12 +634,12 @@ fn regularizers(a: RegularizerArgs) -> Result<()> {
                     &format!("{title}: training"),
                     &scale.train(
                         d.spec
-                            .train_argv(&layout.human_shards, &run, a.steps, &sets),
+                            .train_argv(&layout.stage1_shards, &run, a.steps, &sets),
                     ),
                 )?;
                 steps.run(
                     &format!("{title}: leakage, transfer, open loop"),
-                    &eval_argv(&run, &layout.human_shards, &dir.join("eval.json"), dev),
+                    &eval_argv(&run, &layout.stage1_shards, &dir.join("eval.json"), dev),
                 )?;
                 steps.run(
                     &format!("{title}: controller"),
@@ -726,7 +727,7 @@ fn training(a: TrainingArgs) -> Result<()> {
                 &format!("{name}: training"),
                 &scale.train(
                     d.spec
-                        .train_argv(&layout.human_shards, &run, a.steps, &sets),
+                        .train_argv(&layout.stage1_shards, &run, a.steps, &sets),
                 ),
             )?;
             let ckpts = lam_model::checkpoint::checkpoints_dir(&run);
@@ -751,7 +752,7 @@ fn training(a: TrainingArgs) -> Result<()> {
                 let json_out = dir.join(format!("eval-step-{step}.json"));
                 steps.run(
                     &format!("{name}: scoring step {step}"),
-                    &eval_argv(f, &layout.human_shards, &json_out, &d.spec.device),
+                    &eval_argv(f, &layout.stage1_shards, &json_out, &d.spec.device),
                 )?;
                 let mut e = read_json(&json_out)?;
                 e["step"] = json!(step);
@@ -904,7 +905,7 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
     );
     // Every arm plans on the keypoints alone: end-to-end training embeds them, and context
     // features are fitted to an encoder after its training.
-    a.data.spec.pooling = crate::pipeline::SuitePooling::Keypoints;
+    a.data.spec.pooling = Some(crate::pipeline::SuitePooling::Keypoints);
     let a = a.scaled();
     let scale = a.data.scale;
     let (samples, iterations) = scale.cem();
@@ -951,7 +952,7 @@ fn encoders(mut a: EncoderArgs) -> Result<()> {
                 steps.run(
                     &format!("{title}: stage 1 on the frozen encoder's shards"),
                     &scale.train(d.spec.train_argv(
-                        &layout.human_shards,
+                        &layout.stage1_shards,
                         &run,
                         a.steps,
                         &["regularizer.kind=noisy".to_string()],
@@ -1213,7 +1214,7 @@ fn wild(a: WildArgs) -> Result<()> {
             steps.run(
                 &format!("{task}: latent action model on the unlabeled human shards"),
                 &scale.train(d.spec.train_argv(
-                    &layout.human_shards,
+                    &layout.stage1_shards,
                     &run,
                     a.steps,
                     &["regularizer.kind=noisy".to_string()],

@@ -6,14 +6,17 @@
 //! the sim encoder on the frames of both (the robot's labels unused: its frames make the
 //! keypoints precise on the robot's embodiment; unless the oracle state is the embedding) and embeds
 //! both recordings into shards of `history + 1` frames, one frame per block of `frameskip`
-//! simulator steps. The model stages train a latent action model on the human shards, score
-//! it, fit the controller on the robot shards and plan closed loop in the robot domain.
+//! simulator steps (with `--robot-video`, the default on the tasks with objects, it merges
+//! both shard folders into the stage-1 shards, the robot's actions unused). The model stages
+//! train a latent action model on the stage-1 shards, score it, fit the controller on the
+//! robot shards and plan closed loop in the robot domain.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use lam_model::config::TokenScale;
 use lam_sim::PolicyKind;
 use serde_json::Value;
 use tracing::info;
@@ -87,20 +90,29 @@ pub struct DataSpec {
     pub encoder_steps: Option<usize>,
     /// Weight of the sim encoder's keypoint-transport term (`lam encoder pretrain
     /// --keypoint-transport-weight`; with it the encoder reads frame pairs a block apart,
-    /// drops the motion term, pretrains 1,000 steps unless --encoder-steps says otherwise, and
-    /// the world models train on the keypoints as they are, not standardised per channel:
-    /// keypoints that sit still would otherwise be scaled up to the moving ones' spread).
-    /// Default 0 (the motion term). On `push` it gives the object a keypoint (object probe
-    /// R^2 0.98 against 0.10) but the demo's chain plans worse with it (16% against 38% of 50
-    /// episodes; its reference 32% either way): docs/benchmarks.md, "`push` and `pusht` from
-    /// pixels".
-    #[arg(long, default_value_t = 0.0)]
-    pub keypoint_transport_weight: f64,
+    /// drops the motion term and pretrains 1,000 steps unless --encoder-steps says otherwise).
+    /// Transport gives the object a keypoint (`push` object probe R^2 0.98 against 0.10 with
+    /// the motion term), so it comes with the recipe measured with it: the keypoints alone as
+    /// the embedding, the world models' tokens standardised by one shared scale, and the
+    /// robot episodes' frames in stage 1 (see those options). Default 10 on `push` and
+    /// `pusht`, 0 (the motion term) on `reach`, where nothing but the agent moves:
+    /// docs/benchmarks.md, "`push` and `pusht` from pixels".
+    #[arg(long)]
+    pub keypoint_transport_weight: Option<f64>,
     /// Frame embedding of the sim encoder: `keypoints-context` appends to the keypoint
     /// positions (what moves) the 4 context features fitted on the human video (`lam encoder
     /// context`: the scene layout, e.g. where `reach`'s door is); `keypoints` leaves them out.
-    #[arg(long, value_enum, default_value = "keypoints-context")]
-    pub pooling: SuitePooling,
+    /// Default `keypoints` with keypoint transport (the objects' keypoints carry the scene;
+    /// `push` reference 48% against 32% with the context), `keypoints-context` otherwise.
+    #[arg(long, value_enum)]
+    pub pooling: Option<SuitePooling>,
+    /// Whether the latent action models also train on the labeled robot episodes' frames
+    /// (their actions unused; the data stage merges both shard folders into `shards/stage1`
+    /// with `lam data merge`), so the world model has seen the robot's body push. Default on
+    /// with keypoint transport (`push` chain 66% against 24% on the human video alone), off
+    /// otherwise (`reach` from pixels: 64% against 80%, "Five pixel-side attempts").
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub robot_video: Option<bool>,
     /// Use the oracle encoder (the simulator's true state) instead of pretraining the sim
     /// encoder: tells whether dynamics and planning work when vision does.
     #[arg(long)]
@@ -143,6 +155,9 @@ pub struct DataLayout {
     pub encoder: String,
     pub human_shards: PathBuf,
     pub robot_shards: PathBuf,
+    /// What the latent action models train on: the human shards, or with `--robot-video` the
+    /// human and robot shards merged.
+    pub stage1_shards: PathBuf,
 }
 
 impl DataSpec {
@@ -155,20 +170,55 @@ impl DataSpec {
         })
     }
 
+    /// The keypoint-transport weight: the one given, else the task's default (10 on the
+    /// tasks with objects, 0 on `reach`); 0 for the oracle, which pretrains no encoder.
+    pub fn transport_weight(&self) -> f64 {
+        if self.oracle {
+            return 0.0;
+        }
+        self.keypoint_transport_weight.unwrap_or(
+            if matches!(self.task.as_str(), "push" | "pusht") {
+                10.0
+            } else {
+                0.0
+            },
+        )
+    }
+
     /// The sim encoder's pretraining steps: the ones given, else the default of its objective.
     pub fn encoder_steps(&self) -> usize {
         self.encoder_steps
-            .unwrap_or(if self.keypoint_transport_weight > 0.0 {
+            .unwrap_or(if self.transport_weight() > 0.0 {
                 1000
             } else {
                 400
             })
     }
 
-    /// Whether the world models standardise each embedding channel (`model.standardize`):
-    /// not on keypoints pretrained with transport (see `--keypoint-transport-weight`).
-    pub fn standardize(&self) -> bool {
-        self.oracle || self.keypoint_transport_weight == 0.0
+    /// The sim encoder's frame embedding: the one given, else keypoints alone with transport.
+    pub fn pooling(&self) -> SuitePooling {
+        self.pooling.unwrap_or(if self.transport_weight() > 0.0 {
+            SuitePooling::Keypoints
+        } else {
+            SuitePooling::KeypointsContext
+        })
+    }
+
+    /// Whether stage 1 reads the robot episodes' frames too: as given, else with transport.
+    pub fn robot_video(&self) -> bool {
+        self.robot_video.unwrap_or(self.transport_weight() > 0.0)
+    }
+
+    /// How the world models standardise the embedding (`model.standardize_scale`): every
+    /// channel by its own std, or, on keypoints pretrained with transport, all by one shared
+    /// deviation (keypoints that sit still would otherwise be scaled up to the moving ones'
+    /// spread: `push` reference 66% against 100% on 1,000 labeled episodes).
+    pub fn token_scale(&self) -> TokenScale {
+        if self.transport_weight() > 0.0 {
+            TokenScale::Shared
+        } else {
+            TokenScale::Channel
+        }
     }
 
     pub fn check(&self) -> Result<()> {
@@ -191,7 +241,7 @@ impl DataSpec {
 
     /// The frame embedding in words, for reports.
     pub fn embedding(&self) -> &'static str {
-        match (self.oracle, self.pooling) {
+        match (self.oracle, self.pooling()) {
             (true, _) => "the simulator's true state (oracle)",
             (false, SuitePooling::Keypoints) => "the pretrained sim encoder's keypoints",
             (false, SuitePooling::KeypointsContext) => {
@@ -211,6 +261,11 @@ impl DataSpec {
             },
             human_shards: out.join("shards/human"),
             robot_shards: out.join("shards/robot"),
+            stage1_shards: if self.robot_video() {
+                out.join("shards/stage1")
+            } else {
+                out.join("shards/human")
+            },
         }
     }
 
@@ -287,7 +342,7 @@ impl DataSpec {
                 dev,
                 &"--quiet",
             ]);
-            let transport = self.keypoint_transport_weight;
+            let transport = self.transport_weight();
             if transport > 0.0 {
                 pretrain.extend(args(&[
                     &"--fps",
@@ -302,7 +357,7 @@ impl DataSpec {
                 &format!("3/{total} pretraining the sim encoder on the human and robot frames"),
                 &pretrain,
             )?;
-            if self.pooling == SuitePooling::KeypointsContext {
+            if self.pooling() == SuitePooling::KeypointsContext {
                 steps.run(
                     &format!("3/{total} fitting the encoder's context features on the human video"),
                     &args(&[
@@ -343,10 +398,27 @@ impl DataSpec {
                     &if self.oracle {
                         "mean"
                     } else {
-                        self.pooling.name()
+                        self.pooling().name()
                     },
                     &"--device",
                     dev,
+                ]),
+            )?;
+        }
+        if self.robot_video() {
+            steps.run(
+                &format!(
+                    "4-5/{total} merging the human and robot shards for stage 1 (the robot's \
+                     actions unused)"
+                ),
+                &args(&[
+                    &"data",
+                    &"merge",
+                    &"--data",
+                    &l.human_shards.display(),
+                    &l.robot_shards.display(),
+                    &"--out",
+                    &l.stage1_shards.display(),
                 ]),
             )?;
         }
@@ -356,7 +428,7 @@ impl DataSpec {
 
 impl DataSpec {
     /// `lam train` of a latent action model on `shards` (of this data stage), its tokens
-    /// standardised per channel or not ([`DataSpec::standardize`]), with extra
+    /// standardised per channel or by one shared scale ([`DataSpec::token_scale`]), with extra
     /// `section.field=value` settings (the regulariser among them), on the stage's device.
     pub fn train_argv(
         &self,
@@ -374,7 +446,9 @@ impl DataSpec {
             &"--steps",
             &steps,
             &"--set",
-            &format!("model.standardize={}", self.standardize()),
+            &"model.standardize=true",
+            &"--set",
+            &format!("model.standardize_scale={}", self.token_scale().name()),
             &"--device",
             &self.device,
         ]);
