@@ -1209,14 +1209,21 @@ pub fn pretrain(
                 loss = loss + motion.mul_scalar(cfg.keypoint_motion_weight);
             }
         }
-        if let (Some(stem), Some(head)) = (&model.encoder.keypoint_stem, &model.transporter) {
-            let source = x.clone().slice(s![0..b, .., .., ..]);
-            let target = x.clone().slice(s![b..2 * b, .., .., ..]);
+        if let (Some(_), Some(head)) = (&model.encoder.keypoint_stem, &model.transporter) {
+            // The stem's keypoints of both frames as the encoder put them on every token
+            // (position / sqrt(N)), read back from the first token instead of running the
+            // stem on the frames a second time; the gradient reaches the stem the same way.
+            let k = enc.keypoints;
+            let kp = s
+                .clone()
+                .slice(s![.., 0..1, free..enc.dim])
+                .reshape([2 * b, k, 2])
+                .mul_scalar((n as f32).sqrt());
             let transport = head.loss(
-                source.clone(),
-                target.clone(),
-                stem.forward(source),
-                stem.forward(target),
+                x.clone().slice(s![0..b, .., .., ..]),
+                x.clone().slice(s![b..2 * b, .., .., ..]),
+                kp.clone().slice(s![0..b, .., ..]),
+                kp.slice(s![b..2 * b, .., ..]),
             );
             last_transport = scalar(&transport);
             loss = loss + transport.mul_scalar(cfg.keypoint_transport_weight);

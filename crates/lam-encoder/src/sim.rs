@@ -526,6 +526,18 @@ mod tests {
         let x = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
         let out = enc.forward(x.clone());
         assert_eq!(out.dims(), [2, 16, 64]);
+        // Read back from the first token (as keypoint-transport pretraining does), they are
+        // the stem's keypoints `[B, K, 2]` to the bit (sqrt(16) is a power of two).
+        let stem_kp = enc.keypoint_stem.as_ref().unwrap().forward(x.clone());
+        let read = out
+            .clone()
+            .slice(s![.., 0..1, 60..64])
+            .reshape([2, 2, 2])
+            .mul_scalar(4.0);
+        assert_eq!(
+            read.into_data().try_into_vec::<f32>().unwrap(),
+            stem_kp.into_data().try_into_vec::<f32>().unwrap()
+        );
         let v = out.into_data().try_into_vec::<f32>().unwrap();
         // Every token carries the same keypoints, positions / sqrt(16) in [-1/4, 1/4].
         for f in 0..2 {

@@ -420,6 +420,40 @@ fn video_folder_to_pooled_dinov2_shards() {
     assert!(report.contains("broken.mp4"), "{report}");
 }
 
+/// Pretraining by keypoint transport alone (no motion term) runs the stem once per frame and
+/// feeds the transport head the keypoints the encoder's tokens carry: the rebuilding error
+/// falls as the stem and the head learn.
+#[test]
+fn keypoint_transport_pretraining_lowers_its_rebuilding_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = test_frames();
+    let mut cfg = small_sim_config();
+    cfg.encoder.pixel_keypoints = true;
+    cfg.probe = None;
+    cfg.steps = 60;
+    cfg.log_every = 10;
+    cfg.keypoint_motion_weight = 0.0;
+    cfg.keypoint_transport_weight = 1.0;
+    let run = dir.path().join("run");
+    pretrain_into(&cfg, &frames, &run);
+    let rows: Vec<serde_json::Value> = fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == "train")
+        .collect();
+    let transport: Vec<f64> = rows
+        .iter()
+        .map(|v| v["keypoint_transport"].as_f64().unwrap())
+        .collect();
+    assert!(transport.len() >= 5, "{transport:?}");
+    let (first, last) = (transport[0], *transport.last().unwrap());
+    assert!(
+        first.is_finite() && last < 0.8 * first,
+        "keypoint transport term {transport:?}"
+    );
+}
+
 #[test]
 fn pixel_keypoints_learn_to_sit_on_what_moves() {
     let dir = tempfile::tempdir().unwrap();
