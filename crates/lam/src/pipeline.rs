@@ -97,7 +97,7 @@ pub struct DataSpec {
     /// robot episodes' frames in stage 1 (see those options). Default 10 on `push` and
     /// `pusht`, 0 (the motion term) on `reach`, where nothing but the agent moves:
     /// docs/benchmarks.md, "`push` and `pusht` from pixels" and "`push` through the chain"
-    /// (`lam demo --task push`: chain 80% against 38% with the motion term).
+    /// (`lam demo --task push`: chain 66-80% against 38% with the motion term).
     #[arg(long)]
     pub keypoint_transport_weight: Option<f64>,
     /// Frame embedding of the sim encoder: `keypoints-context` appends to the keypoint
