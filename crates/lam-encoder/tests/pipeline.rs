@@ -420,32 +420,41 @@ fn video_folder_to_pooled_dinov2_shards() {
     assert!(report.contains("broken.mp4"), "{report}");
 }
 
+/// Pretrains the small config with pixel keypoints (60 steps, logged every 10, no probe) and
+/// the keypoint terms weighted `motion` / `transport`, into `run`; returns the train rows'
+/// values of the metric `key`.
+fn pixel_keypoint_term(
+    frames: &Frames,
+    run: &Path,
+    motion: f64,
+    transport: f64,
+    key: &str,
+) -> Vec<f64> {
+    let mut cfg = small_sim_config();
+    cfg.encoder.pixel_keypoints = true;
+    cfg.probe = None;
+    cfg.steps = 60;
+    cfg.log_every = 10;
+    cfg.keypoint_motion_weight = motion;
+    cfg.keypoint_transport_weight = transport;
+    pretrain_into(&cfg, frames, run);
+    fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == "train")
+        .map(|v| v[key].as_f64().unwrap())
+        .collect()
+}
+
 /// Pretraining by keypoint transport alone (no motion term) runs the stem once per frame and
 /// feeds the transport head the keypoints the encoder's tokens carry: the rebuilding error
 /// falls as the stem and the head learn.
 #[test]
 fn keypoint_transport_pretraining_lowers_its_rebuilding_error() {
     let dir = tempfile::tempdir().unwrap();
-    let frames = test_frames();
-    let mut cfg = small_sim_config();
-    cfg.encoder.pixel_keypoints = true;
-    cfg.probe = None;
-    cfg.steps = 60;
-    cfg.log_every = 10;
-    cfg.keypoint_motion_weight = 0.0;
-    cfg.keypoint_transport_weight = 1.0;
     let run = dir.path().join("run");
-    pretrain_into(&cfg, &frames, &run);
-    let rows: Vec<serde_json::Value> = fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["split"] == "train")
-        .collect();
-    let transport: Vec<f64> = rows
-        .iter()
-        .map(|v| v["keypoint_transport"].as_f64().unwrap())
-        .collect();
+    let transport = pixel_keypoint_term(&test_frames(), &run, 0.0, 1.0, "keypoint_transport");
     assert!(transport.len() >= 5, "{transport:?}");
     let (first, last) = (transport[0], *transport.last().unwrap());
     assert!(
@@ -458,20 +467,9 @@ fn keypoint_transport_pretraining_lowers_its_rebuilding_error() {
 fn pixel_keypoints_learn_to_sit_on_what_moves() {
     let dir = tempfile::tempdir().unwrap();
     let frames = test_frames();
-    let mut cfg = small_sim_config();
-    cfg.encoder.pixel_keypoints = true;
-    cfg.probe = None;
-    cfg.steps = 60;
-    cfg.log_every = 10;
     let run = dir.path().join("run");
-    pretrain_into(&cfg, &frames, &run);
-    let motion: Vec<f64> = fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["split"] == "train")
-        .map(|v| v["keypoint_motion"].as_f64().unwrap())
-        .collect();
+    let default_motion = small_sim_config().keypoint_motion_weight;
+    let motion = pixel_keypoint_term(&frames, &run, default_motion, 0.0, "keypoint_motion");
     assert!(motion.len() >= 5, "{motion:?}");
     // The keypoints' mass moves onto the pixels that change: the term falls clearly.
     let (first, last) = (motion[0], *motion.last().unwrap());

@@ -427,9 +427,7 @@ impl DataSpec {
         }
         Ok(l)
     }
-}
 
-impl DataSpec {
     /// `lam train` of a latent action model on `shards` (of this data stage), its tokens
     /// standardised per channel or by one shared scale ([`DataSpec::token_scale`]), with extra
     /// `section.field=value` settings (the regulariser among them), on the stage's device.
