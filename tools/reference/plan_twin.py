@@ -9,7 +9,8 @@ check of the rollout). The twin
    (`finals` in problem.safetensors), with and without its own key/value cache;
 2. times CEM (samples x iterations x horizon from config.json "planner") with a rollout
    that recomputes the frame history at every step (how PyTorch world-model planners are
-   usually written) and with a key/value cache.
+   usually written) and with a key/value cache; on the CPU also with the cache under
+   `torch.autocast` in bfloat16.
 
     python3 tools/reference/plan_twin.py --dir DIR [--repeats R --threads K]
 """
@@ -197,6 +198,21 @@ def main():
                 sync()
                 times.append(time.perf_counter() - t0)
             out["ms_per_plan_" + ("cached" if cached else "recompute")] = 1000 * min(times)
+        # PyTorch's own mixed precision for the CPU: the linear layers in bfloat16 (oneDNN,
+        # AMX tiles where the CPU has them), the norms and softmax in float32. The like for
+        # like of lam's `precision = "bf16"`.
+        if device.type == "cpu":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                f_bf16 = roll.rollout_cached(base, pos, problem["current"], seqs).float()
+                out["bf16_cached_max_abs"] = float((f_bf16 - problem["finals"]).abs().max())
+                gen = torch.Generator(device=device).manual_seed(0)
+                cem(roll, problem, p, True, gen)  # warm-up
+                times = []
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    cem(roll, problem, p, True, gen)
+                    times.append(time.perf_counter() - t0)
+                out["ms_per_plan_cached_bf16"] = 1000 * min(times)
     out["peak_bytes"] = peak_bytes(device)
     print(json.dumps(out))
 

@@ -1,8 +1,11 @@
 //! Times the CEM plan of `lam bench plan` (tiny preset, 300 x 30, horizon 5, 3 context frames)
 //! and its parts, for profiling the planner without the PyTorch twin:
 //!
-//!     cargo run --release -p lam-control --example plan_profile [-- PLANS [step] [twin=DIR]]
+//!     cargo run --release -p lam-control --example plan_profile [-- PLANS [step] [bf16] [lewm] [twin=DIR]]
 //!
+//! `bf16` runs the rollout's matrix products in bfloat16 on AMX tiles (where the CPU has
+//! them); `lewm` times the LeWM-sized predictor of `lam bench plan` instead of the tiny one
+//! (one token per frame, D = 192, 6 blocks x 256 wide, 4 heads, 3 context frames).
 //! `step` times the tensor path (`WorldModel::step` over the cache repeated per candidate)
 //! instead of the batched CPU rollout. `twin=DIR` also writes the model and problem in the
 //! layout of `lam bench plan` for `python3 tools/reference/plan_twin.py --dir DIR` (the
@@ -15,7 +18,7 @@ use burn::nn::LinearConfig;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use lam_control::planner::{PlannerConfig, Problem, SearchSpace, plan};
-use lam_control::rollout::rollout;
+use lam_control::rollout::{HostRollout, rollout};
 use lam_model::checkpoint::save_weights;
 use lam_model::config::LamConfig;
 use lam_model::train::init_model;
@@ -26,7 +29,23 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let plans: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2);
     let tensor_path = args.iter().any(|a| a == "step");
-    let cfg = LamConfig::preset("tiny").unwrap();
+    let mut cfg = LamConfig::preset("tiny").unwrap();
+    if args.iter().any(|a| a == "lewm") {
+        cfg = cfg
+            .with_overrides(&[
+                "model.grid=[1,1]".into(),
+                "model.wm_dim=256".into(),
+                "model.wm_depth=6".into(),
+                "model.wm_heads=4".into(),
+                "model.embed_dim=192".into(),
+            ])
+            .unwrap();
+    }
+    let precision = if args.iter().any(|a| a == "bf16") {
+        lam_control::planner::HostPrecision::Bf16
+    } else {
+        lam_control::planner::HostPrecision::F32
+    };
     let dev = Device::flex();
     dev.seed(cfg.train.seed);
     let m = &cfg.model;
@@ -51,6 +70,7 @@ fn main() {
         window,
         history: Some((history, history_z)),
         use_cache: true,
+        host: HostRollout::new(precision),
         current,
         goal,
         support: None,

@@ -7,11 +7,38 @@
 //! to the goal, at the final or the best step, plus the support critic's penalty. Shared by
 //! the sampling planners ([`crate::planner`]) and the gradient planner (`planner/gradient.rs`).
 
+use std::sync::OnceLock;
+
 use burn::prelude::*;
+use lam_model::world_model::{HostPrecision, HostWeights, WorldModel};
 
 use crate::controller::Controller;
 use crate::feasible::Target;
 use crate::planner::{CostKind, Objective, Problem, SearchSpace};
+
+/// How a planning step's CPU rollouts run: the number format of their matrix products and the
+/// world model's weights in host memory, copied (and packed) at the first rollout and reused by
+/// every later one of the step.
+#[derive(Default)]
+pub struct HostRollout {
+    pub precision: HostPrecision,
+    weights: OnceLock<HostWeights>,
+}
+
+impl HostRollout {
+    pub fn new(precision: HostPrecision) -> Self {
+        Self {
+            precision,
+            weights: OnceLock::new(),
+        }
+    }
+
+    /// The host weights of `world_model` (the problem's: one model per planning step).
+    fn weights(&self, world_model: &WorldModel) -> &HostWeights {
+        self.weights
+            .get_or_init(|| world_model.host_weights(self.precision))
+    }
+}
 
 /// Rolls `seqs` (`[C, H, dim]` row-major, in the search space) through the world model and
 /// returns the final predicted frames `[C, N, D]`.
@@ -50,12 +77,15 @@ pub fn rollout_all(
         return rollout_recompute(problem, z);
     }
     // On the CPU: all candidates in one host kernel over the shared context cache.
-    if let Some(steps) = problem.world_model.rollout_shared(
-        problem.cache,
-        problem.current.clone(),
-        z.clone(),
-        problem.window,
-    ) {
+    if problem.current.device() == Device::flex()
+        && let Some(steps) = problem.world_model.rollout_shared_with(
+            problem.host.weights(problem.world_model),
+            problem.cache,
+            problem.current.clone(),
+            z.clone(),
+            problem.window,
+        )
+    {
         return steps;
     }
     problem

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use lam_control::controller::{ControllerConfig, fit, fit_with, pseudo_label};
 use lam_control::planner::{PlannerConfig, PlannerKind, Problem, SearchSpace, plan};
-use lam_control::rollout::{cost, rollout};
+use lam_control::rollout::{HostRollout, cost, rollout};
 use lam_data::synthetic::{SyntheticConfig, write_synthetic};
 use lam_data::{ShardSet, Split};
 use lam_model::config::LamConfig;
@@ -41,6 +41,7 @@ fn cached_and_recomputed_rollouts_agree() {
         window: 7,
         history: Some((history.clone(), history_z.clone())),
         use_cache,
+        host: HostRollout::default(),
         current: current.clone(),
         goal: current.clone(),
         support: None,
@@ -80,6 +81,7 @@ fn planners_reach_a_reachable_goal() {
         window: 7,
         history: None,
         use_cache: true,
+        host: HostRollout::default(),
         current: current.clone(),
         goal: current.clone(),
         support: None,
@@ -171,6 +173,7 @@ fn action_space_plans_stay_in_bounds() {
         window: 7,
         history: None,
         use_cache: true,
+        host: HostRollout::default(),
         current: current.clone(),
         goal: current * 0.5,
         support: None,

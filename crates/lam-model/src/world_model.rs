@@ -24,7 +24,10 @@ use burn::tensor::activation::{gelu, silu, softmax};
 
 use crate::config::ModelConfig;
 
+pub mod amx;
 mod host;
+
+pub use host::{HostPrecision, HostWeights};
 
 #[derive(Module, Debug)]
 pub struct WorldModel {

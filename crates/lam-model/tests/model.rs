@@ -527,7 +527,13 @@ fn residual_world_model_starts_as_copy_and_its_cpu_rollout_matches_steps() {
     let current = Tensor::<3>::random([1, 16, 32], normal, &dev);
     let zs = Tensor::<3>::random([5, 3, 16], normal, &dev);
     let got = wm
-        .rollout_shared(Some(&cache), current.clone(), zs.clone(), 7)
+        .rollout_shared(
+            Some(&cache),
+            current.clone(),
+            zs.clone(),
+            7,
+            lam_model::world_model::HostPrecision::F32,
+        )
         .expect("CPU path");
     let want = wm.rollout_steps(Some(&cache), current, zs, 7);
     let diff = (got - want).abs().max().into_scalar::<f32>();

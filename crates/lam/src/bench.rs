@@ -427,7 +427,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
 }
 
 fn bench_plan(args: PlanBenchArgs) -> Result<()> {
-    use lam_control::planner::{PlannerConfig, Problem, SearchSpace, plan};
+    use lam_control::planner::{HostPrecision, PlannerConfig, Problem, SearchSpace, plan};
     use lam_control::rollout::rollout;
     let cfg = LamConfig::preset(&args.common.preset)?.with_overrides(&args.common.overrides)?;
     let device = parse_device(&args.common.device)?;
@@ -456,17 +456,21 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         ..PlannerConfig::default()
     };
     let space = SearchSpace::Latent { dim: d };
-    let problem = |use_cache: bool| Problem {
+    let problem_in = |use_cache: bool, precision: HostPrecision| Problem {
         world_model: &wm,
         cache: Some(&cache),
         window,
         history: Some((history.clone(), history_z.clone())),
         use_cache,
+        host: lam_control::rollout::HostRollout::new(precision),
         current: current.clone(),
         goal: goal.clone(),
         support: None,
         feasible: None,
     };
+    let problem = |use_cache: bool| problem_in(use_cache, HostPrecision::F32);
+    // bf16 products on AMX tiles, where this CPU has them.
+    let bf16 = HostPrecision::Bf16.effective() == HostPrecision::Bf16;
     // Fixed candidates for the rollout parity check.
     let seqs_t = Tensor::<3>::random([16, args.horizon, d], normal, &device);
     let (_, seqs) = host(&seqs_t);
@@ -477,20 +481,36 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         .max()
         .into_scalar::<f32>();
 
-    let time_plan = |use_cache: bool| -> f64 {
-        let p = problem(use_cache);
-        let _ = plan(&pcfg, &p, &space);
+    let bf16_diff = bf16.then(|| {
+        let got = rollout(
+            &problem_in(true, HostPrecision::Bf16),
+            &space,
+            &seqs,
+            16,
+            args.horizon,
+        );
+        let scale = finals.clone().abs().max().into_scalar::<f32>();
+        let diff = (got - finals.clone()).abs().max().into_scalar::<f32>();
+        (diff, scale)
+    });
+
+    // Each timed plan makes its own host copy of the weights, as every closed-loop step does.
+    let time_plan_in = |use_cache: bool, precision: HostPrecision| -> f64 {
+        let _ = plan(&pcfg, &problem_in(use_cache, precision), &space);
         (0..args.repeats.max(1))
             .map(|_| {
                 let t0 = Instant::now();
+                let p = problem_in(use_cache, precision);
                 let _ = plan(&pcfg, &p, &space);
                 let _ = device.sync();
                 t0.elapsed().as_secs_f64() * 1000.0
             })
             .fold(f64::INFINITY, f64::min)
     };
+    let time_plan = |use_cache: bool| time_plan_in(use_cache, HostPrecision::F32);
     let rust_cached = time_plan(true);
     let rust_recompute = time_plan(false);
+    let rust_bf16 = bf16.then(|| time_plan_in(true, HostPrecision::Bf16));
     println!(
         "CEM {}x{} horizon {}, {} context frames, world model {} blocks x {} wide, N={} D={}",
         args.samples,
@@ -503,6 +523,13 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         dd
     );
     println!("  lam, key/value cache        {rust_cached:>10.1} ms/plan");
+    match (rust_bf16, bf16_diff) {
+        (Some(ms), Some((diff, scale))) => println!(
+            "  lam, key/value cache, bf16  {ms:>10.1} ms/plan   (AMX tiles; final frames of 16 \
+             fixed candidates within {diff:.2e} of float32, frames up to {scale:.2})"
+        ),
+        _ => println!("  lam, bf16: this CPU has no AMX tiles (not timed)"),
+    }
     println!(
         "  lam, recompute history      {rust_recompute:>10.1} ms/plan   (cache speed-up {:.2}x)",
         rust_recompute / rust_cached
@@ -532,6 +559,8 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         "rust_ms_per_plan_recompute": rust_recompute,
         "rust_cache_speedup": rust_recompute / rust_cached,
         "rust_cache_vs_recompute_max_abs": self_diff,
+        "rust_ms_per_plan_cached_bf16": rust_bf16,
+        "rust_bf16_vs_f32_max_abs": bf16_diff.map(|(d, _)| d),
     });
     if !args.common.rust_only {
         let dir = tempfile::tempdir()?;
@@ -610,6 +639,30 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         result["torch_ms_per_plan_cached"] = json!(t_c);
         result["speedup_vs_torch_recompute"] = json!(t_re / rust_cached);
         result["speedup_vs_torch_cached"] = json!(t_c / rust_cached);
+        let t_bf16 = twin["ms_per_plan_cached_bf16"].as_f64();
+        if let Some(t) = t_bf16 {
+            println!(
+                "  PyTorch, key/value cache, bf16 autocast {t:>10.1} ms/plan   (final frames within \
+                 {:.2e} of lam's float32)",
+                twin["bf16_cached_max_abs"].as_f64().unwrap_or(f64::NAN)
+            );
+            result["torch_ms_per_plan_cached_bf16"] = json!(t);
+            result["torch_bf16_cached_max_abs"] = twin["bf16_cached_max_abs"].clone();
+        }
+        if let Some(ms) = rust_bf16 {
+            println!(
+                "  lam (cache, bf16) vs PyTorch (cache, float32)      {:>6.2}x faster",
+                t_c / ms
+            );
+            result["speedup_bf16_vs_torch_cached"] = json!(t_c / ms);
+            if let Some(t) = t_bf16 {
+                println!(
+                    "  lam (cache, bf16) vs PyTorch (cache, bf16 autocast) {:>6.2}x faster",
+                    t / ms
+                );
+                result["speedup_bf16_vs_torch_cached_bf16"] = json!(t / ms);
+            }
+        }
         result["parity"] = json!({"cached": twin["parity_cached_max_abs"], "recompute": twin["parity_recompute_max_abs"]});
         result["torch"] = twin["torch"].clone();
         result["torch_threads"] = twin["threads"].clone();

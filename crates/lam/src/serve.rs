@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// Planner iterations.
     #[arg(long, default_value_t = PlannerConfig::default().iterations)]
     pub iterations: usize,
+    /// Number format of the CPU rollout's matrix products: f32, or bf16 (Intel AMX tiles,
+    /// float32 sums; float32 where the CPU has no AMX; rollouts through a frame-conditioned
+    /// controller stay float32).
+    #[arg(long, default_value = "f32")]
+    pub precision: lam_control::planner::HostPrecision,
     /// World-model steps of a plan executed before planning again (actions, or action blocks
     /// for a model trained on blocks).
     #[arg(long, default_value_t = 5)]
@@ -229,6 +234,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         seed: args.seed,
         cost: args.cost,
         objective: args.objective,
+        precision: args.precision,
         ..PlannerConfig::default()
     };
     ensure!(args.replan_every >= 1, "--replan-every must be at least 1");

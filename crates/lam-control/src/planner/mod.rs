@@ -22,6 +22,7 @@ mod random_shooting;
 mod sampling;
 
 use burn::prelude::*;
+pub use lam_model::world_model::HostPrecision;
 use lam_model::world_model::{KvCache, WorldModel};
 use serde::{Deserialize, Serialize};
 
@@ -149,6 +150,12 @@ pub struct PlannerConfig {
     /// Which predicted frames the cost looks at (final).
     #[serde(default)]
     pub objective: Objective,
+    /// Number format of the matrix products in CPU rollouts through the key/value cache:
+    /// `f32` (default) or `bf16` (Intel AMX tiles, float32 sums; float32 where the CPU has no
+    /// AMX). Rollouts on the tensor path (a frame-conditioned controller, a feasible set, a
+    /// GPU) stay float32.
+    #[serde(default)]
+    pub precision: HostPrecision,
 }
 
 fn default_learning_rate() -> f64 {
@@ -186,6 +193,7 @@ impl Default for PlannerConfig {
             kv_cache: true,
             learning_rate: default_learning_rate(),
             objective: Objective::Final,
+            precision: HostPrecision::F32,
         }
     }
 }
@@ -357,6 +365,9 @@ pub struct Problem<'a> {
     pub history: Option<(Tensor<4>, Tensor<3>)>,
     /// Whether rollouts use the cache.
     pub use_cache: bool,
+    /// How CPU rollouts run: the number format of their products
+    /// (`PlannerConfig::precision`) and the weights' host copy, made at the first rollout.
+    pub host: crate::rollout::HostRollout,
     /// Current frame `[1, N, D]`.
     pub current: Tensor<3>,
     /// Goal frame `[1, N, D]`.

@@ -35,6 +35,49 @@ fn host_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("f32 tensor data")
 }
 
+/// The number format of the host rollout's matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostPrecision {
+    /// float32 throughout (default).
+    #[default]
+    F32,
+    /// Weights and activations rounded to bfloat16 for the matrix products, sums in float32,
+    /// on Intel AMX tiles ([`amx`](super::amx)); float32 where the CPU has no AMX. Everything
+    /// between the products (norms, attention, softmax, GELU, residuals) stays float32.
+    Bf16,
+}
+
+impl HostPrecision {
+    /// The precision the products actually run in here: `Bf16` only where AMX is available.
+    pub fn effective(self) -> Self {
+        match self {
+            Self::Bf16 if super::amx::available() => Self::Bf16,
+            _ => Self::F32,
+        }
+    }
+
+    /// `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for HostPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!("precision `{s}`: expected f32 or bf16")),
+        }
+    }
+}
+
 /// `y = x W + b` with `W` `[d_in, d_out]` row-major.
 struct Lin {
     w: Vec<f32>,
@@ -42,18 +85,24 @@ struct Lin {
     b: Vec<f32>,
     d_in: usize,
     d_out: usize,
+    /// `W` in bf16 tiles, when the products run in bf16.
+    packed: Option<super::amx::PackedBf16>,
 }
 
 impl Lin {
-    fn new(l: &Linear) -> Self {
+    fn new(l: &Linear, precision: HostPrecision) -> Self {
         let [d_in, d_out] = l.weight.dims();
+        let w = host_vec(l.weight.val());
+        let packed = (precision.effective() == HostPrecision::Bf16)
+            .then(|| super::amx::PackedBf16::pack(&w, d_in, d_out));
         Self {
-            w: host_vec(l.weight.val()),
+            w,
             b: l.bias
                 .as_ref()
                 .map_or_else(|| vec![0.0; d_out], |b| host_vec(b.val())),
             d_in,
             d_out,
+            packed,
         }
     }
 
@@ -61,6 +110,19 @@ impl Lin {
     fn matmul(&self, m: usize, x: &[f32], out: &mut [f32], parallel: bool) {
         let (k, n) = (self.d_in, self.d_out);
         assert!(x.len() >= m * k && out.len() >= m * n);
+        if let Some(packed) = &self.packed {
+            if parallel && m >= 64 {
+                // Row blocks on rayon's threads (each thread its own tiles and scratch).
+                const ROWS: usize = 64;
+                x[..m * k]
+                    .par_chunks(ROWS * k)
+                    .zip(out[..m * n].par_chunks_mut(ROWS * n))
+                    .for_each(|(xs, os)| packed.matmul(xs.len() / k, xs, os));
+            } else {
+                packed.matmul(m, x, out);
+            }
+            return;
+        }
         let parallelism = if parallel {
             gemm::Parallelism::Rayon(0)
         } else {
@@ -141,6 +203,17 @@ struct HostModel {
     blocks: Vec<HostBlock>,
     final_norm: Ln,
     out_proj: Lin,
+    /// The action embedding and the AdaLN heads (every block's, then the final norm's).
+    cond_in: Lin,
+    cond_out: Lin,
+    ada: Vec<Lin>,
+    final_ada: Lin,
+}
+
+/// A world model's weights copied to host memory for the CPU rollout (see
+/// [`WorldModel::host_weights`]).
+pub struct HostWeights {
+    model: HostModel,
 }
 
 /// Everything shared by the chunks of one rollout.
@@ -185,6 +258,32 @@ impl WorldModel {
         current: Tensor<3>,
         z: Tensor<3>,
         window: usize,
+        precision: HostPrecision,
+    ) -> Option<Tensor<4>> {
+        if current.device() != Device::flex() {
+            return None;
+        }
+        self.rollout_shared_with(&self.host_weights(precision), cache, current, z, window)
+    }
+
+    /// This model's weights in host memory (packed for bf16 products when `precision` says so
+    /// and the CPU has AMX), for [`rollout_shared_with`](Self::rollout_shared_with): made once,
+    /// they serve every rollout of a planning step.
+    pub fn host_weights(&self, precision: HostPrecision) -> HostWeights {
+        HostWeights {
+            model: HostModel::new(self, precision),
+        }
+    }
+
+    /// [`rollout_shared`](Self::rollout_shared) with weights made by
+    /// [`host_weights`](Self::host_weights) of this model.
+    pub fn rollout_shared_with(
+        &self,
+        weights: &HostWeights,
+        cache: Option<&KvCache>,
+        current: Tensor<3>,
+        z: Tensor<3>,
+        window: usize,
     ) -> Option<Tensor<4>> {
         let device = current.device();
         if device != Device::flex() {
@@ -200,32 +299,34 @@ impl WorldModel {
         if cb != 1 || h == 0 || c == 0 {
             return None;
         }
-        let model = HostModel::new(self);
+        let model = &weights.model;
+        assert_eq!(
+            (model.blocks.len(), model.embed),
+            (self.blocks.len(), embed),
+            "host weights of another model"
+        );
         let (w, heads, dh) = (model.w, model.heads, model.dh);
 
         // Action embedding and modulation vectors of every candidate and step.
         let rows = c * h;
         let zh = host_vec(z);
-        let cond_in = Lin::new(&self.cond_in);
-        let cond_out = Lin::new(&self.cond_out);
-        assert_eq!(cond_in.d_in, latent);
+        assert_eq!(model.cond_in.d_in, latent);
         let mut c1 = vec![0.0f32; rows * w];
-        cond_in.forward(rows, &zh, &mut c1, true);
+        model.cond_in.forward(rows, &zh, &mut c1, true);
         silu_inplace(&mut c1);
         let mut cvec = vec![0.0f32; rows * w];
-        cond_out.forward(rows, &c1, &mut cvec, true);
+        model.cond_out.forward(rows, &c1, &mut cvec, true);
         silu_inplace(&mut cvec);
-        let ada = self
-            .blocks
+        let ada = model
+            .ada
             .iter()
-            .map(|b| {
-                let lin = Lin::new(&b.ada);
+            .map(|lin| {
                 let mut out = vec![0.0f32; rows * lin.d_out];
                 lin.forward(rows, &cvec, &mut out, true);
                 out
             })
             .collect();
-        let final_lin = Lin::new(&self.final_ada);
+        let final_lin = &model.final_ada;
         let mut final_ada = vec![0.0f32; rows * final_lin.d_out];
         final_lin.forward(rows, &cvec, &mut final_ada, true);
 
@@ -265,7 +366,7 @@ impl WorldModel {
         model.in_proj.forward(n, &cur, &mut x0, false);
 
         let shared = Shared {
-            model: &model,
+            model,
             n,
             horizon: h,
             window: window.max(1),
@@ -279,7 +380,14 @@ impl WorldModel {
             sin,
             residual_base: self.residual.then(|| cur.clone()),
         };
-        let per_chunk = (CHUNK_ROWS / n).max(1);
+        let mut per_chunk = (CHUNK_ROWS / n).max(1);
+        // Few large chunks (one token per frame): as many on every thread, so that no thread
+        // runs a last chunk alone.
+        let threads = rayon::current_num_threads().max(1);
+        let chunks = c.div_ceil(per_chunk);
+        if chunks < 4 * threads {
+            per_chunk = c.div_ceil(chunks.div_ceil(threads) * threads);
+        }
         let mut out = vec![0.0f32; c * h * n * embed];
         out.par_chunks_mut(per_chunk * h * n * embed)
             .enumerate()
@@ -296,18 +404,18 @@ impl WorldModel {
 }
 
 impl HostModel {
-    fn new(m: &WorldModel) -> Self {
+    fn new(m: &WorldModel, precision: HostPrecision) -> Self {
         let w = m.in_proj.weight.dims()[1];
         let blocks: Vec<HostBlock> = m
             .blocks
             .iter()
             .map(|b| HostBlock {
                 norm1: Ln::new(&b.norm1),
-                qkv: Lin::new(&b.qkv),
-                proj: Lin::new(&b.proj),
+                qkv: Lin::new(&b.qkv, precision),
+                proj: Lin::new(&b.proj, precision),
                 norm2: Ln::new(&b.norm2),
-                fc1: Lin::new(&b.fc1),
-                fc2: Lin::new(&b.fc2),
+                fc1: Lin::new(&b.fc1, precision),
+                fc2: Lin::new(&b.fc2, precision),
             })
             .collect();
         let hidden = blocks.first().map_or(0, |b| b.fc1.d_out);
@@ -317,10 +425,18 @@ impl HostModel {
             dh: w / m.heads,
             hidden,
             embed: m.in_proj.weight.dims()[0],
-            in_proj: Lin::new(&m.in_proj),
+            in_proj: Lin::new(&m.in_proj, precision),
             blocks,
             final_norm: Ln::new(&m.final_norm),
-            out_proj: Lin::new(&m.out_proj),
+            out_proj: Lin::new(&m.out_proj, precision),
+            cond_in: Lin::new(&m.cond_in, precision),
+            cond_out: Lin::new(&m.cond_out, precision),
+            ada: m
+                .blocks
+                .iter()
+                .map(|b| Lin::new(&b.ada, precision))
+                .collect(),
+            final_ada: Lin::new(&m.final_ada, precision),
         }
     }
 }
@@ -921,6 +1037,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_precision_reads_its_name_and_settings_without_it_read_f32() {
+        for p in [HostPrecision::F32, HostPrecision::Bf16] {
+            assert_eq!(p.name().parse::<HostPrecision>().unwrap(), p);
+        }
+        let err = "fp8".parse::<HostPrecision>().unwrap_err();
+        assert!(err.contains("fp8") && err.contains("bf16"), "{err}");
+        #[derive(serde::Deserialize)]
+        struct S {
+            #[serde(default)]
+            precision: HostPrecision,
+        }
+        let old: S = toml::from_str("").unwrap();
+        assert_eq!(old.precision, HostPrecision::F32);
+        let new: S = toml::from_str("precision = \"bf16\"").unwrap();
+        assert_eq!(new.precision, HostPrecision::Bf16);
+        // Bf16 runs as bf16 exactly where the tiles are there.
+        assert_eq!(
+            HostPrecision::Bf16.effective() == HostPrecision::Bf16,
+            super::super::amx::available()
+        );
+    }
+
+    #[test]
     fn exp_and_erf_match_libm() {
         let mut worst_exp = 0.0f64;
         let mut worst_erf = 0.0f64;
@@ -969,14 +1108,44 @@ mod tests {
             for cache in [Some(&cache), None] {
                 let want = wm.rollout_steps(cache, current.clone(), z.clone(), window);
                 let got = wm
-                    .rollout_shared(cache, current.clone(), z.clone(), window)
+                    .rollout_shared(
+                        cache,
+                        current.clone(),
+                        z.clone(),
+                        window,
+                        HostPrecision::F32,
+                    )
                     .expect("CPU path");
-                let diff = (got - want).abs().max().into_scalar::<f32>();
+                let diff = (got - want.clone()).abs().max().into_scalar::<f32>();
                 assert!(
                     diff < 2e-5,
                     "window {window}, cache {}: differs from step() by {diff}",
                     cache.is_some()
                 );
+                // bf16 products: within their rounding of the float32 rollout (relative to
+                // the frames' size), and the float32 rollout itself where AMX is missing.
+                let bf16 = wm
+                    .rollout_shared(
+                        cache,
+                        current.clone(),
+                        z.clone(),
+                        window,
+                        HostPrecision::Bf16,
+                    )
+                    .expect("CPU path");
+                let scale = want.clone().abs().max().into_scalar::<f32>();
+                let diff = (bf16 - want).abs().max().into_scalar::<f32>();
+                if HostPrecision::Bf16.effective() == HostPrecision::Bf16 {
+                    assert!(
+                        diff > 0.0 && diff < 0.03 * scale,
+                        "window {window}: bf16 differs by {diff} (frames up to {scale})"
+                    );
+                } else {
+                    assert!(
+                        diff < 2e-5,
+                        "window {window}: f32 fallback differs by {diff}"
+                    );
+                }
             }
         }
     }
