@@ -311,7 +311,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
          no actions read) and {} labeled robot episodes ({} policy); frame embedding: {}; \
          closed-loop evaluation in the robot domain on the fixed protocol ({} episodes).\n",
         a.data.human_episodes,
-        a.data.human_policy,
+        a.data.human_policy(),
         a.data.robot_episodes,
         a.data.robot_policy(),
         a.data.embedding(),
@@ -467,9 +467,17 @@ mod tests {
         };
         let reach = (0.0, 400, KeypointsContext, TokenScale::Channel, false);
         assert_eq!(recipe(&d.data), reach);
+        assert_eq!(d.data.human_policy(), PolicyKind::Random);
+        for task in ["push", "pusht"] {
+            let objects = parse(&["--task", task]).data;
+            assert_eq!(objects.robot_policy(), PolicyKind::Mixed);
+            assert_eq!(objects.human_policy(), PolicyKind::Mixed);
+        }
         assert_eq!(
-            parse(&["--task", "push"]).data.robot_policy(),
-            PolicyKind::Mixed
+            parse(&["--task", "push", "--human-policy", "random"])
+                .data
+                .human_policy(),
+            PolicyKind::Random
         );
         // The tasks with objects: keypoint transport, 1,000 encoder steps, the keypoints alone
         // on one shared scale, the robot's frames in stage 1; each can be turned back.

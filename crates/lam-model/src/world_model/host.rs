@@ -443,11 +443,26 @@ impl HostModel {
 
 fn run_chunk(s: &Shared, first: usize, count: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: the CPU supports the enabled features (checked just above).
+        unsafe { run_chunk_avx512(s, first, count, dst) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the enabled features (checked just above).
         unsafe { run_chunk_avx2(s, first, count, dst) };
         return;
     }
+    run_chunk_body(s, first, count, dst);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run_chunk_avx512(s: &Shared, first: usize, count: usize, dst: &mut [f32]) {
     run_chunk_body(s, first, count, dst);
 }
 
