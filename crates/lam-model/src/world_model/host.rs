@@ -70,11 +70,10 @@ impl std::str::FromStr for HostPrecision {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            _ => Err(format!("precision `{s}`: expected f32 or bf16")),
-        }
+        [Self::F32, Self::Bf16]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("precision `{s}`: expected f32 or bf16"))
     }
 }
 
