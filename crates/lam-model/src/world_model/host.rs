@@ -224,10 +224,10 @@ struct Shared<'a> {
     window: usize,
     /// `[N, W]`: `in_proj` of the current frame (the same for every candidate).
     x0: Vec<f32>,
-    /// Per block `[C * H, 6W]`: AdaLN vectors of every candidate and step.
-    ada: Vec<Vec<f32>>,
-    /// `[C * H, 2W]`: final norm's shift and scale.
-    final_ada: Vec<f32>,
+    /// `[C * H, W]`: the conditioning vector of every candidate and step, from which each
+    /// chunk computes its blocks' AdaLN vectors one step at a time (where they stay in
+    /// cache, instead of `[C * H, 6W]` per block written out and read back).
+    cond: Vec<f32>,
     /// Context frames in the cache.
     ctx_frames: usize,
     /// Per block: context keys transposed `[heads, Dh, ctx_frames * N]` and values
@@ -316,18 +316,6 @@ impl WorldModel {
         let mut cvec = vec![0.0f32; rows * w];
         model.cond_out.forward(rows, &c1, &mut cvec, true);
         silu_inplace(&mut cvec);
-        let ada = model
-            .ada
-            .iter()
-            .map(|lin| {
-                let mut out = vec![0.0f32; rows * lin.d_out];
-                lin.forward(rows, &cvec, &mut out, true);
-                out
-            })
-            .collect();
-        let final_lin = &model.final_ada;
-        let mut final_ada = vec![0.0f32; rows * final_lin.d_out];
-        final_lin.forward(rows, &cvec, &mut final_ada, true);
 
         // Shared context keys/values.
         let (ctx_frames, position) = cache.map_or((0, 0), |c| (c.frames(), c.position));
@@ -338,7 +326,7 @@ impl WorldModel {
             assert_eq!(cache.tokens, n, "cache tokens per frame");
             for (k, v) in &cache.layers {
                 let k = host_vec(k.clone());
-                let mut kt = vec![0.0f32; k.len()];
+                let mut kt = vec![0.0f32; k.len() + KT_PAD];
                 for hh in 0..heads {
                     for j in 0..ctx_len {
                         for d in 0..dh {
@@ -370,8 +358,7 @@ impl WorldModel {
             horizon: h,
             window: window.max(1),
             x0,
-            ada,
-            final_ada,
+            cond: cvec,
             ctx_frames,
             ctx_kt,
             ctx_v,
@@ -484,10 +471,16 @@ fn run_chunk_body(s: &Shared, first: usize, count: usize, dst: &mut [f32]) {
     let mut att = vec![0.0f32; rows * w];
     let mut mlp = vec![0.0f32; rows * m.hidden];
     let mut frame = vec![0.0f32; rows * m.embed];
+    // This step's conditioning vectors `[count, W]`, a block's AdaLN vectors `[count, 6W]`
+    // and the final norm's `[count, 2W]`.
+    let mut cond = vec![0.0f32; count * w];
+    let mut ada = vec![0.0f32; count * 6 * w];
+    let mut final_ada = vec![0.0f32; count * 2 * w];
     // Own keys (transposed) and values of each candidate's rollout frames, per block:
     // keys `[count, heads, Dh, H * N]`, values `[count, heads, H * N, Dh]`.
     let own_len = h * n;
-    let mut own_kt = vec![vec![0.0f32; count * heads * dh * own_len]; m.blocks.len()];
+    // (KT_PAD more columns at the end: the last keys are scored as a whole block.)
+    let mut own_kt = vec![vec![0.0f32; count * heads * dh * own_len + KT_PAD]; m.blocks.len()];
     let mut own_v = vec![vec![0.0f32; count * heads * own_len * dh]; m.blocks.len()];
     let ctx_len = s.ctx_frames * n;
     let mut scores = vec![0.0f32; ATT_ROWS * (ctx_len + own_len)];
@@ -504,6 +497,10 @@ fn run_chunk_body(s: &Shared, first: usize, count: usize, dst: &mut [f32]) {
         let cos = &s.cos[k * n * dh..(k + 1) * n * dh];
         let sin = &s.sin[k * n * dh..(k + 1) * n * dh];
 
+        for (ci, row) in cond.chunks_exact_mut(w).enumerate() {
+            let r = (first + ci) * h + k;
+            row.copy_from_slice(&s.cond[r * w..(r + 1) * w]);
+        }
         if k == 0 {
             for row in x.chunks_exact_mut(n * w) {
                 row.copy_from_slice(&s.x0);
@@ -512,11 +509,9 @@ fn run_chunk_body(s: &Shared, first: usize, count: usize, dst: &mut [f32]) {
             m.in_proj.forward(rows, &frame, &mut x, false);
         }
         for (bi, blk) in m.blocks.iter().enumerate() {
-            let ada = &s.ada[bi];
-            let mod_row = |ci: usize| {
-                let r = (first + ci) * h + k;
-                &ada[r * 6 * w..(r + 1) * 6 * w]
-            };
+            m.ada[bi].forward(count, &cond, &mut ada, false);
+            let ada = &ada;
+            let mod_row = |ci: usize| &ada[ci * 6 * w..(ci + 1) * 6 * w];
             // Attention branch.
             for ci in 0..count {
                 let md = mod_row(ci);
@@ -563,11 +558,11 @@ fn run_chunk_body(s: &Shared, first: usize, count: usize, dst: &mut [f32]) {
             }
             for ci in 0..count {
                 for hh in 0..heads {
-                    let kt_own = &kt_all[(ci * heads + hh) * dh * own_len..][..dh * own_len];
+                    let kt_own = &kt_all[(ci * heads + hh) * dh * own_len..];
                     let v_own = &v_all[(ci * heads + hh) * own_len * dh..][..own_len * dh];
                     let (kt_ctx, v_ctx): (&[f32], &[f32]) = if ctx_len > 0 {
                         (
-                            &s.ctx_kt[bi][hh * dh * ctx_len..(hh + 1) * dh * ctx_len],
+                            &s.ctx_kt[bi][hh * dh * ctx_len..],
                             &s.ctx_v[bi][hh * ctx_len * dh..(hh + 1) * ctx_len * dh],
                         )
                     } else {
@@ -643,9 +638,9 @@ fn run_chunk_body(s: &Shared, first: usize, count: usize, dst: &mut [f32]) {
             }
         }
         // Final modulated norm and output projection.
+        m.final_ada.forward(count, &cond, &mut final_ada, false);
         for ci in 0..count {
-            let r0 = (first + ci) * h + k;
-            let md = &s.final_ada[r0 * 2 * w..(r0 + 1) * 2 * w];
+            let md = &final_ada[ci * 2 * w..(ci + 1) * 2 * w];
             for t in 0..n {
                 let r = ci * n + t;
                 norm_modulate(
@@ -748,6 +743,8 @@ struct Seg<'a> {
 
 /// Query rows attended together (register blocking of the score and value products).
 const ATT_ROWS: usize = 4;
+/// Zeros after the transposed keys, so that a last partial block of keys reads whole rows.
+const KT_PAD: usize = 16;
 
 /// Attention of one candidate's head: `n` query rows `q[i * qs..][..Dh]` (rotated) over the
 /// keys/values of `segs`; writes `o[i * os..][..Dh]`. `scores` holds `ATT_ROWS` rows.
@@ -833,22 +830,24 @@ fn attend_rows<const DH: usize, const M: usize>(
         assert!(seg.len == 0 || seg.kt.len() >= (DH - 1) * seg.stride + seg.lo + seg.len);
         let kt = seg.kt.as_ptr();
         while jb + NR <= seg.len {
-            let mut acc = [[0.0f32; NR]; M];
-            for d in 0..DH {
-                // SAFETY: d < DH and jb + NR <= len, within the bound checked above.
-                let row: &[f32; NR] =
-                    unsafe { &*(kt.add(d * seg.stride + seg.lo + jb) as *const [f32; NR]) };
-                for a in 0..M {
-                    let qd = qv[a][d];
-                    for u in 0..NR {
-                        acc[a][u] = qd.mul_add(row[u], acc[a][u]);
-                    }
-                }
-            }
+            // SAFETY: `kt` holds NR columns from `lo + jb` in every row (checked).
+            let acc = unsafe { score_block::<DH, M, NR>(kt, seg.stride, seg.lo + jb, &qv) };
             for (a, acc_a) in acc.iter().enumerate() {
                 scores[a * total + off + jb..][..NR].copy_from_slice(acc_a);
             }
             jb += NR;
+        }
+        if jb < seg.len && seg.kt.len() >= (DH - 1) * seg.stride + seg.lo + jb + NR {
+            // The last keys (all of them with one token per frame) as a whole block over the
+            // columns after them, which the buffers' padding keeps in bounds; the extra
+            // scores are dropped.
+            let rem = seg.len - jb;
+            // SAFETY: `kt` holds NR columns from `lo + jb` in every row (checked).
+            let acc = unsafe { score_block::<DH, M, NR>(kt, seg.stride, seg.lo + jb, &qv) };
+            for (a, acc_a) in acc.iter().enumerate() {
+                scores[a * total + off + jb..][..rem].copy_from_slice(&acc_a[..rem]);
+            }
+            jb = seg.len;
         }
         while jb < seg.len {
             for (a, qa) in qv.iter().enumerate() {
@@ -886,6 +885,32 @@ fn attend_rows<const DH: usize, const M: usize>(
     for (a, acc_a) in acc.iter().enumerate() {
         o[(i0 + a) * os..][..DH].copy_from_slice(acc_a);
     }
+}
+
+/// Scores of `M` query rows against the `NR` keys of columns `col..col + NR` of the
+/// transposed keys `kt` (`[DH, stride]`).
+///
+/// # Safety
+/// `kt` must hold `(DH - 1) * stride + col + NR` numbers.
+#[inline(always)]
+unsafe fn score_block<const DH: usize, const M: usize, const NR: usize>(
+    kt: *const f32,
+    stride: usize,
+    col: usize,
+    qv: &[[f32; DH]; M],
+) -> [[f32; NR]; M] {
+    let mut acc = [[0.0f32; NR]; M];
+    for d in 0..DH {
+        // SAFETY: within the bound the caller promises.
+        let row: &[f32; NR] = unsafe { &*(kt.add(d * stride + col) as *const [f32; NR]) };
+        for a in 0..M {
+            let qd = qv[a][d];
+            for u in 0..NR {
+                acc[a][u] = qd.mul_add(row[u], acc[a][u]);
+            }
+        }
+    }
+    acc
 }
 
 /// One query row of any head size (the plain loops).
@@ -1103,62 +1128,73 @@ mod tests {
         let _rng = crate::train::rng_lock();
         let dev = Device::flex();
         dev.seed(5);
-        let cfg = LamConfig::preset("tiny").unwrap().model;
-        let mut wm = cfg.world_model().init(&dev);
-        for block in wm.blocks.iter_mut() {
-            block.ada = LinearConfig::new(cfg.wm_dim, 6 * cfg.wm_dim).init(&dev);
-        }
-        wm.final_ada = LinearConfig::new(cfg.wm_dim, 2 * cfg.wm_dim).init(&dev);
-        let normal = Distribution::Normal(0.0, 1.0);
-        let (n, d, dl) = (cfg.tokens(), cfg.embed_dim, cfg.latent_dim);
-        let history = Tensor::<4>::random([1, 3, n, d], normal, &dev);
-        let history_z = Tensor::<3>::random([1, 3, dl], normal, &dev);
-        let current = Tensor::<3>::random([1, n, d], normal, &dev);
-        // 21 candidates: chunks of 8 with a partial last one.
-        let z = Tensor::<3>::random([21, 5, dl], normal, &dev);
-        // Windows: everything kept, context trimmed, own frames trimmed too.
-        for window in [16, 4, 2] {
-            let cache = wm.prefill(history.clone(), history_z.clone(), window);
-            for cache in [Some(&cache), None] {
-                let want = wm.rollout_steps(cache, current.clone(), z.clone(), window);
-                let got = wm
-                    .rollout_shared(
-                        cache,
-                        current.clone(),
-                        z.clone(),
-                        window,
-                        HostPrecision::F32,
-                    )
-                    .expect("CPU path");
-                let diff = (got - want.clone()).abs().max().into_scalar::<f32>();
-                assert!(
-                    diff < 2e-5,
-                    "window {window}, cache {}: differs from step() by {diff}",
-                    cache.is_some()
-                );
-                // bf16 products: within their rounding of the float32 rollout (relative to
-                // the frames' size), and the float32 rollout itself where AMX is missing.
-                let bf16 = wm
-                    .rollout_shared(
-                        cache,
-                        current.clone(),
-                        z.clone(),
-                        window,
-                        HostPrecision::Bf16,
-                    )
-                    .expect("CPU path");
-                let scale = want.clone().abs().max().into_scalar::<f32>();
-                let diff = (bf16 - want).abs().max().into_scalar::<f32>();
-                if HostPrecision::Bf16.effective() == HostPrecision::Bf16 {
-                    assert!(
-                        diff > 0.0 && diff < 0.03 * scale,
-                        "window {window}: bf16 differs by {diff} (frames up to {scale})"
-                    );
-                } else {
+        // The tiny preset (16 tokens per frame: whole blocks of keys), and one token per
+        // frame with heads of 16 and 64 numbers (fewer keys than a block: the padded tail).
+        let one_token: &[&str] = &["model.grid=[1,1]"];
+        let one_token_wide: &[&str] = &["model.grid=[1,1]", "model.wm_heads=1"];
+        for overrides in [&[][..], one_token, one_token_wide] {
+            let overrides: Vec<String> = overrides.iter().map(|o| o.to_string()).collect();
+            let cfg = LamConfig::preset("tiny")
+                .unwrap()
+                .with_overrides(&overrides)
+                .unwrap()
+                .model;
+            let mut wm = cfg.world_model().init(&dev);
+            for block in wm.blocks.iter_mut() {
+                block.ada = LinearConfig::new(cfg.wm_dim, 6 * cfg.wm_dim).init(&dev);
+            }
+            wm.final_ada = LinearConfig::new(cfg.wm_dim, 2 * cfg.wm_dim).init(&dev);
+            let normal = Distribution::Normal(0.0, 1.0);
+            let (n, d, dl) = (cfg.tokens(), cfg.embed_dim, cfg.latent_dim);
+            let history = Tensor::<4>::random([1, 3, n, d], normal, &dev);
+            let history_z = Tensor::<3>::random([1, 3, dl], normal, &dev);
+            let current = Tensor::<3>::random([1, n, d], normal, &dev);
+            // 21 candidates: chunks of 8 with a partial last one.
+            let z = Tensor::<3>::random([21, 5, dl], normal, &dev);
+            // Windows: everything kept, context trimmed, own frames trimmed too.
+            for window in [16, 4, 2] {
+                let cache = wm.prefill(history.clone(), history_z.clone(), window);
+                for cache in [Some(&cache), None] {
+                    let want = wm.rollout_steps(cache, current.clone(), z.clone(), window);
+                    let got = wm
+                        .rollout_shared(
+                            cache,
+                            current.clone(),
+                            z.clone(),
+                            window,
+                            HostPrecision::F32,
+                        )
+                        .expect("CPU path");
+                    let diff = (got - want.clone()).abs().max().into_scalar::<f32>();
                     assert!(
                         diff < 2e-5,
-                        "window {window}: f32 fallback differs by {diff}"
+                        "{overrides:?}, window {window}, cache {}: differs from step() by {diff}",
+                        cache.is_some()
                     );
+                    // bf16 products: within their rounding of the float32 rollout (relative to
+                    // the frames' size), and the float32 rollout itself where AMX is missing.
+                    let bf16 = wm
+                        .rollout_shared(
+                            cache,
+                            current.clone(),
+                            z.clone(),
+                            window,
+                            HostPrecision::Bf16,
+                        )
+                        .expect("CPU path");
+                    let scale = want.clone().abs().max().into_scalar::<f32>();
+                    let diff = (bf16 - want).abs().max().into_scalar::<f32>();
+                    if HostPrecision::Bf16.effective() == HostPrecision::Bf16 {
+                        assert!(
+                            diff > 0.0 && diff < 0.03 * scale,
+                            "{overrides:?}, window {window}: bf16 differs by {diff} (frames up to {scale})"
+                        );
+                    } else {
+                        assert!(
+                            diff < 2e-5,
+                            "window {window}: f32 fallback differs by {diff}"
+                        );
+                    }
                 }
             }
         }
