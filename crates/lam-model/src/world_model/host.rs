@@ -743,7 +743,8 @@ struct Seg<'a> {
 
 /// Query rows attended together (register blocking of the score and value products).
 const ATT_ROWS: usize = 4;
-/// Zeros after the transposed keys, so that a last partial block of keys reads whole rows.
+/// Keys scored together in `attend_rows`, and the zeros after the transposed keys, so that a
+/// last partial block of keys reads whole rows.
 const KT_PAD: usize = 16;
 
 /// Attention of one candidate's head: `n` query rows `q[i * qs..][..Dh]` (rotated) over the
@@ -818,7 +819,8 @@ fn attend_rows<const DH: usize, const M: usize>(
     scores: &mut [f32],
     scale: f32,
 ) {
-    const NR: usize = 16;
+    // Keys per score block: as many as the padding after the transposed keys.
+    const NR: usize = KT_PAD;
     let total = segs[0].len + segs[1].len;
     let mut qv = [[0.0f32; DH]; M];
     for (a, qa) in qv.iter_mut().enumerate() {
