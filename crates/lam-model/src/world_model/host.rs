@@ -731,8 +731,10 @@ fn rope_row(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Keys (transposed, `[Dh, stride]`, columns `lo..lo + len` used) and values (`[len, Dh]`
-/// from the first used row) of one run of attended frames.
+/// Keys (transposed, `[Dh, stride]`, columns `lo..lo + len` used, and readable up to `len`
+/// rounded up to a multiple of `KT_PAD` in the last row: the buffers carry `KT_PAD` zeros
+/// after their keys) and values (`[len, Dh]` from the first used row) of one run of attended
+/// frames.
 struct Seg<'a> {
     kt: &'a [f32],
     stride: usize,
@@ -828,38 +830,21 @@ fn attend_rows<const DH: usize, const M: usize>(
     }
     let mut off = 0;
     for seg in segs {
-        let mut jb = 0;
-        assert!(seg.len == 0 || seg.kt.len() >= (DH - 1) * seg.stride + seg.lo + seg.len);
+        // Keys in blocks of NR; the last block reads the columns after the used ones too
+        // (the key buffers are padded by KT_PAD = NR zeros), and its extra scores are dropped.
+        assert!(
+            seg.len == 0
+                || seg.kt.len() >= (DH - 1) * seg.stride + seg.lo + seg.len.next_multiple_of(NR),
+            "transposed keys without their padding"
+        );
         let kt = seg.kt.as_ptr();
-        while jb + NR <= seg.len {
-            // SAFETY: `kt` holds NR columns from `lo + jb` in every row (checked).
+        for jb in (0..seg.len).step_by(NR) {
+            let take = (seg.len - jb).min(NR);
+            // SAFETY: `kt` holds NR columns from `lo + jb` in every row (checked above).
             let acc = unsafe { score_block::<DH, M, NR>(kt, seg.stride, seg.lo + jb, &qv) };
             for (a, acc_a) in acc.iter().enumerate() {
-                scores[a * total + off + jb..][..NR].copy_from_slice(acc_a);
+                scores[a * total + off + jb..][..take].copy_from_slice(&acc_a[..take]);
             }
-            jb += NR;
-        }
-        if jb < seg.len && seg.kt.len() >= (DH - 1) * seg.stride + seg.lo + jb + NR {
-            // The last keys (all of them with one token per frame) as a whole block over the
-            // columns after them, which the buffers' padding keeps in bounds; the extra
-            // scores are dropped.
-            let rem = seg.len - jb;
-            // SAFETY: `kt` holds NR columns from `lo + jb` in every row (checked).
-            let acc = unsafe { score_block::<DH, M, NR>(kt, seg.stride, seg.lo + jb, &qv) };
-            for (a, acc_a) in acc.iter().enumerate() {
-                scores[a * total + off + jb..][..rem].copy_from_slice(&acc_a[..rem]);
-            }
-            jb = seg.len;
-        }
-        while jb < seg.len {
-            for (a, qa) in qv.iter().enumerate() {
-                let mut acc = 0.0f32;
-                for (d, &qd) in qa.iter().enumerate() {
-                    acc = qd.mul_add(seg.kt[d * seg.stride + seg.lo + jb], acc);
-                }
-                scores[a * total + off + jb] = acc;
-            }
-            jb += 1;
         }
         off += seg.len;
     }
@@ -1194,7 +1179,7 @@ mod tests {
                     } else {
                         assert!(
                             diff < 2e-5,
-                            "window {window}: f32 fallback differs by {diff}"
+                            "{overrides:?}, window {window}: f32 fallback differs by {diff}"
                         );
                     }
                 }
