@@ -75,6 +75,7 @@ fn main() {
         goal,
         support: None,
         feasible: None,
+        memory: None,
     };
     let (c, h) = (pcfg.samples, pcfg.horizon);
     let z = Tensor::<3>::random([c, h, d], normal, &dev);

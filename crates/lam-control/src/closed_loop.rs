@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::controller::Controller;
 use crate::feasible::{Feasible, Target};
+use crate::memory::{EpisodeMemory, MemoryConfig, Transition};
 use crate::planner::{Plan, PlannerConfig, PlannerKind, Problem, SearchSpace, plan_ensemble};
 use crate::support::Support;
 use crate::waypoints::{GoalMap, WaypointGraph};
@@ -125,6 +126,9 @@ pub struct Agent<'a> {
     /// Replace each planned latent by the nearest one the unlabeled video shows from frames
     /// like the one it starts at (sampling planners; see [`crate::feasible`]).
     pub feasible: Option<Feasible<'a>>,
+    /// Correct every rollout by the blocks this episode has executed and the frames they led
+    /// to (robot-action search spaces, sampling planners; see [`crate::memory`]).
+    pub memory: Option<MemoryConfig>,
 }
 
 /// One action block (or its first `act_steps` actions) from [`MpcSession::act`].
@@ -340,6 +344,14 @@ impl<'a> Agent<'a> {
                 self.low.len()
             );
         }
+        if let Some(m) = self.memory {
+            m.validate()?;
+            ensure!(
+                self.planner.kind != PlannerKind::Gradient && self.mode != Mode::Latent,
+                "the episode memory corrects rollouts of the sampling planners (cem, icem, mppi, \
+                 random) in a robot-action search space"
+            );
+        }
         if !self.ensemble.is_empty() {
             ensure!(
                 self.planner.kind != PlannerKind::Gradient && self.mode != Mode::Latent,
@@ -405,6 +417,7 @@ impl<'a> Agent<'a> {
             seen: VecDeque::new(),
             labels: vec![VecDeque::new(); members],
             executed: VecDeque::new(),
+            transitions: Vec::new(),
             queue: VecDeque::new(),
             plans: 0,
         }
@@ -431,6 +444,9 @@ pub struct MpcSession<'a> {
     labels: Vec<VecDeque<(usize, Tensor<2>)>>,
     /// The robot action executed at each step, as far back as the history reaches.
     executed: VecDeque<(usize, Vec<f32>)>,
+    /// With [`Agent::memory`]: every block executed so far (a block of `frameskip` steps ending
+    /// at each call's step), with the frames it started at and reached.
+    transitions: Vec<(usize, Transition)>,
     /// Blocks of the current plan still to execute, with their predicted frames and the
     /// plan's confidence and cost.
     queue: VecDeque<(Vec<f32>, Tensor<3>, f32, f32)>,
@@ -513,6 +529,37 @@ impl MpcSession<'_> {
         Some((Tensor::stack::<4>(frames, 1), Tensor::stack::<3>(labels, 1)))
     }
 
+    /// Remembers the block of `frameskip` steps that ends at the current step, reaching `now`
+    /// (encoder tokens), when its first frame and all its actions were kept.
+    fn remember(&mut self, now: &Tensor<3>) {
+        let k = self.agent.frameskip.max(1);
+        let end = self.step;
+        if self.agent.memory.is_none() || end < k || self.transitions.iter().any(|(t, _)| *t == end)
+        {
+            return;
+        }
+        let Some(from) = self.frame_at(end - k).cloned() else {
+            return;
+        };
+        let actions: Vec<f32> = (end - k..end)
+            .filter_map(|t| self.executed.iter().find(|(s, _)| *s == t))
+            .flat_map(|(_, a)| a.iter().copied())
+            .collect();
+        if actions.len() != k * self.agent.low.len() {
+            return;
+        }
+        let to = now.clone();
+        self.transitions
+            .push((end, Transition { from, actions, to }));
+    }
+
+    /// The episode memory of model `m` (None without [`Agent::memory`] or before a block).
+    fn memory_of(&self, m: usize) -> Option<EpisodeMemory> {
+        let cfg = self.agent.memory?;
+        let blocks: Vec<Transition> = self.transitions.iter().map(|(_, t)| t.clone()).collect();
+        EpisodeMemory::new(self.agent.member(m).lam, &blocks, cfg)
+    }
+
     /// The next actions given the current frame's encoder tokens `[1, N, D]`: a block, or its
     /// first [`Agent::steps_per_call`] actions; the caller executes them all before the next
     /// call.
@@ -520,6 +567,7 @@ impl MpcSession<'_> {
         let agent = self.agent;
         let cfg = agent.cfg;
         let raw = s;
+        self.remember(&raw);
         let s = agent.lam.normalize(raw.clone());
         let [one, n, d] = s.dims();
         let [_, gn, gd] = self.goal.dims();
@@ -549,12 +597,12 @@ impl MpcSession<'_> {
                 let c = self
                     .history(m, &sm, w)
                     .map(|(f, z)| member.lam.world_model.prefill(f, z, w));
-                member_caches.push((member, w, sm, c));
+                member_caches.push((member, w, sm, c, self.memory_of(m)));
             }
             let others: Vec<(Problem, SearchSpace)> = member_caches
                 .iter()
                 .zip(&self.member_goals)
-                .map(|((member, w, sm, c), goal)| {
+                .map(|((member, w, sm, c, memory), goal)| {
                     (
                         Problem {
                             world_model: &member.lam.world_model,
@@ -567,6 +615,7 @@ impl MpcSession<'_> {
                             goal: goal.clone(),
                             support: None,
                             feasible: None,
+                            memory: memory.clone(),
                         },
                         agent.search_space_with(member.controller),
                     )
@@ -595,6 +644,7 @@ impl MpcSession<'_> {
                 goal: target,
                 support: agent.support,
                 feasible: agent.feasible,
+                memory: self.memory_of(0),
             };
             let space = agent.search_space();
             let t0 = Instant::now();

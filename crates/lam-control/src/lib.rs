@@ -4,6 +4,7 @@
 pub mod closed_loop;
 pub mod controller;
 pub mod feasible;
+pub mod memory;
 pub mod planner;
 pub mod rollout;
 pub mod support;

@@ -69,7 +69,8 @@ pub fn rollout_all(
 ) -> Tensor<4> {
     let device = problem.current.device();
     let x = Tensor::<3>::from_data(TensorData::new(seqs.to_vec(), [c, h, space.dim()]), &device);
-    if space.frame_controller().is_some() || problem.feasible.is_some() {
+    if space.frame_controller().is_some() || problem.feasible.is_some() || problem.memory.is_some()
+    {
         return rollout_tensor(problem, space, x);
     }
     let z = space.latents(x);
@@ -98,10 +99,11 @@ pub fn rollout_all(
 /// A frame-conditioned controller turns each step's actions into latents from the pooled
 /// frame they act on: the current frame, then the model's own predictions; with a feasible
 /// set each latent is then projected from that frame, or each predicted frame's change from
-/// the frame before ([`crate::feasible`]).
+/// the frame before ([`crate::feasible`]); with an episode memory each predicted frame is
+/// blended toward what the episode's executed blocks did ([`crate::memory`]).
 pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3>) -> Tensor<4> {
     let ctrl = space.frame_controller();
-    if ctrl.is_none() && problem.feasible.is_none() {
+    if ctrl.is_none() && problem.feasible.is_none() && problem.memory.is_none() {
         return problem.world_model.rollout_steps(
             problem.cache,
             problem.current.clone(),
@@ -116,6 +118,11 @@ pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3
         FromFrame(&'c Controller, Tensor<3>),
     }
     let [c, h, _] = x.dims();
+    // The robot actions of each step, for the memory.
+    let actions = problem
+        .memory
+        .as_ref()
+        .map(|_| space.expand_tensor(x.clone()));
     let latents = match ctrl {
         Some(ctrl) => StepLatents::FromFrame(ctrl, space.expand_tensor(x)),
         None => StepLatents::Made(space.latents(x)),
@@ -142,9 +149,19 @@ pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3
                 _ => zk,
             }
         },
-        |from, pred| match problem.feasible {
-            Some(f) if f.target == Target::Change => f.correct_prediction(from, pred),
-            _ => pred,
+        |k, from, pred| {
+            let pred = match problem.feasible {
+                Some(f) if f.target == Target::Change => f.correct_prediction(from, pred),
+                _ => pred,
+            };
+            match (&problem.memory, &actions) {
+                (Some(memory), Some(a)) => {
+                    let w = a.dims()[2];
+                    let ak = a.clone().slice(s![.., k..k + 1, ..]).reshape([c, w]);
+                    memory.correct(from, ak, pred)
+                }
+                _ => pred,
+            }
         },
     )
 }

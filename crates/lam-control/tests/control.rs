@@ -46,6 +46,7 @@ fn cached_and_recomputed_rollouts_agree() {
         goal: current.clone(),
         support: None,
         feasible: None,
+        memory: None,
     };
     let space = SearchSpace::Latent { dim: 16 };
     let seqs: Vec<f32> = Tensor::<3>::random([6, 5, 16], normal, &dev)
@@ -86,6 +87,7 @@ fn planners_reach_a_reachable_goal() {
         goal: current.clone(),
         support: None,
         feasible: None,
+        memory: None,
     };
     let goal = rollout(&base, &space, &target, 1, 3);
     let problem = Problem {
@@ -178,6 +180,7 @@ fn action_space_plans_stay_in_bounds() {
         goal: current * 0.5,
         support: None,
         feasible: None,
+        memory: None,
     };
     let space = SearchSpace::Action {
         low: vec![-1.0, -0.5],
@@ -629,4 +632,72 @@ fn controller_fit_resumes_exactly_from_its_checkpoints() {
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[test]
+fn an_episode_memory_holds_a_remembered_push_at_every_step_it_recurs() {
+    let _serial = serial();
+    let mut cfg = LamConfig::preset("tiny").unwrap();
+    cfg.model.conditioning = lam_model::config::Conditioning::Action;
+    let dev = Device::flex();
+    let mut lam = lam_model::train::init_model(&cfg, &dev);
+    lam.world_model = acting_world_model(&cfg, &dev);
+    let normal = Distribution::Normal(0.0, 1.0);
+    let current = Tensor::<3>::random([1, 16, 32], normal, &dev);
+    // Robot actions of 2 numbers held for blocks of 8 (the model's 16-D action).
+    let space = SearchSpace::Action {
+        low: vec![-1.0, -1.0],
+        high: vec![1.0, 1.0],
+        controller: None,
+        repeat: 8,
+    };
+    let push = [0.8f32, -0.5];
+    // The episode pushed from the current frame and did not move.
+    let stuck = lam_control::memory::Transition {
+        from: current.clone(),
+        actions: push.repeat(8),
+        to: current.clone(),
+    };
+    let memory = lam_control::memory::EpisodeMemory::new(
+        &lam,
+        &[stuck],
+        lam_control::memory::MemoryConfig::default(),
+    );
+    let problem = |memory| Problem {
+        world_model: &lam.world_model,
+        cache: None,
+        window: 7,
+        history: None,
+        use_cache: true,
+        host: HostRollout::default(),
+        current: current.clone(),
+        goal: current.clone(),
+        support: None,
+        feasible: None,
+        memory,
+    };
+    // Two candidates over 3 steps: the remembered push held, and the opposite push held.
+    let seqs: Vec<f32> = [push, push, push, [-0.8, 0.5], [-0.8, 0.5], [-0.8, 0.5]].concat();
+    let model = lam_control::rollout::rollout_all(&problem(None), &space, &seqs, 2, 3);
+    let kept = lam_control::rollout::rollout_all(&problem(memory), &space, &seqs, 2, 3);
+    let at = |t: &Tensor<4>, c: usize, k: usize| {
+        t.clone()
+            .slice(s![c..c + 1, k..k + 1, .., ..])
+            .reshape([1, 16, 32])
+    };
+    let gap = |a: Tensor<3>, b: Tensor<3>| (a - b).abs().max().into_scalar::<f32>();
+    // The model moves the frame under the push; the memory holds it at every step (each
+    // step starts from the remembered frame again).
+    assert!(gap(at(&model, 0, 0), current.clone()) > 0.1);
+    for k in 0..3 {
+        let g = gap(at(&kept, 0, k), current.clone());
+        assert!(
+            g < 1e-4,
+            "step {k}: the remembered push moved the frame by {g}"
+        );
+    }
+    // The opposite push is the model's own.
+    let g = gap(at(&kept, 1, 0), at(&model, 1, 0));
+    let moved = gap(at(&model, 1, 0), current.clone());
+    assert!(g < 1e-2 * moved, "{g} against {moved}");
 }

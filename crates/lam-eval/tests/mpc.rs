@@ -74,6 +74,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
         waypoints: None,
         support: None,
         feasible: None,
+        memory: None,
     };
     let r = run_episode(&agent, &episodes[0], &encoder, true).unwrap();
     assert!(r.steps >= 1 && r.steps <= 50);
@@ -268,6 +269,7 @@ fn block_agent<'a>(
         waypoints: None,
         support: None,
         feasible: None,
+        memory: None,
     }
 }
 

@@ -261,7 +261,7 @@ impl WorldModel {
             h,
             window,
             |k, _| z.clone().slice(s![.., k..k + 1, ..]).squeeze_dim::<2>(1),
-            |_, pred| pred,
+            |_, _, pred| pred,
         )
     }
 
@@ -269,8 +269,8 @@ impl WorldModel {
     /// action at step k, `[C, d]`, is `z_of(k, frame)` of the frame `[C, N, D]` it acts on
     /// (the current frame, then the model's own predictions): latents that depend on the
     /// state, such as a frame-conditioned controller's. Each predicted frame `[C, N, D]` is
-    /// passed through `then(frame, prediction)` before it is kept and fed on (the identity
-    /// for the model's own rollout).
+    /// passed through `then(k, frame, prediction)` before it is kept and fed on (the
+    /// identity for the model's own rollout).
     pub fn rollout_with(
         &self,
         cache: Option<&KvCache>,
@@ -279,7 +279,7 @@ impl WorldModel {
         h: usize,
         window: usize,
         mut z_of: impl FnMut(usize, &Tensor<3>) -> Tensor<2>,
-        mut then: impl FnMut(&Tensor<3>, Tensor<3>) -> Tensor<3>,
+        mut then: impl FnMut(usize, &Tensor<3>, Tensor<3>) -> Tensor<3>,
     ) -> Tensor<4> {
         let [_, n, d] = current.dims();
         let mut cache = cache.map(|k| k.repeat(c));
@@ -288,7 +288,7 @@ impl WorldModel {
         for k in 0..h {
             let zk = z_of(k, &frame);
             let (pred, next) = self.step(cache.as_ref(), frame.clone(), zk, window);
-            let pred = then(&frame, pred);
+            let pred = then(k, &frame, pred);
             steps.push(pred.clone());
             frame = pred;
             cache = Some(next);

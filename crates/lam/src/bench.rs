@@ -467,6 +467,7 @@ fn bench_plan(args: PlanBenchArgs) -> Result<()> {
         goal: goal.clone(),
         support: None,
         feasible: None,
+        memory: None,
     };
     let problem = |use_cache: bool| problem_in(use_cache, HostPrecision::F32);
     // bf16 products on AMX tiles, where this CPU has them.

@@ -534,6 +534,8 @@ pub struct PlanSpec {
     pub iterations: usize,
     pub horizon: usize,
     pub hold_actions: bool,
+    /// Correct rollouts by the blocks each episode has executed (`lam plan eval --memory`).
+    pub memory: bool,
     /// Project planned latents onto what the world model's video shows from like frames
     /// (`lam plan eval --feasible`).
     pub feasible: Option<FeasibleSpec>,
@@ -597,6 +599,9 @@ impl PlanSpec {
         }
         if self.hold_actions {
             v.push("--hold-actions".into());
+        }
+        if self.memory {
+            v.push("--memory".into());
         }
         if let Some(f) = &self.feasible {
             v.extend(args(&[

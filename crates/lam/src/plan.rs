@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 use lam_control::closed_loop::{Agent, Mode};
 use lam_control::controller;
+use lam_control::memory::MemoryConfig;
 use lam_control::planner::{CostKind, PlannerConfig, PlannerKind};
 use lam_encoder::Encoder;
 use lam_eval::mpc::{EpisodeResult, EvalSummary, Trace, run_episode, summarize};
@@ -171,6 +172,8 @@ pub struct PlanEvalArgs {
     /// in their latents).
     #[arg(long, value_enum, default_value = "latent")]
     pub feasible_target: FeasibleTargetArg,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
     /// Gradient planner step size (units of the prior's std).
     #[arg(long, default_value_t = PlannerConfig::default().learning_rate)]
     pub learning_rate: f64,
@@ -623,6 +626,7 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
                         neighbours: args.feasible_neighbours,
                         target: args.feasible_target.into(),
                     }),
+                memory: args.memory.config(),
                 low: space.low.clone(),
                 high: space.high.clone(),
             };
@@ -658,6 +662,11 @@ pub fn eval(args: &PlanEvalArgs) -> Result<PlanEvalReport> {
             };
             let name = if agent.feasible.is_some() {
                 format!("{name}, feasible k={}", args.feasible_neighbours)
+            } else {
+                name
+            };
+            let name = if agent.memory.is_some() {
+                format!("{name}, episode memory")
             } else {
                 name
             };
@@ -846,6 +855,34 @@ fn write_strips(
 pub enum FeasibleTargetArg {
     Latent,
     Change,
+}
+
+/// The episode memory's flags (`lam plan eval`, `lam serve`).
+#[derive(Args, Clone, Debug)]
+pub struct MemoryArgs {
+    /// Correct every rollout by the blocks the episode has executed and the frames they led to
+    /// (a push the robot made from a like frame without moving is predicted not to move;
+    /// lam_control::memory). Sampling planners, robot-action search spaces.
+    #[arg(long)]
+    pub memory: bool,
+    /// Frame kernel width of the episode memory (mean squared difference per standardised
+    /// channel of two pooled frames).
+    #[arg(long, default_value_t = MemoryConfig::default().frame_scale, requires = "memory")]
+    pub memory_frame_scale: f32,
+    /// Action kernel width of the episode memory (mean squared difference per number of two
+    /// blocks of robot actions).
+    #[arg(long, default_value_t = MemoryConfig::default().action_scale, requires = "memory")]
+    pub memory_action_scale: f32,
+}
+
+impl MemoryArgs {
+    /// The memory asked for, if any.
+    pub fn config(&self) -> Option<MemoryConfig> {
+        self.memory.then_some(MemoryConfig {
+            frame_scale: self.memory_frame_scale,
+            action_scale: self.memory_action_scale,
+        })
+    }
 }
 
 impl From<FeasibleTargetArg> for lam_control::feasible::Target {

@@ -71,6 +71,8 @@ pub struct ServeArgs {
     /// `lam plan eval --ensemble`; what `lam demo` plans with).
     #[arg(long)]
     pub ensemble: Vec<String>,
+    #[command(flatten)]
+    pub memory: crate::plan::MemoryArgs,
     /// Planning cost: mse, l1 or cosine, between the predicted and the goal frame embedding.
     #[arg(long, default_value = "mse")]
     pub cost: lam_control::planner::CostKind,
@@ -255,6 +257,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         waypoints: None,
         support: None,
         feasible: None,
+        memory: args.memory.config(),
         low,
         high,
     };

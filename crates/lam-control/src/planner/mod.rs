@@ -378,6 +378,9 @@ pub struct Problem<'a> {
     /// Replace each planned latent by the nearest one the training video shows from frames
     /// like the one it starts at (sampling planners; see [`crate::feasible`]).
     pub feasible: Option<Feasible<'a>>,
+    /// Blend predictions toward what the episode's executed blocks did (robot-action search
+    /// spaces; see [`crate::memory`]).
+    pub memory: Option<crate::memory::EpisodeMemory>,
 }
 
 /// The chosen plan.
