@@ -79,11 +79,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub hold_actions: bool,
     /// Correct every rollout by the blocks the episode has executed and the frames they led to
-    /// (`lam plan eval --memory`; reach from pixels, the demo's models, 50 episodes: the chain
-    /// 90% against 74%, the action-conditioned reference 78% against 72%); `--memory false`
-    /// plans without it.
-    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
-    pub memory: bool,
+    /// (`lam plan eval --memory`). Default: on for `reach` (the demo's models, 50 episodes: the
+    /// chain 90% against 74%, the action-conditioned reference 78% against 72%), off for the
+    /// tasks with objects (`push`, the demo's models: 68% against 76% with the default kernels,
+    /// 76% with kernels ten times narrower). `--memory false` / `--memory true` decide.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub memory: Option<bool>,
     /// Neighbours of the feasibility projection (`lam plan eval --feasible` on the human
     /// shards: each planned latent becomes the nearest one the unlabeled video shows from the
     /// K frames most like the one it starts at, frames compared on the channels that look
@@ -112,6 +113,14 @@ pub struct DemoArgs {
     /// demo's own (repeatable; see `lam train --set`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub train_set: Vec<String>,
+}
+
+impl DemoArgs {
+    /// Whether the planner keeps an episode memory: the flag given, else the task's default
+    /// (on for `reach`, where it measured best; see [`DemoArgs::memory`]).
+    pub fn memory(&self) -> bool {
+        self.memory.unwrap_or(self.data.task == "reach")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -235,7 +244,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         iterations: a.iterations,
         horizon: a.horizon,
         hold_actions: a.hold_actions,
-        memory: a.memory,
+        memory: a.memory(),
         feasible: (a.feasible_neighbours > 0).then(|| FeasibleSpec {
             shards: l.human_shards.clone(),
             neighbours: a.feasible_neighbours,
@@ -457,7 +466,7 @@ mod tests {
     fn the_demo_defaults_to_what_planned_best_and_each_can_be_turned_back() {
         let d = parse(&[]);
         assert!(d.hold_actions);
-        assert!(d.memory);
+        assert!(d.memory());
         assert_eq!(d.ensemble, 3);
         assert_eq!(d.controller, ControllerKind::Frame);
         assert_eq!(d.data.robot_policy(), PolicyKind::Seek);
@@ -477,6 +486,8 @@ mod tests {
         assert_eq!(recipe(&d.data), reach);
         assert_eq!(d.data.human_policy(), PolicyKind::Random);
         for task in ["push", "pusht"] {
+            assert!(!parse(&["--task", task]).memory());
+            assert!(parse(&["--task", task, "--memory"]).memory());
             let objects = parse(&["--task", task]).data;
             assert_eq!(objects.robot_policy(), PolicyKind::Mixed);
             assert_eq!(objects.human_policy(), PolicyKind::Mixed);
@@ -531,7 +542,7 @@ mod tests {
             "false",
         ]);
         assert!(!d.hold_actions);
-        assert!(!d.memory);
+        assert!(!d.memory());
         assert_eq!(d.controller, ControllerKind::Action);
         assert_eq!(d.data.robot_policy(), PolicyKind::Mixed);
         // The bare flag, as earlier command lines wrote it, still means true.
