@@ -79,10 +79,11 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub hold_actions: bool,
     /// Correct every rollout by the blocks the episode has executed and the frames they led to
-    /// (`lam plan eval --memory`). Default: on for `reach` (the demo's models, 50 episodes: the
-    /// chain 90% against 74%, the action-conditioned reference 78% against 72%), off for the
-    /// tasks with objects (`push`, the demo's models: 68% against 76% with the default kernels,
-    /// 76% with kernels ten times narrower). `--memory false` / `--memory true` decide.
+    /// (`lam plan eval --memory`). Default: on for `reach` from pixels (the demo's models, 50
+    /// episodes: the chain 90% against 74%, the action-conditioned reference 78% against 72%),
+    /// off for the tasks with objects (`push`, the demo's models: 68% against 76% with the
+    /// default kernels, 76% with kernels ten times narrower) and with `--oracle` (`reach`: the
+    /// chain 86% against 94%). `--memory false` / `--memory true` decide.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub memory: Option<bool>,
     /// Neighbours of the feasibility projection (`lam plan eval --feasible` on the human
@@ -116,10 +117,12 @@ pub struct DemoArgs {
 }
 
 impl DemoArgs {
-    /// Whether the planner keeps an episode memory: the flag given, else the task's default
-    /// (on for `reach`, where it measured best; see [`DemoArgs::memory`]).
+    /// Whether the planner keeps an episode memory: the flag given, else the default of the
+    /// task and frame source (on for `reach` from pixels, where it measured best; see
+    /// [`DemoArgs::memory`]).
     pub fn memory(&self) -> bool {
-        self.memory.unwrap_or(self.data.task == "reach")
+        self.memory
+            .unwrap_or(self.data.task == "reach" && !self.data.oracle)
     }
 }
 
@@ -467,6 +470,7 @@ mod tests {
         let d = parse(&[]);
         assert!(d.hold_actions);
         assert!(d.memory());
+        assert!(!parse(&["--oracle"]).memory());
         assert_eq!(d.ensemble, 3);
         assert_eq!(d.controller, ControllerKind::Frame);
         assert_eq!(d.data.robot_policy(), PolicyKind::Seek);
