@@ -293,6 +293,38 @@ fn python_client_drives_mpc_server() {
         dir.path().join("mpc.log"),
     );
     server.drive(&frames, "mpc", Some(6));
+    drop(server);
+    // Robot actions through the controller, every session keeping the steps it executed and
+    // correcting its rollouts by them.
+    let mut server = Server::start(
+        &[
+            "--run",
+            run.to_str().unwrap(),
+            "--encoder",
+            enc.to_str().unwrap(),
+            "--controller",
+            ctrl.to_str().unwrap(),
+            "--domain",
+            "robot",
+            "--search-space",
+            "action",
+            "--memory",
+            "--samples",
+            "32",
+            "--elites",
+            "4",
+            "--iterations",
+            "2",
+            "--horizon",
+            "3",
+            "--replan-every",
+            "3",
+            "--max-connections",
+            "6",
+        ],
+        dir.path().join("mpc-memory.log"),
+    );
+    server.drive(&frames, "mpc", Some(6));
 }
 
 #[test]
