@@ -375,3 +375,57 @@ fn an_ensemble_of_copies_plans_what_its_model_plans_and_mismatched_members_are_n
     let err = format!("{:#}", latent.check().unwrap_err());
     assert!(err.contains("robot-action search space"), "{err}");
 }
+
+#[test]
+fn an_episode_memory_runs_whole_blocks_and_parts_of_them_and_is_refused_in_latent_space() {
+    use lam_control::closed_loop::{Agent, Mode};
+    use lam_control::memory::MemoryConfig;
+    use lam_model::config::Conditioning;
+    use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
+    let mut cfg = LamConfig::preset("tiny").unwrap();
+    cfg.model.conditioning = Conditioning::Action;
+    cfg.model.latent_dim = 4;
+    let dev = Device::flex();
+    let lam = lam_model::train::init_model(&cfg, &dev);
+    let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
+    let space = episodes[0].env().unwrap().action_space();
+    let encoder = pooled_colour_encoder(&dev);
+    let whole = Agent {
+        memory: Some(MemoryConfig::default()),
+        ..block_agent(&cfg, &lam, None, Mode::ActionConditioned, &space)
+    };
+    // Whole blocks (a memory entry per block) and one action per call (an entry per call,
+    // each the block of the last two steps): both run the protocol's episode to its end.
+    for agent in [
+        whole.clone(),
+        Agent {
+            act_steps: 1,
+            ..whole.clone()
+        },
+    ] {
+        let r = run_episode(&agent, &episodes[0], &encoder, false).unwrap();
+        let per_plan = agent.steps_per_call();
+        assert!(r.steps > 4, "{} steps", r.steps);
+        assert_eq!(r.plans, (r.steps as usize).div_ceil(per_plan));
+        assert!(r.mean_planning_error.is_finite());
+    }
+    // Widths that are not positive, and a latent search space, are named.
+    let bad = Agent {
+        memory: Some(MemoryConfig {
+            action_scale: -1.0,
+            ..MemoryConfig::default()
+        }),
+        ..whole
+    };
+    let err = format!("{:#}", bad.check().unwrap_err());
+    assert!(err.contains("memory action scale"), "{err}");
+    let latent_cfg = LamConfig::preset("tiny").unwrap();
+    let latent_lam = lam_model::train::init_model(&latent_cfg, &dev);
+    let ctrl = tiny_controller(4, &dev);
+    let latent = Agent {
+        memory: Some(MemoryConfig::default()),
+        ..block_agent(&latent_cfg, &latent_lam, Some(&ctrl), Mode::Latent, &space)
+    };
+    let err = format!("{:#}", latent.check().unwrap_err());
+    assert!(err.contains("episode memory"), "{err}");
+}
