@@ -236,6 +236,12 @@ impl<'a> Agent<'a> {
         }
     }
 
+    /// Whether a sampling planner searches robot actions: what the ensemble and the episode
+    /// memory need (both score or correct candidates of robot actions).
+    fn samples_robot_actions(&self) -> bool {
+        self.planner.kind != PlannerKind::Gradient && self.mode != Mode::Latent
+    }
+
     /// Checks that the pieces fit together.
     pub fn check(&self) -> Result<()> {
         self.planner.validate()?;
@@ -347,14 +353,14 @@ impl<'a> Agent<'a> {
         if let Some(m) = self.memory {
             m.validate()?;
             ensure!(
-                self.planner.kind != PlannerKind::Gradient && self.mode != Mode::Latent,
+                self.samples_robot_actions(),
                 "the episode memory corrects rollouts of the sampling planners (cem, icem, mppi, \
                  random) in a robot-action search space"
             );
         }
         if !self.ensemble.is_empty() {
             ensure!(
-                self.planner.kind != PlannerKind::Gradient && self.mode != Mode::Latent,
+                self.samples_robot_actions(),
                 "an ensemble scores candidates of the sampling planners (cem, icem, mppi, \
                  random) in a robot-action search space"
             );
@@ -418,6 +424,7 @@ impl<'a> Agent<'a> {
             labels: vec![VecDeque::new(); members],
             executed: VecDeque::new(),
             transitions: Vec::new(),
+            remembered_to: 0,
             queue: VecDeque::new(),
             plans: 0,
         }
@@ -446,7 +453,10 @@ pub struct MpcSession<'a> {
     executed: VecDeque<(usize, Vec<f32>)>,
     /// With [`Agent::memory`]: every block executed so far (a block of `frameskip` steps ending
     /// at each call's step), with the frames it started at and reached.
-    transitions: Vec<(usize, Transition)>,
+    transitions: Vec<Transition>,
+    /// The step the last remembered block ended at (0: none yet; a block ends at step k or
+    /// later).
+    remembered_to: usize,
     /// Blocks of the current plan still to execute, with their predicted frames and the
     /// plan's confidence and cost.
     queue: VecDeque<(Vec<f32>, Tensor<3>, f32, f32)>,
@@ -534,8 +544,7 @@ impl MpcSession<'_> {
     fn remember(&mut self, now: &Tensor<3>) {
         let k = self.agent.frameskip.max(1);
         let end = self.step;
-        if self.agent.memory.is_none() || end < k || self.transitions.iter().any(|(t, _)| *t == end)
-        {
+        if self.agent.memory.is_none() || end < k || self.remembered_to == end {
             return;
         }
         let Some(from) = self.frame_at(end - k).cloned() else {
@@ -549,15 +558,14 @@ impl MpcSession<'_> {
             return;
         }
         let to = now.clone();
-        self.transitions
-            .push((end, Transition { from, actions, to }));
+        self.transitions.push(Transition { from, actions, to });
+        self.remembered_to = end;
     }
 
     /// The episode memory of model `m` (None without [`Agent::memory`] or before a block).
     fn memory_of(&self, m: usize) -> Option<EpisodeMemory> {
         let cfg = self.agent.memory?;
-        let blocks: Vec<Transition> = self.transitions.iter().map(|(_, t)| t.clone()).collect();
-        EpisodeMemory::new(self.agent.member(m).lam, &blocks, cfg)
+        EpisodeMemory::new(self.agent.member(m).lam, &self.transitions, cfg)
     }
 
     /// The next actions given the current frame's encoder tokens `[1, N, D]`: a block, or its

@@ -182,6 +182,13 @@ mod tests {
         crate::host(t)
     }
 
+    /// An untrained tiny model on `d`-channel frames (no standardisation: frames as given).
+    fn model(d: usize, device: &Device) -> LatentActionModel {
+        let mut cfg = LamConfig::preset("tiny").unwrap();
+        cfg.model.embed_dim = d;
+        lam_model::train::init_model(&cfg, device)
+    }
+
     /// Kernels narrow enough that unlike blocks weigh nothing to the printed digits.
     fn narrow() -> MemoryConfig {
         MemoryConfig {
@@ -193,9 +200,7 @@ mod tests {
     #[test]
     fn a_remembered_block_replaces_the_prediction_and_an_unlike_one_leaves_it() {
         let device = Device::flex();
-        let mut cfg = LamConfig::preset("tiny").unwrap();
-        cfg.model.embed_dim = 3;
-        let lam = lam_model::train::init_model(&cfg, &device);
+        let lam = model(3, &device);
         // The robot pressed right from the origin and did not move.
         let stuck = Transition {
             from: tokens(&[0.0, 0.0, 1.0], &device),
@@ -237,9 +242,7 @@ mod tests {
     #[test]
     fn two_remembered_blocks_share_the_weight_and_the_scales_are_checked() {
         let device = Device::flex();
-        let mut cfg = LamConfig::preset("tiny").unwrap();
-        cfg.model.embed_dim = 2;
-        let lam = lam_model::train::init_model(&cfg, &device);
+        let lam = model(2, &device);
         // The same push from the same frame, once moving 0.2 and once 0.4.
         let t = |dx: f32| Transition {
             from: tokens(&[0.0, 0.0], &device),

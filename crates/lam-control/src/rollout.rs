@@ -118,14 +118,13 @@ pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3
         FromFrame(&'c Controller, Tensor<3>),
     }
     let [c, h, _] = x.dims();
-    // The robot actions of each step, for the memory.
-    let actions = problem
-        .memory
-        .as_ref()
-        .map(|_| space.expand_tensor(x.clone()));
-    let latents = match ctrl {
-        Some(ctrl) => StepLatents::FromFrame(ctrl, space.expand_tensor(x)),
-        None => StepLatents::Made(space.latents(x)),
+    // The model's actions of each step (robot action blocks in a robot-action space), read by
+    // the frame-conditioned controller and the memory.
+    let actions =
+        (ctrl.is_some() || problem.memory.is_some()).then(|| space.expand_tensor(x.clone()));
+    let latents = match (ctrl, &actions) {
+        (Some(ctrl), Some(a)) => StepLatents::FromFrame(ctrl, a.clone()),
+        _ => StepLatents::Made(space.latents(x)),
     };
     let d = problem.current.dims()[2];
     problem.world_model.rollout_with(
@@ -136,13 +135,11 @@ pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3
         problem.window,
         |k, frame| {
             let pooled = frame.clone().mean_dim(1).reshape([c, d]);
-            let step = |t: &Tensor<3>| {
-                let w = t.dims()[2];
-                t.clone().slice(s![.., k..k + 1, ..]).reshape([c, w])
-            };
             let zk = match &latents {
-                StepLatents::Made(z) => step(z),
-                StepLatents::FromFrame(ctrl, a) => ctrl.to_latent(step(a), Some(pooled.clone())),
+                StepLatents::Made(z) => at_step(z, k),
+                StepLatents::FromFrame(ctrl, a) => {
+                    ctrl.to_latent(at_step(a, k), Some(pooled.clone()))
+                }
             };
             match problem.feasible {
                 Some(f) if f.target == Target::Latent => f.project(pooled, zk),
@@ -155,15 +152,17 @@ pub(crate) fn rollout_tensor(problem: &Problem, space: &SearchSpace, x: Tensor<3
                 _ => pred,
             };
             match (&problem.memory, &actions) {
-                (Some(memory), Some(a)) => {
-                    let w = a.dims()[2];
-                    let ak = a.clone().slice(s![.., k..k + 1, ..]).reshape([c, w]);
-                    memory.correct(from, ak, pred)
-                }
+                (Some(memory), Some(a)) => memory.correct(from, at_step(a, k), pred),
                 _ => pred,
             }
         },
     )
+}
+
+/// Step `k` `[C, W]` of per-step values `t` `[C, H, W]`.
+fn at_step(t: &Tensor<3>, k: usize) -> Tensor<2> {
+    let [c, _, w] = t.dims();
+    t.clone().slice(s![.., k..k + 1, ..]).reshape([c, w])
 }
 
 /// Rollout that runs the whole history plus the frames so far at every step (the window of

@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         let mut env = ep.env()?;
         let g = ep.goal_state.agent.pos;
         let mut best = (f32::MAX, 0.0, 0.0);
+        let mut at_goal = f32::NAN;
         let mut rows = Vec::new();
         let steps: Vec<f32> = (-6..=6).map(|k| k as f32 * 0.25).collect();
         for &dy in steps.iter().rev() {
@@ -54,18 +55,16 @@ fn main() -> anyhow::Result<()> {
                 if c < best.0 {
                     best = (c, dx, dy);
                 }
+                if dx == 0.0 && dy == 0.0 {
+                    at_goal = c;
+                }
                 row.push_str(&format!("{:6.3}", c));
             }
             rows.push(row);
         }
         println!(
-            "episode {i}: goal ({:.2}, {:.2}); lowest cost {:.4} at offset ({:.2}, {:.2}); cost at the goal itself {}",
-            g[0],
-            g[1],
-            best.0,
-            best.1,
-            best.2,
-            &rows[6][6 * 6..6 * 6 + 6]
+            "episode {i}: goal ({:.2}, {:.2}); lowest cost {:.4} at offset ({:.2}, {:.2}); cost at the goal itself {:.3}",
+            g[0], g[1], best.0, best.1, best.2, at_goal
         );
         if a.len() > 4 {
             for r in rows {

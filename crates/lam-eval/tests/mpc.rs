@@ -273,18 +273,24 @@ fn block_agent<'a>(
     }
 }
 
+/// An untrained tiny action-conditioned model taking blocks of 2 two-dimensional actions (4
+/// numbers per step), for [`block_agent`].
+fn action_conditioned_on_blocks(dev: &Device) -> (LamConfig, lam_model::LatentActionModel) {
+    let mut cfg = LamConfig::preset("tiny").unwrap();
+    cfg.model.conditioning = lam_model::config::Conditioning::Action;
+    cfg.model.latent_dim = 4;
+    let lam = lam_model::train::init_model(&cfg, dev);
+    (cfg, lam)
+}
+
 #[test]
 fn acting_part_of_a_block_plans_at_every_call_from_block_spaced_history() {
     use lam_control::closed_loop::{Agent, Mode};
-    use lam_model::config::Conditioning;
     use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
     // An action-conditioned model on blocks of 2 two-dimensional actions: its history labels
     // are the 4 numbers executed between two frames one block apart, whatever the call rate.
-    let mut cfg = LamConfig::preset("tiny").unwrap();
-    cfg.model.conditioning = Conditioning::Action;
-    cfg.model.latent_dim = 4;
     let dev = Device::flex();
-    let lam = lam_model::train::init_model(&cfg, &dev);
+    let (cfg, lam) = action_conditioned_on_blocks(&dev);
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
     let encoder = pooled_colour_encoder(&dev);
@@ -380,13 +386,9 @@ fn an_ensemble_of_copies_plans_what_its_model_plans_and_mismatched_members_are_n
 fn an_episode_memory_runs_whole_blocks_and_parts_of_them_and_is_refused_in_latent_space() {
     use lam_control::closed_loop::{Agent, Mode};
     use lam_control::memory::MemoryConfig;
-    use lam_model::config::Conditioning;
     use lam_sim::{domain::Domain, protocol::eval_protocol, tasks::Task};
-    let mut cfg = LamConfig::preset("tiny").unwrap();
-    cfg.model.conditioning = Conditioning::Action;
-    cfg.model.latent_dim = 4;
     let dev = Device::flex();
-    let lam = lam_model::train::init_model(&cfg, &dev);
+    let (cfg, lam) = action_conditioned_on_blocks(&dev);
     let episodes = eval_protocol(Task::Reach, Domain::Robot, 1, 32).unwrap();
     let space = episodes[0].env().unwrap().action_space();
     let encoder = pooled_colour_encoder(&dev);

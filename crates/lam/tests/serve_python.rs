@@ -265,65 +265,37 @@ fn python_client_drives_mpc_server() {
     let frames = dir.path().join("frames");
     write_frames(&frames);
     let (run, enc, ctrl) = write_mpc_fixture(dir.path());
-    let mut server = Server::start(
-        &[
-            "--run",
-            run.to_str().unwrap(),
-            "--encoder",
-            enc.to_str().unwrap(),
-            "--controller",
-            ctrl.to_str().unwrap(),
-            "--domain",
-            "robot",
-            "--planner",
-            "cem",
-            "--samples",
-            "32",
-            "--elites",
-            "4",
-            "--iterations",
-            "2",
-            "--horizon",
-            "3",
-            "--replan-every",
-            "3",
-            "--max-connections",
-            "6",
-        ],
-        dir.path().join("mpc.log"),
-    );
+    let small_cem = [
+        "--run",
+        run.to_str().unwrap(),
+        "--encoder",
+        enc.to_str().unwrap(),
+        "--controller",
+        ctrl.to_str().unwrap(),
+        "--domain",
+        "robot",
+        "--planner",
+        "cem",
+        "--samples",
+        "32",
+        "--elites",
+        "4",
+        "--iterations",
+        "2",
+        "--horizon",
+        "3",
+        "--replan-every",
+        "3",
+        "--max-connections",
+        "6",
+    ];
+    let mut server = Server::start(&small_cem, dir.path().join("mpc.log"));
     server.drive(&frames, "mpc", Some(6));
     drop(server);
     // Robot actions through the controller, every session keeping the steps it executed and
     // correcting its rollouts by them.
-    let mut server = Server::start(
-        &[
-            "--run",
-            run.to_str().unwrap(),
-            "--encoder",
-            enc.to_str().unwrap(),
-            "--controller",
-            ctrl.to_str().unwrap(),
-            "--domain",
-            "robot",
-            "--search-space",
-            "action",
-            "--memory",
-            "--samples",
-            "32",
-            "--elites",
-            "4",
-            "--iterations",
-            "2",
-            "--horizon",
-            "3",
-            "--replan-every",
-            "3",
-            "--max-connections",
-            "6",
-        ],
-        dir.path().join("mpc-memory.log"),
-    );
+    let memory = [&small_cem[..], &["--search-space", "action", "--memory"]].concat();
+    let mut server = Server::start(&memory, dir.path().join("mpc-memory.log"));
     server.drive(&frames, "mpc", Some(6));
 }
 
