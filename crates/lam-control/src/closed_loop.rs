@@ -451,8 +451,9 @@ pub struct MpcSession<'a> {
     labels: Vec<VecDeque<(usize, Tensor<2>)>>,
     /// The robot action executed at each step, as far back as the history reaches.
     executed: VecDeque<(usize, Vec<f32>)>,
-    /// With [`Agent::memory`]: every block executed so far (a block of `frameskip` steps ending
-    /// at each call's step), with the frames it started at and reached.
+    /// With [`Agent::memory`]: the last [`MemoryConfig::capacity`] blocks executed (a block of
+    /// `frameskip` steps ending at each call's step), with the frames they started at and
+    /// reached.
     transitions: Vec<Transition>,
     /// The step the last remembered block ended at (0: none yet; a block ends at step k or
     /// later).
@@ -467,6 +468,11 @@ impl MpcSession<'_> {
     /// Plans made so far.
     pub fn plans(&self) -> usize {
         self.plans
+    }
+
+    /// Blocks the episode memory holds now (0 without [`Agent::memory`]).
+    pub fn remembered(&self) -> usize {
+        self.transitions.len()
     }
 
     /// The frame seen at `step`, if kept.
@@ -558,6 +564,11 @@ impl MpcSession<'_> {
             return;
         }
         let to = now.clone();
+        let capacity = self.agent.memory.map_or(0, |m| m.capacity);
+        if self.transitions.len() >= capacity {
+            let over = self.transitions.len() + 1 - capacity;
+            self.transitions.drain(..over);
+        }
         self.transitions.push(Transition { from, actions, to });
         self.remembered_to = end;
     }

@@ -31,6 +31,10 @@ pub struct MemoryConfig {
     /// robot actions at which the weight falls to 1/e. Default 0.3 (on actions in [-1, 1]:
     /// two held full-speed pushes 45 degrees apart weigh about e^-1).
     pub action_scale: f32,
+    /// Blocks kept: past this many, the oldest is forgotten, so a long-lived session (a
+    /// `lam serve` client that never resets) plans in bounded time and memory. Default 64 (a
+    /// protocol episode of 50 steps in blocks of 5 executes 10).
+    pub capacity: usize,
 }
 
 /// The defaults are the widths that planned best on `reach` from pixels (the demo's models,
@@ -41,6 +45,7 @@ impl Default for MemoryConfig {
         Self {
             frame_scale: 0.1,
             action_scale: 0.3,
+            capacity: 64,
         }
     }
 }
@@ -56,6 +61,10 @@ impl MemoryConfig {
                 "{name} must be a finite number > 0, got {v}"
             );
         }
+        ensure!(
+            self.capacity > 0,
+            "memory capacity must be at least 1 block, got 0"
+        );
         Ok(())
     }
 }
@@ -83,12 +92,14 @@ pub struct EpisodeMemory {
 }
 
 impl EpisodeMemory {
-    /// The memory of `transitions` as `lam` standardises frames; `None` when there are none.
+    /// The memory of the last [`MemoryConfig::capacity`] of `transitions` (oldest first) as
+    /// `lam` standardises frames; `None` when there are none.
     pub fn new(
         lam: &LatentActionModel,
         transitions: &[Transition],
         cfg: MemoryConfig,
     ) -> Option<Self> {
+        let transitions = &transitions[transitions.len().saturating_sub(cfg.capacity)..];
         let first = transitions.first()?;
         let [_, n, d] = first.from.dims();
         let device = first.from.device();
@@ -194,6 +205,7 @@ mod tests {
         MemoryConfig {
             frame_scale: 0.01,
             action_scale: 0.05,
+            ..Default::default()
         }
     }
 
@@ -253,9 +265,26 @@ mod tests {
         let from = tokens(&[0.0, 0.0], &device);
         let pred = tokens(&[1.0, 0.0], &device);
         let a = Tensor::<2>::from_data(TensorData::new(vec![0.0, 1.0], [1, 2]), &device);
-        let out = host(memory.correct(&from, a, pred));
+        let out = host(memory.correct(&from, a.clone(), pred.clone()));
         assert!((out[0] - 0.3).abs() < 1e-5, "{out:?}");
+        // With room for one block, the newer one alone is what the memory holds.
+        let one = MemoryConfig {
+            capacity: 1,
+            ..narrow()
+        };
+        let memory = EpisodeMemory::new(&lam, &[t(0.2), t(0.4)], one).unwrap();
+        assert_eq!(memory.len(), 1);
+        let out = host(memory.correct(&from, a, pred));
+        assert!((out[0] - 0.4).abs() < 1e-5, "{out:?}");
         assert!(EpisodeMemory::new(&lam, &[], MemoryConfig::default()).is_none());
+        let e = MemoryConfig {
+            capacity: 0,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("memory capacity"), "{e}");
         let bad = MemoryConfig {
             frame_scale: 0.0,
             ..Default::default()

@@ -411,6 +411,26 @@ fn an_episode_memory_runs_whole_blocks_and_parts_of_them_and_is_refused_in_laten
         assert_eq!(r.plans, (r.steps as usize).div_ceil(per_plan));
         assert!(r.mean_planning_error.is_finite());
     }
+    // A session keeps no more blocks than the memory's capacity: the newest ones.
+    let capped = Agent {
+        memory: Some(MemoryConfig {
+            capacity: 2,
+            ..MemoryConfig::default()
+        }),
+        ..whole.clone()
+    };
+    let layout = episodes[0].env().unwrap().layout().clone();
+    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
+    let mut session = capped.session(goal, 3);
+    let mut env = episodes[0].env().unwrap();
+    for call in 0..5 {
+        let s = encoder(&env.render(), env.state(), env.layout()).unwrap();
+        let step = session.act(s).unwrap();
+        assert_eq!(session.remembered(), call.min(2), "call {call}");
+        for a in step.actions(space.dim) {
+            env.step(&a).unwrap();
+        }
+    }
     // Widths that are not positive, and a latent search space, are named.
     let bad = Agent {
         memory: Some(MemoryConfig {

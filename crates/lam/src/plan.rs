@@ -873,6 +873,10 @@ pub struct MemoryArgs {
     /// blocks of robot actions).
     #[arg(long, default_value_t = MemoryConfig::default().action_scale, requires = "memory")]
     pub memory_action_scale: f32,
+    /// Blocks the episode memory keeps (the oldest is forgotten past this many), so a served
+    /// session that never resets plans in bounded time.
+    #[arg(long, default_value_t = MemoryConfig::default().capacity, requires = "memory")]
+    pub memory_capacity: usize,
 }
 
 impl MemoryArgs {
@@ -881,6 +885,7 @@ impl MemoryArgs {
         self.memory.then_some(MemoryConfig {
             frame_scale: self.memory_frame_scale,
             action_scale: self.memory_action_scale,
+            capacity: self.memory_capacity,
         })
     }
 }
