@@ -5,10 +5,11 @@
 //!    agent also pushes into walls) and a small labeled `robot` set (100 episodes of
 //!    goal-seeking play on `reach`, through the door and against the wall beside it;
 //!    mixed-policy episodes on the tasks with objects) (`lam sim record`);
-//! 2. pretrain the sim encoder on the frames of both recordings, no labels read (`lam encoder
-//!    pretrain --data HUMAN --data ROBOT`): toward what moves (the motion term) on `reach`,
-//!    by keypoint transport on `push` and `pusht` (`--keypoint-transport-weight 10`, so that a
-//!    keypoint follows the pushed object);
+//! 2. pretrain the sim encoder, no labels read: on `reach` on the frames of both recordings
+//!    toward what moves (the motion term; `lam encoder pretrain --data HUMAN --data ROBOT`),
+//!    on `push` and `pusht` on the labeled robot episodes' frames alone by keypoint transport
+//!    (`--data ROBOT --keypoint-transport-weight 10`, so that a keypoint follows the pushed
+//!    object as the robot pushes it; `--encoder-frames`);
 //! 3. on `reach`, fit the encoder's context features on the human video (`lam encoder
 //!    context`: the scene layout the keypoints drop, its door) and embed both recordings into
 //!    shards, one token per frame (the encoder's keypoint positions, with the context features
@@ -47,7 +48,7 @@ use serde_json::{Value, json};
 use lam_model::config::TokenScale;
 
 use crate::pipeline::{
-    DataSpec, FeasibleSpec, PlanSpec, Steps, args, eval_argv, fit_argv, read_json,
+    DataSpec, EncoderFrames, FeasibleSpec, PlanSpec, Steps, args, eval_argv, fit_argv, read_json,
 };
 
 #[derive(Args)]
@@ -327,13 +328,22 @@ pub fn run(a: DemoArgs) -> Result<()> {
     writeln!(
         md,
         "Task `{task}` of the simulated suite: {} unlabeled human-domain episodes ({} policy, \
-         no actions read) and {} labeled robot episodes ({} policy); frame embedding: {}; \
+         no actions read) and {} labeled robot episodes ({} policy); frame embedding: {}{}; \
          closed-loop evaluation in the robot domain on the fixed protocol ({} episodes).\n",
         a.data.human_episodes,
         a.data.human_policy(),
         a.data.robot_episodes,
         a.data.robot_policy(),
         a.data.embedding(),
+        match (a.data.oracle, a.data.encoder_frames()) {
+            (true, _) => "",
+            (false, EncoderFrames::Robot) => {
+                " (the encoder pretrained on the labeled robot episodes' frames alone)"
+            }
+            (false, EncoderFrames::HumanAndRobot) => {
+                " (the encoder pretrained on the human and robot frames)"
+            }
+        },
         a.episodes
     )?;
     writeln!(
@@ -484,9 +494,17 @@ mod tests {
                 d.pooling(),
                 d.token_scale(),
                 d.robot_video(),
+                d.encoder_frames(),
             )
         };
-        let reach = (0.0, 400, KeypointsContext, TokenScale::Channel, false);
+        let reach = (
+            0.0,
+            400,
+            KeypointsContext,
+            TokenScale::Channel,
+            false,
+            EncoderFrames::HumanAndRobot,
+        );
         assert_eq!(recipe(&d.data), reach);
         assert_eq!(d.data.human_policy(), PolicyKind::Random);
         for task in ["push", "pusht"] {
@@ -504,7 +522,14 @@ mod tests {
         );
         // The tasks with objects: keypoint transport, 1,000 encoder steps, the keypoints alone
         // on one shared scale, the robot's frames in stage 1; each can be turned back.
-        let objects = (10.0, 1000, Keypoints, TokenScale::Shared, true);
+        let objects = (
+            10.0,
+            1000,
+            Keypoints,
+            TokenScale::Shared,
+            true,
+            EncoderFrames::Robot,
+        );
         for task in ["push", "pusht"] {
             assert_eq!(recipe(&parse(&["--task", task]).data), objects);
         }
@@ -529,6 +554,12 @@ mod tests {
         let human_only = parse(&["--task", "push", "--robot-video", "false"]).data;
         assert!(!human_only.robot_video());
         assert!(parse(&["--robot-video"]).data.robot_video());
+        assert_eq!(
+            parse(&["--task", "push", "--encoder-frames", "human-and-robot"])
+                .data
+                .encoder_frames(),
+            EncoderFrames::HumanAndRobot
+        );
         assert_eq!(
             parse(&["--task", "push", "--pooling", "keypoints-context"])
                 .data

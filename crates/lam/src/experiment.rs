@@ -513,7 +513,7 @@ fn prepare_data(
         "robot_seed": data.robot_seed,
         "encoder_steps": data.encoder_steps(),
         "keypoint_transport_weight": data.transport_weight(),
-        "encoder_frames": "human+robot",
+        "encoder_frames": data.encoder_frames().name(),
         "pooling": data.pooling().name(),
         "robot_video": data.robot_video(),
         "oracle": data.oracle,

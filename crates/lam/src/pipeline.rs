@@ -3,8 +3,9 @@
 //! report can list what was run and each step can be rerun by hand.
 //!
 //! The data stage records unlabeled `human` video and a small labeled `robot` set, pretrains
-//! the sim encoder on the frames of both (the robot's labels unused: its frames make the
-//! keypoints precise on the robot's embodiment; unless the oracle state is the embedding) and embeds
+//! the sim encoder on the robot's frames, or on both recordings' (`--encoder-frames`; the
+//! robot's labels unused: its frames make the keypoints precise on the robot's embodiment;
+//! unless the oracle state is the embedding) and embeds
 //! both recordings into shards of `history + 1` frames, one frame per block of `frameskip`
 //! simulator steps (with `--robot-video`, the default on the tasks with objects, it merges
 //! both shard folders into the stage-1 shards, the robot's actions unused). The model stages
@@ -116,6 +117,13 @@ pub struct DataSpec {
     /// otherwise (`reach` from pixels: 64% against 80%, "Five pixel-side attempts").
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub robot_video: Option<bool>,
+    /// Which frames the sim encoder pretrains on (no actions read either way): `robot`, the
+    /// labeled robot episodes' frames alone, or `human-and-robot`, the human video's as well.
+    /// Default `robot` with keypoint transport (the keypoints fit the robot's body and the
+    /// object as the robot pushes it: `push` chain 92% against 76% on both, docs/benchmarks.md,
+    /// "The encoder's frames"), `human-and-robot` otherwise.
+    #[arg(long, value_enum)]
+    pub encoder_frames: Option<EncoderFrames>,
     /// Use the oracle encoder (the simulator's true state) instead of pretraining the sim
     /// encoder: tells whether dynamics and planning work when vision does.
     #[arg(long)]
@@ -145,6 +153,23 @@ impl SuitePooling {
         match self {
             SuitePooling::Keypoints => "keypoints",
             SuitePooling::KeypointsContext => "keypoints-context",
+        }
+    }
+}
+
+/// The recordings whose frames pretrain the sim encoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EncoderFrames {
+    Robot,
+    HumanAndRobot,
+}
+
+impl EncoderFrames {
+    /// The flag's value, as reports and experiment settings name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EncoderFrames::Robot => "robot",
+            EncoderFrames::HumanAndRobot => "human-and-robot",
         }
     }
 }
@@ -219,6 +244,16 @@ impl DataSpec {
     /// Whether stage 1 reads the robot episodes' frames too: as given, else with transport.
     pub fn robot_video(&self) -> bool {
         self.robot_video.unwrap_or(self.transport_weight() > 0.0)
+    }
+
+    /// The sim encoder's pretraining frames: as given, else the robot's alone with transport.
+    pub fn encoder_frames(&self) -> EncoderFrames {
+        self.encoder_frames
+            .unwrap_or(if self.transport_weight() > 0.0 {
+                EncoderFrames::Robot
+            } else {
+                EncoderFrames::HumanAndRobot
+            })
     }
 
     /// How the world models standardise the embedding (`model.standardize_scale`): every
@@ -333,11 +368,12 @@ impl DataSpec {
             ]),
         )?;
         if !self.oracle {
-            let mut pretrain = args(&[
-                &"encoder",
-                &"pretrain",
-                &"--data",
-                &human,
+            let frames = self.encoder_frames();
+            let mut pretrain = args(&[&"encoder", &"pretrain"]);
+            if frames == EncoderFrames::HumanAndRobot {
+                pretrain.extend(args(&[&"--data", &human]));
+            }
+            pretrain.extend(args(&[
                 &"--data",
                 &robot,
                 &"--out",
@@ -355,7 +391,7 @@ impl DataSpec {
                 &"--device",
                 dev,
                 &"--quiet",
-            ]);
+            ]));
             let transport = self.transport_weight();
             if transport > 0.0 {
                 pretrain.extend(args(&[
@@ -368,7 +404,13 @@ impl DataSpec {
                 ]));
             }
             steps.run(
-                &format!("3/{total} pretraining the sim encoder on the human and robot frames"),
+                &format!(
+                    "3/{total} pretraining the sim encoder on the {} frames",
+                    match frames {
+                        EncoderFrames::Robot => "labeled robot episodes'",
+                        EncoderFrames::HumanAndRobot => "human and robot",
+                    }
+                ),
                 &pretrain,
             )?;
             if self.pooling() == SuitePooling::KeypointsContext {
