@@ -554,12 +554,34 @@ mod tests {
         let human_only = parse(&["--task", "push", "--robot-video", "false"]).data;
         assert!(!human_only.robot_video());
         assert!(parse(&["--robot-video"]).data.robot_video());
-        assert_eq!(
-            parse(&["--task", "push", "--encoder-frames", "human-and-robot"])
-                .data
-                .encoder_frames(),
-            EncoderFrames::HumanAndRobot
+        // On the tasks with objects the encoder reads every recorded frame of the labeled
+        // episodes alone; on `reach`, and when asked, the human video's too; the lines parse.
+        let out = Path::new("o");
+        let data_of = |argv: &[String]| -> Vec<String> {
+            argv.windows(2)
+                .filter(|w| w[0] == "--data")
+                .map(|w| w[1].clone())
+                .collect()
+        };
+        let both = vec!["o/data/human".to_string(), "o/data/robot".to_string()];
+        let push_argv = parse(&["--task", "push"]).data.encoder_argv(out);
+        assert_eq!(data_of(&push_argv), vec!["o/data/robot".to_string()]);
+        assert!(
+            push_argv
+                .windows(2)
+                .any(|w| w[0] == "--phases" && w[1] == "5"),
+            "{push_argv:?}"
         );
+        let back = parse(&["--task", "push", "--encoder-frames", "human-and-robot"]).data;
+        assert_eq!(back.encoder_frames(), EncoderFrames::HumanAndRobot);
+        for argv in [d.data.encoder_argv(out), back.encoder_argv(out)] {
+            assert_eq!(data_of(&argv), both, "{argv:?}");
+            assert!(!argv.contains(&"--phases".to_string()), "{argv:?}");
+        }
+        for argv in [push_argv, back.encoder_argv(out)] {
+            let line = std::iter::once("lam".to_string()).chain(argv.clone());
+            assert!(crate::Cli::try_parse_from(line).is_ok(), "{argv:?}");
+        }
         assert_eq!(
             parse(&["--task", "push", "--pooling", "keypoints-context"])
                 .data

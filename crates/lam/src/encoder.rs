@@ -94,6 +94,11 @@ pub struct PretrainArgs {
     /// At most this many frames are loaded (in all, over the --data sources).
     #[arg(long, default_value_t = 4000)]
     pub max_frames: usize,
+    /// Read every video / episode this many times, on frame grids shifted by 1 / (phases x
+    /// fps) seconds: at 2 fps from a 10 fps recording, 5 phases read every recorded frame,
+    /// still in pairs one block apart (five times the pairs from the same episodes).
+    #[arg(long, default_value_t = 1)]
+    pub phases: usize,
     /// Optimiser steps.
     #[arg(long, default_value_t = 400)]
     pub steps: usize,
@@ -423,7 +428,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
                 stride: 8,
                 norm,
                 max_clips: None,
-                phases: 1,
+                phases: a.phases,
             };
             let mut frames = Frames {
                 size: spec.size as usize,

@@ -119,9 +119,10 @@ pub struct DataSpec {
     pub robot_video: Option<bool>,
     /// Which frames the sim encoder pretrains on (no actions read either way): `robot`, the
     /// labeled robot episodes' frames alone, or `human-and-robot`, the human video's as well.
-    /// Default `robot` with keypoint transport (the keypoints fit the robot's body and the
-    /// object as the robot pushes it: `push` chain 92% against 76% on both, docs/benchmarks.md,
-    /// "The encoder's frames"), `human-and-robot` otherwise.
+    /// `robot` reads every recorded frame of those episodes (one frame grid per simulator
+    /// step of a block). Default `robot` with keypoint transport (the keypoints fit the
+    /// robot's body and the object as the robot pushes it: `push` chain 92% against 76% on
+    /// both, docs/benchmarks.md, "The encoder's frames"), `human-and-robot` otherwise.
     #[arg(long, value_enum)]
     pub encoder_frames: Option<EncoderFrames>,
     /// Use the oracle encoder (the simulator's true state) instead of pretraining the sim
@@ -156,6 +157,10 @@ impl SuitePooling {
         }
     }
 }
+
+/// Frames the sim encoder loads at most when it pretrains on the labeled robot episodes
+/// alone (every recorded frame of the demo's 100 `push` episodes: 7,416).
+const ROBOT_ENCODER_FRAMES: usize = 10_000;
 
 /// The recordings whose frames pretrain the sim encoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -318,6 +323,61 @@ impl DataSpec {
         }
     }
 
+    /// `lam encoder pretrain`'s command line for the sim encoder (not for the oracle).
+    pub fn encoder_argv(&self, out: &Path) -> Vec<String> {
+        let frames = self.encoder_frames();
+        let l = self.layout(out);
+        let (human, robot) = (l.human.display(), l.robot.display());
+        let (task, dev) = (&self.task, &self.device);
+        let fps = 10 / self.frameskip;
+        let mut pretrain = args(&[&"encoder", &"pretrain"]);
+        if frames == EncoderFrames::HumanAndRobot {
+            pretrain.extend(args(&[&"--data", &human]));
+        }
+        pretrain.extend(args(&[
+            &"--data",
+            &robot,
+            &"--out",
+            &out.join("encoder").display(),
+            &"--patch",
+            &16,
+            &"--dim",
+            &32,
+            &"--steps",
+            &self.encoder_steps(),
+            &"--probe-task",
+            task,
+            &"--probe-domain",
+            &"robot",
+            &"--device",
+            dev,
+            &"--quiet",
+        ]));
+        if frames == EncoderFrames::Robot {
+            // Every recorded frame of the labeled episodes, in pairs one block apart:
+            // `frameskip` frame grids shifted by one step (`push`: chain 92% against 84%
+            // on one grid's 1,528 frames).
+            pretrain.extend(args(&[
+                &"--phases",
+                &self.frameskip,
+                &"--max-frames",
+                &ROBOT_ENCODER_FRAMES,
+            ]));
+        }
+        let transport = self.transport_weight();
+        if transport > 0.0 {
+            pretrain.extend(args(&[
+                &"--fps",
+                &fps,
+                &"--keypoint-motion-weight",
+                &0,
+                &"--keypoint-transport-weight",
+                &transport,
+            ]));
+        }
+        pretrain
+    }
+
     /// Records, pretrains the encoder and embeds (`total` numbers the steps in the log:
     /// they are the first five of that many).
     pub fn run(&self, out: &Path, steps: &mut Steps, total: usize) -> Result<DataLayout> {
@@ -369,40 +429,7 @@ impl DataSpec {
         )?;
         if !self.oracle {
             let frames = self.encoder_frames();
-            let mut pretrain = args(&[&"encoder", &"pretrain"]);
-            if frames == EncoderFrames::HumanAndRobot {
-                pretrain.extend(args(&[&"--data", &human]));
-            }
-            pretrain.extend(args(&[
-                &"--data",
-                &robot,
-                &"--out",
-                &out.join("encoder").display(),
-                &"--patch",
-                &16,
-                &"--dim",
-                &32,
-                &"--steps",
-                &self.encoder_steps(),
-                &"--probe-task",
-                task,
-                &"--probe-domain",
-                &"robot",
-                &"--device",
-                dev,
-                &"--quiet",
-            ]));
-            let transport = self.transport_weight();
-            if transport > 0.0 {
-                pretrain.extend(args(&[
-                    &"--fps",
-                    &fps,
-                    &"--keypoint-motion-weight",
-                    &0,
-                    &"--keypoint-transport-weight",
-                    &transport,
-                ]));
-            }
+            let pretrain = self.encoder_argv(out);
             steps.run(
                 &format!(
                     "3/{total} pretraining the sim encoder on the {} frames",
