@@ -548,9 +548,12 @@ impl MpcSession<'_> {
     /// Remembers the block of `frameskip` steps that ends at the current step, reaching `now`
     /// (encoder tokens), when its first frame and all its actions were kept.
     fn remember(&mut self, now: &Tensor<3>) {
+        let Some(cfg) = self.agent.memory else {
+            return;
+        };
         let k = self.agent.frameskip.max(1);
         let end = self.step;
-        if self.agent.memory.is_none() || end < k || self.remembered_to == end {
+        if end < k || self.remembered_to == end {
             return;
         }
         let Some(from) = self.frame_at(end - k).cloned() else {
@@ -564,12 +567,9 @@ impl MpcSession<'_> {
             return;
         }
         let to = now.clone();
-        let capacity = self.agent.memory.map_or(0, |m| m.capacity);
-        if self.transitions.len() >= capacity {
-            let over = self.transitions.len() + 1 - capacity;
-            self.transitions.drain(..over);
-        }
         self.transitions.push(Transition { from, actions, to });
+        let over = self.transitions.len().saturating_sub(cfg.capacity);
+        self.transitions.drain(..over);
         self.remembered_to = end;
     }
 

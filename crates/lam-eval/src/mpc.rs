@@ -50,6 +50,12 @@ pub struct Trace {
     pub goal: Vec<u8>,
 }
 
+/// The goal frame of a protocol episode as `encoder` embeds it (`[1, N, D]`).
+pub fn encode_goal(episode: &EvalEpisode, encoder: &FrameEncoder) -> Result<Tensor<3>> {
+    let layout = episode.env()?.layout().clone();
+    encoder(&episode.goal_frame, &episode.goal_state, &layout)
+}
+
 /// Runs one protocol episode with `agent`, encoding rendered frames with `encoder`; with
 /// `trace`, keeps the frames for a strip.
 pub fn run_episode(
@@ -59,8 +65,7 @@ pub fn run_episode(
     trace: bool,
 ) -> Result<EpisodeResult> {
     agent.check()?;
-    let layout = episode.env()?.layout().clone();
-    let goal = encoder(&episode.goal_frame, &episode.goal_state, &layout)?;
+    let goal = encode_goal(episode, encoder)?;
     let mut session = agent.session(goal.clone(), episode.seed);
     let (mut plans, mut plan_ms, mut conf, mut err, mut err_n) = (0usize, 0.0, 0.0, 0.0, 0usize);
     // Predictions waiting for the step they are of.

@@ -3,7 +3,7 @@
 use burn::prelude::*;
 use lam_control::feasible::{Feasible, FeasibleSet, Target};
 use lam_control::planner::{PlannerConfig, PlannerKind};
-use lam_eval::mpc::run_episode;
+use lam_eval::mpc::{encode_goal, run_episode};
 use lam_model::config::LamConfig;
 
 /// Frame tokens `[1, 16, 32]` of a 32x32 RGB frame: 8x8 average pooling to a 4x4 grid of
@@ -90,8 +90,7 @@ fn closed_loop_episode_runs_the_protocol_and_keeps_actions_in_bounds() {
     );
 
     // Step by step: a new plan every 3 calls, actions inside the box.
-    let layout = episodes[0].env().unwrap().layout().clone();
-    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
+    let goal = encode_goal(&episodes[0], &encoder).unwrap();
     let mut session = agent.session(goal, 1);
     let mut env = episodes[0].env().unwrap();
     for k in 0..7 {
@@ -138,8 +137,7 @@ fn closed_loop_executes_action_blocks() {
     // One plan per block of two environment steps.
     let r = run_episode(&agent, &episodes[0], &encoder, false).unwrap();
     assert_eq!(r.plans, (r.steps as usize).div_ceil(2));
-    let layout = episodes[0].env().unwrap().layout().clone();
-    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
+    let goal = encode_goal(&episodes[0], &encoder).unwrap();
     let mut session = agent.session(goal, 3);
     let mut env = episodes[0].env().unwrap();
     let step = session
@@ -301,8 +299,7 @@ fn acting_part_of_a_block_plans_at_every_call_from_block_spaced_history() {
     };
     stepwise.check().unwrap();
     // The first call plans the same block from the same frame; one of its actions comes back.
-    let layout = episodes[0].env().unwrap().layout().clone();
-    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
+    let goal = encode_goal(&episodes[0], &encoder).unwrap();
     let mut env = episodes[0].env().unwrap();
     let first = encoder(&env.render(), env.state(), env.layout()).unwrap();
     let block = whole.session(goal.clone(), 3).act(first.clone()).unwrap();
@@ -349,8 +346,7 @@ fn an_ensemble_of_copies_plans_what_its_model_plans_and_mismatched_members_are_n
     pair.check().unwrap();
     // The mean of two equal costs is that cost: the same plans, step for step, and each
     // member's history (its own labels and cache) follows the episode as the model's does.
-    let layout = episodes[0].env().unwrap().layout().clone();
-    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
+    let goal = encode_goal(&episodes[0], &encoder).unwrap();
     let (mut a, mut b) = (single.session(goal.clone(), 5), pair.session(goal, 5));
     let mut env = episodes[0].env().unwrap();
     for _ in 0..4 {
@@ -419,8 +415,7 @@ fn an_episode_memory_runs_whole_blocks_and_parts_of_them_and_is_refused_in_laten
         }),
         ..whole.clone()
     };
-    let layout = episodes[0].env().unwrap().layout().clone();
-    let goal = encoder(&episodes[0].goal_frame, &episodes[0].goal_state, &layout).unwrap();
+    let goal = encode_goal(&episodes[0], &encoder).unwrap();
     let mut session = capped.session(goal, 3);
     let mut env = episodes[0].env().unwrap();
     for call in 0..5 {
