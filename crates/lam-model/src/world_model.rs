@@ -20,11 +20,12 @@
 
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::activation::{gelu, silu};
 
 use crate::config::ModelConfig;
 
 pub mod amx;
+pub mod attention;
 mod host;
 
 pub use host::{HostPrecision, HostWeights};
@@ -392,13 +393,7 @@ impl Block {
             k = Tensor::cat(vec![pk.clone(), k], 2);
             v = Tensor::cat(vec![pv.clone(), v], 2);
         }
-        let mut scores = q
-            .matmul(k.clone().swap_dims(2, 3))
-            .mul_scalar(1.0 / (dh as f64).sqrt());
-        if let Some(mask) = mask {
-            scores = scores + mask.unsqueeze::<4>();
-        }
-        let out = softmax(scores, 3).matmul(v.clone());
+        let out = attention::attention(q, k.clone(), v.clone(), mask, 1.0 / (dh as f64).sqrt());
         (
             self.proj.forward(out.swap_dims(1, 2).reshape([b, l, w])),
             (k, v),

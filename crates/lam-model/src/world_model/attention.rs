@@ -1,0 +1,694 @@
+//! Scaled dot-product attention as one CPU op with its own backward.
+//!
+//! Written in tensor ops, attention costs burn's CPU backend a full score matrix per op
+//! (scale, bias, max, exp, sum, divide, and each of their backwards), evaluated element by
+//! element: about half of a stage-1 training step. On the `flex` backend this module runs the
+//! same math as one backend extension op instead, per (batch, head) on rayon's threads:
+//!
+//! - forward: the scores of a block of query rows are one GEMM, the softmax a fused loop
+//!   (vectorisable `exp`), the output a second GEMM; only the output and each row's
+//!   log-sum-exp are kept for the backward (not the score matrix);
+//! - backward: the scores are recomputed from the kept log-sum-exp (the memory-saving choice
+//!   of fused attention kernels) and the four gradient GEMMs run on them;
+//! - keys a query cannot see (an additive bias of `-inf` at the end of its row, as in the
+//!   world model's frame-causal mask) are skipped: rows are taken in blocks that see the same
+//!   leading keys, so the first frame's queries multiply one frame of keys, not all of them.
+//!
+//! Other devices run [`attention_ops`], the tensor ops this op is checked against
+//! (`the_fused_attention_matches_the_tensor_ops` below). The environment variable
+//! `LAM_ATTENTION_TENSOR_OPS` (any value) makes the CPU take the tensor ops too, to time one
+//! against the other. The bias is a constant (a mask): no gradient flows into it.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, DType, Flex, backend_extension};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bytes, Shape};
+use rayon::prelude::*;
+
+use super::host::exp_f32;
+
+/// `softmax(q k^T * scale + bias) v` for `q` `[B, H, Lq, Dh]`, `k` and `v` `[B, H, Lk, Dh]`
+/// and an optional additive `bias` `[Lq, Lk]` shared by every batch item and head (a mask:
+/// it receives no gradient). Returns `[B, H, Lq, Dh]`. One fused op with its backward on the
+/// CPU, [`attention_ops`] elsewhere.
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    bias: Option<Tensor<2>>,
+    scale: f64,
+) -> Tensor<4> {
+    if std::env::var_os("LAM_ATTENTION_TENSOR_OPS").is_none()
+        && q.device().without_autodiff() == Device::flex()
+    {
+        // The op always takes a bias (burn 0.22.1's extension macro does not route an
+        // optional tensor to the autodiff backend); zeros when there is none.
+        let [_, _, lq, _] = q.dims();
+        let lk = k.dims()[2];
+        let bias = bias.unwrap_or_else(|| Tensor::zeros([lq, lk], &q.device()));
+        let out = <burn::backend::Dispatch as FusedAttention>::fused_attention(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            bias.into_dispatch(),
+            scale as f32,
+        );
+        return Tensor::from_dispatch(out);
+    }
+    attention_ops(q, k, v, bias, scale)
+}
+
+/// The same attention in burn's tensor ops (every backend).
+pub fn attention_ops(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    bias: Option<Tensor<2>>,
+    scale: f64,
+) -> Tensor<4> {
+    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    if let Some(bias) = bias {
+        scores = scores + bias.unsqueeze::<4>();
+    }
+    softmax(scores, 3).matmul(v)
+}
+
+/// The backend op behind [`attention`].
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedAttention: Backend {
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+}
+
+impl FusedAttention for Flex {
+    fn fused_attention(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        bias: FlexTensor,
+        scale: f32,
+    ) -> FlexTensor {
+        let inputs = Inputs::new(q, k, v, Some(bias), scale);
+        inputs.forward().0
+    }
+}
+
+impl<C: CheckpointStrategy> FusedAttention for Autodiff<Flex, C> {
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        let nodes = [q.node(), k.node(), v.node()];
+        let inputs = Inputs::new(
+            q.into_primitive(),
+            k.into_primitive(),
+            v.into_primitive(),
+            Some(bias.into_primitive()),
+            scale,
+        );
+        match AttentionBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, lse) = inputs.forward();
+                let state = Saved {
+                    inputs,
+                    out: out.clone(),
+                    lse,
+                };
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(inputs.forward().0),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+/// What the backward needs: the inputs, the output and each query row's log-sum-exp.
+#[derive(Clone, Debug)]
+struct Saved {
+    inputs: Inputs,
+    out: FlexTensor,
+    lse: Vec<f32>,
+}
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad_out = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [dq, dk, dv] = ops.state.backward(&grad_out);
+        for (parent, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = parent {
+                grads.register::<Flex>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// Contiguous float32 inputs and their sizes.
+#[derive(Clone, Debug)]
+struct Inputs {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    bias: Option<FlexTensor>,
+    scale: f32,
+    /// `[B, H, Lq, Dh]` of `q`.
+    dims: [usize; 4],
+    lk: usize,
+}
+
+impl Inputs {
+    fn new(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        bias: Option<FlexTensor>,
+        scale: f32,
+    ) -> Self {
+        let f32_contiguous = |t: FlexTensor, what: &str| {
+            assert_eq!(
+                t.dtype(),
+                DType::F32,
+                "fused attention: {what} must be float32"
+            );
+            t.to_contiguous()
+        };
+        let (q, k, v) = (
+            f32_contiguous(q, "queries"),
+            f32_contiguous(k, "keys"),
+            f32_contiguous(v, "values"),
+        );
+        let dims4 = |t: &FlexTensor| -> [usize; 4] {
+            let s = t.layout().shape();
+            assert_eq!(
+                s.num_dims(),
+                4,
+                "fused attention takes [B, H, L, Dh] tensors"
+            );
+            [s[0], s[1], s[2], s[3]]
+        };
+        let [b, h, lq, dh] = dims4(&q);
+        let [kb, kh, lk, kdh] = dims4(&k);
+        assert!(
+            [kb, kh, kdh] == [b, h, dh] && dims4(&v) == [b, h, lk, dh],
+            "fused attention: keys {:?} and values {:?} do not fit queries {:?}",
+            dims4(&k),
+            dims4(&v),
+            [b, h, lq, dh]
+        );
+        let bias = bias.map(|t| {
+            let t = f32_contiguous(t, "the bias");
+            let s = t.layout().shape();
+            assert!(
+                s.num_dims() == 2 && s[0] == lq && s[1] == lk,
+                "fused attention: bias {:?} is not [{lq}, {lk}]",
+                s
+            );
+            t
+        });
+        Self {
+            q,
+            k,
+            v,
+            bias,
+            scale,
+            dims: [b, h, lq, dh],
+            lk,
+        }
+    }
+
+    fn problem(&self) -> Problem<'_> {
+        let [_, _, lq, dh] = self.dims;
+        let bias = self.bias.as_ref().map(|t| t.storage::<f32>());
+        Problem {
+            lq,
+            lk: self.lk,
+            dh,
+            scale: self.scale,
+            bias,
+            blocks: row_blocks(bias, lq, self.lk),
+        }
+    }
+
+    /// The output `[B, H, Lq, Dh]` and each query row's log-sum-exp `[B * H * Lq]`.
+    fn forward(&self) -> (FlexTensor, Vec<f32>) {
+        let [b, h, lq, dh] = self.dims;
+        let p = self.problem();
+        let (q, k, v) = (
+            self.q.storage::<f32>(),
+            self.k.storage::<f32>(),
+            self.v.storage::<f32>(),
+        );
+        let mut out = vec![0.0f32; b * h * lq * dh];
+        let mut lse = vec![0.0f32; b * h * lq];
+        out.par_chunks_mut(lq * dh)
+            .zip(lse.par_chunks_mut(lq))
+            .enumerate()
+            .for_each(|(j, (o, l))| {
+                let (qj, kj, vj) = (p.head(q, j, lq), p.head(k, j, p.lk), p.head(v, j, p.lk));
+                head_forward(&p, qj, kj, vj, o, l);
+            });
+        (float_tensor(out, self.dims), lse)
+    }
+}
+
+impl Saved {
+    /// Gradients of the queries, keys and values for the output's gradient `grad_out`.
+    fn backward(&self, grad_out: &FlexTensor) -> [FlexTensor; 3] {
+        let i = &self.inputs;
+        let [b, h, lq, dh] = i.dims;
+        let p = i.problem();
+        let lk = p.lk;
+        let (q, k, v) = (
+            i.q.storage::<f32>(),
+            i.k.storage::<f32>(),
+            i.v.storage::<f32>(),
+        );
+        let (o, d_o) = (self.out.storage::<f32>(), grad_out.storage::<f32>());
+        let mut dq = vec![0.0f32; b * h * lq * dh];
+        let mut dk = vec![0.0f32; b * h * lk * dh];
+        let mut dv = vec![0.0f32; b * h * lk * dh];
+        dq.par_chunks_mut(lq * dh)
+            .zip(dk.par_chunks_mut(lk * dh))
+            .zip(dv.par_chunks_mut(lk * dh))
+            .enumerate()
+            .for_each(|(j, ((dqj, dkj), dvj))| {
+                let head = Head {
+                    q: p.head(q, j, lq),
+                    k: p.head(k, j, lk),
+                    v: p.head(v, j, lk),
+                    out: p.head(o, j, lq),
+                    grad_out: p.head(d_o, j, lq),
+                    lse: &self.lse[j * lq..(j + 1) * lq],
+                };
+                head_backward(&p, &head, dqj, dkj, dvj);
+            });
+        [
+            float_tensor(dq, i.dims),
+            float_tensor(dk, [b, h, lk, dh]),
+            float_tensor(dv, [b, h, lk, dh]),
+        ]
+    }
+}
+
+fn float_tensor(data: Vec<f32>, dims: [usize; 4]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        burn::backend::flex::Layout::contiguous(Shape::from(dims.to_vec())),
+        DType::F32,
+    )
+}
+
+/// Sizes shared by every head, the bias and the row blocks.
+struct Problem<'a> {
+    lq: usize,
+    lk: usize,
+    dh: usize,
+    scale: f32,
+    bias: Option<&'a [f32]>,
+    /// `(first row, end row, keys seen)`: consecutive query rows that see the same leading
+    /// keys (the rest of their bias row is `-inf`).
+    blocks: Vec<(usize, usize, usize)>,
+}
+
+impl Problem<'_> {
+    /// Head `j`'s `len` rows of `Dh` values.
+    fn head<'b>(&self, x: &'b [f32], j: usize, len: usize) -> &'b [f32] {
+        &x[j * len * self.dh..(j + 1) * len * self.dh]
+    }
+}
+
+/// Row blocks of a bias `[lq, lk]`: rows whose bias ends in the same run of `-inf` see the
+/// same leading keys. Without a bias, one block of every row over every key.
+fn row_blocks(bias: Option<&[f32]>, lq: usize, lk: usize) -> Vec<(usize, usize, usize)> {
+    let seen = |i: usize| -> usize {
+        bias.map_or(lk, |b| {
+            let row = &b[i * lk..(i + 1) * lk];
+            row.iter()
+                .rposition(|&x| x != f32::NEG_INFINITY)
+                .map_or(0, |c| c + 1)
+        })
+    };
+    let mut blocks: Vec<(usize, usize, usize)> = Vec::new();
+    for i in 0..lq {
+        let e = seen(i);
+        match blocks.last_mut() {
+            Some(last) if last.2 == e => last.1 = i + 1,
+            _ => blocks.push((i, i + 1, e)),
+        }
+    }
+    blocks
+}
+
+/// One head's inputs and the forward's results, for the backward.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    out: &'a [f32],
+    grad_out: &'a [f32],
+    lse: &'a [f32],
+}
+
+/// `dst[m, n] (+)= beta * lhs[m, k] rhs[k, n]`, all row-major with the given strides (a
+/// transposed operand is read through swapped strides). Runs on the calling thread.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n);
+    if k > 0 {
+        assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+        assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    }
+    // SAFETY: every element read or written lies inside the slices (checked above); `dst`
+    // does not alias the operands (it is a distinct `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0f32,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// One head's forward: `o` `[Lq, Dh]`, `lse` `[Lq]`.
+#[inline(always)]
+fn head_forward_body(p: &Problem, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32]) {
+    let dh = p.dh;
+    let mut s = vec![0.0f32; p.lq * p.lk];
+    for &(r0, r1, e) in &p.blocks {
+        let rows = r1 - r0;
+        let s = &mut s[..rows * e];
+        let o = &mut o[r0 * dh..r1 * dh];
+        if e == 0 {
+            // Every key masked: the tensor ops give NaN (0 / 0).
+            o.fill(f32::NAN);
+            lse[r0..r1].fill(f32::NAN);
+            continue;
+        }
+        // s = scale q k^T
+        gemm(
+            (rows, e, dh),
+            s,
+            false,
+            (&q[r0 * dh..], dh, 1),
+            (k, 1, dh),
+            p.scale,
+        );
+        for (r, row) in s.chunks_exact_mut(e).enumerate() {
+            if let Some(b) = p.bias {
+                let i = r0 + r;
+                for (x, &b) in row.iter_mut().zip(&b[i * p.lk..i * p.lk + e]) {
+                    *x += b;
+                }
+            }
+            let max = max_lanes(row);
+            for x in row.iter_mut() {
+                *x = exp_f32(*x - max);
+            }
+            let sum = sum_lanes(row);
+            let inv = 1.0 / sum;
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+            lse[r0 + r] = max + sum.ln();
+        }
+        // o = softmax v
+        gemm((rows, dh, e), o, false, (s, e, 1), (v, dh, 1), 1.0);
+    }
+}
+
+/// One head's backward: `dq` `[Lq, Dh]`, `dk` and `dv` `[Lk, Dh]` (zeroed on entry).
+#[inline(always)]
+fn head_backward_body(p: &Problem, h: &Head, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
+    let dh = p.dh;
+    let mut s = vec![0.0f32; p.lq * p.lk];
+    let mut ds = vec![0.0f32; p.lq * p.lk];
+    for &(r0, r1, e) in &p.blocks {
+        if e == 0 {
+            continue;
+        }
+        let rows = r1 - r0;
+        let (s, ds) = (&mut s[..rows * e], &mut ds[..rows * e]);
+        let q = &h.q[r0 * dh..];
+        let d_o = &h.grad_out[r0 * dh..r1 * dh];
+        // The probabilities again: p = exp(scale q k^T + bias - lse).
+        gemm((rows, e, dh), s, false, (q, dh, 1), (h.k, 1, dh), p.scale);
+        for (r, row) in s.chunks_exact_mut(e).enumerate() {
+            let i = r0 + r;
+            let lse = h.lse[i];
+            match p.bias {
+                Some(b) => {
+                    for (x, &b) in row.iter_mut().zip(&b[i * p.lk..i * p.lk + e]) {
+                        *x = exp_f32(*x + b - lse);
+                    }
+                }
+                None => {
+                    for x in row.iter_mut() {
+                        *x = exp_f32(*x - lse);
+                    }
+                }
+            }
+        }
+        // dp = do v^T, then ds = p (dp - rowsum(do * o)).
+        gemm((rows, e, dh), ds, false, (d_o, dh, 1), (h.v, 1, dh), 1.0);
+        for (r, (drow, prow)) in ds.chunks_exact_mut(e).zip(s.chunks_exact(e)).enumerate() {
+            let i = r0 + r;
+            let delta = dot(
+                &h.grad_out[i * dh..(i + 1) * dh],
+                &h.out[i * dh..(i + 1) * dh],
+            );
+            for (d, &pv) in drow.iter_mut().zip(prow) {
+                *d = pv * (*d - delta);
+            }
+        }
+        // dv += p^T do; dq = scale ds k; dk += scale ds^T q.
+        gemm((e, dh, rows), dv, true, (s, 1, e), (d_o, dh, 1), 1.0);
+        gemm(
+            (rows, dh, e),
+            &mut dq[r0 * dh..r1 * dh],
+            false,
+            (ds, e, 1),
+            (h.k, dh, 1),
+            p.scale,
+        );
+        gemm((e, dh, rows), dk, true, (ds, 1, e), (q, dh, 1), p.scale);
+    }
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for u in 0..8 {
+            acc[u] = x[u].mul_add(y[u], acc[u]);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+#[inline(always)]
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for u in 0..8 {
+            acc[u] += c[u];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for u in 0..8 {
+            acc[u] = acc[u].max(c[u]);
+        }
+    }
+    acc.iter().fold(rest, |m, &v| m.max(v))
+}
+
+/// `$name(args)` runs `$body(args)` compiled for AVX-512 or AVX2 + FMA where the CPU has
+/// them (the loops vectorise and `mul_add` is one instruction), else as built.
+macro_rules! simd_dispatch {
+    ($name:ident => $body:ident ($($arg:ident : $ty:ty),*)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports the enabled features (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+simd_dispatch!(head_forward => head_forward_body(
+    p: &Problem, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32]
+));
+simd_dispatch!(head_backward => head_backward_body(
+    p: &Problem, h: &Head, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]
+));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world_model::frame_causal_bias;
+    use burn::tensor::Distribution;
+
+    fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    /// Value and gradients of the fused op against the tensor ops: with the frame-causal
+    /// bias (cached frames too: more keys than queries), without a bias, and odd sizes.
+    #[test]
+    fn the_fused_attention_matches_the_tensor_ops() {
+        let dev = Device::flex().autodiff();
+        // (batch, heads, new frames, cached frames, tokens per frame, head width)
+        for (b, h, t, cached, n, dh, masked) in [
+            (2, 3, 4, 0, 5, 8, true),
+            (1, 2, 3, 2, 4, 16, true),
+            (3, 1, 1, 0, 7, 5, false),
+            (2, 2, 2, 1, 3, 12, false),
+        ] {
+            let (lq, lk) = (t * n, (cached + t) * n);
+            let rand = |l: usize| {
+                Tensor::<4>::random([b, h, l, dh], Distribution::Normal(0.0, 1.0), &dev)
+                    .require_grad()
+            };
+            let (q, k, v) = (rand(lq), rand(lk), rand(lk));
+            let bias = masked.then(|| frame_causal_bias(cached, t, n, &dev));
+            let scale = 1.0 / (dh as f64).sqrt();
+            // A weighted sum, so every output element has its own gradient.
+            let weights = Tensor::<4>::random([b, h, lq, dh], Distribution::Default, &dev);
+            let run = |fused: bool| {
+                let (q, k, v) = (q.clone(), k.clone(), v.clone());
+                let out = if fused {
+                    attention(q.clone(), k.clone(), v.clone(), bias.clone(), scale)
+                } else {
+                    attention_ops(q.clone(), k.clone(), v.clone(), bias.clone(), scale)
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                let g = |x: &Tensor<4>| x.grad(&grads).expect("a gradient");
+                (out.inner(), g(&q), g(&k), g(&v))
+            };
+            let (o1, q1, k1, v1) = run(true);
+            let (o2, q2, k2, v2) = run(false);
+            for (what, fused, ops) in [
+                ("output", o1, o2),
+                ("dq", q1, q2),
+                ("dk", k1, k2),
+                ("dv", v1, v2),
+            ] {
+                let d = max_abs_diff(fused, ops);
+                assert!(
+                    d < 1e-5,
+                    "{what} differs by {d} at b{b} h{h} t{t} cached{cached} n{n} dh{dh}"
+                );
+            }
+        }
+    }
+
+    /// Without autodiff (planning, evaluation) the op gives the tensor ops' output, and a
+    /// query frame is untouched by later frames (the mask's keys are skipped, not weighted).
+    #[test]
+    fn the_fused_attention_is_frame_causal_without_autodiff() {
+        let dev = Device::flex();
+        let (b, h, t, n, dh) = (2, 2, 3, 4, 8);
+        let l = t * n;
+        let rand = || Tensor::<4>::random([b, h, l, dh], Distribution::Normal(0.0, 1.0), &dev);
+        let (q, k, v) = (rand(), rand(), rand());
+        let bias = Some(frame_causal_bias(0, t, n, &dev));
+        let scale = 0.3;
+        let fused = attention(q.clone(), k.clone(), v.clone(), bias.clone(), scale);
+        let ops = attention_ops(q.clone(), k.clone(), v.clone(), bias.clone(), scale);
+        assert!(max_abs_diff(fused.clone(), ops) < 1e-5);
+        // Change the last frame's keys and values: the first two frames' outputs stay.
+        let k2 = k.slice_assign(s![.., .., 2 * n..l, ..], rand().slice(s![.., .., 0..n, ..]));
+        let v2 = v.slice_assign(s![.., .., 2 * n..l, ..], rand().slice(s![.., .., 0..n, ..]));
+        let again = attention(q, k2, v2, bias, scale);
+        let early = |x: Tensor<4>| x.slice(s![.., .., 0..2 * n, ..]);
+        assert_eq!(early(fused).into_data(), early(again).into_data());
+    }
+}
