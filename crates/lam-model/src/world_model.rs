@@ -20,12 +20,13 @@
 
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, silu};
+use burn::tensor::activation::silu;
 
 use crate::config::ModelConfig;
 
 pub mod amx;
 pub mod attention;
+pub mod fused;
 mod host;
 
 pub use host::{HostPrecision, HostWeights};
@@ -194,7 +195,7 @@ impl WorldModel {
             kv.push(layer_kv);
         }
         let [shift, scale] = modulation::<2>(self.final_ada.forward(c), b, t, w);
-        let x = modulate(self.final_norm.forward(x), shift, scale);
+        let x = fused::norm_modulate(x, &self.final_norm, shift, scale);
         let out = self.out_proj.forward(x);
         let pred = match input {
             Some(s) => s + out,
@@ -361,11 +362,11 @@ impl Block {
         let [b, t, n, w] = x.dims();
         let [shift_a, scale_a, gate_a, shift_m, scale_m, gate_m] =
             modulation::<6>(self.ada.forward(c), b, t, w);
-        let h = modulate(self.norm1.forward(x.clone()), shift_a, scale_a);
+        let h = fused::norm_modulate(x.clone(), &self.norm1, shift_a, scale_a);
         let (h, kv) = self.attention(h.reshape([b, t * n, w]), rope, mask, heads, past);
         let x = x + h.reshape([b, t, n, w]) * gate_a;
-        let h = modulate(self.norm2.forward(x.clone()), shift_m, scale_m);
-        let h = self.fc2.forward(gelu(self.fc1.forward(h)));
+        let h = fused::norm_modulate(x.clone(), &self.norm2, shift_m, scale_m);
+        let h = self.fc2.forward(fused::gelu(self.fc1.forward(h)));
         (x + h * gate_m, kv)
     }
 
@@ -405,10 +406,6 @@ impl Block {
 fn modulation<const K: usize>(m: Tensor<3>, b: usize, t: usize, w: usize) -> [Tensor<4>; K] {
     let m = m.reshape([b, t, K, w]);
     std::array::from_fn(|i| m.clone().slice(s![.., .., i..i + 1, ..]))
-}
-
-fn modulate(x: Tensor<4>, shift: Tensor<4>, scale: Tensor<4>) -> Tensor<4> {
-    x * (scale + 1.0) + shift
 }
 
 /// Additive attention bias for frame-causal attention of `frames` new frames that follow

@@ -15,9 +15,9 @@
 //!   leading keys, so the first frame's queries multiply one frame of keys, not all of them.
 //!
 //! Other devices run [`attention_ops`], the tensor ops this op is checked against
-//! (`the_fused_attention_matches_the_tensor_ops` below). The environment variable
-//! `LAM_ATTENTION_TENSOR_OPS` (any value) makes the CPU take the tensor ops too, to time one
-//! against the other. The bias is a constant (a mask): no gradient flows into it.
+//! (`the_fused_attention_matches_the_tensor_ops` below); `LAM_TENSOR_OPS=attention` makes the
+//! CPU take the tensor ops too, to time one against the other (see [`super::fused`]). The bias
+//! is a constant (a mask): no gradient flows into it.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -28,10 +28,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DType, Flex, backend_extension};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bytes, Shape};
 use rayon::prelude::*;
 
-use super::host::exp_f32;
+use super::fused::{dot, float_tensor, on_cpu, simd_dispatch};
+use super::host::{exp_f32, max_lanes, sum_lanes};
 
 /// `softmax(q k^T * scale + bias) v` for `q` `[B, H, Lq, Dh]`, `k` and `v` `[B, H, Lk, Dh]`
 /// and an optional additive `bias` `[Lq, Lk]` shared by every batch item and head (a mask:
@@ -44,9 +44,7 @@ pub fn attention(
     bias: Option<Tensor<2>>,
     scale: f64,
 ) -> Tensor<4> {
-    if std::env::var_os("LAM_ATTENTION_TENSOR_OPS").is_none()
-        && q.device().without_autodiff() == Device::flex()
-    {
+    if on_cpu(&q.device(), "attention") {
         // The op always takes a bias (burn 0.22.1's extension macro does not route an
         // optional tensor to the autodiff backend); zeros when there is none.
         let [_, _, lq, _] = q.dims();
@@ -311,14 +309,6 @@ impl Saved {
     }
 }
 
-fn float_tensor(data: Vec<f32>, dims: [usize; 4]) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(data),
-        burn::backend::flex::Layout::contiguous(Shape::from(dims.to_vec())),
-        DType::F32,
-    )
-}
-
 /// Sizes shared by every head, the bias and the row blocks.
 struct Problem<'a> {
     lq: usize,
@@ -520,87 +510,6 @@ fn head_backward_body(p: &Problem, h: &Head, dq: &mut [f32], dk: &mut [f32], dv:
         );
         gemm((e, dh, rows), dk, true, (ds, 1, e), (q, dh, 1), p.scale);
     }
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let rest: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for u in 0..8 {
-            acc[u] = x[u].mul_add(y[u], acc[u]);
-        }
-    }
-    acc.iter().sum::<f32>() + rest
-}
-
-#[inline(always)]
-fn sum_lanes(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let rest: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for u in 0..8 {
-            acc[u] += c[u];
-        }
-    }
-    acc.iter().sum::<f32>() + rest
-}
-
-#[inline(always)]
-fn max_lanes(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for c in chunks {
-        for u in 0..8 {
-            acc[u] = acc[u].max(c[u]);
-        }
-    }
-    acc.iter().fold(rest, |m, &v| m.max(v))
-}
-
-/// `$name(args)` runs `$body(args)` compiled for AVX-512 or AVX2 + FMA where the CPU has
-/// them (the loops vectorise and `mul_add` is one instruction), else as built.
-macro_rules! simd_dispatch {
-    ($name:ident => $body:ident ($($arg:ident : $ty:ty),*)) => {
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports the enabled features (checked just above).
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
 }
 
 simd_dispatch!(head_forward => head_forward_body(

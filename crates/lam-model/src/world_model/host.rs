@@ -171,7 +171,7 @@ struct Ln {
 }
 
 /// burn's `LayerNormConfig` default, which every world-model norm uses.
-const LN_EPS: f32 = 1e-5;
+pub(crate) const LN_EPS: f32 = 1e-5;
 
 impl Ln {
     fn new(l: &LayerNorm) -> Self {
@@ -678,18 +678,7 @@ fn run_chunk_body(s: &Shared, first: usize, count: usize, dst: &mut [f32]) {
 #[inline(always)]
 fn norm_modulate(x: &[f32], out: &mut [f32], ln: &Ln, shift: &[f32], scale: &[f32]) {
     let w = x.len();
-    let mean = sum_lanes(x) / w as f32;
-    let mut sq = [0.0f32; 256];
-    let mut var = 0.0f32;
-    for c in x.chunks(256) {
-        let sq = &mut sq[..c.len()];
-        for (s, &v) in sq.iter_mut().zip(c) {
-            *s = (v - mean) * (v - mean);
-        }
-        var += sum_lanes(sq);
-    }
-    let var = var / w as f32;
-    let inv = 1.0 / (var + LN_EPS).sqrt();
+    let (mean, inv) = row_stats(x);
     // Equal lengths up front so that the loops vectorise without bounds checks.
     let (out, gamma, shift, scale) = (&mut out[..w], &ln.gamma[..w], &shift[..w], &scale[..w]);
     match &ln.beta {
@@ -707,6 +696,25 @@ fn norm_modulate(x: &[f32], out: &mut [f32], ln: &Ln, shift: &[f32], scale: &[f3
             }
         }
     }
+}
+
+/// Mean and 1 / sqrt(variance + eps) of one row (layer norm's statistics, the variance
+/// biased, in two passes).
+#[inline(always)]
+pub(crate) fn row_stats(x: &[f32]) -> (f32, f32) {
+    let w = x.len();
+    let mean = sum_lanes(x) / w as f32;
+    let mut sq = [0.0f32; 256];
+    let mut var = 0.0f32;
+    for c in x.chunks(256) {
+        let sq = &mut sq[..c.len()];
+        for (s, &v) in sq.iter_mut().zip(c) {
+            *s = (v - mean) * (v - mean);
+        }
+        var += sum_lanes(sq);
+    }
+    let var = var / w as f32;
+    (mean, 1.0 / (var + LN_EPS).sqrt())
 }
 
 /// `x += (y + bias) * gate` for one row.
@@ -940,7 +948,7 @@ fn attend_any(
 /// Sum with 8 independent lanes (vectorises; the order differs from a serial sum only in
 /// float rounding).
 #[inline(always)]
-fn sum_lanes(x: &[f32]) -> f32 {
+pub(crate) fn sum_lanes(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
     let rest: f32 = chunks.remainder().iter().sum();
@@ -953,7 +961,7 @@ fn sum_lanes(x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn max_lanes(x: &[f32]) -> f32 {
+pub(crate) fn max_lanes(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
     let rest = chunks
@@ -1054,7 +1062,7 @@ pub(crate) fn erf_f32(x: f32) -> f32 {
 
 /// Exact (erf) GELU, as burn's `gelu`.
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
+pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_f32(x / std::f32::consts::SQRT_2))
 }
 

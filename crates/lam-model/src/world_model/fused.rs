@@ -1,0 +1,624 @@
+//! The world model's element-wise ops as CPU ops with their own backward: layer norm with its
+//! AdaLN modulation, and exact GELU.
+//!
+//! burn's autodiff builds layer norm from about ten tensor ops (mean, centre, square, mean,
+//! add, square root, divide, scale, shift), the modulation adds three and GELU's `erf` runs
+//! through libm one element at a time; every op is a pass over the activations forward and
+//! more backward. On the `flex` backend each becomes one backend extension op here: one
+//! vectorised pass forward (keeping each row's mean and inverse deviation) and one backward.
+//! Other devices run the tensor ops ([`norm_modulate_ops`], burn's `gelu`), which the tests
+//! below check these ops against.
+//!
+//! `LAM_TENSOR_OPS` names fused ops the CPU should run as tensor ops instead, to time one
+//! against the other: a comma-separated list of `attention`, `norm`, `gelu`, or `all`.
+//!
+//! Also here: what the fused ops share (the SIMD dispatch, host buffers as flex tensors).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, DType, Dispatch, Flex, backend_extension};
+use burn::nn::LayerNorm;
+use burn::prelude::*;
+use burn::tensor::{Bytes, Shape};
+use rayon::prelude::*;
+
+use super::host::{erf_f32, exp_f32, gelu as gelu_f32, row_stats, sum_lanes};
+
+/// Whether `device` runs the fused CPU op `name` (`attention`, `norm`, `gelu`): the `flex`
+/// backend, with or without autodiff, unless `LAM_TENSOR_OPS` names the op (or `all`).
+pub(crate) fn on_cpu(device: &Device, name: &str) -> bool {
+    if device.clone().without_autodiff() != Device::flex() {
+        return false;
+    }
+    match std::env::var("LAM_TENSOR_OPS") {
+        Ok(list) => !list
+            .split(',')
+            .any(|s| s.trim() == name || s.trim() == "all"),
+        Err(_) => true,
+    }
+}
+
+/// Layer norm `norm` of `x` `[B, T, N, W]`, then AdaLN modulation by `shift` and `scale`
+/// `[B, T, 1, W]` (one vector per frame): `norm(x) * (1 + scale) + shift`.
+pub fn norm_modulate(
+    x: Tensor<4>,
+    norm: &LayerNorm,
+    shift: Tensor<4>,
+    scale: Tensor<4>,
+) -> Tensor<4> {
+    if !on_cpu(&x.device(), "norm") {
+        return norm_modulate_ops(x, norm, shift, scale);
+    }
+    let gamma = norm.gamma.val();
+    let beta = match &norm.beta {
+        Some(b) => b.val(),
+        None => gamma.zeros_like(),
+    };
+    Tensor::from_dispatch(<Dispatch as FusedElementwise>::fused_norm_modulate(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        shift.into_dispatch(),
+        scale.into_dispatch(),
+    ))
+}
+
+/// [`norm_modulate`] in burn's tensor ops (every backend).
+pub fn norm_modulate_ops(
+    x: Tensor<4>,
+    norm: &LayerNorm,
+    shift: Tensor<4>,
+    scale: Tensor<4>,
+) -> Tensor<4> {
+    norm.forward(x) * (scale + 1.0) + shift
+}
+
+/// Exact (erf) GELU, as burn's `gelu`.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !on_cpu(&x.device(), "gelu") {
+        return burn::tensor::activation::gelu(x);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedElementwise>::fused_gelu(
+        x.into_dispatch(),
+    ))
+}
+
+/// The backend ops behind [`norm_modulate`] and [`gelu`]. The layer norm's epsilon is
+/// burn's default (1e-5), which every world-model norm uses.
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedElementwise: Backend {
+    fn fused_norm_modulate(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+impl FusedElementwise for Flex {
+    fn fused_norm_modulate(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        shift: FlexTensor,
+        scale: FlexTensor,
+    ) -> FlexTensor {
+        NormInputs::new(x, gamma, beta, shift, scale).forward().0
+    }
+
+    fn fused_gelu(x: FlexTensor) -> FlexTensor {
+        gelu_forward(&contiguous_f32(x, "GELU's input"))
+    }
+}
+
+impl<C: CheckpointStrategy> FusedElementwise for Autodiff<Flex, C> {
+    fn fused_norm_modulate(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [
+            x.node(),
+            gamma.node(),
+            beta.node(),
+            shift.node(),
+            scale.node(),
+        ];
+        let inputs = NormInputs::new(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            shift.into_primitive(),
+            scale.into_primitive(),
+        );
+        match NormBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, stats) = inputs.forward();
+                prep.finish(NormSaved { inputs, stats }, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(inputs.forward().0),
+        }
+    }
+
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let nodes = [x.node()];
+        let x = contiguous_f32(x.into_primitive(), "GELU's input");
+        match GeluBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = gelu_forward(&x);
+                prep.finish(x, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(gelu_forward(&x)),
+        }
+    }
+}
+
+// ---- layer norm with modulation ----
+
+#[derive(Debug)]
+struct NormBackward;
+
+#[derive(Clone, Debug)]
+struct NormInputs {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    shift: FlexTensor,
+    scale: FlexTensor,
+    /// Frames (B T), tokens per frame N, width W.
+    frames: usize,
+    tokens: usize,
+    width: usize,
+}
+
+/// What the backward needs: the inputs and each row's mean and inverse deviation.
+#[derive(Clone, Debug)]
+struct NormSaved {
+    inputs: NormInputs,
+    stats: Vec<(f32, f32)>,
+}
+
+impl NormInputs {
+    fn new(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        shift: FlexTensor,
+        scale: FlexTensor,
+    ) -> Self {
+        let x = contiguous_f32(x, "the normalised activations");
+        let s = x.layout().shape().clone();
+        assert_eq!(
+            s.num_dims(),
+            4,
+            "fused layer norm takes [B, T, N, W] activations"
+        );
+        let (frames, tokens, width) = (s[0] * s[1], s[2], s[3]);
+        let per_frame = |t: FlexTensor, what: &str| {
+            let t = contiguous_f32(t, what);
+            let d = t.layout().shape();
+            assert!(
+                d.num_dims() == 4 && d[0] * d[1] == frames && d[2] == 1 && d[3] == width,
+                "fused layer norm: {what} {d:?} is not [{}, {}, 1, {width}]",
+                s[0],
+                s[1]
+            );
+            t
+        };
+        let per_channel = |t: FlexTensor, what: &str| {
+            let t = contiguous_f32(t, what);
+            assert_eq!(
+                t.layout().shape().num_elements(),
+                width,
+                "fused layer norm: {what}"
+            );
+            t
+        };
+        Self {
+            gamma: per_channel(gamma, "gamma"),
+            beta: per_channel(beta, "beta"),
+            shift: per_frame(shift, "the shift"),
+            scale: per_frame(scale, "the scale"),
+            x,
+            frames,
+            tokens,
+            width,
+        }
+    }
+
+    fn forward(&self) -> (FlexTensor, Vec<(f32, f32)>) {
+        let (nw, w) = (self.tokens * self.width, self.width);
+        let x = self.x.storage::<f32>();
+        let (gamma, beta) = (self.gamma.storage::<f32>(), self.beta.storage::<f32>());
+        let (shift, scale) = (self.shift.storage::<f32>(), self.scale.storage::<f32>());
+        let mut out = vec![0.0f32; x.len()];
+        let mut stats = vec![(0.0f32, 0.0f32); self.frames * self.tokens];
+        out.par_chunks_mut(nw)
+            .zip(stats.par_chunks_mut(self.tokens))
+            .enumerate()
+            .for_each(|(f, (out, stats))| {
+                let frame = NormFrame {
+                    x: &x[f * nw..(f + 1) * nw],
+                    gamma,
+                    beta,
+                    shift: &shift[f * w..(f + 1) * w],
+                    scale: &scale[f * w..(f + 1) * w],
+                };
+                norm_frame_forward(&frame, out, stats);
+            });
+        (float_tensor(out, self.x.layout().shape().clone()), stats)
+    }
+}
+
+/// One frame's rows and the vectors that apply to them.
+struct NormFrame<'a> {
+    x: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    shift: &'a [f32],
+    scale: &'a [f32],
+}
+
+#[inline(always)]
+fn norm_frame_forward_body(f: &NormFrame, out: &mut [f32], stats: &mut [(f32, f32)]) {
+    let w = f.gamma.len();
+    let (gamma, beta, shift, scale) = (f.gamma, &f.beta[..w], &f.shift[..w], &f.scale[..w]);
+    for ((x, out), st) in f.x.chunks_exact(w).zip(out.chunks_exact_mut(w)).zip(stats) {
+        let (mean, inv) = row_stats(x);
+        *st = (mean, inv);
+        for j in 0..w {
+            let u = (x[j] - mean) * inv * gamma[j] + beta[j];
+            out[j] = u * (scale[j] + 1.0) + shift[j];
+        }
+    }
+}
+
+impl Backward<Flex, 5> for NormBackward {
+    type State = NormSaved;
+
+    fn backward(self, ops: Ops<NormSaved, 5>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let s = &ops.state;
+        let i = &s.inputs;
+        let (n, w) = (i.tokens, i.width);
+        let nw = n * w;
+        let (x, dy) = (i.x.storage::<f32>(), dy.storage::<f32>());
+        let (gamma, beta) = (i.gamma.storage::<f32>(), i.beta.storage::<f32>());
+        let scale = i.scale.storage::<f32>();
+        let mut dx = vec![0.0f32; x.len()];
+        let mut dshift = vec![0.0f32; i.frames * w];
+        let mut dscale = vec![0.0f32; i.frames * w];
+        // Per frame: dx, the frame's shift and scale gradients, and a partial sum of the
+        // gamma and beta gradients (reduced over frames after).
+        let dgamma_beta = dx
+            .par_chunks_mut(nw)
+            .zip(dshift.par_chunks_mut(w))
+            .zip(dscale.par_chunks_mut(w))
+            .enumerate()
+            .fold(
+                || vec![0.0f32; 2 * w],
+                |mut acc, (f, ((dx, dshift), dscale))| {
+                    let frame = NormFrame {
+                        x: &x[f * nw..(f + 1) * nw],
+                        gamma,
+                        beta,
+                        shift: &[],
+                        scale: &scale[f * w..(f + 1) * w],
+                    };
+                    let grads = NormFrameGrads {
+                        dx,
+                        dshift,
+                        dscale,
+                        dgamma_beta: &mut acc,
+                    };
+                    norm_frame_backward(
+                        &frame,
+                        &s.stats[f * n..(f + 1) * n],
+                        &dy[f * nw..(f + 1) * nw],
+                        grads,
+                    );
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0.0f32; 2 * w],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        let x_shape = i.x.layout().shape().clone();
+        let frame_shape = i.shift.layout().shape().clone();
+        let channel_shape = i.gamma.layout().shape().clone();
+        let out = [
+            float_tensor(dx, x_shape),
+            float_tensor(dgamma_beta[..w].to_vec(), channel_shape.clone()),
+            float_tensor(dgamma_beta[w..].to_vec(), channel_shape),
+            float_tensor(dshift, frame_shape.clone()),
+            float_tensor(dscale, frame_shape),
+        ];
+        for (parent, grad) in ops.parents.into_iter().zip(out) {
+            if let Some(node) = parent {
+                grads.register::<Flex>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// Where one frame's gradients go; `dgamma_beta` (`[2W]`: gamma's, then beta's) is added to.
+struct NormFrameGrads<'a> {
+    dx: &'a mut [f32],
+    dshift: &'a mut [f32],
+    dscale: &'a mut [f32],
+    dgamma_beta: &'a mut [f32],
+}
+
+/// With x^ = (x - mean) inv, u = x^ gamma + beta and y = u (1 + scale) + shift:
+/// dshift = sum over tokens of dy, dscale = sum of dy u, du = dy (1 + scale),
+/// dgamma = sum du x^, dbeta = sum du, and dx = inv (g - mean(g) - x^ mean(g x^)) for
+/// g = du gamma.
+#[inline(always)]
+fn norm_frame_backward_body(f: &NormFrame, stats: &[(f32, f32)], dy: &[f32], out: NormFrameGrads) {
+    let w = f.gamma.len();
+    let (gamma, beta, scale) = (f.gamma, &f.beta[..w], &f.scale[..w]);
+    let (dshift, dscale) = (&mut out.dshift[..w], &mut out.dscale[..w]);
+    let (dgamma, dbeta) = out.dgamma_beta.split_at_mut(w);
+    let mut xh = vec![0.0f32; w];
+    let rows = f.x.chunks_exact(w).zip(dy.chunks_exact(w));
+    for (((x, dy), dx), &(mean, inv)) in rows.zip(out.dx.chunks_exact_mut(w)).zip(stats) {
+        for j in 0..w {
+            xh[j] = (x[j] - mean) * inv;
+            let u = xh[j] * gamma[j] + beta[j];
+            dshift[j] += dy[j];
+            dscale[j] += dy[j] * u;
+            let du = dy[j] * (scale[j] + 1.0);
+            dgamma[j] += du * xh[j];
+            dbeta[j] += du;
+            dx[j] = du * gamma[j];
+        }
+        let m1 = sum_lanes(dx) / w as f32;
+        let m2 = dot(dx, &xh) / w as f32;
+        for j in 0..w {
+            dx[j] = inv * (dx[j] - m1 - xh[j] * m2);
+        }
+    }
+}
+
+simd_dispatch!(norm_frame_forward => norm_frame_forward_body(
+    f: &NormFrame, out: &mut [f32], stats: &mut [(f32, f32)]
+));
+simd_dispatch!(norm_frame_backward => norm_frame_backward_body(
+    f: &NormFrame, stats: &[(f32, f32)], dy: &[f32], out: NormFrameGrads
+));
+
+// ---- GELU ----
+
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    /// The input.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let x = &ops.state;
+            let mut dx = vec![0.0f32; x.layout().shape().num_elements()];
+            dx.par_chunks_mut(GELU_CHUNK)
+                .zip(x.storage::<f32>().par_chunks(GELU_CHUNK))
+                .zip(dy.storage::<f32>().par_chunks(GELU_CHUNK))
+                .for_each(|((dx, x), dy)| gelu_backward_chunk(x, dy, dx));
+            grads.register::<Flex>(node.id, float_tensor(dx, x.layout().shape().clone()));
+        }
+    }
+}
+
+/// Elements per parallel task.
+const GELU_CHUNK: usize = 1 << 14;
+
+fn gelu_forward(x: &FlexTensor) -> FlexTensor {
+    let mut out = vec![0.0f32; x.layout().shape().num_elements()];
+    out.par_chunks_mut(GELU_CHUNK)
+        .zip(x.storage::<f32>().par_chunks(GELU_CHUNK))
+        .for_each(|(out, x)| gelu_chunk(x, out));
+    float_tensor(out, x.layout().shape().clone())
+}
+
+#[inline(always)]
+fn gelu_chunk_body(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = gelu_f32(v);
+    }
+}
+
+/// d gelu / dx = Phi(x) + x phi(x).
+#[inline(always)]
+fn gelu_backward_chunk_body(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+    for ((d, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+        let cdf = 0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = inv_sqrt_2pi * exp_f32(-0.5 * v * v);
+        *d = g * (cdf + v * pdf);
+    }
+}
+
+simd_dispatch!(gelu_chunk => gelu_chunk_body(x: &[f32], out: &mut [f32]));
+simd_dispatch!(gelu_backward_chunk => gelu_backward_chunk_body(
+    x: &[f32], dy: &[f32], dx: &mut [f32]
+));
+
+// ---- shared by the fused ops ----
+
+/// `t` as a contiguous float32 tensor (the fused ops run float32 only).
+pub(crate) fn contiguous_f32(t: FlexTensor, what: &str) -> FlexTensor {
+    assert_eq!(
+        t.dtype(),
+        DType::F32,
+        "fused CPU op: {what} must be float32"
+    );
+    t.to_contiguous()
+}
+
+/// A host buffer as a contiguous float32 flex tensor of `shape`.
+pub(crate) fn float_tensor(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(shape.into()),
+        DType::F32,
+    )
+}
+
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for u in 0..8 {
+            acc[u] = x[u].mul_add(y[u], acc[u]);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// `$name(args)` runs `$body(args)` compiled for AVX-512 or AVX2 + FMA where the CPU has
+/// them (the loops vectorise and `mul_add` is one instruction), else as built. `$body` must
+/// be `#[inline(always)]`.
+macro_rules! simd_dispatch {
+    ($name:ident => $body:ident ($($arg:ident : $ty:ty),*)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports the enabled features (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_dispatch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::nn::LayerNormConfig;
+    use burn::tensor::Distribution;
+
+    fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    /// Value and gradients (input, gamma, beta, shift, scale) against the tensor ops.
+    #[test]
+    fn the_fused_norm_matches_the_tensor_ops() {
+        let dev = Device::flex().autodiff();
+        for (b, t, n, w) in [(2, 3, 5, 16), (1, 2, 4, 13), (3, 1, 1, 40)] {
+            let rand = |dims: [usize; 4], sd: f64| {
+                Tensor::<4>::random(dims, Distribution::Normal(0.5, sd), &dev).require_grad()
+            };
+            let x = rand([b, t, n, w], 2.0);
+            let (shift, scale) = (rand([b, t, 1, w], 0.3), rand([b, t, 1, w], 0.3));
+            let mut norm = LayerNormConfig::new(w).init(&dev);
+            // Parameters away from their initial ones, so that each enters the result.
+            let param = |mean: f64| {
+                Param::from_tensor(Tensor::<1>::random(
+                    [w],
+                    Distribution::Normal(mean, 0.5),
+                    &dev,
+                ))
+            };
+            norm.gamma = param(1.0);
+            norm.beta = Some(param(0.0));
+            let weights = Tensor::<4>::random([b, t, n, w], Distribution::Default, &dev);
+            let run = |fused: bool| {
+                let out = if fused {
+                    norm_modulate(x.clone(), &norm, shift.clone(), scale.clone())
+                } else {
+                    norm_modulate_ops(x.clone(), &norm, shift.clone(), scale.clone())
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                let g4 = |v: &Tensor<4>| v.grad(&grads).expect("a gradient");
+                let gamma = norm.gamma.val().grad(&grads).expect("gamma's gradient");
+                let beta = norm
+                    .beta
+                    .as_ref()
+                    .unwrap()
+                    .val()
+                    .grad(&grads)
+                    .expect("beta's gradient");
+                (out.inner(), g4(&x), g4(&shift), g4(&scale), gamma, beta)
+            };
+            let (o1, x1, sh1, sc1, g1, b1) = run(true);
+            let (o2, x2, sh2, sc2, g2, b2) = run(false);
+            for (what, d) in [
+                ("output", max_abs_diff(o1, o2)),
+                ("dx", max_abs_diff(x1, x2)),
+                ("dshift", max_abs_diff(sh1, sh2)),
+                ("dscale", max_abs_diff(sc1, sc2)),
+                ("dgamma", max_abs_diff(g1, g2)),
+                ("dbeta", max_abs_diff(b1, b2)),
+            ] {
+                assert!(d < 2e-5, "{what} differs by {d} at [{b}, {t}, {n}, {w}]");
+            }
+        }
+    }
+
+    /// Value and gradient against burn's `gelu`, over the range where erf bends and out to
+    /// where it is flat.
+    #[test]
+    fn the_fused_gelu_matches_the_tensor_ops() {
+        let dev = Device::flex().autodiff();
+        let x =
+            Tensor::<2>::random([37, 1001], Distribution::Normal(0.0, 3.0), &dev).require_grad();
+        let weights = Tensor::<2>::random([37, 1001], Distribution::Default, &dev);
+        let run = |fused: bool| {
+            let out = if fused {
+                gelu(x.clone())
+            } else {
+                burn::tensor::activation::gelu(x.clone())
+            };
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            (out.inner(), x.grad(&grads).expect("a gradient"))
+        };
+        let (o1, g1) = run(true);
+        let (o2, g2) = run(false);
+        assert!(max_abs_diff(o1, o2) < 1e-5);
+        assert!(max_abs_diff(g1, g2) < 1e-5);
+    }
+}
