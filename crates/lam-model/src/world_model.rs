@@ -537,6 +537,16 @@ impl Rope {
     /// Rotates `[B, H, L, Dh]`: pair (i, i + Dh/2) becomes
     /// (x_i cos - x_i+Dh/2 sin, x_i+Dh/2 cos + x_i sin).
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        if fused::on_cpu(&x.device(), "rope") {
+            let [_, _, l, dh] = self.cos.dims();
+            let table = |t: &Tensor<4>| t.clone().reshape([l, dh]);
+            return fused::rope(x, table(&self.cos), table(&self.sin));
+        }
+        self.apply_ops(x)
+    }
+
+    /// [`apply`](Self::apply) in tensor ops (every backend; the CPU runs one fused op).
+    pub fn apply_ops(&self, x: Tensor<4>) -> Tensor<4> {
         let swapped = x.clone().matmul(self.swap.clone().unsqueeze::<4>());
         x * self.cos.clone() + swapped * self.sin.clone()
     }

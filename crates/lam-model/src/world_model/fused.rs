@@ -1,16 +1,16 @@
 //! The world model's element-wise ops as CPU ops with their own backward: layer norm with its
-//! AdaLN modulation, and exact GELU.
+//! AdaLN modulation, exact GELU, and the rotation of queries and keys (RoPE).
 //!
 //! burn's autodiff builds layer norm from about ten tensor ops (mean, centre, square, mean,
-//! add, square root, divide, scale, shift), the modulation adds three and GELU's `erf` runs
-//! through libm one element at a time; every op is a pass over the activations forward and
-//! more backward. On the `flex` backend each becomes one backend extension op here: one
+//! add, square root, divide, scale, shift), the modulation adds three, GELU's `erf` runs
+//! through libm one element at a time and RoPE is a small batched matmul (the half swap) and
+//! three element-wise ops; every op is a pass over the activations forward and more backward. On the `flex` backend each becomes one backend extension op here: one
 //! vectorised pass forward (keeping each row's mean and inverse deviation) and one backward.
-//! Other devices run the tensor ops ([`norm_modulate_ops`], burn's `gelu`), which the tests
-//! below check these ops against.
+//! Other devices run the tensor ops ([`norm_modulate_ops`], burn's `gelu`, [`super::Rope`]'s
+//! tensor form), which the tests below check these ops against.
 //!
 //! `LAM_TENSOR_OPS` names fused ops the CPU should run as tensor ops instead, to time one
-//! against the other: a comma-separated list of `attention`, `norm`, `gelu`, or `all`.
+//! against the other: a comma-separated list of `attention`, `norm`, `gelu`, `rope`, or `all`.
 //!
 //! Also here: what the fused ops share (the SIMD dispatch, host buffers as flex tensors).
 
@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use super::host::{erf_f32, exp_f32, gelu as gelu_f32, row_stats, sum_lanes};
 
-/// Whether `device` runs the fused CPU op `name` (`attention`, `norm`, `gelu`): the `flex`
+/// Whether `device` runs the fused CPU op `name` (`attention`, `norm`, `gelu`, `rope`): the `flex`
 /// backend, with or without autodiff, unless `LAM_TENSOR_OPS` names the op (or `all`).
 pub(crate) fn on_cpu(device: &Device, name: &str) -> bool {
     if device.clone().without_autodiff() != Device::flex() {
@@ -87,7 +87,18 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     ))
 }
 
-/// The backend ops behind [`norm_modulate`] and [`gelu`]. The layer norm's epsilon is
+/// Rotates `x` `[B, H, L, Dh]` by the tables `cos` and `sin` `[L, Dh]` (constants: no
+/// gradient flows into them): `x * cos + swap(x) * sin`, where `swap` exchanges the two halves
+/// of each head (see [`super::Rope`]). The CPU's op behind [`super::Rope::apply`].
+pub(crate) fn rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as FusedElementwise>::fused_rope(
+        x.into_dispatch(),
+        cos.into_dispatch(),
+        sin.into_dispatch(),
+    ))
+}
+
+/// The backend ops behind [`norm_modulate`], [`gelu`] and [`rope`]. The layer norm's epsilon is
 /// burn's default (1e-5), which every world-model norm uses.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedElementwise: Backend {
@@ -100,6 +111,12 @@ pub trait FusedElementwise: Backend {
     ) -> FloatTensor<Self>;
 
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 impl FusedElementwise for Flex {
@@ -115,6 +132,10 @@ impl FusedElementwise for Flex {
 
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
         gelu_forward(&contiguous_f32(x, "GELU's input"))
+    }
+
+    fn fused_rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+        RopeTables::new(cos, sin).rotate(&contiguous_f32(x, "RoPE's input"), false)
     }
 }
 
@@ -158,6 +179,21 @@ impl<C: CheckpointStrategy> FusedElementwise for Autodiff<Flex, C> {
                 prep.finish(x, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(gelu_forward(&x)),
+        }
+    }
+
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node()];
+        let tables = RopeTables::new(cos.into_primitive(), sin.into_primitive());
+        let x = contiguous_f32(x.into_primitive(), "RoPE's input");
+        let out = tables.rotate(&x, false);
+        match RopeBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(tables, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 }
@@ -458,6 +494,96 @@ simd_dispatch!(gelu_backward_chunk => gelu_backward_chunk_body(
     x: &[f32], dy: &[f32], dx: &mut [f32]
 ));
 
+// ---- RoPE ----
+
+#[derive(Debug)]
+struct RopeBackward;
+
+/// The rotation tables `[L, Dh]` (what the backward needs: the rotation is linear).
+#[derive(Clone, Debug)]
+struct RopeTables {
+    cos: FlexTensor,
+    sin: FlexTensor,
+    len: usize,
+    dh: usize,
+}
+
+impl RopeTables {
+    fn new(cos: FlexTensor, sin: FlexTensor) -> Self {
+        let (cos, sin) = (
+            contiguous_f32(cos, "RoPE's cos"),
+            contiguous_f32(sin, "RoPE's sin"),
+        );
+        let s = cos.layout().shape().clone();
+        assert!(
+            s.num_dims() == 2 && sin.layout().shape() == &s && s[1] % 2 == 0,
+            "RoPE tables must both be [L, Dh] with Dh even (cos {s:?}, sin {:?})",
+            sin.layout().shape()
+        );
+        Self {
+            len: s[0],
+            dh: s[1],
+            cos,
+            sin,
+        }
+    }
+
+    /// `x * cos + swap(x) * sin` for `x` `[.., L, Dh]`, or with `inverse` its transpose,
+    /// `x * cos + swap(x * sin)` (the backward of the rotation).
+    fn rotate(&self, x: &FlexTensor, inverse: bool) -> FlexTensor {
+        let shape = x.layout().shape().clone();
+        let d = shape.num_dims();
+        assert!(
+            d >= 2 && shape[d - 2] == self.len && shape[d - 1] == self.dh,
+            "RoPE: input {shape:?} does not end in [{}, {}]",
+            self.len,
+            self.dh
+        );
+        let ld = self.len * self.dh;
+        let (cos, sin) = (self.cos.storage::<f32>(), self.sin.storage::<f32>());
+        let mut out = vec![0.0f32; shape.num_elements()];
+        out.par_chunks_mut(ld)
+            .zip(x.storage::<f32>().par_chunks(ld))
+            .for_each(|(out, x)| rope_head(x, cos, sin, self.dh, inverse, out));
+        float_tensor(out, shape)
+    }
+}
+
+impl Backward<Flex, 1> for RopeBackward {
+    type State = RopeTables;
+
+    fn backward(self, ops: Ops<RopeTables, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            grads.register::<Flex>(node.id, ops.state.rotate(&dy, true));
+        }
+    }
+}
+
+/// One head's rows: with h = Dh / 2 and j' = (j + h) mod Dh, forward
+/// out_j = x_j cos_j + x_j' sin_j; inverse out_j = x_j cos_j + x_j' sin_j'.
+#[inline(always)]
+fn rope_head_body(x: &[f32], cos: &[f32], sin: &[f32], dh: usize, inverse: bool, out: &mut [f32]) {
+    let h = dh / 2;
+    let rows = x.chunks_exact(dh).zip(out.chunks_exact_mut(dh));
+    for ((x, out), (cos, sin)) in rows.zip(cos.chunks_exact(dh).zip(sin.chunks_exact(dh))) {
+        let (x1, x2) = x.split_at(h);
+        let (o1, o2) = out.split_at_mut(h);
+        let (c1, c2) = cos.split_at(h);
+        let (s1, s2) = sin.split_at(h);
+        let (sa, sb) = if inverse { (s2, s1) } else { (s1, s2) };
+        for j in 0..h {
+            o1[j] = x1[j] * c1[j] + x2[j] * sa[j];
+            o2[j] = x2[j] * c2[j] + x1[j] * sb[j];
+        }
+    }
+}
+
+simd_dispatch!(rope_head => rope_head_body(
+    x: &[f32], cos: &[f32], sin: &[f32], dh: usize, inverse: bool, out: &mut [f32]
+));
+
 // ---- shared by the fused ops ----
 
 /// `t` as a contiguous float32 tensor (the fused ops run float32 only).
@@ -620,5 +746,31 @@ mod tests {
         let (o2, g2) = run(false);
         assert!(max_abs_diff(o1, o2) < 1e-5);
         assert!(max_abs_diff(g1, g2) < 1e-5);
+    }
+
+    /// The rotation and its gradient against the tensor ops (the half-swap matmul).
+    #[test]
+    fn the_fused_rope_matches_the_tensor_ops() {
+        let dev = Device::flex().autodiff();
+        for (b, h, frames, rows, cols, dh) in [(2, 3, 4, 2, 2, 8), (1, 2, 3, 4, 4, 12)] {
+            let rope = super::super::Rope::new(2, frames, rows, cols, dh, 10000.0, &dev);
+            let l = frames * rows * cols;
+            let x = Tensor::<4>::random([b, h, l, dh], Distribution::Normal(0.0, 1.0), &dev)
+                .require_grad();
+            let weights = Tensor::<4>::random([b, h, l, dh], Distribution::Default, &dev);
+            let run = |fused: bool| {
+                let out = if fused {
+                    rope.apply(x.clone())
+                } else {
+                    rope.apply_ops(x.clone())
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                (out.inner(), x.grad(&grads).expect("a gradient"))
+            };
+            let (o1, g1) = run(true);
+            let (o2, g2) = run(false);
+            assert!(max_abs_diff(o1, o2) < 1e-5);
+            assert!(max_abs_diff(g1, g2) < 1e-5);
+        }
     }
 }
