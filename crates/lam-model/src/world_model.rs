@@ -149,17 +149,19 @@ impl WorldModel {
     /// z_0..z_T-1. Returns `[B, T, N, D]` where position t is the prediction of s_t+1 given
     /// s_0..t and z_t.
     pub fn forward(&self, frames: Tensor<4>, z: Tensor<3>) -> Tensor<4> {
-        self.run(frames, z, None).0
+        self.run(frames, z, None, false).0
     }
 
     /// Runs frames that follow the cached ones (none when `past` is `None`): their tokens
     /// attend to every cached token and frame-causally among themselves. Returns the
-    /// predictions and, per block, the keys and values of cached + new frames.
+    /// predictions and, with `keep_kv`, per block the keys and values of cached + new frames
+    /// (none without).
     fn run(
         &self,
         frames: Tensor<4>,
         z: Tensor<3>,
         past: Option<&KvCache>,
+        keep_kv: bool,
     ) -> (Tensor<4>, Vec<(Tensor<4>, Tensor<4>)>) {
         let [b, t, n, _] = frames.dims();
         let device = frames.device();
@@ -190,9 +192,10 @@ impl WorldModel {
                 mask.clone(),
                 self.heads,
                 past.map(|p| &p.layers[i]),
+                keep_kv,
             );
             x = next;
-            kv.push(layer_kv);
+            kv.extend(layer_kv);
         }
         let [shift, scale] = modulation::<2>(self.final_ada.forward(c), b, t, w);
         let x = fused::norm_modulate(x, &self.final_norm, shift, scale);
@@ -208,7 +211,7 @@ impl WorldModel {
     /// `[B, T, d]`, for rollouts with [`step`](Self::step). At most `window` frames are kept.
     pub fn prefill(&self, frames: Tensor<4>, z: Tensor<3>, window: usize) -> KvCache {
         let [_, t, n, _] = frames.dims();
-        let (_, layers) = self.run(frames, z, None);
+        let (_, layers) = self.run(frames, z, None, true);
         KvCache {
             layers,
             tokens: n,
@@ -230,7 +233,7 @@ impl WorldModel {
         window: usize,
     ) -> (Tensor<3>, KvCache) {
         let [_, n, _] = frame.dims();
-        let (pred, layers) = self.run(frame.unsqueeze_dim(1), z.unsqueeze_dim(1), cache);
+        let (pred, layers) = self.run(frame.unsqueeze_dim(1), z.unsqueeze_dim(1), cache, true);
         let position = cache.map_or(0, |c| c.position) + 1;
         let next = KvCache {
             layers,
@@ -358,12 +361,13 @@ impl Block {
         mask: Option<Tensor<2>>,
         heads: usize,
         past: Option<&(Tensor<4>, Tensor<4>)>,
-    ) -> (Tensor<4>, (Tensor<4>, Tensor<4>)) {
+        keep_kv: bool,
+    ) -> (Tensor<4>, Option<(Tensor<4>, Tensor<4>)>) {
         let [b, t, n, w] = x.dims();
         let [shift_a, scale_a, gate_a, shift_m, scale_m, gate_m] =
             modulation::<6>(self.ada.forward(c), b, t, w);
         let h = fused::norm_modulate(x.clone(), &self.norm1, shift_a, scale_a);
-        let (h, kv) = self.attention(h.reshape([b, t * n, w]), rope, mask, heads, past);
+        let (h, kv) = self.attention(h.reshape([b, t * n, w]), rope, mask, heads, past, keep_kv);
         let x = x + h.reshape([b, t, n, w]) * gate_a;
         let h = fused::norm_modulate(x.clone(), &self.norm2, shift_m, scale_m);
         let h = self.fc2.forward(fused::gelu(self.fc1.forward(h)));
@@ -372,6 +376,7 @@ impl Block {
 
     /// Multi-head attention of `[B, L, W]` queries over the cached keys/values plus their
     /// own, with RoPE on queries and keys and an optional additive bias `[L, L_past + L]`.
+    /// Returns the keys and values (cached + new) with `keep_kv`.
     fn attention(
         &self,
         x: Tensor<3>,
@@ -379,14 +384,17 @@ impl Block {
         mask: Option<Tensor<2>>,
         heads: usize,
         past: Option<&(Tensor<4>, Tensor<4>)>,
-    ) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
+        keep_kv: bool,
+    ) -> (Tensor<3>, Option<(Tensor<4>, Tensor<4>)>) {
         let [b, l, w] = x.dims();
         let dh = w / heads;
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, l, 3, heads, dh])
-            .permute([2, 0, 3, 1, 4]);
+        let scale = 1.0 / (dh as f64).sqrt();
+        let qkv = self.qkv.forward(x);
+        if past.is_none() && !keep_kv && fused::on_cpu(&qkv.device(), "attention") {
+            let out = attention::qkv_attention(qkv, rope.tables(), mask, heads, scale);
+            return (self.proj.forward(out), None);
+        }
+        let qkv = qkv.reshape([b, l, 3, heads, dh]).permute([2, 0, 3, 1, 4]);
         let q = rope.apply(qkv.clone().slice(s![0..1]).squeeze_dim::<4>(0));
         let mut k = rope.apply(qkv.clone().slice(s![1..2]).squeeze_dim::<4>(0));
         let mut v = qkv.slice(s![2..3]).squeeze_dim::<4>(0);
@@ -394,10 +402,10 @@ impl Block {
             k = Tensor::cat(vec![pk.clone(), k], 2);
             v = Tensor::cat(vec![pv.clone(), v], 2);
         }
-        let out = attention::attention(q, k.clone(), v.clone(), mask, 1.0 / (dh as f64).sqrt());
+        let out = attention::attention(q, k.clone(), v.clone(), mask, scale);
         (
             self.proj.forward(out.swap_dims(1, 2).reshape([b, l, w])),
-            (k, v),
+            keep_kv.then_some((k, v)),
         )
     }
 }
@@ -538,11 +546,17 @@ impl Rope {
     /// (x_i cos - x_i+Dh/2 sin, x_i+Dh/2 cos + x_i sin).
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         if fused::on_cpu(&x.device(), "rope") {
-            let [_, _, l, dh] = self.cos.dims();
-            let table = |t: &Tensor<4>| t.clone().reshape([l, dh]);
-            return fused::rope(x, table(&self.cos), table(&self.sin));
+            let (cos, sin) = self.tables();
+            return fused::rope(x, cos, sin);
         }
         self.apply_ops(x)
+    }
+
+    /// The cos and sin tables as `[L, Dh]`.
+    pub fn tables(&self) -> (Tensor<2>, Tensor<2>) {
+        let [_, _, l, dh] = self.cos.dims();
+        let table = |t: &Tensor<4>| t.clone().reshape([l, dh]);
+        (table(&self.cos), table(&self.sin))
     }
 
     /// [`apply`](Self::apply) in tensor ops (every backend; the CPU runs one fused op).

@@ -30,7 +30,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use rayon::prelude::*;
 
-use super::fused::{dot, float_tensor, on_cpu, simd_dispatch};
+use super::fused::{contiguous_f32, dot, float_tensor, on_cpu, rope_head_body, simd_dispatch};
 use super::host::{exp_f32, max_lanes, sum_lanes};
 
 /// `softmax(q k^T * scale + bias) v` for `q` `[B, H, Lq, Dh]`, `k` and `v` `[B, H, Lk, Dh]`
@@ -77,6 +77,34 @@ pub fn attention_ops(
     softmax(scores, 3).matmul(v)
 }
 
+/// Frame-causal self-attention straight from the packed projection `qkv` `[B, L, 3W]` (each
+/// token's queries, keys and values, heads inside: `[3, H, Dh]`), with RoPE tables `cos`,
+/// `sin` `[L, Dh]` and an optional additive `bias` `[L, L]` (constants: no gradient flows into
+/// them). Returns `[B, L, W]`, heads side by side, as the output projection reads them. The
+/// same math as rotating [`super::Rope::apply`] the sliced queries and keys and calling
+/// [`attention`], in one CPU op: no slices, permutes or copies of the activations, and one
+/// gradient buffer for `qkv`. The CPU's path when no keys are cached and none are kept.
+pub fn qkv_attention(
+    qkv: Tensor<3>,
+    (cos, sin): (Tensor<2>, Tensor<2>),
+    bias: Option<Tensor<2>>,
+    heads: usize,
+    scale: f64,
+) -> Tensor<3> {
+    let [_, l, _] = qkv.dims();
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([l, l], &qkv.device()));
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as FusedAttention>::fused_qkv_attention(
+            qkv.into_dispatch(),
+            cos.into_dispatch(),
+            sin.into_dispatch(),
+            bias.into_dispatch(),
+            heads,
+            scale as f32,
+        ),
+    )
+}
+
 /// The backend op behind [`attention`].
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedAttention: Backend {
@@ -85,6 +113,15 @@ pub trait FusedAttention: Backend {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+
+    fn fused_qkv_attention(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        heads: usize,
         scale: f32,
     ) -> FloatTensor<Self>;
 }
@@ -99,6 +136,17 @@ impl FusedAttention for Flex {
     ) -> FlexTensor {
         let inputs = Inputs::new(q, k, v, Some(bias), scale);
         inputs.forward().0
+    }
+
+    fn fused_qkv_attention(
+        qkv: FlexTensor,
+        cos: FlexTensor,
+        sin: FlexTensor,
+        bias: FlexTensor,
+        heads: usize,
+        scale: f32,
+    ) -> FlexTensor {
+        Packed::new(qkv, cos, sin, bias, heads, scale).forward().0
     }
 }
 
@@ -133,6 +181,41 @@ impl<C: CheckpointStrategy> FusedAttention for Autodiff<Flex, C> {
                 prep.finish(state, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(inputs.forward().0),
+        }
+    }
+
+    fn fused_qkv_attention(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        heads: usize,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        let nodes = [qkv.node()];
+        let packed = Packed::new(
+            qkv.into_primitive(),
+            cos.into_primitive(),
+            sin.into_primitive(),
+            bias.into_primitive(),
+            heads,
+            scale,
+        );
+        match PackedBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, lse) = packed.forward();
+                let state = PackedSaved {
+                    packed,
+                    out: out.clone(),
+                    lse,
+                };
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(packed.forward().0),
         }
     }
 }
@@ -264,7 +347,8 @@ impl Inputs {
             .enumerate()
             .for_each(|(j, (o, l))| {
                 let (qj, kj, vj) = (p.head(q, j, lq), p.head(k, j, p.lk), p.head(v, j, p.lk));
-                head_forward(&p, qj, kj, vj, o, l);
+                let mut s = vec![0.0f32; p.lq * p.lk];
+                head_forward(&p, qj, kj, vj, o, l, &mut s);
             });
         (float_tensor(out, self.dims), lse)
     }
@@ -299,13 +383,277 @@ impl Saved {
                     grad_out: p.head(d_o, j, lq),
                     lse: &self.lse[j * lq..(j + 1) * lq],
                 };
-                head_backward(&p, &head, dqj, dkj, dvj);
+                let (mut s, mut ds) = (vec![0.0f32; p.lq * p.lk], vec![0.0f32; p.lq * p.lk]);
+                head_backward(&p, &head, dqj, dkj, dvj, (&mut s, &mut ds));
             });
         [
             float_tensor(dq, i.dims),
             float_tensor(dk, [b, h, lk, dh]),
             float_tensor(dv, [b, h, lk, dh]),
         ]
+    }
+}
+
+#[derive(Debug)]
+struct PackedBackward;
+
+/// The packed projection, the RoPE tables and the bias, contiguous float32.
+#[derive(Clone, Debug)]
+struct Packed {
+    qkv: FlexTensor,
+    cos: FlexTensor,
+    sin: FlexTensor,
+    bias: FlexTensor,
+    heads: usize,
+    scale: f32,
+    /// `[B, L, W]` of the output.
+    dims: [usize; 3],
+}
+
+#[derive(Clone, Debug)]
+struct PackedSaved {
+    packed: Packed,
+    out: FlexTensor,
+    lse: Vec<f32>,
+}
+
+impl Packed {
+    fn new(
+        qkv: FlexTensor,
+        cos: FlexTensor,
+        sin: FlexTensor,
+        bias: FlexTensor,
+        heads: usize,
+        scale: f32,
+    ) -> Self {
+        let qkv = contiguous_f32(qkv, "the packed queries, keys and values");
+        let s = qkv.layout().shape().clone();
+        assert!(
+            s.num_dims() == 3 && heads > 0 && s[2] % (3 * heads) == 0,
+            "fused attention: packed projection {s:?} is not [B, L, 3 x heads({heads}) x Dh]"
+        );
+        let (b, l, w) = (s[0], s[1], s[2] / 3);
+        let dh = w / heads;
+        let table = |t: FlexTensor, what: &str, cols: usize| {
+            let t = contiguous_f32(t, what);
+            let d = t.layout().shape();
+            assert!(
+                d.num_dims() == 2 && d[0] == l && d[1] == cols,
+                "fused attention: {what} {d:?} is not [{l}, {cols}]"
+            );
+            t
+        };
+        assert!(
+            dh % 2 == 0,
+            "fused attention: RoPE needs an even head width, not {dh}"
+        );
+        Self {
+            cos: table(cos, "RoPE's cos", dh),
+            sin: table(sin, "RoPE's sin", dh),
+            bias: table(bias, "the bias", l),
+            qkv,
+            heads,
+            scale,
+            dims: [b, l, w],
+        }
+    }
+
+    fn problem(&self) -> Problem<'_> {
+        let [_, l, w] = self.dims;
+        let bias = self.bias.storage::<f32>();
+        Problem {
+            lq: l,
+            lk: l,
+            dh: w / self.heads,
+            scale: self.scale,
+            bias: Some(bias),
+            blocks: row_blocks(Some(bias), l, l),
+        }
+    }
+
+    fn tables(&self) -> PackedTables<'_> {
+        PackedTables {
+            cos: self.cos.storage::<f32>(),
+            sin: self.sin.storage::<f32>(),
+            heads: self.heads,
+        }
+    }
+
+    /// The output `[B, L, W]` and each (item, head, row)'s log-sum-exp.
+    fn forward(&self) -> (FlexTensor, Vec<f32>) {
+        let [b, l, w] = self.dims;
+        let (p, t) = (self.problem(), self.tables());
+        let qkv = self.qkv.storage::<f32>();
+        let mut out = vec![0.0f32; b * l * w];
+        let mut lse = vec![0.0f32; b * self.heads * l];
+        out.par_chunks_mut(l * w)
+            .zip(lse.par_chunks_mut(self.heads * l))
+            .enumerate()
+            .for_each(|(i, (out, lse))| {
+                packed_forward(&p, &t, &qkv[i * l * 3 * w..(i + 1) * l * 3 * w], out, lse)
+            });
+        (float_tensor(out, [b, l, w]), lse)
+    }
+}
+
+/// The RoPE tables `[L, Dh]` and the number of heads.
+struct PackedTables<'a> {
+    cos: &'a [f32],
+    sin: &'a [f32],
+    heads: usize,
+}
+
+impl PackedTables<'_> {
+    /// Head `h`'s part `part` (0 queries, 1 keys, 2 values) of one item's packed rows
+    /// `[L, 3W]`, rotated (queries and keys) into `dst` `[L, Dh]`.
+    #[inline(always)]
+    fn gather(&self, p: &Problem, qkv: &[f32], part: usize, h: usize, dst: &mut [f32]) {
+        let (dh, w) = (p.dh, p.dh * self.heads);
+        let at = part * w + h * dh;
+        for (l, row) in dst.chunks_exact_mut(dh).enumerate() {
+            let x = &qkv[l * 3 * w + at..l * 3 * w + at + dh];
+            if part == 2 {
+                row.copy_from_slice(x);
+            } else {
+                let (cos, sin) = (
+                    &self.cos[l * dh..(l + 1) * dh],
+                    &self.sin[l * dh..(l + 1) * dh],
+                );
+                rope_head_body(x, cos, sin, dh, false, row);
+            }
+        }
+    }
+
+    /// The inverse of [`gather`](Self::gather) for gradients: `src` `[L, Dh]`, rotated back
+    /// (queries and keys), into head `h`'s part `part` of one item's `[L, 3W]` rows.
+    #[inline(always)]
+    fn scatter(&self, p: &Problem, src: &[f32], part: usize, h: usize, dqkv: &mut [f32]) {
+        let (dh, w) = (p.dh, p.dh * self.heads);
+        let at = part * w + h * dh;
+        for (l, row) in src.chunks_exact(dh).enumerate() {
+            let dst = &mut dqkv[l * 3 * w + at..l * 3 * w + at + dh];
+            if part == 2 {
+                dst.copy_from_slice(row);
+            } else {
+                let (cos, sin) = (
+                    &self.cos[l * dh..(l + 1) * dh],
+                    &self.sin[l * dh..(l + 1) * dh],
+                );
+                rope_head_body(row, cos, sin, dh, true, dst);
+            }
+        }
+    }
+}
+
+/// One batch item's forward, head by head: `out` `[L, W]`, `lse` `[H, L]`.
+#[inline(always)]
+fn packed_forward_body(
+    p: &Problem,
+    t: &PackedTables,
+    qkv: &[f32],
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let (l, dh) = (p.lq, p.dh);
+    let w = dh * t.heads;
+    let mut buf = vec![0.0f32; 4 * l * dh + l * l];
+    let (q, rest) = buf.split_at_mut(l * dh);
+    let (k, rest) = rest.split_at_mut(l * dh);
+    let (v, rest) = rest.split_at_mut(l * dh);
+    let (o, s) = rest.split_at_mut(l * dh);
+    for h in 0..t.heads {
+        t.gather(p, qkv, 0, h, q);
+        t.gather(p, qkv, 1, h, k);
+        t.gather(p, qkv, 2, h, v);
+        head_forward_body(p, q, k, v, o, &mut lse[h * l..(h + 1) * l], s);
+        for (r, row) in o.chunks_exact(dh).enumerate() {
+            out[r * w + h * dh..r * w + (h + 1) * dh].copy_from_slice(row);
+        }
+    }
+}
+
+impl Backward<Flex, 1> for PackedBackward {
+    type State = PackedSaved;
+
+    fn backward(self, ops: Ops<PackedSaved, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad_out = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            grads.register::<Flex>(node.id, ops.state.backward(&grad_out));
+        }
+    }
+}
+
+impl PackedSaved {
+    /// The gradient of the packed projection `[B, L, 3W]` for the output's `grad_out`.
+    fn backward(&self, grad_out: &FlexTensor) -> FlexTensor {
+        let pk = &self.packed;
+        let [b, l, w] = pk.dims;
+        let (p, t) = (pk.problem(), pk.tables());
+        let qkv = pk.qkv.storage::<f32>();
+        let (out, d_out) = (self.out.storage::<f32>(), grad_out.storage::<f32>());
+        let mut dqkv = vec![0.0f32; b * l * 3 * w];
+        dqkv.par_chunks_mut(l * 3 * w)
+            .enumerate()
+            .for_each(|(i, dqkv)| {
+                let item = PackedItem {
+                    qkv: &qkv[i * l * 3 * w..(i + 1) * l * 3 * w],
+                    out: &out[i * l * w..(i + 1) * l * w],
+                    grad_out: &d_out[i * l * w..(i + 1) * l * w],
+                    lse: &self.lse[i * pk.heads * l..(i + 1) * pk.heads * l],
+                };
+                packed_backward(&p, &t, &item, dqkv);
+            });
+        float_tensor(dqkv, [b, l, 3 * w])
+    }
+}
+
+/// One batch item's packed projection, output, output gradient and log-sum-exps.
+struct PackedItem<'a> {
+    qkv: &'a [f32],
+    out: &'a [f32],
+    grad_out: &'a [f32],
+    lse: &'a [f32],
+}
+
+/// One batch item's backward, head by head, into its `[L, 3W]` gradient rows.
+#[inline(always)]
+fn packed_backward_body(p: &Problem, t: &PackedTables, item: &PackedItem, dqkv: &mut [f32]) {
+    let (l, dh) = (p.lq, p.dh);
+    let w = dh * t.heads;
+    let mut buf = vec![0.0f32; 8 * l * dh + 2 * l * l];
+    let (q, rest) = buf.split_at_mut(l * dh);
+    let (k, rest) = rest.split_at_mut(l * dh);
+    let (v, rest) = rest.split_at_mut(l * dh);
+    let (o, rest) = rest.split_at_mut(l * dh);
+    let (d_o, rest) = rest.split_at_mut(l * dh);
+    let (dq, rest) = rest.split_at_mut(l * dh);
+    let (dk, rest) = rest.split_at_mut(l * dh);
+    let (dv, rest) = rest.split_at_mut(l * dh);
+    let (s, ds) = rest.split_at_mut(l * l);
+    for h in 0..t.heads {
+        t.gather(p, item.qkv, 0, h, q);
+        t.gather(p, item.qkv, 1, h, k);
+        t.gather(p, item.qkv, 2, h, v);
+        for r in 0..l {
+            let at = r * w + h * dh;
+            o[r * dh..(r + 1) * dh].copy_from_slice(&item.out[at..at + dh]);
+            d_o[r * dh..(r + 1) * dh].copy_from_slice(&item.grad_out[at..at + dh]);
+        }
+        dk.fill(0.0);
+        dv.fill(0.0);
+        let head = Head {
+            q,
+            k,
+            v,
+            out: o,
+            grad_out: d_o,
+            lse: &item.lse[h * l..(h + 1) * l],
+        };
+        head_backward_body(p, &head, dq, dk, dv, (&mut *s, &mut *ds));
+        t.scatter(p, dq, 0, h, dqkv);
+        t.scatter(p, dk, 1, h, dqkv);
+        t.scatter(p, dv, 2, h, dqkv);
     }
 }
 
@@ -409,9 +757,16 @@ fn gemm(
 
 /// One head's forward: `o` `[Lq, Dh]`, `lse` `[Lq]`.
 #[inline(always)]
-fn head_forward_body(p: &Problem, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32]) {
+fn head_forward_body(
+    p: &Problem,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &mut [f32],
+    lse: &mut [f32],
+    s: &mut [f32],
+) {
     let dh = p.dh;
-    let mut s = vec![0.0f32; p.lq * p.lk];
     for &(r0, r1, e) in &p.blocks {
         let rows = r1 - r0;
         let s = &mut s[..rows * e];
@@ -456,10 +811,15 @@ fn head_forward_body(p: &Problem, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32]
 
 /// One head's backward: `dq` `[Lq, Dh]`, `dk` and `dv` `[Lk, Dh]` (zeroed on entry).
 #[inline(always)]
-fn head_backward_body(p: &Problem, h: &Head, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
+fn head_backward_body(
+    p: &Problem,
+    h: &Head,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    (s, ds): (&mut [f32], &mut [f32]),
+) {
     let dh = p.dh;
-    let mut s = vec![0.0f32; p.lq * p.lk];
-    let mut ds = vec![0.0f32; p.lq * p.lk];
     for &(r0, r1, e) in &p.blocks {
         if e == 0 {
             continue;
@@ -512,11 +872,18 @@ fn head_backward_body(p: &Problem, h: &Head, dq: &mut [f32], dk: &mut [f32], dv:
     }
 }
 
+simd_dispatch!(packed_forward => packed_forward_body(
+    p: &Problem, t: &PackedTables, qkv: &[f32], out: &mut [f32], lse: &mut [f32]
+));
+simd_dispatch!(packed_backward => packed_backward_body(
+    p: &Problem, t: &PackedTables, item: &PackedItem, dqkv: &mut [f32]
+));
 simd_dispatch!(head_forward => head_forward_body(
-    p: &Problem, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32]
+    p: &Problem, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], lse: &mut [f32], s: &mut [f32]
 ));
 simd_dispatch!(head_backward => head_backward_body(
-    p: &Problem, h: &Head, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]
+    p: &Problem, h: &Head, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32],
+    scratch: (&mut [f32], &mut [f32])
 ));
 
 #[cfg(test)]
@@ -599,5 +966,51 @@ mod tests {
         let again = attention(q, k2, v2, bias, scale);
         let early = |x: Tensor<4>| x.slice(s![.., .., 0..2 * n, ..]);
         assert_eq!(early(fused).into_data(), early(again).into_data());
+    }
+
+    /// The packed op (RoPE, attention, heads side by side) and its gradient against the
+    /// block's tensor ops: slices of the permuted projection, rotated, attended, transposed.
+    #[test]
+    fn the_packed_attention_matches_the_tensor_ops() {
+        let dev = Device::flex().autodiff();
+        for (b, heads, frames, rows, cols, dh, masked) in [
+            (2, 2, 3, 2, 2, 8, true),
+            (1, 3, 2, 1, 3, 6, false),
+            (3, 1, 4, 1, 2, 4, true),
+        ] {
+            let (n, w) = (rows * cols, heads * dh);
+            let l = frames * n;
+            let rope = crate::world_model::Rope::new(1, frames, rows, cols, dh, 10000.0, &dev);
+            let qkv = Tensor::<3>::random([b, l, 3 * w], Distribution::Normal(0.0, 1.0), &dev)
+                .require_grad();
+            let bias = masked.then(|| frame_causal_bias(0, frames, n, &dev));
+            let scale = 1.0 / (dh as f64).sqrt();
+            let weights = Tensor::<3>::random([b, l, w], Distribution::Default, &dev);
+            let run = |fused: bool| {
+                let out = if fused {
+                    qkv_attention(qkv.clone(), rope.tables(), bias.clone(), heads, scale)
+                } else {
+                    let x = qkv
+                        .clone()
+                        .reshape([b, l, 3, heads, dh])
+                        .permute([2, 0, 3, 1, 4]);
+                    let part = |i: usize| x.clone().slice(s![i..i + 1]).squeeze_dim::<4>(0);
+                    let (q, k) = (rope.apply_ops(part(0)), rope.apply_ops(part(1)));
+                    attention_ops(q, k, part(2), bias.clone(), scale)
+                        .swap_dims(1, 2)
+                        .reshape([b, l, w])
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                (out.inner(), qkv.grad(&grads).expect("a gradient"))
+            };
+            let (o1, g1) = run(true);
+            let (o2, g2) = run(false);
+            let diff = |a: Tensor<3>, b: Tensor<3>| (a - b).abs().max().into_scalar::<f32>();
+            let (dout, dgrad) = (diff(o1, o2), diff(g1, g2));
+            assert!(
+                dout < 1e-5 && dgrad < 1e-5,
+                "output {dout}, gradient {dgrad}"
+            );
+        }
     }
 }

@@ -564,7 +564,14 @@ impl Backward<Flex, 1> for RopeBackward {
 /// One head's rows: with h = Dh / 2 and j' = (j + h) mod Dh, forward
 /// out_j = x_j cos_j + x_j' sin_j; inverse out_j = x_j cos_j + x_j' sin_j'.
 #[inline(always)]
-fn rope_head_body(x: &[f32], cos: &[f32], sin: &[f32], dh: usize, inverse: bool, out: &mut [f32]) {
+pub(crate) fn rope_head_body(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    dh: usize,
+    inverse: bool,
+    out: &mut [f32],
+) {
     let h = dh / 2;
     let rows = x.chunks_exact(dh).zip(out.chunks_exact_mut(dh));
     for ((x, out), (cos, sin)) in rows.zip(cos.chunks_exact(dh).zip(sin.chunks_exact(dh))) {
