@@ -168,7 +168,10 @@ impl WorldModel {
         let w = self.in_proj.weight.dims()[1];
         let t0 = past.map_or(0, |p| p.position);
         // Action embedding, once per frame: [B, T, W] (SiLU applied for the modulation heads).
-        let c = silu(self.cond_out.forward(silu(self.cond_in.forward(z))));
+        let c = silu(fused::linear(
+            &self.cond_out,
+            silu(fused::linear(&self.cond_in, z)),
+        ));
         let rope = Rope::new(
             t0,
             t,
@@ -182,7 +185,7 @@ impl WorldModel {
         // A single new frame sees everything: no mask needed.
         let mask = (t > 1).then(|| frame_causal_bias(cached, t, n, &device));
         let input = self.residual.then(|| frames.clone());
-        let mut x = self.in_proj.forward(frames);
+        let mut x = fused::linear(&self.in_proj, frames);
         let mut kv = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let (next, layer_kv) = block.forward(
@@ -197,9 +200,9 @@ impl WorldModel {
             x = next;
             kv.extend(layer_kv);
         }
-        let [shift, scale] = modulation::<2>(self.final_ada.forward(c), b, t, w);
+        let [shift, scale] = modulation::<2>(fused::linear(&self.final_ada, c), b, t, w);
         let x = fused::norm_modulate(x, &self.final_norm, shift, scale);
-        let out = self.out_proj.forward(x);
+        let out = fused::linear(&self.out_proj, x);
         let pred = match input {
             Some(s) => s + out,
             None => out,
@@ -365,12 +368,12 @@ impl Block {
     ) -> (Tensor<4>, Option<(Tensor<4>, Tensor<4>)>) {
         let [b, t, n, w] = x.dims();
         let [shift_a, scale_a, gate_a, shift_m, scale_m, gate_m] =
-            modulation::<6>(self.ada.forward(c), b, t, w);
+            modulation::<6>(fused::linear(&self.ada, c), b, t, w);
         let h = fused::norm_modulate(x.clone(), &self.norm1, shift_a, scale_a);
         let (h, kv) = self.attention(h.reshape([b, t * n, w]), rope, mask, heads, past, keep_kv);
         let x = x + h.reshape([b, t, n, w]) * gate_a;
         let h = fused::norm_modulate(x.clone(), &self.norm2, shift_m, scale_m);
-        let h = self.fc2.forward(fused::gelu(self.fc1.forward(h)));
+        let h = fused::linear(&self.fc2, fused::gelu(fused::linear(&self.fc1, h)));
         (x + h * gate_m, kv)
     }
 
@@ -389,10 +392,10 @@ impl Block {
         let [b, l, w] = x.dims();
         let dh = w / heads;
         let scale = 1.0 / (dh as f64).sqrt();
-        let qkv = self.qkv.forward(x);
+        let qkv = fused::linear(&self.qkv, x);
         if past.is_none() && !keep_kv && fused::on_cpu(&qkv.device(), "attention") {
             let out = attention::qkv_attention(qkv, rope.tables(), mask, heads, scale);
-            return (self.proj.forward(out), None);
+            return (fused::linear(&self.proj, out), None);
         }
         let qkv = qkv.reshape([b, l, 3, heads, dh]).permute([2, 0, 3, 1, 4]);
         let q = rope.apply(qkv.clone().slice(s![0..1]).squeeze_dim::<4>(0));
@@ -404,7 +407,7 @@ impl Block {
         }
         let out = attention::attention(q, k.clone(), v.clone(), mask, scale);
         (
-            self.proj.forward(out.swap_dims(1, 2).reshape([b, l, w])),
+            fused::linear(&self.proj, out.swap_dims(1, 2).reshape([b, l, w])),
             keep_kv.then_some((k, v)),
         )
     }

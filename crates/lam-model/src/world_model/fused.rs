@@ -1,16 +1,19 @@
 //! The world model's element-wise ops as CPU ops with their own backward: layer norm with its
-//! AdaLN modulation, exact GELU, and the rotation of queries and keys (RoPE).
+//! AdaLN modulation, exact GELU, the rotation of queries and keys (RoPE), and linear layers
+//! with their bias added inside the product.
 //!
 //! burn's autodiff builds layer norm from about ten tensor ops (mean, centre, square, mean,
 //! add, square root, divide, scale, shift), the modulation adds three, GELU's `erf` runs
 //! through libm one element at a time and RoPE is a small batched matmul (the half swap) and
-//! three element-wise ops; every op is a pass over the activations forward and more backward. On the `flex` backend each becomes one backend extension op here: one
+//! three element-wise ops, and a linear layer adds its bias in a pass of its own after the
+//! product; every op is a pass over the activations forward and more backward. On the `flex` backend each becomes one backend extension op here: one
 //! vectorised pass forward (keeping each row's mean and inverse deviation) and one backward.
 //! Other devices run the tensor ops ([`norm_modulate_ops`], burn's `gelu`, [`super::Rope`]'s
 //! tensor form), which the tests below check these ops against.
 //!
 //! `LAM_TENSOR_OPS` names fused ops the CPU should run as tensor ops instead, to time one
-//! against the other: a comma-separated list of `attention`, `norm`, `gelu`, `rope`, or `all`.
+//! against the other: a comma-separated list of `attention`, `norm`, `gelu`, `rope`, `linear`,
+//! or `all`.
 //!
 //! Also here: what the fused ops share (the SIMD dispatch, host buffers as flex tensors).
 
@@ -21,14 +24,15 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DType, Dispatch, Flex, backend_extension};
-use burn::nn::LayerNorm;
+use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::{Bytes, Shape};
 use rayon::prelude::*;
 
 use super::host::{erf_f32, exp_f32, gelu as gelu_f32, row_stats, sum_lanes};
 
-/// Whether `device` runs the fused CPU op `name` (`attention`, `norm`, `gelu`, `rope`): the `flex`
+/// Whether `device` runs the fused CPU op `name` (`attention`, `norm`, `gelu`, `rope`,
+/// `linear`): the `flex`
 /// backend, with or without autodiff, unless `LAM_TENSOR_OPS` names the op (or `all`).
 pub(crate) fn on_cpu(device: &Device, name: &str) -> bool {
     if device.clone().without_autodiff() != Device::flex() {
@@ -87,6 +91,34 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     ))
 }
 
+/// The linear layer `l` on `x` `[.., d_in]`: `x W + b` (burn's `Linear::forward`).
+pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
+    if !on_cpu(&x.device(), "linear") {
+        return l.forward(x);
+    }
+    let dims = x.dims();
+    let [d_in, d_out] = l.weight.dims();
+    assert_eq!(
+        dims[D - 1],
+        d_in,
+        "linear layer of {d_in} inputs given {dims:?}"
+    );
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let weight = l.weight.val();
+    let bias = match &l.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([d_out], &x.device()),
+    };
+    let out: Tensor<2> = Tensor::from_dispatch(<Dispatch as FusedElementwise>::fused_linear(
+        x.reshape([rows, d_in]).into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ));
+    let mut out_dims = dims;
+    out_dims[D - 1] = d_out;
+    out.reshape(out_dims)
+}
+
 /// Rotates `x` `[B, H, L, Dh]` by the tables `cos` and `sin` `[L, Dh]` (constants: no
 /// gradient flows into them): `x * cos + swap(x) * sin`, where `swap` exchanges the two halves
 /// of each head (see [`super::Rope`]). The CPU's op behind [`super::Rope::apply`].
@@ -117,6 +149,12 @@ pub trait FusedElementwise: Backend {
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 impl FusedElementwise for Flex {
@@ -136,6 +174,10 @@ impl FusedElementwise for Flex {
 
     fn fused_rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
         RopeTables::new(cos, sin).rotate(&contiguous_f32(x, "RoPE's input"), false)
+    }
+
+    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        LinearInputs::new(x, weight, bias).forward()
     }
 }
 
@@ -193,6 +235,28 @@ impl<C: CheckpointStrategy> FusedElementwise for Autodiff<Flex, C> {
         let out = tables.rotate(&x, false);
         match RopeBackward.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(tables, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let inputs = LinearInputs::new(
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
+        let out = inputs.forward();
+        match LinearBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(inputs, out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
@@ -591,6 +655,173 @@ simd_dispatch!(rope_head => rope_head_body(
     x: &[f32], cos: &[f32], sin: &[f32], dh: usize, inverse: bool, out: &mut [f32]
 ));
 
+// ---- linear layers ----
+
+#[derive(Debug)]
+struct LinearBackward;
+
+/// `x` `[M, K]`, the weight `[K, N]` and the bias `[N]` (what the backward needs too).
+#[derive(Clone, Debug)]
+struct LinearInputs {
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: FlexTensor,
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+impl LinearInputs {
+    fn new(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> Self {
+        let x = contiguous_f32(x, "the linear layer's input");
+        let weight = contiguous_f32(weight, "the linear layer's weight");
+        let bias = contiguous_f32(bias, "the linear layer's bias");
+        let (xs, ws) = (x.layout().shape(), weight.layout().shape());
+        assert!(
+            xs.num_dims() == 2 && ws.num_dims() == 2 && xs[1] == ws[0],
+            "fused linear: input {xs:?} and weight {ws:?} do not fit"
+        );
+        let (m, k, n) = (xs[0], xs[1], ws[1]);
+        assert_eq!(
+            bias.layout().shape().num_elements(),
+            n,
+            "fused linear: bias"
+        );
+        Self {
+            x,
+            weight,
+            bias,
+            m,
+            k,
+            n,
+        }
+    }
+
+    /// `x W + b` `[M, N]`: every row starts as the bias and the product is added to it.
+    fn forward(&self) -> FlexTensor {
+        let (m, k, n) = (self.m, self.k, self.n);
+        let bias = self.bias.storage::<f32>();
+        let mut out = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            out.extend_from_slice(bias);
+        }
+        let (x, w) = (self.x.storage::<f32>(), self.weight.storage::<f32>());
+        big_gemm((m, n, k), &mut out, true, (x, k, 1), (w, n, 1));
+        float_tensor(out, [m, n])
+    }
+}
+
+impl Backward<Flex, 3> for LinearBackward {
+    type State = LinearInputs;
+
+    fn backward(self, ops: Ops<LinearInputs, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let i = &ops.state;
+        let (m, k, n) = (i.m, i.k, i.n);
+        let dy_ = dy.storage::<f32>();
+        let [px, pw, pb] = ops.parents;
+        if let Some(node) = px {
+            // dx = dy W^T
+            let mut dx = vec![0.0f32; m * k];
+            big_gemm(
+                (m, k, n),
+                &mut dx,
+                false,
+                (dy_, n, 1),
+                (i.weight.storage::<f32>(), 1, n),
+            );
+            grads.register::<Flex>(node.id, float_tensor(dx, [m, k]));
+        }
+        if let Some(node) = pw {
+            // dW = x^T dy
+            let mut dw = vec![0.0f32; k * n];
+            big_gemm(
+                (k, n, m),
+                &mut dw,
+                false,
+                (i.x.storage::<f32>(), 1, k),
+                (dy_, n, 1),
+            );
+            grads.register::<Flex>(node.id, float_tensor(dw, [k, n]));
+        }
+        if let Some(node) = pb {
+            // db = the column sums of dy, row blocks in parallel.
+            let db = dy_
+                .par_chunks(n * 256)
+                .fold(
+                    || vec![0.0f32; n],
+                    |mut acc, rows| {
+                        for row in rows.chunks_exact(n) {
+                            acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+                        }
+                        acc
+                    },
+                )
+                .reduce(
+                    || vec![0.0f32; n],
+                    |mut a, b| {
+                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                        a
+                    },
+                );
+            grads.register::<Flex>(node.id, float_tensor(db, [n]));
+        }
+    }
+}
+
+/// `dst[m, n] (+)= lhs[m, k] rhs[k, n]` (row-major with the given row and column strides), on
+/// rayon's threads when the product is large enough to pay for them.
+fn big_gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n);
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    let parallelism = if m * n * k >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every element read or written lies inside the slices (checked above); `dst`
+    // does not alias the operands (it is a distinct `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 // ---- shared by the fused ops ----
 
 /// `t` as a contiguous float32 tensor (the fused ops run float32 only).
@@ -778,6 +1009,42 @@ mod tests {
             let (o2, g2) = run(false);
             assert!(max_abs_diff(o1, o2) < 1e-5);
             assert!(max_abs_diff(g1, g2) < 1e-5);
+        }
+    }
+
+    /// A linear layer on `[B, T, K]`: value and the gradients of input, weight and bias
+    /// against burn's `Linear::forward`.
+    #[test]
+    fn the_fused_linear_matches_the_tensor_ops() {
+        let dev = Device::flex().autodiff();
+        for (b, t, k, n) in [(2, 3, 5, 7), (4, 33, 64, 96)] {
+            let l = burn::nn::LinearConfig::new(k, n).init(&dev);
+            let x =
+                Tensor::<3>::random([b, t, k], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+            let weights = Tensor::<3>::random([b, t, n], Distribution::Default, &dev);
+            let run = |fused: bool| {
+                let out = if fused {
+                    linear(&l, x.clone())
+                } else {
+                    l.forward(x.clone())
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                let dw = l.weight.val().grad(&grads).expect("the weight's gradient");
+                let db = l
+                    .bias
+                    .as_ref()
+                    .unwrap()
+                    .val()
+                    .grad(&grads)
+                    .expect("the bias's gradient");
+                (out.inner(), x.grad(&grads).expect("a gradient"), dw, db)
+            };
+            let (o1, x1, w1, b1) = run(true);
+            let (o2, x2, w2, b2) = run(false);
+            assert!(max_abs_diff(o1, o2) < 1e-5);
+            assert!(max_abs_diff(x1, x2) < 1e-5);
+            assert!(max_abs_diff(w1, w2) < 1e-4);
+            assert!(max_abs_diff(b1, b2) < 1e-4);
         }
     }
 }
