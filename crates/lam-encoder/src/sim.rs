@@ -41,8 +41,9 @@ use burn::nn::{
 };
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::activation::{silu, softmax};
 use lam_ingest::Normalization;
+use lam_model::fused;
 use lam_model::spatial::spatial_softmax;
 use serde::{Deserialize, Serialize};
 
@@ -236,14 +237,15 @@ impl SimBlock {
     /// Pre-norm block over `[B, L, D]`.
     pub fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
         let [b, l, d] = x.dims();
-        let qkv = self.qkv.forward(self.norm1.forward(x.clone()));
+        let qkv = fused::linear(&self.qkv, self.norm1.forward(x.clone()));
         let q = split_heads(qkv.clone().slice(s![.., .., 0..d]), heads);
         let k = split_heads(qkv.clone().slice(s![.., .., d..2 * d]), heads);
         let v = split_heads(qkv.slice(s![.., .., 2 * d..3 * d]), heads);
-        let x = x + self.proj.forward(attend(q, k, v)).reshape([b, l, d]);
-        let h = self
-            .fc2
-            .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
+        let x = x + fused::linear(&self.proj, attend(q, k, v)).reshape([b, l, d]);
+        let h = fused::linear(
+            &self.fc2,
+            fused::gelu(fused::linear(&self.fc1, self.norm2.forward(x.clone()))),
+        );
         x + h
     }
 }
@@ -314,7 +316,7 @@ impl SimEncoder {
             .keypoint_stem
             .as_ref()
             .map(|stem| stem.forward(frames.clone()));
-        let x = self.patch_embed.forward(patchify(frames, self.patch_size))
+        let x = fused::linear(&self.patch_embed, patchify(frames, self.patch_size))
             + self.pos_embed.val().unsqueeze::<3>();
         let mut x = x;
         for block in &self.blocks {
@@ -330,12 +332,12 @@ impl SimEncoder {
                 .reshape([b, 1, 2 * k])
                 .div_scalar((n as f32).sqrt())
                 .expand([b, n, 2 * k]);
-            return Tensor::cat(vec![self.head.forward(x), kp], 2);
+            return Tensor::cat(vec![fused::linear(&self.head, x), kp], 2);
         }
         let Some(scores) = &self.keypoint_scores else {
-            return self.head.forward(x);
+            return fused::linear(&self.head, x);
         };
-        let a = softmax(scores.forward(x.clone()), 1); // [B, N, K]
+        let a = softmax(fused::linear(scores, x.clone()), 1); // [B, N, K]
         let k = a.dims()[2];
         let side = self.image_size / self.patch_size;
         let coord = |v: usize| (2 * v + 1) as f32 / side as f32 - 1.0;
@@ -349,7 +351,7 @@ impl SimEncoder {
         let kx = a.clone() * grid(gx);
         let ky = a * grid(gy);
         let kp = Tensor::stack::<4>(vec![kx, ky], 3).reshape([b, n, 2 * k]);
-        Tensor::cat(vec![self.head.forward(x), kp], 2)
+        Tensor::cat(vec![fused::linear(&self.head, x), kp], 2)
     }
 }
 

@@ -6,9 +6,9 @@
 //! With `model.idm_input = "delta"` the MLP reads s_t+1 - s_t alone instead of the pair.
 //! The IDM sees the future frame on purpose: it labels transitions for the world model.
 
+use crate::fused;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 
 #[derive(Module, Debug)]
 pub struct Idm {
@@ -102,9 +102,9 @@ impl Idm {
         } else {
             Tensor::cat(vec![now, next], 2).reshape([b * k, 2 * d])
         };
-        let x = gelu(self.fc1.forward(x));
-        let x = gelu(self.fc2.forward(x));
-        let out = self.fc3.forward(x);
+        let x = fused::gelu(fused::linear(&self.fc1, x));
+        let x = fused::gelu(fused::linear(&self.fc2, x));
+        let out = fused::linear(&self.fc3, x);
         let o = out.dims()[1];
         out.reshape([b, k, o])
     }

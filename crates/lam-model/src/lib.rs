@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod eval;
+pub mod fused;
 pub mod idm;
 pub mod lam;
 pub mod model_folder;

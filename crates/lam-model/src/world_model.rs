@@ -23,11 +23,11 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use crate::config::ModelConfig;
+use crate::fused;
 
 pub mod amx;
 pub mod attention;
-pub mod fused;
-mod host;
+pub(crate) mod host;
 
 pub use host::{HostPrecision, HostWeights};
 

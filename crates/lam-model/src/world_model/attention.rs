@@ -16,7 +16,7 @@
 //!
 //! Other devices run [`attention_ops`], the tensor ops this op is checked against
 //! (`the_fused_attention_matches_the_tensor_ops` below); `LAM_TENSOR_OPS=attention` makes the
-//! CPU take the tensor ops too, to time one against the other (see [`super::fused`]). The bias
+//! CPU take the tensor ops too, to time one against the other (see [`crate::fused`]). The bias
 //! is a constant (a mask): no gradient flows into it.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -30,8 +30,8 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use rayon::prelude::*;
 
-use super::fused::{contiguous_f32, dot, float_tensor, on_cpu, rope_head_body, simd_dispatch};
 use super::host::{exp_f32, max_lanes, sum_lanes};
+use crate::fused::{contiguous_f32, dot, float_tensor, on_cpu, rope_head_body, simd_dispatch};
 
 /// `softmax(q k^T * scale + bias) v` for `q` `[B, H, Lq, Dh]`, `k` and `v` `[B, H, Lk, Dh]`
 /// and an optional additive `bias` `[Lq, Lk]` shared by every batch item and head (a mask:

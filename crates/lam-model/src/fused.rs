@@ -1,4 +1,4 @@
-//! The world model's element-wise ops as CPU ops with their own backward: layer norm with its
+//! Layers of the world model (and the encoders) as CPU ops with their own backward: layer norm with its
 //! AdaLN modulation, exact GELU, the rotation of queries and keys (RoPE), and linear layers
 //! with their bias added inside the product.
 //!
@@ -8,7 +8,7 @@
 //! three element-wise ops, and a linear layer adds its bias in a pass of its own after the
 //! product; every op is a pass over the activations forward and more backward. On the `flex` backend each becomes one backend extension op here: one
 //! vectorised pass forward (keeping each row's mean and inverse deviation) and one backward.
-//! Other devices run the tensor ops ([`norm_modulate_ops`], burn's `gelu`, [`super::Rope`]'s
+//! Other devices run the tensor ops ([`norm_modulate_ops`], burn's `gelu`, [`crate::world_model::Rope`]'s
 //! tensor form), which the tests below check these ops against.
 //!
 //! `LAM_TENSOR_OPS` names fused ops the CPU should run as tensor ops instead, to time one
@@ -29,7 +29,7 @@ use burn::prelude::*;
 use burn::tensor::{Bytes, Shape};
 use rayon::prelude::*;
 
-use super::host::{erf_f32, exp_f32, gelu as gelu_f32, row_stats, sum_lanes};
+use crate::world_model::host::{erf_f32, exp_f32, gelu as gelu_f32, row_stats, sum_lanes};
 
 /// Whether `device` runs the fused CPU op `name` (`attention`, `norm`, `gelu`, `rope`,
 /// `linear`): the `flex`
@@ -121,7 +121,7 @@ pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
 
 /// Rotates `x` `[B, H, L, Dh]` by the tables `cos` and `sin` `[L, Dh]` (constants: no
 /// gradient flows into them): `x * cos + swap(x) * sin`, where `swap` exchanges the two halves
-/// of each head (see [`super::Rope`]). The CPU's op behind [`super::Rope::apply`].
+/// of each head (see [`crate::world_model::Rope`]). The CPU's op behind [`crate::world_model::Rope::apply`].
 pub(crate) fn rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as FusedElementwise>::fused_rope(
         x.into_dispatch(),
@@ -991,7 +991,7 @@ mod tests {
     fn the_fused_rope_matches_the_tensor_ops() {
         let dev = Device::flex().autodiff();
         for (b, h, frames, rows, cols, dh) in [(2, 3, 4, 2, 2, 8), (1, 2, 3, 4, 4, 12)] {
-            let rope = super::super::Rope::new(2, frames, rows, cols, dh, 10000.0, &dev);
+            let rope = crate::world_model::Rope::new(2, frames, rows, cols, dh, 10000.0, &dev);
             let l = frames * rows * cols;
             let x = Tensor::<4>::random([b, h, l, dh], Distribution::Normal(0.0, 1.0), &dev)
                 .require_grad();
