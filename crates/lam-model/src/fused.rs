@@ -342,19 +342,20 @@ impl NormInputs {
         let (shift, scale) = (self.shift.storage::<f32>(), self.scale.storage::<f32>());
         let mut out = vec![0.0f32; x.len()];
         let mut stats = vec![(0.0f32, 0.0f32); self.frames * self.tokens];
-        out.par_chunks_mut(nw)
-            .zip(stats.par_chunks_mut(self.tokens))
-            .enumerate()
-            .for_each(|(f, (out, stats))| {
-                let frame = NormFrame {
-                    x: &x[f * nw..(f + 1) * nw],
-                    gamma,
-                    beta,
-                    shift: &shift[f * w..(f + 1) * w],
-                    scale: &scale[f * w..(f + 1) * w],
-                };
-                norm_frame_forward(&frame, out, stats);
-            });
+        let tasks = out
+            .chunks_mut(nw)
+            .zip(stats.chunks_mut(self.tokens))
+            .collect();
+        run_tasks(tasks, x.len() >= PARALLEL_ELEMENTS, |f, (out, stats)| {
+            let frame = NormFrame {
+                x: &x[f * nw..(f + 1) * nw],
+                gamma,
+                beta,
+                shift: &shift[f * w..(f + 1) * w],
+                scale: &scale[f * w..(f + 1) * w],
+            };
+            norm_frame_forward(&frame, out, stats);
+        });
         (float_tensor(out, self.x.layout().shape().clone()), stats)
     }
 }
@@ -399,43 +400,29 @@ impl Backward<Flex, 5> for NormBackward {
         let mut dscale = vec![0.0f32; i.frames * w];
         // Per frame: dx, the frame's shift and scale gradients, and a partial sum of the
         // gamma and beta gradients (reduced over frames after).
-        let dgamma_beta = dx
-            .par_chunks_mut(nw)
-            .zip(dshift.par_chunks_mut(w))
-            .zip(dscale.par_chunks_mut(w))
-            .enumerate()
-            .fold(
-                || vec![0.0f32; 2 * w],
-                |mut acc, (f, ((dx, dshift), dscale))| {
-                    let frame = NormFrame {
-                        x: &x[f * nw..(f + 1) * nw],
-                        gamma,
-                        beta,
-                        shift: &[],
-                        scale: &scale[f * w..(f + 1) * w],
-                    };
-                    let grads = NormFrameGrads {
-                        dx,
-                        dshift,
-                        dscale,
-                        dgamma_beta: &mut acc,
-                    };
-                    norm_frame_backward(
-                        &frame,
-                        &s.stats[f * n..(f + 1) * n],
-                        &dy[f * nw..(f + 1) * nw],
-                        grads,
-                    );
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0.0f32; 2 * w],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+        let tasks = dx
+            .chunks_mut(nw)
+            .zip(dshift.chunks_mut(w))
+            .zip(dscale.chunks_mut(w))
+            .collect();
+        let parallel = x.len() >= PARALLEL_ELEMENTS;
+        let dgamma_beta = sum_tasks(tasks, parallel, 2 * w, |acc, f, ((dx, dshift), dscale)| {
+            let frame = NormFrame {
+                x: &x[f * nw..(f + 1) * nw],
+                gamma,
+                beta,
+                shift: &[],
+                scale: &scale[f * w..(f + 1) * w],
+            };
+            let grads = NormFrameGrads {
+                dx,
+                dshift,
+                dscale,
+                dgamma_beta: acc,
+            };
+            let stats = &s.stats[f * n..(f + 1) * n];
+            norm_frame_backward(&frame, stats, &dy[f * nw..(f + 1) * nw], grads);
+        });
         let x_shape = i.x.layout().shape().clone();
         let frame_shape = i.shift.layout().shape().clone();
         let channel_shape = i.gamma.layout().shape().clone();
@@ -515,10 +502,15 @@ impl Backward<Flex, 1> for GeluBackward {
         if let Some(node) = parent {
             let x = &ops.state;
             let mut dx = vec![0.0f32; x.layout().shape().num_elements()];
-            dx.par_chunks_mut(GELU_CHUNK)
-                .zip(x.storage::<f32>().par_chunks(GELU_CHUNK))
-                .zip(dy.storage::<f32>().par_chunks(GELU_CHUNK))
-                .for_each(|((dx, x), dy)| gelu_backward_chunk(x, dy, dx));
+            let parallel = dx.len() >= PARALLEL_ELEMENTS;
+            let tasks = dx
+                .chunks_mut(GELU_CHUNK)
+                .zip(x.storage::<f32>().chunks(GELU_CHUNK))
+                .zip(dy.storage::<f32>().chunks(GELU_CHUNK))
+                .collect();
+            run_tasks(tasks, parallel, |_, ((dx, x), dy)| {
+                gelu_backward_chunk(x, dy, dx)
+            });
             grads.register::<Flex>(node.id, float_tensor(dx, x.layout().shape().clone()));
         }
     }
@@ -529,9 +521,12 @@ const GELU_CHUNK: usize = 1 << 14;
 
 fn gelu_forward(x: &FlexTensor) -> FlexTensor {
     let mut out = vec![0.0f32; x.layout().shape().num_elements()];
-    out.par_chunks_mut(GELU_CHUNK)
-        .zip(x.storage::<f32>().par_chunks(GELU_CHUNK))
-        .for_each(|(out, x)| gelu_chunk(x, out));
+    let parallel = out.len() >= PARALLEL_ELEMENTS;
+    let tasks = out
+        .chunks_mut(GELU_CHUNK)
+        .zip(x.storage::<f32>().chunks(GELU_CHUNK))
+        .collect();
+    run_tasks(tasks, parallel, |_, (out, x)| gelu_chunk(x, out));
     float_tensor(out, x.layout().shape().clone())
 }
 
@@ -606,9 +601,14 @@ impl RopeTables {
         let ld = self.len * self.dh;
         let (cos, sin) = (self.cos.storage::<f32>(), self.sin.storage::<f32>());
         let mut out = vec![0.0f32; shape.num_elements()];
-        out.par_chunks_mut(ld)
-            .zip(x.storage::<f32>().par_chunks(ld))
-            .for_each(|(out, x)| rope_head(x, cos, sin, self.dh, inverse, out));
+        let parallel = out.len() >= PARALLEL_ELEMENTS;
+        let tasks = out
+            .chunks_mut(ld)
+            .zip(x.storage::<f32>().chunks(ld))
+            .collect();
+        run_tasks(tasks, parallel, |_, (out, x)| {
+            rope_head(x, cos, sin, self.dh, inverse, out)
+        });
         float_tensor(out, shape)
     }
 }
@@ -746,24 +746,12 @@ impl Backward<Flex, 3> for LinearBackward {
         }
         if let Some(node) = pb {
             // db = the column sums of dy, row blocks in parallel.
-            let db = dy_
-                .par_chunks(n * 256)
-                .fold(
-                    || vec![0.0f32; n],
-                    |mut acc, rows| {
-                        for row in rows.chunks_exact(n) {
-                            acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
-                        }
-                        acc
-                    },
-                )
-                .reduce(
-                    || vec![0.0f32; n],
-                    |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                        a
-                    },
-                );
+            let tasks = dy_.chunks(n * 256).collect();
+            let db = sum_tasks(tasks, m * n >= PARALLEL_ELEMENTS, n, |acc, _, rows| {
+                for row in rows.chunks_exact(n) {
+                    acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+                }
+            });
             grads.register::<Flex>(node.id, float_tensor(db, [n]));
         }
     }
@@ -790,7 +778,7 @@ fn big_gemm(
     }
     assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    let parallelism = if m * n * k >= 64 * 64 * 64 {
+    let parallelism = if m * n * k >= PARALLEL_MACS {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
@@ -823,6 +811,51 @@ fn big_gemm(
 }
 
 // ---- shared by the fused ops ----
+
+/// Work (elements, or multiply-adds for products) below which an op runs on the calling
+/// thread: handing a small op to rayon's threads costs more than it saves (the demo's
+/// one-token model trained 25% slower with every op handed over).
+pub(crate) const PARALLEL_ELEMENTS: usize = 1 << 15;
+pub(crate) const PARALLEL_MACS: usize = 192 * 192 * 192;
+
+/// Runs `f(i, task)` for every task, on rayon's threads when `parallel`.
+pub(crate) fn run_tasks<T: Send>(tasks: Vec<T>, parallel: bool, f: impl Fn(usize, T) + Sync) {
+    if parallel {
+        tasks.into_par_iter().enumerate().for_each(|(i, t)| f(i, t));
+    } else {
+        tasks.into_iter().enumerate().for_each(|(i, t)| f(i, t));
+    }
+}
+
+/// Sums `f(acc, i, task)`'s additions to a zeroed `width`-vector over every task, on rayon's
+/// threads (one vector per thread, added after) when `parallel`.
+pub(crate) fn sum_tasks<T: Send>(
+    tasks: Vec<T>,
+    parallel: bool,
+    width: usize,
+    f: impl Fn(&mut [f32], usize, T) + Sync,
+) -> Vec<f32> {
+    let add = |mut a: Vec<f32>, b: Vec<f32>| {
+        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+        a
+    };
+    let step = |mut acc: Vec<f32>, (i, t): (usize, T)| {
+        f(&mut acc, i, t);
+        acc
+    };
+    if parallel {
+        tasks
+            .into_par_iter()
+            .enumerate()
+            .fold(|| vec![0.0f32; width], step)
+            .reduce(|| vec![0.0f32; width], add)
+    } else {
+        tasks
+            .into_iter()
+            .enumerate()
+            .fold(vec![0.0f32; width], step)
+    }
+}
 
 /// `t` as a contiguous float32 tensor (the fused ops run float32 only).
 pub(crate) fn contiguous_f32(t: FlexTensor, what: &str) -> FlexTensor {

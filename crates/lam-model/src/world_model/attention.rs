@@ -28,10 +28,12 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DType, Flex, backend_extension};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use rayon::prelude::*;
 
 use super::host::{exp_f32, max_lanes, sum_lanes};
-use crate::fused::{contiguous_f32, dot, float_tensor, on_cpu, rope_head_body, simd_dispatch};
+use crate::fused::{
+    PARALLEL_MACS, contiguous_f32, dot, float_tensor, on_cpu, rope_head_body, run_tasks,
+    simd_dispatch,
+};
 
 /// `softmax(q k^T * scale + bias) v` for `q` `[B, H, Lq, Dh]`, `k` and `v` `[B, H, Lk, Dh]`
 /// and an optional additive `bias` `[Lq, Lk]` shared by every batch item and head (a mask:
@@ -342,14 +344,13 @@ impl Inputs {
         );
         let mut out = vec![0.0f32; b * h * lq * dh];
         let mut lse = vec![0.0f32; b * h * lq];
-        out.par_chunks_mut(lq * dh)
-            .zip(lse.par_chunks_mut(lq))
-            .enumerate()
-            .for_each(|(j, (o, l))| {
-                let (qj, kj, vj) = (p.head(q, j, lq), p.head(k, j, p.lk), p.head(v, j, p.lk));
-                let mut s = vec![0.0f32; p.lq * p.lk];
-                head_forward(&p, qj, kj, vj, o, l, &mut s);
-            });
+        let tasks = out.chunks_mut(lq * dh).zip(lse.chunks_mut(lq)).collect();
+        let parallel = b * h * lq * p.lk * dh >= PARALLEL_MACS;
+        run_tasks(tasks, parallel, |j, (o, l)| {
+            let (qj, kj, vj) = (p.head(q, j, lq), p.head(k, j, p.lk), p.head(v, j, p.lk));
+            let mut s = vec![0.0f32; p.lq * p.lk];
+            head_forward(&p, qj, kj, vj, o, l, &mut s);
+        });
         (float_tensor(out, self.dims), lse)
     }
 }
@@ -370,22 +371,24 @@ impl Saved {
         let mut dq = vec![0.0f32; b * h * lq * dh];
         let mut dk = vec![0.0f32; b * h * lk * dh];
         let mut dv = vec![0.0f32; b * h * lk * dh];
-        dq.par_chunks_mut(lq * dh)
-            .zip(dk.par_chunks_mut(lk * dh))
-            .zip(dv.par_chunks_mut(lk * dh))
-            .enumerate()
-            .for_each(|(j, ((dqj, dkj), dvj))| {
-                let head = Head {
-                    q: p.head(q, j, lq),
-                    k: p.head(k, j, lk),
-                    v: p.head(v, j, lk),
-                    out: p.head(o, j, lq),
-                    grad_out: p.head(d_o, j, lq),
-                    lse: &self.lse[j * lq..(j + 1) * lq],
-                };
-                let (mut s, mut ds) = (vec![0.0f32; p.lq * p.lk], vec![0.0f32; p.lq * p.lk]);
-                head_backward(&p, &head, dqj, dkj, dvj, (&mut s, &mut ds));
-            });
+        let tasks = dq
+            .chunks_mut(lq * dh)
+            .zip(dk.chunks_mut(lk * dh))
+            .zip(dv.chunks_mut(lk * dh))
+            .collect();
+        let parallel = b * h * lq * lk * dh >= PARALLEL_MACS;
+        run_tasks(tasks, parallel, |j, ((dqj, dkj), dvj)| {
+            let head = Head {
+                q: p.head(q, j, lq),
+                k: p.head(k, j, lk),
+                v: p.head(v, j, lk),
+                out: p.head(o, j, lq),
+                grad_out: p.head(d_o, j, lq),
+                lse: &self.lse[j * lq..(j + 1) * lq],
+            };
+            let (mut s, mut ds) = (vec![0.0f32; p.lq * p.lk], vec![0.0f32; p.lq * p.lk]);
+            head_backward(&p, &head, dqj, dkj, dvj, (&mut s, &mut ds));
+        });
         [
             float_tensor(dq, i.dims),
             float_tensor(dk, [b, h, lk, dh]),
@@ -486,12 +489,14 @@ impl Packed {
         let qkv = self.qkv.storage::<f32>();
         let mut out = vec![0.0f32; b * l * w];
         let mut lse = vec![0.0f32; b * self.heads * l];
-        out.par_chunks_mut(l * w)
-            .zip(lse.par_chunks_mut(self.heads * l))
-            .enumerate()
-            .for_each(|(i, (out, lse))| {
-                packed_forward(&p, &t, &qkv[i * l * 3 * w..(i + 1) * l * 3 * w], out, lse)
-            });
+        let tasks = out
+            .chunks_mut(l * w)
+            .zip(lse.chunks_mut(self.heads * l))
+            .collect();
+        let parallel = b * l * l * w >= PARALLEL_MACS;
+        run_tasks(tasks, parallel, |i, (out, lse)| {
+            packed_forward(&p, &t, &qkv[i * l * 3 * w..(i + 1) * l * 3 * w], out, lse)
+        });
         (float_tensor(out, [b, l, w]), lse)
     }
 }
@@ -593,17 +598,17 @@ impl PackedSaved {
         let qkv = pk.qkv.storage::<f32>();
         let (out, d_out) = (self.out.storage::<f32>(), grad_out.storage::<f32>());
         let mut dqkv = vec![0.0f32; b * l * 3 * w];
-        dqkv.par_chunks_mut(l * 3 * w)
-            .enumerate()
-            .for_each(|(i, dqkv)| {
-                let item = PackedItem {
-                    qkv: &qkv[i * l * 3 * w..(i + 1) * l * 3 * w],
-                    out: &out[i * l * w..(i + 1) * l * w],
-                    grad_out: &d_out[i * l * w..(i + 1) * l * w],
-                    lse: &self.lse[i * pk.heads * l..(i + 1) * pk.heads * l],
-                };
-                packed_backward(&p, &t, &item, dqkv);
-            });
+        let tasks = dqkv.chunks_mut(l * 3 * w).collect();
+        let parallel = b * l * l * w >= PARALLEL_MACS;
+        run_tasks(tasks, parallel, |i, dqkv| {
+            let item = PackedItem {
+                qkv: &qkv[i * l * 3 * w..(i + 1) * l * 3 * w],
+                out: &out[i * l * w..(i + 1) * l * w],
+                grad_out: &d_out[i * l * w..(i + 1) * l * w],
+                lse: &self.lse[i * pk.heads * l..(i + 1) * pk.heads * l],
+            };
+            packed_backward(&p, &t, &item, dqkv);
+        });
         float_tensor(dqkv, [b, l, 3 * w])
     }
 }
