@@ -25,7 +25,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, DType, Flex, backend_extension};
+use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
@@ -136,7 +136,7 @@ impl FusedAttention for Flex {
         bias: FlexTensor,
         scale: f32,
     ) -> FlexTensor {
-        let inputs = Inputs::new(q, k, v, Some(bias), scale);
+        let inputs = Inputs::new(q, k, v, bias, scale);
         inputs.forward().0
     }
 
@@ -165,7 +165,7 @@ impl<C: CheckpointStrategy> FusedAttention for Autodiff<Flex, C> {
             q.into_primitive(),
             k.into_primitive(),
             v.into_primitive(),
-            Some(bias.into_primitive()),
+            bias.into_primitive(),
             scale,
         );
         match AttentionBackward
@@ -253,7 +253,8 @@ struct Inputs {
     q: FlexTensor,
     k: FlexTensor,
     v: FlexTensor,
-    bias: Option<FlexTensor>,
+    /// `[Lq, Lk]`.
+    bias: FlexTensor,
     scale: f32,
     /// `[B, H, Lq, Dh]` of `q`.
     dims: [usize; 4],
@@ -261,25 +262,11 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn new(
-        q: FlexTensor,
-        k: FlexTensor,
-        v: FlexTensor,
-        bias: Option<FlexTensor>,
-        scale: f32,
-    ) -> Self {
-        let f32_contiguous = |t: FlexTensor, what: &str| {
-            assert_eq!(
-                t.dtype(),
-                DType::F32,
-                "fused attention: {what} must be float32"
-            );
-            t.to_contiguous()
-        };
+    fn new(q: FlexTensor, k: FlexTensor, v: FlexTensor, bias: FlexTensor, scale: f32) -> Self {
         let (q, k, v) = (
-            f32_contiguous(q, "queries"),
-            f32_contiguous(k, "keys"),
-            f32_contiguous(v, "values"),
+            contiguous_f32(q, "attention's queries"),
+            contiguous_f32(k, "attention's keys"),
+            contiguous_f32(v, "attention's values"),
         );
         let dims4 = |t: &FlexTensor| -> [usize; 4] {
             let s = t.layout().shape();
@@ -299,16 +286,12 @@ impl Inputs {
             dims4(&v),
             [b, h, lq, dh]
         );
-        let bias = bias.map(|t| {
-            let t = f32_contiguous(t, "the bias");
-            let s = t.layout().shape();
-            assert!(
-                s.num_dims() == 2 && s[0] == lq && s[1] == lk,
-                "fused attention: bias {:?} is not [{lq}, {lk}]",
-                s
-            );
-            t
-        });
+        let bias = contiguous_f32(bias, "attention's bias");
+        let s = bias.layout().shape();
+        assert!(
+            s.num_dims() == 2 && s[0] == lq && s[1] == lk,
+            "fused attention: bias {s:?} is not [{lq}, {lk}]"
+        );
         Self {
             q,
             k,
@@ -322,7 +305,7 @@ impl Inputs {
 
     fn problem(&self) -> Problem<'_> {
         let [_, _, lq, dh] = self.dims;
-        let bias = self.bias.as_ref().map(|t| t.storage::<f32>());
+        let bias = self.bias.storage::<f32>();
         Problem {
             lq,
             lk: self.lk,
@@ -469,8 +452,8 @@ impl Packed {
             lk: l,
             dh: w / self.heads,
             scale: self.scale,
-            bias: Some(bias),
-            blocks: row_blocks(Some(bias), l, l),
+            bias,
+            blocks: row_blocks(bias, l, l),
         }
     }
 
@@ -668,7 +651,8 @@ struct Problem<'a> {
     lk: usize,
     dh: usize,
     scale: f32,
-    bias: Option<&'a [f32]>,
+    /// `[Lq, Lk]`, added to the scores.
+    bias: &'a [f32],
     /// `(first row, end row, keys seen)`: consecutive query rows that see the same leading
     /// keys (the rest of their bias row is `-inf`).
     blocks: Vec<(usize, usize, usize)>,
@@ -682,15 +666,13 @@ impl Problem<'_> {
 }
 
 /// Row blocks of a bias `[lq, lk]`: rows whose bias ends in the same run of `-inf` see the
-/// same leading keys. Without a bias, one block of every row over every key.
-fn row_blocks(bias: Option<&[f32]>, lq: usize, lk: usize) -> Vec<(usize, usize, usize)> {
+/// same leading keys.
+fn row_blocks(bias: &[f32], lq: usize, lk: usize) -> Vec<(usize, usize, usize)> {
     let seen = |i: usize| -> usize {
-        bias.map_or(lk, |b| {
-            let row = &b[i * lk..(i + 1) * lk];
-            row.iter()
-                .rposition(|&x| x != f32::NEG_INFINITY)
-                .map_or(0, |c| c + 1)
-        })
+        bias[i * lk..(i + 1) * lk]
+            .iter()
+            .rposition(|&x| x != f32::NEG_INFINITY)
+            .map_or(0, |c| c + 1)
     };
     let mut blocks: Vec<(usize, usize, usize)> = Vec::new();
     for i in 0..lq {
@@ -792,11 +774,9 @@ fn head_forward_body(
             p.scale,
         );
         for (r, row) in s.chunks_exact_mut(e).enumerate() {
-            if let Some(b) = p.bias {
-                let i = r0 + r;
-                for (x, &b) in row.iter_mut().zip(&b[i * p.lk..i * p.lk + e]) {
-                    *x += b;
-                }
+            let i = r0 + r;
+            for (x, &b) in row.iter_mut().zip(&p.bias[i * p.lk..i * p.lk + e]) {
+                *x += b;
             }
             let max = max_lanes(row);
             for x in row.iter_mut() {
@@ -838,17 +818,8 @@ fn head_backward_body(
         for (r, row) in s.chunks_exact_mut(e).enumerate() {
             let i = r0 + r;
             let lse = h.lse[i];
-            match p.bias {
-                Some(b) => {
-                    for (x, &b) in row.iter_mut().zip(&b[i * p.lk..i * p.lk + e]) {
-                        *x = exp_f32(*x + b - lse);
-                    }
-                }
-                None => {
-                    for x in row.iter_mut() {
-                        *x = exp_f32(*x - lse);
-                    }
-                }
+            for (x, &b) in row.iter_mut().zip(&p.bias[i * p.lk..i * p.lk + e]) {
+                *x = exp_f32(*x + b - lse);
             }
         }
         // dp = do v^T, then ds = p (dp - rowsum(do * o)).
