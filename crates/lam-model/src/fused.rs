@@ -20,7 +20,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DType, Dispatch, Flex, backend_extension};
@@ -203,25 +203,16 @@ impl<C: CheckpointStrategy> FusedElementwise for Autodiff<Flex, C> {
             shift.into_primitive(),
             scale.into_primitive(),
         );
-        match NormBackward.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (out, stats) = inputs.forward();
-                prep.finish(NormSaved { inputs, stats }, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(inputs.forward().0),
-        }
+        record::<_, C, 5>(NormBackward, nodes, || {
+            let (out, stats) = inputs.forward();
+            (out, NormSaved { inputs, stats })
+        })
     }
 
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let nodes = [x.node()];
         let x = contiguous_f32(x.into_primitive(), "GELU's input");
-        match GeluBackward.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let out = gelu_forward(&x);
-                prep.finish(x, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(gelu_forward(&x)),
-        }
+        record::<_, C, 1>(GeluBackward, nodes, || (gelu_forward(&x), x))
     }
 
     fn fused_rope(
@@ -232,11 +223,7 @@ impl<C: CheckpointStrategy> FusedElementwise for Autodiff<Flex, C> {
         let nodes = [x.node()];
         let tables = RopeTables::new(cos.into_primitive(), sin.into_primitive());
         let x = contiguous_f32(x.into_primitive(), "RoPE's input");
-        let out = tables.rotate(&x, false);
-        match RopeBackward.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(tables, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        record::<_, C, 1>(RopeBackward, nodes, || (tables.rotate(&x, false), tables))
     }
 
     fn fused_linear(
@@ -250,15 +237,27 @@ impl<C: CheckpointStrategy> FusedElementwise for Autodiff<Flex, C> {
             weight.into_primitive(),
             bias.into_primitive(),
         );
-        let out = inputs.forward();
-        match LinearBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(inputs, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
+        record::<_, C, 3>(LinearBackward, nodes, || (inputs.forward(), inputs))
+    }
+}
+
+/// Records the op `op` on the inputs `nodes`: `run` computes its output and what its backward
+/// keeps; the kept state is dropped where no input is tracked.
+pub(crate) fn record<BO, C, const N: usize>(
+    op: BO,
+    nodes: [NodeGuard; N],
+    run: impl FnOnce() -> (FlexTensor, BO::State),
+) -> FloatTensor<Autodiff<Flex, C>>
+where
+    BO: Backward<Flex, N>,
+    C: CheckpointStrategy,
+{
+    match op.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (out, state) = run();
+            prep.finish(state, out)
         }
+        OpsKind::UnTracked(prep) => prep.finish(run().0),
     }
 }
 
@@ -757,14 +756,18 @@ impl Backward<Flex, 3> for LinearBackward {
     }
 }
 
-/// `dst[m, n] (+)= lhs[m, k] rhs[k, n]` (row-major with the given row and column strides), on
-/// rayon's threads when the product is large enough to pay for them.
-fn big_gemm(
+/// `dst[m, n] (+)= beta lhs[m, k] rhs[k, n]` (row-major with the given row and column
+/// strides; a transposed operand is read through swapped strides), with gemm's
+/// `parallelism`. The one call into the `gemm` crate for the fused ops and the planner's host
+/// kernels.
+pub(crate) fn gemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     accumulate: bool,
     (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    beta: f32,
+    parallelism: gemm::Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -778,11 +781,6 @@ fn big_gemm(
     }
     assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    let parallelism = if m * n * k >= PARALLEL_MACS {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: every element read or written lies inside the slices (checked above); `dst`
     // does not alias the operands (it is a distinct `&mut`).
     unsafe {
@@ -801,13 +799,30 @@ fn big_gemm(
             rhs_cs as isize,
             rhs_rs as isize,
             1.0f32,
-            1.0f32,
+            beta,
             false,
             false,
             false,
             parallelism,
         );
     }
+}
+
+/// [`gemm`] on rayon's threads when the product is large enough to pay for them.
+fn big_gemm(
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+) {
+    let (m, n, k) = dims;
+    let parallelism = if m * n * k >= PARALLEL_MACS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm(dims, dst, accumulate, lhs, rhs, 1.0, parallelism);
 }
 
 // ---- shared by the fused ops ----

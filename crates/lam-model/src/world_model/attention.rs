@@ -22,7 +22,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
@@ -31,7 +31,7 @@ use burn::tensor::activation::softmax;
 
 use super::host::{exp_f32, max_lanes, sum_lanes};
 use crate::fused::{
-    PARALLEL_MACS, contiguous_f32, dot, float_tensor, on_cpu, rope_head_body, run_tasks,
+    PARALLEL_MACS, contiguous_f32, dot, float_tensor, on_cpu, record, rope_head_body, run_tasks,
     simd_dispatch,
 };
 
@@ -168,22 +168,15 @@ impl<C: CheckpointStrategy> FusedAttention for Autodiff<Flex, C> {
             bias.into_primitive(),
             scale,
         );
-        match AttentionBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (out, lse) = inputs.forward();
-                let state = Saved {
-                    inputs,
-                    out: out.clone(),
-                    lse,
-                };
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(inputs.forward().0),
-        }
+        record::<_, C, 3>(AttentionBackward, nodes, || {
+            let (out, lse) = inputs.forward();
+            let state = Saved {
+                inputs,
+                out: out.clone(),
+                lse,
+            };
+            (out, state)
+        })
     }
 
     fn fused_qkv_attention(
@@ -203,22 +196,15 @@ impl<C: CheckpointStrategy> FusedAttention for Autodiff<Flex, C> {
             heads,
             scale,
         );
-        match PackedBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (out, lse) = packed.forward();
-                let state = PackedSaved {
-                    packed,
-                    out: out.clone(),
-                    lse,
-                };
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(packed.forward().0),
-        }
+        record::<_, C, 1>(PackedBackward, nodes, || {
+            let (out, lse) = packed.forward();
+            let state = PackedSaved {
+                packed,
+                out: out.clone(),
+                lse,
+            };
+            (out, state)
+        })
     }
 }
 
@@ -695,51 +681,25 @@ struct Head<'a> {
     lse: &'a [f32],
 }
 
-/// `dst[m, n] (+)= beta * lhs[m, k] rhs[k, n]`, all row-major with the given strides (a
-/// transposed operand is read through swapped strides). Runs on the calling thread.
-#[allow(clippy::too_many_arguments)]
+/// [`crate::fused::gemm`] on the calling thread (the heads already run in parallel).
 #[inline(always)]
 fn gemm(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: &mut [f32],
     accumulate: bool,
-    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
-    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
     beta: f32,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() >= m * n);
-    if k > 0 {
-        assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-        assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    }
-    // SAFETY: every element read or written lies inside the slices (checked above); `dst`
-    // does not alias the operands (it is a distinct `&mut`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0f32,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    crate::fused::gemm(
+        dims,
+        dst,
+        accumulate,
+        lhs,
+        rhs,
+        beta,
+        gemm::Parallelism::None,
+    );
 }
 
 /// One head's forward: `o` `[Lq, Dh]`, `lse` `[Lq]`.

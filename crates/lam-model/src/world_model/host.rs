@@ -127,31 +127,8 @@ impl Lin {
         } else {
             gemm::Parallelism::None
         };
-        // SAFETY: the bounds are checked above; all three buffers are row-major and
-        // contiguous with the given row strides, and `out` does not alias the inputs.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                self.w.as_ptr(),
-                1,
-                n as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        let (w, dims) = (&self.w[..], (m, n, k));
+        crate::fused::gemm(dims, out, false, (x, k, 1), (w, n, 1), 1.0, parallelism);
     }
 
     /// `x W + b` for `m` rows, bias added in place.
