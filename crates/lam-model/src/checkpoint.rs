@@ -25,7 +25,7 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LamConfig;
-use crate::optim::stable_param_ids;
+use crate::optim::{TwoGroupOptimizer, stable_param_ids};
 
 /// Non-tensor training state saved with each checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -144,7 +144,7 @@ pub fn write_step(
 pub fn save<M: Module + ModuleSnapshot>(
     run: &Path,
     model: &M,
-    optimizer: &ModuleOptimizer,
+    optimizer: &TwoGroupOptimizer,
     scheduler: &ModuleLrScheduler,
     state: &TrainState,
     keep: usize,
@@ -157,7 +157,7 @@ pub fn save<M: Module + ModuleSnapshot>(
 pub fn save_with<M: Module + ModuleSnapshot>(
     run: &Path,
     model: &M,
-    optimizer: &ModuleOptimizer,
+    optimizer: &TwoGroupOptimizer,
     scheduler: &ModuleLrScheduler,
     state: &TrainState,
     keep: usize,
@@ -166,7 +166,7 @@ pub fn save_with<M: Module + ModuleSnapshot>(
     write_step(run, state.step, keep.max(1), |tmp| {
         extra(tmp)?;
         save_weights(model, &tmp.join("model.safetensors"))?;
-        save_optimizer(tmp, optimizer)?;
+        save_optimizer(tmp, optimizer.module_optimizer())?;
         scheduler
             .to_record()
             .save(tmp.join("scheduler.bpk"))
@@ -355,10 +355,10 @@ pub fn resume_or_clear(run: &Path, resume: bool) -> Result<Option<PathBuf>> {
 /// Restores optimiser and scheduler state from a checkpoint folder.
 pub fn load_optim(
     ckpt: &Path,
-    optimizer: ModuleOptimizer,
+    optimizer: TwoGroupOptimizer,
     scheduler: ModuleLrScheduler,
-) -> Result<(ModuleOptimizer, ModuleLrScheduler)> {
-    let optimizer = load_optimizer(ckpt, optimizer)?;
+) -> Result<(TwoGroupOptimizer, ModuleLrScheduler)> {
+    let optimizer = optimizer.map_module_optimizer(|o| load_optimizer(ckpt, o))?;
     let sched_path = ckpt.join("scheduler.bpk");
     let record = LrSchedulerRecord::load(&sched_path).map_err(|e| {
         anyhow::anyhow!(

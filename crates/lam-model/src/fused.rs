@@ -32,8 +32,8 @@ use rayon::prelude::*;
 use crate::world_model::host::{erf_f32, exp_f32, gelu as gelu_f32, row_stats, sum_lanes};
 
 /// Whether `device` runs the fused CPU op `name` (`attention`, `norm`, `gelu`, `rope`,
-/// `linear`): the `flex`
-/// backend, with or without autodiff, unless `LAM_TENSOR_OPS` names the op (or `all`).
+/// `linear`, or `muon`: the optimiser's Newton-Schulz steps): the `flex` backend, with or
+/// without autodiff, unless `LAM_TENSOR_OPS` names the op (or `all`).
 pub(crate) fn on_cpu(device: &Device, name: &str) -> bool {
     if device.clone().without_autodiff() != Device::flex() {
         return false;

@@ -14,6 +14,9 @@
 //! matrix; the update is then exactly that of `torch.optim.Muon` on the same layer
 //! (checked against a fixture made with PyTorch).
 //!
+//! On the CPU the Muon group's Newton-Schulz steps run after the module optimiser's pass, all
+//! matrices at once ([`host_muon`]); other devices run burn's Muon as is.
+//!
 //! Parameter ids are derived from module paths ([`stable_param_ids`]) so optimiser state
 //! saved in a checkpoint finds its parameters again after a restart.
 
@@ -23,15 +26,22 @@ use burn::grad_clipping::GradientClippingConfig;
 use burn::lr_scheduler::LrSchedulerConfig;
 use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
-use burn::lr_scheduler::module_lr_scheduler::{ModuleLrScheduler, ModuleLrSchedulerConfig};
+use burn::lr_scheduler::module_lr_scheduler::{
+    ModuleLearningRate, ModuleLrScheduler, ModuleLrSchedulerConfig,
+};
 use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, ModuleOptimizer, Muon, MuonConfig, MuonState, Optimizer};
+use burn::optim::{
+    AdamWConfig, GradientsParams, ModuleOptimizer, Muon, MuonConfig, MuonState, Optimizer,
+};
 use burn::prelude::*;
 
 use crate::config::OptimConfig;
+
+pub mod host_muon;
+use host_muon::QueuedMuon;
 
 /// burn's Muon applied to the PyTorch layout of a weight (see the module docs).
 #[derive(Clone)]
@@ -144,9 +154,57 @@ pub fn group_of(path: &str, rank: usize) -> Group {
     }
 }
 
+/// Stage 1's optimiser: burn's `ModuleOptimizer` with AdamW and a Muon group; on the CPU the
+/// Muon group's Newton-Schulz steps run after the module optimiser's pass, every matrix at
+/// once ([`host_muon`]). Its state (and a checkpoint's) is the module optimiser's either way.
+#[derive(Clone)]
+pub struct TwoGroupOptimizer {
+    inner: ModuleOptimizer,
+    /// The CPU's Muon and its parameters in the module's order; `None`: burn's Muon.
+    queued: Option<(QueuedMuon, Vec<ParamId>)>,
+}
+
+impl TwoGroupOptimizer {
+    /// One optimiser step of `module` with `grads`.
+    pub fn step<M: Module>(
+        &mut self,
+        lr: impl Into<ModuleLearningRate>,
+        module: M,
+        grads: GradientsParams,
+    ) -> M {
+        let Some((muon, ids)) = &self.queued else {
+            return self.inner.step(lr, module, grads);
+        };
+        let stepped: Vec<ParamId> = ids
+            .iter()
+            .copied()
+            .filter(|id| grads.get::<2>(*id).is_some())
+            .collect();
+        let module = self.inner.step(lr, module, grads);
+        host_muon::apply(muon, &stepped, module)
+    }
+
+    /// The module optimiser that holds the state (what a checkpoint saves).
+    pub fn module_optimizer(&self) -> &ModuleOptimizer {
+        &self.inner
+    }
+
+    /// The same optimiser with `f` applied to its module optimiser (loading a checkpoint's
+    /// state).
+    pub fn map_module_optimizer<E>(
+        self,
+        f: impl FnOnce(ModuleOptimizer) -> Result<ModuleOptimizer, E>,
+    ) -> Result<Self, E> {
+        Ok(Self {
+            inner: f(self.inner)?,
+            queued: self.queued,
+        })
+    }
+}
+
 /// The two-group optimiser and its schedule for `module`, over `total_steps` steps.
 pub struct TwoGroupOptim {
-    pub optimizer: ModuleOptimizer,
+    pub optimizer: TwoGroupOptimizer,
     pub scheduler: ModuleLrScheduler,
     /// Parameter counts per group, for the run log.
     pub counts: BTreeMap<&'static str, usize>,
@@ -156,6 +214,21 @@ pub fn build<M: Module>(
     module: &M,
     cfg: &OptimConfig,
     total_steps: usize,
+) -> anyhow::Result<TwoGroupOptim> {
+    let on_cpu = module
+        .devices()
+        .first()
+        .is_some_and(|d| crate::fused::on_cpu(d, "muon"));
+    build_on(module, cfg, total_steps, on_cpu)
+}
+
+/// [`build`], with the Muon group's Newton-Schulz steps on the host (`host_muon`, the CPU's
+/// path) or as burn's tensor ops.
+pub(crate) fn build_on<M: Module>(
+    module: &M,
+    cfg: &OptimConfig,
+    total_steps: usize,
+    host_muon: bool,
 ) -> anyhow::Result<TwoGroupOptim> {
     let mut muon_ids = Vec::new();
     let mut counts = BTreeMap::from([("muon_tensors", 0), ("adamw_tensors", 0)]);
@@ -175,10 +248,22 @@ pub fn build<M: Module>(
         .with_epsilon(cfg.adamw_eps as f32)
         .with_weight_decay(cfg.weight_decay as f32)
         .with_grad_clipping(clip.clone());
-    let muon_group = ParamGroup::from_ids(muon_ids);
-    let optimizer = adamw
-        .init()
-        .with_group(muon_group.clone(), muon(cfg), clip.map(|c| c.init()));
+    let muon_group = ParamGroup::from_ids(muon_ids.clone());
+    let adamw = adamw.init();
+    let clip = clip.map(|c| c.init());
+    let optimizer = if host_muon {
+        // The queued Muon clips its gradients itself.
+        let queued = QueuedMuon::new(cfg);
+        TwoGroupOptimizer {
+            inner: adamw.with_group(muon_group.clone(), queued.clone(), None),
+            queued: Some((queued, muon_ids)),
+        }
+    } else {
+        TwoGroupOptimizer {
+            inner: adamw.with_group(muon_group.clone(), muon(cfg), clip),
+            queued: None,
+        }
+    };
     let scheduler = ModuleLrSchedulerConfig::new(warmup_cosine(cfg.adamw_lr, cfg, total_steps)?)
         .with_group(muon_group, warmup_cosine(cfg.muon_lr, cfg, total_steps)?)
         .init()
