@@ -40,7 +40,7 @@ use burn::prelude::*;
 
 use crate::config::OptimConfig;
 
-pub mod host_muon;
+mod host_muon;
 use host_muon::QueuedMuon;
 
 /// burn's Muon applied to the PyTorch layout of a weight (see the module docs).
