@@ -130,7 +130,7 @@ pub(crate) fn rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
     ))
 }
 
-/// The backend ops behind [`norm_modulate`], [`gelu`] and [`rope`]. The layer norm's epsilon is
+/// The backend ops behind [`norm_modulate`], [`gelu`] and `rope`. The layer norm's epsilon is
 /// burn's default (1e-5), which every world-model norm uses.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedElementwise: Backend {

@@ -15,7 +15,7 @@
 //! (checked against a fixture made with PyTorch).
 //!
 //! On the CPU the Muon group's Newton-Schulz steps run after the module optimiser's pass, all
-//! matrices at once ([`host_muon`]); other devices run burn's Muon as is.
+//! matrices at once (`optim/host_muon.rs`); other devices run burn's Muon as is.
 //!
 //! Parameter ids are derived from module paths ([`stable_param_ids`]) so optimiser state
 //! saved in a checkpoint finds its parameters again after a restart.
@@ -156,7 +156,7 @@ pub fn group_of(path: &str, rank: usize) -> Group {
 
 /// Stage 1's optimiser: burn's `ModuleOptimizer` with AdamW and a Muon group; on the CPU the
 /// Muon group's Newton-Schulz steps run after the module optimiser's pass, every matrix at
-/// once ([`host_muon`]). Its state (and a checkpoint's) is the module optimiser's either way.
+/// once (`optim/host_muon.rs`). Its state (and a checkpoint's) is the module optimiser's either way.
 #[derive(Clone)]
 pub struct TwoGroupOptimizer {
     inner: ModuleOptimizer,

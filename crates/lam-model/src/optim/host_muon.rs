@@ -4,9 +4,10 @@
 //! Newton-Schulz iterations (three products each) ran as tensor ops split over the threads
 //! one product at a time; on the medium model that was ~400 ms of a ~1.5 s training step. On
 //! the `flex` backend the Muon group gets [`QueuedMuon`] instead of burn's Muon: inside the
-//! module optimiser's pass it applies burn's own Nesterov momentum (so the state it keeps, and
-//! what a checkpoint holds, is burn's `MuonState` in PyTorch's layout, as
-//! [`super::TorchLayoutMuon`] keeps it) and queues the weight with its momentum-corrected
+//! module optimiser's pass it clips the gradient and applies Nesterov momentum in one pass over
+//! host memory, as burn's `GradientClipping::Norm` and `Momentum` compute them (the state it
+//! keeps, and what a checkpoint holds, is burn's `MuonState` in PyTorch's layout, as
+//! [`super::TorchLayoutMuon`] keeps it), and queues the weight with its momentum-corrected
 //! gradient. [`apply`] then runs the queue: one matrix per thread (`gemm` on the calling
 //! thread, largest first), normalisation, Newton-Schulz, decoupled weight decay and the
 //! shape-adjusted rate exactly as burn's `Muon` computes them, and puts the new weights back
