@@ -339,7 +339,7 @@ impl NormInputs {
         let x = self.x.storage::<f32>();
         let (gamma, beta) = (self.gamma.storage::<f32>(), self.beta.storage::<f32>());
         let (shift, scale) = (self.shift.storage::<f32>(), self.scale.storage::<f32>());
-        let mut out = vec![0.0f32; x.len()];
+        let mut out = zeros(x.len());
         let mut stats = vec![(0.0f32, 0.0f32); self.frames * self.tokens];
         let tasks = out
             .chunks_mut(nw)
@@ -394,7 +394,7 @@ impl Backward<Flex, 5> for NormBackward {
         let (x, dy) = (i.x.storage::<f32>(), dy.storage::<f32>());
         let (gamma, beta) = (i.gamma.storage::<f32>(), i.beta.storage::<f32>());
         let scale = i.scale.storage::<f32>();
-        let mut dx = vec![0.0f32; x.len()];
+        let mut dx = zeros(x.len());
         let mut dshift = vec![0.0f32; i.frames * w];
         let mut dscale = vec![0.0f32; i.frames * w];
         // Per frame: dx, the frame's shift and scale gradients, and a partial sum of the
@@ -500,7 +500,7 @@ impl Backward<Flex, 1> for GeluBackward {
         let [parent] = ops.parents;
         if let Some(node) = parent {
             let x = &ops.state;
-            let mut dx = vec![0.0f32; x.layout().shape().num_elements()];
+            let mut dx = zeros(x.layout().shape().num_elements());
             let parallel = dx.len() >= PARALLEL_ELEMENTS;
             let tasks = dx
                 .chunks_mut(GELU_CHUNK)
@@ -519,7 +519,7 @@ impl Backward<Flex, 1> for GeluBackward {
 const GELU_CHUNK: usize = 1 << 14;
 
 fn gelu_forward(x: &FlexTensor) -> FlexTensor {
-    let mut out = vec![0.0f32; x.layout().shape().num_elements()];
+    let mut out = zeros(x.layout().shape().num_elements());
     let parallel = out.len() >= PARALLEL_ELEMENTS;
     let tasks = out
         .chunks_mut(GELU_CHUNK)
@@ -599,7 +599,7 @@ impl RopeTables {
         );
         let ld = self.len * self.dh;
         let (cos, sin) = (self.cos.storage::<f32>(), self.sin.storage::<f32>());
-        let mut out = vec![0.0f32; shape.num_elements()];
+        let mut out = zeros(shape.num_elements());
         let parallel = out.len() >= PARALLEL_ELEMENTS;
         let tasks = out
             .chunks_mut(ld)
@@ -699,13 +699,18 @@ impl LinearInputs {
     /// `x W + b` `[M, N]`: every row starts as the bias and the product is added to it.
     fn forward(&self) -> FlexTensor {
         let (m, k, n) = (self.m, self.k, self.n);
-        let bias = self.bias.storage::<f32>();
-        let mut out = Vec::with_capacity(m * n);
-        for _ in 0..m {
-            out.extend_from_slice(bias);
-        }
+        let mut out = repeat_rows(self.bias.storage::<f32>(), m);
         let (x, w) = (self.x.storage::<f32>(), self.weight.storage::<f32>());
-        big_gemm((m, n, k), &mut out, true, (x, k, 1), (w, n, 1));
+        let dims = (m, n, k);
+        gemm(
+            dims,
+            &mut out,
+            true,
+            (x, k, 1),
+            (w, n, 1),
+            1.0,
+            parallelism_for(dims),
+        );
         float_tensor(out, [m, n])
     }
 }
@@ -721,26 +726,12 @@ impl Backward<Flex, 3> for LinearBackward {
         let [px, pw, pb] = ops.parents;
         if let Some(node) = px {
             // dx = dy W^T
-            let mut dx = vec![0.0f32; m * k];
-            big_gemm(
-                (m, k, n),
-                &mut dx,
-                false,
-                (dy_, n, 1),
-                (i.weight.storage::<f32>(), 1, n),
-            );
+            let dx = big_gemm_new((m, k, n), (dy_, n, 1), (i.weight.storage::<f32>(), 1, n));
             grads.register::<Flex>(node.id, float_tensor(dx, [m, k]));
         }
         if let Some(node) = pw {
             // dW = x^T dy
-            let mut dw = vec![0.0f32; k * n];
-            big_gemm(
-                (k, n, m),
-                &mut dw,
-                false,
-                (i.x.storage::<f32>(), 1, k),
-                (dy_, n, 1),
-            );
+            let dw = big_gemm_new((k, n, m), (i.x.storage::<f32>(), 1, k), (dy_, n, 1));
             grads.register::<Flex>(node.id, float_tensor(dw, [k, n]));
         }
         if let Some(node) = pb {
@@ -761,8 +752,59 @@ impl Backward<Flex, 3> for LinearBackward {
 /// `parallelism`. The one call into the `gemm` crate for the fused ops and the planner's host
 /// kernels.
 pub(crate) fn gemm(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: &mut [f32],
+    accumulate: bool,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    let (m, n, _) = dims;
+    assert!(dst.len() >= m * n);
+    // SAFETY: `dst` holds `m * n` elements (checked above) and, a distinct `&mut`, does not
+    // alias the operands.
+    unsafe {
+        gemm_raw(
+            dims,
+            dst.as_mut_ptr(),
+            accumulate,
+            lhs,
+            rhs,
+            beta,
+            parallelism,
+        )
+    }
+}
+
+/// `beta lhs[m, k] rhs[k, n]` in a new buffer, written by the product itself (no zeroing
+/// pass first: on the calling thread that pass held the other threads up).
+pub(crate) fn gemm_new(
+    dims: (usize, usize, usize),
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) -> Vec<f32> {
+    let (m, n, k) = dims;
+    if k == 0 {
+        return zeros(m * n);
+    }
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: the buffer has room for `m * n` elements and is not read (`accumulate` false);
+    // with `k > 0` the product writes every one of them, so the length may then be set.
+    unsafe {
+        gemm_raw(dims, out.as_mut_ptr(), false, lhs, rhs, beta, parallelism);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// [`gemm`] into `dst`, which must have room for `m * n` elements, not alias the operands,
+/// and (with `accumulate`) hold initialised values.
+unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
     accumulate: bool,
     (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
@@ -772,23 +814,23 @@ pub(crate) fn gemm(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst.len() >= m * n);
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            // SAFETY: `dst` has room for `m * n` elements (the caller's contract).
+            unsafe { std::ptr::write_bytes(dst, 0, m * n) };
         }
         return;
     }
     assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: every element read or written lies inside the slices (checked above); `dst`
-    // does not alias the operands (it is a distinct `&mut`).
+    // SAFETY: every operand element read lies inside its slice (checked above); `dst` is the
+    // caller's to guarantee.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -808,21 +850,23 @@ pub(crate) fn gemm(
     }
 }
 
-/// [`gemm`] on rayon's threads when the product is large enough to pay for them.
-fn big_gemm(
-    dims: (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: (&[f32], usize, usize),
-    rhs: (&[f32], usize, usize),
-) {
-    let (m, n, k) = dims;
-    let parallelism = if m * n * k >= PARALLEL_MACS {
+/// gemm's parallelism for a product of `m * n * k` multiply-adds: rayon's threads when the
+/// product is large enough to pay for them.
+fn parallelism_for((m, n, k): (usize, usize, usize)) -> gemm::Parallelism {
+    if m * n * k >= PARALLEL_MACS {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
-    };
-    gemm(dims, dst, accumulate, lhs, rhs, 1.0, parallelism);
+    }
+}
+
+/// [`gemm_new`] (`beta` 1) on rayon's threads when the product is large enough.
+fn big_gemm_new(
+    dims: (usize, usize, usize),
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+) -> Vec<f32> {
+    gemm_new(dims, lhs, rhs, 1.0, parallelism_for(dims))
 }
 
 // ---- shared by the fused ops ----
@@ -870,6 +914,58 @@ pub(crate) fn sum_tasks<T: Send>(
             .enumerate()
             .fold(vec![0.0f32; width], step)
     }
+}
+
+/// Elements per task of the parallel buffer fills.
+const FILL_CHUNK: usize = 1 << 15;
+
+/// `n` zeros, written on rayon's threads when `n` is large: `vec![0.0; n]` zeroes a reused
+/// block (or faults in a fresh one) on the calling thread while the others wait.
+pub(crate) fn zeros(n: usize) -> Vec<f32> {
+    filled(n, 1, |_, out| {
+        for o in out {
+            o.write(0.0);
+        }
+    })
+}
+
+/// `row` repeated `times` times, one after the other (written on rayon's threads when large).
+pub(crate) fn repeat_rows(row: &[f32], times: usize) -> Vec<f32> {
+    filled(row.len() * times, row.len().max(1), |_, out| {
+        for chunk in out.chunks_mut(row.len()) {
+            for (o, &v) in chunk.iter_mut().zip(row) {
+                o.write(v);
+            }
+        }
+    })
+}
+
+/// A buffer of `n` elements written chunk by chunk by `write(first, chunk)` (chunks of a
+/// multiple of `unit` elements; on rayon's threads when `n` is large). `write` must write
+/// every element of its chunk.
+fn filled(
+    n: usize,
+    unit: usize,
+    write: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::<f32>::with_capacity(n);
+    let chunk = FILL_CHUNK.div_ceil(unit).max(1) * unit;
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if n >= PARALLEL_ELEMENTS {
+        spare
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| write(i * chunk, c));
+    } else {
+        spare
+            .chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| write(i * chunk, c));
+    }
+    // SAFETY: `write` wrote every one of the first `n` elements (its contract; both callers
+    // above write each element of their chunk).
+    unsafe { out.set_len(n) };
+    out
 }
 
 /// `t` as a contiguous float32 tensor (the fused ops run float32 only).
@@ -954,6 +1050,52 @@ mod tests {
 
     fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
         (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    /// The buffers written in parallel chunks: every element, rows whole across chunk ends
+    /// (a 7-wide row does not divide the chunk), and the product written into a new buffer
+    /// as into a zeroed one.
+    #[test]
+    fn new_buffers_are_written_whole() {
+        for n in [0, 5, PARALLEL_ELEMENTS + 3, 3 * FILL_CHUNK + 11] {
+            assert!(zeros(n).len() == n && zeros(n).iter().all(|&v| v == 0.0));
+        }
+        let row: Vec<f32> = (0..7).map(|i| i as f32 + 0.5).collect();
+        for times in [0, 3, 20_000] {
+            let out = repeat_rows(&row, times);
+            assert_eq!(out.len(), 7 * times);
+            assert!(out.chunks_exact(7).all(|r| r == row.as_slice()));
+        }
+        let (m, n, k) = (300, 130, 70);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+        for par in [gemm::Parallelism::None, gemm::Parallelism::Rayon(0)] {
+            let fresh = gemm_new((m, n, k), (&a, k, 1), (&b, n, 1), 0.5, par);
+            let mut zeroed = vec![0.0; m * n];
+            gemm(
+                (m, n, k),
+                &mut zeroed,
+                false,
+                (&a, k, 1),
+                (&b, n, 1),
+                0.5,
+                par,
+            );
+            assert_eq!(fresh, zeroed);
+            // Entry (1, 2) by hand.
+            let want: f32 = (0..k).map(|j| a[k + j] * b[j * n + 2]).sum::<f32>() * 0.5;
+            assert_eq!(fresh[n + 2], want);
+        }
+        assert_eq!(
+            gemm_new(
+                (2, 3, 0),
+                (&[], 0, 1),
+                (&[], 3, 1),
+                1.0,
+                gemm::Parallelism::None
+            ),
+            vec![0.0; 6]
+        );
     }
 
     /// Value and gradients (input, gamma, beta, shift, scale) against the tensor ops.

@@ -144,7 +144,24 @@ struct PlotArgs {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `purge_delay` option: its place in mimalloc's `mi_option_t` (checked by a test
+/// against the option's documented default).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the OS after a minute unused instead of mimalloc's one second: a
+/// training step frees and allocates the same buffers again, and on the medium model (1.5 s a
+/// step) every step faulted them in anew (75,000-95,000 page faults in seven steps, 2,800 with
+/// the longer delay; docs/benchmarks.md, "Buffers held across steps"). A
+/// `MIMALLOC_PURGE_DELAY` in the environment wins.
+fn hold_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one integer option of the allocator; any value is valid.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 60_000) }
+    }
+}
+
 fn main() {
+    hold_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -255,6 +272,29 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", out.display());
             }
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The option index is mimalloc's purge delay: it holds that option's default (1,000 ms)
+    /// until `hold_freed_memory` raises it.
+    #[test]
+    fn the_purge_delay_option_is_mimallocs() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads and sets integer options of the allocator.
+        unsafe {
+            assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 1_000);
+            hold_freed_memory();
+            assert_eq!(
+                libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
+                60_000
+            );
         }
     }
 }

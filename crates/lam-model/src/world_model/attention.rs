@@ -32,7 +32,7 @@ use burn::tensor::activation::softmax;
 use super::host::{exp_f32, max_lanes, sum_lanes};
 use crate::fused::{
     PARALLEL_MACS, contiguous_f32, dot, float_tensor, on_cpu, record, rope_head_body, run_tasks,
-    simd_dispatch,
+    simd_dispatch, zeros,
 };
 
 /// `softmax(q k^T * scale + bias) v` for `q` `[B, H, Lq, Dh]`, `k` and `v` `[B, H, Lk, Dh]`
@@ -311,7 +311,7 @@ impl Inputs {
             self.k.storage::<f32>(),
             self.v.storage::<f32>(),
         );
-        let mut out = vec![0.0f32; b * h * lq * dh];
+        let mut out = zeros(b * h * lq * dh);
         let mut lse = vec![0.0f32; b * h * lq];
         let tasks = out.chunks_mut(lq * dh).zip(lse.chunks_mut(lq)).collect();
         let parallel = b * h * lq * p.lk * dh >= PARALLEL_MACS;
@@ -337,9 +337,9 @@ impl Saved {
             i.v.storage::<f32>(),
         );
         let (o, d_o) = (self.out.storage::<f32>(), grad_out.storage::<f32>());
-        let mut dq = vec![0.0f32; b * h * lq * dh];
-        let mut dk = vec![0.0f32; b * h * lk * dh];
-        let mut dv = vec![0.0f32; b * h * lk * dh];
+        let mut dq = zeros(b * h * lq * dh);
+        let mut dk = zeros(b * h * lk * dh);
+        let mut dv = zeros(b * h * lk * dh);
         let tasks = dq
             .chunks_mut(lq * dh)
             .zip(dk.chunks_mut(lk * dh))
@@ -456,7 +456,7 @@ impl Packed {
         let [b, l, w] = self.dims;
         let (p, t) = (self.problem(), self.tables());
         let qkv = self.qkv.storage::<f32>();
-        let mut out = vec![0.0f32; b * l * w];
+        let mut out = zeros(b * l * w);
         let mut lse = vec![0.0f32; b * self.heads * l];
         let tasks = out
             .chunks_mut(l * w)
@@ -566,7 +566,7 @@ impl PackedSaved {
         let (p, t) = (pk.problem(), pk.tables());
         let qkv = pk.qkv.storage::<f32>();
         let (out, d_out) = (self.out.storage::<f32>(), grad_out.storage::<f32>());
-        let mut dqkv = vec![0.0f32; b * l * 3 * w];
+        let mut dqkv = zeros(b * l * 3 * w);
         let tasks = dqkv.chunks_mut(l * 3 * w).collect();
         let parallel = b * l * l * w >= PARALLEL_MACS;
         run_tasks(tasks, parallel, |i, dqkv| {
