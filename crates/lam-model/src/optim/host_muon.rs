@@ -25,7 +25,7 @@ use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use crate::config::OptimConfig;
-use crate::fused::{PARALLEL_MACS, gemm};
+use crate::fused::{PARALLEL_ELEMENTS, PARALLEL_MACS, gemm, zeros};
 
 /// burn's `MuonConfig` defaults, which [`super::muon`] keeps: the quintic's coefficients, the
 /// number of iterations and the floor of the norm that scales the update to unit norm.
@@ -33,11 +33,15 @@ const NS_COEFFICIENTS: (f32, f32, f32) = (3.4445, -4.775, 2.0315);
 const NS_STEPS: usize = 5;
 const NS_EPSILON: f32 = 1e-7;
 
+/// Elements per task of the host passes over one large gradient.
+const HOST_CHUNK: usize = 1 << 14;
+
 /// One matrix waiting for its Newton-Schulz steps.
 struct Queued {
     lr: f64,
-    /// The weight in burn's layout `[d_in, d_out]`, row-major.
-    weight: Vec<f32>,
+    /// The weight in burn's layout `[d_in, d_out]` (read to the host in [`apply`]'s parallel
+    /// part).
+    weight: Tensor<2>,
     dims: [usize; 2],
     /// The momentum-corrected gradient in PyTorch's layout `[d_out, d_in]`, row-major.
     update: Vec<f32>,
@@ -103,29 +107,37 @@ impl Optimizer for QueuedMuon {
         let [r, c] = [dims[0], dims[1]];
         // The momentum lives in PyTorch's layout `[c, r]`, as burn's Muon keeps it there.
         let mut g = transpose(&host_f32(grad), r, c);
-        if let Some(max_norm) = self.clip {
-            // burn's clip_by_norm: scale by min(1, max_norm / (norm + f32's smallest normal)).
-            let norm = g
-                .iter()
-                .map(|v| (*v as f64) * (*v as f64))
-                .sum::<f64>()
-                .sqrt() as f32;
-            let coef = (max_norm / (norm + f32::MIN_POSITIVE)).min(1.0);
-            if coef < 1.0 {
-                g.iter_mut().for_each(|v| *v *= coef);
-            }
-        }
+        // burn's clip_by_norm: scale by min(1, max_norm / (norm + f32's smallest normal)).
+        let coef = self.clip.map_or(1.0, |max_norm| {
+            let squares = if g.len() >= PARALLEL_ELEMENTS {
+                g.par_chunks(HOST_CHUNK).map(sum_squares).sum()
+            } else {
+                sum_squares(&g)
+            };
+            let norm = squares.sqrt() as f32;
+            (max_norm / (norm + f32::MIN_POSITIVE)).min(1.0)
+        });
         let mu = self.momentum;
-        // v <- g + mu v (a first step starts from v = g); the Nesterov update is g + mu v.
-        let v = match state {
-            Some(s) => {
-                let mut v = velocity(&s.momentum);
-                v.iter_mut().zip(&g).for_each(|(v, g)| *v = g + *v * mu);
-                v
-            }
-            None => g.clone(),
+        // v <- g + mu v (a first step starts from v = 0 + g, as burn's); the Nesterov update
+        // is g + mu v. One pass, in parallel blocks when the matrix is large.
+        let mut v = match state {
+            Some(s) => velocity(&s.momentum),
+            None => vec![0.0; g.len()],
         };
-        g.iter_mut().zip(&v).for_each(|(g, v)| *g = v * mu + *g);
+        let pass = |(v, g): (&mut [f32], &mut [f32])| {
+            for (v, g) in v.iter_mut().zip(g.iter_mut()) {
+                let gc = *g * coef;
+                *v = gc + *v * mu;
+                *g = *v * mu + gc;
+            }
+        };
+        if g.len() >= PARALLEL_ELEMENTS {
+            v.par_chunks_mut(HOST_CHUNK)
+                .zip(g.par_chunks_mut(HOST_CHUNK))
+                .for_each(pass);
+        } else {
+            pass((&mut v, &mut g));
+        }
         let device = tensor.device();
         let v = Tensor::<D>::from_data(TensorData::new(v, [c, r]), &device);
         self.queue
@@ -133,7 +145,7 @@ impl Optimizer for QueuedMuon {
             .expect("Muon queue poisoned")
             .push(Queued {
                 lr,
-                weight: host_f32(tensor.clone()),
+                weight: tensor.clone().reshape([r, c]),
                 dims: [r, c],
                 update: g,
             });
@@ -223,27 +235,44 @@ fn muon_update(q: Queued, weight_decay: Option<f32>) -> Vec<f32> {
     let decay = weight_decay.map_or(1.0, |p| (1.0 - q.lr * p as f64) as f32);
     // The orthogonalised update in burn's layout.
     let update = if as_is { transpose(&x, c, r) } else { x };
-    let mut w = q.weight;
+    let mut w = host_f32(q.weight);
     for (v, u) in w.iter_mut().zip(&update) {
         *v = *v * decay - u * adjusted;
     }
     w
 }
 
-/// `a` (`rows x cols`, row-major) transposed, in tiles that stay in cache.
+/// `a` (`rows x cols`, row-major) transposed, in tiles that stay in cache (blocks of output
+/// rows on rayon's threads when `a` is large).
 fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 32;
-    let mut t = vec![0.0; a.len()];
-    for i0 in (0..rows).step_by(TILE) {
-        for j0 in (0..cols).step_by(TILE) {
+    let mut t = zeros(a.len());
+    if rows == 0 || cols == 0 {
+        return t;
+    }
+    // Output rows j0..j0 + TILE: columns j0.. of `a`.
+    let block = |(b, out): (usize, &mut [f32])| {
+        let j0 = b * TILE;
+        let width = out.len() / rows;
+        for i0 in (0..rows).step_by(TILE) {
             for i in i0..(i0 + TILE).min(rows) {
-                for j in j0..(j0 + TILE).min(cols) {
-                    t[j * rows + i] = a[i * cols + j];
+                for j in 0..width {
+                    out[j * rows + i] = a[i * cols + j0 + j];
                 }
             }
         }
+    };
+    if a.len() >= PARALLEL_ELEMENTS {
+        t.par_chunks_mut(TILE * rows).enumerate().for_each(block);
+    } else {
+        t.chunks_mut(TILE * rows).enumerate().for_each(block);
     }
     t
+}
+
+/// Sum of the squares, in f64.
+fn sum_squares(x: &[f32]) -> f64 {
+    x.iter().map(|v| (*v as f64) * (*v as f64)).sum()
 }
 
 /// Five steps of the quintic Newton-Schulz iteration on `x` (`m x n`, `m <= n`, row-major),
@@ -340,6 +369,25 @@ mod tests {
     /// wider than tall and square: the tiny world model has all three; gradients clipped,
     /// weight decay), and its state is
     /// burn's: a checkpoint of one resumes in the other.
+    /// The tiled transpose, on one thread and in parallel blocks (sides not multiples of the
+    /// tile), against the element-by-element definition.
+    #[test]
+    fn the_transpose_is_the_transpose() {
+        for (rows, cols) in [(3, 5), (33, 70), (70, 600)] {
+            let a: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose(&a, rows, cols);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        t[j * rows + i],
+                        a[i * cols + j],
+                        "({i}, {j}) of {rows}x{cols}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_queued_muon_steps_as_burns_muon_and_shares_its_state() {
         let mut cfg = LamConfig::preset("tiny").unwrap();
