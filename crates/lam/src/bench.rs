@@ -107,6 +107,9 @@ pub struct TrainBenchArgs {
     /// torch.optim.Muon's bfloat16.
     #[arg(long)]
     pub twin_muon_f32: bool,
+    /// Rounds of lam's timed steps and the twin's, taken in turn (see [`Rounds`]).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
 }
 
 #[derive(Args)]
@@ -267,71 +270,134 @@ struct TrainTwin<'a> {
     muon_f32: bool,
 }
 
-/// Runs the training-step twin `script`, prints its time against lam's `rust_ms`, records
-/// its timing, memory and loss terms beside lam's `parity` in `result`, and returns the twin's
-/// loss terms with the worst relative difference from lam's.
-fn train_twin(
-    run: TrainTwin,
-    script: &str,
-    rust_ms: f64,
-    parity: &[(&str, f32)],
-    result: &mut Value,
-) -> Result<(Value, f64)> {
-    let TrainTwin {
-        common,
-        dir,
-        steps,
-        warmup,
-        muon_f32,
-    } = run;
+/// Runs the training-step twin `script` once: its JSON (`ms_per_step`, `parity`, ...).
+fn twin_round(run: &TrainTwin, script: &str) -> Result<Value> {
     let mut twin_args: Vec<String> = vec![
         "--dir".into(),
-        dir.display().to_string(),
+        run.dir.display().to_string(),
         "--steps".into(),
-        steps.to_string(),
+        run.steps.to_string(),
         "--warmup".into(),
-        warmup.to_string(),
+        run.warmup.to_string(),
         "--threads".into(),
-        common.threads.to_string(),
+        run.common.threads.to_string(),
         "--device".into(),
-        common.twin_device.clone(),
+        run.common.twin_device.clone(),
     ];
-    if muon_f32 {
+    if run.muon_f32 {
         twin_args.push("--muon-f32".into());
     }
-    let twin = run_twin(&common.python, script, &twin_args)?;
-    let torch_ms = twin["ms_per_step"]
-        .as_f64()
-        .context("twin JSON lacks ms_per_step")?;
-    let ratio = torch_ms / rust_ms;
-    println!(
-        "  PyTorch twin ({}, {} threads) {torch_ms:>9.2} ms/step",
-        twin["device"], twin["threads"]
+    let twin = run_twin(&run.common.python, script, &twin_args)?;
+    ensure!(
+        twin["ms_per_step"].as_f64().is_some(),
+        "twin {script}'s JSON lacks ms_per_step"
     );
-    println!("  speed vs PyTorch       {ratio:>9.2}x  (>1: lam is faster)");
-    let mut worst: f64 = 0.0;
-    for (name, v) in parity {
-        if let Some(t) = twin["parity"][*name].as_f64() {
-            let rel = ((*v as f64) - t).abs() / t.abs().max(1e-6);
-            worst = worst.max(rel);
-        }
+    Ok(twin)
+}
+
+/// Timings of lam and its twin taken in turn: round r times lam's steps, then starts the twin
+/// for its own warmup and steps. On a shared machine either side's time moves by tens of
+/// percent from one minute to the next; a ratio from one round pairs times taken minutes
+/// apart, so the result is the median over the rounds (of lam's time, the twin's time and
+/// the per-round ratio), every round kept in the JSON.
+#[derive(Default)]
+struct Rounds {
+    lam_ms: Vec<f64>,
+    /// The twin's JSON per round (none with `--rust-only`).
+    twins: Vec<Value>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
-    result["torch_ms_per_step"] = json!(torch_ms);
-    result["speed_ratio_vs_torch"] = json!(ratio);
-    result["torch"] = twin["torch"].clone();
-    result["torch_threads"] = twin["threads"].clone();
-    result["torch_device"] = twin["device"].clone();
-    result["torch_peak_bytes"] = twin["peak_bytes"].clone();
-    result["torch_muon"] = twin["muon"].clone();
-    result["parity_lam"] = json!(
-        parity
+}
+
+impl Rounds {
+    fn torch_ms(&self) -> Vec<f64> {
+        self.twins
             .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect::<serde_json::Map<_, _>>()
-    );
-    result["parity_torch"] = twin["parity"].clone();
-    result["parity_worst_relative_error"] = json!(worst);
-    Ok((twin["parity"].clone(), worst))
+            .map(|t| t["ms_per_step"].as_f64().unwrap_or(f64::NAN))
+            .collect()
+    }
+
+    /// lam's median time per step.
+    fn lam_median(&self) -> f64 {
+        median(&self.lam_ms)
+    }
+
+    /// Prints the twin's median time and the ratio against lam, and records every round, the
+    /// medians, the twin's memory and the loss terms beside lam's `parity` in `result`.
+    /// Returns the twin's loss terms and their worst relative difference from lam's.
+    fn record(&self, parity: &[(&str, f32)], result: &mut Value) -> Result<(Value, f64)> {
+        let twin = self.twins.first().context("no twin round ran")?;
+        let torch = self.torch_ms();
+        let ratios: Vec<f64> = self.lam_ms.iter().zip(&torch).map(|(l, t)| t / l).collect();
+        let (torch_ms, ratio) = (median(&torch), median(&ratios));
+        println!(
+            "  PyTorch twin ({}, {} threads) {torch_ms:>9.2} ms/step",
+            twin["device"], twin["threads"]
+        );
+        if self.lam_ms.len() > 1 {
+            for (r, ((l, t), q)) in self.lam_ms.iter().zip(&torch).zip(&ratios).enumerate() {
+                println!(
+                    "    round {}: lam {l:.2} ms, twin {t:.2} ms, {q:.2}x",
+                    r + 1
+                );
+            }
+            println!(
+                "  speed vs PyTorch       {ratio:>9.2}x  (>1: lam is faster; median of {} rounds, {:.2}-{:.2}x)",
+                ratios.len(),
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+            );
+        } else {
+            println!("  speed vs PyTorch       {ratio:>9.2}x  (>1: lam is faster)");
+        }
+        let mut worst: f64 = 0.0;
+        for (name, v) in parity {
+            if let Some(t) = twin["parity"][*name].as_f64() {
+                let rel = ((*v as f64) - t).abs() / t.abs().max(1e-6);
+                worst = worst.max(rel);
+            }
+        }
+        result["torch_ms_per_step"] = json!(torch_ms);
+        result["speed_ratio_vs_torch"] = json!(ratio);
+        result["rounds"] = json!(
+            self.lam_ms
+                .iter()
+                .zip(&torch)
+                .zip(&ratios)
+                .map(|((l, t), q)| json!({"lam_ms": l, "torch_ms": t, "ratio": q}))
+                .collect::<Vec<_>>()
+        );
+        result["torch"] = twin["torch"].clone();
+        result["torch_threads"] = twin["threads"].clone();
+        result["torch_device"] = twin["device"].clone();
+        result["torch_peak_bytes"] = self
+            .twins
+            .iter()
+            .filter_map(|t| t["peak_bytes"].as_u64())
+            .max()
+            .map_or(Value::Null, |b| json!(b));
+        result["torch_muon"] = twin["muon"].clone();
+        result["parity_lam"] = json!(
+            parity
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect::<serde_json::Map<_, _>>()
+        );
+        result["parity_torch"] = twin["parity"].clone();
+        result["parity_worst_relative_error"] = json!(worst);
+        Ok((twin["parity"].clone(), worst))
+    }
 }
 
 fn bench_train(args: TrainBenchArgs) -> Result<()> {
@@ -344,7 +410,8 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     let ad = device.clone().autodiff();
     let m = &cfg.model;
     let b = cfg.train.batch_size;
-    let total = args.warmup + args.steps;
+    let rounds = args.rounds as usize;
+    let total = args.warmup + rounds * args.steps;
     let mut model = init_model(&cfg, &ad);
     ad.seed(cfg.train.seed + 1);
     let clips = Tensor::<4>::random(
@@ -381,11 +448,27 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
     for s in 0..args.warmup {
         model = step(model, s);
     }
-    let t0 = Instant::now();
-    for s in args.warmup..total {
-        model = step(model, s);
+    let twin = TrainTwin {
+        common: &args.common,
+        dir: dir.path(),
+        steps: args.steps,
+        warmup: args.warmup,
+        muon_f32: args.twin_muon_f32,
+    };
+    let mut timed = Rounds::default();
+    for r in 0..rounds {
+        let t0 = Instant::now();
+        for s in 0..args.steps {
+            model = step(model, args.warmup + r * args.steps + s);
+        }
+        timed
+            .lam_ms
+            .push(t0.elapsed().as_secs_f64() * 1000.0 / args.steps as f64);
+        if !args.common.rust_only {
+            timed.twins.push(twin_round(&twin, "lam_twin.py")?);
+        }
     }
-    let rust_ms = t0.elapsed().as_secs_f64() * 1000.0 / args.steps as f64;
+    let rust_ms = timed.lam_median();
     let params = model.num_params();
 
     let mut result = json!({
@@ -409,14 +492,7 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         args.common.device
     );
     if !args.common.rust_only {
-        let twin = TrainTwin {
-            common: &args.common,
-            dir: dir.path(),
-            steps: args.steps,
-            warmup: args.warmup,
-            muon_f32: args.twin_muon_f32,
-        };
-        let (torch_parity, worst) = train_twin(twin, "lam_twin.py", rust_ms, &parity, &mut result)?;
+        let (torch_parity, worst) = timed.record(&parity, &mut result)?;
         println!(
             "  parity: same weights and batch, loss {:.6} (lam) vs {:.6} (PyTorch), worst relative term error {worst:.2e}",
             parity[0].1,
@@ -695,5 +771,35 @@ mod tests {
         }
         // The CPU backend keeps no pools to report.
         assert!(written.get("lam_device_bytes_reserved").is_none());
+    }
+
+    /// Rounds: medians of each side and of the per-round ratios (not the ratio of the
+    /// medians), every round kept, the twin's largest memory, parity against the first round.
+    #[test]
+    fn rounds_report_medians_and_keep_every_round() {
+        assert!(median(&[]).is_nan());
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        let twin = |ms: f64, peak: u64| {
+            json!({"ms_per_step": ms, "peak_bytes": peak, "parity": {"loss": 2.0, "pred": 1.0},
+                   "device": "cpu", "threads": 2, "torch": "x", "muon": "f32"})
+        };
+        let timed = Rounds {
+            lam_ms: vec![10.0, 40.0, 20.0],
+            twins: vec![twin(30.0, 5), twin(20.0, 9), twin(10.0, 7)],
+        };
+        assert_eq!(timed.lam_median(), 20.0);
+        let mut result = json!({});
+        let (_, worst) = timed
+            .record(&[("loss", 2.2), ("pred", 1.0)], &mut result)
+            .unwrap();
+        // Ratios 3.0, 0.5, 0.5: median 0.5 (the medians' ratio would be 1.0).
+        assert_eq!(result["speed_ratio_vs_torch"], 0.5);
+        assert_eq!(result["torch_ms_per_step"], 20.0);
+        assert_eq!(result["rounds"].as_array().unwrap().len(), 3);
+        assert_eq!(result["rounds"][1]["ratio"], 0.5);
+        assert_eq!(result["torch_peak_bytes"], 9);
+        assert!((worst - 0.1).abs() < 1e-6, "worst {worst}");
+        assert!(Rounds::default().record(&[], &mut result).is_err());
     }
 }

@@ -29,7 +29,7 @@ use lam_model::device::parse_device;
 use lam_model::lam::StepNoise;
 use serde_json::json;
 
-use super::{CommonBenchArgs, TrainTwin, finish, host, train_twin, write_tensors};
+use super::{CommonBenchArgs, Rounds, TrainTwin, finish, host, twin_round, write_tensors};
 
 #[derive(Args)]
 pub struct E2eBenchArgs {
@@ -47,6 +47,10 @@ pub struct E2eBenchArgs {
     /// Let the twin run Muon's Newton-Schulz in float32 (lam's math).
     #[arg(long)]
     pub twin_muon_f32: bool,
+    /// Rounds of lam's timed runs and the twin's, taken in turn (medians reported, as
+    /// `lam bench train --rounds`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
 }
 
 /// Distinct synthetic frames the clips are cut from.
@@ -176,9 +180,26 @@ pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
     };
     // An untimed run first: a GPU backend compiles its kernels on first use.
     run(1, "first")?;
-    let short = run(args.warmup, "short")?;
-    let long = run(args.warmup + args.steps, "long")?;
-    let rust_ms = (long - short).max(0.0) * 1000.0 / args.steps as f64;
+    let twin = TrainTwin {
+        common: &args.common,
+        dir: dir.path(),
+        steps: args.steps,
+        warmup: args.warmup,
+        muon_f32: args.twin_muon_f32,
+    };
+    let mut timed = Rounds::default();
+    let (mut short, mut long) = (0.0, 0.0);
+    for _ in 0..args.rounds {
+        short = run(args.warmup, "short")?;
+        long = run(args.warmup + args.steps, "long")?;
+        timed
+            .lam_ms
+            .push((long - short).max(0.0) * 1000.0 / args.steps as f64);
+        if !args.common.rust_only {
+            timed.twins.push(twin_round(&twin, "e2e_twin.py")?);
+        }
+    }
+    let rust_ms = timed.lam_median();
 
     println!(
         "end-to-end stage-1 training step (sim encoder {}x{} patch {} D {} depth {} + latent action \
@@ -212,14 +233,7 @@ pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
         "rust_seconds_short_long": [short, long],
     });
     if !args.common.rust_only {
-        let twin = TrainTwin {
-            common: &args.common,
-            dir: dir.path(),
-            steps: args.steps,
-            warmup: args.warmup,
-            muon_f32: args.twin_muon_f32,
-        };
-        let (torch_parity, worst) = train_twin(twin, "e2e_twin.py", rust_ms, &parity, &mut result)?;
+        let (torch_parity, worst) = timed.record(&parity, &mut result)?;
         println!(
             "  parity: same weights and batch, loss {:.6} + sigreg {:.6} (lam) vs {:.6} + {:.6} (PyTorch), worst relative term error {worst:.2e}",
             parity[0].1,
