@@ -875,6 +875,10 @@ fn big_gemm_new(
 /// thread: handing a small op to rayon's threads costs more than it saves (the demo's
 /// one-token model trained 25% slower with every op handed over).
 pub(crate) const PARALLEL_ELEMENTS: usize = 1 << 15;
+/// Elements below which a pass that only moves memory (a fill, a copy, a transpose) stays on
+/// the calling thread: it does so little per element that handing it over costs more than
+/// half of it below about a megabyte.
+pub(crate) const PARALLEL_COPY: usize = 1 << 18;
 pub(crate) const PARALLEL_MACS: usize = 192 * 192 * 192;
 
 /// Runs `f(i, task)` for every task, on rayon's threads when `parallel`.
@@ -951,7 +955,7 @@ fn filled(
     let mut out = Vec::<f32>::with_capacity(n);
     let chunk = FILL_CHUNK.div_ceil(unit).max(1) * unit;
     let spare = &mut out.spare_capacity_mut()[..n];
-    if n >= PARALLEL_ELEMENTS {
+    if n >= PARALLEL_COPY {
         spare
             .par_chunks_mut(chunk)
             .enumerate()
@@ -1057,11 +1061,11 @@ mod tests {
     /// as into a zeroed one.
     #[test]
     fn new_buffers_are_written_whole() {
-        for n in [0, 5, PARALLEL_ELEMENTS + 3, 3 * FILL_CHUNK + 11] {
+        for n in [0, 5, PARALLEL_COPY + 3, 3 * FILL_CHUNK + 11] {
             assert!(zeros(n).len() == n && zeros(n).iter().all(|&v| v == 0.0));
         }
         let row: Vec<f32> = (0..7).map(|i| i as f32 + 0.5).collect();
-        for times in [0, 3, 20_000] {
+        for times in [0, 3, 40_000] {
             let out = repeat_rows(&row, times);
             assert_eq!(out.len(), 7 * times);
             assert!(out.chunks_exact(7).all(|r| r == row.as_slice()));
