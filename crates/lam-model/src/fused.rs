@@ -1090,6 +1090,26 @@ mod tests {
             let want: f32 = (0..k).map(|j| a[k + j] * b[j * n + 2]).sum::<f32>() * 0.5;
             assert_eq!(fresh[n + 2], want);
         }
+        // Without `accumulate` the product never reads its destination (`gemm_new` relies on
+        // it): NaN there does not reach the result, across gemm's blocks of k.
+        let k = 700;
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+        for par in [gemm::Parallelism::None, gemm::Parallelism::Rayon(0)] {
+            let mut poisoned = vec![f32::NAN; m * n];
+            gemm(
+                (m, n, k),
+                &mut poisoned,
+                false,
+                (&a, k, 1),
+                (&b, n, 1),
+                1.0,
+                par,
+            );
+            let fresh = gemm_new((m, n, k), (&a, k, 1), (&b, n, 1), 1.0, par);
+            assert!(poisoned.iter().all(|v| v.is_finite()));
+            assert_eq!(poisoned, fresh);
+        }
         assert_eq!(
             gemm_new(
                 (2, 3, 0),
