@@ -107,7 +107,8 @@ pub struct TrainBenchArgs {
     /// torch.optim.Muon's bfloat16.
     #[arg(long)]
     pub twin_muon_f32: bool,
-    /// Rounds of lam's timed steps and the twin's, taken in turn (see [`Rounds`]).
+    /// Rounds of lam's timed steps and the twin's, taken in turn: the medians of each side and
+    /// of the per-round ratios are reported, every round kept in the JSON.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub rounds: u64,
 }
