@@ -151,7 +151,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Freed memory goes back to the OS after a minute unused instead of mimalloc's one second: a
 /// training step frees and allocates the same buffers again, and on the medium model (1.5 s a
 /// step) every step faulted them in anew (75,000-95,000 page faults in seven steps, 2,800 with
-/// the longer delay; docs/benchmarks.md, "Buffers held across steps"). A
+/// the longer delay; docs/benchmarks.md, "Buffers written where the work is, and held across
+/// steps"). A
 /// `MIMALLOC_PURGE_DELAY` in the environment wins.
 fn hold_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {

@@ -280,12 +280,7 @@ fn sum_squares(x: &[f32]) -> f64 {
 /// `A = X X^T`, `B = b A + c A A`, `X <- a X + B X`.
 fn newton_schulz(x: &mut Vec<f32>, m: usize, n: usize) {
     let (a, b, c) = NS_COEFFICIENTS;
-    let norm = (x
-        .iter()
-        .map(|v| (*v as f64) * (*v as f64))
-        .sum::<f64>()
-        .sqrt() as f32)
-        .max(NS_EPSILON);
+    let norm = (sum_squares(x).sqrt() as f32).max(NS_EPSILON);
     x.iter_mut().for_each(|v| *v /= norm);
     let one = gemm::Parallelism::None;
     let mut am = vec![0.0f32; m * m];
@@ -365,10 +360,6 @@ mod tests {
         assert!(muon_moved > 0, "{what}: no Muon matrix compared");
     }
 
-    /// The CPU's queued Muon steps the model as burn's Muon does (matrices taller than wide,
-    /// wider than tall and square: the tiny world model has all three; gradients clipped,
-    /// weight decay), and its state is
-    /// burn's: a checkpoint of one resumes in the other.
     /// The tiled transpose, on one thread and in parallel blocks (sides not multiples of the
     /// tile), against the element-by-element definition.
     #[test]
@@ -388,6 +379,10 @@ mod tests {
         }
     }
 
+    /// The CPU's queued Muon steps the model as burn's Muon does (matrices taller than wide,
+    /// wider than tall and square: the tiny world model has all three; gradients clipped,
+    /// weight decay), and its state is
+    /// burn's: a checkpoint of one resumes in the other.
     #[test]
     fn the_queued_muon_steps_as_burns_muon_and_shares_its_state() {
         let mut cfg = LamConfig::preset("tiny").unwrap();
