@@ -322,6 +322,23 @@ fn median(values: &[f64]) -> f64 {
 }
 
 impl Rounds {
+    /// `rounds` rounds: `lam_ms(r)` times lam's steps of round `r` (milliseconds per step), then
+    /// `twin` (none with `--rust-only`) runs its script once.
+    fn take(
+        rounds: usize,
+        twin: Option<(&TrainTwin, &str)>,
+        mut lam_ms: impl FnMut(usize) -> Result<f64>,
+    ) -> Result<Self> {
+        let mut timed = Self::default();
+        for r in 0..rounds {
+            timed.lam_ms.push(lam_ms(r)?);
+            if let Some((run, script)) = twin {
+                timed.twins.push(twin_round(run, script)?);
+            }
+        }
+        Ok(timed)
+    }
+
     fn torch_ms(&self) -> Vec<f64> {
         self.twins
             .iter()
@@ -456,21 +473,20 @@ fn bench_train(args: TrainBenchArgs) -> Result<()> {
         warmup: args.warmup,
         muon_f32: args.twin_muon_f32,
     };
-    let mut timed = Rounds::default();
-    for r in 0..rounds {
+    let params = model.num_params();
+    // The model moves through the rounds' steps (each step takes it by value).
+    let mut model = Some(model);
+    let twin = (!args.common.rust_only).then_some((&twin, "lam_twin.py"));
+    let timed = Rounds::take(rounds, twin, |r| {
+        let mut m = model.take().expect("the model between rounds");
         let t0 = Instant::now();
         for s in 0..args.steps {
-            model = step(model, args.warmup + r * args.steps + s);
+            m = step(m, args.warmup + r * args.steps + s);
         }
-        timed
-            .lam_ms
-            .push(t0.elapsed().as_secs_f64() * 1000.0 / args.steps as f64);
-        if !args.common.rust_only {
-            timed.twins.push(twin_round(&twin, "lam_twin.py")?);
-        }
-    }
+        model = Some(m);
+        Ok(t0.elapsed().as_secs_f64() * 1000.0 / args.steps as f64)
+    })?;
     let rust_ms = timed.lam_median();
-    let params = model.num_params();
 
     let mut result = json!({
         "bench": "train_step",
@@ -802,5 +818,12 @@ mod tests {
         assert_eq!(result["torch_peak_bytes"], 9);
         assert!((worst - 0.1).abs() < 1e-6, "worst {worst}");
         assert!(Rounds::default().record(&[], &mut result).is_err());
+        // Without a twin (`--rust-only`): lam's rounds alone, in order; a failing round stops.
+        let lam_only = Rounds::take(3, None, |r| Ok(10.0 * (r + 1) as f64)).unwrap();
+        assert_eq!(lam_only.lam_ms, vec![10.0, 20.0, 30.0]);
+        assert!(lam_only.twins.is_empty());
+        assert!(
+            Rounds::take(2, None, |r| if r == 1 { bail!("round 2") } else { Ok(1.0) }).is_err()
+        );
     }
 }

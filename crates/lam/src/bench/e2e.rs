@@ -29,7 +29,7 @@ use lam_model::device::parse_device;
 use lam_model::lam::StepNoise;
 use serde_json::json;
 
-use super::{CommonBenchArgs, Rounds, TrainTwin, finish, host, twin_round, write_tensors};
+use super::{CommonBenchArgs, Rounds, TrainTwin, finish, host, write_tensors};
 
 #[derive(Args)]
 pub struct E2eBenchArgs {
@@ -187,18 +187,13 @@ pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
         warmup: args.warmup,
         muon_f32: args.twin_muon_f32,
     };
-    let mut timed = Rounds::default();
     let (mut short, mut long) = (0.0, 0.0);
-    for _ in 0..args.rounds {
+    let twin = (!args.common.rust_only).then_some((&twin, "e2e_twin.py"));
+    let timed = Rounds::take(args.rounds as usize, twin, |_| {
         short = run(args.warmup, "short")?;
         long = run(args.warmup + args.steps, "long")?;
-        timed
-            .lam_ms
-            .push((long - short).max(0.0) * 1000.0 / args.steps as f64);
-        if !args.common.rust_only {
-            timed.twins.push(twin_round(&twin, "e2e_twin.py")?);
-        }
-    }
+        Ok((long - short).max(0.0) * 1000.0 / args.steps as f64)
+    })?;
     let rust_ms = timed.lam_median();
 
     println!(
