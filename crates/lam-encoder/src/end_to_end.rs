@@ -374,6 +374,10 @@ pub struct EndToEndSummary {
     pub frames: usize,
     pub seconds: f64,
     pub steps_per_sec: f64,
+    /// Wall time of each step this run took, in seconds: from drawing its batch to the
+    /// optimisers' update, the device synchronised at its end; checkpoints and validation
+    /// are not counted.
+    pub step_seconds: Vec<f64>,
     pub final_loss: f64,
     pub final_pred: f64,
     /// The guard's weighted term at the last step.
@@ -830,7 +834,9 @@ pub fn train_end_to_end(
     let mut kept: Option<usize> = None;
     let mut last_val = None;
     let started = Instant::now();
+    let mut step_seconds = Vec::with_capacity(end - start);
     for step in start..end {
+        let step_started = Instant::now();
         let idx = batch_indices(lam_cfg.train.seed, step, b, data.train.len());
         let x = data.batch(&data.train, &idx, &ad);
         let noise = step_noise(lam_cfg, step, b * (t - 1));
@@ -891,6 +897,8 @@ pub fn train_end_to_end(
             (model, _) =
                 reset_dead_codes(model, lam_cfg, step + 1, &mut code_last_used, &vq_inputs);
         }
+        let _ = device.sync();
+        step_seconds.push(step_started.elapsed().as_secs_f64());
         bar.inc(1);
         if let Some(named) = named {
             let mut rec: Map<String, Value> = named
@@ -1002,6 +1010,7 @@ pub fn train_end_to_end(
         frames: data.frame_count(),
         seconds,
         steps_per_sec: (end - start) as f64 / seconds.max(1e-9),
+        step_seconds,
         final_loss: last,
         final_pred: last_pred,
         final_guard: last_guard,
@@ -1245,6 +1254,11 @@ mod tests {
         rest.resume = true;
         let resumed = train_end_to_end(&lam, &cfg, &data, &device, &rest).unwrap();
         assert_eq!(resumed.resumed_from, 3);
+        // A time for each step this run took, and for those alone.
+        assert_eq!(whole.step_seconds.len(), 6);
+        assert_eq!(resumed.step_seconds.len(), 3);
+        let steps: f64 = whole.step_seconds.iter().sum();
+        assert!(whole.step_seconds.iter().all(|&s| s > 0.0) && steps <= whole.seconds);
         assert!((resumed.final_loss - whole.final_loss).abs() <= 1e-6);
         // (To the last bits the optimiser's orthogonalisation leaves, as for `lam train`.)
         for file in ["model.safetensors", ENCODER_WEIGHTS] {

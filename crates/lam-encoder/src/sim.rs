@@ -47,7 +47,9 @@ use lam_model::fused;
 use lam_model::spatial::spatial_softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::vit::{attend, patchify, split_heads};
+use lam_model::world_model::attention::self_attention;
+
+use crate::vit::patchify;
 
 /// Value of [`SimCheckpointMeta::architecture`].
 pub const ARCHITECTURE: &str = "lam-sim-encoder";
@@ -236,12 +238,8 @@ impl SimBlock {
 
     /// Pre-norm block over `[B, L, D]`.
     pub fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
-        let [b, l, d] = x.dims();
         let qkv = fused::linear(&self.qkv, self.norm1.forward(x.clone()));
-        let q = split_heads(qkv.clone().slice(s![.., .., 0..d]), heads);
-        let k = split_heads(qkv.clone().slice(s![.., .., d..2 * d]), heads);
-        let v = split_heads(qkv.slice(s![.., .., 2 * d..3 * d]), heads);
-        let x = x + fused::linear(&self.proj, attend(q, k, v)).reshape([b, l, d]);
+        let x = x + fused::linear(&self.proj, self_attention(qkv, heads));
         let h = fused::linear(
             &self.fc2,
             fused::gelu(fused::linear(&self.fc1, self.norm2.forward(x.clone()))),

@@ -2,7 +2,8 @@
 //! activations named in Hugging Face configs, multi-head attention and patch cutting.
 
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate, relu, silu, softmax};
+use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
+use lam_model::world_model::attention::attention;
 
 /// Activation functions named in Hugging Face configs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -43,13 +44,11 @@ pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
 }
 
 /// Scaled dot-product attention over heads: `q, k, v` `[B, H, L, Dh]` -> `[B, L, H * Dh]`.
+/// One fused op with its backward on the CPU (the world model's,
+/// [`lam_model::world_model::attention::attention`]), burn's tensor ops elsewhere.
 pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
     let [b, h, l, dh] = q.dims();
-    let scores = q
-        .matmul(k.swap_dims(2, 3))
-        .mul_scalar(1.0 / (dh as f64).sqrt());
-    softmax(scores, 3)
-        .matmul(v)
+    attention(q, k, v, None, 1.0 / (dh as f64).sqrt())
         .swap_dims(1, 2)
         .reshape([b, l, h * dh])
 }

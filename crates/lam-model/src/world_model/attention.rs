@@ -82,7 +82,8 @@ pub fn attention_ops(
 /// Frame-causal self-attention straight from the packed projection `qkv` `[B, L, 3W]` (each
 /// token's queries, keys and values, heads inside: `[3, H, Dh]`), with RoPE tables `cos`,
 /// `sin` `[L, Dh]` and an optional additive `bias` `[L, L]` (constants: no gradient flows into
-/// them). Returns `[B, L, W]`, heads side by side, as the output projection reads them. The
+/// them; tables of width zero rotate nothing). Returns `[B, L, W]`, heads side by side, as the
+/// output projection reads them. The
 /// same math as rotating [`super::Rope::apply`] the sliced queries and keys and calling
 /// [`attention`], in one CPU op: no slices, permutes or copies of the activations, and one
 /// gradient buffer for `qkv`. The CPU's path when no keys are cached and none are kept.
@@ -105,6 +106,28 @@ pub fn qkv_attention(
             scale as f32,
         ),
     )
+}
+
+/// A ViT block's self-attention (no positions, no mask) straight from the packed projection
+/// `qkv` `[B, L, 3W]` (`[3, H, Dh]` per token) -> `[B, L, W]`, heads side by side. On the CPU
+/// the packed op of [`qkv_attention`] without rotation (RoPE tables of width zero); elsewhere
+/// the heads are split and [`attention_ops`] runs.
+pub fn self_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [b, l, w3] = qkv.dims();
+    let w = w3 / 3;
+    let scale = 1.0 / ((w / heads) as f64).sqrt();
+    let device = qkv.device();
+    if on_cpu(&device, "attention") {
+        let none = Tensor::<2>::zeros([l, 0], &device);
+        return qkv_attention(qkv, (none.clone(), none), None, heads, scale);
+    }
+    let qkv = qkv
+        .reshape([b, l, 3, heads, w / heads])
+        .permute([2, 0, 3, 1, 4]);
+    let part = |i: usize| qkv.clone().slice(s![i..i + 1]).squeeze_dim::<4>(0);
+    attention_ops(part(0), part(1), part(2), None, scale)
+        .swap_dims(1, 2)
+        .reshape([b, l, w])
 }
 
 /// The backend op behind [`attention`].
@@ -375,6 +398,8 @@ struct Packed {
     qkv: FlexTensor,
     cos: FlexTensor,
     sin: FlexTensor,
+    /// Whether queries and keys are rotated (the tables are `[L, Dh]`, not `[L, 0]`).
+    rotate: bool,
     bias: FlexTensor,
     heads: usize,
     scale: f32,
@@ -406,6 +431,8 @@ impl Packed {
         );
         let (b, l, w) = (s[0], s[1], s[2] / 3);
         let dh = w / heads;
+        let shape = cos.layout().shape();
+        let rotate = shape.num_dims() != 2 || shape[1] != 0;
         let table = |t: FlexTensor, what: &str, cols: usize| {
             let t = contiguous_f32(t, what);
             let d = t.layout().shape();
@@ -416,12 +443,14 @@ impl Packed {
             t
         };
         assert!(
-            dh % 2 == 0,
+            !rotate || dh % 2 == 0,
             "fused attention: RoPE needs an even head width, not {dh}"
         );
+        let cols = if rotate { dh } else { 0 };
         Self {
-            cos: table(cos, "RoPE's cos", dh),
-            sin: table(sin, "RoPE's sin", dh),
+            cos: table(cos, "RoPE's cos", cols),
+            sin: table(sin, "RoPE's sin", cols),
+            rotate,
             bias: table(bias, "the bias", l),
             qkv,
             heads,
@@ -447,6 +476,7 @@ impl Packed {
         PackedTables {
             cos: self.cos.storage::<f32>(),
             sin: self.sin.storage::<f32>(),
+            rotate: self.rotate,
             heads: self.heads,
         }
     }
@@ -470,23 +500,24 @@ impl Packed {
     }
 }
 
-/// The RoPE tables `[L, Dh]` and the number of heads.
+/// The RoPE tables `[L, Dh]` (empty without rotation) and the number of heads.
 struct PackedTables<'a> {
     cos: &'a [f32],
     sin: &'a [f32],
+    rotate: bool,
     heads: usize,
 }
 
 impl PackedTables<'_> {
     /// Head `h`'s part `part` (0 queries, 1 keys, 2 values) of one item's packed rows
-    /// `[L, 3W]`, rotated (queries and keys) into `dst` `[L, Dh]`.
+    /// `[L, 3W]`, rotated (queries and keys, where the tables rotate) into `dst` `[L, Dh]`.
     #[inline(always)]
     fn gather(&self, p: &Problem, qkv: &[f32], part: usize, h: usize, dst: &mut [f32]) {
         let (dh, w) = (p.dh, p.dh * self.heads);
         let at = part * w + h * dh;
         for (l, row) in dst.chunks_exact_mut(dh).enumerate() {
             let x = &qkv[l * 3 * w + at..l * 3 * w + at + dh];
-            if part == 2 {
+            if part == 2 || !self.rotate {
                 row.copy_from_slice(x);
             } else {
                 let (cos, sin) = (
@@ -506,7 +537,7 @@ impl PackedTables<'_> {
         let at = part * w + h * dh;
         for (l, row) in src.chunks_exact(dh).enumerate() {
             let dst = &mut dqkv[l * 3 * w + at..l * 3 * w + at + dh];
-            if part == 2 {
+            if part == 2 || !self.rotate {
                 dst.copy_from_slice(row);
             } else {
                 let (cos, sin) = (
@@ -946,6 +977,46 @@ mod tests {
             assert!(
                 dout < 1e-5 && dgrad < 1e-5,
                 "output {dout}, gradient {dgrad}"
+            );
+        }
+    }
+
+    /// A ViT block's attention (the packed op, nothing rotated, nothing masked) and its
+    /// gradient against the tensor ops on the split heads; odd head widths included (the
+    /// rotation needs even ones; without it any width goes).
+    #[test]
+    fn self_attention_matches_the_tensor_ops() {
+        let dev = Device::flex().autodiff();
+        for (b, heads, l, dh) in [(2, 4, 16, 8), (1, 3, 7, 5), (3, 1, 5, 16)] {
+            let w = heads * dh;
+            let qkv = Tensor::<3>::random([b, l, 3 * w], Distribution::Normal(0.0, 1.0), &dev)
+                .require_grad();
+            let weights = Tensor::<3>::random([b, l, w], Distribution::Default, &dev);
+            let run = |fused: bool| {
+                let out = if fused {
+                    self_attention(qkv.clone(), heads)
+                } else {
+                    let part = |i: usize| {
+                        qkv.clone()
+                            .slice(s![.., .., i * w..(i + 1) * w])
+                            .reshape([b, l, heads, dh])
+                            .swap_dims(1, 2)
+                    };
+                    let scale = 1.0 / (dh as f64).sqrt();
+                    attention_ops(part(0), part(1), part(2), None, scale)
+                        .swap_dims(1, 2)
+                        .reshape([b, l, w])
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                (out.inner(), qkv.grad(&grads).expect("a gradient"))
+            };
+            let (o1, g1) = run(true);
+            let (o2, g2) = run(false);
+            let diff = |a: Tensor<3>, b: Tensor<3>| (a - b).abs().max().into_scalar::<f32>();
+            let (dout, dgrad) = (diff(o1, o2), diff(g1, g2));
+            assert!(
+                dout < 1e-5 && dgrad < 1e-5,
+                "heads {heads}, width {dh}: output {dout}, gradient {dgrad}"
             );
         }
     }

@@ -1,15 +1,13 @@
 //! `lam bench e2e`: the end-to-end stage-1 training step (sim encoder + IDM + world model,
 //! `lam train --frames`) against its PyTorch twin (tools/reference/e2e_twin.py).
 //!
-//! lam's side is the training loop users run, [`train_end_to_end`], timed by difference: a run
-//! of `warmup` steps and a run of `warmup + steps` steps on the same synthetic clips, so the
-//! setup and the closing checkpoint cancel out (after an untimed one-step run, so that a GPU
-//! backend's kernel compilation falls in neither). The twin gets the same initial weights (the
-//! encoder and model every run starts from), one batch, the step's SIGReg directions and
-//! quadrature, and reports its loss terms on them: the parity check against
+//! lam's side is the training loop users run, [`train_end_to_end`], over `warmup + steps`
+//! steps on synthetic clips; its time per step is the mean of the timed steps' wall times the
+//! loop reports (the device synchronised at each step's end; setup, validation and the closing
+//! checkpoint outside them), as the twin times its own loop. The twin gets the same initial
+//! weights (the encoder and model every run starts from), one batch, the step's SIGReg
+//! directions and quadrature, and reports its loss terms on them: the parity check against
 //! [`step_forward`], the function the loop runs.
-
-use std::time::Instant;
 
 use anyhow::{Result, ensure};
 use burn::prelude::*;
@@ -154,10 +152,10 @@ pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
     let (params_model, params_encoder) = (model.num_params(), encoder.num_params());
     drop((model, encoder));
 
-    // lam: the training loop, timed by difference.
-    let run = |steps: usize, name: &str| -> Result<f64> {
+    // lam: the training loop; the mean of its timed steps' wall times.
+    let run = |name: &str| -> Result<Vec<f64>> {
         let mut c = cfg.clone();
-        c.train.steps = steps;
+        c.train.steps = args.warmup + args.steps;
         let run = EndToEndRun {
             dir: dir.path().join(name),
             resume: false,
@@ -170,16 +168,16 @@ pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
             norm: Normalization::IMAGENET,
             source: "lam bench e2e (synthetic clips)".into(),
         };
-        let t0 = Instant::now();
         let summary = train_end_to_end(&c, &e2e, &data, &device, &run)?;
         ensure!(
             summary.final_loss.is_finite(),
             "lam's end-to-end run diverged"
         );
-        Ok(t0.elapsed().as_secs_f64())
+        Ok(summary.step_seconds[args.warmup..]
+            .iter()
+            .map(|s| s * 1000.0)
+            .collect())
     };
-    // An untimed run first: a GPU backend compiles its kernels on first use.
-    run(1, "first")?;
     let twin = TrainTwin {
         common: &args.common,
         dir: dir.path(),
@@ -187,12 +185,13 @@ pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
         warmup: args.warmup,
         muon_f32: args.twin_muon_f32,
     };
-    let (mut short, mut long) = (0.0, 0.0);
+    let mut step_ms: Vec<Vec<f64>> = Vec::new();
     let twin = (!args.common.rust_only).then_some((&twin, "e2e_twin.py"));
-    let timed = Rounds::take(args.rounds as usize, twin, |_| {
-        short = run(args.warmup, "short")?;
-        long = run(args.warmup + args.steps, "long")?;
-        Ok((long - short).max(0.0) * 1000.0 / args.steps as f64)
+    let timed = Rounds::take(args.rounds as usize, twin, |r| {
+        let ms = run(&format!("round-{r}"))?;
+        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        step_ms.push(ms);
+        Ok(mean)
     })?;
     let rust_ms = timed.lam_median();
 
@@ -207,11 +206,16 @@ pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
         params_encoder,
         params_model
     );
+    let all: Vec<f64> = step_ms.concat();
     println!(
-        "  lam (burn, {})      {rust_ms:>9.2} ms/step  (runs of {} and {} steps: {short:.2} s, {long:.2} s)",
+        "  lam (burn, {})      {rust_ms:>9.2} ms/step  (mean of {} timed steps after {} warmup; \
+         steps {:.2}-{:.2} ms, median {:.2})",
         args.common.device,
+        args.steps,
         args.warmup,
-        args.warmup + args.steps
+        all.iter().copied().fold(f64::INFINITY, f64::min),
+        all.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        super::median(&all),
     );
     let mut result = json!({
         "bench": "e2e_train_step",
@@ -225,7 +229,7 @@ pub fn bench_e2e(args: E2eBenchArgs) -> Result<()> {
         "params_model": params_model,
         "device": args.common.device,
         "rust_ms_per_step": rust_ms,
-        "rust_seconds_short_long": [short, long],
+        "rust_step_ms": step_ms,
     });
     if !args.common.rust_only {
         let (torch_parity, worst) = timed.record(&parity, &mut result)?;
