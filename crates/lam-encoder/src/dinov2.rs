@@ -23,9 +23,12 @@ use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
+use lam_model::fused;
+use lam_model::world_model::attention::self_attention;
+
 use crate::hf::HfFolder;
 use crate::resize::bicubic;
-use crate::vit::{Activation, attend, patchify, split_heads};
+use crate::vit::{Activation, patchify};
 
 /// The config.json keys this loader reads; defaults are those of transformers'
 /// `Dinov2Config` (and `Dinov2WithRegistersConfig` where noted).
@@ -135,9 +138,8 @@ pub struct Dinov2 {
 #[derive(Module, Debug)]
 pub struct Dinov2Layer {
     pub norm1: LayerNorm,
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
+    /// `attention.attention.{query,key,value}` side by side (`D -> 3D`).
+    pub qkv: Linear,
     pub out: Linear,
     /// `[D]`.
     pub layer_scale1: Param<Tensor<1>>,
@@ -202,9 +204,7 @@ impl Dinov2 {
             let att = format!("{l}.attention.attention");
             layers.push(Dinov2Layer {
                 norm1: folder.layer_norm(&format!("{l}.norm1"), d, eps, device)?,
-                query: folder.linear(&format!("{att}.query"), d, d, cfg.qkv_bias, device)?,
-                key: folder.linear(&format!("{att}.key"), d, d, cfg.qkv_bias, device)?,
-                value: folder.linear(&format!("{att}.value"), d, d, cfg.qkv_bias, device)?,
+                qkv: folder.packed_qkv(&att, d, cfg.qkv_bias, None, device)?,
                 out: folder.linear(&format!("{l}.attention.output.dense"), d, d, true, device)?,
                 layer_scale1: Param::from_tensor(folder.tensor(
                     &format!("{l}.layer_scale1.lambda1"),
@@ -282,7 +282,7 @@ impl Dinov2 {
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
         let [b, _, h, w] = pixels.dims();
         let [rows, cols] = self.grid(h, w);
-        let x = self.patch_embed.forward(patchify(pixels, self.patch_size));
+        let x = fused::linear(&self.patch_embed, patchify(pixels, self.patch_size));
         let d = x.dims()[2];
         let pos = self.position_embeddings.val();
         let cls = (self.cls_token.val() + pos.slice(s![0..1, ..]))
@@ -313,18 +313,16 @@ impl Dinov2 {
 
 impl Dinov2Layer {
     fn forward(&self, x: Tensor<3>, heads: usize, act: Activation) -> Tensor<3> {
-        let h = self.norm1.forward(x.clone());
-        let q = split_heads(self.query.forward(h.clone()), heads);
-        let k = split_heads(self.key.forward(h.clone()), heads);
-        let v = split_heads(self.value.forward(h), heads);
-        let a = self.out.forward(attend(q, k, v));
+        let qkv = fused::linear(&self.qkv, self.norm1.forward(x.clone()));
+        let a = fused::linear(&self.out, self_attention(qkv, None, heads));
         let x = x + a * self.layer_scale1.val().unsqueeze::<3>();
         let h = self.norm2.forward(x.clone());
         let m = match &self.up {
-            Some(up) => self
-                .fc2
-                .forward(silu(self.fc1.forward(h.clone())) * up.forward(h)),
-            None => self.fc2.forward(act.apply(self.fc1.forward(h))),
+            Some(up) => fused::linear(
+                &self.fc2,
+                silu(fused::linear(&self.fc1, h.clone())) * fused::linear(up, h),
+            ),
+            None => fused::linear(&self.fc2, act.apply(fused::linear(&self.fc1, h))),
         };
         x + m * self.layer_scale2.val().unsqueeze::<3>()
     }

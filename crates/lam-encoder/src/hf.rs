@@ -230,6 +230,55 @@ impl HfFolder {
         })
     }
 
+    /// The attention's three projections `{prefix}.query`, `{prefix}.key` and `{prefix}.value`
+    /// (each `[d, d]`, PyTorch layout) as one linear layer `d -> 3d`: queries, keys and values
+    /// side by side, heads inside each (what [`self_attention`] reads). With `qk_order`, output
+    /// channel `j` of the queries and of the keys is the file's channel `qk_order[j]` (the same
+    /// permutation of both leaves every query-key product unchanged).
+    ///
+    /// [`self_attention`]: lam_model::world_model::attention::self_attention
+    pub fn packed_qkv(
+        &self,
+        prefix: &str,
+        d: usize,
+        bias: bool,
+        qk_order: Option<&[usize]>,
+        device: &Device,
+    ) -> Result<Linear> {
+        if let Some(o) = qk_order {
+            ensure!(
+                o.len() == d,
+                "packed_qkv: an order of {} channels for {d}",
+                o.len()
+            );
+        }
+        let mut weight = Vec::with_capacity(3 * d * d);
+        let mut biases = Vec::with_capacity(3 * d);
+        for part in ["query", "key", "value"] {
+            let w = self.values(&format!("{prefix}.{part}.weight"), &[d, d])?;
+            let b = if bias {
+                self.values(&format!("{prefix}.{part}.bias"), &[d])?
+            } else {
+                vec![0.0; d]
+            };
+            let order: Vec<usize> = match qk_order {
+                Some(o) if part != "value" => o.to_vec(),
+                _ => (0..d).collect(),
+            };
+            for &row in &order {
+                weight.extend_from_slice(&w[row * d..(row + 1) * d]);
+                biases.push(b[row]);
+            }
+        }
+        let w = Tensor::<2>::from_data(TensorData::new(weight, [3 * d, d]), device);
+        Ok(Linear {
+            weight: Param::from_tensor(w.transpose()),
+            bias: bias.then(|| {
+                Param::from_tensor(Tensor::from_data(TensorData::new(biases, [3 * d]), device))
+            }),
+        })
+    }
+
     /// A layer norm from `{name}.weight` and `{name}.bias`.
     pub fn layer_norm(&self, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
         let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);

@@ -239,7 +239,7 @@ impl SimBlock {
     /// Pre-norm block over `[B, L, D]`.
     pub fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
         let qkv = fused::linear(&self.qkv, self.norm1.forward(x.clone()));
-        let x = x + fused::linear(&self.proj, self_attention(qkv, heads));
+        let x = x + fused::linear(&self.proj, self_attention(qkv, None, heads));
         let h = fused::linear(
             &self.fc2,
             fused::gelu(fused::linear(&self.fc1, self.norm2.forward(x.clone()))),

@@ -1,9 +1,9 @@
 //! The building blocks the ViT encoders share (DINOv2, V-JEPA 2 and the sim encoder):
-//! activations named in Hugging Face configs, multi-head attention and patch cutting.
+//! activations named in Hugging Face configs and patch cutting (their attention is
+//! [`lam_model::world_model::attention::self_attention`]).
 
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
-use lam_model::world_model::attention::attention;
+use burn::tensor::activation::{gelu_approximate, relu, silu};
 
 /// Activation functions named in Hugging Face configs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -29,28 +29,12 @@ impl Activation {
 
     pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Activation::Gelu => gelu(x),
+            Activation::Gelu => lam_model::fused::gelu(x),
             Activation::GeluTanh => gelu_approximate(x),
             Activation::Silu => silu(x),
             Activation::Relu => relu(x),
         }
     }
-}
-
-/// Splits `[B, L, H * Dh]` into heads `[B, H, L, Dh]`.
-pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
-    let [b, l, w] = x.dims();
-    x.reshape([b, l, heads, w / heads]).swap_dims(1, 2)
-}
-
-/// Scaled dot-product attention over heads: `q, k, v` `[B, H, L, Dh]` -> `[B, L, H * Dh]`.
-/// One fused op with its backward on the CPU (the world model's,
-/// [`lam_model::world_model::attention::attention`]), burn's tensor ops elsewhere.
-pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
-    let [b, h, l, dh] = q.dims();
-    attention(q, k, v, None, 1.0 / (dh as f64).sqrt())
-        .swap_dims(1, 2)
-        .reshape([b, l, h * dh])
 }
 
 /// Cuts `[B, C, H, W]` images into non-overlapping `p x p` patches, `[B, (H/p) * (W/p), C*p*p]`,

@@ -30,8 +30,11 @@ use anyhow::{Result, ensure};
 use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 
+use lam_model::fused;
+use lam_model::world_model::attention::self_attention;
+
 use crate::hf::HfFolder;
-use crate::vit::{Activation, attend, split_heads};
+use crate::vit::Activation;
 
 /// The config.json keys this loader reads; defaults are those of transformers' `VJEPA2Config`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -134,9 +137,9 @@ pub struct VJepa2 {
 #[derive(Module, Debug)]
 pub struct VJepa2Layer {
     pub norm1: LayerNorm,
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
+    /// `attention.{query,key,value}` side by side (`D -> 3D`), the channels of each head's
+    /// queries and keys reordered as [`rope_tables`] says.
+    pub qkv: Linear,
     pub proj: Linear,
     pub norm2: LayerNorm,
     pub fc1: Linear,
@@ -154,15 +157,17 @@ impl VJepa2 {
         let (d, p, t) = (cfg.hidden_size, cfg.patch_size, cfg.tubelet_size);
         let h = (d as f64 * cfg.mlp_ratio) as usize;
         let eps = cfg.layer_norm_eps;
+        let heads = cfg.num_attention_heads;
+        let order: Vec<usize> = (0..d)
+            .map(|c| (c / (d / heads)) * (d / heads) + pair_order(c % (d / heads), d / heads))
+            .collect();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = format!("encoder.layer.{i}");
             let a = format!("{l}.attention");
             layers.push(VJepa2Layer {
                 norm1: folder.layer_norm(&format!("{l}.norm1"), d, eps, device)?,
-                query: folder.linear(&format!("{a}.query"), d, d, cfg.qkv_bias, device)?,
-                key: folder.linear(&format!("{a}.key"), d, d, cfg.qkv_bias, device)?,
-                value: folder.linear(&format!("{a}.value"), d, d, cfg.qkv_bias, device)?,
+                qkv: folder.packed_qkv(&a, d, cfg.qkv_bias, Some(&order), device)?,
                 proj: folder.linear(&format!("{a}.proj"), d, d, true, device)?,
                 norm2: folder.layer_norm(&format!("{l}.norm2"), d, eps, device)?,
                 fc1: folder.linear(&format!("{l}.mlp.fc1"), d, h, true, device)?,
@@ -230,7 +235,7 @@ impl VJepa2 {
             .reshape([b, tt, k, c, gh, p, gw, p])
             .permute([0, 1, 4, 6, 3, 2, 5, 7])
             .reshape([b, tt * gh * gw, c * k * p * p]);
-        self.patch_embed.forward(x)
+        fused::linear(&self.patch_embed, x)
     }
 
     /// Per-frame patch tokens for clips `[B, T, 3, H, W]`: `[B, T, rows * cols, D]`, frames
@@ -278,51 +283,56 @@ impl VJepa2Layer {
         sin: &Tensor<2>,
         act: Activation,
     ) -> Tensor<3> {
-        let h = self.norm1.forward(x.clone());
-        let q = rotate(split_heads(self.query.forward(h.clone()), heads), cos, sin);
-        let k = rotate(split_heads(self.key.forward(h.clone()), heads), cos, sin);
-        let v = split_heads(self.value.forward(h), heads);
-        let x = x + self.proj.forward(attend(q, k, v));
+        let qkv = fused::linear(&self.qkv, self.norm1.forward(x.clone()));
+        let rope = Some((cos.clone(), sin.clone()));
+        let x = x + fused::linear(&self.proj, self_attention(qkv, rope, heads));
         let h = self.norm2.forward(x.clone());
-        x.clone() + self.fc2.forward(act.apply(self.fc1.forward(h)))
+        x.clone() + fused::linear(&self.fc2, act.apply(fused::linear(&self.fc1, h)))
     }
 }
 
-/// RoPE tables `[L, Dh]` for tokens `0..L` of a clip on a `grid x grid` patch grid: cos and sin
-/// of each channel's angle (cos 1, sin 0 on channels left unrotated).
+/// The file's channel of a head's packed query / key channel `j` (head width `dh`): the
+/// first members of the rotated pairs (2i, 2i+1) come first, then the second members, so that
+/// V-JEPA 2's pairwise rotation is the world model's rotation of halves, which the fused
+/// attention runs.
+pub fn pair_order(j: usize, dh: usize) -> usize {
+    let half = dh / 2;
+    if j < half { 2 * j } else { 2 * (j - half) + 1 }
+}
+
+/// RoPE tables `[L, Dh]` for tokens `0..L` of a clip on a `grid x grid` patch grid, in the
+/// packed channel order ([`pair_order`]) and the convention of
+/// [`self_attention`]: channel c of the file turns by angle a_c (cos 1, sin 0 on channels left
+/// unrotated) with `out[2i] = x[2i] cos - x[2i+1] sin`, `out[2i+1] = x[2i+1] cos + x[2i] sin`;
+/// packed, the first half carries `cos a_2i` and `-sin a_2i`, the second `cos a_2i+1` and
+/// `sin a_2i+1`.
 pub fn rope_tables(len: usize, grid: usize, dh: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
     let m = 2 * ((dh / 3) / 2);
     let half = m / 2;
     let per_frame = grid * grid;
     let mut cos = vec![1.0f32; len * dh];
     let mut sin = vec![0.0f32; len * dh];
+    let mut angle = vec![0.0f64; dh];
     for i in 0..len {
         let frame = i / per_frame;
         let row = (i - frame * per_frame) / grid;
         let col = i - frame * per_frame - row * grid;
+        angle.fill(0.0);
         for (axis, pos) in [frame, row, col].into_iter().enumerate() {
             for j in 0..m {
-                let k = j % half;
-                let omega = 1.0 / 10000f64.powf(k as f64 / half as f64);
-                let angle = pos as f64 * omega;
-                cos[i * dh + axis * m + j] = angle.cos() as f32;
-                sin[i * dh + axis * m + j] = angle.sin() as f32;
+                let omega = 1.0 / 10000f64.powf((j % half) as f64 / half as f64);
+                angle[axis * m + j] = pos as f64 * omega;
             }
+        }
+        for j in 0..dh {
+            let c = pair_order(j, dh);
+            let sign = if c % 2 == 0 { -1.0 } else { 1.0 };
+            cos[i * dh + j] = angle[c].cos() as f32;
+            sin[i * dh + j] = sign * angle[c].sin() as f32;
         }
     }
     (
         Tensor::from_data(TensorData::new(cos, [len, dh]), device),
         Tensor::from_data(TensorData::new(sin, [len, dh]), device),
     )
-}
-
-/// Applies the pairwise rotation to `[B, H, L, Dh]`: `x * cos + swap(x) * sin` with
-/// `swap(x)[2i] = -x[2i+1]`, `swap(x)[2i+1] = x[2i]`.
-fn rotate(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
-    let [b, h, l, dh] = x.dims();
-    let pairs = x.clone().reshape([b, h, l, dh / 2, 2]);
-    let even = pairs.clone().slice(s![.., .., .., .., 0..1]);
-    let odd = pairs.slice(s![.., .., .., .., 1..2]);
-    let swapped = Tensor::cat(vec![odd.neg(), even], 4).reshape([b, h, l, dh]);
-    x * cos.clone().unsqueeze::<4>() + swapped * sin.clone().unsqueeze::<4>()
 }

@@ -108,24 +108,51 @@ pub fn qkv_attention(
     )
 }
 
-/// A ViT block's self-attention (no positions, no mask) straight from the packed projection
-/// `qkv` `[B, L, 3W]` (`[3, H, Dh]` per token) -> `[B, L, W]`, heads side by side. On the CPU
-/// the packed op of [`qkv_attention`] without rotation (RoPE tables of width zero); elsewhere
-/// the heads are split and [`attention_ops`] runs.
-pub fn self_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
-    let [b, l, w3] = qkv.dims();
-    let w = w3 / 3;
-    let scale = 1.0 / ((w / heads) as f64).sqrt();
+/// A ViT block's self-attention (no mask) straight from the packed projection `qkv`
+/// `[B, L, 3W]` (`[3, H, Dh]` per token) -> `[B, L, W]`, heads side by side; `rope`, when
+/// given, rotates queries and keys by tables `cos`, `sin` `[L, Dh]` in the world model's
+/// convention (halves: `out1 = x1 cos1 + x2 sin1`, `out2 = x2 cos2 + x1 sin2`). On the CPU the
+/// packed op of [`qkv_attention`] (without rope: tables of width zero); elsewhere the heads are
+/// split, rotated and attended in tensor ops ([`attention_ops`]).
+pub fn self_attention(
+    qkv: Tensor<3>,
+    rope: Option<(Tensor<2>, Tensor<2>)>,
+    heads: usize,
+) -> Tensor<3> {
+    let [_, l, w3] = qkv.dims();
     let device = qkv.device();
     if on_cpu(&device, "attention") {
-        let none = Tensor::<2>::zeros([l, 0], &device);
-        return qkv_attention(qkv, (none.clone(), none), None, heads, scale);
+        let tables = rope.unwrap_or_else(|| {
+            let none = Tensor::<2>::zeros([l, 0], &device);
+            (none.clone(), none)
+        });
+        let scale = 1.0 / ((w3 / 3 / heads) as f64).sqrt();
+        return qkv_attention(qkv, tables, None, heads, scale);
     }
-    let qkv = qkv
-        .reshape([b, l, 3, heads, w / heads])
-        .permute([2, 0, 3, 1, 4]);
+    self_attention_ops(qkv, rope, heads)
+}
+
+/// [`self_attention`] in burn's tensor ops (every backend).
+pub fn self_attention_ops(
+    qkv: Tensor<3>,
+    rope: Option<(Tensor<2>, Tensor<2>)>,
+    heads: usize,
+) -> Tensor<3> {
+    let [b, l, w3] = qkv.dims();
+    let (w, dh) = (w3 / 3, w3 / 3 / heads);
+    let qkv = qkv.reshape([b, l, 3, heads, dh]).permute([2, 0, 3, 1, 4]);
     let part = |i: usize| qkv.clone().slice(s![i..i + 1]).squeeze_dim::<4>(0);
-    attention_ops(part(0), part(1), part(2), None, scale)
+    let (mut q, mut k) = (part(0), part(1));
+    if let Some((cos, sin)) = rope {
+        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
+        let rotate = |x: Tensor<4>| {
+            let halves = |r: std::ops::Range<usize>| x.clone().slice(s![.., .., .., r]);
+            let swapped = Tensor::cat(vec![halves(dh / 2..dh), halves(0..dh / 2)], 3);
+            x * cos.clone() + swapped * sin.clone()
+        };
+        (q, k) = (rotate(q), rotate(k));
+    }
+    attention_ops(q, k, part(2), None, 1.0 / (dh as f64).sqrt())
         .swap_dims(1, 2)
         .reshape([b, l, w])
 }
@@ -981,26 +1008,45 @@ mod tests {
         }
     }
 
-    /// A ViT block's attention (the packed op, nothing rotated, nothing masked) and its
-    /// gradient against the tensor ops on the split heads; odd head widths included (the
-    /// rotation needs even ones; without it any width goes).
+    /// A ViT block's attention (the packed op, unmasked) and its gradient against the tensor
+    /// ops on the split heads, without rotation (odd head widths included: the rotation needs
+    /// even ones, without it any width goes) and with the world model's RoPE tables; and
+    /// [`self_attention_ops`] (what other devices run) against the same ops.
     #[test]
     fn self_attention_matches_the_tensor_ops() {
         let dev = Device::flex().autodiff();
-        for (b, heads, l, dh) in [(2, 4, 16, 8), (1, 3, 7, 5), (3, 1, 5, 16)] {
+        for (b, heads, l, dh, rotated) in [
+            (2, 4, 16, 8, false),
+            (1, 3, 7, 5, false),
+            (3, 1, 5, 16, false),
+            (2, 2, 6, 8, true),
+            (1, 3, 9, 4, true),
+        ] {
             let w = heads * dh;
             let qkv = Tensor::<3>::random([b, l, 3 * w], Distribution::Normal(0.0, 1.0), &dev)
                 .require_grad();
             let weights = Tensor::<3>::random([b, l, w], Distribution::Default, &dev);
-            let run = |fused: bool| {
-                let out = if fused {
-                    self_attention(qkv.clone(), heads)
+            let rope = rotated.then(|| {
+                let rope = crate::world_model::Rope::new(0, l, 1, 1, dh, 100.0, &dev);
+                (rope.tables(), rope)
+            });
+            let tables = || rope.as_ref().map(|r| r.0.clone());
+            let run = |path: usize| {
+                let out = if path == 0 {
+                    self_attention(qkv.clone(), tables(), heads)
+                } else if path == 1 {
+                    self_attention_ops(qkv.clone(), tables(), heads)
                 } else {
                     let part = |i: usize| {
-                        qkv.clone()
+                        let x = qkv
+                            .clone()
                             .slice(s![.., .., i * w..(i + 1) * w])
                             .reshape([b, l, heads, dh])
-                            .swap_dims(1, 2)
+                            .swap_dims(1, 2);
+                        match (&rope, i) {
+                            (Some((_, r)), 0 | 1) => r.apply_ops(x),
+                            _ => x,
+                        }
                     };
                     let scale = 1.0 / (dh as f64).sqrt();
                     attention_ops(part(0), part(1), part(2), None, scale)
@@ -1010,14 +1056,17 @@ mod tests {
                 let grads = (out.clone() * weights.clone()).sum().backward();
                 (out.inner(), qkv.grad(&grads).expect("a gradient"))
             };
-            let (o1, g1) = run(true);
-            let (o2, g2) = run(false);
-            let diff = |a: Tensor<3>, b: Tensor<3>| (a - b).abs().max().into_scalar::<f32>();
-            let (dout, dgrad) = (diff(o1, o2), diff(g1, g2));
-            assert!(
-                dout < 1e-5 && dgrad < 1e-5,
-                "heads {heads}, width {dh}: output {dout}, gradient {dgrad}"
-            );
+            let (o2, g2) = run(2);
+            for path in [0, 1] {
+                let (o1, g1) = run(path);
+                let diff = |a: Tensor<3>, b: Tensor<3>| (a - b).abs().max().into_scalar::<f32>();
+                let (dout, dgrad) = (diff(o1, o2.clone()), diff(g1, g2.clone()));
+                assert!(
+                    dout < 1e-5 && dgrad < 1e-5,
+                    "path {path}, heads {heads}, width {dh}, rotated {rotated}: output {dout}, \
+                     gradient {dgrad}"
+                );
+            }
         }
     }
 }
