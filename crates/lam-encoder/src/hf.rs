@@ -214,20 +214,13 @@ impl HfFolder {
         bias: bool,
         device: &Device,
     ) -> Result<Linear> {
-        let w = self.tensor(&format!("{name}.weight"), [d_out, d_in], device)?;
+        let w = self.values(&format!("{name}.weight"), &[d_out, d_in])?;
         let b = if bias {
-            Some(Param::from_tensor(self.tensor(
-                &format!("{name}.bias"),
-                [d_out],
-                device,
-            )?))
+            Some(self.values(&format!("{name}.bias"), &[d_out])?)
         } else {
             None
         };
-        Ok(Linear {
-            weight: Param::from_tensor(w.transpose()),
-            bias: b,
-        })
+        Ok(linear_layer(w, d_in, b, device))
     }
 
     /// The attention's three projections `{prefix}.query`, `{prefix}.key` and `{prefix}.value`
@@ -270,13 +263,7 @@ impl HfFolder {
                 biases.push(b[row]);
             }
         }
-        let w = Tensor::<2>::from_data(TensorData::new(weight, [3 * d, d]), device);
-        Ok(Linear {
-            weight: Param::from_tensor(w.transpose()),
-            bias: bias.then(|| {
-                Param::from_tensor(Tensor::from_data(TensorData::new(biases, [3 * d]), device))
-            }),
-        })
+        Ok(linear_layer(weight, d, bias.then_some(biases), device))
     }
 
     /// A layer norm from `{name}.weight` and `{name}.bias`.
@@ -305,12 +292,8 @@ impl HfFolder {
         want.extend_from_slice(kernel_shape);
         let w = self.values(&format!("{name}.weight"), &want)?;
         let d_in: usize = kernel_shape.iter().product();
-        let w = Tensor::<2>::from_data(TensorData::new(w, [d_out, d_in]), device);
-        let b = self.tensor(&format!("{name}.bias"), [d_out], device)?;
-        Ok(Linear {
-            weight: Param::from_tensor(w.transpose()),
-            bias: Some(Param::from_tensor(b)),
-        })
+        let b = self.values(&format!("{name}.bias"), &[d_out])?;
+        Ok(linear_layer(w, d_in, Some(b), device))
     }
 
     /// Integer config value `key`, or `default` when absent.
@@ -401,6 +384,24 @@ fn f16_to_f32(h: u16) -> f32 {
         (e, f) => sign | ((e + 112) << 23) | (f << 13),
     };
     f32::from_bits(bits)
+}
+
+/// A linear layer from a PyTorch weight `[out, in]` (row-major, `d_in` columns) and bias:
+/// the weight is transposed on the host into burn's `[in, out]`, stored contiguous (a
+/// transposed view would be copied again by every product that reads it).
+fn linear_layer(weight: Vec<f32>, d_in: usize, bias: Option<Vec<f32>>, device: &Device) -> Linear {
+    let d_out = weight.len() / d_in;
+    let mut t = vec![0.0f32; weight.len()];
+    for (o, row) in weight.chunks_exact(d_in).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            t[i * d_out + o] = v;
+        }
+    }
+    Linear {
+        weight: Param::from_tensor(Tensor::from_data(TensorData::new(t, [d_in, d_out]), device)),
+        bias: bias
+            .map(|b| Param::from_tensor(Tensor::from_data(TensorData::new(b, [d_out]), device))),
+    }
 }
 
 #[cfg(test)]
