@@ -6,7 +6,7 @@
 //! - a sim-encoder checkpoint folder (`encoder.json` + `model.safetensors`, written by
 //!   `lam encoder pretrain`).
 //!
-//! [`Encoder::encode`] maps clips `[B, T, 3, H, W]` (normalised as [`Encoder::norm`] says) to
+//! [`Encoder::encode`] maps clips `[B, T, 3, H, W]` (normalised as [`EncoderInfo::norm`] says) to
 //! per-frame patch tokens `[B, T, N, D]`, row-major over the `rows x cols` patch grid, or with
 //! [`Pooling::Mean`] to `[B, T, 1, D]`.
 

@@ -936,7 +936,7 @@ struct PretrainState {
 /// `out/metrics.jsonl` (one JSON object per line: `split` = `train` with losses and lr, or
 /// `eval` with the collapse statistics), `out/summary.json` and, every `checkpoint_every`
 /// steps, a resumable checkpoint in `out/checkpoints`. A resumed run replays the random
-/// draws of the steps it skips ([`StepDraws`]), so it repeats the uninterrupted one.
+/// draws of the steps it skips (`StepDraws`), so it repeats the uninterrupted one.
 pub fn pretrain(
     cfg: &PretrainConfig,
     frames: &Frames,
