@@ -45,9 +45,8 @@ use burn::tensor::activation::{silu, softmax};
 use lam_ingest::Normalization;
 use lam_model::fused;
 use lam_model::spatial::spatial_softmax;
-use serde::{Deserialize, Serialize};
-
 use lam_model::world_model::attention::self_attention;
+use serde::{Deserialize, Serialize};
 
 use crate::vit::patchify;
 

@@ -17,6 +17,9 @@
 //!    (2i, 2i+1): `out[2i] = x[2i] cos - x[2i+1] sin`, `out[2i+1] = x[2i+1] cos + x[2i] sin`.
 //!    A token's axis positions come from its index in the sequence and the grid the checkpoint
 //!    was trained on (`crop_size / patch_size` per side), as in the reference implementation.
+//!    lam loads the three projections as one, each head's query and key channels reordered so
+//!    that the pairs become halves ([`pair_order`], [`rope_tables`]): the same products, run by
+//!    the world model's fused attention.
 //! 3. A final layer norm (`encoder.layernorm`) gives `last_hidden_state` `[B, L, D]`.
 //!
 //! From tokens to frames ([`VJepa2::frame_tokens`]): by default ([`FrameMode::PerFrame`]) each
