@@ -83,10 +83,10 @@ pub fn attention_ops(
 /// token's queries, keys and values, heads inside: `[3, H, Dh]`), with RoPE tables `cos`,
 /// `sin` `[L, Dh]` and an optional additive `bias` `[L, L]` (constants: no gradient flows into
 /// them; tables of width zero rotate nothing). Returns `[B, L, W]`, heads side by side, as the
-/// output projection reads them. The
-/// same math as rotating [`super::Rope::apply`] the sliced queries and keys and calling
-/// [`attention`], in one CPU op: no slices, permutes or copies of the activations, and one
-/// gradient buffer for `qkv`. The CPU's path when no keys are cached and none are kept.
+/// output projection reads them. The same math as rotating [`super::Rope::apply`] the sliced
+/// queries and keys and calling [`attention`], in one CPU op: no slices, permutes or copies of
+/// the activations, and one gradient buffer for `qkv`. The CPU's path when no keys are cached
+/// and none are kept.
 pub fn qkv_attention(
     qkv: Tensor<3>,
     (cos, sin): (Tensor<2>, Tensor<2>),
