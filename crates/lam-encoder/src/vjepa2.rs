@@ -160,9 +160,9 @@ impl VJepa2 {
         let (d, p, t) = (cfg.hidden_size, cfg.patch_size, cfg.tubelet_size);
         let h = (d as f64 * cfg.mlp_ratio) as usize;
         let eps = cfg.layer_norm_eps;
-        let heads = cfg.num_attention_heads;
+        let dh = d / cfg.num_attention_heads;
         let order: Vec<usize> = (0..d)
-            .map(|c| (c / (d / heads)) * (d / heads) + pair_order(c % (d / heads), d / heads))
+            .map(|c| (c / dh) * dh + pair_order(c % dh, dh))
             .collect();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {

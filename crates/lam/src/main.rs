@@ -152,8 +152,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// training step frees and allocates the same buffers again, and on the medium model (1.5 s a
 /// step) every step faulted them in anew (75,000-95,000 page faults in seven steps, 2,800 with
 /// the longer delay; docs/benchmarks.md, "Buffers written where the work is, and held across
-/// steps"). A
-/// `MIMALLOC_PURGE_DELAY` in the environment wins.
+/// steps"). A `MIMALLOC_PURGE_DELAY` in the environment wins.
 fn hold_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one integer option of the allocator; any value is valid.

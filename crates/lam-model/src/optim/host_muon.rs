@@ -381,8 +381,7 @@ mod tests {
 
     /// The CPU's queued Muon steps the model as burn's Muon does (matrices taller than wide,
     /// wider than tall and square: the tiny world model has all three; gradients clipped,
-    /// weight decay), and its state is
-    /// burn's: a checkpoint of one resumes in the other.
+    /// weight decay), and its state is burn's: a checkpoint of one resumes in the other.
     #[test]
     fn the_queued_muon_steps_as_burns_muon_and_shares_its_state() {
         let mut cfg = LamConfig::preset("tiny").unwrap();
